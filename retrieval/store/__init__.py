@@ -1,0 +1,26 @@
+"""Vector stores: one interface, a SQLite and a PostgreSQL + pgvector implementation."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from retrieval.store.base import ImageRecord, SearchHit, SearchScope, VectorStore
+from retrieval.store.sqlite import SqliteVectorStore
+
+
+def open_store(engine: AsyncEngine) -> VectorStore:
+    if engine.dialect.name == "postgresql":
+        from retrieval.store.postgres import PgVectorStore
+
+        return PgVectorStore(engine)
+    return SqliteVectorStore(engine)
+
+
+__all__ = [
+    "ImageRecord",
+    "SearchHit",
+    "SearchScope",
+    "VectorStore",
+    "SqliteVectorStore",
+    "open_store",
+]

@@ -1,0 +1,85 @@
+"""One settings object, read from the environment and `.env`, validated once at start-up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from retrieval.errors import ConfigError
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+
+
+class Settings(BaseSettings):
+    """Every field is documented, with its default, in `.env.example`."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    discord_token: SecretStr | None = None
+    discord_api_base: str | None = None
+    discord_gateway_url: str | None = None
+
+    database_url: str = "sqlite+aiosqlite:///data/clipfind.db"
+
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = "laion2b_s34b_b79k"
+    clip_device: str = "auto"
+
+    index_bot_messages: bool = False
+    max_image_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+    fetch_timeout_s: float = Field(default=20.0, gt=0)
+    fetch_concurrency: int = Field(default=8, ge=1, le=64)
+    fetch_per_host: int = Field(default=4, ge=1, le=64)
+    fetch_retries: int = Field(default=3, ge=0, le=10)
+    # None picks a size measured for the device (see retrieval/encoder.py).
+    batch_size: int | None = Field(default=None, ge=1, le=1024)
+    batch_deadline_ms: int = Field(default=50, ge=0, le=10_000)
+    queue_size: int = Field(default=256, ge=1)
+    decode_threads: int = Field(default=2, ge=1, le=64)
+
+    find_default_count: int = Field(default=5, ge=1, le=10)
+    log_level: str = "INFO"
+
+    @field_validator("clip_device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:<n>'")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.startswith(_DATABASES):
+            raise ValueError(f"must start with one of {', '.join(_DATABASES)}")
+        return value
+
+    @field_validator("clip_pretrained")
+    @classmethod
+    def _pretrained(cls, value: str | None) -> str | None:
+        # An empty value means random init (useful for benchmarks), not the default tag.
+        return value or None
+
+    def sqlite_path(self) -> Path | None:
+        prefix = "sqlite+aiosqlite:///"
+        if not self.database_url.startswith(prefix):
+            return None
+        rest = self.database_url[len(prefix) :].split("?", 1)[0]
+        return None if rest in ("", ":memory:") else Path(rest)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning pydantic's report into one readable error."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,113 @@
+"""Database engine and schema checks: the app only runs on a schema at Alembic's head."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from retrieval.errors import SchemaError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+UPGRADE_HINT = "python -m bot db upgrade"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets searches read while the indexer writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _head(url: str) -> str:
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert head is not None, "migrations/ has no revisions"
+    return head
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreUnavailable(f"cannot reach the database: {exc}") from exc
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+
+    def run(sync_connection) -> None:
+        config.attributes["connection"] = sync_connection
+        command.upgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+async def ensure_schema(engine: AsyncEngine) -> None:
+    """Create the schema in an empty database; refuse one that is behind or ahead of the code.
+
+    A brand-new database is migrated on the spot (zero set-up); an existing one holds the
+    operator's data, so upgrading it stays an explicit step they can back up before.
+    """
+    url = engine.url.render_as_string(hide_password=False)
+    head, current = _head(url), await current_revision(engine)
+    if current == head:
+        return
+    if current is None:
+        if await _has_tables(engine):
+            raise SchemaError(
+                f"the database has tables but no clipfind schema version; run `{UPGRADE_HINT}` "
+                "against an empty database, or point DATABASE_URL elsewhere"
+            )
+        log.info("creating the clipfind schema in a new database")
+        await upgrade(engine)
+        return
+    script = ScriptDirectory.from_config(alembic_config(url))
+    if script.get_revision(current) is None:
+        raise SchemaError(
+            f"the database schema ({current}) is newer than this clipfind; upgrade clipfind, "
+            "or point DATABASE_URL at another database"
+        )
+    raise SchemaError(
+        f"the database schema is at {current}, this clipfind needs {head}; run `{UPGRADE_HINT}`"
+    )
+
+
+async def _has_tables(engine: AsyncEngine) -> bool:
+    from sqlalchemy import inspect
+
+    async with engine.connect() as conn:
+        names = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+    return bool(set(names) - {"alembic_version"})

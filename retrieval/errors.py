@@ -1,0 +1,42 @@
+"""Typed errors raised by retrieval/.
+
+Each carries a short machine-readable ``reason`` (used in counters and log lines) and a message
+written for an operator. The bot turns them into one polite sentence for the user.
+"""
+
+from __future__ import annotations
+
+
+class ClipfindError(Exception):
+    reason = "error"
+
+
+class ConfigError(ClipfindError):
+    reason = "config"
+
+
+class ModelUnavailable(ClipfindError):
+    """The configured model or its weights cannot be loaded (offline, unknown tag, bad path)."""
+
+    reason = "model_unavailable"
+
+
+class SchemaError(ClipfindError):
+    """The database schema is missing, behind or ahead of this code."""
+
+    reason = "schema"
+
+
+class StoreUnavailable(ClipfindError):
+    """The database cannot be reached or refused the operation."""
+
+    reason = "store_unavailable"
+
+
+class FetchError(ClipfindError):
+    """Downloading an image failed; ``reason`` says how (``http_404``, ``timeout`` …)."""
+
+    def __init__(self, message: str, *, reason: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable

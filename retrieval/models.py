@@ -1,0 +1,105 @@
+"""SQLAlchemy tables. Discord ids are 64-bit integers; one row per indexed image reference."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for Discord scale.
+RowId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Embedding(TypeDecorator):
+    """A float32 vector: raw bytes on SQLite, pgvector's `vector` on PostgreSQL."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            from pgvector.sqlalchemy import VECTOR
+
+            return dialect.type_descriptor(VECTOR())
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        vector = np.asarray(value, dtype=np.float32)
+        if dialect.name == "postgresql":
+            return vector
+        return vector.tobytes()
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, bytes | bytearray | memoryview):
+            return np.frombuffer(value, dtype=np.float32)
+        return np.asarray(value, dtype=np.float32)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class IndexedImage(Base):
+    """One image of one message: an attachment, or the picture of an image embed."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    # The attachment id, or for an embed a stable 63-bit hash of its URL: with message_id, the
+    # natural key that makes re-delivery and re-backfill idempotent.
+    image_key: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    author_id: Mapped[int] = mapped_column(BigInteger)
+    posted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    filename: Mapped[str] = mapped_column(String(255))
+    # Unsigned: Discord's signed attachment links expire, the ids and path do not.
+    source_url: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[str] = mapped_column(String(200))
+    embedding: Mapped[np.ndarray] = mapped_column(Embedding)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "image_key"),
+        Index("ix_images_guild_model", "guild_id", "model_id"),
+        Index("ix_images_channel", "channel_id"),
+        Index("ix_images_author", "guild_id", "author_id"),
+        Index("ix_images_content", "content_hash", "model_id"),
+    )
+
+
+class BotState(Base):
+    """Small key/value facts the bot keeps between runs (e.g. the hash of synced commands)."""
+
+    __tablename__ = "bot_state"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

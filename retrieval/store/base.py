@@ -1,0 +1,90 @@
+"""The vector store interface shared by the SQLite and PostgreSQL implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One encoded image, ready to write."""
+
+    guild_id: int
+    channel_id: int
+    message_id: int
+    image_key: int
+    kind: str
+    author_id: int
+    posted_at: datetime
+    filename: str
+    source_url: str
+    content_type: str
+    content_hash: str
+    model_id: str
+    embedding: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    row_id: int
+    score: float
+    guild_id: int
+    channel_id: int
+    message_id: int
+    image_key: int
+    kind: str
+    author_id: int
+    posted_at: datetime
+    filename: str
+    source_url: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchScope:
+    """Where a search may look. ``channel_ids`` None means every channel of the guild.
+
+    The caller computes the channels from the asking member's permissions at query time; the
+    store only enforces what it is given.
+    """
+
+    guild_id: int
+    model_id: str
+    channel_ids: frozenset[int] | None = None
+    author_id: int | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+
+
+class VectorStore(Protocol):
+    async def upsert(self, records: Sequence[ImageRecord]) -> int:
+        """Insert or replace by (message_id, image_key); returns rows written."""
+
+    async def known_keys(self, message_id: int) -> set[int]:
+        """Image keys already stored for a message (lets re-delivery skip the download)."""
+
+    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        """A stored vector of the same bytes under the same model, so they are encoded once."""
+
+    async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
+        """The k best hits by cosine similarity, filters applied inside the search."""
+
+    async def count(self, *, guild_id: int, model_id: str | None = None) -> int: ...
+
+    async def delete_messages(self, message_ids: Collection[int]) -> int: ...
+
+    async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:
+        """Remove a message's images whose keys are not in ``keep_keys`` (an edit removed them)."""
+
+    async def delete_channels(self, channel_ids: Collection[int]) -> int: ...
+
+    async def delete_guild(self, guild_id: int) -> int: ...
+
+    async def delete_author(self, *, guild_id: int | None, author_id: int) -> int: ...
+
+    async def close(self) -> None: ...

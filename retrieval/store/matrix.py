@@ -1,0 +1,136 @@
+"""An in-memory matrix of one guild's vectors for exact search in milliseconds.
+
+Reading 100k BLOBs from SQLite per query takes over half a second (FACTS.md); a float32 matrix
+answers the same top-k in about 12 ms. Rows are appended in amortised O(1) and removed by
+swapping in the last row, so updates never rebuild the matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixRow:
+    row_id: int
+    channel_id: int
+    author_id: int
+    posted_ts: float
+    vector: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixFilter:
+    channel_ids: frozenset[int] | None = None
+    author_id: int | None = None
+    after_ts: float | None = None
+    before_ts: float | None = None
+
+
+class GuildMatrix:
+    def __init__(self, dim: int, capacity: int = 1024) -> None:
+        self.dim = dim
+        self.size = 0
+        self._pos: dict[int, int] = {}
+        self._ids = np.zeros(capacity, dtype=np.int64)
+        self._channels = np.zeros(capacity, dtype=np.int64)
+        self._authors = np.zeros(capacity, dtype=np.int64)
+        self._posted = np.zeros(capacity, dtype=np.float64)
+        self._vectors = np.zeros((capacity, dim), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, row_id: int) -> bool:
+        return row_id in self._pos
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self._ids)
+        if needed <= capacity:
+            return
+        new = max(needed, capacity * 2)
+        for name in ("_ids", "_channels", "_authors", "_posted"):
+            old = getattr(self, name)
+            grown = np.zeros(new, dtype=old.dtype)
+            grown[: self.size] = old[: self.size]
+            setattr(self, name, grown)
+        vectors = np.zeros((new, self.dim), dtype=np.float32)
+        vectors[: self.size] = self._vectors[: self.size]
+        self._vectors = vectors
+
+    def add(self, rows: Iterable[MatrixRow]) -> None:
+        for row in rows:
+            at = self._pos.get(row.row_id)
+            if at is None:
+                self._grow(self.size + 1)
+                at = self.size
+                self.size += 1
+                self._pos[row.row_id] = at
+            self._ids[at] = row.row_id
+            self._channels[at] = row.channel_id
+            self._authors[at] = row.author_id
+            self._posted[at] = row.posted_ts
+            self._vectors[at] = row.vector
+
+    def remove(self, row_ids: Iterable[int]) -> int:
+        removed = 0
+        for row_id in row_ids:
+            at = self._pos.pop(row_id, None)
+            if at is None:
+                continue
+            last = self.size - 1
+            if at != last:
+                moved = int(self._ids[last])
+                for array in (
+                    self._ids,
+                    self._channels,
+                    self._authors,
+                    self._posted,
+                    self._vectors,
+                ):
+                    array[at] = array[last]
+                self._pos[moved] = at
+            self.size -= 1
+            removed += 1
+        return removed
+
+    def _mask(self, where: MatrixFilter) -> np.ndarray | None:
+        n = self.size
+        mask = None
+
+        def narrow(condition: np.ndarray) -> None:
+            nonlocal mask
+            mask = condition if mask is None else mask & condition
+
+        if where.channel_ids is not None:
+            allowed = np.fromiter(where.channel_ids, dtype=np.int64, count=len(where.channel_ids))
+            narrow(np.isin(self._channels[:n], allowed))
+        if where.author_id is not None:
+            narrow(self._authors[:n] == where.author_id)
+        if where.after_ts is not None:
+            narrow(self._posted[:n] >= where.after_ts)
+        if where.before_ts is not None:
+            narrow(self._posted[:n] < where.before_ts)
+        return mask
+
+    def search(self, query: np.ndarray, k: int, where: MatrixFilter) -> list[tuple[int, float]]:
+        """Row ids and cosine scores of the k best rows that pass the filter, best first."""
+        if self.size == 0 or k <= 0:
+            return []
+        scores = self._vectors[: self.size] @ np.asarray(query, dtype=np.float32)
+        mask = self._mask(where)
+        if mask is not None:
+            candidates = np.flatnonzero(mask)
+            if len(candidates) == 0:
+                return []
+            scores = scores[candidates]
+        else:
+            candidates = None
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        rows = top if candidates is None else candidates[top]
+        return [(int(self._ids[r]), float(s)) for r, s in zip(rows, scores[top], strict=True)]

@@ -1,0 +1,241 @@
+"""The SQLite vector store: rows in SQLite, exact search on per-guild in-memory matrices."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from retrieval.errors import StoreUnavailable
+from retrieval.models import IndexedImage
+from retrieval.store.base import ImageRecord, SearchHit, SearchScope
+from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
+
+_HIT_COLUMNS = (
+    IndexedImage.id,
+    IndexedImage.guild_id,
+    IndexedImage.channel_id,
+    IndexedImage.message_id,
+    IndexedImage.image_key,
+    IndexedImage.kind,
+    IndexedImage.author_id,
+    IndexedImage.posted_at,
+    IndexedImage.filename,
+    IndexedImage.source_url,
+    IndexedImage.content_type,
+)
+_MATRIX_COLUMNS = (
+    IndexedImage.id,
+    IndexedImage.channel_id,
+    IndexedImage.author_id,
+    IndexedImage.posted_at,
+    IndexedImage.embedding,
+)
+_DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands datetimes back naive; they were written as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def record_values(record: ImageRecord) -> dict:
+    values = {name: getattr(record, name) for name in ImageRecord.__slots__}
+    values["posted_at"] = as_utc(record.posted_at)
+    return values
+
+
+class SqliteVectorStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._matrices: dict[tuple[int, str], GuildMatrix] = {}
+        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise StoreUnavailable(f"database error: {exc}") from exc
+
+    def _lock(self, key: tuple[int, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def upsert(self, records: Sequence[ImageRecord]) -> int:
+        if not records:
+            return 0
+        rows: list[tuple[tuple[int, str], MatrixRow]] = []
+        async with self._session() as session:
+            for record in records:
+                values = record_values(record)
+                stmt = insert(IndexedImage).values(**values)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["message_id", "image_key"],
+                    set_={k: v for k, v in values.items() if k not in ("message_id", "image_key")},
+                ).returning(IndexedImage.id)
+                row_id = (await session.execute(stmt)).scalar_one()
+                rows.append(((record.guild_id, record.model_id), _matrix_row(row_id, record)))
+        for key, row in rows:
+            async with self._lock(key):
+                if (matrix := self._matrices.get(key)) is not None:
+                    matrix.add([row])
+        return len(rows)
+
+    async def known_keys(self, message_id: int) -> set[int]:
+        async with self._session() as session:
+            result = await session.execute(
+                select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
+            )
+            return set(result.scalars())
+
+    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        async with self._session() as session:
+            result = await session.execute(
+                select(IndexedImage.embedding)
+                .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
+                .limit(1)
+            )
+            return result.scalar_one_or_none()
+
+    async def _matrix(self, key: tuple[int, str]) -> GuildMatrix:
+        """Load a guild's vectors on first use; the lock is held by the caller."""
+        if (matrix := self._matrices.get(key)) is not None:
+            return matrix
+        guild_id, model_id = key
+        async with self._session() as session:
+            result = await session.execute(
+                select(*_MATRIX_COLUMNS).where(
+                    IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id
+                )
+            )
+            loaded = [
+                MatrixRow(
+                    r.id, r.channel_id, r.author_id, as_utc(r.posted_at).timestamp(), r.embedding
+                )
+                for r in result
+            ]
+        dim = len(loaded[0].vector) if loaded else 0
+        matrix = GuildMatrix(dim, capacity=max(1024, len(loaded)))
+        matrix.add(loaded)
+        self._matrices[key] = matrix
+        return matrix
+
+    async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
+        key = (scope.guild_id, scope.model_id)
+        where = MatrixFilter(
+            channel_ids=scope.channel_ids,
+            author_id=scope.author_id,
+            after_ts=scope.after.timestamp() if scope.after else None,
+            before_ts=scope.before.timestamp() if scope.before else None,
+        )
+        async with self._lock(key):
+            matrix = await self._matrix(key)
+            if matrix.dim and matrix.dim != len(query):
+                return []
+            # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
+            ranked = await asyncio.to_thread(matrix.search, query, k, where)
+        if not ranked:
+            return []
+        scores = dict(ranked)
+        async with self._session() as session:
+            result = await session.execute(select(*_HIT_COLUMNS).where(IndexedImage.id.in_(scores)))
+            by_id = {row.id: row for row in result}
+        return [_hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
+
+    async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
+        stmt = (
+            select(func.count()).select_from(IndexedImage).where(IndexedImage.guild_id == guild_id)
+        )
+        if model_id is not None:
+            stmt = stmt.where(IndexedImage.model_id == model_id)
+        async with self._session() as session:
+            return int((await session.execute(stmt)).scalar_one())
+
+    async def _delete_where(self, *conditions) -> int:
+        stmt = (
+            delete(IndexedImage)
+            .where(*conditions)
+            .returning(IndexedImage.id, IndexedImage.guild_id, IndexedImage.model_id)
+        )
+        async with self._session() as session:
+            gone = (await session.execute(stmt)).all()
+        by_key: dict[tuple[int, str], list[int]] = {}
+        for row_id, guild_id, model_id in gone:
+            by_key.setdefault((guild_id, model_id), []).append(row_id)
+        for key, row_ids in by_key.items():
+            async with self._lock(key):
+                if (matrix := self._matrices.get(key)) is not None:
+                    matrix.remove(row_ids)
+        return len(gone)
+
+    async def _delete_in(self, column, values: Collection[int]) -> int:
+        values = list(values)
+        total = 0
+        for start in range(0, len(values), _DELETE_CHUNK):
+            total += await self._delete_where(column.in_(values[start : start + _DELETE_CHUNK]))
+        return total
+
+    async def delete_messages(self, message_ids: Collection[int]) -> int:
+        return await self._delete_in(IndexedImage.message_id, message_ids)
+
+    async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:
+        return await self._delete_where(
+            IndexedImage.message_id == message_id, IndexedImage.image_key.not_in(list(keep_keys))
+        )
+
+    async def delete_channels(self, channel_ids: Collection[int]) -> int:
+        return await self._delete_in(IndexedImage.channel_id, channel_ids)
+
+    async def delete_guild(self, guild_id: int) -> int:
+        removed = await self._delete_where(IndexedImage.guild_id == guild_id)
+        for key in [key for key in self._matrices if key[0] == guild_id]:
+            self._matrices.pop(key, None)
+        return removed
+
+    async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
+        conditions = [IndexedImage.author_id == author_id]
+        if guild_id is not None:
+            conditions.append(IndexedImage.guild_id == guild_id)
+        return await self._delete_where(*conditions)
+
+    async def close(self) -> None:
+        self._matrices.clear()
+
+
+def _matrix_row(row_id: int, record: ImageRecord) -> MatrixRow:
+    return MatrixRow(
+        row_id,
+        record.channel_id,
+        record.author_id,
+        as_utc(record.posted_at).timestamp(),
+        record.embedding,
+    )
+
+
+def _hit(row, score: float) -> SearchHit:
+    return SearchHit(
+        row_id=row.id,
+        score=score,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        message_id=row.message_id,
+        image_key=row.image_key,
+        kind=row.kind,
+        author_id=row.author_id,
+        posted_at=as_utc(row.posted_at),
+        filename=row.filename,
+        source_url=row.source_url,
+        content_type=row.content_type,
+    )
+
+
+__all__ = ["SqliteVectorStore"]
