@@ -1,0 +1,109 @@
+"""Runs the encoder on one thread that owns the model, with text queries ahead of image batches.
+
+A plain single-thread executor is first-in first-out: a `/find` would wait behind every queued
+image batch of a big backfill. Here the thread takes the most urgent job first, so a query
+waits for at most the batch already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+_QUERY, _BATCH = 0, 1
+_STOP = object()
+
+
+class ImageTextEncoder(Protocol):
+    model_id: str
+    dim: int
+    default_batch_size: int
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray: ...
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class EncoderCounters:
+    text_queries: int = 0
+    text_cache_hits: int = 0
+    image_batches: int = 0
+    images: int = 0
+
+
+class EncoderService:
+    """Async facade over an encoder; call `close()` to stop its thread."""
+
+    def __init__(self, encoder: ImageTextEncoder, *, text_cache_size: int = 512) -> None:
+        self.encoder = encoder
+        self.counters = EncoderCounters()
+        self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._thread = threading.Thread(target=self._work, name="clip-encoder", daemon=True)
+        self._thread.start()
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._jobs.get()
+            if job is _STOP:
+                return
+            fn, future, loop = job
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+    async def _run(self, priority: int, fn: Callable[[], np.ndarray]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._jobs.put((priority, next(self._order), (fn, future, loop)))
+        return await future
+
+    async def encode_text(self, text: str) -> np.ndarray:
+        """One query's vector; repeated queries come from an LRU cache, not the model."""
+        self.counters.text_queries += 1
+        cached = self._text_cache.get(text)
+        if cached is not None:
+            self.counters.text_cache_hits += 1
+            self._text_cache.move_to_end(text)
+            return cached
+        vector = (await self._run(_QUERY, lambda: self.encoder.encode_texts([text])))[0]
+        self._text_cache[text] = vector
+        if len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return vector
+
+    async def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        vectors = await self._run(_BATCH, lambda: self.encoder.encode_images(batch))
+        self.counters.image_batches += 1
+        self.counters.images += len(batch)
+        return vectors
+
+    async def close(self) -> None:
+        self._jobs.put((_BATCH + 1, next(self._order), _STOP))
+        await asyncio.to_thread(self._thread.join)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
