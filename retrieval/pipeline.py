@@ -1,0 +1,284 @@
+"""The async indexing pipeline: fetch → decode (thread pool) → micro-batch → encode → store.
+
+Every queue is bounded, so a flood of images slows intake (``submit`` waits) instead of growing
+memory. CPU work never runs on the event loop: hashing and decoding go to a thread pool, the
+model to the encoder's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from retrieval.encoding import EncoderService
+from retrieval.errors import ClipfindError, StoreUnavailable
+from retrieval.fetch import Fetcher
+from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
+from retrieval.store.base import ImageRecord, VectorStore
+
+log = logging.getLogger(__name__)
+
+_STORE_RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """One image to index, as the Discord adapter found it."""
+
+    guild_id: int
+    channel_id: int
+    message_id: int
+    image_key: int
+    kind: str  # "attachment" | "embed"
+    author_id: int
+    posted_at: datetime
+    url: str  # what to download (may be signed and short-lived)
+    source_url: str  # what to keep (stable)
+    filename: str
+    content_type: str = ""
+    size: int | None = None
+
+
+@dataclass
+class PipelineCounters:
+    submitted: int = 0
+    indexed: int = 0
+    reused: int = 0  # same bytes already encoded: vector copied, model skipped
+    already_known: int = 0
+    in_flight: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    def images_per_s(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return (self.indexed + self.reused) / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    ref: ImageRef
+    content_hash: str
+    content_type: str
+    pixels: np.ndarray
+
+
+class IndexingPipeline:
+    def __init__(
+        self,
+        *,
+        fetcher: Fetcher,
+        encoder: EncoderService,
+        store: VectorStore,
+        spec: PreprocessSpec,
+        max_pixels: int,
+        batch_size: int,
+        batch_deadline_s: float,
+        queue_size: int = 256,
+        fetch_workers: int = 8,
+        decode_threads: int = 2,
+    ) -> None:
+        self.fetcher = fetcher
+        self.encoder = encoder
+        self.store = store
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+        self.batch_deadline_s = batch_deadline_s
+        self.counters = PipelineCounters()
+        self._intake: asyncio.Queue[ImageRef] = asyncio.Queue(maxsize=queue_size)
+        self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
+        self._fetch_workers = fetch_workers
+        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="clip-decode")
+        self._tasks: list[asyncio.Task] = []
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    @property
+    def queued(self) -> int:
+        return self._intake.qsize() + self._prepared.qsize()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(), name=f"clip-fetch-{i}")
+            for i in range(self._fetch_workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._batch_loop(), name="clip-batch"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._pending:
+            log.warning("pipeline closed with %d images not indexed", self._pending)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, refs: Iterable[ImageRef]) -> None:
+        """Queue images; waits while the pipeline is full (backpressure, nothing dropped)."""
+        for ref in refs:
+            self._pending += 1
+            self._idle.clear()
+            self.counters.submitted += 1
+            await self._intake.put(ref)
+
+    async def join(self) -> None:
+        """Wait until every submitted image is indexed or has failed."""
+        await self._idle.wait()
+
+    def _done(self, count: int = 1) -> None:
+        self._pending -= count
+        if self._pending <= 0:
+            self._pending = 0
+            self._idle.set()
+
+    def _fail(self, ref: ImageRef, error: ClipfindError | ImageError) -> None:
+        self.counters.failed[error.reason] += 1
+        log.warning(
+            "skipped image %s of message %s in channel %s (guild %s): %s: %s",
+            ref.filename,
+            ref.message_id,
+            ref.channel_id,
+            ref.guild_id,
+            error.reason,
+            error,
+        )
+
+    async def _fetch_loop(self) -> None:
+        while True:
+            ref = await self._intake.get()
+            self.counters.in_flight += 1
+            handed_on = False
+            try:
+                handed_on = await self._fetch_one(ref)
+            except (ClipfindError, ImageError) as exc:
+                self._fail(ref, exc)
+            except Exception:  # a bug must not kill the worker; say so loudly
+                log.exception(
+                    "unexpected error indexing %s of message %s", ref.filename, ref.message_id
+                )
+                self.counters.failed["internal"] += 1
+            finally:
+                self.counters.in_flight -= 1
+                if not handed_on:
+                    self._done()
+
+    async def _fetch_one(self, ref: ImageRef) -> bool:
+        """Returns True when the image went on to the batcher (which then finishes it)."""
+        if ref.image_key in await self._with_store(self.store.known_keys, ref.message_id):
+            self.counters.already_known += 1
+            return False
+        data = await self.fetcher.fetch(ref.url, declared_size=ref.size)
+        loop = asyncio.get_running_loop()
+        kind = sniff_image_type(data[:64])
+        if kind is None:
+            raise NotAnImage(f"declared {ref.content_type or 'unknown type'}, bytes are no image")
+        content_type = f"image/{kind}"
+        content_hash = await loop.run_in_executor(self._pool, _sha256, data)
+        reused = await self._with_store(self.store.embedding_for, content_hash, self.model_id)
+        if reused is not None:
+            await self._write([_record(ref, content_hash, content_type, self.model_id, reused)])
+            self.counters.reused += 1
+            return False
+        job = functools.partial(prepare, data, self.spec, max_pixels=self.max_pixels)
+        pixels = await loop.run_in_executor(self._pool, job)
+        # Raw bytes can be megabytes; drop them before waiting on the batcher.
+        del data, job
+        await self._prepared.put(_Prepared(ref, content_hash, content_type, pixels))
+        return True
+
+    async def _batch_loop(self) -> None:
+        while True:
+            batch = [await self._prepared.get()]
+            deadline = time.monotonic() + self.batch_deadline_s
+            while len(batch) < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._prepared.get(), timeout))
+                except TimeoutError:
+                    break
+            try:
+                await self._encode_and_write(batch)
+            except Exception:
+                log.exception("unexpected error encoding a batch of %d images", len(batch))
+                self.counters.failed["internal"] += len(batch)
+            finally:
+                self._done(len(batch))
+
+    async def _encode_and_write(self, batch: list[_Prepared]) -> None:
+        started = time.monotonic()
+        vectors = await self.encoder.encode_images(np.stack([item.pixels for item in batch]))
+        records = [
+            _record(item.ref, item.content_hash, item.content_type, self.model_id, vector)
+            for item, vector in zip(batch, vectors, strict=True)
+        ]
+        await self._write(records)
+        self.counters.indexed += len(records)
+        guilds = Counter(item.ref.guild_id for item in batch)
+        log.info(
+            "indexed %d images (%s) in %.2fs; queued %d, in flight %d, indexed %d, %.1f img/s",
+            len(records),
+            ", ".join(f"guild {g}: {n}" for g, n in guilds.items()),
+            time.monotonic() - started,
+            self.queued,
+            self.counters.in_flight,
+            self.counters.indexed + self.counters.reused,
+            self.counters.images_per_s(),
+        )
+
+    async def _write(self, records: list[ImageRecord]) -> None:
+        await self._with_store(self.store.upsert, records)
+
+    async def _with_store(self, call, *args):
+        """Call the store, waiting out an outage instead of losing the work in hand."""
+        delay = 0.5
+        while True:
+            try:
+                return await call(*args)
+            except StoreUnavailable as exc:
+                log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _STORE_RETRY_MAX_S)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _record(
+    ref: ImageRef, content_hash: str, content_type: str, model_id: str, vector: np.ndarray
+) -> ImageRecord:
+    return ImageRecord(
+        guild_id=ref.guild_id,
+        channel_id=ref.channel_id,
+        message_id=ref.message_id,
+        image_key=ref.image_key,
+        kind=ref.kind,
+        author_id=ref.author_id,
+        posted_at=ref.posted_at,
+        filename=ref.filename[:255],
+        source_url=ref.source_url,
+        content_type=content_type,
+        content_hash=content_hash,
+        model_id=model_id,
+        embedding=np.asarray(vector, dtype=np.float32),
+    )
