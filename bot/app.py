@@ -1,0 +1,114 @@
+"""Builds the bot and everything it owns, opened and closed with `async with`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import discord
+import yarl
+
+from bot.client import ClipfindBot
+from retrieval.config import Settings
+from retrieval.db import create_engine, ensure_schema
+from retrieval.encoder import Encoder
+from retrieval.encoding import EncoderService
+from retrieval.errors import ConfigError
+from retrieval.fetch import Fetcher
+from retrieval.pipeline import IndexingPipeline
+from retrieval.store import open_store
+
+log = logging.getLogger(__name__)
+
+INTENT_REFUSED = (
+    "Discord refused the Message Content intent, without which it sends no attachments. Enable "
+    "it in the Discord Developer Portal: your application → Bot → Privileged Gateway Intents → "
+    "Message Content Intent, then start the bot again."
+)
+TOKEN_REFUSED = (
+    "Discord rejected DISCORD_TOKEN. Copy the bot token again from the Developer Portal."
+)
+
+
+def apply_endpoints(settings: Settings) -> None:
+    """Route Discord traffic through the configured REST base and gateway (proxies, tests)."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+@contextlib.asynccontextmanager
+async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
+    """The bot with its database, model, HTTP session and pipeline; not yet connected."""
+    apply_endpoints(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        await ensure_schema(engine)
+        encoder = await asyncio.to_thread(
+            Encoder.load,
+            model=settings.clip_model,
+            pretrained=settings.clip_pretrained,
+            device=settings.clip_device,
+        )
+        service = EncoderService(encoder)
+        store = open_store(engine)
+        connector = aiohttp.TCPConnector(
+            limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
+        )
+        async with aiohttp.ClientSession(connector=connector) as http:
+            fetcher = Fetcher(
+                http,
+                max_bytes=settings.max_image_bytes,
+                timeout_s=settings.fetch_timeout_s,
+                per_host=settings.fetch_per_host,
+                retries=settings.fetch_retries,
+            )
+            pipeline = IndexingPipeline(
+                fetcher=fetcher,
+                encoder=service,
+                store=store,
+                spec=encoder.spec,
+                max_pixels=settings.max_image_pixels,
+                batch_size=settings.batch_size or encoder.default_batch_size,
+                batch_deadline_s=settings.batch_deadline_ms / 1000,
+                queue_size=settings.queue_size,
+                fetch_workers=settings.fetch_concurrency,
+                decode_threads=settings.decode_threads,
+            )
+            await pipeline.start()
+            try:
+                bot = ClipfindBot(
+                    settings=settings,
+                    engine=engine,
+                    store=store,
+                    encoder=service,
+                    pipeline=pipeline,
+                )
+                async with bot:
+                    yield bot
+            finally:
+                await pipeline.close()
+                await service.close()
+                await store.close()
+    finally:
+        await engine.dispose()
+
+
+async def run(settings: Settings) -> int:
+    """Run until stopped; returns the process exit status."""
+    if settings.discord_token is None:
+        raise ConfigError("DISCORD_TOKEN is required (see .env.example)")
+    async with open_bot(settings) as bot:
+        try:
+            await bot.start(settings.discord_token.get_secret_value())
+        except discord.PrivilegedIntentsRequired:
+            log.critical(INTENT_REFUSED)
+            return 2
+        except discord.LoginFailure:
+            log.critical(TOKEN_REFUSED)
+            return 2
+    return 0

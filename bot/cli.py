@@ -1,0 +1,58 @@
+"""`python -m bot`: run the bot; `python -m bot db upgrade|current`: operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+
+import discord
+
+from retrieval.config import load_settings
+from retrieval.errors import ClipfindError
+
+log = logging.getLogger("clipfind")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="clipfind Discord bot")
+    sub = parser.add_subparsers(dest="command")
+    db = sub.add_parser("db", help="database schema commands")
+    db.add_argument("action", choices=["upgrade", "current"])
+    return parser
+
+
+async def _db(action: str, url: str) -> None:
+    from retrieval.db import create_engine, current_revision, upgrade
+
+    engine = create_engine(url)
+    try:
+        if action == "upgrade":
+            await upgrade(engine)
+        log.info("schema revision: %s", await current_revision(engine) or "none")
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ClipfindError as exc:
+        logging.basicConfig()
+        log.critical("%s", exc)
+        return 2
+    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+    try:
+        if args.command == "db":
+            asyncio.run(_db(args.action, settings.database_url))
+            return 0
+        from bot.app import run
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(run(settings))
+        return 0
+    except ClipfindError as exc:
+        log.critical("cannot start: %s", exc)
+        return 2

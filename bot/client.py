@@ -1,0 +1,84 @@
+"""The clipfind bot: a commands.Bot that is handed its resources and loads one cog per feature."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from bot.errors import on_app_command_error
+from retrieval.state import get_state, set_state
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from retrieval.config import Settings
+    from retrieval.encoding import EncoderService
+    from retrieval.pipeline import IndexingPipeline
+    from retrieval.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.indexing", "bot.cogs.search")
+_COMMANDS_HASH = "commands_hash"
+
+
+def intents() -> discord.Intents:
+    # Without message content Discord sends guild messages without attachments or embeds.
+    wanted = discord.Intents.default()
+    wanted.message_content = True
+    return wanted
+
+
+class ClipfindBot(commands.Bot):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: AsyncEngine,
+        store: VectorStore,
+        encoder: EncoderService,
+        pipeline: IndexingPipeline,
+        **options,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.encoder = encoder
+        self.pipeline = pipeline
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.tree.on_error = on_app_command_error
+        await self._sync_commands_if_changed()
+
+    async def _sync_commands_if_changed(self) -> None:
+        """Discord rate-limits command syncs; only sync when the definitions changed."""
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        digest = hashlib.sha256(
+            json.dumps([self.application_id, payload], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        if await get_state(self.engine, _COMMANDS_HASH) == digest:
+            log.info("application commands unchanged; not syncing")
+            return
+        synced = await self.tree.sync()
+        await set_state(self.engine, _COMMANDS_HASH, digest)
+        log.info("synced %d application commands", len(synced))
+
+    async def on_ready(self) -> None:
+        guilds = ", ".join(g.name for g in self.guilds) or "none yet"
+        log.info(
+            "connected as %s (id %s); guilds: %s", self.user, self.user and self.user.id, guilds
+        )

@@ -1,0 +1,49 @@
+"""Errors → one polite sentence for the user and one log line with the cause for the operator."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+
+from retrieval.errors import ModelUnavailable, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+SORRY = "Something went wrong on my side; the bot's operators can see what in the logs."
+
+
+def user_message(error: Exception) -> str:
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, StoreUnavailable):
+        return "The image index is unavailable right now. Please try again in a minute."
+    if isinstance(error, ModelUnavailable):
+        return "The image model is not loaded right now. Please try again later."
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command works in servers only."
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down a little: try again in {error.retry_after:.0f} s."
+    if isinstance(error, app_commands.CheckFailure):
+        return "You can't use this command here."
+    return SORRY
+
+
+async def on_app_command_error(
+    interaction: discord.Interaction, error: app_commands.AppCommandError
+) -> None:
+    original = getattr(error, "original", error)
+    name = interaction.command.qualified_name if interaction.command else "?"
+    if isinstance(original, StoreUnavailable | ModelUnavailable):
+        log.error("/%s failed: %s", name, original)
+    elif not isinstance(error, app_commands.CheckFailure):
+        log.error("/%s failed", name, exc_info=original)
+    message = user_message(error)
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not tell the user about the error: %s", exc)

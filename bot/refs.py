@@ -1,0 +1,92 @@
+"""Discord messages → ImageRefs: which attachments and embeds are images worth indexing."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+import discord
+import yarl
+
+from retrieval.pipeline import ImageRef
+
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+
+
+def embed_key(url: str) -> int:
+    """A stable positive 63-bit key for an embed's picture (embeds have no ids)."""
+    return int.from_bytes(hashlib.sha256(url.encode()).digest()[:8], "big") >> 1
+
+
+def unsigned(url: str) -> str:
+    """Discord's CDN links carry expiring signature parameters; keep the stable part."""
+    return str(yarl.URL(url).with_query(None))
+
+
+def _looks_like_image(content_type: str | None, filename: str) -> bool:
+    if content_type:
+        return content_type.split(";", 1)[0].strip().lower() in IMAGE_TYPES
+    return posixpath.splitext(filename.lower())[1] in IMAGE_EXTENSIONS
+
+
+def image_refs(message: discord.Message) -> list[ImageRef]:
+    """The images of a guild message. The pipeline still sniffs the bytes before decoding."""
+    if message.guild is None:
+        return []
+    common = dict(
+        guild_id=message.guild.id,
+        channel_id=message.channel.id,
+        message_id=message.id,
+        author_id=message.author.id,
+        posted_at=message.created_at,
+    )
+    refs = [
+        ImageRef(
+            **common,
+            image_key=a.id,
+            kind="attachment",
+            url=a.url,
+            source_url=unsigned(a.url),
+            filename=a.filename,
+            content_type=a.content_type or "",
+            size=a.size,
+        )
+        for a in message.attachments
+        if _looks_like_image(a.content_type, a.filename)
+    ]
+    seen: set[str] = set()
+    for embed in message.embeds:
+        picture = _embed_picture(embed)
+        if picture is None or picture[0] in seen:
+            continue
+        url, fetch_url = picture
+        seen.add(url)
+        refs.append(
+            ImageRef(
+                **common,
+                image_key=embed_key(url),
+                kind="embed",
+                url=fetch_url,
+                source_url=url,
+                filename=posixpath.basename(yarl.URL(url).path) or "image",
+            )
+        )
+    return refs
+
+
+def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
+    """(the picture's own URL, the URL to download) for embeds that show a still picture.
+
+    Downloads go through Discord's media proxy when it offers one, so the bot never connects to
+    hosts chosen by whoever posted the link.
+    """
+    if embed.type == "image":
+        media = embed.thumbnail if embed.thumbnail.url else embed.image
+    elif embed.type in ("rich", "article") and embed.image.url:
+        media = embed.image
+    else:  # gifv and video embeds are moving pictures; links without a picture have nothing
+        return None
+    if not media.url:
+        return None
+    return media.url, media.proxy_url or media.url
