@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -94,8 +95,7 @@ async def ensure_schema(engine: AsyncEngine) -> None:
         log.info("creating the clipfind schema in a new database")
         await upgrade(engine)
         return
-    script = ScriptDirectory.from_config(alembic_config(url))
-    if script.get_revision(current) is None:
+    if not _known_revision(url, current):
         raise SchemaError(
             f"the database schema ({current}) is newer than this clipfind; upgrade clipfind, "
             "or point DATABASE_URL at another database"
@@ -103,6 +103,14 @@ async def ensure_schema(engine: AsyncEngine) -> None:
     raise SchemaError(
         f"the database schema is at {current}, this clipfind needs {head}; run `{UPGRADE_HINT}`"
     )
+
+
+def _known_revision(url: str, revision: str) -> bool:
+    script = ScriptDirectory.from_config(alembic_config(url))
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 async def _has_tables(engine: AsyncEngine) -> bool:

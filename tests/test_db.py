@@ -1,0 +1,71 @@
+"""Schema management: a new database is created; any other mismatch stops start-up with the fix."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from retrieval.db import UPGRADE_HINT, create_engine, current_revision, ensure_schema
+from retrieval.errors import SchemaError
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/nested/dir/clipfind.db")
+    yield engine
+    await engine.dispose()
+
+
+async def test_new_database_is_created_and_migrated(engine, tmp_path):
+    assert await current_revision(engine) is None
+    await ensure_schema(engine)
+    assert (tmp_path / "nested/dir/clipfind.db").exists()
+    head = await current_revision(engine)
+    assert head is not None
+    await ensure_schema(engine)  # idempotent at head
+    assert await current_revision(engine) == head
+
+
+async def test_schema_newer_than_the_code_is_refused(engine):
+    await ensure_schema(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_from_the_future'"))
+    with pytest.raises(SchemaError, match="newer than this clipfind"):
+        await ensure_schema(engine)
+
+
+async def test_foreign_tables_without_a_version_are_refused(engine):
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE images (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(SchemaError, match="no clipfind schema version"):
+        await ensure_schema(engine)
+
+
+async def test_behind_schema_names_the_upgrade_command(engine, monkeypatch):
+    import retrieval.db
+
+    await ensure_schema(engine)
+    current = await current_revision(engine)
+    # Pretend the code moved on by one revision: the stored one is then behind.
+    monkeypatch.setattr(retrieval.db, "_head", lambda url: "9999_next")
+    with pytest.raises(SchemaError, match=UPGRADE_HINT) as info:
+        await ensure_schema(engine)
+    assert current in str(info.value)
+
+
+def test_cli_db_upgrade(tmp_path, monkeypatch, caplog):
+    from bot.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    assert main(["db", "upgrade"]) == 0
+    assert (tmp_path / "cli.db").exists()
+
+
+def test_cli_reports_bad_settings(monkeypatch, tmp_path, caplog):
+    from bot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIP_DEVICE", "gpu0")
+    assert main(["db", "current"]) == 2
+    assert "CLIP_DEVICE" in caplog.text

@@ -1,0 +1,141 @@
+"""The encoder through the real open_clip code path, and its priority thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from retrieval.encoder import Encoder
+from retrieval.encoding import EncoderService
+from retrieval.errors import ModelUnavailable
+from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
+
+
+@pytest.fixture(scope="module")
+def random_tiny():
+    return Encoder.load(model=str(CONFIG_PATH), pretrained=None, device="cpu")
+
+
+def pixels(encoder: Encoder, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    size = encoder.spec.size
+    return rng.normal(size=(n, 3, size, size)).astype(np.float32)
+
+
+def test_batches_match_single_images_and_are_normalised(random_tiny):
+    batch = pixels(random_tiny, 5)
+    together = random_tiny.encode_images(batch)
+    alone = np.concatenate([random_tiny.encode_images(batch[i : i + 1]) for i in range(5)])
+    assert together.shape == (5, random_tiny.dim) and together.dtype == np.float32
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    texts = random_tiny.encode_texts(["a red circle", "a blue square"])
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+
+
+def test_model_id_names_model_and_weights(random_tiny, tiny_encoder, tmp_path):
+    assert random_tiny.model_id == "tiny-clip/random"
+    assert tiny_encoder.model_id.startswith("tiny-clip/file-")
+    # Different weights must never share an id, or their vectors would mix in the store.
+    import torch
+
+    state = torch.load(CHECKPOINT_PATH, weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    retrained = Encoder.load(model=str(CONFIG_PATH), pretrained=str(other))
+    assert retrained.model_id.startswith("tiny-clip/file-")
+    assert retrained.model_id != tiny_encoder.model_id
+
+
+def test_hub_tag_offline_fails_at_once_with_the_fix():
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable) as info:
+        Encoder.load(model="ViT-B-32", pretrained="laion2b_s34b_b79k", device="cpu")
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert "not reachable" in message and "CLIP_PRETRAINED" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "device", "expected"),
+    [
+        ("ViT-B-32", "no_such_tag", "cpu", "laion2b_s34b_b79k"),  # lists the real tags
+        ("NoSuchNet", None, "cpu", "not an open_clip model name"),
+        ("/nowhere/model.json", None, "cpu", "no such model config file"),
+        (str(CONFIG_PATH), None, "cuda:0", "no CUDA device"),
+    ],
+)
+def test_bad_model_settings_say_what_to_fix(model, pretrained, device, expected):
+    if device.startswith("cuda"):
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelUnavailable, match=expected):
+        Encoder.load(model=model, pretrained=pretrained, device=device)
+
+
+class _Gated:
+    """The real encoder, with the first image batch held until released, recording call order."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.inner = encoder
+        self.model_id, self.dim = encoder.model_id, encoder.dim
+        self.default_batch_size = encoder.default_batch_size
+        self.gate = threading.Event()
+        self.calls: list[str] = []
+
+    def encode_images(self, batch):
+        if not self.calls:
+            self.gate.wait(10)
+        self.calls.append("images")
+        return self.inner.encode_images(batch)
+
+    def encode_texts(self, texts):
+        self.calls.append("text")
+        return self.inner.encode_texts(texts)
+
+
+async def test_queries_jump_the_image_backlog(random_tiny):
+    gated = _Gated(random_tiny)
+    service = EncoderService(gated)
+    try:
+        batches = [
+            asyncio.create_task(service.encode_images(pixels(random_tiny, 2, s))) for s in range(3)
+        ]
+        await asyncio.sleep(0.05)  # all three batches are queued behind the gate
+        query = asyncio.create_task(service.encode_text("a red circle"))
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        await asyncio.gather(query, *batches)
+        assert gated.calls == ["images", "text", "images", "images"]
+    finally:
+        await service.close()
+
+
+async def test_repeated_query_skips_the_model(random_tiny):
+    service = EncoderService(random_tiny)
+    try:
+        first = await service.encode_text("a green triangle")
+        again = await service.encode_text("a green triangle")
+        assert np.array_equal(first, again)
+        assert service.counters.text_queries == 2 and service.counters.text_cache_hits == 1
+    finally:
+        await service.close()
+
+
+async def test_encoder_errors_reach_the_caller(random_tiny):
+    service = EncoderService(random_tiny)
+    try:
+        with pytest.raises(RuntimeError):
+            await service.encode_images(np.zeros((1, 3, 5, 5), dtype=np.float32))
+        assert (await service.encode_text("still works")).shape == (random_tiny.dim,)
+    finally:
+        await service.close()

@@ -1,0 +1,202 @@
+"""The indexing pipeline end to end without Discord: HTTP on loopback → tiny CLIP → SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from retrieval.encoding import EncoderService
+from retrieval.fetch import Fetcher
+from retrieval.pipeline import ImageRef, IndexingPipeline
+from retrieval.store import SearchScope
+from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
+
+
+class ImageHost:
+    """Serves bytes per path, with the faults a real CDN shows now and then."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.fail_first: dict[str, int] = {}
+        self.hits: dict[str, int] = {}
+        self.base = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.hits[name] = self.hits.get(name, 0) + 1
+        if self.fail_first.get(name, 0) > 0:
+            self.fail_first[name] -= 1
+            return web.Response(status=503)
+        if name not in self.files:
+            return web.Response(status=404)
+        body, content_type = self.files[name]
+        return web.Response(body=body, content_type=content_type)
+
+
+@pytest.fixture
+async def host():
+    images = ImageHost()
+    app = web.Application()
+    app.router.add_get("/img/{name}", images.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    images.base = f"http://127.0.0.1:{port}/img"
+    yield images
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def pipeline(tiny_encoder, store):
+    service = EncoderService(tiny_encoder)
+    async with aiohttp.ClientSession() as http:
+        fetcher = Fetcher(http, max_bytes=200_000, timeout_s=5, retries=2, backoff_s=0.01)
+        pipe = IndexingPipeline(
+            fetcher=fetcher,
+            encoder=service,
+            store=store,
+            spec=tiny_encoder.spec,
+            max_pixels=10_000_000,
+            batch_size=4,
+            batch_deadline_s=0.02,
+            queue_size=4,
+            fetch_workers=3,
+        )
+        await pipe.start()
+        yield pipe
+        await pipe.close()
+    await service.close()
+
+
+def ref(host: ImageHost, name: str, message_id: int, **overrides) -> ImageRef:
+    values = dict(
+        guild_id=1,
+        channel_id=10,
+        message_id=message_id,
+        image_key=message_id * 10,
+        kind="attachment",
+        author_id=5,
+        posted_at=datetime(2026, 5, 1, tzinfo=UTC),
+        url=f"{host.base}/{name}?ex=1&hm=sig",
+        source_url=f"{host.base}/{name}",
+        filename=name,
+        content_type="image/png",
+    )
+    values.update(overrides)
+    return ImageRef(**values)
+
+
+async def test_images_are_indexed_and_found_by_text(host, pipeline, store, tiny_encoder):
+    names = {}
+    for i, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"), ("green", "star")]):
+        picture = draw(colour, shape, size=160, rng=i)
+        host.files[f"{shape}.png"] = (png_bytes(picture), "image/png")
+        names[caption(colour, shape)] = 100 + i
+    host.files["photo.jpg"] = (
+        jpeg_bytes(draw("yellow", "triangle", size=200, rng=9)),
+        "image/jpeg",
+    )
+    await pipeline.submit(
+        [ref(host, f"{shape}.png", 100 + i) for i, shape in enumerate(["circle", "square", "star"])]
+        + [ref(host, "photo.jpg", 200, content_type="image/jpeg")]
+    )
+    await pipeline.join()
+    assert pipeline.counters.indexed == 4 and not pipeline.counters.failed
+    for text, message_id in names.items():
+        query = tiny_encoder.encode_texts([text])[0]
+        hits = await store.search(
+            query, scope=SearchScope(guild_id=1, model_id=tiny_encoder.model_id), k=1
+        )
+        assert hits[0].message_id == message_id, text
+        assert hits[0].source_url.endswith(".png") and "?" not in hits[0].source_url
+
+
+async def test_bad_input_is_skipped_with_a_reason(host, pipeline, store, caplog):
+    host.files["ok.png"] = (png_bytes(draw("red", "cross", rng=1)), "image/png")
+    host.files["corrupt.png"] = (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, "image/png")
+    host.files["page.png"] = (b"<html>not an image</html>", "text/html")
+    host.files["huge.png"] = (b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000, "image/png")
+    caplog.set_level(logging.WARNING, logger="retrieval.pipeline")
+    await pipeline.submit(
+        [
+            ref(host, "ok.png", 1),
+            ref(host, "corrupt.png", 2),
+            ref(host, "page.png", 3),
+            ref(host, "huge.png", 4),
+            ref(host, "missing.png", 5),
+            ref(host, "declared-huge.png", 6, size=10_000_000),
+        ]
+    )
+    await pipeline.join()
+    failed = pipeline.counters.failed
+    assert pipeline.counters.indexed == 1
+    assert failed == {"corrupt": 1, "not_an_image": 1, "too_large": 2, "http_404": 1}
+    assert "declared-huge.png" not in host.hits  # refused before any download
+    assert "missing.png of message 5" in caplog.text and "http_404" in caplog.text
+    assert "sig" not in caplog.text  # signed query strings stay out of logs
+    assert await store.count(guild_id=1) == 1
+
+
+async def test_transient_server_errors_are_retried(host, pipeline, store):
+    host.files["flaky.png"] = (png_bytes(draw("blue", "circle", rng=3)), "image/png")
+    host.fail_first["flaky.png"] = 2
+    await pipeline.submit([ref(host, "flaky.png", 7)])
+    await pipeline.join()
+    assert host.hits["flaky.png"] == 3
+    assert await store.count(guild_id=1) == 1
+
+
+async def test_redelivery_and_reposts_do_no_extra_work(host, pipeline, store):
+    host.files["a.png"] = (png_bytes(draw("orange", "square", rng=4)), "image/png")
+    await pipeline.submit([ref(host, "a.png", 8)])
+    await pipeline.join()
+    encoded = pipeline.encoder.counters.images
+    await pipeline.submit([ref(host, "a.png", 8)])  # the same message delivered again
+    await pipeline.submit([ref(host, "a.png", 9)])  # the same bytes reposted
+    await pipeline.join()
+    assert pipeline.counters.already_known == 1 and pipeline.counters.reused == 1
+    assert pipeline.encoder.counters.images == encoded
+    assert host.hits["a.png"] == 2
+    assert await store.count(guild_id=1) == 2
+
+
+async def test_a_flood_is_absorbed_with_bounded_queues(host, pipeline, store):
+    host.files["s.png"] = (png_bytes(draw("green", "triangle", rng=5)), "image/png")
+    for i in range(40):
+        host.files[f"s{i}.png"] = (
+            png_bytes(draw("purple", "star", size=96, rng=100 + i)),
+            "image/png",
+        )
+    peak = 0
+
+    async def watch():
+        nonlocal peak
+        while True:
+            peak = max(peak, pipeline.queued)
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    await pipeline.submit([ref(host, f"s{i}.png", 1000 + i) for i in range(40)])
+    await pipeline.join()
+    watcher.cancel()
+    assert pipeline.counters.indexed == 40
+    assert peak <= 4 + 4 * 2  # intake bound + batcher bound
+    assert await store.count(guild_id=1) == 40
+    vectors = await store.embedding_for(
+        (await _hash_of(host.files["s0.png"][0])), pipeline.model_id
+    )
+    assert vectors is not None and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-5)
+
+
+async def _hash_of(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,140 @@
+"""The vector store: idempotent writes, exact search with filters inside, every kind of delete."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from retrieval.store import ImageRecord, SearchScope
+
+MODEL = "test-model"
+DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def unit(rng: np.random.Generator, dim: int = 16) -> np.ndarray:
+    v = rng.normal(size=dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def record(i: int, vector: np.ndarray, **overrides) -> ImageRecord:
+    values = dict(
+        guild_id=1,
+        channel_id=10 + i % 3,
+        message_id=1000 + i,
+        image_key=5000 + i,
+        kind="attachment",
+        author_id=70 + i % 2,
+        posted_at=DAY0 + timedelta(days=i),
+        filename=f"img{i}.png",
+        source_url=f"https://cdn.example/attachments/{i}.png",
+        content_type="image/png",
+        content_hash=f"hash{i}",
+        model_id=MODEL,
+        embedding=vector,
+    )
+    values.update(overrides)
+    return ImageRecord(**values)
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.default_rng(7)
+    return [unit(rng) for _ in range(30)]
+
+
+@pytest.fixture
+async def filled(store, vectors):
+    await store.upsert([record(i, v) for i, v in enumerate(vectors)])
+    return store
+
+
+def exact_top(vectors, query, k, keep=lambda i: True):
+    scores = [(float(v @ query), i) for i, v in enumerate(vectors) if keep(i)]
+    return [i for _, i in sorted(scores, reverse=True)[:k]]
+
+
+async def test_search_is_exact_and_ordered(filled, vectors):
+    query = vectors[4]
+    hits = await filled.search(query, scope=SearchScope(guild_id=1, model_id=MODEL), k=5)
+    assert [h.message_id - 1000 for h in hits] == exact_top(vectors, query, 5)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert hits[0].posted_at == DAY0 + timedelta(days=4)
+
+
+async def test_upsert_is_idempotent(filled, vectors):
+    await filled.upsert([record(i, v) for i, v in enumerate(vectors[:10])])
+    assert await filled.count(guild_id=1) == 30
+    hits = await filled.search(vectors[0], scope=SearchScope(guild_id=1, model_id=MODEL), k=30)
+    assert len({h.message_id for h in hits}) == 30
+
+
+async def test_filters_apply_inside_the_search(filled, vectors):
+    """A filtered search still fills k from the rows that pass, not from a truncated top-k."""
+    query = vectors[0]
+    scope = SearchScope(guild_id=1, model_id=MODEL, channel_ids=frozenset({11}), author_id=71)
+    hits = await filled.search(query, scope=scope, k=4)
+    expected = exact_top(vectors, query, 4, keep=lambda i: 10 + i % 3 == 11 and 70 + i % 2 == 71)
+    assert [h.message_id - 1000 for h in hits] == expected
+    assert len(hits) == 4
+    dated = SearchScope(
+        guild_id=1,
+        model_id=MODEL,
+        after=DAY0 + timedelta(days=10),
+        before=DAY0 + timedelta(days=20),
+    )
+    hits = await filled.search(query, scope=dated, k=30)
+    assert sorted(h.message_id - 1000 for h in hits) == list(range(10, 20))
+
+
+async def test_scope_never_crosses_guilds_or_models(filled, vectors):
+    await filled.upsert([record(100, vectors[0], guild_id=2, message_id=9000, image_key=9000)])
+    await filled.upsert(
+        [record(101, vectors[0], model_id="other", message_id=9001, image_key=9001)]
+    )
+    hits = await filled.search(vectors[0], scope=SearchScope(guild_id=2, model_id=MODEL), k=10)
+    assert [h.message_id for h in hits] == [9000]
+    hits = await filled.search(vectors[0], scope=SearchScope(guild_id=1, model_id=MODEL), k=50)
+    assert 9001 not in {h.message_id for h in hits}
+    assert await filled.count(guild_id=1, model_id=MODEL) == 30
+
+
+async def test_inserts_after_first_search_are_searchable(filled, vectors):
+    scope = SearchScope(guild_id=1, model_id=MODEL)
+    await filled.search(vectors[0], scope=scope, k=1)  # loads the guild matrix
+    fresh = unit(np.random.default_rng(99))
+    await filled.upsert([record(50, fresh)])
+    hits = await filled.search(fresh, scope=scope, k=1)
+    assert hits[0].message_id == 1050
+
+
+async def test_deletes_leave_no_vectors(filled, vectors):
+    scope = SearchScope(guild_id=1, model_id=MODEL)
+    await filled.search(vectors[0], scope=scope, k=1)
+    assert await filled.delete_messages([1000, 1001]) == 2
+    assert await filled.delete_channels([12]) == 10  # i % 3 == 2 among 2..29
+    assert await filled.delete_author(guild_id=1, author_id=71) > 0
+    hits = await filled.search(vectors[0], scope=scope, k=30)
+    left = {h.message_id - 1000 for h in hits}
+    assert left == {i for i in range(2, 30) if i % 3 != 2 and i % 2 == 0}
+    assert await filled.count(guild_id=1) == len(left)
+    await filled.delete_guild(1)
+    assert await filled.count(guild_id=1) == 0
+    assert await filled.search(vectors[0], scope=scope, k=5) == []
+
+
+async def test_edit_removing_an_image_keeps_the_others(store, vectors):
+    a = record(0, vectors[0])
+    b = record(1, vectors[1], message_id=a.message_id)
+    await store.upsert([a, b])
+    assert await store.known_keys(a.message_id) == {a.image_key, b.image_key}
+    assert await store.delete_images(a.message_id, keep_keys=[b.image_key]) == 1
+    assert await store.known_keys(a.message_id) == {b.image_key}
+
+
+async def test_same_bytes_reuse_the_stored_vector(filled, vectors):
+    found = await filled.embedding_for("hash3", MODEL)
+    assert np.allclose(found, vectors[3])
+    assert await filled.embedding_for("hash3", "other") is None
