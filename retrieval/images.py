@@ -15,12 +15,11 @@ from __future__ import annotations
 import functools
 import io
 import struct
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from retrieval.errors import ClipfindError
 
@@ -30,7 +29,14 @@ SUPPORTED_TYPES: dict[str, str] = {
     "webp": "image/webp",
     "gif": "image/gif",
 }
-_PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
+# Image.open would add Pillow's process-wide MAX_IMAGE_PIXELS policy (a warning, then an error) on
+# top of ours; opening with the format's own plugin leaves the decision to our header check.
+_OPENERS = {
+    "png": PngImagePlugin.PngImageFile,
+    "jpeg": JpegImagePlugin.jpeg_factory,  # returns an MpoImageFile for multi-picture phone JPEGs
+    "webp": WebPImagePlugin.WebPImageFile,
+    "gif": GifImagePlugin.GifImageFile,
+}
 _INTERPOLATIONS = ("bicubic", "bilinear", "random")
 _RESIZE_MODES = ("shortest", "longest", "squash")
 # Past this aspect ratio 'shortest' would build a huge intermediate image, as open_clip does (a
@@ -46,10 +52,6 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-# Our own cap, read from the header, decides what is too large. Pillow's warning fires only for an
-# image we already admitted (when the operator raised the cap above Image.MAX_IMAGE_PIXELS).
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ClipfindError):
@@ -219,7 +221,7 @@ def decode_image(
     if size is not None:
         _check_pixels(size, max_pixels)
     try:
-        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[kind]]) as im:
+        with _OPENERS[kind](io.BytesIO(data)) as im:
             _check_pixels(im.size, max_pixels)  # for headers we could not read ourselves
             if kind == "jpeg":
                 im.draft("RGB", (target_side, target_side))
@@ -227,7 +229,7 @@ def decode_image(
             return _apply_orientation(_to_rgb(im), im)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # a plugin's own check, past a cap this high
         raise ImageTooLarge(f"{kind} image over Pillow's pixel limit: {exc}") from exc
     except MemoryError as exc:
         raise ImageTooLarge(f"out of memory decoding a {kind} image of {size}") from exc
