@@ -1,0 +1,81 @@
+"""A Discord stand-in on loopback (REST API v10, gateway websocket, CDN) for end-to-end tests.
+
+The real discord.py client talks to it after two settings::
+
+    discord.http.Route.BASE = fd.api_base                     # http://127.0.0.1:PORT/api/v10
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fd.gateway_url)
+
+Payloads are complete API v10 shapes; snowflakes are real (timestamp-based) and strings
+in JSON; errors carry Discord's codes. Routes the stand-in lacks answer 404 and are logged
+at ERROR (and listed in `fd.unknown_routes`) so a missing endpoint is obvious.
+
+Setting up a world
+------------------
+::
+
+    async with FakeDiscord(message_content_enabled=True) as fd:   # 127.0.0.1, free port
+        fd.api_base, fd.gateway_url, fd.token, fd.application_id, fd.bot_user
+        guild = fd.add_guild("Test guild", bot_permissions=DEFAULT_BOT)
+        mods = guild.add_role("mods", permissions=discord.Permissions(manage_guild=True).value)
+        memes = guild.add_text_channel("memes", nsfw=False, overwrites=[
+            Overwrite(guild.everyone, deny=P.READ_MESSAGE_HISTORY),
+            Overwrite(mods, allow=P.READ_MESSAGE_HISTORY)])
+        alice = guild.add_member("alice", roles=[mods])       # .id, .user, .name, .mention
+        thread = guild.add_thread(memes, "cats", private=True, members=[alice])
+
+Constructor options: `message_content_enabled`, `members_enabled`, `presences_enabled`
+(the portal switches; asking IDENTIFY for a disabled one closes with 4014),
+`bot_name`, `initial_response_timeout` (3.0 s; None disables), `clock`.
+`guild.add_*` dispatch CHANNEL_CREATE/GUILD_MEMBER_ADD/... when a client is connected;
+pass `dispatch=False` for changes made while the bot was offline.
+
+Members acting
+--------------
+- `await fd.post_message(channel, member, content, attachments=[Attachment(name, bytes,
+  "image/png")], embeds=[fd.image_embed(url)], delayed_embeds=False) -> Message`
+  (stored and dispatched; `delayed_embeds=True` sends the embeds in a later MESSAGE_UPDATE,
+  as Discord's link unfurling does).
+- `fd.add_history_message(channel, member, content, ..., at=datetime|None) -> Message`
+  (stored only).
+- `fd.host_external_image(name, data, content_type) -> url`; `fd.image_embed(url, rich=False)`.
+- `await fd.invoke_slash(guild, channel, member, "find" | ("clipfind", "channels", "exclude"),
+  {"query": "a red circle", "count": 3}) -> FakeInteraction`; option values may be
+  str/int/float/bool, Member/User, Channel, Role, Attachment.
+- `await fd.invoke_message_command(guild, channel, member, "Find similar images", message)`,
+  `await fd.invoke_user_command(guild, channel, member, name, target_member)`.
+- `await fd.click(message_or_reply_dict, custom_id, member, values=None) -> FakeInteraction`.
+
+What the bot did
+----------------
+- `await inter.wait_reply(timeout=30, predicate=None) -> dict` (content, embeds, components,
+  flags, attachments, ...): the message the member sees, however the bot got there
+  (type 4/7 callback, or deferral then @original edit or follow-up).
+- `inter.deferred`, `inter.callbacks`, `inter.messages`, `inter.response_type`,
+  `inter.expire_token()`.
+- `fd.synced_commands` ({None: global, guild_id: [...]}), `fd.requests`
+  (RecordedRequest(method, path, query, json, files)), `fd.identify_payloads`,
+  `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
+  `fd.cdn.hits` ((path, status) per CDN request), `fd.unknown_routes`.
+
+Lifecycle (all async, all take `dispatch=False` for offline changes)
+-------------------------------------------------------------------
+`delete_message`, `bulk_delete`, `edit_message`, `delete_channel`, `delete_thread`,
+`archive_thread`, `add_thread_members`, `remove_thread_members`,
+`update_channel_overwrites`, `remove_bot_from_guild`, `add_bot_to_guild`,
+`remove_member`, `update_member_roles`, `update_role`; plus `expire_attachment_links()`,
+`advance_clock(seconds)`, `set_cdn_fault(url, delay=, fail_first=, fail_status=,
+content_type=, declared_length=, stall=)`, `await fd.wait_ready(timeout=)`,
+`await fd.flush()`, `await fd.reconnect_clients()`.
+"""
+
+from .cdn import Fault
+from .interactions import FakeInteraction
+from .models import Attachment, Channel, Guild, Member, Message, Role, StoredAttachment, User
+from .permissions import ALL, DEFAULT_BOT, DEFAULT_EVERYONE, Overwrite, P, Permission
+from .server import FakeDiscord, RecordedRequest
+
+__all__ = [
+    "ALL", "DEFAULT_BOT", "DEFAULT_EVERYONE", "Attachment", "Channel", "FakeDiscord",
+    "FakeInteraction", "Fault", "Guild", "Member", "Message", "Overwrite", "P", "Permission",
+    "RecordedRequest", "Role", "StoredAttachment", "User",
+]

@@ -1,0 +1,209 @@
+"""The CDN half of the stand-in: signed attachment URLs, an external image host, faults.
+
+Attachment URLs look like Discord's:
+``/attachments/{channel_id}/{attachment_id}/{filename}?ex=<hex>&is=<hex>&hm=<hex>&``.
+A URL stops working when `ex` has passed (by the stand-in's clock), when
+`expire_attachment_links()` rotated the signing generation, or when the message was deleted;
+the answer is then 404 "This content is no longer available.", as Discord gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import logging
+import mimetypes
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote, urlsplit
+
+from aiohttp import web
+
+from .models import Attachment, StoredAttachment
+
+if TYPE_CHECKING:
+    from .ids import Clock, Snowflakes
+
+log = logging.getLogger(__name__)
+
+LINK_TTL = 24 * 3600
+GONE = "This content is no longer available."
+
+
+@dataclass
+class Fault:
+    """How the CDN misbehaves for one URL (matched by path, whatever the signature)."""
+
+    delay: float = 0.0  # seconds before the status line
+    fail_first: int = 0  # answer this many requests with `fail_status` first
+    fail_status: int = 500
+    content_type: str | None = None  # serve with this Content-Type instead
+    declared_length: int | None = None  # pad the body with zeros to this many bytes
+    stall: bool = False  # send headers and half the body, then hang until shutdown
+    served: int = 0
+
+
+def probe_image(data: bytes) -> tuple[str | None, int | None, int | None]:
+    """(content type, width, height) when Pillow recognises the bytes, else Nones."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return Image.MIME.get(im.format or ""), im.width, im.height
+    except Exception:
+        return None, None, None
+
+
+class Cdn:
+    def __init__(self, clock: Clock, ids: Snowflakes) -> None:
+        self.base = ""  # set once the server has a port
+        self._clock = clock
+        self._ids = ids
+        self._secret = secrets.token_bytes(16)
+        self.generation = 0
+        self.files: dict[tuple[int, int], StoredAttachment] = {}
+        self.external: dict[str, tuple[bytes, str]] = {}
+        self._proxied_urls: dict[str, str] = {}  # images-ext proxy token -> external path
+        self.faults: dict[str, Fault] = {}
+        self.hits: list[tuple[str, int]] = []  # (path, status) for every CDN request
+        self.closing = asyncio.Event()
+
+    # -- attachments -------------------------------------------------------------------
+
+    def store(self, channel_id: int, upload: Attachment, *, ephemeral: bool = False
+              ) -> StoredAttachment:
+        sniffed, width, height = probe_image(upload.data)
+        content_type = (upload.content_type or sniffed
+                        or mimetypes.guess_type(upload.filename)[0] or "application/octet-stream")
+        att = StoredAttachment(self._ids.next(), channel_id, upload.filename, upload.data,
+                               content_type, width, height, upload.description, self, ephemeral)
+        self.files[(channel_id, att.id)] = att
+        return att
+
+    def forget(self, att: StoredAttachment) -> None:
+        self.files.pop((att.channel_id, att.id), None)
+
+    def _sign(self, path: str, ex: int, issued: int) -> str:
+        msg = f"{path}|{ex}|{issued}|{self.generation}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
+    def signed_url(self, att: StoredAttachment) -> str:
+        path = f"/attachments/{att.channel_id}/{att.id}/{quote(att.filename)}"
+        issued = int(self._clock())
+        ex = issued + LINK_TTL
+        return f"{self.base}{path}?ex={ex:x}&is={issued:x}&hm={self._sign(path, ex, issued)}&"
+
+    def proxy_url(self, url: str) -> str:
+        return url.replace(f"{self.base}/", f"{self.base}/media/", 1)
+
+    def refresh(self, url: str) -> str | None:
+        """What POST /attachments/refresh-urls answers for one URL (None: not ours or gone)."""
+        parts = urlsplit(url).path.split("/")
+        if len(parts) < 5 or parts[-4] != "attachments":
+            return None
+        att = self.files.get((int(parts[-3]), int(parts[-2])))
+        return None if att is None else self.signed_url(att)
+
+    def expire_links(self) -> None:
+        self.generation += 1
+
+    # -- external image host -----------------------------------------------------------
+
+    def host(self, name: str, data: bytes, content_type: str) -> str:
+        key = f"/external-host/{secrets.token_hex(4)}/{name}"
+        self.external[key] = (data, content_type)
+        return self.base + quote(key)
+
+    def external_proxy_url(self, url: str) -> str:
+        token = secrets.token_hex(8)
+        self._proxied_urls[token] = unquote(urlsplit(url).path)
+        return f"{self.base}/external/{token}"
+
+    # -- faults ------------------------------------------------------------------------
+
+    def set_fault(self, url: str, **spec: object) -> Fault:
+        fault = Fault(**spec)  # type: ignore[arg-type]
+        self.faults[_canonical(unquote(urlsplit(url).path))] = fault
+        return fault
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.get("/attachments/{channel}/{id}/{filename}", self._attachment),
+            web.get("/media/attachments/{channel}/{id}/{filename}", self._attachment),
+            web.get("/external-host/{key}/{name}", self._external),
+            web.get("/external/{token}", self._proxied),
+        ]
+
+    async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        att = self.files.get((int(m["channel"]), int(m["id"])))
+        if att is None or unquote(m["filename"]) != att.filename or not self._valid(request):
+            return self._gone(request)
+        return await self._serve(request, att.data, att.content_type or "application/octet-stream")
+
+    def _valid(self, request: web.Request) -> bool:
+        q = request.query
+        try:
+            ex, issued = int(q["ex"], 16), int(q["is"], 16)
+        except (KeyError, ValueError):
+            return False
+        path = _canonical(request.path)
+        path = "/".join(path.split("/")[:-1] + [quote(unquote(path.split("/")[-1]))])
+        good = hmac.compare_digest(q.get("hm", ""), self._sign(path, ex, issued))
+        return good and self._clock() <= ex
+
+    def _gone(self, request: web.Request) -> web.Response:
+        self.hits.append((_canonical(request.path), 404))
+        return web.Response(status=404, text=GONE)
+
+    async def _external(self, request: web.Request) -> web.StreamResponse:
+        found = self.external.get(request.path)
+        if found is None:
+            return self._gone(request)
+        return await self._serve(request, *found)
+
+    async def _proxied(self, request: web.Request) -> web.StreamResponse:
+        target = self._proxied_urls.get(request.match_info["token"], "")
+        found = self.external.get(target)
+        if found is None:
+            return self._gone(request)
+        # Faults set on the original URL apply to its proxy too.
+        return await self._serve(request, *found, path=target)
+
+    async def _serve(self, request: web.Request, data: bytes, content_type: str,
+                     path: str | None = None) -> web.StreamResponse:
+        path = path or _canonical(request.path)
+        fault = self.faults.get(path)
+        if fault is None:
+            self.hits.append((path, 200))
+            return web.Response(body=data, headers={"Content-Type": content_type})
+        fault.served += 1
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.served <= fault.fail_first:
+            self.hits.append((path, fault.fail_status))
+            return web.Response(status=fault.fail_status, text="upstream error")
+        self.hits.append((path, 200))
+        body = data
+        if fault.declared_length is not None and fault.declared_length > len(data):
+            body = data + bytes(fault.declared_length - len(data))
+        resp = web.StreamResponse(headers={"Content-Type": fault.content_type or content_type})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        if fault.stall:
+            await resp.write(body[: len(body) // 2])
+            await self.closing.wait()
+            return resp
+        for start in range(0, len(body), 1 << 16):
+            await resp.write(body[start:start + (1 << 16)])
+        await resp.write_eof()
+        return resp
+
+
+def _canonical(path: str) -> str:
+    return path[len("/media"):] if path.startswith("/media/") else path
