@@ -234,7 +234,8 @@ async def test_history_pages_newest_first(fd: FakeDiscord, world: Any) -> None:
 async def test_permissions_match_client_computation(fd: FakeDiscord, world: Any) -> None:
     guild, mods, memes, alice = world
     secret = guild.add_text_channel("secret", overwrites=[
-        Overwrite(mods, deny=P.READ_MESSAGE_HISTORY), Overwrite(guild.everyone, allow=P.SEND_POLLS)])
+        Overwrite(mods, deny=P.READ_MESSAGE_HISTORY),
+        Overwrite(guild.everyone, allow=P.SEND_POLLS)])
     client = client_with()
     tree = app_commands.CommandTree(client)
     seen: dict[str, int] = {}
@@ -257,6 +258,92 @@ async def test_permissions_match_client_computation(fd: FakeDiscord, world: Any)
     voice = discord.Permissions.voice().value
     assert seen["client"] == computed & ~voice
     assert seen["client_app"] == seen["app"] & ~voice
+
+
+async def test_ephemeral_deferral_followup_file_and_autocomplete(
+        fd: FakeDiscord, world: Any) -> None:
+    guild, mods, memes, alice = world
+    client = client_with()
+    tree = app_commands.CommandTree(client)
+
+    async def channels(interaction: discord.Interaction, current: str
+                       ) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=n, value=n) for n in ("memes", "art") if current in n]
+
+    @tree.command(name="show", description="Show a picture")
+    @app_commands.autocomplete(where=channels)
+    async def show(interaction: discord.Interaction, where: str, pic: discord.Attachment) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        data = await pic.read()
+        # After a deferral the first follow-up replaces "thinking...", staying ephemeral.
+        await interaction.followup.send(f"{where}: {len(data)} bytes",
+                                        file=discord.File(io.BytesIO(data), "back.png"))
+        await interaction.followup.send("public", ephemeral=False)
+
+    async with running(client, fd):
+        await tree.sync()
+        assert await fd.autocomplete(guild, memes, alice, "show", {"where": "ar"},
+                                     focused="where") == [{"name": "art", "value": "art"}]
+        data = png()
+        inter = await fd.invoke_slash(guild, memes, alice, "show",
+                                      {"where": "art", "pic": Attachment("in.png", data)})
+        first = await inter.wait_reply(timeout=5, predicate=lambda m: "bytes" in m["content"])
+        last = await inter.wait_reply(timeout=5, predicate=lambda m: m["content"] == "public")
+        async with aiohttp.ClientSession() as http, http.get(
+                first["attachments"][0]["url"]) as resp:
+            assert await resp.read() == data
+    assert first["content"] == f"art: {len(data)} bytes" and first["flags"] & 64
+    assert first["id"] == str(inter.original.id) and not last["flags"] & 64
+    assert [m["content"] for m in inter.messages] == [first["content"], "public"]
+    assert fd.requests[-1].files == [] and any(q.files == ["back.png"] for q in fd.requests)
+
+
+async def test_members_intent_threads_and_reconnect(fd: FakeDiscord, world: Any) -> None:
+    guild, mods, memes, alice = world
+    archived = guild.add_thread(memes, "old", archived=True)
+    intents = discord.Intents.default()
+    intents.members = True
+    client = discord.Client(intents=intents, guild_ready_timeout=0.05)
+    events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    async def no_identify_pause(shard_id: int | None, *, initial: bool = False) -> None:
+        pass  # discord.py sleeps 5 s before every re-IDENTIFY; not what this test measures
+
+    client.before_identify_hook = no_identify_pause
+
+    @client.event
+    async def on_thread_create(thread: discord.Thread) -> None:
+        await events.put(("create", thread.name))
+
+    @client.event
+    async def on_thread_join(thread: discord.Thread) -> None:
+        await events.put(("join", thread.name))
+
+    @client.event
+    async def on_member_update(before: discord.Member, after: discord.Member) -> None:
+        await events.put(("roles", ",".join(r.name for r in after.roles[1:])))
+
+    async with running(client, fd):
+        cached = client.get_guild(guild.id)
+        # GUILD_CREATE carried only the bot; the rest came through GUILD_MEMBERS_CHUNK.
+        assert cached.chunked and {m.name for m in cached.members} >= {"alice", "clipfind"}
+        guild.add_thread(memes, "open")
+        private = guild.add_thread(memes, "hidden", private=True, members=[alice])
+        await fd.add_thread_members(private, [guild.bot_member])
+        # Being added to a private thread is THREAD_CREATE plus THREAD_MEMBERS_UPDATE, and
+        # discord.py fires on_thread_join for each.
+        assert [await asyncio.wait_for(events.get(), 5) for _ in range(3)] == [
+            ("create", "open"), ("join", "hidden"), ("join", "hidden")]
+        await fd.update_member_roles(guild, alice, [])
+        assert await asyncio.wait_for(events.get(), 5) == ("roles", "")
+        listed = [t.name async for t in client.get_channel(memes.id).archived_threads()]
+        assert listed == [archived.name]
+        await fd.reconnect_clients()
+        await asyncio.sleep(0.2)
+        await fd.wait_ready(timeout=5)
+        await asyncio.wait_for(client.wait_until_ready(), 5)
+        assert {t.name for t in client.get_guild(guild.id).threads} == {"open", "hidden"}
+    assert fd.gateway.ready_count == 2 and len(fd.identify_payloads) == 2
 
 
 async def test_lifecycle_events_and_token_expiry(fd: FakeDiscord, world: Any) -> None:

@@ -14,7 +14,13 @@ from typing import Any
 
 from . import payloads
 from .commands import CHAT_INPUT, MESSAGE, USER
-from .interactions import APPLICATION_COMMAND, MESSAGE_COMPONENT, FakeInteraction, OptionBuilder
+from .interactions import (
+    APPLICATION_COMMAND,
+    AUTOCOMPLETE,
+    MESSAGE_COMPONENT,
+    FakeInteraction,
+    OptionBuilder,
+)
 from .messages import EPHEMERAL, custom_ids, find_component
 from .models import Attachment, Channel, Guild, Member, Message, User
 from .permissions import P, channel_permissions, guild_permissions
@@ -115,18 +121,33 @@ class MemberActions:
                            ) -> FakeInteraction:
         """A member runs a slash command; `name` may be a path like ("clipfind", "channels",
         "exclude") or "clipfind channels exclude" for subcommands."""
+        data = self._slash_data(guild, channel, member, name, options, None)
+        return await self._start(APPLICATION_COMMAND, channel, member, data)
+
+    async def autocomplete(self, guild: Guild, channel: Channel, member: Member | User,
+                           name: str | Sequence[str], options: dict[str, Any], focused: str,
+                           timeout: float = 10.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        """A member types into option `focused`; returns the choices the bot offered."""
+        data = self._slash_data(guild, channel, member, name, options, focused)
+        inter = await self._start(AUTOCOMPLETE, channel, member, data)
+        await inter.wait_acknowledged(timeout)
+        return inter.callbacks[0].get("data", {}).get("choices", [])
+
+    def _slash_data(self, guild: Guild, channel: Channel, member: Member | User,
+                    name: str | Sequence[str], options: dict[str, Any] | None,
+                    focused: str | None) -> dict[str, Any]:
         path = tuple(name.split()) if isinstance(name, str) else tuple(name)
         cmd = self._command(path[0], CHAT_INPUT, guild)
         member = guild.member(member)
         self._check_can_use(cmd, channel, member)
-        builder = OptionBuilder(self, guild, channel, member)
+        builder = OptionBuilder(self, guild, channel, member, focused)
         data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": CHAT_INPUT,
                                 "options": builder.command(cmd, path, options or {})}
         if builder.resolved:
             data["resolved"] = builder.resolved
         if "guild_id" in cmd:
             data["guild_id"] = cmd["guild_id"]
-        return await self._start(APPLICATION_COMMAND, channel, member, data)
+        return data
 
     async def _context(self, kind: int, guild: Guild, channel: Channel, member: Member | User,
                        name: str, target_id: int, resolved: dict[str, Any]) -> FakeInteraction:

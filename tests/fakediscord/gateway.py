@@ -85,6 +85,13 @@ class Session:
             finally:
                 self.queue.task_done()
 
+    def abandon(self) -> None:
+        """Stop writing; drop what is queued so nobody waits on `flush()` forever."""
+        self.writer.cancel()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+            self.queue.task_done()
+
     async def close(self, code: int, message: str) -> None:
         # Let queued frames go out first so a close never overtakes what preceded it.
         with contextlib.suppress(asyncio.TimeoutError):
@@ -119,7 +126,7 @@ class Gateway:
         for session in list(self.sessions):
             if not session.ws.closed:
                 await session.ws.close(code=1001, message=b"stand-in shutting down")
-            session.writer.cancel()
+            session.abandon()
         await asyncio.gather(*(s.writer for s in self.sessions), return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -139,13 +146,14 @@ class Gateway:
                     break
                 await self._receive(session, frame)
         finally:
-            session.writer.cancel()
+            session.abandon()
             if session.ready:
                 await self._notify_ready()
         return ws
 
     async def _receive(self, session: Session, frame: dict[str, Any]) -> None:
         op, d = frame.get("op"), frame.get("d")
+        log.debug("gateway %s received op %s", session.session_id[:6], op)
         if op == 1:
             session.send(11, None)
         elif op == 2:

@@ -23,7 +23,7 @@ from .permissions import channel_permissions
 if TYPE_CHECKING:
     from .server import FakeDiscord
 
-APPLICATION_COMMAND, MESSAGE_COMPONENT = 2, 3
+APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE = 2, 3, 4
 SUB_COMMAND, SUB_COMMAND_GROUP = 1, 2
 STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT = (
     3, 4, 5, 6, 7, 8, 9, 10, 11)
@@ -162,9 +162,12 @@ class FakeInteraction:
 class OptionBuilder:
     """Turns test-friendly values into typed options plus `resolved` for one command."""
 
-    def __init__(self, fd: FakeDiscord, guild: Guild, channel: Channel, member: Member) -> None:
+    def __init__(self, fd: FakeDiscord, guild: Guild, channel: Channel, member: Member,
+                 focused: str | None = None) -> None:
         self.fd, self.guild, self.channel, self.member = fd, guild, channel, member
         self.resolved: dict[str, dict[str, Any]] = {}
+        # Autocomplete: the member is still typing `focused`, so nothing is validated yet.
+        self.focused = focused
 
     def command(self, cmd: dict[str, Any], path: tuple[str, ...],
                 values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -191,10 +194,14 @@ class OptionBuilder:
         for name, value in values.items():
             if name not in known:
                 raise ValueError(f"{where}: no option {name!r}; options are {sorted(known)}")
+            if name == self.focused:
+                out.append({"name": name, "type": known[name]["type"], "value": str(value),
+                            "focused": True})
+                continue
             out.append({"name": name, "type": known[name]["type"],
                         "value": self._convert(known[name], value, f"{where} {name}")})
         missing = [o["name"] for o in schema if o.get("required") and o["name"] not in values]
-        if missing:
+        if missing and self.focused is None:
             raise ValueError(f"{where}: required option(s) {missing} missing")
         return out
 

@@ -13,7 +13,7 @@ from . import payloads
 from .gateway import GUILD_MEMBERS, GUILD_PRESENCES, Session
 from .messages import EPHEMERAL
 from .models import Attachment, Channel, Guild, Member, Message, Role
-from .permissions import Overwrite
+from .permissions import Overwrite, bits
 
 _UNSET: Any = object()
 
@@ -26,7 +26,7 @@ class Lifecycle:
     def _announce_guild_create(self, guild: Guild) -> None:
         def build(session: Session) -> dict[str, Any]:
             full = session.has(GUILD_PRESENCES) and session.has(GUILD_MEMBERS)
-            return payloads.guild_create(self, guild, all_members=full)
+            return payloads.guild_create(self, guild, all_members=full, joined=True)
 
         if guild.bot_is_member:
             self.gateway.dispatch("GUILD_CREATE", build)
@@ -243,7 +243,7 @@ class Lifecycle:
                           name: str | None = None, dispatch: bool = True) -> None:
         """GUILD_ROLE_UPDATE (e.g. @everyone losing View Channel)."""
         if permissions is not None:
-            role.permissions = int(permissions)
+            role.permissions = bits(permissions)
         if name is not None:
             role.name = name
         if dispatch:

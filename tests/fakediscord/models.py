@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .permissions import DEFAULT_EVERYONE, Overwrite
+from .permissions import DEFAULT_EVERYONE, Overwrite, bits
 
 if TYPE_CHECKING:
     from .cdn import Cdn
@@ -204,7 +204,7 @@ class Guild:
 
     def add_role(self, name: str, permissions: int = 0, *, color: int = 0, hoist: bool = False,
                  mentionable: bool = False, dispatch: bool = True) -> Role:
-        role = Role(self, self._fd.ids.next(), name, int(permissions), position=len(self.roles),
+        role = Role(self, self._fd.ids.next(), name, bits(permissions), position=len(self.roles),
                     color=color, hoist=hoist, mentionable=mentionable)
         self.roles[role.id] = role
         if dispatch:

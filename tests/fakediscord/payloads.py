@@ -123,7 +123,10 @@ def guild(g: Guild) -> dict[str, Any]:
     }
 
 
-def guild_create(fd: FakeDiscord, g: Guild, *, all_members: bool) -> dict[str, Any]:
+def guild_create(fd: FakeDiscord, g: Guild, *, all_members: bool, joined: bool = False
+                 ) -> dict[str, Any]:
+    """GUILD_CREATE; `joined` for a guild the bot just joined, which carries no
+    `unavailable` key (discord.py then fires on_guild_join, not on_guild_available)."""
     bot = fd.bot_user
     bot_member = g.bot_member
     members = list(g.members.values()) if all_members else [bot_member]
@@ -132,7 +135,7 @@ def guild_create(fd: FakeDiscord, g: Guild, *, all_members: bool) -> dict[str, A
     data = guild(g)
     data.update({
         "joined_at": iso(bot_member.joined_at), "large": len(g.members) >= 250,
-        "unavailable": False, "member_count": len(g.members), "lazy": True,
+        "member_count": len(g.members), "lazy": True,
         "voice_states": [], "presences": [], "stage_instances": [],
         "guild_scheduled_events": [], "soundboard_sounds": [], "embedded_activities": [],
         "activity_instances": [], "application_command_counts": {},
@@ -140,6 +143,8 @@ def guild_create(fd: FakeDiscord, g: Guild, *, all_members: bool) -> dict[str, A
         "channels": [channel(c) for c in g.channels.values() if not c.deleted],
         "threads": [channel(t, bot_id=bot.id) for t in threads],
     })
+    if not joined:
+        data["unavailable"] = False
     return data
 
 

@@ -90,6 +90,11 @@ DEFAULT_BOT = int(
 ROLE, MEMBER = 0, 1
 
 
+def bits(value: Any) -> int:
+    """An int bitfield from an int, a Permission flag or a discord.Permissions."""
+    return int(getattr(value, "value", value))
+
+
 @dataclass
 class Overwrite:
     """A channel permission overwrite; `target` is a Role, a Member, or a raw id with `type`."""
@@ -98,6 +103,9 @@ class Overwrite:
     allow: int = 0
     deny: int = 0
     type: int | None = None
+
+    def __post_init__(self) -> None:
+        self.allow, self.deny = bits(self.allow), bits(self.deny)
 
     @property
     def id(self) -> int:

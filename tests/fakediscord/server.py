@@ -27,7 +27,7 @@ from .interactions import FakeInteraction
 from .lifecycle import Lifecycle
 from .messages import EPHEMERAL, Upload, read_body
 from .models import Channel, Guild, Message, User
-from .permissions import DEFAULT_BOT, can_view
+from .permissions import DEFAULT_BOT, bits, can_view
 from .rest import CoreRoutes
 from .webhooks import WebhookRoutes
 
@@ -202,7 +202,7 @@ class FakeDiscord(Lifecycle, MemberActions):
 
     def add_guild(self, name: str = "Test guild", *, bot_permissions: int = DEFAULT_BOT,
                   dispatch: bool = True) -> Guild:
-        guild = Guild(self, self.ids.next(), name, int(bot_permissions))
+        guild = Guild(self, self.ids.next(), name, bits(bot_permissions))
         self.guilds[guild.id] = guild
         if dispatch:
             self._announce_guild_create(guild)
