@@ -1,0 +1,199 @@
+"""Indexing throughput, side by side in one run, same model and images.
+
+1. the seed's way: per image, full PIL decode, open_clip preprocess, encode_image one by one;
+2. the encoder alone on pre-decoded tensors at its best batch size (the ceiling);
+3. the clipfind pipeline end to end: bytes from a loopback HTTP server → fetch → decode →
+   micro-batch → encode → SQLite store, with the event-loop lag measured throughout.
+
+    python -m benchmarks.indexing [--images 48] [--model ViT-B-32]
+
+Speed does not depend on weight values, so the model is randomly initialised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import aiohttp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from aiohttp import web  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from retrieval.db import create_engine, ensure_schema  # noqa: E402
+from retrieval.encoder import Encoder  # noqa: E402
+from retrieval.encoding import EncoderService  # noqa: E402
+from retrieval.fetch import Fetcher  # noqa: E402
+from retrieval.pipeline import ImageRef, IndexingPipeline  # noqa: E402
+from retrieval.store import open_store  # noqa: E402
+
+# (megapixels, format): a mix of phone photos, screenshots and small memes.
+MIX = [(12, "JPEG"), (3, "JPEG"), (1, "JPEG"), (0.3, "JPEG"), (2, "PNG"), (0.5, "PNG")]
+
+
+def sample_photos() -> list[Image.Image]:
+    import matplotlib
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    paths = [
+        data / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg")
+    ]
+    paths.append(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    return [Image.open(p).convert("RGB") for p in paths if p.exists()]
+
+
+def make_images(count: int) -> list[tuple[bytes, str]]:
+    """Distinct encoded images (no two share bytes, so none is skipped as a repost)."""
+    photos = sample_photos()
+    out = []
+    for i in range(count):
+        megapixels, fmt = MIX[i % len(MIX)]
+        photo = photos[i % len(photos)]
+        scale = (megapixels * 1e6 / (photo.width * photo.height)) ** 0.5
+        size = (int(photo.width * scale), int(photo.height * scale))
+        picture = photo.resize(size, Image.Resampling.BILINEAR)
+        picture.putpixel((i % size[0], 0), (i % 256, 0, 0))
+        buf = io.BytesIO()
+        picture.save(buf, fmt, quality=90) if fmt == "JPEG" else picture.save(buf, fmt)
+        out.append((buf.getvalue(), "image/jpeg" if fmt == "JPEG" else "image/png"))
+    return out
+
+
+def seed_way(encoder: Encoder, preprocess, images) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for data, _ in images:
+            picture = Image.open(io.BytesIO(data)).convert("RGB")
+            encoder.model.encode_image(preprocess(picture).unsqueeze(0), normalize=True)
+    return len(images) / (time.perf_counter() - started)
+
+
+def ceiling(encoder: Encoder, count: int) -> tuple[float, int]:
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(count, 3, encoder.spec.size, encoder.spec.size)).astype(np.float32)
+    best = (0.0, 0)
+    for batch in (8, 16, 32):
+        encoder.encode_images(pixels[:batch])  # warm-up at this shape
+        started = time.perf_counter()
+        for at in range(0, count - batch + 1, batch):
+            encoder.encode_images(pixels[at : at + batch])
+        rate = (count // batch * batch) / (time.perf_counter() - started)
+        best = max(best, (rate, batch))
+    return best
+
+
+async def pipeline_way(encoder: Encoder, images, batch_size: int) -> tuple[float, list[float]]:
+    app = web.Application()
+
+    async def serve(request: web.Request) -> web.Response:
+        body, content_type = images[int(request.match_info["i"])]
+        return web.Response(body=body, content_type=content_type)
+
+    app.router.add_get("/img/{i}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    lags: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
+        await ensure_schema(engine)
+        service = EncoderService(encoder)
+        async with aiohttp.ClientSession() as http:
+            pipeline = IndexingPipeline(
+                fetcher=Fetcher(http, max_bytes=50_000_000, timeout_s=60),
+                encoder=service,
+                store=open_store(engine),
+                spec=encoder.spec,
+                max_pixels=50_000_000,
+                batch_size=batch_size,
+                batch_deadline_s=0.05,
+            )
+            await pipeline.start()
+            stop = asyncio.Event()
+
+            async def watch(interval: float = 0.01) -> None:
+                while not stop.is_set():
+                    before = time.perf_counter()
+                    await asyncio.sleep(interval)
+                    lags.append(time.perf_counter() - before - interval)
+
+            watcher = asyncio.create_task(watch())
+            started = time.perf_counter()
+            now = datetime.now(UTC)
+            await pipeline.submit(
+                ImageRef(
+                    guild_id=1,
+                    channel_id=1,
+                    message_id=i + 1,
+                    image_key=i + 1,
+                    kind="attachment",
+                    author_id=1,
+                    posted_at=now,
+                    url=f"http://127.0.0.1:{port}/img/{i}",
+                    source_url=f"http://127.0.0.1:{port}/img/{i}",
+                    filename=f"{i}",
+                )
+                for i in range(len(images))
+            )
+            await pipeline.join()
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await watcher
+            assert pipeline.counters.indexed == len(images), pipeline.counters
+            await pipeline.close()
+        await service.close()
+        await engine.dispose()
+    await runner.cleanup()
+    return len(images) / elapsed, lags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--model", default="ViT-B-32")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    images = make_images(args.images)
+    sizes = [Image.open(io.BytesIO(data)).size for data, _ in images]
+    megapixels = sum(w * h for w, h in sizes) / 1e6 / len(images)
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"{args.model} (random init), {len(images)} images, {megapixels:.1f} MP average")
+    encoder = Encoder.load(model=args.model, pretrained=None, device="cpu")
+    import open_clip
+
+    _, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
+    seed_way(encoder, preprocess, images[:2])  # warm-up
+    seed = seed_way(encoder, preprocess, images)
+    top, best_batch = ceiling(encoder, max(len(images), 64))
+    piped, lags = asyncio.run(pipeline_way(encoder, images, encoder.default_batch_size))
+    lag_ms = sorted(x * 1000 for x in lags)
+    p99 = lag_ms[int(len(lag_ms) * 0.99) - 1]
+    print(f"1. seed way (one by one, full decode): {seed:6.2f} img/s")
+    print(f"2. encoder ceiling (batch {best_batch}):        {top:6.2f} img/s")
+    batch = encoder.default_batch_size
+    print(f"3. clipfind pipeline end to end:       {piped:6.2f} img/s (batch {batch})")
+    print(f"   (3)/(1) = {piped / seed:.2f}x   (3)/(2) = {piped / top:.2f}x")
+    print(
+        f"   event-loop lag during (3): p50 {statistics.median(lag_ms):.1f} ms, "
+        f"p99 {p99:.1f} ms, max {lag_ms[-1]:.1f} ms ({len(lag_ms)} samples)"
+    )
+
+
+if __name__ == "__main__":
+    main()
