@@ -44,6 +44,8 @@ Members acting
 - `await fd.invoke_message_command(guild, channel, member, "Find similar images", message)`,
   `await fd.invoke_user_command(guild, channel, member, name, target_member)`.
 - `await fd.click(message_or_reply_dict, custom_id, member, values=None) -> FakeInteraction`.
+- `await fd.autocomplete(guild, channel, member, name, {"where": "ar"}, focused="where")
+  -> list of choices` (the type-8 answer).
 
 What the bot did
 ----------------
@@ -51,7 +53,7 @@ What the bot did
   flags, attachments, ...): the message the member sees, however the bot got there
   (type 4/7 callback, or deferral then @original edit or follow-up).
 - `inter.deferred`, `inter.callbacks`, `inter.messages`, `inter.response_type`,
-  `inter.expire_token()`.
+  `await inter.wait_acknowledged(timeout=)`, `inter.expire_token()`.
 - `fd.synced_commands` ({None: global, guild_id: [...]}), `fd.requests`
   (RecordedRequest(method, path, query, json, files)), `fd.identify_payloads`,
   `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
@@ -66,6 +68,19 @@ Lifecycle (all async, all take `dispatch=False` for offline changes)
 `advance_clock(seconds)`, `set_cdn_fault(url, delay=, fail_first=, fail_status=,
 content_type=, declared_length=, stall=)`, `await fd.wait_ready(timeout=)`,
 `await fd.flush()`, `await fd.reconnect_clients()`.
+
+Discord behaviour reproduced on purpose
+---------------------------------------
+- Without MESSAGE_CONTENT requested, guild MESSAGE_CREATE/UPDATE have empty content,
+  attachments, embeds and components (unless the bot is mentioned or wrote it); REST
+  reads are blank when the portal switch is off.
+- GUILD_CREATE lists only the bot's own member unless both GUILD_MEMBERS and
+  GUILD_PRESENCES were asked; discord.py then fetches the rest with op 8 (answered).
+- A bare image link's embed is `type: "image"` with the picture in `thumbnail`.
+- An interaction must be answered within 3 s; its token works for 15 minutes. The first
+  follow-up after a type-5 deferral replaces the "thinking" message and keeps its
+  ephemeral flag. Non-ephemeral responses are channel messages the bot also receives.
+- Attachment URLs are signed and expire; deleting a message makes its files 404.
 """
 
 from .cdn import Fault

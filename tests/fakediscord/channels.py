@@ -118,6 +118,7 @@ class ChannelRoutes:
         body, uploads = await self.fd.body(request)
         apply_edit(self.fd, msg, body, uploads)
         self.fd.dispatch_message("MESSAGE_UPDATE", msg)
+        await self.fd.message_edited_by_bot(msg)
         await self.fd.gateway.flush()
         return r.ok(self._render(msg))
 

@@ -269,7 +269,10 @@ class Guild:
 
     def member(self, who: Member | User | int) -> Member:
         user_id = who if isinstance(who, int) else who.id
-        return self.members[user_id]
+        try:
+            return self.members[user_id]
+        except KeyError:
+            raise LookupError(f"{who!r} is not a member of guild {self.name!r}") from None
 
     def text_channels(self) -> list[Channel]:
         return [c for c in self.channels.values() if c.type in (TEXT, NEWS) and not c.deleted]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
 import secrets
@@ -274,11 +275,19 @@ class FakeDiscord(Lifecycle, MemberActions):
         if dispatch:
             self.dispatch_message("MESSAGE_CREATE", msg)
         if msg.author.id == self.bot_user.id:
-            asyncio.get_running_loop().create_task(self._notify_bot_message())
+            with contextlib.suppress(RuntimeError):  # no loop yet: nobody can be waiting
+                asyncio.get_running_loop().create_task(self._notify_bot_message())
 
     async def _notify_bot_message(self) -> None:
         async with self._bot_messages:
             self._bot_messages.notify_all()
+
+    async def message_edited_by_bot(self, msg: Message) -> None:
+        """A bot may answer a button by editing the message over REST instead of the
+        interaction webhook; the member sees that too."""
+        for inter in self.interactions.values():
+            if msg is inter.source or msg in inter.produced:
+                await inter.shown(msg)
 
     def messages_in(self, channel: Channel) -> list[dict[str, Any]]:
         """The channel's history as full payloads, oldest first."""
