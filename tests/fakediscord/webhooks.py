@@ -16,7 +16,7 @@ from aiohttp import web
 
 from . import payloads
 from . import responses as r
-from .interactions import APPLICATION_COMMAND, MESSAGE_COMPONENT, FakeInteraction
+from .interactions import APPLICATION_COMMAND, AUTOCOMPLETE, MESSAGE_COMPONENT, FakeInteraction
 from .messages import EPHEMERAL, LOADING, Upload, apply_edit, new_bot_message
 from .models import Message
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API = "/api/v10"
+# Callback types Discord accepts per interaction type (9 = modal, 12 = launch activity).
+ALLOWED_CALLBACKS = {APPLICATION_COMMAND: (4, 5, 9, 12), MESSAGE_COMPONENT: (4, 5, 6, 7, 9),
+                     AUTOCOMPLETE: (8,)}
 
 
 class WebhookRoutes:
@@ -70,20 +73,20 @@ class WebhookRoutes:
             return r.error(r.UNKNOWN_INTERACTION, f"answered after {late:.1f}s")
         kind = body.get("type")
         data = body.get("data") or {}
+        if kind not in ALLOWED_CALLBACKS.get(inter.type, ()):
+            return r.invalid_form(f"callback type {kind} is not valid for interaction type "
+                                  f"{inter.type}")
         msg: Message | None = None
         if kind == 4:
             msg = inter.original = self._message(inter, data, uploads)
         elif kind == 5:
             flags = LOADING | (int(data.get("flags") or 0) & EPHEMERAL)
             msg = inter.original = self._message(inter, {}, [], flags=flags)
-        elif kind in (6, 7) and inter.type == MESSAGE_COMPONENT:
+        elif kind in (6, 7):
             msg = inter.original = inter.source
             if kind == 7:
                 apply_edit(fd, msg, data, uploads)
                 fd.dispatch_message("MESSAGE_UPDATE", msg)
-        elif kind not in (8, 9, 10, 12):
-            return r.invalid_form(f"callback type {kind} is not valid for interaction type "
-                                  f"{inter.type}")
         inter.response_type = kind
         inter.callbacks.append({**body, "files": [u.filename for u in uploads]})
         await inter.acknowledged_now()
