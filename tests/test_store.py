@@ -110,6 +110,14 @@ async def test_inserts_after_first_search_are_searchable(filled, vectors):
     assert hits[0].message_id == 1050
 
 
+async def test_a_guild_searched_while_empty_takes_its_first_images(store, vectors):
+    scope = SearchScope(guild_id=1, model_id=MODEL)
+    assert await store.search(vectors[0], scope=scope, k=3) == []
+    await store.upsert([record(0, vectors[0])])
+    hits = await store.search(vectors[0], scope=scope, k=3)
+    assert [h.message_id for h in hits] == [1000]
+
+
 async def test_deletes_leave_no_vectors(filled, vectors):
     scope = SearchScope(guild_id=1, model_id=MODEL)
     await filled.search(vectors[0], scope=scope, k=1)

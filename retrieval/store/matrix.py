@@ -62,6 +62,11 @@ class GuildMatrix:
         self._vectors = vectors
 
     def add(self, rows: Iterable[MatrixRow]) -> None:
+        rows = list(rows)
+        if rows and self.size == 0 and self.dim != len(rows[0].vector):
+            # A guild searched before its first image has no dimension yet: take the model's.
+            self.dim = len(rows[0].vector)
+            self._vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
         for row in rows:
             at = self._pos.get(row.row_id)
             if at is None:
