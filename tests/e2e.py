@@ -1,0 +1,62 @@
+"""Harness for end-to-end tests: the real bot, started as `python -m bot` starts it, against the
+Discord stand-in, with the tiny CLIP model and a fresh SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from bot.app import open_bot
+from bot.client import ClipfindBot
+from retrieval.config import Settings, load_settings
+from tests.fakediscord import FakeDiscord
+from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
+
+
+def bot_settings(fd: FakeDiscord, db_dir: Path, **overrides) -> Settings:
+    values = dict(
+        _env_file=None,  # a developer's .env must not leak into tests
+        discord_token=fd.token,
+        discord_api_base=fd.api_base,
+        discord_gateway_url=fd.gateway_url,
+        database_url=f"sqlite+aiosqlite:///{db_dir}/clipfind.db",
+        clip_model=str(CONFIG_PATH),
+        clip_pretrained=str(CHECKPOINT_PATH),
+        clip_device="cpu",
+        batch_deadline_ms=10,
+    )
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(settings: Settings, fd: FakeDiscord) -> AsyncIterator[ClipfindBot]:
+    async with open_bot(settings) as bot:
+        task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+        try:
+            await fd.wait_ready(timeout=30)
+            await asyncio.wait_for(bot.wait_until_ready(), 30)
+            yield bot
+        finally:
+            await bot.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Wait until ``check()`` holds: the bot works on events in its own time."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def settled(bot: ClipfindBot, fd: FakeDiscord) -> None:
+    """Every event sent so far reached the bot and every image it queued is indexed."""
+    await fd.flush()
+    await asyncio.sleep(0.1)  # let the gateway reader dispatch what arrived
+    await bot.pipeline.join()
