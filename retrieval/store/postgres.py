@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -21,6 +23,7 @@ from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     BigInteger,
     Float,
+    Integer,
     all_,
     any_,
     bindparam,
@@ -33,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
@@ -98,35 +101,82 @@ def index_ddl(model_id: str, dim: int) -> str:
     )
 
 
-def search_statement(query: np.ndarray, *, scope: SearchScope, k: int, exact: bool = False):
-    """The search as one statement; public so tests can EXPLAIN exactly what the store runs."""
-    dim = len(query)
-    vector = cast(IndexedImage.embedding, VECTOR(dim))  # the indexed expression, verbatim
-    probe = bindparam("query", np.asarray(query, dtype=np.float32), type_=VECTOR(dim))
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a search statement's SQL depends on; the values themselves are parameters."""
+
+    model_id: str
+    dim: int
+    channels: bool
+    author: bool
+    after: bool
+    before: bool
+    exact: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(shape: _Shape):
+    vector = cast(IndexedImage.embedding, VECTOR(shape.dim))  # the indexed expression, verbatim
+    probe = bindparam("query", type_=VECTOR(shape.dim))
     # The cosine_distance() function computes the same number as <=> but cannot drive an index
     # scan, so the exact path really is exact.
-    distance = func.cosine_distance(vector, probe) if exact else vector.cosine_distance(probe)
-    distance = distance.label("distance")
+    if shape.exact:
+        distance = func.cosine_distance(vector, probe).label("distance")
+    else:
+        distance = vector.cosine_distance(probe).label("distance")
     conditions = [
-        IndexedImage.model_id == literal_column(sql_literal(scope.model_id)),
-        IndexedImage.guild_id == scope.guild_id,
+        IndexedImage.model_id == literal_column(sql_literal(shape.model_id)),
+        IndexedImage.guild_id == bindparam("guild_id"),
     ]
-    if scope.channel_ids is not None:
-        channels = bindparam("channel_ids", sorted(scope.channel_ids), type_=_IDS)
-        conditions.append(IndexedImage.channel_id == any_(channels))
-    if scope.author_id is not None:
-        conditions.append(IndexedImage.author_id == scope.author_id)
-    if scope.after is not None:
-        conditions.append(IndexedImage.posted_at >= scope.after)
-    if scope.before is not None:
-        conditions.append(IndexedImage.posted_at < scope.before)
-    ranked = select(*_HIT_COLUMNS, distance).where(*conditions).order_by(distance).limit(k)
-    if exact:
+    if shape.channels:
+        conditions.append(IndexedImage.channel_id == any_(bindparam("channel_ids", type_=_IDS)))
+    if shape.author:
+        conditions.append(IndexedImage.author_id == bindparam("author_id"))
+    if shape.after:
+        conditions.append(IndexedImage.posted_at >= bindparam("after"))
+    if shape.before:
+        conditions.append(IndexedImage.posted_at < bindparam("before"))
+    ranked = (
+        select(*_HIT_COLUMNS, distance)
+        .where(*conditions)
+        .order_by(distance)
+        .limit(bindparam("k", type_=Integer))
+    )
+    if shape.exact:
         return ranked
     # relaxed_order hands rows back only roughly by distance; the materialized CTE sorts them
     # properly. "+ 0": PostgreSQL 17+ would otherwise trust the CTE's order and skip the sort.
     relaxed = ranked.cte("relaxed").prefix_with("MATERIALIZED")
     return select(relaxed).order_by(relaxed.c.distance + literal_column("0", Float))
+
+
+def _search(query: np.ndarray, scope: SearchScope, k: int, exact: bool):
+    """The cached statement for this kind of search, and its parameters."""
+    shape = _Shape(
+        model_id=scope.model_id,
+        dim=len(query),
+        channels=scope.channel_ids is not None,
+        author=scope.author_id is not None,
+        after=scope.after is not None,
+        before=scope.before is not None,
+        exact=exact,
+    )
+    params = {"query": np.asarray(query, dtype=np.float32), "guild_id": scope.guild_id, "k": k}
+    if scope.channel_ids is not None:
+        params["channel_ids"] = sorted(scope.channel_ids)
+    if scope.author_id is not None:
+        params["author_id"] = scope.author_id
+    if scope.after is not None:
+        params["after"] = scope.after
+    if scope.before is not None:
+        params["before"] = scope.before
+    return _statement(shape), params
+
+
+def search_statement(query: np.ndarray, *, scope: SearchScope, k: int, exact: bool = False):
+    """The statement the store runs, values bound; public so tests can EXPLAIN it."""
+    statement, params = _search(query, scope, k, exact)
+    return statement.params(**params)
 
 
 def _values(record: ImageRecord) -> dict:
@@ -139,7 +189,6 @@ def _values(record: ImageRecord) -> dict:
 class PgVectorStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._dims: dict[str, int] = {}
         self._indexed: set[str] = set()
         self._index_locks: dict[str, asyncio.Lock] = {}
@@ -147,10 +196,11 @@ class PgVectorStore:
         self.exact_fallbacks = 0
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncSession]:
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        # Core connections, not ORM sessions: a search is otherwise mostly Python overhead.
         try:
-            async with self._sessions.begin() as session:
-                yield session
+            async with self.engine.begin() as conn:
+                yield conn
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreUnavailable(f"database error: {exc}") from exc
 
@@ -165,20 +215,20 @@ class PgVectorStore:
             index_elements=list(_KEY),
             set_={name: stmt.excluded[name] for name in ImageRecord.__slots__ if name not in _KEY},
         )
-        async with self._session() as session:
-            await session.execute(stmt, list(latest.values()))
+        async with self._transaction() as conn:
+            await conn.execute(stmt, list(latest.values()))
         return len(records)
 
     async def known_keys(self, message_id: int) -> set[int]:
-        async with self._session() as session:
-            result = await session.execute(
+        async with self._transaction() as conn:
+            result = await conn.execute(
                 select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
             )
             return set(result.scalars())
 
     async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
-        async with self._session() as session:
-            result = await session.execute(
+        async with self._transaction() as conn:
+            result = await conn.execute(
                 select(IndexedImage.embedding)
                 .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
                 .limit(1)
@@ -189,8 +239,8 @@ class PgVectorStore:
         """The model's vector size, from any row (all rows of a model share it)."""
         if (dim := self._dims.get(model_id)) is not None:
             return dim
-        async with self._session() as session:
-            result = await session.execute(
+        async with self._transaction() as conn:
+            result = await conn.execute(
                 select(func.vector_dims(IndexedImage.embedding))
                 .where(IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id)
                 .limit(1)
@@ -208,8 +258,8 @@ class PgVectorStore:
         async with self._index_locks.setdefault(name, asyncio.Lock()):
             if name in self._indexed:
                 return
-            async with self._session() as session:
-                exists = await session.scalar(text("SELECT to_regclass(:name)"), {"name": name})
+            async with self._transaction() as conn:
+                exists = await conn.scalar(text("SELECT to_regclass(:name)"), {"name": name})
             if exists is None:
                 await self._build_index(model_id, dim)
             self._indexed.add(name)
@@ -217,21 +267,21 @@ class PgVectorStore:
     async def _build_index(self, model_id: str, dim: int) -> None:
         name = index_name(model_id)
         log.info("building HNSW index %s for model %s (dim %d)", name, model_id, dim)
-        async with self._session() as session:
+        async with self._transaction() as conn:
             # Another process may be building the same index: wait for it instead of racing
             # it into a duplicate-name error.
-            await session.execute(
+            await conn.execute(
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
             )
-            await session.execute(
+            await conn.execute(
                 text("SELECT set_config('maintenance_work_mem', :memory, true)"),
                 {"memory": BUILD_MEMORY},
             )
-            await session.execute(text(index_ddl(model_id, dim)))
+            await conn.execute(text(index_ddl(model_id, dim)))
         # The planner weighs the index against a filtered exact scan by row estimates; a table
         # filled moments ago has none until autovacuum comes by.
-        async with self._session() as session:
-            await session.execute(text("ANALYZE images"))
+        async with self._transaction() as conn:
+            await conn.execute(text("ANALYZE images"))
 
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         if k <= 0:
@@ -240,16 +290,15 @@ class PgVectorStore:
         if dim is None or dim != len(query):
             return []
         await self.ensure_index(scope.model_id, dim)
-        async with self._session() as session:
-            await session.execute(SEARCH_SETTINGS)
-            rows = (await session.execute(search_statement(query, scope=scope, k=k))).all()
+        async with self._transaction() as conn:
+            await conn.execute(SEARCH_SETTINGS)
+            rows = (await conn.execute(*_search(query, scope, k, exact=False))).all()
         if len(rows) < k:
             # Either fewer than k rows pass the filter, or so few that the index scan hit
             # max_scan_tuples first; an exact scan tells the two apart and fills k.
             self.exact_fallbacks += 1
-            async with self._session() as session:
-                stmt = search_statement(query, scope=scope, k=k, exact=True)
-                rows = (await session.execute(stmt)).all()
+            async with self._transaction() as conn:
+                rows = (await conn.execute(*_search(query, scope, k, exact=True))).all()
         return [_hit(row) for row in rows]
 
     async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
@@ -258,12 +307,12 @@ class PgVectorStore:
         )
         if model_id is not None:
             stmt = stmt.where(IndexedImage.model_id == model_id)
-        async with self._session() as session:
-            return int((await session.execute(stmt)).scalar_one())
+        async with self._transaction() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
 
     async def _delete_where(self, *conditions) -> int:
-        async with self._session() as session:
-            result = await session.execute(delete(IndexedImage).where(*conditions))
+        async with self._transaction() as conn:
+            result = await conn.execute(delete(IndexedImage).where(*conditions))
         return result.rowcount
 
     @staticmethod
