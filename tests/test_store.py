@@ -146,3 +146,10 @@ async def test_same_bytes_reuse_the_stored_vector(filled, vectors):
     found = await filled.embedding_for("hash3", MODEL)
     assert np.allclose(found, vectors[3])
     assert await filled.embedding_for("hash3", "other") is None
+
+
+async def test_a_query_from_another_model_size_finds_nothing(filled, vectors):
+    """A query vector of the wrong dimension (model switched, index not rebuilt) is no match."""
+    scope = SearchScope(guild_id=1, model_id=MODEL)
+    assert await filled.search(np.ones(8, np.float32) / 8**0.5, scope=scope, k=5) == []
+    assert len(await filled.search(vectors[0], scope=scope, k=5)) == 5

@@ -43,7 +43,9 @@ def clustered(n: int, dim: int, rng: np.random.Generator, clusters: int = 40) ->
 
 
 def near(x: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
-    q = x[rng.integers(0, len(x), count)] + 0.05 * rng.normal(size=(count, x.shape[1]))
+    """Like a text query: close to some images (cosine ~0.9), on none of them."""
+    noise = rng.normal(size=(count, x.shape[1])) / np.sqrt(x.shape[1])
+    q = x[rng.integers(0, len(x), count)] + 0.5 * noise
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
