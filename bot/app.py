@@ -19,6 +19,7 @@ from retrieval.encoding import EncoderService
 from retrieval.errors import ConfigError
 from retrieval.fetch import Fetcher
 from retrieval.pipeline import IndexingPipeline
+from retrieval.policy import IndexPolicy
 from retrieval.store import open_store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
     engine = create_engine(settings.database_url)
     try:
         await ensure_schema(engine)
+        policy = IndexPolicy(engine)
+        await policy.load()
         encoder = await asyncio.to_thread(
             Encoder.load,
             model=settings.clip_model,
@@ -87,6 +90,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     store=store,
                     encoder=service,
                     pipeline=pipeline,
+                    policy=policy,
                 )
                 async with bot:
                     yield bot

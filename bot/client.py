@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from retrieval.config import Settings
     from retrieval.encoding import EncoderService
     from retrieval.pipeline import IndexingPipeline
+    from retrieval.policy import IndexPolicy
     from retrieval.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ClipfindBot(commands.Bot):
         store: VectorStore,
         encoder: EncoderService,
         pipeline: IndexingPipeline,
+        policy: IndexPolicy,
         **options,
     ) -> None:
         super().__init__(
@@ -57,6 +59,7 @@ class ClipfindBot(commands.Bot):
         self.store = store
         self.encoder = encoder
         self.pipeline = pipeline
+        self.policy = policy
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

@@ -103,3 +103,49 @@ class BotState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class OptOut(Base):
+    """A member who asked not to be indexed (in every server the bot shares with them)."""
+
+    __tablename__ = "opt_outs"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    opted_out_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExcludedChannel(Base):
+    """A channel a server's managers took out of the index (its threads go with it)."""
+
+    __tablename__ = "excluded_channels"
+
+    channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    excluded_by: Mapped[int] = mapped_column(BigInteger)
+    excluded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BackfillCursor(Base):
+    """How far history of one channel or thread has been read, so a restart resumes there.
+
+    ``oldest_id`` walks back through history until ``complete``; ``newest_id`` is the newest
+    message seen, from which messages posted while the bot was offline are caught up.
+    """
+
+    __tablename__ = "backfill_cursors"
+
+    channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    oldest_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    newest_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    complete: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GuildDeparture(Base):
+    """When the bot left a server; its vectors are purged once the grace period has passed."""
+
+    __tablename__ = "guild_departures"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    left_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

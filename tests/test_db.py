@@ -69,3 +69,17 @@ def test_cli_reports_bad_settings(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CLIP_DEVICE", "gpu0")
     assert main(["db", "current"]) == 2
     assert "CLIP_DEVICE" in caplog.text
+
+
+async def test_migrations_match_the_models(engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from retrieval.models import Base
+
+    await ensure_schema(engine)
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+        )
+    assert diff == []

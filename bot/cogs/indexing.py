@@ -22,7 +22,13 @@ class Indexing(commands.Cog):
             return False
         if message.author.id == (self.bot.user and self.bot.user.id):
             return False
-        return not message.author.bot or self.bot.settings.index_bot_messages
+        if message.author.bot and not self.bot.settings.index_bot_messages:
+            return False
+        return self.bot.policy.allows(
+            channel_id=message.channel.id,
+            author_id=message.author.id,
+            parent_id=getattr(message.channel, "parent_id", None),
+        )
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
