@@ -29,6 +29,7 @@ from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
 
+_STORE_RETRY_FIRST_S = 0.5
 _STORE_RETRY_MAX_S = 30.0
 
 
@@ -234,8 +235,9 @@ class IndexingPipeline:
         await self._write(records)
         self.counters.indexed += len(records)
         guilds = Counter(item.ref.guild_id for item in batch)
+        failed = self.counters.failed
         log.info(
-            "indexed %d images (%s) in %.2fs; queued %d, in flight %d, indexed %d, %.1f img/s",
+            "indexed %d images (%s) in %.2fs; queued %d, in flight %d, indexed %d, %.1f img/s%s",
             len(records),
             ", ".join(f"guild {g}: {n}" for g, n in guilds.items()),
             time.monotonic() - started,
@@ -243,6 +245,7 @@ class IndexingPipeline:
             self.counters.in_flight,
             self.counters.indexed + self.counters.reused,
             self.counters.images_per_s(),
+            f"; skipped {sum(failed.values())} ({dict(failed)})" if failed else "",
         )
 
     async def _write(self, records: list[ImageRecord]) -> None:
@@ -250,7 +253,7 @@ class IndexingPipeline:
 
     async def _with_store(self, call, *args):
         """Call the store, waiting out an outage instead of losing the work in hand."""
-        delay = 0.5
+        delay = _STORE_RETRY_FIRST_S
         while True:
             try:
                 return await call(*args)

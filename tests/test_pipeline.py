@@ -200,3 +200,38 @@ async def _hash_of(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+class _FlakyStore:
+    """The real store behind a database that is down for its first few writes."""
+
+    def __init__(self, inner, outages: int) -> None:
+        self.inner = inner
+        self.outages = outages
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def upsert(self, records):
+        from retrieval.errors import StoreUnavailable
+
+        if self.outages > 0:
+            self.outages -= 1
+            raise StoreUnavailable("database is locked")
+        return await self.inner.upsert(records)
+
+
+async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
+    import retrieval.pipeline
+
+    monkeypatch.setattr(retrieval.pipeline, "_STORE_RETRY_FIRST_S", 0.01)
+    pipeline.store = _FlakyStore(store, outages=3)
+    for i in range(5):
+        host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")
+    caplog.set_level(logging.ERROR, logger="retrieval.pipeline")
+    await pipeline.submit([ref(host, f"o{i}.png", 300 + i) for i in range(5)])
+    await pipeline.join()
+    assert pipeline.store.outages == 0
+    assert "database unavailable" in caplog.text and "database is locked" in caplog.text
+    assert await store.count(guild_id=1) == 5
+    assert not pipeline.counters.failed

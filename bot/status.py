@@ -1,0 +1,34 @@
+"""The bot's counters as one message, for `/clipfind status` (operators and curious members)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
+
+
+async def status_text(bot: ClipfindBot, guild_id: int) -> str:
+    pipeline = bot.pipeline.counters
+    encoder = bot.encoder.counters
+    indexed_here = await bot.store.count(guild_id=guild_id, model_id=bot.encoder.model_id)
+    lines = [
+        f"**Images indexed in this server:** {indexed_here}",
+        f"**Model:** `{bot.encoder.model_id}`",
+        (
+            f"**Pipeline since start:** {pipeline.indexed} encoded, {pipeline.reused} reposts "
+            f"reused, {pipeline.already_known} already known; {bot.pipeline.queued} queued, "
+            f"{pipeline.in_flight} downloading; {pipeline.images_per_s():.1f} images/s"
+        ),
+        (
+            f"**Searches:** {encoder.text_queries} ({encoder.text_cache_hits} from the cache); "
+            f"{encoder.image_batches} image batches encoded"
+        ),
+    ]
+    if pipeline.failed:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in pipeline.failed.most_common())
+        lines.append(f"**Skipped images:** {reasons}")
+    progress = getattr(bot, "backfill_progress", None)
+    if progress is not None:
+        lines.append(f"**History backfill:** {progress}")
+    return "\n".join(lines)
