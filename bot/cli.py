@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("%s", exc)
         return 2
     discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+    # Alembic announces each of its plugins at INFO; the migrations it runs are what matters.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         if args.command == "db":
             asyncio.run(_db(args.action, settings.database_url))
