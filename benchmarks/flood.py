@@ -15,23 +15,15 @@ import io
 import logging
 import os
 import statistics
-import tempfile
 import time
-from datetime import UTC, datetime
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
-from aiohttp import web  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval.db import create_engine, ensure_schema  # noqa: E402
+from benchmarks.harness import image_server, loop_lag, percentile, refs, sqlite_pipeline  # noqa: E402
 from retrieval.encoder import Encoder  # noqa: E402
-from retrieval.encoding import EncoderService  # noqa: E402
-from retrieval.fetch import Fetcher  # noqa: E402
-from retrieval.pipeline import ImageRef, IndexingPipeline  # noqa: E402
-from retrieval.store import open_store  # noqa: E402
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
 
@@ -53,95 +45,32 @@ def image_bytes(i: int, size: int = 256) -> bytes:
 
 
 async def flood(encoder: Encoder, count: int) -> dict:
-    payload = [image_bytes(i) for i in range(count)]
-    app = web.Application()
+    images = [(image_bytes(i), "image/jpeg") for i in range(count)]
+    async with image_server(images) as base, sqlite_pipeline(encoder, batch_size=32) as pipe:
+        baseline = rss_mb()
+        peak = {"rss": baseline, "queue": 0}
 
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=payload[int(request.match_info["i"])], content_type="image/jpeg")
+        def probe() -> None:
+            peak["rss"] = max(peak["rss"], rss_mb())
+            peak["queue"] = max(peak["queue"], pipe.queued)
 
-    app.router.add_get("/img/{i}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    result: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp}/flood.db")
-        await ensure_schema(engine)
-        service = EncoderService(encoder)
-        async with aiohttp.ClientSession() as http:
-            pipeline = IndexingPipeline(
-                fetcher=Fetcher(http, max_bytes=10_000_000, timeout_s=60),
-                encoder=service,
-                store=open_store(engine),
-                spec=encoder.spec,
-                max_pixels=50_000_000,
-                batch_size=32,
-                batch_deadline_s=0.05,
-            )
-            await pipeline.start()
-            baseline = rss_mb()
-            peak, peak_queue, lags = baseline, 0, []
-            done = asyncio.Event()
-
-            async def watch(interval: float = 0.01) -> None:
-                nonlocal peak, peak_queue
-                while not done.is_set():
-                    before = time.perf_counter()
-                    await asyncio.sleep(interval)
-                    lags.append((time.perf_counter() - before - interval) * 1000)
-                    peak = max(peak, rss_mb())
-                    peak_queue = max(peak_queue, pipeline.queued)
-
-            watcher = asyncio.create_task(watch())
-            now = datetime.now(UTC)
+        async with loop_lag(probe) as lags:
             started = time.perf_counter()
-            url = f"http://127.0.0.1:{port}/img"
-            await asyncio.gather(
-                *(
-                    pipeline.submit(
-                        [
-                            ImageRef(
-                                guild_id=1,
-                                channel_id=1,
-                                message_id=i + 1,
-                                image_key=i + 1,
-                                kind="attachment",
-                                author_id=1,
-                                posted_at=now,
-                                url=f"{url}/{i}",
-                                source_url=f"{url}/{i}",
-                                filename=f"{i}.jpg",
-                            )
-                        ]
-                    )
-                    for i in range(count)
-                )
-            )
-            await pipeline.join()
+            # One submitter per image, as one event handler per MESSAGE_CREATE would be.
+            await asyncio.gather(*(pipe.submit([ref]) for ref in refs(base, count)))
+            await pipe.join()
             elapsed = time.perf_counter() - started
-            done.set()
-            await watcher
-            await pipeline.close()
-            lags.sort()
-            result = dict(
-                images=count,
-                indexed=pipeline.counters.indexed,
-                failed=sum(pipeline.counters.failed.values()),
-                seconds=elapsed,
-                rate=count / elapsed,
-                baseline_mb=baseline,
-                peak_growth_mb=peak - baseline,
-                peak_queue=peak_queue,
-                lag_p50=statistics.median(lags),
-                lag_p99=lags[int(len(lags) * 0.99) - 1],
-                lag_max=lags[-1],
-            )
-        await service.close()
-        await engine.dispose()
-    await runner.cleanup()
-    return result
+        return dict(
+            images=count,
+            indexed=pipe.counters.indexed,
+            failed=sum(pipe.counters.failed.values()),
+            rate=count / elapsed,
+            peak_growth_mb=peak["rss"] - baseline,
+            peak_queue=peak["queue"],
+            lag_p50=statistics.median(lags),
+            lag_p99=percentile(lags, 0.99),
+            lag_max=lags[-1],
+        )
 
 
 def main() -> None:

@@ -19,25 +19,17 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from aiohttp import web  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval.db import create_engine, ensure_schema  # noqa: E402
+from benchmarks.harness import image_server, loop_lag, percentile, refs, sqlite_pipeline  # noqa: E402
 from retrieval.encoder import Encoder  # noqa: E402
-from retrieval.encoding import EncoderService  # noqa: E402
-from retrieval.fetch import Fetcher  # noqa: E402
-from retrieval.pipeline import ImageRef, IndexingPipeline  # noqa: E402
-from retrieval.store import open_store  # noqa: E402
 
 # (megapixels, format): a mix of phone photos, screenshots and small memes.
 MIX = [(12, "JPEG"), (3, "JPEG"), (1, "JPEG"), (0.3, "JPEG"), (2, "PNG"), (0.5, "PNG")]
@@ -96,69 +88,16 @@ def ceiling(encoder: Encoder, count: int) -> tuple[float, int]:
 
 
 async def pipeline_way(encoder: Encoder, images, batch_size: int) -> tuple[float, list[float]]:
-    app = web.Application()
-
-    async def serve(request: web.Request) -> web.Response:
-        body, content_type = images[int(request.match_info["i"])]
-        return web.Response(body=body, content_type=content_type)
-
-    app.router.add_get("/img/{i}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    lags: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
-        await ensure_schema(engine)
-        service = EncoderService(encoder)
-        async with aiohttp.ClientSession() as http:
-            pipeline = IndexingPipeline(
-                fetcher=Fetcher(http, max_bytes=50_000_000, timeout_s=60),
-                encoder=service,
-                store=open_store(engine),
-                spec=encoder.spec,
-                max_pixels=50_000_000,
-                batch_size=batch_size,
-                batch_deadline_s=0.05,
-            )
-            await pipeline.start()
-            stop = asyncio.Event()
-
-            async def watch(interval: float = 0.01) -> None:
-                while not stop.is_set():
-                    before = time.perf_counter()
-                    await asyncio.sleep(interval)
-                    lags.append(time.perf_counter() - before - interval)
-
-            watcher = asyncio.create_task(watch())
+    async with (
+        image_server(images) as base,
+        sqlite_pipeline(encoder, batch_size=batch_size) as pipe,
+    ):
+        async with loop_lag() as lags:
             started = time.perf_counter()
-            now = datetime.now(UTC)
-            await pipeline.submit(
-                ImageRef(
-                    guild_id=1,
-                    channel_id=1,
-                    message_id=i + 1,
-                    image_key=i + 1,
-                    kind="attachment",
-                    author_id=1,
-                    posted_at=now,
-                    url=f"http://127.0.0.1:{port}/img/{i}",
-                    source_url=f"http://127.0.0.1:{port}/img/{i}",
-                    filename=f"{i}",
-                )
-                for i in range(len(images))
-            )
-            await pipeline.join()
+            await pipe.submit(refs(base, len(images)))
+            await pipe.join()
             elapsed = time.perf_counter() - started
-            stop.set()
-            await watcher
-            assert pipeline.counters.indexed == len(images), pipeline.counters
-            await pipeline.close()
-        await service.close()
-        await engine.dispose()
-    await runner.cleanup()
+        assert pipe.counters.indexed == len(images), pipe.counters
     return len(images) / elapsed, lags
 
 
@@ -181,9 +120,8 @@ def main() -> None:
     seed_way(encoder, preprocess, images[:2])  # warm-up
     seed = seed_way(encoder, preprocess, images)
     top, best_batch = ceiling(encoder, max(len(images), 64))
-    piped, lags = asyncio.run(pipeline_way(encoder, images, encoder.default_batch_size))
-    lag_ms = sorted(x * 1000 for x in lags)
-    p99 = lag_ms[int(len(lag_ms) * 0.99) - 1]
+    piped, lag_ms = asyncio.run(pipeline_way(encoder, images, encoder.default_batch_size))
+    p99 = percentile(lag_ms, 0.99)
     print(f"1. seed way (one by one, full decode): {seed:6.2f} img/s")
     print(f"2. encoder ceiling (batch {best_batch}):        {top:6.2f} img/s")
     batch = encoder.default_batch_size

@@ -1,0 +1,114 @@
+"""What the pipeline benchmarks share: a loopback image server, a pipeline on a throwaway SQLite
+database, and an event-loop lag watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+
+from retrieval.db import create_engine, ensure_schema
+from retrieval.encoder import Encoder
+from retrieval.encoding import EncoderService
+from retrieval.fetch import Fetcher
+from retrieval.pipeline import ImageRef, IndexingPipeline
+from retrieval.store import open_store
+
+
+@contextlib.asynccontextmanager
+async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[str]:
+    """Serves images[i] at <base>/i; yields the base URL."""
+
+    async def serve(request: web.Request) -> web.Response:
+        body, content_type = images[int(request.match_info["i"])]
+        return web.Response(body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_get("/img/{i}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/img"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def sqlite_pipeline(encoder: Encoder, *, batch_size: int) -> AsyncIterator[IndexingPipeline]:
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
+        await ensure_schema(engine)
+        service = EncoderService(encoder)
+        async with aiohttp.ClientSession() as http:
+            pipeline = IndexingPipeline(
+                fetcher=Fetcher(http, max_bytes=50_000_000, timeout_s=60),
+                encoder=service,
+                store=open_store(engine),
+                spec=encoder.spec,
+                max_pixels=50_000_000,
+                batch_size=batch_size,
+                batch_deadline_s=0.05,
+            )
+            await pipeline.start()
+            try:
+                yield pipeline
+            finally:
+                await pipeline.close()
+                await service.close()
+                await engine.dispose()
+
+
+def refs(base_url: str, count: int) -> list[ImageRef]:
+    now = datetime.now(UTC)
+    return [
+        ImageRef(
+            guild_id=1,
+            channel_id=1,
+            message_id=i + 1,
+            image_key=i + 1,
+            kind="attachment",
+            author_id=1,
+            posted_at=now,
+            url=f"{base_url}/{i}",
+            source_url=f"{base_url}/{i}",
+            filename=f"{i}",
+        )
+        for i in range(count)
+    ]
+
+
+@contextlib.asynccontextmanager
+async def loop_lag(
+    probe: Callable[[], None] | None = None, interval: float = 0.01
+) -> AsyncIterator[list[float]]:
+    """Samples how late a 10 ms sleep wakes up (ms), calling ``probe`` at each tick."""
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(interval)
+            lags.append((time.perf_counter() - before - interval) * 1000)
+            if probe is not None:
+                probe()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield lags
+    finally:
+        stop.set()
+        await watcher
+        lags.sort()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
