@@ -153,3 +153,17 @@ async def test_a_query_from_another_model_size_finds_nothing(filled, vectors):
     scope = SearchScope(guild_id=1, model_id=MODEL)
     assert await filled.search(np.ones(8, np.float32) / 8**0.5, scope=scope, k=5) == []
     assert len(await filled.search(vectors[0], scope=scope, k=5)) == 5
+
+
+async def test_counts_and_lists_what_a_member_or_guild_has_stored(filled, vectors):
+    """What `/privacy status` reports, and the ids lifecycle clean-ups start from."""
+    await filled.upsert([record(30, vectors[0], guild_id=2, channel_id=99, author_id=70)])
+    assert await filled.count_author(author_id=70) == 16  # 15 in guild 1 (even i), 1 in guild 2
+    assert await filled.count_author(author_id=70, guild_id=2) == 1
+    assert await filled.count_author(author_id=12345) == 0
+    assert await filled.channel_ids(guild_id=1) == {10, 11, 12}
+    assert await filled.channel_ids(guild_id=3) == set()
+    assert await filled.guild_ids() == {1, 2}
+    await filled.delete_author(guild_id=None, author_id=70)
+    assert await filled.count_author(author_id=70) == 0
+    assert await filled.guild_ids() == {1}

@@ -76,6 +76,15 @@ class VectorStore(Protocol):
 
     async def count(self, *, guild_id: int, model_id: str | None = None) -> int: ...
 
+    async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
+        """Images of one author, in one guild or (None) everywhere: what a member asks about."""
+
+    async def channel_ids(self, *, guild_id: int) -> set[int]:
+        """Channels and threads of a guild that have stored images (to find orphaned threads)."""
+
+    async def guild_ids(self) -> set[int]:
+        """Guilds that have stored images (to notice servers the bot left while offline)."""
+
     async def delete_messages(self, message_ids: Collection[int]) -> int: ...
 
     async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:

@@ -315,6 +315,26 @@ class PgVectorStore:
         async with self._transaction() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 
+    async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(IndexedImage)
+            .where(IndexedImage.author_id == author_id)
+        )
+        if guild_id is not None:
+            stmt = stmt.where(IndexedImage.guild_id == guild_id)
+        async with self._transaction() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def channel_ids(self, *, guild_id: int) -> set[int]:
+        stmt = select(IndexedImage.channel_id).where(IndexedImage.guild_id == guild_id).distinct()
+        async with self._transaction() as conn:
+            return set((await conn.execute(stmt)).scalars())
+
+    async def guild_ids(self) -> set[int]:
+        async with self._transaction() as conn:
+            return set((await conn.execute(select(IndexedImage.guild_id).distinct())).scalars())
+
     async def _delete_where(self, *conditions) -> int:
         async with self._transaction() as conn:
             result = await conn.execute(delete(IndexedImage).where(*conditions))

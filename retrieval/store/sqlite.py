@@ -160,6 +160,26 @@ class SqliteVectorStore:
         async with self._session() as session:
             return int((await session.execute(stmt)).scalar_one())
 
+    async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(IndexedImage)
+            .where(IndexedImage.author_id == author_id)
+        )
+        if guild_id is not None:
+            stmt = stmt.where(IndexedImage.guild_id == guild_id)
+        async with self._session() as session:
+            return int((await session.execute(stmt)).scalar_one())
+
+    async def channel_ids(self, *, guild_id: int) -> set[int]:
+        stmt = select(IndexedImage.channel_id).where(IndexedImage.guild_id == guild_id).distinct()
+        async with self._session() as session:
+            return set((await session.execute(stmt)).scalars())
+
+    async def guild_ids(self) -> set[int]:
+        async with self._session() as session:
+            return set((await session.execute(select(IndexedImage.guild_id).distinct())).scalars())
+
     async def _delete_where(self, *conditions) -> int:
         stmt = (
             delete(IndexedImage)
