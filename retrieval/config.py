@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default=2, ge=1, le=64)
 
     find_default_count: int = Field(default=5, ge=1, le=10)
+
+    # How long a server's vectors are kept after the bot leaves it; 0 purges at once.
+    guild_purge_grace_hours: float = Field(default=0, ge=0, le=24 * 365)
+
     log_level: str = "INFO"
 
     @field_validator("clip_device")
