@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=256, ge=1)
     decode_threads: int = Field(default=2, ge=1, le=64)
 
+    backfill: bool = True
+    backfill_channels_at_once: int = Field(default=2, ge=1, le=16)
+    # None reads history back to the beginning of every channel.
+    backfill_max_age_days: int | None = Field(default=None, ge=1)
+
     find_default_count: int = Field(default=5, ge=1, le=10)
 
     # How long a server's vectors are kept after the bot leaves it; 0 purges at once.
