@@ -13,22 +13,27 @@ if TYPE_CHECKING:
     from bot.client import ClipfindBot
 
 
+def wanted(bot: ClipfindBot, message: discord.Message) -> bool:
+    """May this message's images be indexed? Live messages and backfill ask the same question."""
+    if message.guild is None:
+        return False
+    if message.author.id == (bot.user and bot.user.id):
+        return False
+    if message.author.bot and not bot.settings.index_bot_messages:
+        return False
+    return bot.policy.allows(
+        channel_id=message.channel.id,
+        author_id=message.author.id,
+        parent_id=getattr(message.channel, "parent_id", None),
+    )
+
+
 class Indexing(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
 
     def _wanted(self, message: discord.Message) -> bool:
-        if message.guild is None:
-            return False
-        if message.author.id == (self.bot.user and self.bot.user.id):
-            return False
-        if message.author.bot and not self.bot.settings.index_bot_messages:
-            return False
-        return self.bot.policy.allows(
-            channel_id=message.channel.id,
-            author_id=message.author.id,
-            parent_id=getattr(message.channel, "parent_id", None),
-        )
+        return wanted(self.bot, message)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
