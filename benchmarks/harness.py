@@ -42,7 +42,9 @@ async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[str
 
 
 @contextlib.asynccontextmanager
-async def sqlite_pipeline(encoder: Encoder, *, batch_size: int) -> AsyncIterator[IndexingPipeline]:
+async def sqlite_pipeline(
+    encoder: Encoder, *, batch_size: int, decode_threads: int = 2
+) -> AsyncIterator[IndexingPipeline]:
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
         await ensure_schema(engine)
@@ -56,6 +58,7 @@ async def sqlite_pipeline(encoder: Encoder, *, batch_size: int) -> AsyncIterator
                 max_pixels=50_000_000,
                 batch_size=batch_size,
                 batch_deadline_s=0.05,
+                decode_threads=decode_threads,
             )
             await pipeline.start()
             try:

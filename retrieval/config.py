@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_deadline_ms: int = Field(default=50, ge=0, le=10_000)
     queue_size: int = Field(default=256, ge=1)
-    decode_threads: int = Field(default=2, ge=1, le=64)
+    # None: one per core but one, left to the model (on 2 cores both decoding threads only
+    # slowed the encoder; see benchmarks/RESULTS.md).
+    decode_threads: int | None = Field(default=None, ge=1, le=64)
 
     backfill: bool = True
     backfill_channels_at_once: int = Field(default=2, ge=1, le=16)
