@@ -43,7 +43,7 @@ async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[str
 
 @contextlib.asynccontextmanager
 async def sqlite_pipeline(
-    encoder: Encoder, *, batch_size: int, decode_threads: int = 2
+    encoder: Encoder, *, batch_size: int, decode_threads: int | None = None
 ) -> AsyncIterator[IndexingPipeline]:
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")

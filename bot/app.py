@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -81,7 +80,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 batch_deadline_s=settings.batch_deadline_ms / 1000,
                 queue_size=settings.queue_size,
                 fetch_workers=settings.fetch_concurrency,
-                decode_threads=settings.decode_threads or max(1, (os.cpu_count() or 2) - 1),
+                decode_threads=settings.decode_threads,
             )
             await pipeline.start()
             try:

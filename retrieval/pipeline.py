@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -87,7 +88,7 @@ class IndexingPipeline:
         batch_deadline_s: float,
         queue_size: int = 256,
         fetch_workers: int = 8,
-        decode_threads: int = 2,
+        decode_threads: int | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -100,7 +101,9 @@ class IndexingPipeline:
         self._intake: asyncio.Queue[ImageRef] = asyncio.Queue(maxsize=queue_size)
         self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._fetch_workers = fetch_workers
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="clip-decode")
+        # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
+        threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
         self._tasks: list[asyncio.Task] = []
         self._pending = 0
         self._idle = asyncio.Event()
