@@ -1,35 +1,262 @@
-"""Which channels a member may search, computed from their roles and overwrites right now."""
+"""Which results a member may see, decided when they ask and never trusted from the index.
+
+Channel access comes from the member's roles and overwrites right now (discord.py's
+``permissions_for``). Two things the cache cannot always tell are looked up over REST and
+remembered briefly: threads the cache does not hold (archived threads leave it), and whether a
+member belongs to a private thread (without the members intent the bot hears only of its own
+thread memberships). Each result is also confirmed to still exist just before it is shown: a
+message deleted while the bot was offline is dropped and its vectors deleted.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import discord
 
+from retrieval.store import SearchHit, VectorStore
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+# A thread's parent and privacy rarely change; a resolved (or unresolvable) thread is looked up
+# again after this long. Membership can change any time, so it is kept much shorter.
+THREAD_TTL_S = 600.0
+MEMBERSHIP_TTL_S = 60.0
+# A message seen alive is not fetched again for this long; deletions the bot hears of evict it.
+ALIVE_TTL_S = 300.0
+# Which channels hold images changes only as new channels get images.
+INDEXED_TTL_S = 60.0
+# REST look-ups of unknown threads per search; the rest are resolved by the next searches.
+THREAD_LOOKUPS = 10
+# Concurrent REST calls per bot for all of this: Discord rate-limits per route anyway.
+REST_CONCURRENCY = 4
+
+
+class Expiring(Generic[K, V]):
+    """A small LRU map whose entries expire; ``get`` gives None for missing or expired."""
+
+    def __init__(self, ttl_s: float, size: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        found = self._items.get(key)
+        if found is None:
+            return None
+        if found[0] < time.monotonic():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return found[1]
+
+    def put(self, key: K, value: V, ttl_s: float | None = None) -> None:
+        self._items[key] = (time.monotonic() + (ttl_s or self.ttl_s), value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
 
 def can_read(channel: discord.abc.GuildChannel | discord.Thread, member: discord.Member) -> bool:
+    """View Channel and Read Message History, from the member's roles and overwrites now."""
     perms = channel.permissions_for(member)
-    if not (perms.view_channel and perms.read_message_history):
-        return False
-    if isinstance(channel, discord.Thread) and channel.is_private():
-        return perms.manage_threads or channel.get_member(member.id) is not None
-    return True
+    return perms.view_channel and perms.read_message_history
 
 
-def searchable_channels(
-    guild: discord.Guild, member: discord.Member, *, include_nsfw: bool
-) -> frozenset[int]:
-    """Ids of the channels and threads whose images ``member`` may see in results.
+def needs_membership(channel: discord.abc.GuildChannel | discord.Thread, member: discord.Member):
+    """Private threads are for their members, and for those who may manage threads."""
+    return (
+        isinstance(channel, discord.Thread)
+        and channel.is_private()
+        and not channel.permissions_for(member).manage_threads
+        and all(joined.id != member.id for joined in channel.members)
+    )
 
-    Channels the bot does not know (deleted, or threads it has not seen) are left out: when in
-    doubt, hide.
-    """
-    allowed = set()
-    for channel in itertools.chain(guild.channels, guild.threads):
-        if isinstance(channel, discord.CategoryChannel):
-            continue
-        if channel.is_nsfw() and not include_nsfw:
-            continue
-        if can_read(channel, member):
+
+def asked_in_nsfw(channel: object) -> bool:
+    """Age-restricted results only where the question was asked in an age-restricted channel."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw and is_nsfw())
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What one member may see in one guild, as of the moment they asked."""
+
+    guild_id: int
+    member: discord.Member
+    channel_ids: frozenset[int]
+    # Private threads in channel_ids whose membership is confirmed per result, when one shows up.
+    unconfirmed_threads: Mapping[int, discord.Thread]
+
+
+class Access:
+    """Decides visibility and confirms results; owns the short-lived REST answers it remembers."""
+
+    def __init__(self, client: discord.Client, store: VectorStore) -> None:
+        self.client = client
+        self.store = store
+        self._threads: Expiring[int, discord.Thread | bool] = Expiring(THREAD_TTL_S)
+        self._members: Expiring[tuple[int, int], bool] = Expiring(MEMBERSHIP_TTL_S)
+        self._alive: Expiring[int, frozenset[int]] = Expiring(ALIVE_TTL_S)
+        self._indexed: Expiring[int, frozenset[int]] = Expiring(INDEXED_TTL_S, size=1000)
+        self._rest = asyncio.Semaphore(REST_CONCURRENCY)
+
+    def forget_message(self, message_id: int) -> None:
+        self._alive.pop(message_id)
+
+    def forget_all(self) -> None:
+        """After a new gateway session, deletions may have been missed."""
+        self._alive.clear()
+
+    async def visibility(
+        self, guild: discord.Guild, member: discord.Member, *, include_nsfw: bool
+    ) -> Visibility:
+        allowed: set[int] = set()
+        unconfirmed: dict[int, discord.Thread] = {}
+        cached = itertools.chain(guild.channels, guild.threads)
+        for channel in itertools.chain(cached, await self._uncached_threads(guild)):
+            if isinstance(channel, discord.CategoryChannel):
+                continue
+            if channel.is_nsfw() and not include_nsfw:
+                continue
+            try:
+                if not can_read(channel, member):
+                    continue
+            except discord.ClientException:  # a thread whose parent is not cached: hide
+                continue
             allowed.add(channel.id)
-    return frozenset(allowed)
+            if needs_membership(channel, member):
+                unconfirmed[channel.id] = channel
+        return Visibility(guild.id, member, frozenset(allowed), unconfirmed)
+
+    async def _uncached_threads(self, guild: discord.Guild) -> list[discord.Thread]:
+        """Threads with indexed images that the cache lacks, archived ones above all."""
+        indexed = self._indexed.get(guild.id)
+        if indexed is None:
+            indexed = frozenset(await self.store.channel_ids(guild_id=guild.id))
+            self._indexed.put(guild.id, indexed)
+        found: list[discord.Thread] = []
+        lookups: list[int] = []
+        for channel_id in indexed:
+            if guild.get_channel_or_thread(channel_id) is not None:
+                continue
+            known = self._threads.get(channel_id)
+            if isinstance(known, discord.Thread):
+                found.append(known)
+            elif known is None:
+                lookups.append(channel_id)
+        fetched = await asyncio.gather(
+            *(self._fetch_thread(guild, c) for c in lookups[:THREAD_LOOKUPS])
+        )
+        found += [thread for thread in fetched if thread is not None]
+        return found
+
+    async def _fetch_thread(self, guild: discord.Guild, channel_id: int) -> discord.Thread | None:
+        try:
+            async with self._rest:
+                channel = await self.client.fetch_channel(channel_id)
+        except discord.HTTPException as exc:
+            # Deleted, or out of the bot's sight: hidden either way. Removing a deleted
+            # channel's vectors is the lifecycle clean-up's job.
+            log.debug("thread %s cannot be resolved (%s); its images stay hidden", channel_id, exc)
+            self._threads.put(channel_id, False)
+            return None
+        if not isinstance(channel, discord.Thread) or channel.guild.id != guild.id:
+            self._threads.put(channel_id, False)
+            return None
+        self._threads.put(channel_id, channel)
+        return channel
+
+    async def confirm(self, seen: Visibility, hits: Sequence[SearchHit]) -> list[bool]:
+        """For each hit, whether it may be shown now; deletes what turns out to be gone."""
+        threads = {h.channel_id for h in hits if h.channel_id in seen.unconfirmed_threads}
+        joined = await self._gather(
+            threads, lambda t: self._is_member(seen.unconfirmed_threads[t], seen.member)
+        )
+        readable = [
+            h
+            for h in hits
+            if h.guild_id == seen.guild_id
+            and h.channel_id in seen.channel_ids
+            and joined.get(h.channel_id, True)
+        ]
+        cached = {m.id: m for m in self.client.cached_messages}
+        where = {h.message_id: h.channel_id for h in readable}
+        attachments = await self._gather(
+            where, lambda m: self._attachment_ids(m, where[m], seen.guild_id, cached.get(m))
+        )
+        verdicts = {}
+        for hit in readable:
+            verdicts[hit.row_id] = await self._still_there(hit, attachments[hit.message_id])
+        return [verdicts.get(h.row_id, False) for h in hits]
+
+    @staticmethod
+    async def _gather(keys: Iterable[K], look_up) -> dict[K, V]:
+        keys = list(keys)
+        return dict(zip(keys, await asyncio.gather(*(look_up(k) for k in keys)), strict=True))
+
+    async def _is_member(self, thread: discord.Thread, member: discord.Member) -> bool:
+        key = (thread.id, member.id)
+        if (known := self._members.get(key)) is not None:
+            return known
+        try:
+            async with self._rest:
+                await thread.fetch_member(member.id)
+            joined = True
+        except discord.NotFound:
+            joined = False
+        except discord.HTTPException as exc:
+            log.warning("cannot tell whether %s is in thread %s: %s", member.id, thread.id, exc)
+            return False
+        self._members.put(key, joined)
+        return joined
+
+    async def _attachment_ids(
+        self, message_id: int, channel_id: int, guild_id: int, cached: discord.Message | None
+    ) -> frozenset[int] | None:
+        """The message's attachment ids as they are now; None when it is gone or unreadable."""
+        if cached is not None:  # the gateway removes deleted messages from the cache
+            return frozenset(a.id for a in cached.attachments)
+        if (known := self._alive.get(message_id)) is not None:
+            return known
+        channel = self.client.get_partial_messageable(channel_id, guild_id=guild_id)
+        try:
+            async with self._rest:
+                message = await channel.fetch_message(message_id)
+        except discord.NotFound:
+            removed = await self.store.delete_messages([message_id])
+            log.info("message %s is gone; removed its %d indexed images", message_id, removed)
+            return None
+        except discord.HTTPException as exc:
+            log.warning("cannot confirm message %s, hiding it this time: %s", message_id, exc)
+            return None
+        ids = frozenset(a.id for a in message.attachments)
+        self._alive.put(message_id, ids)
+        return ids
+
+    async def _still_there(self, hit: SearchHit, attachment_ids: frozenset[int] | None) -> bool:
+        if attachment_ids is None:
+            return False
+        if hit.kind != "attachment" or hit.image_key in attachment_ids:
+            return True
+        # The message was edited to drop this image while nobody listened.
+        keep = await self.store.known_keys(hit.message_id) - {hit.image_key}
+        await self.store.delete_images(hit.message_id, keep)
+        return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -9,8 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.permissions import searchable_channels
+from bot.permissions import Access, asked_in_nsfw
 from bot.render import results_message
+from retrieval.search import ResultPager, from_store
 from retrieval.store import SearchScope
 
 if TYPE_CHECKING:
@@ -28,6 +30,21 @@ NO_MATCH = "No images you can see in this server match that yet."
 class Search(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
+        self.access = Access(bot, bot.store)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        self.access.forget_message(payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            self.access.forget_message(message_id)
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        # A new gateway session: deletions during the gap were never heard of.
+        self.access.forget_all()
 
     @app_commands.command(name="find")
     @app_commands.guild_only()
@@ -54,22 +71,24 @@ class Search(commands.Cog):
             return
         guild, member = interaction.guild, interaction.user
         assert guild is not None and isinstance(member, discord.Member)
-        channel = interaction.channel
+        seen = await self.access.visibility(
+            guild, member, include_nsfw=asked_in_nsfw(interaction.channel)
+        )
         scope = SearchScope(
-            guild_id=guild.id,
-            model_id=self.bot.encoder.model_id,
-            channel_ids=searchable_channels(
-                guild, member, include_nsfw=bool(channel and channel.is_nsfw())
-            ),
+            guild_id=guild.id, model_id=self.bot.encoder.model_id, channel_ids=seen.channel_ids
         )
         vector = await self.bot.encoder.encode_text(query)
-        k = count or self.bot.settings.find_default_count
-        hits = await self.bot.store.search(vector, scope=scope, k=k)
-        if not hits:
+        pager = ResultPager(
+            fetch=from_store(self.bot.store, vector, scope),
+            confirm=functools.partial(self.access.confirm, seen),
+            page_size=count or self.bot.settings.find_default_count,
+        )
+        results = await pager.page(0)
+        if not results:
             indexed = await self.bot.store.count(guild_id=guild.id, model_id=scope.model_id)
             await interaction.followup.send(NO_MATCH if indexed else NOTHING_INDEXED)
             return
-        content, embeds = results_message(query, hits)
+        content, embeds = results_message(query, [group.hit for group in results])
         await interaction.followup.send(content, embeds=embeds)
 
 
