@@ -42,6 +42,7 @@ class ChannelRoutes:
             web.get(CH + "/threads/archived/public", self.archived_public),
             web.get(CH + "/threads/archived/private", self.archived_private),
             web.get(CH + "/users/@me/threads/archived/private", self.archived_joined),
+            web.get(CH + "/thread-members/{user}", self.thread_member),
         ]
 
     def _channel(self, request: web.Request) -> Channel:
@@ -133,6 +134,14 @@ class ChannelRoutes:
     async def typing(self, request: web.Request) -> web.Response:
         self._channel(request)
         return r.no_content()
+
+    async def thread_member(self, request: web.Request) -> web.Response:
+        """One member of a thread, or 404 Unknown Member (10007) when they are not in it."""
+        channel = self._channel(request)
+        user_id = int(request.match_info["user"])
+        if not channel.is_thread or user_id not in channel.member_ids:
+            raise r.DiscordError(r.UNKNOWN_MEMBER)
+        return r.ok(payloads.thread_member(channel, user_id))
 
     def _archived(self, request: web.Request, threads: list[Channel]) -> web.Response:
         q = request.query
