@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.indexing", "bot.cogs.search")
+EXTENSIONS = (
+    "bot.cogs.indexing",
+    "bot.cogs.search",
+    "bot.cogs.lifecycle",
+)
 _COMMANDS_HASH = "commands_hash"
 
 

@@ -1,0 +1,198 @@
+"""Lifecycle: what is deleted on Discord is deleted from the index.
+
+Messages (one, in bulk, or images edited out), channels with their threads, threads, and whole
+servers once the bot is removed (after GUILD_PURGE_GRACE_HOURS). Raw events throughout, so
+messages and threads the client never cached are handled too.
+
+A member leaving changes nothing: their images stay part of the channels' history, as their
+messages do. (Discord would not even say so: member events need the privileged GUILD_MEMBERS
+intent, which clipfind does not ask for.) An opted-out member has nothing left to remove, since
+the opt-out erased their images in every server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands, tasks
+
+from bot.erasure import Eraser
+from bot.refs import image_refs
+from bot.threads import survey
+from retrieval.departures import Departures
+from retrieval.state import get_state, set_state
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
+
+log = logging.getLogger(__name__)
+
+_INDEX_OWNER = "index_application_id"
+
+
+class Lifecycle(commands.Cog):
+    def __init__(self, bot: ClipfindBot) -> None:
+        self.bot = bot
+        self.eraser = Eraser(bot.pipeline)
+        self.departures = Departures(bot.engine)
+        self._purging = asyncio.Lock()
+        # A mass clean-up deletes channels by the dozen; one survey at a time per guild, each
+        # finding less left to ask about.
+        self._surveys: dict[int, asyncio.Lock] = {}
+
+    async def cog_load(self) -> None:
+        self.purge_loop.start()
+
+    async def cog_unload(self) -> None:
+        self.purge_loop.cancel()
+        self.eraser.close()
+
+    # -- messages ------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if payload.guild_id is None:
+            return
+        await self.eraser.erase_patiently(
+            lambda: self.bot.store.delete_messages([payload.message_id]),
+            what=f"message {payload.message_id}",
+        )
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        if payload.guild_id is None:
+            return
+        ids = set(payload.message_ids)
+        await self.eraser.erase_patiently(
+            lambda: self.bot.store.delete_messages(ids),
+            what=f"{len(ids)} messages in channel {payload.channel_id}",
+        )
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        message = payload.message
+        # Discord sends the whole message on edits; an update without both lists (the older
+        # partial form) cannot tell what was removed.
+        if message.guild is None or not {"attachments", "embeds"} <= payload.data.keys():
+            return
+        keep = {ref.image_key for ref in image_refs(message)}
+        # Not swept again after the pipeline drains: a later edit may add an image by then.
+        removed = await self.bot.store.delete_images(message.id, keep)
+        if removed:
+            log.info("message %s was edited: %d of its images removed", message.id, removed)
+
+    # -- channels and threads -------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        if isinstance(channel, discord.CategoryChannel):
+            return  # nothing is posted in a category itself; its channels are deleted one by one
+        # Cached threads of the channel arrive as thread deletes of their own (discord.py sends
+        # them); archived threads the cache never held are found by the survey.
+        await self._forget_channels({channel.id}, what=f"channel {channel.id}")
+        async with self._surveys.setdefault(channel.guild.id, asyncio.Lock()):
+            found = await survey(self.bot, channel.guild)
+        orphans = found.threads_of(channel.id) | found.gone
+        if orphans:
+            await self._forget_channels(orphans, what=f"{len(orphans)} threads of {channel.id}")
+
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        await self._forget_channels({payload.thread_id}, what=f"thread {payload.thread_id}")
+
+    async def _forget_channels(self, channel_ids: set[int], *, what: str) -> None:
+        removed = await self.eraser.erase_patiently(
+            lambda: self.bot.store.delete_channels(channel_ids), what=what
+        )
+        for channel_id in channel_ids:
+            if self.bot.policy.is_excluded(channel_id):  # keep /clipfind channels list current
+                await self.bot.policy.include_channel(channel_id)
+        if removed:
+            log.info("%s deleted on Discord: %d images removed from the index", what, removed)
+
+    # -- the bot leaving and coming back ------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        await self.departures.record(guild.id, at=datetime.now(UTC))
+        grace = self.bot.settings.guild_purge_grace_hours
+        log.info("removed from guild %s (%s); its index is purged in %g h", guild.id, guild, grace)
+        await self.purge_due()
+
+    @commands.Cog.listener()
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        if await self.departures.cancel(guild.id):
+            log.info("back in guild %s (%s) within the grace period; index kept", guild.id, guild)
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        # Servers that removed the bot while it was offline never send an event: they are
+        # simply missing from READY (this bot runs unsharded, so READY lists every server).
+        if not await self._index_is_ours():
+            return
+        present = {guild.id for guild in self.bot.guilds}
+        now = datetime.now(UTC)
+        for guild_id in await self.bot.store.guild_ids() - present:
+            log.info("guild %s removed the bot while it was offline", guild_id)
+            await self.departures.record(guild_id, at=now)
+        await self.purge_due()
+
+    async def _index_is_ours(self) -> bool:
+        """A database first filled by another application (a staging token pointed at the
+        production database, say) is not purged for missing from this one's READY."""
+        owner = await get_state(self.bot.engine, _INDEX_OWNER)
+        mine = str(self.bot.application_id)
+        if owner is None:
+            await set_state(self.bot.engine, _INDEX_OWNER, mine)
+        elif owner != mine:
+            log.warning(
+                "this database was filled by application %s, not %s: servers missing from READY "
+                "are not purged",
+                owner,
+                mine,
+            )
+            return False
+        return True
+
+    @tasks.loop(minutes=5)
+    async def purge_loop(self) -> None:
+        try:
+            await self.purge_due()
+        except Exception:  # an unhandled error would stop the loop for good
+            log.exception("purging the index of departed guilds failed; trying again later")
+
+    @purge_loop.before_loop
+    async def _wait_until_ready(self) -> None:
+        await self.bot.wait_until_ready()
+
+    async def purge_due(self, *, now: datetime | None = None) -> list[int]:
+        """Purge the index of every server left more than the grace period ago (before
+        ``now``); cancel the departures of servers the bot is back in. Returns the purged."""
+        now = now or datetime.now(UTC)
+        grace = timedelta(hours=self.bot.settings.guild_purge_grace_hours)
+        purged = []
+        async with self._purging:
+            for guild_id, left_at in (await self.departures.pending()).items():
+                if self.bot.get_guild(guild_id) is not None:  # re-added while we were down
+                    await self.departures.cancel(guild_id)
+                elif left_at + grace <= now:
+                    await self._purge(guild_id, left_at)
+                    purged.append(guild_id)
+        return purged
+
+    async def _purge(self, guild_id: int, left_at: datetime) -> None:
+        removed = await self.eraser.erase(
+            lambda: self.bot.store.delete_guild(guild_id),
+            what=f"guild {guild_id}",
+            still=lambda: self.bot.get_guild(guild_id) is None,
+        )
+        await self.departures.purged(guild_id)
+        log.info("purged the index of guild %s (left %s): %d images", guild_id, left_at, removed)
+
+
+async def setup(bot: ClipfindBot) -> None:
+    await bot.add_cog(Lifecycle(bot))

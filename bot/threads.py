@@ -1,0 +1,46 @@
+"""Which stored channel ids are threads of which channel, or gone: archived threads included.
+
+The index files a thread's images under the thread's own id and keeps no parent. The client's
+cache knows active threads only; for any other id that has stored images, Discord is asked. That
+is one request per unknown id, paid only when a channel is deleted or excluded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import discord
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Survey:
+    parent_of: dict[int, int] = field(default_factory=dict)  # thread id → its channel's id
+    gone: set[int] = field(default_factory=set)  # Discord says these no longer exist
+
+    def threads_of(self, channel_id: int) -> set[int]:
+        return {thread for thread, parent in self.parent_of.items() if parent == channel_id}
+
+
+async def survey(bot: ClipfindBot, guild: discord.Guild) -> Survey:
+    found = Survey({thread.id: thread.parent_id for thread in guild.threads})
+    known = found.parent_of.keys() | {channel.id for channel in guild.channels}
+    for channel_id in await bot.store.channel_ids(guild_id=guild.id) - known:
+        try:
+            channel = await bot.fetch_channel(channel_id)
+        except discord.NotFound:
+            found.gone.add(channel_id)
+        except (discord.HTTPException, discord.InvalidData) as exc:
+            # Forbidden, typically: a private thread the bot was removed from. It may still
+            # exist, so its images stay.
+            log.debug("cannot tell what channel %s is: %s", channel_id, exc)
+        else:
+            if isinstance(channel, discord.Thread):
+                found.parent_of[channel.id] = channel.parent_id
+    return found

@@ -1,0 +1,47 @@
+"""Servers the bot has left, waiting out the grace period before their index is purged.
+
+A row is written when the bot leaves and removed when it is re-added or the purge is done, so a
+purge that fell due while the bot was down still happens at the next start.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from retrieval.models import BackfillCursor, GuildDeparture
+
+
+class Departures:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def record(self, guild_id: int, *, at: datetime) -> None:
+        """Note the departure; a second notice (e.g. at the next start) keeps the first time."""
+        async with self._sessions.begin() as session:
+            if await session.get(GuildDeparture, guild_id) is None:
+                session.add(GuildDeparture(guild_id=guild_id, left_at=at))
+
+    async def cancel(self, guild_id: int) -> bool:
+        """The bot is back: keep the index. True when a purge was pending."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(GuildDeparture).where(GuildDeparture.guild_id == guild_id)
+            )
+        return result.rowcount > 0
+
+    async def pending(self) -> dict[int, datetime]:
+        """Every recorded departure: guild id → when the bot left (UTC)."""
+        async with self._sessions() as session:
+            rows = await session.execute(select(GuildDeparture.guild_id, GuildDeparture.left_at))
+            # SQLite hands datetimes back naive; they were written as UTC.
+            return {g: t if t.tzinfo else t.replace(tzinfo=UTC) for g, t in rows}
+
+    async def purged(self, guild_id: int) -> None:
+        """The index is gone: forget the departure, and the backfill's progress with it, so a
+        later re-add reads the server's history again instead of resuming past it."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(GuildDeparture).where(GuildDeparture.guild_id == guild_id))
+            await session.execute(delete(BackfillCursor).where(BackfillCursor.guild_id == guild_id))
