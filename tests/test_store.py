@@ -167,3 +167,32 @@ async def test_counts_and_lists_what_a_member_or_guild_has_stored(filled, vector
     await filled.delete_author(guild_id=None, author_id=70)
     assert await filled.count_author(author_id=70) == 0
     assert await filled.guild_ids() == {1}
+
+
+async def test_hits_carry_the_content_hash(filled, vectors):
+    (hit,) = await filled.search(vectors[3], scope=SearchScope(guild_id=1, model_id=MODEL), k=1)
+    assert hit.content_hash == "hash3"
+
+
+async def test_a_message_can_be_left_out_and_k_still_fills(filled, vectors):
+    query = vectors[6]
+    scope = SearchScope(guild_id=1, model_id=MODEL, exclude_message_id=1006)
+    hits = await filled.search(query, scope=scope, k=5)
+    assert [h.message_id - 1000 for h in hits] == exact_top(vectors, query, 5, lambda i: i != 6)
+
+
+async def test_stored_vectors_by_row_and_by_message(filled, vectors):
+    hits = await filled.search(vectors[0], scope=SearchScope(guild_id=1, model_id=MODEL), k=3)
+    found = await filled.vectors([h.row_id for h in hits])
+    for h in hits:
+        np.testing.assert_allclose(found[h.row_id], vectors[h.message_id - 1000], atol=1e-6)
+    assert await filled.vectors([]) == {}
+    ((key, vector),) = (await filled.message_vectors(1002, MODEL)).items()
+    assert key == 5002
+    np.testing.assert_allclose(vector, vectors[2], atol=1e-6)
+    assert await filled.message_vectors(1002, "another-model") == {}
+
+
+async def test_vectors_are_counted_per_model(filled, vectors):
+    await filled.upsert([record(100, vectors[0], message_id=9000, model_id="other/model")])
+    assert await filled.model_counts() == {MODEL: 30, "other/model": 1}

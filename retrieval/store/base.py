@@ -43,6 +43,8 @@ class SearchHit:
     filename: str
     source_url: str
     content_type: str
+    # Equal hashes mean the same bytes: a repost, shown once in results.
+    content_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class SearchScope:
     author_id: int | None = None
     after: datetime | None = None
     before: datetime | None = None
+    # "Find similar" leaves the message it started from out of its own results.
+    exclude_message_id: int | None = None
 
 
 class VectorStore(Protocol):
@@ -73,6 +77,15 @@ class VectorStore(Protocol):
 
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         """The k best hits by cosine similarity, filters applied inside the search."""
+
+    async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
+        """Stored vectors by row id (to tell near-identical results apart from similar ones)."""
+
+    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
+        """A message's vectors by image key: a query by an indexed image skips the model."""
+
+    async def model_counts(self) -> dict[str, int]:
+        """Stored vectors per model id (vectors of another model are never searched)."""
 
     async def count(self, *, guild_id: int, model_id: str | None = None) -> int: ...
 

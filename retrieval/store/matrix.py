@@ -28,6 +28,7 @@ class MatrixFilter:
     author_id: int | None = None
     after_ts: float | None = None
     before_ts: float | None = None
+    exclude_row_ids: frozenset[int] = frozenset()
 
 
 class GuildMatrix:
@@ -119,6 +120,9 @@ class GuildMatrix:
             narrow(self._posted[:n] >= where.after_ts)
         if where.before_ts is not None:
             narrow(self._posted[:n] < where.before_ts)
+        if where.exclude_row_ids:
+            excluded = np.fromiter(where.exclude_row_ids, dtype=np.int64)
+            narrow(~np.isin(self._ids[:n], excluded))
         return mask
 
     def search(self, query: np.ndarray, k: int, where: MatrixFilter) -> list[tuple[int, float]]:

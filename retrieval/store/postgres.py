@@ -56,6 +56,7 @@ _HIT_COLUMNS = (
     IndexedImage.filename,
     IndexedImage.source_url,
     IndexedImage.content_type,
+    IndexedImage.content_hash,
 )
 _KEY = ("message_id", "image_key")
 _IDS = ARRAY(BigInteger)
@@ -116,6 +117,7 @@ class _Shape:
     author: bool
     after: bool
     before: bool
+    exclude: bool
     exact: bool
 
 
@@ -141,6 +143,8 @@ def _statement(shape: _Shape):
         conditions.append(IndexedImage.posted_at >= bindparam("after"))
     if shape.before:
         conditions.append(IndexedImage.posted_at < bindparam("before"))
+    if shape.exclude:
+        conditions.append(IndexedImage.message_id != bindparam("exclude_message_id"))
     ranked = select(*_HIT_COLUMNS, distance).where(*conditions).order_by(distance)
     k = bindparam("k", type_=Integer)
     if shape.exact:
@@ -162,6 +166,7 @@ def _search(query: np.ndarray, scope: SearchScope, k: int, exact: bool):
         author=scope.author_id is not None,
         after=scope.after is not None,
         before=scope.before is not None,
+        exclude=scope.exclude_message_id is not None,
         exact=exact,
     )
     params = {"query": np.asarray(query, dtype=np.float32), "guild_id": scope.guild_id, "k": k}
@@ -175,6 +180,8 @@ def _search(query: np.ndarray, scope: SearchScope, k: int, exact: bool):
         params["after"] = scope.after
     if scope.before is not None:
         params["before"] = scope.before
+    if scope.exclude_message_id is not None:
+        params["exclude_message_id"] = scope.exclude_message_id
     return _statement(shape), params
 
 
@@ -306,6 +313,25 @@ class PgVectorStore:
                 rows = (await conn.execute(*_search(query, scope, k, exact=True))).all()
         return [_hit(row) for row in rows]
 
+    async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
+        stmt = select(IndexedImage.id, IndexedImage.embedding).where(
+            IndexedImage.id == any_(self._ids("row_ids", row_ids))
+        )
+        async with self._transaction() as conn:
+            return {row.id: row.embedding for row in await conn.execute(stmt)}
+
+    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
+        stmt = select(IndexedImage.image_key, IndexedImage.embedding).where(
+            IndexedImage.message_id == message_id, IndexedImage.model_id == model_id
+        )
+        async with self._transaction() as conn:
+            return {row.image_key: row.embedding for row in await conn.execute(stmt)}
+
+    async def model_counts(self) -> dict[str, int]:
+        stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
+        async with self._transaction() as conn:
+            return {model: int(n) for model, n in await conn.execute(stmt)}
+
     async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
         stmt = (
             select(func.count()).select_from(IndexedImage).where(IndexedImage.guild_id == guild_id)
@@ -388,6 +414,7 @@ def _hit(row) -> SearchHit:
         filename=row.filename,
         source_url=row.source_url,
         content_type=row.content_type,
+        content_hash=row.content_hash,
     )
 
 

@@ -30,6 +30,7 @@ _HIT_COLUMNS = (
     IndexedImage.filename,
     IndexedImage.source_url,
     IndexedImage.content_type,
+    IndexedImage.content_hash,
 )
 _MATRIX_COLUMNS = (
     IndexedImage.id,
@@ -136,6 +137,7 @@ class SqliteVectorStore:
             author_id=scope.author_id,
             after_ts=scope.after.timestamp() if scope.after else None,
             before_ts=scope.before.timestamp() if scope.before else None,
+            exclude_row_ids=await self._row_ids(scope.exclude_message_id),
         )
         async with self._lock(key):
             matrix = await self._matrix(key)
@@ -150,6 +152,43 @@ class SqliteVectorStore:
             result = await session.execute(select(*_HIT_COLUMNS).where(IndexedImage.id.in_(scores)))
             by_id = {row.id: row for row in result}
         return [_hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
+
+    async def _row_ids(self, message_id: int | None) -> frozenset[int]:
+        if message_id is None:
+            return frozenset()
+        async with self._session() as session:
+            result = await session.execute(
+                select(IndexedImage.id).where(IndexedImage.message_id == message_id)
+            )
+            return frozenset(result.scalars())
+
+    async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
+        ids = list(row_ids)
+        found: dict[int, np.ndarray] = {}
+        async with self._session() as session:
+            for start in range(0, len(ids), _DELETE_CHUNK):
+                chunk = ids[start : start + _DELETE_CHUNK]
+                result = await session.execute(
+                    select(IndexedImage.id, IndexedImage.embedding).where(
+                        IndexedImage.id.in_(chunk)
+                    )
+                )
+                found.update({row.id: row.embedding for row in result})
+        return found
+
+    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
+        async with self._session() as session:
+            result = await session.execute(
+                select(IndexedImage.image_key, IndexedImage.embedding).where(
+                    IndexedImage.message_id == message_id, IndexedImage.model_id == model_id
+                )
+            )
+            return {row.image_key: row.embedding for row in result}
+
+    async def model_counts(self) -> dict[str, int]:
+        stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
+        async with self._session() as session:
+            return {model: int(n) for model, n in await session.execute(stmt)}
 
     async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
         stmt = (
@@ -255,6 +294,7 @@ def _hit(row, score: float) -> SearchHit:
         filename=row.filename,
         source_url=row.source_url,
         content_type=row.content_type,
+        content_hash=row.content_hash,
     )
 
 
