@@ -16,6 +16,7 @@ from retrieval.state import get_state, set_state
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from retrieval.backfill import BackfillProgress
     from retrieval.config import Settings
     from retrieval.encoding import EncoderService
     from retrieval.pipeline import IndexingPipeline
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = (
     "bot.cogs.indexing",
     "bot.cogs.search",
+    "bot.cogs.backfill",
     "bot.cogs.lifecycle",
 )
 _COMMANDS_HASH = "commands_hash"
@@ -64,6 +66,8 @@ class ClipfindBot(commands.Bot):
         self.encoder = encoder
         self.pipeline = pipeline
         self.policy = policy
+        # Set by the backfill cog while it runs; read by the status command.
+        self.backfill_progress: BackfillProgress | None = None
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

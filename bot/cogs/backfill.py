@@ -1,0 +1,416 @@
+"""Backfill: the images of messages posted before the bot joined, or while it was offline.
+
+Every readable text, news and forum channel, and every thread in them (active and archived), is
+read in pages of 100; each message goes through the same checks as a live one into the same
+pipeline, which skips images it already has. Channels take turns of a few pages, so every
+channel's recent history is indexed before anyone's distant past. A turn ends by waiting until
+the pipeline has finished what it was given and only then saving the channel's cursor
+(`retrieval/backfill.py`): a restart re-reads at most one turn and never skips a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from bot.cogs.indexing import wanted
+from bot.refs import image_refs
+from retrieval.backfill import BackfillCursors, BackfillProgress, Cursor, snowflake_at
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
+
+log = logging.getLogger(__name__)
+
+PAGE = 100  # Discord's largest history page
+PAGES_PER_TURN = 5
+# Backfill keeps at most this share of the pipeline's queue, so live images find room at once.
+_QUEUE_SHARE = 0.5
+_ROOM_POLL_S = 0.1
+
+Walkable = discord.TextChannel | discord.Thread
+Parent = discord.TextChannel | discord.ForumChannel
+
+
+class _Stop(Exception):
+    """The walk of a channel ends early (it was excluded or can no longer be read)."""
+
+
+@dataclass(eq=False)
+class _Walk:
+    channel: Walkable
+    cursor: Cursor | None = None
+    caught_up: bool = False  # nothing newer than the cursor is left to read this session
+    pages: int = 0
+    scanned: int = 0
+    submitted: int = 0
+
+
+def _where(channel: discord.abc.GuildChannel | discord.Thread) -> str:
+    return f"#{channel.name} ({channel.id}) in {channel.guild.name} ({channel.guild.id})"
+
+
+class Backfill(commands.Cog):
+    def __init__(self, bot: ClipfindBot) -> None:
+        self.bot = bot
+        self.cursors = BackfillCursors(bot.engine)
+        self.progress = BackfillProgress()
+        self._parents: asyncio.Queue[Parent] = asyncio.Queue()
+        self._walks: asyncio.Queue[_Walk] = asyncio.Queue()
+        self._listing: set[int] = set()  # parents waiting for or in their thread listing
+        self._walking: dict[int, _Walk] = {}  # channels waiting for or in a turn
+        self._again: set[int] = set()  # asked for again during a turn: walk once more after
+        self._seen: set[int] = set()
+        self._done: set[int] = set()
+        self._idle = asyncio.Event()  # cleared until the first pass is over
+        self._since = time.monotonic()
+        self._tasks: list[asyncio.Task] = []
+
+    async def cog_load(self) -> None:
+        if not self.bot.settings.backfill:
+            log.info("history backfill is off (BACKFILL=false)")
+            self._idle.set()
+            return
+        self.bot.backfill_progress = self.progress
+        self._tasks = [asyncio.create_task(self._list_loop(), name="backfill-list")]
+        self._tasks += [
+            asyncio.create_task(self._walk_loop(), name=f"backfill-walk-{i}")
+            for i in range(self.bot.settings.backfill_channels_at_once)
+        ]
+        if self.bot.is_ready():  # loaded into a running bot: on_ready has passed
+            self._schedule_guilds(self.bot.guilds)
+
+    async def cog_unload(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.progress.running = False
+        self.bot.backfill_progress = None
+
+    async def wait_idle(self) -> None:
+        """Wait until every channel known so far was read and its images were processed."""
+        await self._idle.wait()
+
+    # -- what to read ---------------------------------------------------------------------
+
+    def schedule_guild(self, guild: discord.Guild) -> None:
+        self._schedule_guilds([guild])
+
+    def schedule_channel(self, channel: Parent | discord.Thread) -> None:
+        """Read a channel (with its threads) or a thread, e.g. once it became readable."""
+        if not self._tasks:
+            return
+        if isinstance(channel, discord.Thread):
+            self._add_walk(channel)
+        else:
+            self._add_parent(channel)
+        self._check_idle()
+
+    def _schedule_guilds(self, guilds: list[discord.Guild]) -> None:
+        if not self._tasks:
+            return
+        for guild in guilds:
+            for parent in [*guild.text_channels, *guild.forums]:
+                self._add_parent(parent)
+        self._check_idle()
+
+    def _allowed(self, channel: Parent | discord.Thread) -> bool:
+        if self.bot.get_guild(channel.guild.id) is None:  # the bot left the server
+            return False
+        policy = self.bot.policy
+        parent_id = getattr(channel, "parent_id", None)
+        if policy.is_excluded(channel.id) or (
+            parent_id is not None and policy.is_excluded(parent_id)
+        ):
+            return False
+        me = channel.guild.me
+        if me is None:
+            return False
+        try:
+            perms = channel.permissions_for(me)
+        except discord.ClientException:  # a thread whose parent is not cached
+            return False
+        return perms.view_channel and perms.read_message_history
+
+    def _add_parent(self, parent: Parent) -> None:
+        if parent.id in self._listing or not self._allowed(parent):
+            return
+        self._listing.add(parent.id)
+        self._running()
+        self._parents.put_nowait(parent)
+
+    def _add_walk(self, channel: Walkable) -> None:
+        if not self._allowed(channel):
+            return
+        if channel.id in self._walking:
+            if self._walking[channel.id].cursor is not None:  # started: may be past catch-up
+                self._again.add(channel.id)
+            return
+        walk = self._walking[channel.id] = _Walk(channel)
+        self._seen.add(channel.id)
+        self._done.discard(channel.id)
+        self._running()
+        self._count()
+        self._walks.put_nowait(walk)
+
+    async def _list_loop(self) -> None:
+        while True:
+            parent = await self._parents.get()
+            try:
+                await self._list(parent)
+            except discord.HTTPException as exc:
+                log.info("backfill: cannot list the threads of %s: %s", _where(parent), exc)
+            except Exception:
+                log.exception("backfill: listing the threads of %s failed", _where(parent))
+            finally:
+                self._listing.discard(parent.id)
+                self._check_idle()
+
+    async def _list(self, parent: Parent) -> None:
+        if not self._allowed(parent):  # may have changed while it waited
+            return
+        if isinstance(parent, discord.TextChannel):
+            self._add_walk(parent)
+        for thread in parent.threads:
+            self._add_walk(thread)
+        async for thread in parent.archived_threads(limit=None):
+            self._add_walk(thread)
+        if isinstance(parent, discord.TextChannel) and not parent.is_news():
+            # Without Manage Threads, Discord lists only the private threads the bot joined.
+            manage = parent.permissions_for(parent.guild.me).manage_threads
+            async for thread in parent.archived_threads(
+                private=True, joined=not manage, limit=None
+            ):
+                self._add_walk(thread)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _walk_loop(self) -> None:
+        while True:
+            walk = await self._walks.get()
+            channel = walk.channel
+            finished = True
+            try:
+                finished = await self._turn(walk)
+            except _Stop as exc:
+                log.info("backfill: stopped reading %s: %s", _where(channel), exc)
+            except discord.NotFound:
+                log.info("backfill: %s was deleted; stopped reading it", _where(channel))
+                await self._forget([channel.id])
+            except discord.Forbidden:
+                log.info("backfill: %s can no longer be read; stopped reading it", _where(channel))
+            except discord.HTTPException as exc:
+                log.warning(
+                    "backfill: reading %s failed (%s); retried at the next start",
+                    _where(channel),
+                    exc,
+                )
+            except Exception:
+                log.exception("backfill: reading %s failed", _where(channel))
+            if finished:
+                self._finish(walk)
+            else:  # back of the line: every channel gets its turn
+                self._walks.put_nowait(walk)
+
+    async def _turn(self, walk: _Walk) -> bool:
+        """Read up to PAGES_PER_TURN pages of one channel; True when nothing is left to read."""
+        channel = walk.channel
+        if walk.cursor is None:
+            saved = await self.cursors.get(channel.id)
+            walk.cursor = saved or Cursor(channel.id, channel.guild.id)
+            walk.caught_up = not walk.cursor.wants_newer(channel.last_message_id)
+        cursor, floor = walk.cursor, self._floor()
+        submitted = walk.submitted
+        for _ in range(PAGES_PER_TURN):
+            if not self._allowed(channel):
+                raise _Stop("it was excluded or can no longer be read")
+            if not walk.caught_up:  # messages posted while the bot was offline come first
+                page = await self._page(channel, after=cursor.newest_id or 0)
+                walk.caught_up = len(page) < PAGE
+                cursor = cursor.read_newer([m.id for m in page])
+            elif cursor.wants_older(floor):
+                page = await self._page(channel, before=cursor.oldest_id)
+                if len(page) < PAGE and not self._allowed(channel):
+                    # Without Read Message History Discord answers with an empty page; that
+                    # is no proof of having reached the beginning.
+                    raise _Stop("it can no longer be read")
+                ids = [m.id for m in page]
+                cursor = cursor.read_older(ids, full=len(page) == PAGE, floor=floor)
+            else:
+                break
+            walk.pages += 1
+            walk.scanned += len(page)
+            self.progress.messages_scanned += len(page)
+            await self._submit(walk, page, floor)
+        # The cursor may only move past messages whose images the pipeline has finished.
+        if walk.submitted > submitted:
+            await self.bot.pipeline.join()
+        if cursor != walk.cursor:
+            await self.cursors.save(cursor)
+        walk.cursor = cursor
+        finished = walk.caught_up and not cursor.wants_older(floor)
+        if not finished:
+            log.info(
+                "backfill: %s: %d messages read, %d images submitted so far",
+                _where(channel),
+                walk.scanned,
+                walk.submitted,
+            )
+        return finished
+
+    async def _page(
+        self, channel: Walkable, *, before: int | None = None, after: int | None = None
+    ) -> list[discord.Message]:
+        return [
+            message
+            async for message in channel.history(
+                limit=PAGE,
+                before=None if before is None else discord.Object(before),
+                after=None if after is None else discord.Object(after),
+            )
+        ]
+
+    async def _submit(self, walk: _Walk, page: list[discord.Message], floor: int | None) -> None:
+        for message in page:
+            if floor is not None and message.id < floor:
+                continue
+            if not wanted(self.bot, message) or not (refs := image_refs(message)):
+                continue
+            await self._room()
+            await self.bot.pipeline.submit(refs)
+            walk.submitted += len(refs)
+            self.progress.images_submitted += len(refs)
+
+    async def _room(self) -> None:
+        """Wait while backfill's share of the pipeline queue is used up."""
+        limit = max(1, int(self.bot.settings.queue_size * _QUEUE_SHARE))
+        # The pipeline has no event for "below N queued"; a short poll is cheap beside a page.
+        while self.bot.pipeline.queued >= limit:  # noqa: ASYNC110
+            await asyncio.sleep(_ROOM_POLL_S)
+
+    def _floor(self) -> int | None:
+        days = self.bot.settings.backfill_max_age_days
+        if days is None:
+            return None
+        return snowflake_at(datetime.now(UTC) - timedelta(days=days))
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _running(self) -> None:
+        if self._idle.is_set() or not self.progress.running:
+            self._since = time.monotonic()
+        self._idle.clear()
+        self.progress.running = True
+
+    def _count(self) -> None:
+        self.progress.channels_total = len(self._seen)
+        self.progress.channels_done = len(self._done)
+
+    def _finish(self, walk: _Walk) -> None:
+        channel = walk.channel
+        self._walking.pop(channel.id, None)
+        self._done.add(channel.id)
+        self._count()
+        if walk.scanned:
+            cursor = walk.cursor
+            how = "all history read" if cursor and cursor.complete else "caught up"
+            log.info(
+                "backfill: %s done (%s): %d messages read, %d images submitted",
+                _where(channel),
+                how,
+                walk.scanned,
+                walk.submitted,
+            )
+        if channel.id in self._again:
+            self._again.discard(channel.id)
+            self._add_walk(channel)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._listing or self._walking or self._idle.is_set():
+            return
+        self._idle.set()
+        self.progress.running = False
+        if self._seen:
+            p = self.progress
+            log.info(
+                "backfill: all %d channels done: %d messages read, %d images submitted in %.1fs",
+                p.channels_done,
+                p.messages_scanned,
+                p.images_submitted,
+                time.monotonic() - self._since,
+            )
+
+    async def _forget(self, channel_ids: list[int]) -> None:
+        try:
+            await self.cursors.forget(channel_ids)
+        except Exception:
+            log.exception("backfill: could not drop the cursors of channels %s", channel_ids)
+
+    # -- events -----------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        # Also after a reconnect that lost the session: events may have been missed.
+        self._schedule_guilds(self.bot.guilds)
+
+    @commands.Cog.listener()
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        self.schedule_guild(guild)
+
+    @commands.Cog.listener()
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        if self.bot.is_ready():  # back after an outage; at start on_ready covers it
+            self.schedule_guild(guild)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_create(self, channel: discord.abc.GuildChannel) -> None:
+        if isinstance(channel, discord.TextChannel | discord.ForumChannel):
+            self.schedule_channel(channel)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_update(
+        self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel
+    ) -> None:
+        if isinstance(after, discord.TextChannel | discord.ForumChannel) and not self._allowed(
+            before
+        ):
+            self.schedule_channel(after)
+
+    @commands.Cog.listener()
+    async def on_thread_join(self, thread: discord.Thread) -> None:
+        self.schedule_channel(thread)
+
+    @commands.Cog.listener()
+    async def on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
+        me = after.guild.me
+        if me is not None and after in me.roles and before.permissions != after.permissions:
+            self.schedule_guild(after.guild)
+
+    @commands.Cog.listener()
+    async def on_member_update(self, before: discord.Member, after: discord.Member) -> None:
+        if after.id == (self.bot.user and self.bot.user.id) and before.roles != after.roles:
+            self.schedule_guild(after.guild)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self._forget([channel.id])
+
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        await self._forget([payload.thread_id])
+
+
+async def setup(bot: ClipfindBot) -> None:
+    await bot.add_cog(Backfill(bot))

@@ -1,0 +1,194 @@
+"""End to end: images posted while the bot was not running are read from history and indexed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+
+from bot.cogs.backfill import PAGE, PAGES_PER_TURN
+from retrieval.backfill import BackfillCursors
+from retrieval.db import create_engine, ensure_schema
+from retrieval.policy import IndexPolicy
+from tests.e2e import bot_settings, eventually, running_bot
+from tests.fakediscord import Attachment, FakeDiscord, Overwrite, P
+from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
+
+JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
+LONG_AGO = datetime.now(UTC) - timedelta(days=400)
+
+
+def picture(colour: str, shape: str, seed: int, *, jpeg: bool = False) -> Attachment:
+    image = draw(colour, shape, size=160, rng=seed)
+    if jpeg:
+        return Attachment(f"{colour}-{shape}.jpg", jpeg_bytes(image), "image/jpeg")
+    return Attachment(f"{colour}-{shape}.png", png_bytes(image), "image/png")
+
+
+async def backfilled(bot) -> None:
+    await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
+
+
+def history_reads(fd: FakeDiscord, channel, since: int = 0) -> list[dict[str, str]]:
+    """The query of every history page the bot asked for in one channel."""
+    path = f"/channels/{channel.id}/messages"
+    return [r.query for r in fd.requests[since:] if r.method == "GET" and r.path == path]
+
+
+def history(fd, channel, author, count: int, *, every: int, start: datetime = LONG_AGO):
+    """``count`` backdated messages, oldest first, with a picture on every ``every``-th."""
+    messages = []
+    for i in range(count):
+        files = [picture("red", "circle", i)] if i % every == 0 else []
+        at = start + timedelta(minutes=i)
+        messages.append(fd.add_history_message(channel, author, f"m{i}", attachments=files, at=at))
+    return messages
+
+
+async def test_history_in_channels_and_threads_is_indexed_and_found(tmp_path):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Old times")
+        memes, photos = guild.add_text_channel("memes"), guild.add_text_channel("photos")
+        alice, bob = guild.add_member("alice"), guild.add_member("bob")
+        circle = fd.add_history_message(
+            memes, alice, "old", attachments=[picture("red", "circle", 1)], at=LONG_AGO
+        )
+        fd.add_history_message(
+            photos, bob, "", attachments=[picture("blue", "square", 2, jpeg=True)]
+        )
+        linked = fd.host_external_image(
+            "tri.png", png_bytes(draw("purple", "triangle", size=160, rng=5)), "image/png"
+        )
+        triangle = fd.add_history_message(photos, alice, linked, embeds=[fd.image_embed(linked)])
+        active = guild.add_thread(memes, "cats")
+        fd.add_history_message(active, bob, "", attachments=[picture("green", "star", 3)])
+        archived = guild.add_thread(photos, "old thread", archived=True)
+        fd.add_history_message(archived, alice, "", attachments=[picture("yellow", "cross", 4)])
+        private = guild.add_thread(
+            memes, "secret", private=True, members=[alice, guild.bot_member], archived=True
+        )
+        fd.add_history_message(private, alice, "", attachments=[picture("orange", "star", 6)])
+
+        async with running_bot(bot_settings(fd, tmp_path), fd) as bot:
+            await backfilled(bot)
+            assert await bot.store.count(guild_id=guild.id) == 6
+            progress = bot.backfill_progress
+            assert (progress.channels_done, progress.channels_total) == (5, 5)
+            assert progress.images_submitted == 6 and not progress.running
+
+            reply = await find(fd, guild, memes, bob, "a red circle", count=1)
+            assert JUMP.search(reply["embeds"][0]["description"]).group(3) == str(circle.id)
+            reply = await find(fd, guild, memes, bob, "a purple triangle", count=1)
+            assert JUMP.search(reply["embeds"][0]["description"]).group(3) == str(triangle.id)
+
+
+async def find(fd, guild, channel, member, query: str, **options) -> dict:
+    interaction = await fd.invoke_slash(guild, channel, member, "find", {"query": query, **options})
+    return await interaction.wait_reply(timeout=30)
+
+
+async def test_long_history_is_read_completely_and_offline_posts_are_caught_up(tmp_path):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Chatty")
+        general = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        messages = history(fd, general, alice, 250, every=25)
+        settings = bot_settings(fd, tmp_path)
+
+        async with running_bot(settings, fd) as bot:
+            await backfilled(bot)
+            assert await bot.store.count(guild_id=guild.id) == 10
+        reads = history_reads(fd, general)
+        assert [q.get("before") for q in reads] == [
+            None, str(messages[150].id), str(messages[50].id)
+        ]  # fmt: skip
+
+        # Posted while the bot was offline: only what is newer than the cursor is read.
+        since = len(fd.requests)
+        for seed in (7, 8):
+            fd.add_history_message(general, alice, "", attachments=[picture("blue", "cross", seed)])
+        async with running_bot(settings, fd) as bot:
+            await backfilled(bot)
+            assert await bot.store.count(guild_id=guild.id) == 12
+        assert history_reads(fd, general, since) == [
+            {"limit": "100", "after": str(messages[-1].id)}
+        ]  # fmt: skip
+
+
+async def test_restart_mid_backfill_resumes_from_the_cursor(tmp_path):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Big")
+        general = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        # One full turn of pages, then a page whose picture never finishes downloading.
+        count = PAGE * (PAGES_PER_TURN + 1) + 50
+        messages = history(fd, general, alice, count, every=50)
+        stuck = messages[count - PAGE * PAGES_PER_TURN - 50]
+        fault = fd.set_cdn_fault(stuck.attachments[0].url, stall=True)
+        images = len(range(0, count, 50))
+        settings = bot_settings(fd, tmp_path)
+
+        async with running_bot(settings, fd) as bot:
+            await eventually(lambda: _served(fault))
+        engine = create_engine(settings.database_url)
+        try:
+            cursor = await BackfillCursors(engine).get(general.id)
+        finally:
+            await engine.dispose()
+        # Saved after the first turn only: the stuck picture's page is not covered.
+        assert cursor is not None and not cursor.complete
+        assert cursor.oldest_id == messages[count - PAGE * PAGES_PER_TURN].id
+        assert cursor.newest_id == messages[-1].id
+
+        fd.cdn.faults.clear()
+        since = len(fd.requests)
+        async with running_bot(settings, fd) as bot:
+            await backfilled(bot)
+            assert await bot.store.count(guild_id=guild.id) == images
+        reads = history_reads(fd, general, since)
+        assert all("before" in q or "after" in q for q in reads), "re-read the newest page"
+        befores = [int(q["before"]) for q in reads if "before" in q]
+        assert befores[0] == cursor.oldest_id and max(befores) == cursor.oldest_id
+
+
+async def _served(fault) -> bool:
+    return fault.served > 0
+
+
+async def test_opted_out_excluded_hidden_and_bot_messages_are_not_backfilled(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Private")
+        alice, olly = guild.add_member("alice"), guild.add_member("olly")
+        robot = guild.add_member("robot", bot=True)
+        general, excluded = guild.add_text_channel("general"), guild.add_text_channel("excluded")
+        hidden = guild.add_text_channel(
+            "hidden", overwrites=[Overwrite(guild.bot_role, deny=P.VIEW_CHANNEL)]
+        )
+        no_history = guild.add_text_channel(
+            "no-history", overwrites=[Overwrite(guild.bot_role, deny=P.READ_MESSAGE_HISTORY)]
+        )
+        excluded_thread = guild.add_thread(excluded, "side")
+        for seed, (channel, author) in enumerate(
+            [(general, alice), (general, olly), (general, robot), (excluded, alice),
+             (excluded_thread, alice), (hidden, alice), (no_history, alice)]
+        ):  # fmt: skip
+            fd.add_history_message(channel, author, "", attachments=[picture("red", "star", seed)])
+        settings = bot_settings(fd, tmp_path)
+        engine = create_engine(settings.database_url)
+        try:
+            await ensure_schema(engine)
+            policy = IndexPolicy(engine)
+            await policy.opt_out(olly.id)
+            await policy.exclude_channel(guild_id=guild.id, channel_id=excluded.id, by=alice.id)
+        finally:
+            await engine.dispose()
+
+        async with running_bot(settings, fd) as bot:
+            await backfilled(bot)
+            assert await bot.store.count(guild_id=guild.id) == 1
+            assert bot.backfill_progress.channels_total == 1
+        for channel in (excluded, excluded_thread, hidden, no_history):
+            assert not history_reads(fd, channel), f"read #{channel.name}"
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
