@@ -30,6 +30,8 @@ EXTENSIONS = (
     "bot.cogs.search",
     "bot.cogs.backfill",
     "bot.cogs.lifecycle",
+    "bot.cogs.privacy",
+    "bot.cogs.admin",
 )
 _COMMANDS_HASH = "commands_hash"
 

@@ -25,6 +25,8 @@ def user_message(error: Exception) -> str:
         return "This command works in servers only."
     if isinstance(error, app_commands.CommandOnCooldown):
         return f"Slow down a little: try again in {error.retry_after:.0f} s."
+    if isinstance(error, app_commands.MissingPermissions):
+        return f"This needs the {_permission_names(error.missing_permissions)} permission."
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here."
     return SORRY
@@ -37,9 +39,26 @@ async def on_app_command_error(
     name = interaction.command.qualified_name if interaction.command else "?"
     if isinstance(original, StoreUnavailable | ModelUnavailable):
         log.error("/%s failed: %s", name, original)
-    elif not isinstance(error, app_commands.CheckFailure):
+    elif isinstance(error, app_commands.CheckFailure):
+        log.info("/%s refused for user %s: %s", name, interaction.user.id, error)
+    else:
         log.error("/%s failed", name, exc_info=original)
-    message = user_message(error)
+    await _tell(interaction, user_message(error))
+
+
+async def on_view_error(
+    interaction: discord.Interaction, error: Exception, item: discord.ui.Item
+) -> None:
+    """The same for buttons and menus (a view's ``on_error``)."""
+    what = getattr(item, "label", None) or getattr(item, "custom_id", "?")
+    if isinstance(error, StoreUnavailable | ModelUnavailable):
+        log.error("button %r failed: %s", what, error)
+    else:
+        log.error("button %r failed", what, exc_info=error)
+    await _tell(interaction, user_message(error))
+
+
+async def _tell(interaction: discord.Interaction, message: str) -> None:
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True)
@@ -47,3 +66,8 @@ async def on_app_command_error(
             await interaction.response.send_message(message, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not tell the user about the error: %s", exc)
+
+
+def _permission_names(names: list[str]) -> str:
+    # Discord's own wording: manage_guild is "Manage Server".
+    return " and ".join(n.replace("_", " ").replace("guild", "server").title() for n in names)

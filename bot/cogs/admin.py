@@ -1,0 +1,144 @@
+"""`/clipfind`: the server's settings. `channels` takes channels out of the index and back.
+
+Add subcommands with ``@clipfind.command()`` (or subgroups with ``parent=clipfind``). Discord
+applies ``default_permissions`` to the whole top-level command, so everything under /clipfind
+is hidden from members without Manage Server; each command still checks at run time, because
+a server can grant the command to anyone in its Integrations settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.erasure import Eraser
+from bot.threads import survey
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
+
+log = logging.getLogger(__name__)
+
+# Where images can be posted. Channels come from the cache; threads as Discord resolved them,
+# since archived ones are not cached. Categories are left out: exclusion is per channel.
+Indexable = (
+    discord.TextChannel
+    | discord.VoiceChannel
+    | discord.StageChannel
+    | discord.ForumChannel
+    | app_commands.AppCommandThread
+)
+
+LIST_AT_MOST = 60  # mentions are ~22 characters; a message holds 2,000
+NONE_EXCLUDED = "No channels are excluded: I index every channel and thread I can read."
+
+
+class Admin(commands.Cog):
+    clipfind = app_commands.Group(
+        name="clipfind",
+        description="clipfind's settings for this server",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+    channels = app_commands.Group(
+        name="channels", description="Choose which channels clipfind indexes", parent=clipfind
+    )
+
+    def __init__(self, bot: ClipfindBot) -> None:
+        self.bot = bot
+        self.eraser = Eraser(bot.pipeline)
+
+    async def cog_unload(self) -> None:
+        self.eraser.close()
+
+    @channels.command(name="exclude")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def exclude(self, interaction: discord.Interaction, channel: Indexable) -> None:
+        """Stop indexing a channel (and its threads) and delete what was indexed there.
+
+        Parameters
+        ----------
+        channel
+            The channel or thread to take out of the index
+        """
+        guild = interaction.guild
+        assert guild is not None  # guild_only
+        if self.bot.policy.is_excluded(channel.id):
+            await interaction.response.send_message(
+                f"{channel.mention} is already excluded.", ephemeral=True
+            )
+            return
+        # Finding archived threads may take a request each: answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.policy.exclude_channel(
+            guild_id=guild.id, channel_id=channel.id, by=interaction.user.id
+        )
+        doomed = {channel.id}
+        if not isinstance(channel, app_commands.AppCommandThread):
+            doomed |= (await survey(self.bot, guild)).threads_of(channel.id)
+        removed = await self.eraser.erase(
+            lambda: self.bot.store.delete_channels(doomed),
+            what=f"excluded channel {channel.id}",
+            still=lambda: self.bot.policy.is_excluded(channel.id),
+        )
+        log.info(
+            "user %s excluded channel %s in guild %s: %d images deleted",
+            interaction.user.id,
+            channel.id,
+            guild.id,
+            removed,
+        )
+        await interaction.followup.send(
+            f"{channel.mention} is excluded: I won't index it or its threads any more, and "
+            f"deleted {removed} indexed image{'' if removed == 1 else 's'} from them. "
+            "`/clipfind channels include` undoes this for images posted from then on."
+        )
+
+    @channels.command(name="include")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def include(self, interaction: discord.Interaction, channel: Indexable) -> None:
+        """Index an excluded channel (and its threads) again, from now on.
+
+        Parameters
+        ----------
+        channel
+            The excluded channel or thread to index again
+        """
+        if not self.bot.policy.is_excluded(channel.id):
+            await interaction.response.send_message(
+                f"{channel.mention} isn't excluded: I index it whenever I can read it.",
+                ephemeral=True,
+            )
+            return
+        await self.bot.policy.include_channel(channel.id)
+        log.info("user %s included channel %s again", interaction.user.id, channel.id)
+        await interaction.response.send_message(
+            f"{channel.mention} is indexed again: images posted there from now on are searchable.",
+            ephemeral=True,
+        )
+
+    @channels.command(name="list")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def list_excluded(self, interaction: discord.Interaction) -> None:
+        """Show which channels clipfind doesn't index in this server."""
+        guild = interaction.guild
+        assert guild is not None  # guild_only
+        excluded = sorted(self.bot.policy.excluded_in(guild.id))
+        if not excluded:
+            await interaction.response.send_message(NONE_EXCLUDED, ephemeral=True)
+            return
+        shown = ", ".join(f"<#{channel_id}>" for channel_id in excluded[:LIST_AT_MOST])
+        if len(excluded) > LIST_AT_MOST:
+            shown += f" and {len(excluded) - LIST_AT_MOST} more"
+        await interaction.response.send_message(
+            f"Not indexed here ({len(excluded)}): {shown}. Everything else I can read is.",
+            ephemeral=True,
+        )
+
+
+async def setup(bot: ClipfindBot) -> None:
+    await bot.add_cog(Admin(bot))
