@@ -192,3 +192,42 @@ async def test_opted_out_excluded_hidden_and_bot_messages_are_not_backfilled(tmp
         for channel in (excluded, excluded_thread, hidden, no_history):
             assert not history_reads(fd, channel), f"read #{channel.name}"
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Shifting")
+        doomed, closing = guild.add_text_channel("doomed"), guild.add_text_channel("closing")
+        alice = guild.add_member("alice")
+        faults = []
+        for channel in (doomed, closing):
+            # More than one turn; the newest picture holds the first turn until it times out.
+            history(fd, channel, alice, PAGE * PAGES_PER_TURN + 10, every=PAGE)
+            newest = fd.add_history_message(
+                channel, alice, "", attachments=[picture("red", "cross", 1)]
+            )
+            faults.append(fd.set_cdn_fault(newest.attachments[0].url, stall=True))
+        settings = bot_settings(fd, tmp_path, fetch_timeout_s=1, fetch_retries=0)
+
+        async with running_bot(settings, fd) as bot:
+            await eventually(lambda: _served_all(faults))
+            # Changed behind the bot's back: it only learns from Discord's answers.
+            await fd.delete_channel(doomed, dispatch=False)
+            await fd.update_channel_overwrites(
+                closing, [Overwrite(guild.bot_role, deny=P.VIEW_CHANNEL)], dispatch=False
+            )
+            await backfilled(bot)
+            assert bot.backfill_progress.channels_done == 2
+            cursors = bot.get_cog("Backfill").cursors
+            assert await cursors.get(doomed.id) is None, "a deleted channel's cursor is dropped"
+            kept = await cursors.get(closing.id)
+            assert kept is not None and not kept.complete, "resumes if it becomes readable"
+        ours = [r for r in caplog.records if r.name == "bot.cogs.backfill"]
+        assert all(r.levelno < logging.WARNING for r in ours)
+        assert any("#doomed" in r.getMessage() and "deleted" in r.getMessage() for r in ours)
+        assert any("#closing" in r.getMessage() and "no longer" in r.getMessage() for r in ours)
+
+
+async def _served_all(faults) -> bool:
+    return all(f.served for f in faults)
