@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     backfill_max_age_days: int | None = Field(default=None, ge=1)
 
     find_default_count: int = Field(default=5, ge=1, le=10)
+    # How long result buttons stay usable after the last press. An interaction token lives 15
+    # minutes and disabling the buttons needs one, so at most 14.
+    find_page_timeout_s: float = Field(default=840.0, gt=0, le=840)
+    # Cosine similarity above which two images count as one reposted picture (model dependent).
+    find_duplicate_threshold: float = Field(default=0.995, gt=0, le=1)
 
     # How long a server's vectors are kept after the bot leaves it; 0 purges at once.
     guild_purge_grace_hours: float = Field(default=0, ge=0, le=24 * 365)

@@ -35,6 +35,7 @@ class ImageTextEncoder(Protocol):
 class EncoderCounters:
     text_queries: int = 0
     text_cache_hits: int = 0
+    image_queries: int = 0
     image_batches: int = 0
     images: int = 0
 
@@ -88,6 +89,21 @@ class EncoderService:
         if len(self._text_cache) > self._text_cache_size:
             self._text_cache.popitem(last=False)
         return vector
+
+    async def encode_query_image(self, pixels: np.ndarray) -> np.ndarray:
+        """One preprocessed query image (3, H, W) → its vector, ahead of indexing batches."""
+        self.counters.image_queries += 1
+        batch = pixels[np.newaxis]
+        return (await self._run(_QUERY, lambda: self.encoder.encode_images(batch)))[0]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the text takes, 0 when the encoder cannot say (then nothing is cut)."""
+        count = getattr(self.encoder, "count_tokens", None)
+        return count(text) if count else 0
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.encoder, "context_length", 77))
 
     async def encode_images(self, batch: np.ndarray) -> np.ndarray:
         vectors = await self._run(_BATCH, lambda: self.encoder.encode_images(batch))

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
-from retrieval.search import ROUNDS, ResultGroup, ResultPager
+from retrieval.search import (
+    ROUNDS,
+    BadQuery,
+    ResultGroup,
+    ResultPager,
+    collapse_reposts,
+    date_range,
+    fit_query,
+    ordered,
+    parse_when,
+    relevance_floor,
+)
 from retrieval.store import SearchHit
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
 
 
-def hit(row_id: int, score: float = 0.5, *, days: float = 0) -> SearchHit:
+def hit(row_id: int, score: float = 0.5, *, days: float = 0, content_hash: str = "") -> SearchHit:
     return SearchHit(
         row_id=row_id,
         score=score,
@@ -26,6 +38,7 @@ def hit(row_id: int, score: float = 0.5, *, days: float = 0) -> SearchHit:
         filename=f"{row_id}.png",
         source_url=f"https://cdn/{row_id}.png",
         content_type="image/png",
+        content_hash=content_hash or f"hash-{row_id}",
     )
 
 
@@ -102,7 +115,7 @@ async def test_a_gone_picture_hands_over_to_its_repost_in_place():
     async def confirm(hits):
         return [h is not original for h in hits]
 
-    def arrange(hits):
+    async def arrange(hits):
         return [ResultGroup(original, (repost,)), ResultGroup(other)]
 
     pager = ResultPager(fetch=fetch, confirm=confirm, page_size=2, arrange=arrange)
@@ -116,3 +129,103 @@ async def test_never_more_than_the_limit(limit):
     assert len(await pager.page(0)) == 5
     assert len(await pager.page(1)) == 2
     assert not pager.has_page(2)
+
+
+# -- dates ---------------------------------------------------------------------------------
+
+NOW = datetime(2025, 3, 10, 15, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", NOW - timedelta(days=7)),
+        ("2w", NOW - timedelta(weeks=2)),
+        ("3 days ago", NOW - timedelta(days=3)),
+        ("12h", NOW - timedelta(hours=12)),
+        ("1mo", NOW - timedelta(days=30)),
+        ("1Y", NOW - timedelta(days=365)),
+        ("today", datetime(2025, 3, 10, tzinfo=UTC)),
+        ("Yesterday", datetime(2025, 3, 9, tzinfo=UTC)),
+        ("2025-03-01", datetime(2025, 3, 1, tzinfo=UTC)),
+        ("2025-03-01 18:45", datetime(2025, 3, 1, 18, 45, tzinfo=UTC)),
+        ("2025-03-01T18:45+02:00", datetime(2025, 3, 1, 16, 45, tzinfo=UTC)),
+    ],
+)
+def test_dates_and_how_long_ago(text, expected):
+    assert parse_when(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["next tuesday", "7x", "2025-13-01", "", "-3d", "soon"])
+def test_unreadable_dates_say_what_would_work(text):
+    with pytest.raises(BadQuery, match="7d"):
+        parse_when(text, now=NOW)
+
+
+def test_a_date_range_must_run_forwards():
+    assert date_range("2w", "7d", now=NOW) == (NOW - timedelta(weeks=2), NOW - timedelta(days=7))
+    assert date_range(None, "yesterday", now=NOW) == (None, datetime(2025, 3, 9, tzinfo=UTC))
+    with pytest.raises(BadQuery, match="earlier"):
+        date_range("7d", "2w", now=NOW)
+
+
+# -- query text ----------------------------------------------------------------------------
+
+
+def words(text: str) -> int:
+    return len(text.split()) + 2  # like CLIP: start and end tokens
+
+
+def test_a_query_that_fits_is_kept():
+    assert fit_query("a red circle", words, 77) == ("a red circle", False)
+
+
+def test_a_long_query_keeps_the_leading_words_that_fit():
+    text = " ".join(f"w{i}" for i in range(100))
+    cut, was_cut = fit_query(text, words, 77)
+    assert was_cut and cut == " ".join(f"w{i}" for i in range(75))
+
+
+def test_an_encoder_that_cannot_count_cuts_nothing():
+    assert fit_query("x " * 500, lambda t: 0, 77)[1] is False
+
+
+# -- order ---------------------------------------------------------------------------------
+
+
+def test_date_sorts_keep_only_results_near_the_best():
+    hits = [hit(1, 0.9, days=1), hit(2, 0.8, days=5), hit(3, 0.5, days=9), hit(4, 0.86, days=3)]
+    assert [h.row_id for h in ordered(hits, "relevance")] == [1, 4, 2, 3]
+    assert [h.row_id for h in ordered(hits, "newest")] == [2, 4, 1]
+    assert [h.row_id for h in ordered(hits, "oldest")] == [1, 4, 2]
+    assert ordered([], "newest") == []
+
+
+def test_the_floor_is_relative_to_the_best_score_whatever_its_sign():
+    assert relevance_floor(0.3) == pytest.approx(0.255)
+    assert relevance_floor(-0.2) == pytest.approx(-0.23)
+
+
+# -- reposts -------------------------------------------------------------------------------
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_same_bytes_and_near_identical_vectors_collapse_into_the_first():
+    a = hit(1, 0.9, days=5, content_hash="same")
+    b = hit(2, 0.7, days=1, content_hash="same")  # same bytes, far-off vector (e.g. none yet)
+    c = hit(3, 0.85, days=3)  # a re-encode of a
+    d = hit(4, 0.8, days=0)  # a different picture
+    vectors = {1: unit(1, 0, 0), 2: unit(0, 0, 1), 3: unit(1, 0.05, 0), 4: unit(1, 0.5, 0)}
+    groups = collapse_reposts([a, c, d, b], vectors, threshold=0.995)
+    assert [[h.row_id for h in g.members] for g in groups] == [[1, 3, 2], [4]]
+    assert groups[0].earliest is b
+    assert groups[1].earliest is d and not groups[1].reposts
+
+
+def test_hits_without_a_vector_still_group_by_bytes():
+    groups = collapse_reposts([hit(1, content_hash="x"), hit(2, content_hash="x")], {})
+    assert [len(g.members) for g in groups] == [2]
