@@ -16,7 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import discord
@@ -104,6 +104,18 @@ class Visibility:
     channel_ids: frozenset[int]
     # Private threads in channel_ids whose membership is confirmed per result, when one shows up.
     unconfirmed_threads: Mapping[int, discord.Thread]
+    # Each channel's parent: a thread's channel, a channel's category.
+    parents: Mapping[int, int] = field(default_factory=dict)
+
+    def within(self, channel_id: int) -> frozenset[int]:
+        """The readable channels in ``channel_id``: itself, its threads, a category's channels."""
+
+        def inside(candidate: int | None, depth: int = 0) -> bool:
+            if candidate is None or depth > 2:
+                return False
+            return candidate == channel_id or inside(self.parents.get(candidate), depth + 1)
+
+        return frozenset(c for c in self.channel_ids if inside(c))
 
 
 class Access:
@@ -130,6 +142,7 @@ class Access:
     ) -> Visibility:
         allowed: set[int] = set()
         unconfirmed: dict[int, discord.Thread] = {}
+        parents: dict[int, int] = {}
         cached = itertools.chain(guild.channels, guild.threads)
         for channel in itertools.chain(cached, await self._uncached_threads(guild)):
             if isinstance(channel, discord.CategoryChannel):
@@ -142,9 +155,11 @@ class Access:
             except discord.ClientException:  # a thread whose parent is not cached: hide
                 continue
             allowed.add(channel.id)
+            if parent_id := getattr(channel, "parent_id", getattr(channel, "category_id", None)):
+                parents[channel.id] = parent_id
             if needs_membership(channel, member):
                 unconfirmed[channel.id] = channel
-        return Visibility(guild.id, member, frozenset(allowed), unconfirmed)
+        return Visibility(guild.id, member, frozenset(allowed), unconfirmed, parents)
 
     async def _uncached_threads(self, guild: discord.Guild) -> list[discord.Thread]:
         """Threads with indexed images that the cache lacks, archived ones above all."""

@@ -18,8 +18,9 @@ def picture(colour: str, shape: str, seed: int, *, jpeg: bool = False, size: int
     return Attachment(f"{colour}-{shape}.png", png_bytes(image), "image/png")
 
 
-async def find(fd, guild, channel, member, query: str, **options) -> dict:
-    interaction = await fd.invoke_slash(guild, channel, member, "find", {"query": query, **options})
+async def find(fd, guild, where, member, query: str, **options) -> dict:
+    """The answer ``member`` sees to `/find` asked in channel ``where``."""
+    interaction = await fd.invoke_slash(guild, where, member, "find", {"query": query, **options})
     return await interaction.wait_reply(timeout=30)
 
 

@@ -1,21 +1,36 @@
-"""Search: `/find` answers with the images that best match a description."""
+"""Search: `/find` by description or picture, and "Find similar images" on a message."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.permissions import Access, asked_in_nsfw
-from bot.render import results_message
-from retrieval.search import ResultPager, from_store
+from bot.permissions import Access, Visibility, asked_in_nsfw
+from bot.refs import image_refs
+from bot.render import query_problem, quoted, results_message
+from bot.views import ResultsView
+from retrieval.errors import FetchError
+from retrieval.images import ImageError
+from retrieval.search import (
+    BadQuery,
+    ResultPager,
+    Sort,
+    arranger,
+    date_range,
+    fit_query,
+    from_store,
+    image_vector,
+)
 from retrieval.store import SearchScope
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from bot.client import ClipfindBot
 
 log = logging.getLogger(__name__)
@@ -25,12 +40,47 @@ NOTHING_INDEXED = (
     "as they arrive; try again once a few have been posted."
 )
 NO_MATCH = "No images you can see in this server match that yet."
+NO_MATCH_FILTERED = "No images you can see match that with these filters."
+EMPTY_QUERY = (
+    "Tell me what to look for, e.g. `/find query: a red car`, or search by a picture with "
+    "`image:`. `/clipfind help` explains every option."
+)
+NO_IMAGE = "That message has no image I can search with."
+SIMILAR = "Find similar images"
+_QUERY_PROBLEMS = (BadQuery, ImageError, FetchError)
 
 
 class Search(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
         self.access = Access(bot, bot.store)
+        self.similar_menu = app_commands.guild_only(
+            app_commands.ContextMenu(name=SIMILAR, callback=self.find_similar)
+        )
+
+    async def cog_load(self) -> None:
+        # Context menus cannot live inside a cog class; the cog adds and removes its own.
+        self.bot.tree.add_command(self.similar_menu)
+        await self._report_other_models()
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(SIMILAR, type=discord.AppCommandType.message)
+
+    async def _report_other_models(self) -> None:
+        """Vectors of another model are never searched; say so once, with what to do."""
+        current = self.bot.encoder.model_id
+        others = {m: n for m, n in (await self.bot.store.model_counts()).items() if m != current}
+        if others:
+            listed = ", ".join(f"{n} from {model}" for model, n in sorted(others.items()))
+            log.warning(
+                "%d indexed images were encoded by another model (%s) and are not searched "
+                "with %s. Set CLIP_MODEL/CLIP_PRETRAINED back to search them, or re-index with "
+                "this model by starting on a fresh DATABASE_URL (backfill then reads all history "
+                "again).",
+                sum(others.values()),
+                listed,
+                current,
+            )
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
@@ -52,7 +102,13 @@ class Search(commands.Cog):
         self,
         interaction: discord.Interaction,
         query: app_commands.Range[str, 1, 300],
+        channel: app_commands.AppCommandChannel | app_commands.AppCommandThread | None = None,
+        author: discord.User | None = None,
+        after: app_commands.Range[str, 1, 40] | None = None,
+        before: app_commands.Range[str, 1, 40] | None = None,
+        sort: Literal["relevance", "newest", "oldest"] = "relevance",
         count: app_commands.Range[int, 1, 10] | None = None,
+        image: discord.Attachment | None = None,
         public: bool = False,
     ) -> None:
         """Search this server's images by describing them.
@@ -60,36 +116,160 @@ class Search(commands.Cog):
         Parameters
         ----------
         query: What the picture shows, e.g. "a cat asleep on a keyboard"
-        count: How many images to show (1-10)
+        channel: Only images from this channel, category or thread (a channel includes its threads)
+        author: Only images posted by this member
+        after: Only images posted on or after: a date (2025-03-01, UTC) or 7d, 2w, 3mo, yesterday
+        before: Only images posted before: a date (2025-03-01, UTC) or 7d, 2w, 3mo, yesterday
+        sort: relevance: best match first; newest or oldest: by date among the good matches
+        count: How many images per page (1-10); up to 100 results in pages
+        image: Search with this picture instead (the query then only labels the answer)
         public: Post the results in the channel instead of only to you
         """
-        # Defer first: the text encode can wait behind an image batch, past Discord's 3 s.
+        # Defer first: the encode can wait behind an image batch, past Discord's 3 s.
         await interaction.response.defer(ephemeral=not public, thinking=True)
-        query = query.strip()
-        if not query:
-            await interaction.followup.send("Tell me what to look for, e.g. `/find a red car`.")
+        text = query.strip()
+        if not text:
+            await interaction.followup.send(EMPTY_QUERY)
             return
+        notes: list[str] = []
+        try:
+            start, end = date_range(after, before, now=discord.utils.utcnow())
+            if image is not None:
+                vector = await self._picture_vector(image.url, image.size)
+                heading = f"Images like your picture **{quoted(image.filename, 60)}**"
+            else:
+                vector, text = await self._text_vector(text, notes)
+                heading = f"Images for **{quoted(text)}**"
+        except _QUERY_PROBLEMS as exc:
+            await interaction.followup.send(query_problem(exc) or str(exc))
+            return
+        if sort != "relevance":
+            notes.append(f"{sort.capitalize()} first, among the good matches.")
+        await self._answer(
+            interaction,
+            vector,
+            heading=heading,
+            notes=notes,
+            sort=sort,
+            page_size=count,
+            channel_id=channel.id if channel else None,
+            author_id=author.id if author else None,
+            after=start,
+            before=end,
+        )
+
+    async def find_similar(self, interaction: discord.Interaction, message: discord.Message):
+        """Images that look like the one in this message."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        refs = image_refs(message)
+        if not refs:
+            await interaction.followup.send(NO_IMAGE)
+            return
+        ref = refs[0]
+        model_id = self.bot.encoder.model_id
+        try:
+            # An indexed image already has its vector: no download, no model.
+            vector = (await self.bot.store.message_vectors(message.id, model_id)).get(ref.image_key)
+            if vector is None:
+                vector = await self._picture_vector(ref.url, ref.size)
+        except _QUERY_PROBLEMS as exc:
+            await interaction.followup.send(query_problem(exc) or str(exc))
+            return
+        notes = [f"Using the first of its {len(refs)} images."] if len(refs) > 1 else []
+        await self._answer(
+            interaction,
+            vector,
+            heading=f"Images like [this one]({message.jump_url})",
+            notes=notes,
+            exclude_message_id=message.id,
+        )
+
+    async def _text_vector(self, text: str, notes: list[str]) -> tuple[np.ndarray, str]:
+        encoder = self.bot.encoder
+        fitted, cut = fit_query(text, encoder.count_tokens, encoder.context_length)
+        if cut:
+            notes.append(
+                f"Your description is longer than the model reads ({encoder.context_length} "
+                "tokens); I searched for the part in bold."
+            )
+        return await encoder.encode_text(fitted), fitted
+
+    async def _picture_vector(self, url: str, size: int | None) -> np.ndarray:
+        settings = self.bot.settings
+        data = await self.bot.pipeline.fetcher.fetch(url, declared_size=size)
+        return await image_vector(
+            data,
+            encoder=self.bot.encoder,
+            store=self.bot.store,
+            spec=self.bot.pipeline.spec,
+            max_pixels=settings.max_image_pixels,
+        )
+
+    async def _answer(
+        self,
+        interaction: discord.Interaction,
+        vector: np.ndarray,
+        *,
+        heading: str,
+        notes: list[str],
+        sort: Sort = "relevance",
+        page_size: int | None = None,
+        channel_id: int | None = None,
+        **filters,
+    ) -> None:
         guild, member = interaction.guild, interaction.user
         assert guild is not None and isinstance(member, discord.Member)
         seen = await self.access.visibility(
             guild, member, include_nsfw=asked_in_nsfw(interaction.channel)
         )
         scope = SearchScope(
-            guild_id=guild.id, model_id=self.bot.encoder.model_id, channel_ids=seen.channel_ids
+            guild_id=guild.id,
+            model_id=self.bot.encoder.model_id,
+            channel_ids=seen.within(channel_id) if channel_id else seen.channel_ids,
+            **filters,
         )
-        vector = await self.bot.encoder.encode_text(query)
+        size = page_size or self.bot.settings.find_default_count
         pager = ResultPager(
             fetch=from_store(self.bot.store, vector, scope),
             confirm=functools.partial(self.access.confirm, seen),
-            page_size=count or self.bot.settings.find_default_count,
+            arrange=arranger(self.bot.store, sort, self.bot.settings.find_duplicate_threshold),
+            page_size=size,
         )
-        results = await pager.page(0)
-        if not results:
-            indexed = await self.bot.store.count(guild_id=guild.id, model_id=scope.model_id)
-            await interaction.followup.send(NO_MATCH if indexed else NOTHING_INDEXED)
+        groups = await pager.page(0)
+        if not groups:
+            await interaction.followup.send(await self._nothing(seen, scope, channel_id))
             return
-        content, embeds = results_message(query, [group.hit for group in results])
-        await interaction.followup.send(content, embeds=embeds)
+
+        def render(shown, index: int):
+            return results_message(
+                heading,
+                shown,
+                first_rank=index * size + 1,
+                total=pager.known_total,
+                more=pager.more_in_store,
+                notes=notes,
+            )
+
+        view = ResultsView(
+            owner_id=member.id,
+            pager=pager,
+            render=render,
+            origin=interaction,
+            timeout=self.bot.settings.find_page_timeout_s,
+        )
+        content, embeds = render(groups, 0)
+        if view.needed:
+            await interaction.followup.send(content, embeds=embeds, view=view, wait=True)
+        else:
+            view.stop()
+            await interaction.followup.send(content, embeds=embeds)
+
+    async def _nothing(self, seen: Visibility, scope: SearchScope, channel_id: int | None) -> str:
+        filtered = channel_id or scope.author_id or scope.after or scope.before
+        if filtered or scope.exclude_message_id:
+            return NO_MATCH_FILTERED if filtered else NO_MATCH
+        indexed = await self.bot.store.count(guild_id=seen.guild_id, model_id=scope.model_id)
+        return NO_MATCH if indexed else NOTHING_INDEXED
 
 
 async def setup(bot: ClipfindBot) -> None:

@@ -1,0 +1,98 @@
+"""Buttons that page through search results, for the member who searched only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import discord
+
+from bot.errors import user_message
+from retrieval.search import ResultGroup, ResultPager
+
+log = logging.getLogger(__name__)
+
+# An interaction token lives 15 minutes, and editing an ephemeral answer needs one. Every press
+# brings a fresh token and restarts this timer, so the buttons are always disabled with a token
+# that still works.
+PAGE_TIMEOUT_S = 14 * 60
+NOT_YOURS = "Only the member who searched can turn these pages. Run `/find` to search yourself."
+
+Render = Callable[[Sequence[ResultGroup], int], tuple[str, list[discord.Embed]]]
+
+
+class ResultsView(discord.ui.View):
+    """Previous / Next over a ResultPager; ``render(groups, page)`` builds the message."""
+
+    def __init__(
+        self,
+        *,
+        owner_id: int,
+        pager: ResultPager,
+        render: Render,
+        origin: discord.Interaction,
+        timeout: float = PAGE_TIMEOUT_S,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.owner_id = owner_id
+        self.pager = pager
+        self.render = render
+        self.index = 0
+        self._latest = origin  # the interaction whose token edits the answer
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.back.disabled = self.index == 0
+        self.forward.disabled = not self.pager.has_page(self.index + 1)
+
+    @property
+    def needed(self) -> bool:
+        """Buttons only when there is somewhere to go."""
+        return not (self.back.disabled and self.forward.disabled)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id == self.owner_id:
+            return True
+        await interaction.response.send_message(NOT_YOURS, ephemeral=True)
+        return False
+
+    @discord.ui.button(label="Previous", emoji="◀️", custom_id="find:previous")
+    async def back(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await self._turn(interaction, self.index - 1)
+
+    @discord.ui.button(label="Next", emoji="▶️", custom_id="find:next")
+    async def forward(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await self._turn(interaction, self.index + 1)
+
+    async def _turn(self, interaction: discord.Interaction, index: int) -> None:
+        # Confirming a page may take a few REST reads: acknowledge first, edit after.
+        await interaction.response.defer()
+        self._latest = interaction
+        groups = await self.pager.page(index) if index >= 0 else []
+        if not groups:  # the rest turned out gone or hidden: stay where we were
+            index = self.index
+            groups = await self.pager.page(index)
+        self.index = index
+        self.refresh()
+        content, embeds = self.render(groups, index)
+        await interaction.edit_original_response(content=content, embeds=embeds, view=self)
+
+    async def on_timeout(self) -> None:
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        try:
+            await self._latest.edit_original_response(view=self)
+        except discord.HTTPException as exc:
+            # The answer was dismissed or deleted; nothing is left to disable.
+            log.debug("could not disable the result buttons: %s", exc)
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item
+    ) -> None:
+        log.error("paging search results failed", exc_info=error)
+        message = user_message(error)
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
