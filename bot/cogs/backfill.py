@@ -126,22 +126,26 @@ class Backfill(commands.Cog):
         self._check_idle()
 
     def _allowed(self, channel: Parent | discord.Thread) -> bool:
-        if self.bot.get_guild(channel.guild.id) is None:  # the bot left the server
-            return False
+        return self._refusal(channel) is None
+
+    def _refusal(self, channel: Parent | discord.Thread) -> str | None:
+        """Why this channel may not be read now; None when it may."""
+        me = channel.guild.me
+        if self.bot.get_guild(channel.guild.id) is None or me is None:
+            return "the bot left the server"
         policy = self.bot.policy
         parent_id = getattr(channel, "parent_id", None)
         if policy.is_excluded(channel.id) or (
             parent_id is not None and policy.is_excluded(parent_id)
         ):
-            return False
-        me = channel.guild.me
-        if me is None:
-            return False
+            return "it is excluded from the index"
         try:
             perms = channel.permissions_for(me)
         except discord.ClientException:  # a thread whose parent is not cached
-            return False
-        return perms.view_channel and perms.read_message_history
+            return "its parent channel is unknown"
+        if not (perms.view_channel and perms.read_message_history):
+            return "the bot may not read its history"
+        return None
 
     def _add_parent(self, parent: Parent) -> None:
         if parent.id in self._listing or not self._allowed(parent):
@@ -233,18 +237,18 @@ class Backfill(commands.Cog):
         cursor, floor = walk.cursor, self._floor()
         submitted = walk.submitted
         for _ in range(PAGES_PER_TURN):
-            if not self._allowed(channel):
-                raise _Stop("it was excluded or can no longer be read")
+            if reason := self._refusal(channel):
+                raise _Stop(reason)
             if not walk.caught_up:  # messages posted while the bot was offline come first
                 page = await self._page(channel, after=cursor.newest_id or 0)
                 walk.caught_up = len(page) < PAGE
                 cursor = cursor.read_newer([m.id for m in page])
             elif cursor.wants_older(floor):
                 page = await self._page(channel, before=cursor.oldest_id)
-                if len(page) < PAGE and not self._allowed(channel):
+                if len(page) < PAGE and (reason := self._refusal(channel)):
                     # Without Read Message History Discord answers with an empty page; that
                     # is no proof of having reached the beginning.
-                    raise _Stop("it can no longer be read")
+                    raise _Stop(reason)
                 ids = [m.id for m in page]
                 cursor = cursor.read_older(ids, full=len(page) == PAGE, floor=floor)
             else:
@@ -256,6 +260,9 @@ class Backfill(commands.Cog):
         # The cursor may only move past messages whose images the pipeline has finished.
         if walk.submitted > submitted:
             await self.bot.pipeline.join()
+        if reason := self._refusal(channel):
+            # E.g. the bot left and the server's index (with its cursors) is being purged.
+            raise _Stop(reason)
         if cursor != walk.cursor:
             await self.cursors.save(cursor)
         walk.cursor = cursor
