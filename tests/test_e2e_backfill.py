@@ -12,7 +12,7 @@ from retrieval.backfill import BackfillCursors
 from retrieval.db import create_engine, ensure_schema
 from retrieval.policy import IndexPolicy
 from tests.e2e import bot_settings, eventually, running_bot
-from tests.fakediscord import Attachment, FakeDiscord, Overwrite, P
+from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
 from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
 
 JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
@@ -69,13 +69,23 @@ async def test_history_in_channels_and_threads_is_indexed_and_found(tmp_path):
             memes, "secret", private=True, members=[alice, guild.bot_member], archived=True
         )
         fd.add_history_message(private, alice, "", attachments=[picture("orange", "star", 6)])
+        # The bot neither joined this one nor has Manage Threads here: not for its eyes.
+        closed = guild.add_thread(photos, "closed", private=True, members=[bob], archived=True)
+        fd.add_history_message(closed, bob, "", attachments=[picture("blue", "circle", 7)])
+        mods = fd.add_guild("Mods", bot_permissions=DEFAULT_BOT | P.MANAGE_THREADS)
+        carol = mods.add_member("carol")
+        staff = mods.add_thread(mods.add_text_channel("staff"), "x", private=True, archived=True,
+                                members=[carol])  # fmt: skip
+        fd.add_history_message(staff, carol, "", attachments=[picture("green", "circle", 8)])
 
         async with running_bot(bot_settings(fd, tmp_path), fd) as bot:
             await backfilled(bot)
             assert await bot.store.count(guild_id=guild.id) == 6
+            assert not history_reads(fd, closed)
+            assert await bot.store.count(guild_id=mods.id) == 1
             progress = bot.backfill_progress
-            assert (progress.channels_done, progress.channels_total) == (5, 5)
-            assert progress.images_submitted == 6 and not progress.running
+            assert (progress.channels_done, progress.channels_total) == (7, 7)
+            assert progress.images_submitted == 7 and not progress.running
 
             reply = await find(fd, guild, memes, bob, "a red circle", count=1)
             assert JUMP.search(reply["embeds"][0]["description"]).group(3) == str(circle.id)
