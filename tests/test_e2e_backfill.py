@@ -199,9 +199,20 @@ async def test_opted_out_excluded_hidden_and_bot_messages_are_not_backfilled(tmp
             await backfilled(bot)
             assert await bot.store.count(guild_id=guild.id) == 1
             assert bot.backfill_progress.channels_total == 1
-        for channel in (excluded, excluded_thread, hidden, no_history):
-            assert not history_reads(fd, channel), f"read #{channel.name}"
-        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            for channel in (excluded, excluded_thread, hidden, no_history):
+                assert not history_reads(fd, channel), f"read #{channel.name}"
+            ours = [r for r in caplog.records if r.name.startswith(("bot.", "retrieval."))]
+            assert all(r.levelno < logging.WARNING for r in ours), "skipped without a fuss"
+
+            # Once the bot may read a channel, its history is read.
+            await fd.update_channel_overwrites(hidden, [])
+            await eventually(lambda: _count_is(bot, guild.id, 2))
+            await backfilled(bot)
+            assert bot.backfill_progress.channels_total == 2
+
+
+async def _count_is(bot, guild_id: int, n: int) -> bool:
+    return await bot.store.count(guild_id=guild_id) == n
 
 
 async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog):
