@@ -4,8 +4,9 @@ Every readable text, news and forum channel, and every thread in them (active an
 read in pages of 100; each message goes through the same checks as a live one into the same
 pipeline, which skips images it already has. Channels take turns of a few pages, so every
 channel's recent history is indexed before anyone's distant past. A turn ends by waiting until
-the pipeline has finished what it was given and only then saving the channel's cursor
-(`retrieval/backfill.py`): a restart re-reads at most one turn and never skips a message.
+the pipeline has finished what it was given, and only then saving the channel's cursor
+(`retrieval/backfill.py`): a restart re-reads at most a turn of each channel and never skips a
+message.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ Parent = discord.TextChannel | discord.ForumChannel
 
 
 class _Stop(Exception):
-    """The walk of a channel ends early (it was excluded or can no longer be read)."""
+    """The walk of a channel ends early: it was excluded, can no longer be read, or the bot left."""
 
 
 @dataclass(eq=False)
