@@ -132,13 +132,16 @@ class Lifecycle(commands.Cog):
     async def on_ready(self) -> None:
         # Servers that removed the bot while it was offline never send an event: they are
         # simply missing from READY (this bot runs unsharded, so READY lists every server).
-        if not await self._index_is_ours():
-            return
-        present = {guild.id for guild in self.bot.guilds}
-        now = datetime.now(UTC)
-        for guild_id in await self.bot.store.guild_ids() - present:
-            log.info("guild %s removed the bot while it was offline", guild_id)
-            await self.departures.record(guild_id, at=now)
+        if await self._index_is_ours():
+            # Locked: a purge finishing between the listing and the record would leave a
+            # second departure behind.
+            async with self._purging:
+                present = {guild.id for guild in self.bot.guilds}
+                now = datetime.now(UTC)
+                pending = await self.departures.pending()
+                for guild_id in await self.bot.store.guild_ids() - present - pending.keys():
+                    log.info("guild %s removed the bot while it was offline", guild_id)
+                    await self.departures.record(guild_id, at=now)
         await self.purge_due()
 
     async def _index_is_ours(self) -> bool:
