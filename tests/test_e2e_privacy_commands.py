@@ -68,7 +68,9 @@ async def test_commands_are_synced_with_descriptions_and_manage_server_default(w
     clipfind = synced["clipfind"]
     assert int(clipfind["default_member_permissions"]) == MANAGE_SERVER
     assert clipfind["dm_permission"] is False  # servers only
-    (channels,) = clipfind["options"]
+    groups = {o["name"]: o for o in clipfind["options"]}
+    assert set(groups) == {"channels", "help"}
+    channels = groups["channels"]
     actions = {o["name"]: o for o in channels["options"]}
     assert set(actions) == {"exclude", "include", "list"}
     for name in ("exclude", "include"):

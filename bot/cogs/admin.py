@@ -16,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.erasure import Eraser
+from bot.render import HELP
 from bot.threads import survey
 
 if TYPE_CHECKING:
@@ -138,6 +139,11 @@ class Admin(commands.Cog):
             f"Not indexed here ({len(excluded)}): {shown}. Everything else I can read is.",
             ephemeral=True,
         )
+
+    @clipfind.command(name="help")
+    async def help(self, interaction: discord.Interaction) -> None:
+        """How to search: /find's options and Find similar images, with examples."""
+        await interaction.response.send_message(HELP, ephemeral=True)
 
 
 async def setup(bot: ClipfindBot) -> None:
