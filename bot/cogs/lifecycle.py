@@ -98,7 +98,8 @@ class Lifecycle(commands.Cog):
             found = await survey(self.bot, channel.guild)
         orphans = found.threads_of(channel.id) | found.gone
         if orphans:
-            await self._forget_channels(orphans, what=f"{len(orphans)} threads of {channel.id}")
+            what = f"{len(orphans)} threads or channels gone with {channel.id}"
+            await self._forget_channels(orphans, what=what)
 
     @commands.Cog.listener()
     async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
