@@ -199,19 +199,24 @@ class Access:
         self._threads.put(channel_id, channel)
         return channel
 
-    async def confirm(self, seen: Visibility, hits: Sequence[SearchHit]) -> list[bool]:
-        """For each hit, whether it may be shown now; deletes what turns out to be gone."""
+    async def screen(self, seen: Visibility, hits: Sequence[SearchHit]) -> list[bool]:
+        """For each hit, whether the member may see it (not whether it still exists): enough
+        for the reposts a result counts and links, which are never shown themselves."""
         threads = {h.channel_id for h in hits if h.channel_id in seen.unconfirmed_threads}
         joined = await self._gather(
             threads, lambda t: self._is_member(seen.unconfirmed_threads[t], seen.member)
         )
-        readable = [
-            h
-            for h in hits
-            if h.guild_id == seen.guild_id
+        return [
+            h.guild_id == seen.guild_id
             and h.channel_id in seen.channel_ids
             and joined.get(h.channel_id, True)
+            for h in hits
         ]
+
+    async def confirm(self, seen: Visibility, hits: Sequence[SearchHit]) -> list[bool]:
+        """For each hit, whether it may be shown now; deletes what turns out to be gone."""
+        allowed = await self.screen(seen, hits)
+        readable = [h for h, ok in zip(hits, allowed, strict=True) if ok]
         cached = {m.id: m for m in self.client.cached_messages}
         where = {h.message_id: h.channel_id for h in readable}
         attachments = await self._gather(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import discord
 
-from bot.errors import user_message
+from bot.errors import on_view_error
 from retrieval.search import ResultGroup, ResultPager
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,4 @@ class ResultsView(discord.ui.View):
     async def on_error(
         self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item
     ) -> None:
-        log.error("paging search results failed", exc_info=error)
-        message = user_message(error)
-        if interaction.response.is_done():
-            await interaction.followup.send(message, ephemeral=True)
-        else:
-            await interaction.response.send_message(message, ephemeral=True)
+        await on_view_error(interaction, error, item)

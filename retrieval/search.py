@@ -147,7 +147,9 @@ class ResultPager:
     """Pages of confirmed results, confirmed lazily: only what is about to be shown.
 
     ``fetch(k)`` returns the best k hits, ``arrange`` orders and groups them, and ``confirm``
-    says for each hit whether it may be shown now (it may also delete what is gone).
+    says for each hit whether it may be shown now (it may also delete what is gone). Reposts
+    are never shown, only counted and linked: ``screen`` (when given) says which of them the
+    member may know about.
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class ResultPager:
         confirm: Confirm,
         page_size: int,
         arrange: Arrange = one_per_hit,
+        screen: Confirm | None = None,
         limit: int = MAX_RESULTS,
         candidates: int = CANDIDATES,
         max_candidates: int = MAX_CANDIDATES,
@@ -167,6 +170,7 @@ class ResultPager:
         self._fetch = fetch
         self._confirm = confirm
         self._arrange = arrange
+        self._screen = screen
         self._pending: deque[ResultGroup] = deque()
         self._placed: set[int] = set()  # row ids already in a shown, dropped or pending group
         self._candidates = candidates
@@ -210,14 +214,23 @@ class ResultPager:
     async def _confirm_next(self, need: int) -> None:
         batch = [self._pending.popleft() for _ in range(min(need, len(self._pending)))]
         verdicts = await self._confirm([group.hit for group in batch])
+        accepted = []
         for at, (group, ok) in enumerate(zip(batch, verdicts, strict=True)):
             if ok:
-                self.shown.append(group)
+                accepted.append(group)
                 continue
             if (stand_in := group.promoted()) is not None:
                 # Keep the order: the stand-in is confirmed before anything ranked after it.
                 self._pending.extendleft(reversed([stand_in, *batch[at + 1 :]]))
-                return
+                break
+        self.shown.extend(await self._screened(accepted))
+
+    async def _screened(self, groups: list[ResultGroup]) -> list[ResultGroup]:
+        reposts = [h for group in groups for h in group.reposts]
+        if not reposts or self._screen is None:
+            return groups
+        ok = dict(zip((h.row_id for h in reposts), await self._screen(reposts), strict=True))
+        return [ResultGroup(g.hit, tuple(h for h in g.reposts if ok[h.row_id])) for g in groups]
 
     async def _refill(self) -> bool:
         """Fetch more candidates; False when the store has nothing new to give."""

@@ -114,6 +114,28 @@ async def test_private_thread_member_non_member_and_thread_manager(world):
     assert await stored_messages(bot, guild.id) == {inside.id}
 
 
+async def test_a_repost_in_a_private_thread_is_not_counted_for_outsiders(world):
+    fd, bot = world
+    guild = fd.add_guild("Reposted")
+    general = guild.add_text_channel("general")
+    insider, outsider = guild.add_member("insider"), guild.add_member("outsider")
+    await fd.wait_ready()
+    thread = guild.add_thread(general, "inner", private=True, members=[insider, guild.bot_member])
+    await fd.flush()
+    same = picture("green", "triangle", 11)
+    public = await fd.post_message(general, insider, "", attachments=[same])
+    await fd.post_message(thread, insider, "", attachments=[same])
+    await settled(bot, fd)
+
+    # Oldest first puts the public copy in front, the thread's copy behind it as a repost.
+    seen_inside = await find(fd, guild, general, insider, "a green triangle", sort="oldest")
+    assert result_ids(seen_inside) == [public.id]
+    assert "+1 repost" in seen_inside["embeds"][0]["description"]
+    seen_outside = await find(fd, guild, general, outsider, "a green triangle", sort="oldest")
+    assert result_ids(seen_outside) == [public.id]
+    assert "repost" not in seen_outside["embeds"][0]["description"]
+
+
 async def test_archived_threads_are_resolved_not_hidden(world):
     fd, bot = world
     guild = fd.add_guild("Archive")

@@ -229,3 +229,23 @@ def test_same_bytes_and_near_identical_vectors_collapse_into_the_first():
 def test_hits_without_a_vector_still_group_by_bytes():
     groups = collapse_reposts([hit(1, content_hash="x"), hit(2, content_hash="x")], {})
     assert [len(g.members) for g in groups] == [2]
+
+
+async def test_reposts_the_member_may_not_know_of_are_neither_counted_nor_linked():
+    shown, hidden, visible = hit(1, 0.9), hit(2, 0.9, days=-3), hit(3, 0.9, days=2)
+
+    async def fetch(k):
+        return [shown, hidden, visible]
+
+    async def arrange(hits):
+        return [ResultGroup(shown, (hidden, visible))]
+
+    async def confirm(hits):
+        return [True] * len(hits)
+
+    async def screen(hits):
+        return [h is not hidden for h in hits]
+
+    pager = ResultPager(fetch=fetch, confirm=confirm, screen=screen, arrange=arrange, page_size=5)
+    (group,) = await pager.page(0)
+    assert group.reposts == (visible,) and group.earliest is shown

@@ -233,6 +233,7 @@ class Search(commands.Cog):
         pager = ResultPager(
             fetch=from_store(self.bot.store, vector, scope),
             confirm=functools.partial(self.access.confirm, seen),
+            screen=functools.partial(self.access.screen, seen),
             arrange=arranger(self.bot.store, sort, self.bot.settings.find_duplicate_threshold),
             page_size=size,
         )
