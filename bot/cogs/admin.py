@@ -1,9 +1,9 @@
-"""`/clipfind`: the server's settings. `channels` takes channels out of the index and back.
+"""`/clipfind`: help and status for everyone; `channels` (Manage Server) takes channels out of
+the index and back.
 
-Add subcommands with ``@clipfind.command()`` (or subgroups with ``parent=clipfind``). Discord
-applies ``default_permissions`` to the whole top-level command, so everything under /clipfind
-is hidden from members without Manage Server; each command still checks at run time, because
-a server can grant the command to anyone in its Integrations settings.
+Add subcommands with ``@clipfind.command()`` (or subgroups with ``parent=clipfind``). Discord's
+``default_permissions`` would cover the whole top-level command, hiding help from members, so
+the settings commands check Manage Server themselves, at run time.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot.erasure import Eraser
 from bot.render import HELP
+from bot.status import status_text
 from bot.threads import survey
 
 if TYPE_CHECKING:
@@ -39,11 +40,12 @@ NONE_EXCLUDED = "No channels are excluded: I index every channel and thread I ca
 
 
 class Admin(commands.Cog):
+    # No default_permissions on the group: Discord would apply it to every subcommand and hide
+    # help and status from members. Each settings command checks Manage Server itself.
     clipfind = app_commands.Group(
         name="clipfind",
-        description="clipfind's settings for this server",
+        description="clipfind: help, indexing status and this server's settings",
         guild_only=True,
-        default_permissions=discord.Permissions(manage_guild=True),
     )
     channels = app_commands.Group(
         name="channels", description="Choose which channels clipfind indexes", parent=clipfind
@@ -139,6 +141,13 @@ class Admin(commands.Cog):
             f"Not indexed here ({len(excluded)}): {shown}. Everything else I can read is.",
             ephemeral=True,
         )
+
+    @clipfind.command(name="status")
+    async def status(self, interaction: discord.Interaction) -> None:
+        """What clipfind has indexed here and what it is doing now."""
+        assert interaction.guild is not None  # guild_only
+        text = await status_text(self.bot, interaction.guild.id)
+        await interaction.response.send_message(text, ephemeral=True)
 
     @clipfind.command(name="help")
     async def help(self, interaction: discord.Interaction) -> None:
