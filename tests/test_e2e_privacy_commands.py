@@ -223,6 +223,13 @@ async def test_managers_exclude_list_and_include_channels(world):
     await settled(bot, fd)
     assert await bot.store.known_keys(new.id) == {new.attachments[0].id}
 
+    # Its history is read again too, threads (archived ones as well) included: #memes 3,
+    # the threads 2 + 1, and #general's 1.
+    async def history_back() -> bool:
+        return await bot.store.count(guild_id=guild.id) == 7
+
+    await eventually(history_back)
+
 
 async def test_members_without_manage_server_cannot_change_channels(world):
     fd, bot = world

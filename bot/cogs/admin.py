@@ -83,6 +83,9 @@ class Admin(commands.Cog):
         doomed = {channel.id}
         if not isinstance(channel, app_commands.AppCommandThread):
             doomed |= (await survey(self.bot, guild)).threads_of(channel.id)
+        if (backfill := self.bot.get_cog("Backfill")) is not None:
+            # Its history was erased with it: an include reads it again from the start.
+            await backfill.cursors.forget(list(doomed))
         removed = await self.eraser.erase(
             lambda: self.bot.store.delete_channels(doomed),
             what=f"excluded channel {channel.id}",
@@ -98,13 +101,13 @@ class Admin(commands.Cog):
         await interaction.followup.send(
             f"{channel.mention} is excluded: I won't index it or its threads any more, and "
             f"deleted {removed} indexed image{'' if removed == 1 else 's'} from them. "
-            "`/clipfind channels include` undoes this for images posted from then on."
+            "`/clipfind channels include` indexes it again, history included."
         )
 
     @channels.command(name="include")
     @app_commands.checks.has_permissions(manage_guild=True)
     async def include(self, interaction: discord.Interaction, channel: Indexable) -> None:
-        """Index an excluded channel (and its threads) again, from now on.
+        """Index an excluded channel (and its threads) again, its history included.
 
         Parameters
         ----------
@@ -119,8 +122,13 @@ class Admin(commands.Cog):
             return
         await self.bot.policy.include_channel(channel.id)
         log.info("user %s included channel %s again", interaction.user.id, channel.id)
+        resolved = interaction.guild and interaction.guild.get_channel_or_thread(channel.id)
+        backfill = self.bot.get_cog("Backfill")
+        if resolved is not None and backfill is not None:
+            backfill.schedule_channel(resolved)
         await interaction.response.send_message(
-            f"{channel.mention} is indexed again: images posted there from now on are searchable.",
+            f"{channel.mention} is indexed again: new images as they are posted, and its history "
+            "is being read again.",
             ephemeral=True,
         )
 
