@@ -60,8 +60,8 @@ class Expiring(Generic[K, V]):
         self._items.move_to_end(key)
         return found[1]
 
-    def put(self, key: K, value: V, ttl_s: float | None = None) -> None:
-        self._items[key] = (time.monotonic() + (ttl_s or self.ttl_s), value)
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = (time.monotonic() + self.ttl_s, value)
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
