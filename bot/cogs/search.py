@@ -43,8 +43,7 @@ NO_MATCH = "No images you can see in this server match that yet."
 NO_MATCH_FILTERED = "No images you can see match that with these filters."
 EMPTY_QUERY = (
     "Tell me what to look for, e.g. `/find query: a red car`, or search with a picture: "
-    "`/find query: like this image: <file>`. Narrow it with `channel:`, `author:`, `after:` "
-    "(e.g. `7d`) and `before:`."
+    "`/find query: like this image: <file>`. `/clipfind help` explains every option."
 )
 NO_IMAGE = "That message has no image I can search with."
 SIMILAR = "Find similar images"
