@@ -81,6 +81,9 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 queue_size=settings.queue_size,
                 fetch_workers=settings.fetch_concurrency,
                 decode_threads=settings.decode_threads,
+                admit=lambda ref: policy.allows(
+                    channel_id=ref.channel_id, author_id=ref.author_id, parent_id=ref.parent_id
+                ),
             )
             await pipeline.start()
             try:

@@ -40,6 +40,7 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
         message_id=message.id,
         author_id=message.author.id,
         posted_at=message.created_at,
+        parent_id=getattr(message.channel, "parent_id", None),
     )
     refs = [
         ImageRef(

@@ -14,8 +14,8 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +31,8 @@ from retrieval.store.base import ImageRecord, VectorStore
 log = logging.getLogger(__name__)
 
 _STORE_RETRY_FIRST_S = 0.5
+# Deleted message ids remembered for images in flight; far more than the queues can hold.
+_GONE_REMEMBERED = 100_000
 _STORE_RETRY_MAX_S = 30.0
 
 
@@ -50,6 +52,7 @@ class ImageRef:
     filename: str
     content_type: str = ""
     size: int | None = None
+    parent_id: int | None = None  # the channel of a thread, for policies that cover threads
 
 
 @dataclass
@@ -58,6 +61,7 @@ class PipelineCounters:
     indexed: int = 0
     reused: int = 0  # same bytes already encoded: vector copied, model skipped
     already_known: int = 0
+    discarded: int = 0  # deleted, excluded or opted out while on their way
     in_flight: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
@@ -89,6 +93,7 @@ class IndexingPipeline:
         queue_size: int = 256,
         fetch_workers: int = 8,
         decode_threads: int | None = None,
+        admit: Callable[[ImageRef], bool] | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -105,6 +110,10 @@ class IndexingPipeline:
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
         self._tasks: list[asyncio.Task] = []
+        # Asked again just before each write: an image can spend seconds in the queues, and a
+        # deletion, exclusion or opt-out in that time must win.
+        self._admit = admit
+        self._gone: OrderedDict[int, None] = OrderedDict()
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -142,6 +151,20 @@ class IndexingPipeline:
             self._idle.clear()
             self.counters.submitted += 1
             await self._intake.put(ref)
+
+    def forget_messages(self, message_ids: Iterable[int]) -> None:
+        """Messages deleted on Discord: their images still in the pipeline are not written."""
+        for message_id in message_ids:
+            self._gone[message_id] = None
+            self._gone.move_to_end(message_id)
+        while len(self._gone) > _GONE_REMEMBERED:
+            self._gone.popitem(last=False)
+
+    def _admitted(self, ref: ImageRef) -> bool:
+        if ref.message_id in self._gone or (self._admit is not None and not self._admit(ref)):
+            self.counters.discarded += 1
+            return False
+        return True
 
     async def join(self) -> None:
         """Wait until every submitted image is indexed or has failed."""
@@ -186,6 +209,8 @@ class IndexingPipeline:
 
     async def _fetch_one(self, ref: ImageRef) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
+        if not self._admitted(ref):
+            return False
         if ref.image_key in await self._with_store(self.store.known_keys, ref.message_id):
             self.counters.already_known += 1
             return False
@@ -198,8 +223,9 @@ class IndexingPipeline:
         content_hash = await loop.run_in_executor(self._pool, _sha256, data)
         reused = await self._with_store(self.store.embedding_for, content_hash, self.model_id)
         if reused is not None:
-            await self._write([_record(ref, content_hash, content_type, self.model_id, reused)])
-            self.counters.reused += 1
+            if self._admitted(ref):
+                await self._write([_record(ref, content_hash, content_type, self.model_id, reused)])
+                self.counters.reused += 1
             return False
         job = functools.partial(prepare, data, self.spec, max_pixels=self.max_pixels)
         pixels = await loop.run_in_executor(self._pool, job)
@@ -234,7 +260,10 @@ class IndexingPipeline:
         records = [
             _record(item.ref, item.content_hash, item.content_type, self.model_id, vector)
             for item, vector in zip(batch, vectors, strict=True)
+            if self._admitted(item.ref)
         ]
+        if not records:
+            return
         await self._write(records)
         self.counters.indexed += len(records)
         guilds = Counter(item.ref.guild_id for item in batch)

@@ -25,11 +25,15 @@ class ImageHost:
         self.files: dict[str, tuple[bytes, str]] = {}
         self.fail_first: dict[str, int] = {}
         self.hits: dict[str, int] = {}
+        self.hold = asyncio.Event()  # held paths wait for it
+        self.held: set[str] = set()
         self.base = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.hits[name] = self.hits.get(name, 0) + 1
+        if name in self.held:
+            await self.hold.wait()
         if self.fail_first.get(name, 0) > 0:
             self.fail_first[name] -= 1
             return web.Response(status=503)
@@ -235,3 +239,28 @@ async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, mo
     assert "database unavailable" in caplog.text and "database is locked" in caplog.text
     assert await store.count(guild_id=1) == 5
     assert not pipeline.counters.failed
+
+
+async def test_images_in_flight_are_not_written_once_deleted_or_refused(host, pipeline, store):
+    refused_authors: set[int] = set()
+    pipeline._admit = lambda r: r.author_id not in refused_authors
+    for i in range(4):
+        host.files[f"f{i}.png"] = (png_bytes(draw("blue", "star", rng=400 + i)), "image/png")
+        host.held.add(f"f{i}.png")
+    await pipeline.submit(
+        [
+            ref(host, "f0.png", 500),
+            ref(host, "f1.png", 501),
+            ref(host, "f2.png", 502, author_id=6),
+            ref(host, "f3.png", 503),
+        ]
+    )
+    await asyncio.sleep(0.2)  # all four are downloading
+    pipeline.forget_messages([501])  # deleted on Discord meanwhile
+    refused_authors.add(6)  # opted out meanwhile
+    host.hold.set()
+    await pipeline.join()
+    assert {h for h in host.hits} == {"f0.png", "f1.png", "f2.png", "f3.png"}
+    assert pipeline.counters.discarded == 2
+    assert await store.known_keys(500) and await store.known_keys(503)
+    assert not await store.known_keys(501) and not await store.known_keys(502)
