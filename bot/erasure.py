@@ -1,7 +1,9 @@
 """Deleting vectors so that they stay deleted.
 
-Images already in the pipeline when a deletion comes (queued, downloading, in a batch) would be
-written after it. So every deletion runs twice: now, and again once the pipeline has drained.
+Images already in the pipeline when a deletion comes (queued, downloading, in a batch) could be
+written after it. The pipeline itself drops those of deleted messages, excluded channels and
+opted-out members just before writing; for what it cannot know (a deleted channel's threads, a
+purged server), every deletion also runs twice: now, and again once the pipeline has drained.
 """
 
 from __future__ import annotations
