@@ -16,7 +16,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 
 import numpy as np
 from pgvector.sqlalchemy import VECTOR
@@ -41,23 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit
 
 log = logging.getLogger(__name__)
 
-_HIT_COLUMNS = (
-    IndexedImage.id,
-    IndexedImage.guild_id,
-    IndexedImage.channel_id,
-    IndexedImage.message_id,
-    IndexedImage.image_key,
-    IndexedImage.kind,
-    IndexedImage.author_id,
-    IndexedImage.posted_at,
-    IndexedImage.filename,
-    IndexedImage.source_url,
-    IndexedImage.content_type,
-    IndexedImage.content_hash,
-)
 _KEY = ("message_id", "image_key")
 _IDS = ARRAY(BigInteger)
 
@@ -145,7 +132,7 @@ def _statement(shape: _Shape):
         conditions.append(IndexedImage.posted_at < bindparam("before"))
     if shape.exclude:
         conditions.append(IndexedImage.message_id != bindparam("exclude_message_id"))
-    ranked = select(*_HIT_COLUMNS, distance).where(*conditions).order_by(distance)
+    ranked = select(*HIT_COLUMNS, distance).where(*conditions).order_by(distance)
     k = bindparam("k", type_=Integer)
     if shape.exact:
         return ranked.limit(k)
@@ -198,7 +185,7 @@ def _values(record: ImageRecord) -> dict:
     return values
 
 
-class PgVectorStore:
+class PgVectorStore(SharedReads):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._dims: dict[str, int] = {}
@@ -216,6 +203,9 @@ class PgVectorStore:
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreUnavailable(f"database error: {exc}") from exc
 
+    def _reader(self):
+        return self._transaction()
+
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
         if not records:
             return 0
@@ -230,22 +220,6 @@ class PgVectorStore:
         async with self._transaction() as conn:
             await conn.execute(stmt, list(latest.values()))
         return len(records)
-
-    async def known_keys(self, message_id: int) -> set[int]:
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
-            )
-            return set(result.scalars())
-
-    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                select(IndexedImage.embedding)
-                .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
-                .limit(1)
-            )
-            return result.scalar_one_or_none()
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:
         """The model's vector size, from any row (all rows of a model share it)."""
@@ -311,7 +285,7 @@ class PgVectorStore:
             self.exact_fallbacks += 1
             async with self._transaction() as conn:
                 rows = (await conn.execute(*_search(query, scope, k, exact=True))).all()
-        return [_hit(row) for row in rows]
+        return [hit(row, 1.0 - float(row.distance)) for row in rows]
 
     async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
         stmt = select(IndexedImage.id, IndexedImage.embedding).where(
@@ -319,47 +293,6 @@ class PgVectorStore:
         )
         async with self._transaction() as conn:
             return {row.id: row.embedding for row in await conn.execute(stmt)}
-
-    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
-        stmt = select(IndexedImage.image_key, IndexedImage.embedding).where(
-            IndexedImage.message_id == message_id, IndexedImage.model_id == model_id
-        )
-        async with self._transaction() as conn:
-            return {row.image_key: row.embedding for row in await conn.execute(stmt)}
-
-    async def model_counts(self) -> dict[str, int]:
-        stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
-        async with self._transaction() as conn:
-            return {model: int(n) for model, n in await conn.execute(stmt)}
-
-    async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
-        stmt = (
-            select(func.count()).select_from(IndexedImage).where(IndexedImage.guild_id == guild_id)
-        )
-        if model_id is not None:
-            stmt = stmt.where(IndexedImage.model_id == model_id)
-        async with self._transaction() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
-
-    async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
-        stmt = (
-            select(func.count())
-            .select_from(IndexedImage)
-            .where(IndexedImage.author_id == author_id)
-        )
-        if guild_id is not None:
-            stmt = stmt.where(IndexedImage.guild_id == guild_id)
-        async with self._transaction() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
-
-    async def channel_ids(self, *, guild_id: int) -> set[int]:
-        stmt = select(IndexedImage.channel_id).where(IndexedImage.guild_id == guild_id).distinct()
-        async with self._transaction() as conn:
-            return set((await conn.execute(stmt)).scalars())
-
-    async def guild_ids(self) -> set[int]:
-        async with self._transaction() as conn:
-            return set((await conn.execute(select(IndexedImage.guild_id).distinct())).scalars())
 
     async def _delete_where(self, *conditions) -> int:
         async with self._transaction() as conn:
@@ -397,25 +330,6 @@ class PgVectorStore:
     async def close(self) -> None:
         self._dims.clear()
         self._indexed.clear()
-
-
-def _hit(row) -> SearchHit:
-    posted_at: datetime = row.posted_at
-    return SearchHit(
-        row_id=row.id,
-        score=1.0 - float(row.distance),
-        guild_id=row.guild_id,
-        channel_id=row.channel_id,
-        message_id=row.message_id,
-        image_key=row.image_key,
-        kind=row.kind,
-        author_id=row.author_id,
-        posted_at=posted_at.astimezone(UTC),
-        filename=row.filename,
-        source_url=row.source_url,
-        content_type=row.content_type,
-        content_hash=row.content_hash,
-    )
 
 
 __all__ = [

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
-from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,21 +16,8 @@ from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, hit
 
-_HIT_COLUMNS = (
-    IndexedImage.id,
-    IndexedImage.guild_id,
-    IndexedImage.channel_id,
-    IndexedImage.message_id,
-    IndexedImage.image_key,
-    IndexedImage.kind,
-    IndexedImage.author_id,
-    IndexedImage.posted_at,
-    IndexedImage.filename,
-    IndexedImage.source_url,
-    IndexedImage.content_type,
-    IndexedImage.content_hash,
-)
 _MATRIX_COLUMNS = (
     IndexedImage.id,
     IndexedImage.channel_id,
@@ -42,18 +28,13 @@ _MATRIX_COLUMNS = (
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
 
 
-def as_utc(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; they were written as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def record_values(record: ImageRecord) -> dict:
     values = {name: getattr(record, name) for name in ImageRecord.__slots__}
     values["posted_at"] = as_utc(record.posted_at)
     return values
 
 
-class SqliteVectorStore:
+class SqliteVectorStore(SharedReads):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -67,6 +48,9 @@ class SqliteVectorStore:
                 yield session
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreUnavailable(f"database error: {exc}") from exc
+
+    def _reader(self):
+        return self._session()
 
     def _lock(self, key: tuple[int, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -90,22 +74,6 @@ class SqliteVectorStore:
                 if (matrix := self._matrices.get(key)) is not None:
                     matrix.add([row])
         return len(rows)
-
-    async def known_keys(self, message_id: int) -> set[int]:
-        async with self._session() as session:
-            result = await session.execute(
-                select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
-            )
-            return set(result.scalars())
-
-    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
-        async with self._session() as session:
-            result = await session.execute(
-                select(IndexedImage.embedding)
-                .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
-                .limit(1)
-            )
-            return result.scalar_one_or_none()
 
     async def _matrix(self, key: tuple[int, str]) -> GuildMatrix:
         """Load a guild's vectors on first use; the lock is held by the caller."""
@@ -149,9 +117,9 @@ class SqliteVectorStore:
             return []
         scores = dict(ranked)
         async with self._session() as session:
-            result = await session.execute(select(*_HIT_COLUMNS).where(IndexedImage.id.in_(scores)))
+            result = await session.execute(select(*HIT_COLUMNS).where(IndexedImage.id.in_(scores)))
             by_id = {row.id: row for row in result}
-        return [_hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
+        return [hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
 
     async def _row_ids(self, message_id: int | None) -> frozenset[int]:
         if message_id is None:
@@ -175,49 +143,6 @@ class SqliteVectorStore:
                 )
                 found.update({row.id: row.embedding for row in result})
         return found
-
-    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
-        async with self._session() as session:
-            result = await session.execute(
-                select(IndexedImage.image_key, IndexedImage.embedding).where(
-                    IndexedImage.message_id == message_id, IndexedImage.model_id == model_id
-                )
-            )
-            return {row.image_key: row.embedding for row in result}
-
-    async def model_counts(self) -> dict[str, int]:
-        stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
-        async with self._session() as session:
-            return {model: int(n) for model, n in await session.execute(stmt)}
-
-    async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
-        stmt = (
-            select(func.count()).select_from(IndexedImage).where(IndexedImage.guild_id == guild_id)
-        )
-        if model_id is not None:
-            stmt = stmt.where(IndexedImage.model_id == model_id)
-        async with self._session() as session:
-            return int((await session.execute(stmt)).scalar_one())
-
-    async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
-        stmt = (
-            select(func.count())
-            .select_from(IndexedImage)
-            .where(IndexedImage.author_id == author_id)
-        )
-        if guild_id is not None:
-            stmt = stmt.where(IndexedImage.guild_id == guild_id)
-        async with self._session() as session:
-            return int((await session.execute(stmt)).scalar_one())
-
-    async def channel_ids(self, *, guild_id: int) -> set[int]:
-        stmt = select(IndexedImage.channel_id).where(IndexedImage.guild_id == guild_id).distinct()
-        async with self._session() as session:
-            return set((await session.execute(stmt)).scalars())
-
-    async def guild_ids(self) -> set[int]:
-        async with self._session() as session:
-            return set((await session.execute(select(IndexedImage.guild_id).distinct())).scalars())
 
     async def _delete_where(self, *conditions) -> int:
         stmt = (
@@ -277,24 +202,6 @@ def _matrix_row(row_id: int, record: ImageRecord) -> MatrixRow:
         record.author_id,
         as_utc(record.posted_at).timestamp(),
         record.embedding,
-    )
-
-
-def _hit(row, score: float) -> SearchHit:
-    return SearchHit(
-        row_id=row.id,
-        score=score,
-        guild_id=row.guild_id,
-        channel_id=row.channel_id,
-        message_id=row.message_id,
-        image_key=row.image_key,
-        kind=row.kind,
-        author_id=row.author_id,
-        posted_at=as_utc(row.posted_at),
-        filename=row.filename,
-        source_url=row.source_url,
-        content_type=row.content_type,
-        content_hash=row.content_hash,
     )
 
 

@@ -1,0 +1,116 @@
+"""What both stores read with the same SQL: hit rows and the small look-ups around them.
+
+A store subclasses `SharedReads` and gives `_reader()`: an async context manager yielding
+a session or connection (anything with `execute`) whose database errors are already
+`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import func, select
+
+from retrieval.models import IndexedImage
+from retrieval.store.base import SearchHit
+
+HIT_COLUMNS = (
+    IndexedImage.id,
+    IndexedImage.guild_id,
+    IndexedImage.channel_id,
+    IndexedImage.message_id,
+    IndexedImage.image_key,
+    IndexedImage.kind,
+    IndexedImage.author_id,
+    IndexedImage.posted_at,
+    IndexedImage.filename,
+    IndexedImage.source_url,
+    IndexedImage.content_type,
+    IndexedImage.content_hash,
+)
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands datetimes back naive; they were written as UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def hit(row, score: float) -> SearchHit:
+    """A row of HIT_COLUMNS as a result."""
+    return SearchHit(
+        row_id=row.id,
+        score=score,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        message_id=row.message_id,
+        image_key=row.image_key,
+        kind=row.kind,
+        author_id=row.author_id,
+        posted_at=as_utc(row.posted_at),
+        filename=row.filename,
+        source_url=row.source_url,
+        content_type=row.content_type,
+        content_hash=row.content_hash,
+    )
+
+
+class SharedReads:
+    def _reader(self) -> AbstractAsyncContextManager:
+        raise NotImplementedError
+
+    async def _rows(self, stmt) -> list:
+        async with self._reader() as conn:
+            return (await conn.execute(stmt)).all()
+
+    async def _scalar(self, stmt):
+        async with self._reader() as conn:
+            return (await conn.execute(stmt)).scalar_one_or_none()
+
+    async def known_keys(self, message_id: int) -> set[int]:
+        stmt = select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
+        return {row.image_key for row in await self._rows(stmt)}
+
+    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        stmt = (
+            select(IndexedImage.embedding)
+            .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
+            .limit(1)
+        )
+        return await self._scalar(stmt)
+
+    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
+        stmt = select(IndexedImage.image_key, IndexedImage.embedding).where(
+            IndexedImage.message_id == message_id, IndexedImage.model_id == model_id
+        )
+        return {row.image_key: row.embedding for row in await self._rows(stmt)}
+
+    async def model_counts(self) -> dict[str, int]:
+        stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
+        return {model: int(n) for model, n in await self._rows(stmt)}
+
+    async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
+        stmt = (
+            select(func.count()).select_from(IndexedImage).where(IndexedImage.guild_id == guild_id)
+        )
+        if model_id is not None:
+            stmt = stmt.where(IndexedImage.model_id == model_id)
+        return int(await self._scalar(stmt))
+
+    async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(IndexedImage)
+            .where(IndexedImage.author_id == author_id)
+        )
+        if guild_id is not None:
+            stmt = stmt.where(IndexedImage.guild_id == guild_id)
+        return int(await self._scalar(stmt))
+
+    async def channel_ids(self, *, guild_id: int) -> set[int]:
+        stmt = select(IndexedImage.channel_id).where(IndexedImage.guild_id == guild_id).distinct()
+        return {row.channel_id for row in await self._rows(stmt)}
+
+    async def guild_ids(self) -> set[int]:
+        return {row.guild_id for row in await self._rows(select(IndexedImage.guild_id).distinct())}
