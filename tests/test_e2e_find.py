@@ -48,7 +48,9 @@ async def test_find_is_synced_with_described_options(world):
     options = {o["name"]: o for o in find_command["options"]}
     assert options["query"]["required"] and options["query"]["max_length"] == 300
     assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 10)
-    assert all(o["description"] for o in options.values())
+    # Real sentences, not discord.py's "…" placeholder for an undocumented parameter.
+    assert options["query"]["description"].startswith("What the picture shows")
+    assert all(len(o["description"]) > 10 for o in options.values())
 
 
 async def test_images_from_two_channels_are_indexed_and_found(world):

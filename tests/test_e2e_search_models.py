@@ -102,7 +102,8 @@ async def test_help_and_every_description_explain_the_commands(tmp_path):
 
     def undescribed(options, where):
         for option in options:
-            if not option.get("description"):
+            # discord.py sends "…" for a parameter its docstring parser did not find.
+            if option.get("description", "…") == "…":
                 yield f"{where} {option['name']}"
             yield from undescribed(option.get("options", []), f"{where} {option['name']}")
 

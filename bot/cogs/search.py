@@ -115,15 +115,24 @@ class Search(commands.Cog):
 
         Parameters
         ----------
-        query: What the picture shows, e.g. "a cat asleep on a keyboard"
-        channel: Only images from this channel, category or thread (a channel includes its threads)
-        author: Only images posted by this member
-        after: Only images posted on or after: a date (2025-03-01, UTC) or 7d, 2w, 3mo, yesterday
-        before: Only images posted before: a date (2025-03-01, UTC) or 7d, 2w, 3mo, yesterday
-        sort: relevance: best match first; newest or oldest: by date among the good matches
-        count: How many images per page (1-10); up to 100 results in pages
-        image: Search with this picture instead (the query then only labels the answer)
-        public: Post the results in the channel instead of only to you
+        query
+            What the picture shows, e.g. "a cat asleep on a keyboard"
+        channel
+            Only images from this channel, category or thread (a channel includes its threads)
+        author
+            Only images posted by this member
+        after
+            Only images posted on or after: a date (2025-03-01, UTC) or 7d, 2w, 3mo, yesterday
+        before
+            Only images posted before: a date (2025-03-01, UTC) or 7d, 2w, 3mo, yesterday
+        sort
+            relevance: best match first; newest or oldest: by date among the good matches
+        count
+            How many images per page (1-10); up to 100 results in pages
+        image
+            Search with this picture instead (the query then only labels the answer)
+        public
+            Post the results in the channel instead of only to you
         """
         # Defer first: the encode can wait behind an image batch, past Discord's 3 s.
         await interaction.response.defer(ephemeral=not public, thinking=True)
