@@ -5,7 +5,7 @@
 3. the clipfind pipeline end to end: bytes from a loopback HTTP server → fetch → decode →
    micro-batch → encode → SQLite store, with the event-loop lag measured throughout.
 
-    python -m benchmarks.indexing [--images 48] [--model ViT-B-32]
+    python -m benchmarks.indexing [--images 48] [--model ViT-B-32] [--mix mixed|photos]
 
 Speed does not depend on weight values, so the model is randomly initialised.
 """
@@ -31,8 +31,11 @@ from PIL import Image  # noqa: E402
 from benchmarks.harness import image_server, loop_lag, percentile, refs, sqlite_pipeline  # noqa: E402
 from retrieval.encoder import Encoder  # noqa: E402
 
-# (megapixels, format): a mix of phone photos, screenshots and small memes.
-MIX = [(12, "JPEG"), (3, "JPEG"), (1, "JPEG"), (0.3, "JPEG"), (2, "PNG"), (0.5, "PNG")]
+# (megapixels, format): a mix of phone photos, screenshots and small memes; or phone photos only.
+MIXES = {
+    "mixed": [(12, "JPEG"), (3, "JPEG"), (1, "JPEG"), (0.3, "JPEG"), (2, "PNG"), (0.5, "PNG")],
+    "photos": [(12, "JPEG")],
+}
 
 
 def sample_photos() -> list[Image.Image]:
@@ -47,12 +50,12 @@ def sample_photos() -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in paths if p.exists()]
 
 
-def make_images(count: int) -> list[tuple[bytes, str]]:
+def make_images(count: int, mix: str = "mixed") -> list[tuple[bytes, str]]:
     """Distinct encoded images (no two share bytes, so none is skipped as a repost)."""
     photos = sample_photos()
     out = []
     for i in range(count):
-        megapixels, fmt = MIX[i % len(MIX)]
+        megapixels, fmt = MIXES[mix][i % len(MIXES[mix])]
         photo = photos[i % len(photos)]
         scale = (megapixels * 1e6 / (photo.width * photo.height)) ** 0.5
         size = (int(photo.width * scale), int(photo.height * scale))
@@ -105,9 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    images = make_images(args.images)
+    images = make_images(args.images, args.mix)
     sizes = [Image.open(io.BytesIO(data)).size for data, _ in images]
     megapixels = sum(w * h for w, h in sizes) / 1e6 / len(images)
     machine = platform.processor() or platform.machine()

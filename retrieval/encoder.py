@@ -24,8 +24,9 @@ from retrieval.images import PreprocessSpec
 log = logging.getLogger(__name__)
 
 _HUB_HOST = ("huggingface.co", 443)
-# Measured on a 2-core CPU (FACTS.md): 8 is the fastest batch there; a GPU wants far more.
-_BATCH_SIZE = {"cpu": 8, "cuda": 64}
+# On a 2-core CPU batches of 16 encoded fastest end to end (benchmarks/RESULTS.md), and a query
+# waits behind at most one (under a second); a GPU wants far more.
+_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
