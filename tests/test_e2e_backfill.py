@@ -12,18 +12,12 @@ from retrieval.backfill import BackfillCursors
 from retrieval.db import create_engine, ensure_schema
 from retrieval.policy import IndexPolicy
 from tests.e2e import bot_settings, eventually, running_bot
-from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
-from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
+from tests.fakediscord import DEFAULT_BOT, FakeDiscord, Overwrite, P
+from tests.search_helpers import picture
+from tests.tinyclip.shapes import draw, png_bytes
 
 JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
 LONG_AGO = datetime.now(UTC) - timedelta(days=400)
-
-
-def picture(colour: str, shape: str, seed: int, *, jpeg: bool = False) -> Attachment:
-    image = draw(colour, shape, size=160, rng=seed)
-    if jpeg:
-        return Attachment(f"{colour}-{shape}.jpg", jpeg_bytes(image), "image/jpeg")
-    return Attachment(f"{colour}-{shape}.png", png_bytes(image), "image/png")
 
 
 async def backfilled(bot) -> None:

@@ -11,12 +11,11 @@ import pytest_asyncio
 from bot.app import INTENT_REFUSED, run
 from bot.cogs.search import NO_MATCH, NOTHING_INDEXED
 from tests.e2e import bot_settings, eventually, running_bot, settled
-from tests.fakediscord import Attachment, FakeDiscord, Overwrite, P
-from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
+from tests.fakediscord import FakeDiscord, Overwrite, P
+from tests.search_helpers import JUMP, picture
+from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -25,13 +24,6 @@ async def world(tmp_path_factory):
         settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
         async with running_bot(settings, fd) as bot:
             yield fd, bot
-
-
-def picture(colour: str, shape: str, seed: int, *, jpeg: bool = False) -> Attachment:
-    image = draw(colour, shape, size=160, rng=seed)
-    if jpeg:
-        return Attachment(f"{colour}-{shape}.jpg", jpeg_bytes(image), "image/jpeg")
-    return Attachment(f"{colour}-{shape}.png", png_bytes(image), "image/png")
 
 
 async def find(fd, guild, channel, member, query: str, **options) -> dict:

@@ -12,7 +12,8 @@ import pytest_asyncio
 
 from bot.errors import SORRY
 from tests.e2e import bot_settings, eventually, running_bot, settled
-from tests.fakediscord import Attachment, FakeDiscord
+from tests.fakediscord import FakeDiscord
+from tests.search_helpers import picture
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -24,10 +25,6 @@ async def world(tmp_path_factory):
         settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
         async with running_bot(settings, fd) as bot:
             yield fd, bot
-
-
-def picture(colour: str, shape: str, seed: int) -> Attachment:
-    return Attachment(f"{colour}-{shape}.png", png_bytes(draw(colour, shape, size=160, rng=seed)))
 
 
 def linked(fd: FakeDiscord, colour: str, shape: str, seed: int) -> str:

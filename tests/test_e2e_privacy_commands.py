@@ -8,8 +8,8 @@ import pytest_asyncio
 
 from bot.cogs import admin, privacy
 from tests.e2e import bot_settings, eventually, running_bot, settled
-from tests.fakediscord import Attachment, FakeDiscord, P
-from tests.tinyclip.shapes import draw, png_bytes
+from tests.fakediscord import FakeDiscord, P
+from tests.search_helpers import picture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -22,10 +22,6 @@ async def world(tmp_path_factory):
         settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
         async with running_bot(settings, fd) as bot:
             yield fd, bot
-
-
-def picture(colour: str, shape: str, seed: int) -> Attachment:
-    return Attachment(f"{colour}-{shape}.png", png_bytes(draw(colour, shape, size=160, rng=seed)))
 
 
 async def run(fd, guild, channel, member, path: str, options: dict | None = None) -> dict:

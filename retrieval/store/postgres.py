@@ -35,13 +35,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +195,9 @@ class PgVectorStore(SharedReads):
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         # Core connections, not ORM sessions: a search is otherwise mostly Python overhead.
-        try:
+        with database_errors():
             async with self.engine.begin() as conn:
                 yield conn
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailable(f"database error: {exc}") from exc
 
     def _reader(self):
         return self._transaction()

@@ -7,12 +7,16 @@ a session or connection (anything with `execute`) whose database errors are alre
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
 from retrieval.store.base import SearchHit
 
@@ -30,6 +34,15 @@ HIT_COLUMNS = (
     IndexedImage.content_type,
     IndexedImage.content_hash,
 )
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """Whatever the driver raises when the database is away becomes StoreUnavailable."""
+    try:
+        yield
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise StoreUnavailable(f"database error: {exc}") from exc
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -9,14 +9,12 @@ from collections.abc import AsyncIterator, Collection, Sequence
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, hit
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, database_errors, hit
 
 _MATRIX_COLUMNS = (
     IndexedImage.id,
@@ -43,11 +41,9 @@ class SqliteVectorStore(SharedReads):
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
-        try:
+        with database_errors():
             async with self._sessions.begin() as session:
                 yield session
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailable(f"database error: {exc}") from exc
 
     def _reader(self):
         return self._session()
