@@ -67,12 +67,12 @@ def make_images(count: int, mix: str = "mixed") -> list[tuple[bytes, str]]:
     return out
 
 
-def seed_way(encoder: Encoder, preprocess, images) -> float:
+def seed_way(model: torch.nn.Module, preprocess, images) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         for data, _ in images:
             picture = Image.open(io.BytesIO(data)).convert("RGB")
-            encoder.model.encode_image(preprocess(picture).unsqueeze(0), normalize=True)
+            model.encode_image(preprocess(picture).unsqueeze(0), normalize=True)
     return len(images) / (time.perf_counter() - started)
 
 
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     images = make_images(args.images, args.mix)
@@ -116,13 +117,21 @@ def main() -> None:
     megapixels = sum(w * h for w, h in sizes) / 1e6 / len(images)
     machine = platform.processor() or platform.machine()
     print(f"{machine}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"{args.model} (random init), {len(images)} images, {megapixels:.1f} MP average")
-    encoder = Encoder.load(model=args.model, pretrained=None, device="cpu")
+    encoder = Encoder.load(
+        model=args.model, pretrained=None, device="cpu", precision=args.precision
+    )
+    print(
+        f"{args.model} (random init), {len(images)} images, {megapixels:.1f} MP average; "
+        f"seed way in fp32, clipfind in {encoder.precision}"
+    )
     import open_clip
 
-    _, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
-    seed_way(encoder, preprocess, images[:2])  # warm-up
-    seed = seed_way(encoder, preprocess, images)
+    # The seed's own model: open_clip's defaults (fp32), whatever clipfind's encoder uses.
+    seed_model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
+    seed_model.eval()
+    seed_way(seed_model, preprocess, images[:2])  # warm-up
+    seed = seed_way(seed_model, preprocess, images)
+    del seed_model
     rates = ceiling(encoder, max(len(images), 64))
     best_batch = max(rates, key=rates.get)
     top = rates[best_batch]

@@ -56,6 +56,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
             model=settings.clip_model,
             pretrained=settings.clip_pretrained,
             device=settings.clip_device,
+            precision=settings.clip_precision,
         )
         service = EncoderService(encoder)
         store = open_store(engine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,8 @@ class Settings(BaseSettings):
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "laion2b_s34b_b79k"
     clip_device: str = "auto"
+    # auto: fp16 on CUDA, bf16 on CPUs with native bf16 instructions, fp32 otherwise.
+    clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     index_bot_messages: bool = False
     max_image_bytes: int = Field(default=25 * 1024 * 1024, gt=0)

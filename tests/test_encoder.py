@@ -17,7 +17,8 @@ from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
 @pytest.fixture(scope="module")
 def random_tiny():
-    return Encoder.load(model=str(CONFIG_PATH), pretrained=None, device="cpu")
+    # fp32: batches must match single images exactly (bf16 is checked in test_precision.py).
+    return Encoder.load(model=str(CONFIG_PATH), pretrained=None, device="cpu", precision="fp32")
 
 
 def pixels(encoder: Encoder, n: int, seed: int = 0) -> np.ndarray:
