@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 _STORE_RETRY_FIRST_S = 0.5
 # Deleted message ids remembered for images in flight; far more than the queues can hold.
 _GONE_REMEMBERED = 100_000
+# While one batch encodes the next is formed and waits at the encoder, and the first one's write
+# overlaps the next encode: the model does not idle on the store (benchmarks/RESULTS.md).
+_BATCHES_IN_FLIGHT = 2
 _STORE_RETRY_MAX_S = 30.0
 
 
@@ -110,6 +113,10 @@ class IndexingPipeline:
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
         self._tasks: list[asyncio.Task] = []
+        self._batches: set[asyncio.Task] = set()
+        self._encoding = 0
+        self._encoder_idle = asyncio.Event()
+        self._encoder_idle.set()
         # Asked again just before each write: an image can spend seconds in the queues, and a
         # deletion, exclusion or opt-out in that time must win.
         self._admit = admit
@@ -134,9 +141,10 @@ class IndexingPipeline:
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="clip-batch"))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._batches]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -235,28 +243,63 @@ class IndexingPipeline:
         return True
 
     async def _batch_loop(self) -> None:
+        slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
         while True:
-            batch = [await self._prepared.get()]
-            deadline = time.monotonic() + self.batch_deadline_s
-            while len(batch) < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._prepared.get(), timeout))
-                except TimeoutError:
-                    break
-            try:
-                await self._encode_and_write(batch)
-            except Exception:
-                log.exception("unexpected error encoding a batch of %d images", len(batch))
-                self.counters.failed["internal"] += len(batch)
-            finally:
-                self._done(len(batch))
+            await slots.acquire()
+            batch = await self._collect_batch()
+            task = asyncio.create_task(self._finish_batch(batch, slots), name="clip-batch-write")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _collect_batch(self) -> list[_Prepared]:
+        """Up to a full batch; a partial one after the deadline, but only for an idle encoder.
+
+        A partial batch sent while the encoder is busy would only wait there, and small batches
+        cost far more per image (4x at batch 4 than at 16 on CPU, benchmarks/RESULTS.md).
+        """
+        batch = [await self._prepared.get()]
+        deadline = time.monotonic() + self.batch_deadline_s
+        while len(batch) < self.batch_size:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 and self._encoder_idle.is_set():
+                break
+            item = await self._next_prepared(None if timeout <= 0 else timeout)
+            if item is not None:
+                batch.append(item)
+        return batch
+
+    async def _next_prepared(self, wait_s: float | None) -> _Prepared | None:
+        """The next prepared image, or None at the timeout or when the encoder falls idle."""
+        getter = asyncio.ensure_future(self._prepared.get())
+        idle = asyncio.ensure_future(self._encoder_idle.wait())
+        try:
+            await asyncio.wait((getter, idle), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            # A cancelled Queue.get leaves its item in the queue; a finished one has it for us.
+            getter.cancel()
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
+    async def _finish_batch(self, batch: list[_Prepared], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._encode_and_write(batch)
+        except Exception:
+            log.exception("unexpected error encoding a batch of %d images", len(batch))
+            self.counters.failed["internal"] += len(batch)
+        finally:
+            slots.release()
+            self._done(len(batch))
 
     async def _encode_and_write(self, batch: list[_Prepared]) -> None:
         started = time.monotonic()
-        vectors = await self.encoder.encode_images(np.stack([item.pixels for item in batch]))
+        self._encoding += 1
+        self._encoder_idle.clear()
+        try:
+            vectors = await self.encoder.encode_images(np.stack([item.pixels for item in batch]))
+        finally:
+            self._encoding -= 1
+            if not self._encoding:
+                self._encoder_idle.set()
         records = [
             _record(item.ref, item.content_hash, item.content_type, self.model_id, vector)
             for item, vector in zip(batch, vectors, strict=True)

@@ -88,15 +88,17 @@ class _Gated:
 
     def __init__(self, encoder: Encoder) -> None:
         self.inner = encoder
-        self.model_id, self.dim = encoder.model_id, encoder.dim
+        self.model_id, self.dim, self.spec = encoder.model_id, encoder.dim, encoder.spec
         self.default_batch_size = encoder.default_batch_size
         self.gate = threading.Event()
         self.calls: list[str] = []
+        self.sizes: list[int] = []
 
     def encode_images(self, batch):
         if not self.calls:
             self.gate.wait(10)
         self.calls.append("images")
+        self.sizes.append(len(batch))
         return self.inner.encode_images(batch)
 
     def encode_texts(self, texts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 
@@ -58,16 +59,16 @@ async def host():
     await runner.cleanup()
 
 
-@pytest.fixture
-async def pipeline(tiny_encoder, store):
-    service = EncoderService(tiny_encoder)
+@contextlib.asynccontextmanager
+async def running_pipeline(encoder, store):
+    service = EncoderService(encoder)
     async with aiohttp.ClientSession() as http:
         fetcher = Fetcher(http, max_bytes=200_000, timeout_s=5, retries=2, backoff_s=0.01)
         pipe = IndexingPipeline(
             fetcher=fetcher,
             encoder=service,
             store=store,
-            spec=tiny_encoder.spec,
+            spec=encoder.spec,
             max_pixels=10_000_000,
             batch_size=4,
             batch_deadline_s=0.02,
@@ -75,9 +76,17 @@ async def pipeline(tiny_encoder, store):
             fetch_workers=3,
         )
         await pipe.start()
+        try:
+            yield pipe
+        finally:
+            await pipe.close()
+            await service.close()
+
+
+@pytest.fixture
+async def pipeline(tiny_encoder, store):
+    async with running_pipeline(tiny_encoder, store) as pipe:
         yield pipe
-        await pipe.close()
-    await service.close()
 
 
 def ref(host: ImageHost, name: str, message_id: int, **overrides) -> ImageRef:
@@ -264,3 +273,24 @@ async def test_images_in_flight_are_not_written_once_deleted_or_refused(host, pi
     assert pipeline.counters.discarded == 2
     assert await store.known_keys(500) and await store.known_keys(503)
     assert not await store.known_keys(501) and not await store.known_keys(502)
+
+
+async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encoder):
+    """A lone image goes after the deadline; images arriving behind a busy encoder wait to form
+    a full batch (small batches cost far more per image) instead of leaving at the deadline."""
+    from tests.test_encoder import _Gated
+
+    gated = _Gated(tiny_encoder)
+    for i in range(5):
+        host.files[f"b{i}.png"] = (png_bytes(draw("red", "square", rng=600 + i)), "image/png")
+    async with running_pipeline(gated, store) as pipe:
+        await pipe.submit([ref(host, "b0.png", 600)])
+        await asyncio.sleep(0.3)  # b0 alone, held at the encoder
+        await pipe.submit([ref(host, f"b{i}.png", 600 + i) for i in (1, 2, 3)])
+        await asyncio.sleep(0.3)  # 15 deadlines of 20 ms pass with 3 images waiting
+        await pipe.submit([ref(host, "b4.png", 604)])
+        await asyncio.sleep(0.1)
+        gated.gate.set()
+        await pipe.join()
+        assert gated.sizes == [1, 4]
+        assert pipe.counters.indexed == 5 and await store.count(guild_id=1) == 5
