@@ -115,3 +115,35 @@ async def loop_lag(
 
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far per role: the model (its Python thread and torch's native workers),
+    decoding, the event loop, other. Linux only (/proc); empty elsewhere."""
+    import os
+    import threading
+
+    roles = {str(t.native_id): t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = roles.get(tid)
+        if name is None or name == "clip-encoder":
+            role = "model"  # torch's OpenMP workers are not Python threads
+        elif name.startswith("clip-decode"):
+            role = "decode"
+        elif name == "MainThread":
+            role = "event loop"
+        else:
+            role = "other"
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
