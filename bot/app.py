@@ -20,6 +20,7 @@ from retrieval.errors import ConfigError
 from retrieval.fetch import Fetcher
 from retrieval.pipeline import IndexingPipeline
 from retrieval.policy import IndexPolicy
+from retrieval.reindex import adopt_model
 from retrieval.store import open_store
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     pipeline=pipeline,
                     policy=policy,
                 )
+                bot.reindexing = await adopt_model(engine, store, encoder.model_id)
                 async with bot:
                     yield bot
             finally:

@@ -70,6 +70,8 @@ class ClipfindBot(commands.Bot):
         self.policy = policy
         # Set by the backfill cog while it runs; read by the status command.
         self.backfill_progress: BackfillProgress | None = None
+        # Rows per other model left from before a model switch (see retrieval/reindex.py).
+        self.reindexing: dict[str, int] = {}
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

@@ -28,6 +28,13 @@ async def status_text(bot: ClipfindBot, guild_id: int) -> str:
     if pipeline.failed:
         reasons = ", ".join(f"{reason} {n}" for reason, n in pipeline.failed.most_common())
         lines.append(f"**Skipped images:** {reasons}")
+    if bot.reindexing:
+        left = await bot.store.count(guild_id=guild_id) - indexed_here
+        if left:
+            lines.append(
+                f"**Re-indexing for the new model:** {left} images here still to do; "
+                "searches find them once they are done"
+            )
     progress = getattr(bot, "backfill_progress", None)
     if progress is not None:
         lines.append(f"**History backfill:** {progress}")

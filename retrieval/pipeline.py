@@ -219,7 +219,8 @@ class IndexingPipeline:
         """Returns True when the image went on to the batcher (which then finishes it)."""
         if not self._admitted(ref):
             return False
-        if ref.image_key in await self._with_store(self.store.known_keys, ref.message_id):
+        known = await self._with_store(self.store.known_keys, ref.message_id, self.model_id)
+        if ref.image_key in known:
             self.counters.already_known += 1
             return False
         data = await self.fetcher.fetch(ref.url, declared_size=ref.size)

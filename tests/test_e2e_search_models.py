@@ -1,8 +1,10 @@
-"""Models and help: a multilingual model can be configured, vectors of another model are reported
-and never searched, and `/clipfind help` plus every description explain the commands."""
+"""Models and help: a multilingual model can be configured, a model switch re-indexes history
+(another model's vectors are never searched), and `/clipfind help` plus every description
+explain the commands."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from retrieval.store import ImageRecord, open_store
 from tests.e2e import bot_settings, running_bot, settled
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
+from tests.tinyclip import CHECKPOINT_PATH
 
 MULTILINGUAL = ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
 MULTILINGUAL_ID = "/".join(MULTILINGUAL)
@@ -40,7 +43,7 @@ def test_the_multilingual_model_is_accepted_and_offline_says_what_to_do(tiny_enc
     assert MULTILINGUAL_ID in message and tiny_encoder.model_id != MULTILINGUAL_ID
 
 
-async def test_vectors_of_another_model_are_reported_at_start_and_never_searched(tmp_path, caplog):
+async def test_vectors_of_another_model_are_never_searched_and_go_once_re_read(tmp_path, caplog):
     async with FakeDiscord() as fd:
         settings = bot_settings(fd, tmp_path)
         guild = fd.add_guild("Switched")
@@ -56,11 +59,13 @@ async def test_vectors_of_another_model_are_reported_at_start_and_never_searched
         finally:
             await engine.dispose()
 
-        caplog.set_level(logging.WARNING, logger="bot.cogs.search")
+        caplog.set_level(logging.WARNING, logger="retrieval.reindex")
         async with running_bot(settings, fd) as bot:
-            warned = [r.getMessage() for r in caplog.records if "another model" in r.getMessage()]
-            assert len(warned) == 1
-            assert f"1 from {MULTILINGUAL_ID}" in warned[0] and "fresh DATABASE_URL" in warned[0]
+            warned = [r.getMessage() for r in caplog.records if "re-indexing" in r.getMessage()]
+            assert len(warned) == 1 and f"1 from {MULTILINGUAL_ID}" in warned[0]
+            await backfilled(bot)
+            # Its message is not in the channel's history: nothing to re-encode, so it went.
+            assert await bot.store.model_counts() == {}
 
             posted = await fd.post_message(
                 general, lena, "", attachments=[picture("green", "star", 1)]
@@ -68,6 +73,73 @@ async def test_vectors_of_another_model_are_reported_at_start_and_never_searched
             await settled(bot, fd)
             reply = await find(fd, guild, general, lena, "a green star", count=10)
             assert result_ids(reply) == [posted.id]
+
+
+async def test_a_model_switch_re_indexes_history_once(tmp_path, caplog):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Upgraded")
+        general = guild.add_text_channel("general")
+        cats = guild.add_thread(general, "cats", archived=True)
+        lena = guild.add_member("lena")
+        posts = [
+            fd.add_history_message(where, lena, "", attachments=[picture(c, s, i)])
+            for i, (where, c, s) in enumerate(
+                [(general, "red", "circle"), (general, "blue", "square"), (cats, "green", "star")]
+            )
+        ]
+        trained = bot_settings(fd, tmp_path)
+        async with running_bot(trained, fd) as bot:
+            await backfilled(bot)
+            first = bot.encoder.model_id
+            assert await bot.store.model_counts() == {first: 3}
+        await fd.delete_message(posts[1], dispatch=False)  # gone while the bot was down
+
+        switched = bot_settings(
+            fd, tmp_path, clip_pretrained=str(same_weights_other_file(tmp_path))
+        )
+        since = len(fd.requests)
+        async with running_bot(switched, fd) as bot:
+            second = bot.encoder.model_id
+            assert second != first and bot.reindexing == {first: 3}
+            status = await fd.invoke_slash(guild, general, lena, ("clipfind", "status"))
+            assert "Re-indexing" in (await status.wait_reply())["content"]
+            await backfilled(bot)
+            # Same rows, new vectors; the deleted message's old vector did not survive.
+            assert await bot.store.model_counts() == {second: 2}
+            assert await bot.store.known_keys(posts[2].id, second) == {posts[2].attachments[0].id}
+            reply = await find(fd, guild, general, lena, "a red circle", count=1)
+            assert result_ids(reply) == [posts[0].id]
+        assert history_read(fd, since) == {general.id, cats.id}  # everything read again
+
+        since = len(fd.requests)
+        async with running_bot(switched, fd) as bot:
+            await backfilled(bot)
+            assert bot.reindexing == {} and await bot.store.model_counts() == {second: 2}
+        assert history_read(fd, since) == set()  # caught up: the re-index is not done twice
+
+
+def history_read(fd: FakeDiscord, since: int) -> set[int]:
+    """Channels whose message history the bot asked for since request ``since``."""
+    return {
+        int(r.path.split("/")[2])
+        for r in fd.requests[since:]
+        if r.method == "GET" and r.path.endswith("/messages")
+    }
+
+
+def same_weights_other_file(tmp_path):
+    """The tiny model's weights saved again in fp32: other bytes, so another model id, and the
+    same answers (fp16 values are exact in fp32)."""
+    import torch
+
+    state = torch.load(CHECKPOINT_PATH, weights_only=True)
+    path = tmp_path / "tiny-clip-fp32.pt"
+    torch.save({k: v.float() for k, v in state.items()}, path)
+    return path
+
+
+async def backfilled(bot) -> None:
+    await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
 
 
 def foreign_record(guild_id: int, channel_id: int, author_id: int, vector) -> ImageRecord:

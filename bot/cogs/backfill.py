@@ -78,6 +78,8 @@ class Backfill(commands.Cog):
     async def cog_load(self) -> None:
         if not self.bot.settings.backfill:
             log.info("history backfill is off (BACKFILL=false)")
+            if self.bot.reindexing:
+                log.warning("the model changed, but only BACKFILL=true re-indexes history")
             self._idle.set()
             return
         self.bot.backfill_progress = self.progress
@@ -268,6 +270,9 @@ class Backfill(commands.Cog):
             await self.cursors.save(cursor)
         walk.cursor = cursor
         finished = walk.caught_up and not cursor.wants_older(floor)
+        if finished and self.bot.reindexing:
+            # Whatever the walk re-encoded has its new vector; the rest is gone from Discord.
+            await self.bot.store.delete_other_models(channel.id, self.bot.encoder.model_id)
         if not finished:
             log.info(
                 "backfill: %s: %d messages read, %d images submitted so far",

@@ -61,26 +61,9 @@ class Search(commands.Cog):
     async def cog_load(self) -> None:
         # Context menus cannot live inside a cog class; the cog adds and removes its own.
         self.bot.tree.add_command(self.similar_menu)
-        await self._report_other_models()
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(SIMILAR, type=discord.AppCommandType.message)
-
-    async def _report_other_models(self) -> None:
-        """Vectors of another model are never searched; say so once, with what to do."""
-        current = self.bot.encoder.model_id
-        others = {m: n for m, n in (await self.bot.store.model_counts()).items() if m != current}
-        if others:
-            listed = ", ".join(f"{n} from {model}" for model, n in sorted(others.items()))
-            log.warning(
-                "%d indexed images were encoded by another model (%s) and are not searched "
-                "with %s. Set CLIP_MODEL/CLIP_PRETRAINED back to search them, or re-index with "
-                "this model by starting on a fresh DATABASE_URL (backfill then reads all history "
-                "again).",
-                sum(others.values()),
-                listed,
-                current,
-            )
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

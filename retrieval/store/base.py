@@ -69,8 +69,9 @@ class VectorStore(Protocol):
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
         """Insert or replace by (message_id, image_key); returns rows written."""
 
-    async def known_keys(self, message_id: int) -> set[int]:
-        """Image keys already stored for a message (lets re-delivery skip the download)."""
+    async def known_keys(self, message_id: int, model_id: str | None = None) -> set[int]:
+        """Image keys already stored for a message, by any model or by ``model_id`` (lets
+        re-delivery skip the download, and a re-index redo only what another model encoded)."""
 
     async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
         """A stored vector of the same bytes under the same model, so they are encoded once."""
@@ -104,6 +105,9 @@ class VectorStore(Protocol):
         """Remove a message's images whose keys are not in ``keep_keys`` (an edit removed them)."""
 
     async def delete_channels(self, channel_ids: Collection[int]) -> int: ...
+
+    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
+        """A channel's rows of models other than ``model_id`` (after its re-index)."""
 
     async def delete_guild(self, guild_id: int) -> int: ...
 

@@ -81,8 +81,10 @@ class SharedReads:
         async with self._reader() as conn:
             return (await conn.execute(stmt)).scalar_one_or_none()
 
-    async def known_keys(self, message_id: int) -> set[int]:
+    async def known_keys(self, message_id: int, model_id: str | None = None) -> set[int]:
         stmt = select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
+        if model_id is not None:
+            stmt = stmt.where(IndexedImage.model_id == model_id)
         return {row.image_key for row in await self._rows(stmt)}
 
     async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:

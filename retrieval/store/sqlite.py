@@ -175,6 +175,11 @@ class SqliteVectorStore(SharedReads):
     async def delete_channels(self, channel_ids: Collection[int]) -> int:
         return await self._delete_in(IndexedImage.channel_id, channel_ids)
 
+    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
+        return await self._delete_where(
+            IndexedImage.channel_id == channel_id, IndexedImage.model_id != model_id
+        )
+
     async def delete_guild(self, guild_id: int) -> int:
         removed = await self._delete_where(IndexedImage.guild_id == guild_id)
         for key in [key for key in self._matrices if key[0] == guild_id]:

@@ -1,0 +1,57 @@
+"""A model switch: cursors start over once, vectors are replaced in place, leftovers go."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from retrieval.backfill import BackfillCursors, Cursor
+from retrieval.reindex import adopt_model
+from retrieval.store import SearchScope
+from tests.test_store import MODEL, record, unit
+
+NEW = "tiny-clip/file-000000000000"
+
+
+async def test_switching_models_restarts_backfill_once(store, store_engine, caplog):
+    cursors = BackfillCursors(store_engine)
+    done = Cursor(channel_id=10, guild_id=1, oldest_id=1, newest_id=9, complete=True)
+    rng = np.random.default_rng(1)
+
+    assert await adopt_model(store_engine, store, MODEL) == {}  # a new index: nothing to redo
+    await store.upsert([record(i, unit(rng)) for i in range(3)])
+    await cursors.save(done)
+    assert await adopt_model(store_engine, store, MODEL) == {}  # same model again
+    assert await cursors.get(10) == done
+
+    caplog.set_level(logging.WARNING, logger="retrieval.reindex")
+    assert await adopt_model(store_engine, store, NEW) == {MODEL: 3}
+    assert await cursors.get(10) is None  # every channel is read again
+    assert "re-indexing 3 images" in caplog.text
+
+    # Restarted in the middle of the re-index: the walk resumes, it does not start over.
+    partly = Cursor(channel_id=10, guild_id=1, newest_id=9, oldest_id=5)
+    await cursors.save(partly)
+    assert await adopt_model(store_engine, store, NEW) == {MODEL: 3}
+    assert await cursors.get(10) == partly
+
+
+async def test_reencoded_rows_change_model_in_place_and_the_rest_can_go(store):
+    rng = np.random.default_rng(2)
+    old = [record(i, unit(rng), channel_id=10) for i in range(3)]
+    await store.upsert(old)
+    assert await store.known_keys(old[0].message_id, NEW) == set()
+    assert await store.known_keys(old[0].message_id) == {old[0].image_key}
+
+    fresh = record(0, unit(rng), channel_id=10, model_id=NEW)
+    await store.upsert([fresh])
+    assert await store.known_keys(fresh.message_id, NEW) == {fresh.image_key}
+    assert await store.model_counts() == {MODEL: 2, NEW: 1}  # replaced, not added
+
+    elsewhere = record(7, unit(rng), channel_id=11)
+    await store.upsert([elsewhere])
+    assert await store.delete_other_models(10, NEW) == 2
+    assert await store.model_counts() == {NEW: 1, MODEL: 1}  # the other channel waits its turn
+    hits = await store.search(fresh.embedding, scope=SearchScope(guild_id=1, model_id=NEW), k=5)
+    assert [h.message_id for h in hits] == [fresh.message_id]
