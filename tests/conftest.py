@@ -14,6 +14,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import pytest_asyncio  # noqa: E402
 
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
@@ -24,6 +25,15 @@ def tiny_encoder():
     from retrieval.encoder import Encoder
 
     return Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def world(tmp_path_factory):
+    """(stand-in, running bot), shared by the tests of one end-to-end module."""
+    from tests.e2e import bot_world
+
+    async with bot_world(tmp_path_factory.mktemp("db")) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="session")

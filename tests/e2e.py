@@ -46,6 +46,13 @@ async def running_bot(settings: Settings, fd: FakeDiscord) -> AsyncIterator[Clip
                 await task
 
 
+@contextlib.asynccontextmanager
+async def bot_world(db_dir: Path, **fake_options) -> AsyncIterator[tuple[FakeDiscord, ClipfindBot]]:
+    """A Discord stand-in with the bot running against it on a fresh database."""
+    async with FakeDiscord(**fake_options) as fd, running_bot(bot_settings(fd, db_dir), fd) as bot:
+        yield fd, bot
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
     """Wait until ``check()`` holds: the bot works on events in its own time."""
     deadline = time.monotonic() + within

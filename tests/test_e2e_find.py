@@ -6,24 +6,15 @@ import logging
 import re
 
 import pytest
-import pytest_asyncio
 
 from bot.app import INTENT_REFUSED, run
 from bot.cogs.search import NO_MATCH, NOTHING_INDEXED
-from tests.e2e import bot_settings, eventually, running_bot, settled
+from tests.e2e import bot_settings, eventually, settled
 from tests.fakediscord import FakeDiscord, Overwrite, P
 from tests.search_helpers import JUMP, picture
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(tmp_path_factory):
-    async with FakeDiscord() as fd:
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
-        async with running_bot(settings, fd) as bot:
-            yield fd, bot
 
 
 async def find(fd, guild, channel, member, query: str, **options) -> dict:

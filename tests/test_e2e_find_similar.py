@@ -9,8 +9,8 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.cogs.search import NO_IMAGE, SIMILAR
-from tests.e2e import bot_settings, running_bot, settled
-from tests.fakediscord import Attachment, FakeDiscord
+from tests.e2e import bot_world, settled
+from tests.fakediscord import Attachment
 from tests.search_helpers import picture, result_ids
 from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
 
@@ -23,14 +23,12 @@ pytestmark = [
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def world(tmp_path_factory):
-    async with FakeDiscord() as fd:
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
-        async with running_bot(settings, fd) as bot:
-            guild = fd.add_guild("Lookalikes")
-            general = guild.add_text_channel("general")
-            kim, robot = guild.add_member("kim"), guild.add_member("robot", bot=True)
-            await fd.wait_ready()
-            yield fd, bot, guild, general, kim, robot
+    async with bot_world(tmp_path_factory.mktemp("db")) as (fd, bot):
+        guild = fd.add_guild("Lookalikes")
+        general = guild.add_text_channel("general")
+        kim, robot = guild.add_member("kim"), guild.add_member("robot", bot=True)
+        await fd.wait_ready()
+        yield fd, bot, guild, general, kim, robot
 
 
 async def similar(fd, guild, channel, member, message) -> dict:

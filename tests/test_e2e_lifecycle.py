@@ -8,7 +8,6 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import pytest_asyncio
 
 from bot.errors import SORRY
 from tests.e2e import bot_settings, eventually, running_bot, settled
@@ -17,14 +16,6 @@ from tests.search_helpers import picture
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(tmp_path_factory):
-    async with FakeDiscord() as fd:
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
-        async with running_bot(settings, fd) as bot:
-            yield fd, bot
 
 
 def linked(fd: FakeDiscord, colour: str, shape: str, seed: int) -> str:

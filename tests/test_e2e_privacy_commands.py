@@ -4,24 +4,15 @@
 from __future__ import annotations
 
 import pytest
-import pytest_asyncio
 
 from bot.cogs import admin, privacy
-from tests.e2e import bot_settings, eventually, running_bot, settled
-from tests.fakediscord import FakeDiscord, P
+from tests.e2e import eventually, settled
+from tests.fakediscord import P
 from tests.search_helpers import picture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MANAGE_SERVER = int(P.MANAGE_GUILD)
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(tmp_path_factory):
-    async with FakeDiscord() as fd:
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
-        async with running_bot(settings, fd) as bot:
-            yield fd, bot
 
 
 async def run(fd, guild, channel, member, path: str, options: dict | None = None) -> dict:

@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from bot.cogs.search import EMPTY_QUERY, NO_MATCH_FILTERED
 from bot.views import NOT_YOURS
-from tests.e2e import bot_settings, running_bot, settled
+from tests.e2e import bot_settings, bot_world, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.search_helpers import JUMP, find, picture, result_ids
 from tests.tinyclip.shapes import COLOURS, SHAPES, draw, jpeg_bytes, png_bytes
@@ -25,10 +25,9 @@ DAY = 86400.0
 async def world(tmp_path_factory):
     # The stand-in's clock starts two months back, so tests can post "weeks ago" by moving it
     # forward (snowflakes, and so message dates, only move forward).
-    async with FakeDiscord(clock=lambda: time.time() - 60 * DAY) as fd:
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
-        async with running_bot(settings, fd) as bot:
-            yield fd, bot
+    db_dir = tmp_path_factory.mktemp("db")
+    async with bot_world(db_dir, clock=lambda: time.time() - 60 * DAY) as pair:
+        yield pair
 
 
 def days_ago(fd, days: float) -> None:

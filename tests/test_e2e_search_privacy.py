@@ -7,7 +7,6 @@ checks what the member sees in the reply and what remains in the store.
 from __future__ import annotations
 
 import pytest
-import pytest_asyncio
 
 from bot.cogs.search import NO_MATCH
 from retrieval.store import SearchScope
@@ -16,14 +15,6 @@ from tests.fakediscord import FakeDiscord, Overwrite, P
 from tests.search_helpers import find, message_fetches, picture, result_ids
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(tmp_path_factory):
-    async with FakeDiscord() as fd:
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"))
-        async with running_bot(settings, fd) as bot:
-            yield fd, bot
 
 
 async def stored_messages(bot, guild_id: int) -> set[int]:
