@@ -21,7 +21,6 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,43 +35,16 @@ from retrieval.store.postgres import (
     SEARCH_SETTINGS,
     search_statement,
 )
+from tests.records import clustered, exact_top, image_record, near
 
 GUILD, MODEL = 1, "bench-model"
 CHANNELS = 50  # one channel holds 2% of the rows
 BATCH = 500
-DAY0 = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    centres = rng.normal(size=(max(10, n // 100), dim)).astype(np.float32)
-    x = centres[rng.integers(0, len(centres), n)]
-    x += 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
-def queries_near(x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Like a text query: close to some images (cosine ~0.9), on none of them."""
-    noise = rng.normal(size=(count, x.shape[1])).astype(np.float32)
-    q = x[rng.integers(0, len(x), count)] + 0.5 * noise / np.sqrt(x.shape[1])
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def record(i: int, vector: np.ndarray) -> ImageRecord:
-    return ImageRecord(
-        guild_id=GUILD,
-        channel_id=100 + i % CHANNELS,
-        message_id=1_000_000 + i,
-        image_key=i,
-        kind="attachment",
-        author_id=70 + i % 97,
-        posted_at=DAY0 + timedelta(minutes=i),
-        filename=f"img{i}.png",
-        source_url=f"https://cdn.example/attachments/{i}.png",
-        content_type="image/png",
-        content_hash=f"{i:064x}",
-        model_id=MODEL,
-        embedding=vector,
+    return image_record(
+        i, vector, guild_id=GUILD, channels=(100, CHANNELS), authors=97, model_id=MODEL
     )
 
 
@@ -91,13 +63,6 @@ def cases(n: int) -> list[Case]:
         Case("10 channels (20%)", SearchScope(GUILD, MODEL, channel_ids=ten), channel < 10),
         Case("1 channel (2%)", SearchScope(GUILD, MODEL, channel_ids=one), channel == 0),
     ]
-
-
-def exact_top(x: np.ndarray, q: np.ndarray, k: int, keep: np.ndarray | None) -> set[int]:
-    scores = x @ q
-    if keep is not None:
-        scores = np.where(keep, scores, -np.inf)
-    return {int(i) for i in np.argpartition(-scores, k)[:k]}
 
 
 @contextlib.asynccontextmanager
@@ -144,11 +109,11 @@ async def measure(store: VectorStore, x, queries, k: int) -> dict:
         for q in queries:
             seconds, hits = await timed(store.search, q, scope=case.scope, k=k)
             latencies.append(seconds * 1000)
-            truth = exact_top(x, q, k, case.keep)
+            truth = set(exact_top(x, q, k, case.keep))
             recalls.append(len({h.image_key for h in hits} & truth) / k)
         out[case.name] = (np.percentile(latencies, 50), np.percentile(latencies, 95), recalls)
     # Incremental inserts once the guild is live (matrix loaded / HNSW index maintained).
-    extra = clustered(1000, x.shape[1], np.random.default_rng(99))
+    extra = clustered(1000, x.shape[1], np.random.default_rng(99), clusters=10)
     started = time.perf_counter()
     for start in range(0, len(extra), 100):
         await store.upsert(
@@ -206,8 +171,8 @@ def report(n: int, dim: int, k: int, sqlite: dict, pg: dict, pg_plans: list[str]
 
 async def main(n: int, dim: int, count: int, k: int, shared_buffers: str) -> None:
     rng = np.random.default_rng(0)
-    x = clustered(n, dim, rng)
-    queries = queries_near(x, count, rng)
+    x = clustered(n, dim, rng, clusters=max(10, n // 100))
+    queries = near(x, rng, count)
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")

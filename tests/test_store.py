@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pytest
 
-from retrieval.store import ImageRecord, SearchScope
-
-MODEL = "test-model"
-DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
+from retrieval.store import SearchScope
+from tests.records import DAY0, MODEL, exact_top
+from tests.records import image_record as record
 
 
 def unit(rng: np.random.Generator, dim: int = 16) -> np.ndarray:
     v = rng.normal(size=dim).astype(np.float32)
     return v / np.linalg.norm(v)
-
-
-def record(i: int, vector: np.ndarray, **overrides) -> ImageRecord:
-    values = dict(
-        guild_id=1,
-        channel_id=10 + i % 3,
-        message_id=1000 + i,
-        image_key=5000 + i,
-        kind="attachment",
-        author_id=70 + i % 2,
-        posted_at=DAY0 + timedelta(days=i),
-        filename=f"img{i}.png",
-        source_url=f"https://cdn.example/attachments/{i}.png",
-        content_type="image/png",
-        content_hash=f"hash{i}",
-        model_id=MODEL,
-        embedding=vector,
-    )
-    values.update(overrides)
-    return ImageRecord(**values)
 
 
 @pytest.fixture
@@ -48,11 +27,6 @@ def vectors():
 async def filled(store, vectors):
     await store.upsert([record(i, v) for i, v in enumerate(vectors)])
     return store
-
-
-def exact_top(vectors, query, k, keep=lambda i: True):
-    scores = [(float(v @ query), i) for i, v in enumerate(vectors) if keep(i)]
-    return [i for _, i in sorted(scores, reverse=True)[:k]]
 
 
 async def test_search_is_exact_and_ordered(filled, vectors):
@@ -76,7 +50,8 @@ async def test_filters_apply_inside_the_search(filled, vectors):
     query = vectors[0]
     scope = SearchScope(guild_id=1, model_id=MODEL, channel_ids=frozenset({11}), author_id=71)
     hits = await filled.search(query, scope=scope, k=4)
-    expected = exact_top(vectors, query, 4, keep=lambda i: 10 + i % 3 == 11 and 70 + i % 2 == 71)
+    keep = np.array([10 + i % 3 == 11 and 70 + i % 2 == 71 for i in range(len(vectors))])
+    expected = exact_top(vectors, query, 4, keep)
     assert [h.message_id - 1000 for h in hits] == expected
     assert len(hits) == 4
     dated = SearchScope(
@@ -178,7 +153,8 @@ async def test_a_message_can_be_left_out_and_k_still_fills(filled, vectors):
     query = vectors[6]
     scope = SearchScope(guild_id=1, model_id=MODEL, exclude_message_id=1006)
     hits = await filled.search(query, scope=scope, k=5)
-    assert [h.message_id - 1000 for h in hits] == exact_top(vectors, query, 5, lambda i: i != 6)
+    others = np.arange(len(vectors)) != 6
+    assert [h.message_id - 1000 for h in hits] == exact_top(vectors, query, 5, others)
 
 
 async def test_stored_vectors_by_row_and_by_message(filled, vectors):
@@ -188,7 +164,7 @@ async def test_stored_vectors_by_row_and_by_message(filled, vectors):
         np.testing.assert_allclose(found[h.row_id], vectors[h.message_id - 1000], atol=1e-6)
     assert await filled.vectors([]) == {}
     ((key, vector),) = (await filled.message_vectors(1002, MODEL)).items()
-    assert key == 5002
+    assert key == 2  # image key of row 2, not its message id
     np.testing.assert_allclose(vector, vectors[2], atol=1e-6)
     assert await filled.message_vectors(1002, "another-model") == {}
 

@@ -5,7 +5,7 @@ The behaviour both stores share is in test_store.py, which runs on both database
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -20,12 +20,12 @@ from retrieval.store.postgres import (
     index_name,
     search_statement,
 )
+from tests.records import clustered, exact_top, image_record, near
 
 MODEL = "ViT-B-32/laion2b"
 DIM = 512  # CLIP's size; at 64 dims the planner rightly prefers a seq scan over 2000 rows
 N = 2000
 CHANNELS = 50  # one channel holds 2% of the rows
-DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Leave the planner only the HNSW scan (every alternative needs a sort or a heap scan).
 FORCE_INDEX = (
     "SELECT set_config('enable_seqscan', 'off', true),"
@@ -34,44 +34,10 @@ FORCE_INDEX = (
 )
 
 
-def clustered(n: int, dim: int, rng: np.random.Generator, clusters: int = 40) -> np.ndarray:
-    """Unit vectors around random centres: like CLIP embeddings, unlike iid noise (HNSW's worst
-    case, FACTS.md)."""
-    centres = rng.normal(size=(clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def near(x: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
-    """Like a text query: close to some images (cosine ~0.9), on none of them."""
-    noise = rng.normal(size=(count, x.shape[1])) / np.sqrt(x.shape[1])
-    q = x[rng.integers(0, len(x), count)] + 0.5 * noise
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-
-
 def record(i: int, vector: np.ndarray, model_id: str = MODEL) -> ImageRecord:
-    return ImageRecord(
-        guild_id=1,
-        channel_id=100 + i % CHANNELS,
-        message_id=10_000 + i,
-        image_key=i,
-        kind="attachment",
-        author_id=70 + i % 7,
-        posted_at=DAY0 + timedelta(hours=i),
-        filename=f"img{i}.png",
-        source_url=f"https://cdn.example/attachments/{i}.png",
-        content_type="image/png",
-        content_hash=f"hash{i}",
-        model_id=model_id,
-        embedding=vector,
+    return image_record(
+        i, vector, channels=(100, CHANNELS), authors=7, step=timedelta(hours=1), model_id=model_id
     )
-
-
-def exact_top(x: np.ndarray, query: np.ndarray, k: int, keep: np.ndarray | None = None) -> list:
-    scores = x @ query
-    if keep is not None:
-        scores = np.where(keep, scores, -np.inf)
-    return [int(i) for i in np.argsort(-scores)[:k]]
 
 
 async def explain(conn, stmt) -> str:
