@@ -230,7 +230,18 @@ class ResultPager:
         if not reposts or self._screen is None:
             return groups
         ok = dict(zip((h.row_id for h in reposts), await self._screen(reposts), strict=True))
-        return [ResultGroup(g.hit, tuple(h for h in g.reposts if ok[h.row_id])) for g in groups]
+        screened = [ResultGroup(g.hit, tuple(h for h in g.reposts if ok[h.row_id])) for g in groups]
+        return list(await asyncio.gather(*(self._live_earliest(g) for g in screened)))
+
+    async def _live_earliest(self, group: ResultGroup) -> ResultGroup:
+        """The earliest repost gets a link, so it must still exist: one deleted while the bot
+        was offline is dropped (the check also deletes its vector) and the next one tried."""
+        while (earliest := group.earliest) is not group.hit:
+            (ok,) = await self._confirm([earliest])
+            if ok:
+                break
+            group = ResultGroup(group.hit, tuple(h for h in group.reposts if h is not earliest))
+        return group
 
     async def _refill(self) -> bool:
         """Fetch more candidates; False when the store has nothing new to give."""

@@ -1,4 +1,5 @@
-"""End to end: images posted while the bot was not running are read from history and indexed."""
+"""End to end: what happened while the bot was not running: history is read and indexed, and
+what was deleted meanwhile is never linked."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from bot.cogs.backfill import PAGE, PAGES_PER_TURN
 from retrieval.backfill import BackfillCursors
 from retrieval.db import create_engine, ensure_schema
 from retrieval.policy import IndexPolicy
-from tests.e2e import bot_settings, eventually, running_bot
-from tests.fakediscord import DEFAULT_BOT, FakeDiscord, Overwrite, P
+from tests.e2e import bot_settings, eventually, running_bot, settled
+from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
 from tests.search_helpers import picture
 from tests.tinyclip.shapes import draw, png_bytes
 
@@ -246,3 +247,25 @@ async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog)
 
 async def _served_all(faults) -> bool:
     return all(f.served for f in faults)
+
+
+async def test_an_earliest_repost_deleted_while_offline_is_not_linked(tmp_path):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Reposts gone")
+        memes = guild.add_text_channel("memes")
+        ida = guild.add_member("ida")
+        picture_bytes = png_bytes(draw("yellow", "circle", size=160, rng=88))
+        same = Attachment("moon.png", picture_bytes, "image/png")
+        settings = bot_settings(fd, tmp_path)
+        async with running_bot(settings, fd) as bot:
+            posts = [await fd.post_message(memes, ida, "", attachments=[same]) for _ in range(3)]
+            await settled(bot, fd)
+        await fd.delete_message(posts[0], dispatch=False)  # while the bot was down
+
+        async with running_bot(settings, fd) as bot:
+            reply = await find(fd, guild, memes, ida, "a yellow circle", count=1)
+            top = reply["embeds"][0]["description"]
+            links = {int(m.group(3)) for m in JUMP.finditer(top)}
+            # The live first copy is linked as the earliest, or shown and marked so.
+            assert posts[1].id in links and posts[0].id not in links and "earliest" in top
+            assert await bot.store.known_keys(posts[0].id) == set()  # its vector went too
