@@ -2,12 +2,14 @@
 
 The index files a thread's images under the thread's own id and keeps no parent. The client's
 cache knows active threads only; for any other id that has stored images, Discord is asked. That
-is one request per unknown id, paid only when a channel is deleted or excluded.
+is one request per unknown id, paid when a channel is deleted or excluded, and once per start
+for the ids backfill's listings did not name (see Lifecycle's sweep).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,9 +30,10 @@ class Survey:
         return {thread for thread, parent in self.parent_of.items() if parent == channel_id}
 
 
-async def survey(bot: ClipfindBot, guild: discord.Guild) -> Survey:
+async def survey(bot: ClipfindBot, guild: discord.Guild, *, exists: Collection[int] = ()) -> Survey:
+    """``exists``: ids known to exist from elsewhere (backfill's thread listings), not asked."""
     found = Survey({thread.id: thread.parent_id for thread in guild.threads})
-    known = found.parent_of.keys() | {channel.id for channel in guild.channels}
+    known = found.parent_of.keys() | {channel.id for channel in guild.channels} | set(exists)
     for channel_id in await bot.store.channel_ids(guild_id=guild.id) - known:
         try:
             channel = await bot.fetch_channel(channel_id)

@@ -269,3 +269,40 @@ async def test_an_earliest_repost_deleted_while_offline_is_not_linked(tmp_path):
             # The live first copy is linked as the earliest, or shown and marked so.
             assert posts[1].id in links and posts[0].id not in links and "earliest" in top
             assert await bot.store.known_keys(posts[0].id) == set()  # its vector went too
+
+
+async def test_channels_and_threads_deleted_while_offline_leave_no_vectors(tmp_path):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Tidy")
+        doomed, kept = guild.add_text_channel("doomed"), guild.add_text_channel("kept")
+        old_thread = guild.add_thread(kept, "old", archived=True)
+        live_thread = guild.add_thread(kept, "still here", archived=True)
+        orphan = guild.add_thread(doomed, "goes with its channel", archived=True)
+        jo = guild.add_member("jo")
+        for seed, where in enumerate([doomed, kept, old_thread, live_thread, orphan]):
+            fd.add_history_message(where, jo, "", attachments=[picture("red", "square", seed)])
+        settings = bot_settings(fd, tmp_path)
+        async with running_bot(settings, fd) as bot:
+            await backfilled(bot)
+            assert await bot.store.count(guild_id=guild.id) == 5
+        await fd.delete_channel(doomed, dispatch=False)
+        await fd.delete_thread(old_thread, dispatch=False)
+
+        since = len(fd.requests)
+        async with running_bot(settings, fd) as bot:
+            gone = {doomed.id, old_thread.id, orphan.id}
+
+            async def swept() -> bool:
+                return await bot.store.channel_ids(guild_id=guild.id) == {
+                    kept.id,
+                    live_thread.id,
+                }
+
+            await eventually(swept)
+            assert (
+                not {c.channel_id for c in await BackfillCursors(bot.engine).in_guild(guild.id)}
+                & gone
+            )
+        asked = {r.path for r in fd.requests[since:] if r.method == "GET"}
+        assert f"/channels/{old_thread.id}" in asked  # unknown ids are asked about ...
+        assert f"/channels/{live_thread.id}" not in asked  # ... not those backfill listed

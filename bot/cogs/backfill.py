@@ -101,6 +101,11 @@ class Backfill(commands.Cog):
         self.progress.running = False
         self.bot.backfill_progress = None
 
+    @property
+    def seen_channels(self) -> frozenset[int]:
+        """Every channel and thread scheduled this session: each existed when listed."""
+        return frozenset(self._seen)
+
     async def wait_idle(self) -> None:
         """Wait until every channel known so far was read and its images were processed."""
         await self._idle.wait()

@@ -1,7 +1,8 @@
 """Lifecycle: what is deleted on Discord is deleted from the index.
 
-Messages (one, in bulk, or images edited out), channels with their threads, threads, and whole
-servers once the bot is removed (after GUILD_PURGE_GRACE_HOURS). Raw events throughout, so
+Messages (one, in bulk, or images edited out), channels with their threads, threads (also when
+deleted while the bot was offline), and whole servers once the bot is removed (after
+GUILD_PURGE_GRACE_HOURS). Raw events throughout, so
 messages and threads the client never cached are handled too.
 
 A member leaving changes nothing: their images stay part of the channels' history, as their
@@ -23,6 +24,7 @@ from discord.ext import commands, tasks
 from bot.erasure import Eraser
 from bot.refs import image_refs
 from bot.threads import survey
+from retrieval.backfill import BackfillCursors
 from retrieval.departures import Departures
 from retrieval.state import get_state, set_state
 
@@ -43,12 +45,15 @@ class Lifecycle(commands.Cog):
         # A mass clean-up deletes channels by the dozen; one survey at a time per guild, each
         # finding less left to ask about.
         self._surveys: dict[int, asyncio.Lock] = {}
+        self._sweeper: asyncio.Task | None = None
 
     async def cog_load(self) -> None:
         self.purge_loop.start()
 
     async def cog_unload(self) -> None:
         self.purge_loop.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self.eraser.close()
 
     # -- messages ------------------------------------------------------------------------
@@ -146,6 +151,31 @@ class Lifecycle(commands.Cog):
                     log.info("guild %s removed the bot while it was offline", guild_id)
                     await self.departures.record(guild_id, at=now)
         await self.purge_due()
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="lifecycle-sweep")
+
+    async def _sweep(self) -> None:
+        """Channels and threads deleted while the bot was offline sent no event: find them.
+
+        After backfill's first pass, whose listings name every thread that still exists, so
+        Discord is asked only about the ids nothing else accounts for.
+        """
+        backfill = self.bot.get_cog("Backfill")
+        if backfill is not None:
+            await backfill.wait_idle()
+        exists = backfill.seen_channels if backfill is not None else frozenset()
+        for guild in list(self.bot.guilds):
+            try:
+                async with self._surveys.setdefault(guild.id, asyncio.Lock()):
+                    found = await survey(self.bot, guild, exists=exists)
+                if found.gone:
+                    what = f"{len(found.gone)} channels or threads of {guild.id} (while offline)"
+                    await self._forget_channels(found.gone, what=what)
+                    await BackfillCursors(self.bot.engine).forget(found.gone)
+            except Exception:
+                log.exception(
+                    "could not check guild %s for channels deleted while offline", guild.id
+                )
 
     async def _index_is_ours(self) -> bool:
         """A database first filled by another application (a staging token pointed at the
