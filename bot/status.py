@@ -14,7 +14,7 @@ async def status_text(bot: ClipfindBot, guild_id: int) -> str:
     indexed_here = await bot.store.count(guild_id=guild_id, model_id=bot.encoder.model_id)
     lines = [
         f"**Images indexed in this server:** {indexed_here}",
-        f"**Model:** `{bot.encoder.model_id}`",
+        f"**Model:** `{bot.encoder.model_id}`{_runs_on(bot)}",
         (
             f"**Pipeline since start:** {pipeline.indexed} encoded, {pipeline.reused} reposts "
             f"reused, {pipeline.already_known} already known; {bot.pipeline.queued} queued, "
@@ -39,3 +39,9 @@ async def status_text(bot: ClipfindBot, guild_id: int) -> str:
     if progress is not None:
         lines.append(f"**History backfill:** {progress}")
     return "\n".join(lines)
+
+
+def _runs_on(bot: ClipfindBot) -> str:
+    encoder = bot.encoder.encoder
+    precision, device = getattr(encoder, "precision", None), getattr(encoder, "device", None)
+    return f" ({precision} on {device})" if precision and device else ""

@@ -248,7 +248,8 @@ async def test_any_member_sees_help_and_status(world):
     status = await run(fd, guild, general, alice, "clipfind status")
     assert status["flags"] & 64
     assert "**Images indexed in this server:** 2" in status["content"]
-    assert bot.encoder.model_id in status["content"]
+    model = bot.encoder.encoder
+    assert f"`{model.model_id}` ({model.precision} on cpu)" in status["content"]
     assert "History backfill" in status["content"]
     help_text = await run(fd, guild, general, alice, "clipfind help")
     assert "/find" in help_text["content"]
