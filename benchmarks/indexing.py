@@ -6,6 +6,9 @@
    micro-batch → encode → SQLite store, with the event-loop lag measured throughout.
 
     python -m benchmarks.indexing [--images 48] [--model ViT-B-32] [--mix mixed|photos]
+                                  [--precision all|auto|fp32|bf16|fp16] [--device cpu|cuda]
+
+On a GPU (`--device cuda`) the seed way runs there too, and "all" compares fp32 with fp16.
 
 Speed does not depend on weight values, so the model is randomly initialised.
 """
@@ -74,12 +77,13 @@ def make_images(count: int, mix: str = "mixed") -> list[tuple[bytes, str]]:
     return out
 
 
-def seed_way(model: torch.nn.Module, preprocess, images) -> float:
+def seed_way(model: torch.nn.Module, preprocess, images, device: str = "cpu") -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         for data, _ in images:
             picture = Image.open(io.BytesIO(data)).convert("RGB")
-            model.encode_image(preprocess(picture).unsqueeze(0), normalize=True)
+            pixels = preprocess(picture).unsqueeze(0).to(device)
+            model.encode_image(pixels, normalize=True).cpu()  # .cpu() waits for a GPU
     return len(images) / (time.perf_counter() - started)
 
 
@@ -88,7 +92,8 @@ def ceiling(encoder: Encoder, count: int) -> dict[int, float]:
     rng = np.random.default_rng(0)
     pixels = rng.normal(size=(count, 3, encoder.spec.size, encoder.spec.size)).astype(np.float32)
     rates = {}
-    for batch in (1, 4, 8, 16, 32):
+    sizes = (1, 4, 8, 16, 32) + ((64, 128, 256) if encoder.device.type == "cuda" else ())
+    for batch in sizes:
         encoder.encode_images(pixels[:batch])  # warm-up at this shape
         started = time.perf_counter()
         for at in range(0, count - batch + 1, batch):
@@ -133,9 +138,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to check a GPU")
     parser.add_argument(
         "--precision",
-        choices=("all", "auto", "fp32", "bf16"),
+        choices=("all", "auto", "fp32", "bf16", "fp16"),
         default="all",
         help="clipfind's encoder; 'all' measures fp32 and bf16 side by side",
     )
@@ -146,27 +152,32 @@ def main() -> None:
     megapixels = sum(w * h for w, h in sizes) / 1e6 / len(images)
     machine = platform.processor() or platform.machine()
     print(f"{machine}, {os.cpu_count()} cores, torch {torch.__version__}")
+    if args.device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}")
     print(f"{args.model} (random init), {len(images)} images, {megapixels:.1f} MP average")
     import open_clip
 
     # The seed's own model: open_clip's defaults (fp32), whatever clipfind's encoder uses.
     seed_model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
-    seed_model.eval()
-    seed_way(seed_model, preprocess, images[:2])  # warm-up
-    seed = seed_way(seed_model, preprocess, images)
+    seed_model.eval().to(args.device)
+    seed_way(seed_model, preprocess, images[:2], args.device)  # warm-up
+    seed = seed_way(seed_model, preprocess, images, args.device)
     del seed_model
     print(f"1. seed way (fp32, one by one, full decode): {seed:6.2f} img/s")
-    precisions = ["fp32", "bf16"] if args.precision == "all" else [args.precision]
+    low = "fp16" if args.device.startswith("cuda") else "bf16"
+    precisions = ["fp32", low] if args.precision == "all" else [args.precision]
     for precision in precisions:
-        encoder = Encoder.load(model=args.model, pretrained=None, device="cpu", precision=precision)
-        rates = ceiling(encoder, max(len(images), 64))
+        encoder = Encoder.load(
+            model=args.model, pretrained=None, device=args.device, precision=precision
+        )
+        rates = ceiling(encoder, max(len(images), 512 if encoder.device.type == "cuda" else 64))
         piped, lag_ms, cpu_ms = asyncio.run(
             pipeline_way(encoder, images, encoder.default_batch_size)
         )
         best_batch = max(rates, key=rates.get)
         top = rates[best_batch]
         batch = encoder.default_batch_size
-        print(f"clipfind encoder in {encoder.precision}:")
+        print(f"clipfind encoder in {encoder.precision} on {encoder.device}:")
         print(f"2. encoder ceiling (batch {best_batch}):        {top:6.2f} img/s")
         print("   by batch size: " + ", ".join(f"{b}: {r:.1f}" for b, r in rates.items()))
         print(f"3. clipfind pipeline end to end:       {piped:6.2f} img/s (batch {batch})")
