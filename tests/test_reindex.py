@@ -44,7 +44,8 @@ async def test_reencoded_rows_change_model_in_place_and_the_rest_can_go(store):
     assert await store.known_keys(old[0].message_id, NEW) == set()
     assert await store.known_keys(old[0].message_id) == {old[0].image_key}
 
-    fresh = record(0, unit(rng), channel_id=10, model_id=NEW)
+    # A new model often has another width (ViT-B-32 512, ViT-L-14 768): same row, new size.
+    fresh = record(0, unit(rng, dim=24), channel_id=10, model_id=NEW)
     await store.upsert([fresh])
     assert await store.known_keys(fresh.message_id, NEW) == {fresh.image_key}
     assert await store.model_counts() == {MODEL: 2, NEW: 1}  # replaced, not added
