@@ -9,7 +9,9 @@ import numpy as np
 from retrieval.backfill import BackfillCursors, Cursor
 from retrieval.reindex import adopt_model
 from retrieval.store import SearchScope
-from tests.test_store import MODEL, record, unit
+from tests.records import MODEL
+from tests.records import image_record as record
+from tests.test_store import unit
 
 NEW = "tiny-clip/file-000000000000"
 
