@@ -15,12 +15,13 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import discord
 
+from bot.audience import readable_by_all_readers
 from retrieval.store import SearchHit, VectorStore
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class Expiring(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._items.pop(key, None)
+
+    def drop(self, matching: Callable[[K], bool]) -> None:
+        for key in [key for key in self._items if matching(key)]:
+            del self._items[key]
 
     def clear(self) -> None:
         self._items.clear()
@@ -137,12 +142,21 @@ class Access:
         """After a new gateway session, deletions may have been missed."""
         self._alive.clear()
 
+    def forget_member(self, member_id: int) -> None:
+        """Their thread memberships are asked again: they may have left a thread since."""
+        self._members.drop(lambda key: key[1] == member_id)
+
     async def visibility(
-        self, guild: discord.Guild, member: discord.Member, *, include_nsfw: bool
+        self,
+        guild: discord.Guild,
+        member: discord.Member,
+        *,
+        include_nsfw: bool,
+        audience: discord.abc.GuildChannel | discord.Thread | None = None,
     ) -> Visibility:
-        allowed: set[int] = set()
-        unconfirmed: dict[int, discord.Thread] = {}
-        parents: dict[int, int] = {}
+        """What ``member`` may see; with ``audience``, only what everyone who can view that
+        channel may see too (a public answer posted there)."""
+        readable: list[discord.abc.GuildChannel | discord.Thread] = []
         cached = itertools.chain(guild.channels, guild.threads)
         for channel in itertools.chain(cached, await self._uncached_threads(guild)):
             if isinstance(channel, discord.CategoryChannel):
@@ -150,16 +164,21 @@ class Access:
             if channel.is_nsfw() and not include_nsfw:
                 continue
             try:
-                if not can_read(channel, member):
-                    continue
+                if can_read(channel, member):
+                    readable.append(channel)
             except discord.ClientException:  # a thread whose parent is not cached: hide
                 continue
-            allowed.add(channel.id)
+        if audience is not None:
+            shared = readable_by_all_readers(audience, readable)
+            readable = [channel for channel in readable if channel.id in shared]
+        parents: dict[int, int] = {}
+        for channel in readable:
             if parent_id := getattr(channel, "parent_id", getattr(channel, "category_id", None)):
                 parents[channel.id] = parent_id
-            if needs_membership(channel, member):
-                unconfirmed[channel.id] = channel
-        return Visibility(guild.id, member, frozenset(allowed), unconfirmed, parents)
+        unconfirmed = {c.id: c for c in readable if needs_membership(c, member)}
+        return Visibility(
+            guild.id, member, frozenset(c.id for c in readable), unconfirmed, parents
+        )
 
     async def _uncached_threads(self, guild: discord.Guild) -> list[discord.Thread]:
         """Threads with indexed images that the cache lacks, archived ones above all."""
@@ -280,3 +299,37 @@ class Access:
         keep = await self.store.known_keys(hit.message_id) - {hit.image_key}
         await self.store.delete_images(hit.message_id, keep)
         return False
+
+
+class Viewpoint:
+    """Whose eyes a paged answer is shown to: renewed at every page turn, since roles, channel
+    overwrites and thread memberships can change while an answer stays open."""
+
+    def __init__(
+        self,
+        access: Access,
+        *,
+        guild: discord.Guild,
+        include_nsfw: bool,
+        audience: discord.abc.GuildChannel | discord.Thread | None,
+    ) -> None:
+        self.access = access
+        self.guild = guild
+        self.include_nsfw = include_nsfw
+        self.audience = audience
+        self.seen: Visibility | None = None
+
+    async def renew(self, member: discord.Member) -> Visibility:
+        self.access.forget_member(member.id)
+        self.seen = await self.access.visibility(
+            self.guild, member, include_nsfw=self.include_nsfw, audience=self.audience
+        )
+        return self.seen
+
+    async def confirm(self, hits: Sequence[SearchHit]) -> list[bool]:
+        assert self.seen is not None, "renew() first"
+        return await self.access.confirm(self.seen, hits)
+
+    async def screen(self, hits: Sequence[SearchHit]) -> list[bool]:
+        assert self.seen is not None, "renew() first"
+        return await self.access.screen(self.seen, hits)

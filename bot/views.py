@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import discord
 
@@ -16,13 +17,20 @@ log = logging.getLogger(__name__)
 # brings a fresh token and restarts this timer, so the buttons are always disabled with a token
 # that still works.
 PAGE_TIMEOUT_S = 14 * 60
+NOTHING_LEFT = "None of these results can be shown here any more. Run `/find` again to search."
 NOT_YOURS = "Only the member who searched can turn these pages. Run `/find` to search yourself."
 
 Render = Callable[[Sequence[ResultGroup], int], tuple[str, list[discord.Embed]]]
+# Works out afresh what the member pressing may see, before a page is shown to them.
+Recheck = Callable[[discord.Member], Awaitable[None]]
 
 
 class ResultsView(discord.ui.View):
-    """Previous / Next over a ResultPager; ``render(groups, page)`` builds the message."""
+    """Previous / Next over a ResultPager; ``render(groups, page)`` builds the message.
+
+    Each press is checked again (``recheck``): roles, channels and threads change while an
+    answer stays open. Presses are taken one at a time, so two quick ones never interleave.
+    """
 
     def __init__(
         self,
@@ -30,6 +38,7 @@ class ResultsView(discord.ui.View):
         owner_id: int,
         pager: ResultPager,
         render: Render,
+        recheck: Recheck,
         origin: discord.Interaction,
         timeout: float = PAGE_TIMEOUT_S,
     ) -> None:
@@ -37,7 +46,9 @@ class ResultsView(discord.ui.View):
         self.owner_id = owner_id
         self.pager = pager
         self.render = render
+        self.recheck = recheck
         self.index = 0
+        self._turning = asyncio.Lock()
         self._latest = origin  # the interaction whose token edits the answer
         self.refresh()
 
@@ -58,24 +69,28 @@ class ResultsView(discord.ui.View):
 
     @discord.ui.button(label="Previous", emoji="◀️", custom_id="find:previous")
     async def back(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
-        await self._turn(interaction, self.index - 1)
+        await self._turn(interaction, -1)
 
     @discord.ui.button(label="Next", emoji="▶️", custom_id="find:next")
     async def forward(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
-        await self._turn(interaction, self.index + 1)
+        await self._turn(interaction, +1)
 
-    async def _turn(self, interaction: discord.Interaction, index: int) -> None:
+    async def _turn(self, interaction: discord.Interaction, step: int) -> None:
         # Confirming a page may take a few REST reads: acknowledge first, edit after.
         await interaction.response.defer()
-        self._latest = interaction
-        groups = await self.pager.page(index) if index >= 0 else []
-        if not groups:  # the rest turned out gone or hidden: stay where we were
-            index = self.index
+        async with self._turning:  # the page to go to is known only once the last turn is done
+            self._latest = interaction
+            if isinstance(interaction.user, discord.Member):
+                await self.recheck(interaction.user)
+            index = max(self.index + step, 0)
             groups = await self.pager.page(index)
-        self.index = index
-        self.refresh()
-        content, embeds = self.render(groups, index)
-        await interaction.edit_original_response(content=content, embeds=embeds, view=self)
+            while not groups and index > 0:  # the rest turned out gone or hidden: step back
+                index -= 1
+                groups = await self.pager.page(index)
+            self.index = index
+            self.refresh()
+            content, embeds = self.render(groups, index) if groups else (NOTHING_LEFT, [])
+            await interaction.edit_original_response(content=content, embeds=embeds, view=self)
 
     async def on_timeout(self) -> None:
         for item in self.children:

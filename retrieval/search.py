@@ -211,6 +211,23 @@ class ResultPager:
             await self._confirm_next(want - len(self.shown))
         return self.shown[index * self.page_size : want]
 
+    async def revise(self) -> None:
+        """What may be shown changed (``confirm`` and ``screen`` now answer for someone else, or
+        for the same member after their roles changed): results already shown are screened
+        again, and those no longer allowed are dropped; a repost that still is stands in."""
+        if self._screen is None or not self.shown:
+            return
+        allowed = await self._screen([group.hit for group in self.shown])
+        kept, stand_ins = [], []
+        for group, ok in zip(self.shown, allowed, strict=True):
+            if ok:
+                kept.append(group)
+            elif (stand_in := group.promoted()) is not None:
+                stand_ins.append(stand_in)
+        # Stand-ins are confirmed like any candidate, ahead of those ranked after them.
+        self._pending.extendleft(reversed(stand_ins))
+        self.shown = await self._screened(kept)
+
     async def _confirm_next(self, need: int) -> None:
         batch = [self._pending.popleft() for _ in range(min(need, len(self._pending)))]
         verdicts = await self._confirm([group.hit for group in batch])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.cogs.search import NO_MATCH
+from bot.cogs.search import NOTHING_INDEXED
 from retrieval.store import SearchScope
 from tests.e2e import bot_settings, running_bot, settled
 from tests.fakediscord import FakeDiscord, Overwrite, P
@@ -71,7 +71,7 @@ async def test_an_overwrite_denying_read_message_history_hides_the_channel(world
     await settled(bot, fd)
 
     reply = await find(fd, guild, general, carol, "a green star")
-    assert reply["content"] == NO_MATCH and not reply["embeds"]
+    assert reply["content"] == NOTHING_INDEXED and not reply["embeds"]
     assert result_ids(await find(fd, guild, general, dave, "a green star")) == [old.id]
     assert await stored_messages(bot, guild.id) == {old.id}
 
@@ -92,7 +92,7 @@ async def test_private_thread_member_non_member_and_thread_manager(world):
     assert result_ids(await find(fd, guild, general, grace, "a purple cross")) == [inside.id]
     assert result_ids(await find(fd, guild, general, frank, "a purple cross")) == [inside.id]
     reply = await find(fd, guild, general, erin, "a purple cross")
-    assert reply["content"] == NO_MATCH
+    assert reply["content"] == NOTHING_INDEXED
     asked = {r.path for r in fd.requests if "/thread-members/" in r.path}
     assert asked == {f"/channels/{thread.id}/thread-members/{m.id}" for m in (grace, erin)}
     # The bot saw the message arrive, so confirming it needed no REST read.
@@ -163,7 +163,7 @@ async def test_age_restricted_images_only_when_asked_in_an_age_restricted_channe
     await settled(bot, fd)
 
     reply = await find(fd, guild, general, kim, "a red star")
-    assert reply["content"] == NO_MATCH
+    assert reply["content"] == NOTHING_INDEXED
     assert result_ids(await find(fd, guild, late, kim, "a red star")) == [restricted.id]
     assert await stored_messages(bot, guild.id) == {restricted.id}
 
@@ -211,8 +211,15 @@ async def test_answers_are_ephemeral_unless_public(world):
     await fd.post_message(general, noor, "", attachments=[picture("yellow", "circle", 10)])
     await settled(bot, fd)
 
-    assert (await find(fd, guild, general, noor, "a yellow circle"))["flags"] & 64
-    assert not (await find(fd, guild, general, noor, "a yellow circle", public=True))["flags"] & 64
+    def answers_in_channel() -> list[dict]:
+        return [m for m in fd.messages_in(general) if m["author"]["id"] == str(bot.user.id)]
+
+    private = await find(fd, guild, general, noor, "a yellow circle")
+    assert private["flags"] & 64 and result_ids(private)
+    assert answers_in_channel() == []  # nobody else can read it in the channel
+    public = await find(fd, guild, general, noor, "a yellow circle", public=True)
+    assert not public["flags"] & 64
+    assert [result_ids(m) for m in answers_in_channel()] == [result_ids(private)]
 
 
 async def test_deleted_while_offline_is_dropped_and_the_answer_still_fills(tmp_path):

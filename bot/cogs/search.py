@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import TYPE_CHECKING, Literal
 
@@ -10,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.permissions import Access, Visibility, asked_in_nsfw
+from bot.permissions import Access, Viewpoint, Visibility, asked_in_nsfw
 from bot.refs import image_refs
 from bot.render import query_problem, quoted, results_message
 from bot.views import ResultsView
@@ -36,11 +35,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOTHING_INDEXED = (
-    "I haven't indexed any images in this server yet. Images posted from now on are indexed "
-    "as they arrive; try again once a few have been posted."
+    "I haven't indexed any images you can see in this server yet. Images posted from now on "
+    "are indexed as they arrive; try again once a few have been posted."
 )
 NO_MATCH = "No images you can see in this server match that yet."
 NO_MATCH_FILTERED = "No images you can see match that with these filters."
+# A public answer shows only what every reader of the channel may see. The sentence is the same
+# whether or not the asker alone could see matches, so it gives nothing away.
+NO_MATCH_PUBLIC = (
+    "No images that everyone in this channel can see match that. Search without `public` to "
+    "see results only you can see."
+)
 EMPTY_QUERY = (
     "Tell me what to look for, e.g. `/find query: a red car`, or search with a picture: "
     "`/find query: like this image: <file>`. `/clipfind help` explains every option."
@@ -144,6 +149,7 @@ class Search(commands.Cog):
             notes=notes,
             sort=sort,
             page_size=count,
+            public=public,
             channel_id=channel.id if channel else None,
             author_id=author.id if author else None,
             after=start,
@@ -206,14 +212,23 @@ class Search(commands.Cog):
         notes: list[str],
         sort: Sort = "relevance",
         page_size: int | None = None,
+        public: bool = False,
         channel_id: int | None = None,
         **filters,
     ) -> None:
         guild, member = interaction.guild, interaction.user
         assert guild is not None and isinstance(member, discord.Member)
-        seen = await self.access.visibility(
-            guild, member, include_nsfw=asked_in_nsfw(interaction.channel)
+        # A public answer is read by everyone who can view its channel, not only the asker.
+        where = interaction.channel
+        viewpoint = Viewpoint(
+            self.access,
+            guild=guild,
+            include_nsfw=asked_in_nsfw(where),
+            audience=(guild.get_channel_or_thread(interaction.channel_id or 0) or where)
+            if public
+            else None,
         )
+        seen = await viewpoint.renew(member)
         scope = SearchScope(
             guild_id=guild.id,
             model_id=self.bot.encoder.model_id,
@@ -223,14 +238,16 @@ class Search(commands.Cog):
         size = page_size or self.bot.settings.find_default_count
         pager = ResultPager(
             fetch=from_store(self.bot.store, vector, scope),
-            confirm=functools.partial(self.access.confirm, seen),
-            screen=functools.partial(self.access.screen, seen),
+            confirm=viewpoint.confirm,
+            screen=viewpoint.screen,
             arrange=arranger(self.bot.store, sort, self.bot.settings.find_duplicate_threshold),
             page_size=size,
         )
         groups = await pager.page(0)
         if not groups:
-            await interaction.followup.send(await self._nothing(seen, scope, channel_id))
+            await interaction.followup.send(
+                await self._nothing(seen, scope, channel_id, public=public)
+            )
             return
 
         def render(shown, index: int):
@@ -243,10 +260,15 @@ class Search(commands.Cog):
                 notes=notes,
             )
 
+        async def recheck(presser: discord.Member) -> None:
+            await viewpoint.renew(presser)
+            await pager.revise()
+
         view = ResultsView(
             owner_id=member.id,
             pager=pager,
             render=render,
+            recheck=recheck,
             origin=interaction,
             timeout=self.bot.settings.find_page_timeout_s,
         )
@@ -257,11 +279,20 @@ class Search(commands.Cog):
             view.stop()
             await interaction.followup.send(content, embeds=embeds)
 
-    async def _nothing(self, seen: Visibility, scope: SearchScope, channel_id: int | None) -> str:
+    async def _nothing(
+        self, seen: Visibility, scope: SearchScope, channel_id: int | None, *, public: bool
+    ) -> str:
+        if public:
+            return NO_MATCH_PUBLIC
         filtered = channel_id or scope.author_id or scope.after or scope.before
         if filtered or scope.exclude_message_id:
             return NO_MATCH_FILTERED if filtered else NO_MATCH
-        indexed = await self.bot.store.count(guild_id=seen.guild_id, model_id=scope.model_id)
+        # Counted in the channels the member surely reads: whether hidden ones (private
+        # threads whose membership was not confirmed among them) hold images is not theirs to learn.
+        readable = seen.channel_ids - seen.unconfirmed_threads.keys()
+        indexed = await self.bot.store.count(
+            guild_id=scope.guild_id, model_id=scope.model_id, channel_ids=readable
+        )
         return NO_MATCH if indexed else NOTHING_INDEXED
 
 

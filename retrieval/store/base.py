@@ -88,7 +88,14 @@ class VectorStore(Protocol):
     async def model_counts(self) -> dict[str, int]:
         """Stored vectors per model id (vectors of another model are never searched)."""
 
-    async def count(self, *, guild_id: int, model_id: str | None = None) -> int: ...
+    async def count(
+        self,
+        *,
+        guild_id: int,
+        model_id: str | None = None,
+        channel_ids: Collection[int] | None = None,
+    ) -> int:
+        """Stored images of a guild, of one model and in some channels where given."""
 
     async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
         """Images of one author, in one guild or (None) everywhere: what a member asks about."""

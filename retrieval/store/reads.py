@@ -8,7 +8,7 @@ a session or connection (anything with `execute`) whose database errors are alre
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
@@ -105,12 +105,20 @@ class SharedReads:
         stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
         return {model: int(n) for model, n in await self._rows(stmt)}
 
-    async def count(self, *, guild_id: int, model_id: str | None = None) -> int:
+    async def count(
+        self,
+        *,
+        guild_id: int,
+        model_id: str | None = None,
+        channel_ids: Collection[int] | None = None,
+    ) -> int:
         stmt = (
             select(func.count()).select_from(IndexedImage).where(IndexedImage.guild_id == guild_id)
         )
         if model_id is not None:
             stmt = stmt.where(IndexedImage.model_id == model_id)
+        if channel_ids is not None:
+            stmt = stmt.where(IndexedImage.channel_id.in_(sorted(channel_ids)))
         return int(await self._scalar(stmt))
 
     async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:

@@ -79,6 +79,7 @@ class FakeDiscord(Lifecycle, MemberActions):
         self.interactions: dict[int, FakeInteraction] = {}
         self.interactions_by_token: dict[str, FakeInteraction] = {}
         self.requests: list[RecordedRequest] = []
+        self._slow: list[tuple[str, re.Pattern[str], float]] = []
         self.unknown_routes: list[str] = []
         self.cdn = Cdn(self.clock, self.ids)
         self.gateway = Gateway(self)
@@ -127,6 +128,9 @@ class FakeDiscord(Lifecycle, MemberActions):
             record = RecordedRequest(request.method, request.path[len(API):], dict(request.query))
             self.requests.append(record)
             request[RECORD] = record
+            for method, path, seconds in self._slow:
+                if method == request.method and path.fullmatch(record.path):
+                    await asyncio.sleep(seconds)
             auth = request.headers.get("Authorization")
             if not _WEBHOOK_PATH.match(request.path) and auth != f"Bot {self.token}":
                 return r.error(r.UNAUTHORIZED)
@@ -208,6 +212,10 @@ class FakeDiscord(Lifecycle, MemberActions):
         if dispatch:
             self._announce_guild_create(guild)
         return guild
+
+    def slow_down(self, method: str, path: str, seconds: float) -> None:
+        """REST calls matching `method` and the regex `path` (after /api/v10) answer late."""
+        self._slow.append((method, re.compile(path), seconds))
 
     def advance_clock(self, seconds: float) -> None:
         """Move the stand-in's clock (interaction tokens and attachment links expire by it)."""
