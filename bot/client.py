@@ -31,6 +31,7 @@ EXTENSIONS = (
     "bot.cogs.backfill",
     "bot.cogs.lifecycle",
     "bot.cogs.privacy",
+    "bot.cogs.policy",
     "bot.cogs.admin",
 )
 _COMMANDS_HASH = "commands_hash"

@@ -72,6 +72,8 @@ class IndexedImage(Base):
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     guild_id: Mapped[int] = mapped_column(BigInteger)
     channel_id: Mapped[int] = mapped_column(BigInteger)
+    # A thread's channel (None outside threads): an exclusion of the channel covers its threads.
+    parent_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     message_id: Mapped[int] = mapped_column(BigInteger)
     # The attachment id, or for an embed a stable 63-bit hash of its URL: with message_id, the
     # natural key that makes re-delivery and re-backfill idempotent.
@@ -93,6 +95,9 @@ class IndexedImage(Base):
         Index("ix_images_channel", "channel_id"),
         Index("ix_images_author", "guild_id", "author_id"),
         Index("ix_images_content", "content_hash", "model_id"),
+        Index("ix_images_parent", "parent_id"),
+        # An opt-out covers every server.
+        Index("ix_images_author_id", "author_id"),
     )
 
 

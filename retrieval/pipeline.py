@@ -233,8 +233,8 @@ class IndexingPipeline:
         reused = await self._with_store(self.store.embedding_for, content_hash, self.model_id)
         if reused is not None:
             if self._admitted(ref):
-                await self._write([_record(ref, content_hash, content_type, self.model_id, reused)])
-                self.counters.reused += 1
+                record = _record(ref, content_hash, content_type, self.model_id, reused)
+                self.counters.reused += await self._write([record])
             return False
         job = functools.partial(prepare, data, self.spec, max_pixels=self.max_pixels)
         pixels = await loop.run_in_executor(self._pool, job)
@@ -308,8 +308,8 @@ class IndexingPipeline:
         ]
         if not records:
             return
-        await self._write(records)
-        self.counters.indexed += len(records)
+        written = await self._write(records)
+        self.counters.indexed += written
         guilds = Counter(item.ref.guild_id for item in batch)
         failed = self.counters.failed
         log.info(
@@ -324,8 +324,12 @@ class IndexingPipeline:
             f"; skipped {sum(failed.values())} ({dict(failed)})" if failed else "",
         )
 
-    async def _write(self, records: list[ImageRecord]) -> None:
-        await self._with_store(self.store.upsert, records)
+    async def _write(self, records: list[ImageRecord]) -> int:
+        """Store the records; returns how many the database took (it refuses those its policy
+        tables forbid, whatever this process remembers)."""
+        written = await self._with_store(self.store.upsert, records)
+        self.counters.discarded += len(records) - written
+        return written
 
     async def _with_store(self, call, *args):
         """Call the store, waiting out an outage instead of losing the work in hand."""
@@ -360,4 +364,5 @@ def _record(
         content_hash=content_hash,
         model_id=model_id,
         embedding=np.asarray(vector, dtype=np.float32),
+        parent_id=ref.parent_id,
     )

@@ -27,6 +27,7 @@ class ImageRecord:
     content_hash: str
     model_id: str
     embedding: np.ndarray = field(repr=False)
+    parent_id: int | None = None  # the channel of a thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,8 @@ class SearchScope:
 
 class VectorStore(Protocol):
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
-        """Insert or replace by (message_id, image_key); returns rows written."""
+        """Insert or replace by (message_id, image_key), except what the policy tables forbid
+        (checked by the same statement); returns rows written."""
 
     async def known_keys(self, message_id: int, model_id: str | None = None) -> set[int]:
         """Image keys already stored for a message, by any model or by ``model_id`` (lets
@@ -117,6 +119,10 @@ class VectorStore(Protocol):
         """A channel's rows of models other than ``model_id`` (after its re-index)."""
 
     async def delete_guild(self, guild_id: int) -> int: ...
+
+    async def delete_forbidden(self) -> int:
+        """Rows the policy tables forbid (opted-out authors, excluded channels and their threads)
+        that got in before the policy did: a race between processes, or a crash."""
 
     async def delete_author(self, *, guild_id: int | None, author_id: int) -> int: ...
 

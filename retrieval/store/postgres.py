@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     Float,
     Integer,
+    Text,
     all_,
     any_,
     bindparam,
@@ -38,12 +39,12 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.models import IndexedImage
+from retrieval.store.allowed import KEY, RECORD_COLUMNS, forbidden, permitted, stored_permitted
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
 
 log = logging.getLogger(__name__)
 
-_KEY = ("message_id", "image_key")
 _IDS = ARRAY(BigInteger)
 
 # FACTS.md, 100k x 512 clustered: recall@10 0.968 at ef_search 40 and 0.989 at 100, both ~2 ms.
@@ -119,6 +120,8 @@ def _statement(shape: _Shape):
     conditions = [
         IndexedImage.model_id == literal_column(sql_literal(shape.model_id)),
         IndexedImage.guild_id == bindparam("guild_id"),
+        # Rows the policy refuses never show, even one that slipped in before its sweep.
+        stored_permitted(per_row=True),
     ]
     if shape.channels:
         conditions.append(IndexedImage.channel_id == any_(bindparam("channel_ids", type_=_IDS)))
@@ -176,6 +179,34 @@ def search_statement(query: np.ndarray, *, scope: SearchScope, k: int, exact: bo
     return statement.params(**params)
 
 
+def _guarded_upsert():
+    """All records in one statement: arrays unnested into rows, each row kept only where the
+    policy allows it (see retrieval/store/allowed.py), inserted or updated by key."""
+    table = IndexedImage.__table__
+    arrays = []
+    for name in RECORD_COLUMNS:
+        if name == "embedding":  # sent as text, the way pgvector reads vectors in
+            arrays.append(cast(bindparam(name, type_=ARRAY(Text)), ARRAY(VECTOR)))
+        else:
+            arrays.append(bindparam(name, type_=ARRAY(table.c[name].type)))
+    rows = func.unnest(*arrays).table_valued(*RECORD_COLUMNS, name="r").render_derived()
+    chosen = select(*(rows.c[name] for name in RECORD_COLUMNS)).where(
+        permitted(rows.c.author_id, rows.c.channel_id, rows.c.parent_id)
+    )
+    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), chosen)
+    return stmt.on_conflict_do_update(
+        index_elements=list(KEY),
+        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
+    ).returning(IndexedImage.id)
+
+
+_GUARDED_UPSERT = _guarded_upsert()
+
+
+def _vector_text(vector: np.ndarray) -> str:
+    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+
+
 def _values(record: ImageRecord) -> dict:
     values = {name: getattr(record, name) for name in ImageRecord.__slots__}
     if values["posted_at"].tzinfo is None:  # naive means UTC, as in the SQLite store
@@ -207,15 +238,12 @@ class PgVectorStore(SharedReads):
             return 0
         # One statement may not touch a row twice; the last record for a key wins, as it would
         # one at a time.
-        latest = {(r.message_id, r.image_key): _values(r) for r in records}
-        stmt = insert(IndexedImage)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(_KEY),
-            set_={name: stmt.excluded[name] for name in ImageRecord.__slots__ if name not in _KEY},
-        )
+        latest = list({(r.message_id, r.image_key): _values(r) for r in records}.values())
+        columns = {name: [row[name] for row in latest] for name in RECORD_COLUMNS}
+        columns["embedding"] = [_vector_text(v) for v in columns["embedding"]]
         async with self._transaction() as conn:
-            await conn.execute(stmt, list(latest.values()))
-        return len(records)
+            written = await conn.execute(_GUARDED_UPSERT, columns)
+        return len(written.all())
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:
         """The model's vector size, from any row (all rows of a model share it)."""
@@ -327,6 +355,9 @@ class PgVectorStore(SharedReads):
         if guild_id is not None:
             conditions.append(IndexedImage.guild_id == guild_id)
         return await self._delete_where(*conditions)
+
+    async def delete_forbidden(self) -> int:
+        return sum([await self._delete_where(condition) for condition in forbidden()])
 
     async def close(self) -> None:
         self._dims.clear()

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from retrieval.models import IndexedImage
+from retrieval.store.allowed import KEY, RECORD_COLUMNS, forbidden, guarded_rows, stored_permitted
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, database_errors, hit
@@ -24,6 +25,17 @@ _MATRIX_COLUMNS = (
     IndexedImage.embedding,
 )
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
+
+
+def _guarded_upsert():
+    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), guarded_rows())
+    return stmt.on_conflict_do_update(
+        index_elements=list(KEY),
+        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
+    ).returning(IndexedImage.id)
+
+
+_GUARDED_UPSERT = _guarded_upsert()
 
 
 def record_values(record: ImageRecord) -> dict:
@@ -56,15 +68,12 @@ class SqliteVectorStore(SharedReads):
             return 0
         rows: list[tuple[tuple[int, str], MatrixRow]] = []
         async with self._session() as session:
+            conn = await session.connection()  # Core: the ORM would take this for a bulk insert
             for record in records:
-                values = record_values(record)
-                stmt = insert(IndexedImage).values(**values)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["message_id", "image_key"],
-                    set_={k: v for k, v in values.items() if k not in ("message_id", "image_key")},
-                ).returning(IndexedImage.id)
-                row_id = (await session.execute(stmt)).scalar_one()
-                rows.append(((record.guild_id, record.model_id), _matrix_row(row_id, record)))
+                written = await conn.execute(_GUARDED_UPSERT, record_values(record))
+                row_id = written.scalar_one_or_none()
+                if row_id is not None:  # None: the policy refused it
+                    rows.append(((record.guild_id, record.model_id), _matrix_row(row_id, record)))
         for key, row in rows:
             async with self._lock(key):
                 if (matrix := self._matrices.get(key)) is not None:
@@ -103,17 +112,29 @@ class SqliteVectorStore(SharedReads):
             before_ts=scope.before.timestamp() if scope.before else None,
             exclude_row_ids=await self._row_ids(scope.exclude_message_id),
         )
-        async with self._lock(key):
-            matrix = await self._matrix(key)
-            if matrix.dim and matrix.dim != len(query):
-                return []
-            # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
-            ranked = await asyncio.to_thread(matrix.search, query, k, where)
+        want = k
+        while True:
+            async with self._lock(key):
+                matrix = await self._matrix(key)
+                if matrix.dim and matrix.dim != len(query):
+                    return []
+                # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
+                ranked = await asyncio.to_thread(matrix.search, query, want, where)
+            hits = await self._permitted_hits(ranked)
+            # Rows the policy hides are rare (a race, a crash before their sweep): ask for more
+            # only when some were hidden and the matrix had more to give.
+            if len(hits) >= k or len(ranked) < want:
+                return hits[:k]
+            want *= 2
+
+    async def _permitted_hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
         if not ranked:
             return []
         scores = dict(ranked)
         async with self._session() as session:
-            result = await session.execute(select(*HIT_COLUMNS).where(IndexedImage.id.in_(scores)))
+            result = await session.execute(
+                select(*HIT_COLUMNS).where(IndexedImage.id.in_(scores), stored_permitted())
+            )
             by_id = {row.id: row for row in result}
         return [hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
 
@@ -191,6 +212,9 @@ class SqliteVectorStore(SharedReads):
         if guild_id is not None:
             conditions.append(IndexedImage.guild_id == guild_id)
         return await self._delete_where(*conditions)
+
+    async def delete_forbidden(self) -> int:
+        return sum([await self._delete_where(condition) for condition in forbidden()])
 
     async def close(self) -> None:
         self._matrices.clear()

@@ -1,0 +1,60 @@
+"""Policy upkeep: the opt-out and exclusion hint follows other processes' changes, and rows the
+policy forbids are swept away at start and every few minutes.
+
+Such rows can only appear when two processes race an opt-out or an exclusion, or when a process
+died between recording one and deleting what it covers; searches never show them meanwhile (the
+database filters them), and the sweep, reading only the database, survives any restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from discord.ext import commands, tasks
+
+from retrieval.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
+
+log = logging.getLogger(__name__)
+
+SWEEP_MINUTES = 5
+
+
+class Policy(commands.Cog):
+    def __init__(self, bot: ClipfindBot) -> None:
+        self.bot = bot
+        self._watch: asyncio.Task | None = None
+
+    async def cog_load(self) -> None:
+        self._watch = asyncio.create_task(self.bot.policy.watch(), name="policy-watch")
+        self.sweep_loop.start()
+
+    async def cog_unload(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self.sweep_loop.cancel()
+
+    @tasks.loop(minutes=SWEEP_MINUTES)
+    async def sweep_loop(self) -> None:
+        try:
+            removed = await self.bot.store.delete_forbidden()
+        except StoreUnavailable as exc:
+            log.warning("could not sweep images the policy forbids: %s", exc)
+            return
+        except Exception:  # an unhandled error would stop the loop for good
+            log.exception("sweeping images the policy forbids failed; trying again later")
+            return
+        if removed:
+            log.warning(
+                "swept %d images of opted-out members or excluded channels that had got in "
+                "(a race between processes, or a restart before their deletion)",
+                removed,
+            )
+
+
+async def setup(bot: ClipfindBot) -> None:
+    await bot.add_cog(Policy(bot))
