@@ -101,6 +101,62 @@ class IndexedImage(Base):
     )
 
 
+class IndexJob(Base):
+    """An image waiting to be indexed: written before anything depends on it, deleted in the
+    transaction that stores its vector, or when it fails for good.
+
+    Consumers claim rows for a lease (``claimed_until``); a consumer that dies simply lets the
+    lease run out. ``retry_at`` is when a row may be claimed (again); transient failures move it
+    into the future with exponential backoff.
+    """
+
+    __tablename__ = "index_jobs"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    parent_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    image_key: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    author_id: Mapped[int] = mapped_column(BigInteger)
+    posted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # What to download (may be signed and expire) and what to keep.
+    url: Mapped[str] = mapped_column(Text)
+    source_url: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # 0 for images posted now, 1 for history and re-indexing: live posts never wait behind a
+    # backfill of years.
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "image_key"),
+        Index("ix_index_jobs_due", "priority", "retry_at"),
+        Index("ix_index_jobs_guild", "guild_id"),
+        Index("ix_index_jobs_channel", "channel_id"),
+        Index("ix_index_jobs_parent", "parent_id"),
+        Index("ix_index_jobs_author", "author_id"),
+    )
+
+
+class IndexFailure(Base):
+    """Images that failed for good, counted per server and reason (not kept one by one)."""
+
+    __tablename__ = "index_failures"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    reason: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class BotState(Base):
     """Small key/value facts the bot keeps between runs (e.g. the hash of synced commands)."""
 

@@ -18,7 +18,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from retrieval.encoding import EncoderService
 from retrieval.errors import ClipfindError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
+from retrieval.jobs import ImageRef
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
@@ -37,25 +37,6 @@ _GONE_REMEMBERED = 100_000
 # overlaps the next encode: the model does not idle on the store (benchmarks/RESULTS.md).
 _BATCHES_IN_FLIGHT = 2
 _STORE_RETRY_MAX_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    """One image to index, as the Discord adapter found it."""
-
-    guild_id: int
-    channel_id: int
-    message_id: int
-    image_key: int
-    kind: str  # "attachment" | "embed"
-    author_id: int
-    posted_at: datetime
-    url: str  # what to download (may be signed and short-lived)
-    source_url: str  # what to keep (stable)
-    filename: str
-    content_type: str = ""
-    size: int | None = None
-    parent_id: int | None = None  # the channel of a thread, for policies that cover threads
 
 
 @dataclass

@@ -9,12 +9,12 @@ shown, and `forbidden()` lets a sweep delete such rows, at every start and perio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import ColumnElement, and_, bindparam, literal, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, literal, select
 from sqlalchemy.sql import Select
 
-from retrieval.models import ExcludedChannel, IndexedImage, OptOut
+from retrieval.models import ExcludedChannel, IndexedImage, IndexJob, OptOut
 from retrieval.store.base import ImageRecord
 
 RECORD_COLUMNS: Sequence[str] = ImageRecord.__slots__
@@ -48,15 +48,35 @@ def stored_permitted(*, per_row: bool = False) -> ColumnElement[bool]:
     )
 
 
-def forbidden() -> list[ColumnElement[bool]]:
-    """Stored rows the policy forbids, as separate conditions: each is answered through its
-    own index (author, channel, parent) from the small policy tables, never a full scan."""
+def forbidden() -> list[Callable[[type], ColumnElement[bool]]]:
+    """Rows the policy forbids, of the images or the jobs table (same columns), as separate
+    conditions: each is answered through its own index (author, channel, parent) from the small
+    policy tables, never a full scan."""
     excluded = select(ExcludedChannel.channel_id)
     return [
-        IndexedImage.author_id.in_(select(OptOut.user_id)),
-        IndexedImage.channel_id.in_(excluded),
-        IndexedImage.parent_id.in_(excluded),
+        lambda t: t.author_id.in_(select(OptOut.user_id)),
+        lambda t: t.channel_id.in_(excluded),
+        lambda t: t.parent_id.in_(excluded),
     ]
+
+
+async def take_jobs(conn, job_ids: Sequence[int | None]) -> set[int]:
+    """Delete the jobs of records about to be stored and return those that still existed: a
+    record whose job is gone (its message deleted, its author opted out...) is not stored.
+    First in the writing transaction: see retrieval/store/deletes.py for why."""
+    ids = [job_id for job_id in job_ids if job_id is not None]
+    if not ids:
+        return set()
+    taken = await conn.execute(
+        delete(IndexJob).where(IndexJob.id.in_(ids)).returning(IndexJob.id)
+    )
+    return set(taken.scalars())
+
+
+def still_wanted(records: Sequence, job_ids: Sequence[int | None] | None, taken: set[int]):
+    if job_ids is None:
+        return list(records)
+    return [r for r, job in zip(records, job_ids, strict=True) if job is None or job in taken]
 
 
 def guarded_rows() -> Select:

@@ -67,9 +67,13 @@ class SearchScope:
 
 
 class VectorStore(Protocol):
-    async def upsert(self, records: Sequence[ImageRecord]) -> int:
+    async def upsert(
+        self, records: Sequence[ImageRecord], *, job_ids: Sequence[int | None] | None = None
+    ) -> int:
         """Insert or replace by (message_id, image_key), except what the policy tables forbid
-        (checked by the same statement); returns rows written."""
+        (checked by the same statement); returns rows written. With ``job_ids`` (one per record,
+        None for none), each record's queued job is deleted in the same transaction, and a
+        record whose job no longer exists is not written (what it covered was deleted)."""
 
     async def known_keys(self, message_id: int, model_id: str | None = None) -> set[int]:
         """Image keys already stored for a message, by any model or by ``model_id`` (lets

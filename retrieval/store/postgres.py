@@ -25,7 +25,6 @@ from sqlalchemy import (
     Float,
     Integer,
     Text,
-    all_,
     any_,
     bindparam,
     cast,
@@ -38,9 +37,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retrieval.models import IndexedImage
-from retrieval.store.allowed import KEY, RECORD_COLUMNS, forbidden, permitted, stored_permitted
+from retrieval.models import IndexedImage, IndexJob
+from retrieval.store.allowed import (
+    KEY,
+    RECORD_COLUMNS,
+    permitted,
+    still_wanted,
+    stored_permitted,
+    take_jobs,
+)
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
+from retrieval.store.deletes import SharedDeletes, Where
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
 
 log = logging.getLogger(__name__)
@@ -214,7 +221,7 @@ def _values(record: ImageRecord) -> dict:
     return values
 
 
-class PgVectorStore(SharedReads):
+class PgVectorStore(SharedReads, SharedDeletes):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._dims: dict[str, int] = {}
@@ -233,17 +240,23 @@ class PgVectorStore(SharedReads):
     def _reader(self):
         return self._transaction()
 
-    async def upsert(self, records: Sequence[ImageRecord]) -> int:
+    async def upsert(
+        self, records: Sequence[ImageRecord], *, job_ids: Sequence[int | None] | None = None
+    ) -> int:
         if not records:
             return 0
-        # One statement may not touch a row twice; the last record for a key wins, as it would
-        # one at a time.
-        latest = list({(r.message_id, r.image_key): _values(r) for r in records}.values())
-        columns = {name: [row[name] for row in latest] for name in RECORD_COLUMNS}
-        columns["embedding"] = [_vector_text(v) for v in columns["embedding"]]
         async with self._transaction() as conn:
+            taken = await take_jobs(conn, job_ids) if job_ids is not None else set()
+            # One statement may not touch a row twice; the last record for a key wins, as it
+            # would one at a time.
+            wanted = still_wanted(records, job_ids, taken)
+            latest = list({(r.message_id, r.image_key): _values(r) for r in wanted}.values())
+            if not latest:
+                return 0
+            columns = {name: [row[name] for row in latest] for name in RECORD_COLUMNS}
+            columns["embedding"] = [_vector_text(v) for v in columns["embedding"]]
             written = await conn.execute(_GUARDED_UPSERT, columns)
-        return len(written.all())
+            return len(written.all())
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:
         """The model's vector size, from any row (all rows of a model share it)."""
@@ -318,9 +331,11 @@ class PgVectorStore(SharedReads):
         async with self._transaction() as conn:
             return {row.id: row.embedding for row in await conn.execute(stmt)}
 
-    async def _delete_where(self, *conditions) -> int:
+    async def _delete(self, where: Where, *, jobs: bool = True) -> int:
         async with self._transaction() as conn:
-            result = await conn.execute(delete(IndexedImage).where(*conditions))
+            if jobs:
+                await conn.execute(delete(IndexJob).where(*where(IndexJob)))
+            result = await conn.execute(delete(IndexedImage).where(*where(IndexedImage)))
         return result.rowcount
 
     @staticmethod
@@ -328,36 +343,9 @@ class PgVectorStore(SharedReads):
         # One array parameter, however many ids: no bound-parameter limit to chunk around.
         return bindparam(name, [int(v) for v in values], type_=_IDS)
 
-    async def delete_messages(self, message_ids: Collection[int]) -> int:
-        ids = self._ids("message_ids", message_ids)
-        return await self._delete_where(IndexedImage.message_id == any_(ids))
-
-    async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:
-        keep = self._ids("keep_keys", keep_keys)
-        return await self._delete_where(
-            IndexedImage.message_id == message_id, IndexedImage.image_key != all_(keep)
-        )
-
-    async def delete_channels(self, channel_ids: Collection[int]) -> int:
-        ids = self._ids("channel_ids", channel_ids)
-        return await self._delete_where(IndexedImage.channel_id == any_(ids))
-
-    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
-        return await self._delete_where(
-            IndexedImage.channel_id == channel_id, IndexedImage.model_id != model_id
-        )
-
-    async def delete_guild(self, guild_id: int) -> int:
-        return await self._delete_where(IndexedImage.guild_id == guild_id)
-
-    async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
-        conditions = [IndexedImage.author_id == author_id]
-        if guild_id is not None:
-            conditions.append(IndexedImage.guild_id == guild_id)
-        return await self._delete_where(*conditions)
-
-    async def delete_forbidden(self) -> int:
-        return sum([await self._delete_where(condition) for condition in forbidden()])
+    async def _delete_in(self, name: str, values: Collection[int]) -> int:
+        ids = self._ids(name + "s", values)
+        return await self._delete(lambda t: [getattr(t, name) == any_(ids)])
 
     async def close(self) -> None:
         self._dims.clear()

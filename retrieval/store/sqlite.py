@@ -11,9 +11,17 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from retrieval.models import IndexedImage
-from retrieval.store.allowed import KEY, RECORD_COLUMNS, forbidden, guarded_rows, stored_permitted
+from retrieval.models import IndexedImage, IndexJob
+from retrieval.store.allowed import (
+    KEY,
+    RECORD_COLUMNS,
+    guarded_rows,
+    still_wanted,
+    stored_permitted,
+    take_jobs,
+)
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
+from retrieval.store.deletes import SharedDeletes, Where
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, database_errors, hit
 
@@ -44,7 +52,7 @@ def record_values(record: ImageRecord) -> dict:
     return values
 
 
-class SqliteVectorStore(SharedReads):
+class SqliteVectorStore(SharedReads, SharedDeletes):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -63,13 +71,16 @@ class SqliteVectorStore(SharedReads):
     def _lock(self, key: tuple[int, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def upsert(self, records: Sequence[ImageRecord]) -> int:
+    async def upsert(
+        self, records: Sequence[ImageRecord], *, job_ids: Sequence[int | None] | None = None
+    ) -> int:
         if not records:
             return 0
         rows: list[tuple[tuple[int, str], MatrixRow]] = []
         async with self._session() as session:
             conn = await session.connection()  # Core: the ORM would take this for a bulk insert
-            for record in records:
+            taken = await take_jobs(conn, job_ids) if job_ids is not None else set()
+            for record in still_wanted(records, job_ids, taken):
                 written = await conn.execute(_GUARDED_UPSERT, record_values(record))
                 row_id = written.scalar_one_or_none()
                 if row_id is not None:  # None: the policy refused it
@@ -161,13 +172,15 @@ class SqliteVectorStore(SharedReads):
                 found.update({row.id: row.embedding for row in result})
         return found
 
-    async def _delete_where(self, *conditions) -> int:
-        stmt = (
-            delete(IndexedImage)
-            .where(*conditions)
-            .returning(IndexedImage.id, IndexedImage.guild_id, IndexedImage.model_id)
-        )
+    async def _delete(self, where: Where, *, jobs: bool = True) -> int:
         async with self._session() as session:
+            if jobs:
+                await session.execute(delete(IndexJob).where(*where(IndexJob)))
+            stmt = (
+                delete(IndexedImage)
+                .where(*where(IndexedImage))
+                .returning(IndexedImage.id, IndexedImage.guild_id, IndexedImage.model_id)
+            )
             gone = (await session.execute(stmt)).all()
         by_key: dict[tuple[int, str], list[int]] = {}
         for row_id, guild_id, model_id in gone:
@@ -178,43 +191,19 @@ class SqliteVectorStore(SharedReads):
                     matrix.remove(row_ids)
         return len(gone)
 
-    async def _delete_in(self, column, values: Collection[int]) -> int:
+    async def _delete_in(self, name: str, values: Collection[int]) -> int:
         values = list(values)
         total = 0
         for start in range(0, len(values), _DELETE_CHUNK):
-            total += await self._delete_where(column.in_(values[start : start + _DELETE_CHUNK]))
+            chunk = values[start : start + _DELETE_CHUNK]
+            total += await self._delete(lambda t, chunk=chunk: [getattr(t, name).in_(chunk)])
         return total
 
-    async def delete_messages(self, message_ids: Collection[int]) -> int:
-        return await self._delete_in(IndexedImage.message_id, message_ids)
-
-    async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:
-        return await self._delete_where(
-            IndexedImage.message_id == message_id, IndexedImage.image_key.not_in(list(keep_keys))
-        )
-
-    async def delete_channels(self, channel_ids: Collection[int]) -> int:
-        return await self._delete_in(IndexedImage.channel_id, channel_ids)
-
-    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
-        return await self._delete_where(
-            IndexedImage.channel_id == channel_id, IndexedImage.model_id != model_id
-        )
-
     async def delete_guild(self, guild_id: int) -> int:
-        removed = await self._delete_where(IndexedImage.guild_id == guild_id)
+        removed = await super().delete_guild(guild_id)
         for key in [key for key in self._matrices if key[0] == guild_id]:
             self._matrices.pop(key, None)
         return removed
-
-    async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
-        conditions = [IndexedImage.author_id == author_id]
-        if guild_id is not None:
-            conditions.append(IndexedImage.guild_id == guild_id)
-        return await self._delete_where(*conditions)
-
-    async def delete_forbidden(self) -> int:
-        return sum([await self._delete_where(condition) for condition in forbidden()])
 
     async def close(self) -> None:
         self._matrices.clear()

@@ -1,0 +1,341 @@
+"""The durable indexing queue: every image to index is a row in `index_jobs` first.
+
+A row is written before anything depends on it (a backfill cursor moves past a message only once
+its images are rows), claimed for a lease by a consumer, and deleted in the same transaction that
+stores its vector (see the stores' ``upsert(..., job_ids=...)``), or when it fails for good, which
+only leaves a count per server and reason behind. Transient failures move ``retry_at`` into the
+future with exponential backoff and jitter, honouring Retry-After, for as long as
+``RetryPolicy.give_up_after_s``. Deleting a message, channel, server or member's images deletes
+their rows in the same transaction as their vectors (the stores do both).
+
+Claims are leases: a consumer that dies just lets them run out, and on PostgreSQL several
+consumers claim side by side with ``FOR UPDATE SKIP LOCKED``. Enqueueing is guarded like a store
+write (`retrieval/store/allowed.py`), and skips images the current model has already encoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from retrieval.models import IndexedImage, IndexFailure, IndexJob
+from retrieval.store.allowed import permitted
+from retrieval.store.reads import as_utc, database_errors
+
+log = logging.getLogger(__name__)
+
+LIVE, HISTORY = 0, 1  # priorities: live posts are claimed before backfill and re-indexing
+_REF_COLUMNS = (
+    "guild_id",
+    "channel_id",
+    "parent_id",
+    "message_id",
+    "image_key",
+    "kind",
+    "author_id",
+    "posted_at",
+    "url",
+    "source_url",
+    "filename",
+    "content_type",
+    "size",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """One image to index, as the Discord adapter found it."""
+
+    guild_id: int
+    channel_id: int
+    message_id: int
+    image_key: int
+    kind: str  # "attachment" | "embed"
+    author_id: int
+    posted_at: datetime
+    url: str  # what to download (may be signed and short-lived)
+    source_url: str  # what to keep (stable)
+    filename: str
+    content_type: str = ""
+    size: int | None = None
+    parent_id: int | None = None  # the channel of a thread, for policies that cover threads
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: ``first_s``, doubling up to ``max_s``, for at most
+    ``give_up_after_s`` after the image was first queued."""
+
+    first_s: float = 30.0
+    max_s: float = 3600.0
+    give_up_after_s: float = 48 * 3600.0
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        ceiling = min(self.max_s, self.first_s * 2 ** max(attempts - 1, 0))
+        # "Equal jitter": spread a wave of failures out, never sooner than half the backoff.
+        wait = ceiling / 2 + random.random() * ceiling / 2
+        return max(wait, retry_after or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed row: the image, and how often it was tried before."""
+
+    id: int
+    ref: ImageRef
+    attempts: int
+
+
+@dataclass
+class Backlog:
+    """One server's (or every server's) queue: waiting, retrying, failed for good by reason."""
+
+    waiting: int = 0
+    retrying: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobQueue:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        model_id: str,
+        lease_s: float = 300.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.lease_s = lease_s
+        self.retry_policy = retry or RetryPolicy()
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert = _guarded_enqueue(dialect.insert)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors():
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def enqueue(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
+        """Queue images, all in one transaction. Those already queued, already encoded by the
+        current model, or refused by the policy tables are left out by the statement itself."""
+        if not refs:
+            return
+        now = _now()
+        rows = [
+            {
+                **{name: getattr(ref, name) for name in _REF_COLUMNS},
+                "posted_at": as_utc(ref.posted_at),
+                "filename": ref.filename[:255],
+                "content_type": ref.content_type[:64],
+                "priority": priority,
+                "now": now,
+                "model_id": self.model_id,
+            }
+            for ref in refs
+        ]
+        async with self._transaction() as conn:
+            await conn.execute(self._insert, rows)
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Up to ``limit`` due rows, oldest first within a priority, leased to this consumer."""
+        if limit <= 0:
+            return []
+        now = _now()
+        due = (
+            select(IndexJob.id)
+            .where(
+                IndexJob.retry_at <= now,
+                or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
+            )
+            .order_by(IndexJob.priority, IndexJob.retry_at, IndexJob.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL: consumers never wait on each other
+        )
+        stmt = (
+            update(IndexJob)
+            .where(IndexJob.id.in_(due.scalar_subquery()))
+            .values(claimed_until=now + timedelta(seconds=self.lease_s))
+            .returning(IndexJob)
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        # RETURNING keeps no order: put it back.
+        rows.sort(key=lambda row: (row.priority, as_utc(row.retry_at), row.id))
+        return [Job(row.id, _ref(row), row.attempts) for row in rows]
+
+    async def renew(self, job_ids: Collection[int]) -> None:
+        """Extend the lease of rows still being worked on."""
+        if not job_ids:
+            return
+        until = _now() + timedelta(seconds=self.lease_s)
+        async with self._transaction() as conn:
+            await conn.execute(
+                update(IndexJob).where(IndexJob.id.in_(list(job_ids))).values(claimed_until=until)
+            )
+
+    async def release(self, job_ids: Collection[int] | None = None) -> int:
+        """Hand rows back unfinished (shutdown), so the next consumer takes them at once; None
+        releases every claim (a single process starting: claims can only be a dead one's)."""
+        stmt = update(IndexJob).values(claimed_until=None)
+        if job_ids is not None:
+            if not job_ids:
+                return 0
+            stmt = stmt.where(IndexJob.id.in_(list(job_ids)))
+        else:
+            stmt = stmt.where(IndexJob.claimed_until.is_not(None))
+        async with self._transaction() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+    async def done(self, job_ids: Collection[int]) -> None:
+        """Rows whose image needs nothing more (already stored, or no longer wanted)."""
+        if not job_ids:
+            return
+        async with self._transaction() as conn:
+            await conn.execute(delete(IndexJob).where(IndexJob.id.in_(list(job_ids))))
+
+    async def retry(
+        self, job: Job, *, reason: str, error: str, retry_after: float | None = None
+    ) -> float | None:
+        """A transient failure: try again later. Returns the delay, or None when the image has
+        been failing for too long and was given up (counted as failed for good)."""
+        async with self._transaction() as conn:
+            created = await conn.scalar(select(IndexJob.created_at).where(IndexJob.id == job.id))
+            if created is None:  # deleted meanwhile (message deleted, opt-out...)
+                return None
+            delay = self.retry_policy.delay(job.attempts + 1, retry_after)
+            now = _now()
+            if (now - as_utc(created)).total_seconds() + delay > self.retry_policy.give_up_after_s:
+                await self._fail(conn, [job], f"gave_up_{reason}"[:40])
+                return None
+            await conn.execute(
+                update(IndexJob)
+                .where(IndexJob.id == job.id)
+                .values(
+                    attempts=IndexJob.attempts + 1,
+                    retry_at=now + timedelta(seconds=delay),
+                    claimed_until=None,
+                    last_error=f"{reason}: {error}"[:200],
+                )
+            )
+        return delay
+
+    async def fail(self, jobs: Sequence[Job], reason: str) -> None:
+        """A permanent failure (not an image, too large, gone from Discord): the rows go, a
+        count per server and reason stays."""
+        if jobs:
+            async with self._transaction() as conn:
+                await self._fail(conn, jobs, reason)
+
+    async def _fail(self, conn: AsyncConnection, jobs: Sequence[Job], reason: str) -> None:
+        gone = await conn.execute(
+            delete(IndexJob)
+            .where(IndexJob.id.in_([job.id for job in jobs]))
+            .returning(IndexJob.guild_id)
+        )
+        per_guild: dict[int, int] = {}
+        for (guild_id,) in gone:
+            per_guild[guild_id] = per_guild.get(guild_id, 0) + 1
+        now = _now()
+        for guild_id, n in per_guild.items():
+            await conn.execute(
+                _count_failures(conn), {"guild_id": guild_id, "reason": reason, "n": n, "now": now}
+            )
+
+    async def backlog(self, guild_id: int | None = None) -> Backlog:
+        where = [] if guild_id is None else [IndexJob.guild_id == guild_id]
+        retrying = IndexJob.attempts > 0
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        func.count().filter(~retrying), func.count().filter(retrying)
+                    ).where(*where)
+                )
+            ).one()
+            failures = select(IndexFailure.reason, func.sum(IndexFailure.count)).group_by(
+                IndexFailure.reason
+            )
+            if guild_id is not None:
+                failures = failures.where(IndexFailure.guild_id == guild_id)
+            failed = {reason: int(n) for reason, n in await conn.execute(failures)}
+        return Backlog(int(row[0]), int(row[1]), failed)
+
+    async def waiting(self, *, at_most: int) -> int:
+        """How many rows are queued, counting no further than ``at_most`` (cheap on any size)."""
+        capped = select(IndexJob.id).limit(at_most).subquery()
+        async with self._transaction() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(capped)))
+
+
+def _guarded_enqueue(insert):
+    """INSERT ... SELECT one row per image, unless the policy refuses it or the current model
+    already has its vector; an image already queued keeps its row."""
+    job = IndexJob.__table__
+    values = {name: bindparam(name, type_=job.c[name].type) for name in _REF_COLUMNS}
+    now = bindparam("now", type_=job.c.created_at.type)
+    model = bindparam("model_id", type_=IndexedImage.__table__.c.model_id.type)
+    encoded = exists().where(
+        and_(
+            IndexedImage.message_id == values["message_id"],
+            IndexedImage.image_key == values["image_key"],
+            IndexedImage.model_id == model,
+        )
+    )
+    columns = [*_REF_COLUMNS, "priority", "attempts", "retry_at", "created_at"]
+    chosen = select(
+        *values.values(), bindparam("priority", type_=job.c.priority.type), 0, now, now
+    ).where(
+        permitted(values["author_id"], values["channel_id"], values["parent_id"]),
+        ~encoded,
+    )
+    stmt = insert(IndexJob).from_select(columns, chosen)
+    return stmt.on_conflict_do_nothing(index_elements=["message_id", "image_key"])
+
+
+def _count_failures(conn: AsyncConnection):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(IndexFailure).values(
+        guild_id=bindparam("guild_id"),
+        reason=bindparam("reason"),
+        count=bindparam("n"),
+        last_at=bindparam("now"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["guild_id", "reason"],
+        set_={
+            "count": IndexFailure.count + stmt.excluded["count"],
+            "last_at": stmt.excluded["last_at"],
+        },
+    )
+
+
+def _ref(row) -> ImageRef:
+    return ImageRef(
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        parent_id=row.parent_id,
+        message_id=row.message_id,
+        image_key=row.image_key,
+        kind=row.kind,
+        author_id=row.author_id,
+        posted_at=as_utc(row.posted_at),
+        url=row.url,
+        source_url=row.source_url,
+        filename=row.filename,
+        content_type=row.content_type,
+        size=row.size,
+    )

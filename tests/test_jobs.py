@@ -1,0 +1,148 @@
+"""The durable indexing queue on both databases: guarded, idempotent enqueueing; leases; retries
+with backoff; permanent failures kept as counts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from retrieval.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
+from retrieval.policy import IndexPolicy
+from retrieval.store import open_store
+from tests.records import MODEL
+from tests.records import image_record as record
+
+
+def ref(i: int, **overrides) -> ImageRef:
+    values = dict(
+        guild_id=1 + i % 2,
+        channel_id=10,
+        message_id=1000 + i,
+        image_key=i,
+        kind="attachment",
+        author_id=70,
+        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        url=f"https://cdn.example/attachments/{i}.png?ex=1",
+        source_url=f"https://cdn.example/attachments/{i}.png",
+        filename=f"img{i}.png",
+        content_type="image/png",
+        size=100,
+    )
+    values.update(overrides)
+    return ImageRef(**values)
+
+
+@pytest.fixture
+def queue(store_engine):
+    return JobQueue(store_engine, model_id=MODEL, lease_s=60, retry=RetryPolicy(0.2, 1.0, 5.0))
+
+
+async def test_enqueue_is_idempotent_guarded_and_skips_what_is_encoded(queue, store_engine):
+    policy = IndexPolicy(store_engine)
+    await policy.opt_out(99)
+    store = open_store(store_engine)
+    await store.upsert([record(3, np.ones(4, np.float32), message_id=1003, image_key=3)])
+
+    await queue.enqueue([ref(i) for i in range(5)] + [ref(9, author_id=99)])
+    await queue.enqueue([ref(i) for i in range(5)])  # delivered twice: no second row
+    jobs = await queue.claim(100)
+    assert sorted(job.ref.image_key for job in jobs) == [0, 1, 2, 4]
+    assert jobs[0].ref == ref(jobs[0].ref.image_key)  # everything needed to index it comes back
+
+
+async def test_a_lease_keeps_others_off_until_it_runs_out_or_is_released(queue, store_engine):
+    await queue.enqueue([ref(i) for i in range(4)])
+    first = await queue.claim(3)
+    assert len(first) == 3 and len(await queue.claim(10)) == 1
+    assert await queue.claim(10) == []
+    assert await queue.release([first[0].id]) == 1
+    assert [job.id for job in await queue.claim(10)] == [first[0].id]
+
+    short = JobQueue(store_engine, model_id=MODEL, lease_s=0.2)
+    await short.enqueue([ref(7)])
+    (job,) = await short.claim(10)
+    await asyncio.sleep(0.3)
+    assert [again.id for again in await short.claim(10)] == [job.id]  # the consumer "died"
+
+
+async def test_live_images_are_claimed_before_history(queue):
+    await queue.enqueue([ref(i) for i in range(3)], priority=HISTORY)
+    await queue.enqueue([ref(10)], priority=LIVE)
+    assert [job.ref.image_key for job in await queue.claim(2)] == [10, 0]
+
+
+async def test_transient_failures_back_off_then_give_up_as_a_count(queue):
+    await queue.enqueue([ref(0), ref(1)])
+    job, other = await queue.claim(10)
+    delay = await queue.retry(job, reason="http_503", error="HTTP 503")
+    assert 0.1 <= delay <= 0.2
+    assert await queue.claim(10) == []  # not before its time
+    backlog = await queue.backlog(guild_id=job.ref.guild_id)
+    assert (backlog.waiting, backlog.retrying) == (0, 1)
+
+    await asyncio.sleep(0.25)
+    (again,) = await queue.claim(10)
+    assert again.id == job.id and again.attempts == 1
+    assert await queue.retry(again, reason="http_429", error="", retry_after=0.5) >= 0.5
+
+    await queue.fail([other], "http_404")
+    gone = await queue.retry(again, reason="timeout", error="", retry_after=10.0)  # past 5 s
+    assert gone is None
+    assert (await queue.backlog()).failed == {"http_404": 1, "gave_up_timeout": 1}
+    assert await queue.waiting(at_most=10) == 0
+
+
+async def test_consumers_claim_disjoint_rows(queue, store_engine):
+    await queue.enqueue([ref(i) for i in range(40)])
+    others = [JobQueue(store_engine, model_id=MODEL) for _ in range(4)]
+    claimed = await asyncio.gather(*(q.claim(15) for q in others))
+    ids = [job.id for batch in claimed for job in batch]
+    assert len(ids) == len(set(ids)) == 40
+
+
+def vector(i: int) -> np.ndarray:
+    v = np.zeros(8, np.float32)
+    v[i % 8] = 1.0
+    return v
+
+
+async def test_a_vector_is_stored_with_its_job_deleted_unless_the_job_was_deleted(queue, store):
+    await queue.enqueue([ref(i) for i in range(3)])
+    jobs = await queue.claim(10)
+    await store.delete_messages([jobs[1].ref.message_id])  # deleted while being encoded
+    records = [
+        record(job.ref.image_key, vector(job.ref.image_key), message_id=job.ref.message_id)
+        for job in jobs
+    ]
+    assert await store.upsert(records, job_ids=[job.id for job in jobs]) == 2
+    assert await queue.waiting(at_most=10) == 0
+    assert await store.known_keys(jobs[1].ref.message_id) == set()
+    assert await store.known_keys(jobs[0].ref.message_id) == {jobs[0].ref.image_key}
+
+
+@pytest.mark.parametrize(
+    "deletion",
+    [
+        lambda store: store.delete_messages([1001]),
+        lambda store: store.delete_channels([10]),
+        lambda store: store.delete_guild(2),
+        lambda store: store.delete_author(guild_id=None, author_id=70),
+        lambda store: store.delete_images(1001, keep_keys=[]),
+    ],
+)
+async def test_every_deletion_takes_the_queued_jobs_it_covers(queue, store, deletion):
+    await queue.enqueue([ref(1), ref(2, channel_id=11, author_id=71)])
+    await deletion(store)
+    assert [job.ref.image_key for job in await queue.claim(10)] == [2]
+
+
+async def test_the_sweep_takes_jobs_that_got_in_before_the_policy(queue, store, store_engine):
+    await queue.enqueue([ref(1), ref(2, author_id=71), ref(3, channel_id=500, parent_id=11, author_id=72)])
+    policy = IndexPolicy(store_engine)
+    await policy.opt_out(70)
+    await policy.exclude_channel(guild_id=1, channel_id=11, by=1)
+    await store.delete_forbidden()
+    assert [job.ref.image_key for job in await queue.claim(10)] == [2]
