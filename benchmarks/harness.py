@@ -17,7 +17,7 @@ from retrieval.db import create_engine, ensure_schema
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
-from retrieval.pipeline import ImageRef, IndexingPipeline
+from retrieval.indexing import ImageRef, IndexingPipeline
 from retrieval.store import open_store
 
 

@@ -18,7 +18,7 @@ from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.errors import ConfigError
 from retrieval.fetch import Fetcher
-from retrieval.pipeline import IndexingPipeline
+from retrieval.indexing import IndexingPipeline
 from retrieval.policy import IndexPolicy
 from retrieval.reindex import adopt_model
 from retrieval.store import open_store

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from retrieval.backfill import BackfillProgress
     from retrieval.config import Settings
     from retrieval.encoding import EncoderService
-    from retrieval.pipeline import IndexingPipeline
+    from retrieval.indexing import IndexingPipeline
     from retrieval.policy import IndexPolicy
     from retrieval.store import VectorStore
 

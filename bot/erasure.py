@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from retrieval.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from retrieval.pipeline import IndexingPipeline
+    from retrieval.indexing import IndexingPipeline
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import posixpath
 import discord
 import yarl
 
-from retrieval.pipeline import ImageRef
+from retrieval.indexing import ImageRef
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from retrieval.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
+from retrieval.indexing.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
 from retrieval.policy import IndexPolicy
 from retrieval.store import open_store
 from tests.records import MODEL
@@ -140,7 +140,8 @@ async def test_every_deletion_takes_the_queued_jobs_it_covers(queue, store, dele
 
 
 async def test_the_sweep_takes_jobs_that_got_in_before_the_policy(queue, store, store_engine):
-    await queue.enqueue([ref(1), ref(2, author_id=71), ref(3, channel_id=500, parent_id=11, author_id=72)])
+    in_thread = ref(3, channel_id=500, parent_id=11, author_id=72)
+    await queue.enqueue([ref(1), ref(2, author_id=71), in_thread])
     policy = IndexPolicy(store_engine)
     await policy.opt_out(70)
     await policy.exclude_channel(guild_id=1, channel_id=11, by=1)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
-from retrieval.pipeline import ImageRef, IndexingPipeline
+from retrieval.indexing import ImageRef, IndexingPipeline
 from retrieval.store import SearchScope
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
 
@@ -137,7 +137,7 @@ async def test_bad_input_is_skipped_with_a_reason(host, pipeline, store, caplog)
     host.files["corrupt.png"] = (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, "image/png")
     host.files["page.png"] = (b"<html>not an image</html>", "text/html")
     host.files["huge.png"] = (b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000, "image/png")
-    caplog.set_level(logging.WARNING, logger="retrieval.pipeline")
+    caplog.set_level(logging.WARNING, logger="retrieval.indexing.pipeline")
     await pipeline.submit(
         [
             ref(host, "ok.png", 1),
@@ -235,13 +235,13 @@ class _FlakyStore:
 
 
 async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
-    import retrieval.pipeline
+    import retrieval.indexing.pipeline
 
-    monkeypatch.setattr(retrieval.pipeline, "_STORE_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(retrieval.indexing.pipeline, "_STORE_RETRY_FIRST_S", 0.01)
     pipeline.store = _FlakyStore(store, outages=3)
     for i in range(5):
         host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")
-    caplog.set_level(logging.ERROR, logger="retrieval.pipeline")
+    caplog.set_level(logging.ERROR, logger="retrieval.indexing.pipeline")
     await pipeline.submit([ref(host, f"o{i}.png", 300 + i) for i in range(5)])
     await pipeline.join()
     assert pipeline.store.outages == 0

@@ -25,7 +25,7 @@ from retrieval.encoding import EncoderService
 from retrieval.errors import ClipfindError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
-from retrieval.jobs import ImageRef
+from retrieval.indexing.jobs import ImageRef
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)

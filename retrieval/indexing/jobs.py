@@ -129,23 +129,27 @@ class JobQueue:
             async with self.engine.begin() as conn:
                 yield conn
 
-    async def enqueue(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
-        """Queue images, all in one transaction. Those already queued, already encoded by the
-        current model, or refused by the policy tables are left out by the statement itself."""
+    async def enqueue(
+        self, refs: Sequence[ImageRef], *, priority: int | Sequence[int] = LIVE
+    ) -> None:
+        """Queue images, all in one transaction (``priority`` for all, or one per image).
+        Those already queued, already encoded by the current model, or refused by the policy
+        tables are left out by the statement itself."""
         if not refs:
             return
         now = _now()
+        priorities = [priority] * len(refs) if isinstance(priority, int) else list(priority)
         rows = [
             {
                 **{name: getattr(ref, name) for name in _REF_COLUMNS},
                 "posted_at": as_utc(ref.posted_at),
                 "filename": ref.filename[:255],
                 "content_type": ref.content_type[:64],
-                "priority": priority,
+                "priority": rank,
                 "now": now,
                 "model_id": self.model_id,
             }
-            for ref in refs
+            for ref, rank in zip(refs, priorities, strict=True)
         ]
         async with self._transaction() as conn:
             await conn.execute(self._insert, rows)
