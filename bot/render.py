@@ -108,6 +108,8 @@ def query_problem(error: Exception) -> str | None:
         return "That image is too large for me to read; try a smaller one."
     if isinstance(error, ImageError):
         return "I couldn't decode that image; it may be damaged. Try another one."
+    if isinstance(error, FetchError) and error.reason == "off_discord":
+        return "That image isn't stored on Discord, and I only download images from Discord."
     if isinstance(error, FetchError):
         return "I couldn't download that image just now. Try again in a moment."
     return None
