@@ -46,7 +46,10 @@ def image_bytes(i: int, size: int = 256) -> bytes:
 
 async def flood(encoder: Encoder, count: int) -> dict:
     images = [(image_bytes(i), "image/jpeg") for i in range(count)]
-    async with image_server(images) as base, sqlite_pipeline(encoder, batch_size=32) as pipe:
+    async with (
+        image_server(images) as base,
+        sqlite_pipeline(encoder, source=base, batch_size=32) as pipe,
+    ):
         baseline = rss_mb()
         peak = {"rss": baseline, "queue": 0}
 

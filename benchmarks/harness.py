@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from retrieval.db import create_engine, ensure_schema
@@ -18,6 +19,7 @@ from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
 from retrieval.indexing import ImageRef, IndexingPipeline
+from retrieval.origins import MediaOrigins
 from retrieval.store import open_store
 
 
@@ -43,15 +45,17 @@ async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[str
 
 @contextlib.asynccontextmanager
 async def sqlite_pipeline(
-    encoder: Encoder, *, batch_size: int, decode_threads: int | None = None
+    encoder: Encoder, *, source: str, batch_size: int, decode_threads: int | None = None
 ) -> AsyncIterator[IndexingPipeline]:
+    """A pipeline that may download from ``source``'s origin (the image server's base URL)."""
+    allowed = MediaOrigins.parse(str(yarl.URL(source).origin()))
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
         await ensure_schema(engine)
         service = EncoderService(encoder)
         async with aiohttp.ClientSession() as http:
             pipeline = IndexingPipeline(
-                fetcher=Fetcher(http, max_bytes=50_000_000, timeout_s=60),
+                fetcher=Fetcher(http, allowed=allowed, max_bytes=50_000_000, timeout_s=60),
                 encoder=service,
                 store=open_store(engine),
                 spec=encoder.spec,

@@ -106,7 +106,7 @@ async def pipeline_way(encoder: Encoder, images, batch_size: int):
     """(images/s, sorted loop lags in ms, CPU ms per image by role)."""
     async with (
         image_server(images) as base,
-        sqlite_pipeline(encoder, batch_size=batch_size) as pipe,
+        sqlite_pipeline(encoder, source=base, batch_size=batch_size) as pipe,
     ):
         async with loop_lag() as lags:
             cpu_before = thread_cpu_s()

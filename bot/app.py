@@ -67,6 +67,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
         async with aiohttp.ClientSession(connector=connector) as http:
             fetcher = Fetcher(
                 http,
+                allowed=settings.media_origins(),
                 max_bytes=settings.max_image_bytes,
                 timeout_s=settings.fetch_timeout_s,
                 per_host=settings.fetch_per_host,

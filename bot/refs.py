@@ -77,10 +77,8 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
 
 
 def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
-    """(the picture's own URL, the URL to download) for embeds that show a still picture.
-
-    Downloads go through Discord's media proxy when it offers one, so the bot never connects to
-    hosts chosen by whoever posted the link.
+    """(the picture's own URL, Discord's proxied copy to download) for embeds that show a still
+    picture Discord proxies.
     """
     if embed.type == "image":
         media = embed.thumbnail if embed.thumbnail.url else embed.image
@@ -88,6 +86,9 @@ def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
         media = embed.image
     else:  # gifv and video embeds are moving pictures; links without a picture have nothing
         return None
-    if not media.url:
+    # Without a proxy_url Discord holds no copy, and the picture's own URL is on a host the
+    # poster chose: fetching it would tell that host the bot's address and when it read the
+    # message. Such a picture is left out, not downloaded from there.
+    if not media.url or not media.proxy_url:
         return None
-    return media.url, media.proxy_url or media.url
+    return media.url, media.proxy_url

@@ -98,6 +98,9 @@ def quoted(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+NOT_ON_DISCORD = "That image isn't stored on Discord, and I only download images from Discord."
+
+
 def query_problem(error: Exception) -> str | None:
     """One sentence for input the member can fix; None for everything else."""
     if isinstance(error, BadQuery):
@@ -108,6 +111,8 @@ def query_problem(error: Exception) -> str | None:
         return "That image is too large for me to read; try a smaller one."
     if isinstance(error, ImageError):
         return "I couldn't decode that image; it may be damaged. Try another one."
+    if isinstance(error, FetchError) and error.reason == "off_discord":
+        return NOT_ON_DISCORD
     if isinstance(error, FetchError):
         return "I couldn't download that image just now. Try again in a moment."
     return None

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.errors import ConfigError
+from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
@@ -23,6 +24,8 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
+    # Origins image bytes may come from (comma-separated); nothing else is ever fetched.
+    discord_media_origins: str = DISCORD_MEDIA_ORIGINS
 
     database_url: str = "sqlite+aiosqlite:///data/clipfind.db"
 
@@ -71,6 +74,12 @@ class Settings(BaseSettings):
             raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:<n>'")
         return value
 
+    @field_validator("discord_media_origins")
+    @classmethod
+    def _media_origins(cls, value: str) -> str:
+        MediaOrigins.parse(value)  # its ValueError names the bad entry
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
@@ -83,6 +92,9 @@ class Settings(BaseSettings):
     def _pretrained(cls, value: str | None) -> str | None:
         # An empty value means random init (useful for benchmarks), not the default tag.
         return value or None
+
+    def media_origins(self) -> MediaOrigins:
+        return MediaOrigins.parse(self.discord_media_origins)
 
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite+aiosqlite:///"

@@ -1,4 +1,5 @@
-"""Downloads image bytes: capped in size, bounded in time, polite per host, retried on blips."""
+"""Downloads image bytes: only from allowed origins, capped in size, bounded in time, polite per
+host, retried on blips."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import aiohttp
 import yarl
 
 from retrieval.errors import FetchError
+from retrieval.origins import MediaOrigins, origin_of
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class Fetcher:
@@ -24,13 +27,17 @@ class Fetcher:
         self,
         session: aiohttp.ClientSession,
         *,
+        allowed: MediaOrigins,
         max_bytes: int,
         timeout_s: float,
         per_host: int = 4,
         retries: int = 3,
         backoff_s: float = 0.5,
+        max_redirects: int = 3,
     ) -> None:
         self.session = session
+        self.allowed = allowed
+        self.max_redirects = max_redirects
         self.max_bytes = max_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 10))
         self.retries = retries
@@ -40,7 +47,11 @@ class Fetcher:
         )
 
     async def fetch(self, url: str, *, declared_size: int | None = None) -> bytes:
-        """The body of ``url``; raises FetchError with a reason after the retries are spent."""
+        """The body of ``url``; raises FetchError with a reason after the retries are spent.
+
+        A URL off the allowed origins is refused before any connection (reason ``off_discord``).
+        """
+        self._check_origin(url, what=origin_of(url))
         if declared_size is not None and declared_size > self.max_bytes:
             raise FetchError(
                 f"{declared_size} bytes is over the {self.max_bytes}-byte cap", reason="too_large"
@@ -59,14 +70,36 @@ class Fetcher:
                 log.debug("retrying %s in %.2fs (%s)", _safe(url), delay, exc.reason)
                 await asyncio.sleep(delay)
 
+    def _check_origin(self, url: str | yarl.URL, *, what: str) -> None:
+        # Permanent: retrying would only knock on the same door again.
+        if not self.allowed.allows(url):
+            raise FetchError(
+                f"{what} is off the allowed media origins (DISCORD_MEDIA_ORIGINS)",
+                reason="off_discord",
+            )
+
     async def _get(self, url: str) -> bytes:
+        # Redirects are followed here, not by aiohttp, so that each hop is checked before the
+        # connection: a proxy that redirects to the poster's host must not lead the bot there.
+        target = yarl.URL(url)
+        for _hop in range(self.max_redirects + 1):
+            got = await self._get_once(target)
+            if isinstance(got, bytes):
+                return got
+            target = got
+        raise FetchError(f"more than {self.max_redirects} redirects", reason="too_many_redirects")
+
+    async def _get_once(self, url: yarl.URL) -> bytes | yarl.URL:
+        """The body, or the URL a redirect points to (already checked against the origins)."""
         try:
-            async with self.session.get(url, timeout=self.timeout, allow_redirects=True) as resp:
+            async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
+                if resp.status in _REDIRECTS:
+                    return self._redirect_target(url, resp)
                 if resp.status >= 500 or resp.status == 429:
                     raise FetchError(
                         f"HTTP {resp.status}", reason=f"http_{resp.status}", retryable=True
                     )
-                if resp.status >= 400:
+                if resp.status >= 300:  # 4xx, and 3xx that are no redirect (no cache here)
                     raise FetchError(f"HTTP {resp.status}", reason=f"http_{resp.status}")
                 if resp.content_length is not None and resp.content_length > self.max_bytes:
                     raise FetchError(
@@ -82,6 +115,17 @@ class Fetcher:
             raise FetchError(f"invalid URL: {exc}", reason="invalid_url") from exc
         except aiohttp.ClientError as exc:
             raise FetchError(f"unreachable: {exc}", reason="unreachable", retryable=True) from exc
+
+    def _redirect_target(self, url: yarl.URL, resp: aiohttp.ClientResponse) -> yarl.URL:
+        location = resp.headers.get("Location")
+        if not location:
+            raise FetchError(f"HTTP {resp.status} without a Location", reason=f"http_{resp.status}")
+        try:
+            target = url.join(yarl.URL(location))
+        except ValueError as exc:
+            raise FetchError(f"bad redirect: {exc}", reason="invalid_url") from exc
+        self._check_origin(target, what=f"a redirect to {origin_of(target)}")
+        return target
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         # A server can lie about (or omit) Content-Length: count what actually arrives.

@@ -22,6 +22,7 @@ def bot_settings(fd: FakeDiscord, db_dir: Path, **overrides) -> Settings:
         discord_token=fd.token,
         discord_api_base=fd.api_base,
         discord_gateway_url=fd.gateway_url,
+        discord_media_origins=fd.cdn_origin,
         database_url=f"sqlite+aiosqlite:///{db_dir}/clipfind.db",
         clip_model=str(CONFIG_PATH),
         clip_pretrained=str(CHECKPOINT_PATH),

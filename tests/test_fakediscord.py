@@ -120,6 +120,18 @@ async def test_message_attachment_and_embed_fetch_from_cdn(fd: FakeDiscord, worl
         assert await fresh.attachments[0].read() == data
 
 
+async def test_cdn_redirect_fault_and_unproxied_preview(fd: FakeDiscord) -> None:
+    elsewhere = "http://127.0.0.1:9/far/away.png"  # not hosted here, and nothing listens there
+    fd.set_cdn_fault(elsewhere, redirect_to=elsewhere)
+    assert "proxy_url" not in fd.image_embed(elsewhere, proxied=False)["thumbnail"]
+    proxied = fd.image_embed(elsewhere)["thumbnail"]["proxy_url"]
+    assert proxied.startswith(fd.cdn_origin + "/")
+    async with (aiohttp.ClientSession() as http,
+                http.get(proxied, allow_redirects=False) as resp):
+        assert resp.status == 302 and resp.headers["Location"] == elsewhere
+    assert fd.cdn.hits[-1] == ("/far/away.png", 302)
+
+
 async def test_without_content_intent_content_and_attachments_are_blank(
         fd: FakeDiscord, world: Any) -> None:
     guild, mods, memes, alice = world

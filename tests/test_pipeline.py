@@ -15,6 +15,7 @@ from aiohttp import web
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
 from retrieval.indexing import ImageRef, IndexingPipeline
+from retrieval.origins import MediaOrigins
 from retrieval.store import SearchScope
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
 
@@ -28,7 +29,7 @@ class ImageHost:
         self.hits: dict[str, int] = {}
         self.hold = asyncio.Event()  # held paths wait for it
         self.held: set[str] = set()
-        self.base = ""
+        self.origin = self.base = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -54,16 +55,24 @@ async def host():
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    images.base = f"http://127.0.0.1:{port}/img"
+    images.origin = f"http://127.0.0.1:{port}"
+    images.base = f"{images.origin}/img"
     yield images
     await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
-async def running_pipeline(encoder, store):
+async def running_pipeline(encoder, store, *, origins: str):
     service = EncoderService(encoder)
     async with aiohttp.ClientSession() as http:
-        fetcher = Fetcher(http, max_bytes=200_000, timeout_s=5, retries=2, backoff_s=0.01)
+        fetcher = Fetcher(
+            http,
+            allowed=MediaOrigins.parse(origins),
+            max_bytes=200_000,
+            timeout_s=5,
+            retries=2,
+            backoff_s=0.01,
+        )
         pipe = IndexingPipeline(
             fetcher=fetcher,
             encoder=service,
@@ -84,8 +93,8 @@ async def running_pipeline(encoder, store):
 
 
 @pytest.fixture
-async def pipeline(tiny_encoder, store):
-    async with running_pipeline(tiny_encoder, store) as pipe:
+async def pipeline(host, tiny_encoder, store):
+    async with running_pipeline(tiny_encoder, store, origins=host.origin) as pipe:
         yield pipe
 
 
@@ -137,6 +146,9 @@ async def test_bad_input_is_skipped_with_a_reason(host, pipeline, store, caplog)
     host.files["corrupt.png"] = (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, "image/png")
     host.files["page.png"] = (b"<html>not an image</html>", "text/html")
     host.files["huge.png"] = (b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000, "image/png")
+    host.files["elsewhere.png"] = (png_bytes(draw("blue", "cross", rng=2)), "image/png")
+    # The same server under another name: not an allowed origin, so never asked.
+    elsewhere = host.base.replace("127.0.0.1", "localhost") + "/elsewhere.png?ex=1&hm=sig"
     caplog.set_level(logging.WARNING, logger="retrieval.indexing.pipeline")
     await pipeline.submit(
         [
@@ -146,13 +158,22 @@ async def test_bad_input_is_skipped_with_a_reason(host, pipeline, store, caplog)
             ref(host, "huge.png", 4),
             ref(host, "missing.png", 5),
             ref(host, "declared-huge.png", 6, size=10_000_000),
+            ref(host, "elsewhere.png", 7, url=elsewhere),
         ]
     )
     await pipeline.join()
     failed = pipeline.counters.failed
     assert pipeline.counters.indexed == 1
-    assert failed == {"corrupt": 1, "not_an_image": 1, "too_large": 2, "http_404": 1}
+    assert failed == {
+        "corrupt": 1,
+        "not_an_image": 1,
+        "too_large": 2,
+        "http_404": 1,
+        "off_discord": 1,
+    }
     assert "declared-huge.png" not in host.hits  # refused before any download
+    assert "elsewhere.png" not in host.hits
+    assert "elsewhere.png of message 7" in caplog.text and "off_discord" in caplog.text
     assert "missing.png of message 5" in caplog.text and "http_404" in caplog.text
     assert "sig" not in caplog.text  # signed query strings stay out of logs
     assert await store.count(guild_id=1) == 1
@@ -283,7 +304,7 @@ async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encod
     gated = _Gated(tiny_encoder)
     for i in range(5):
         host.files[f"b{i}.png"] = (png_bytes(draw("red", "square", rng=600 + i)), "image/png")
-    async with running_pipeline(gated, store) as pipe:
+    async with running_pipeline(gated, store, origins=host.origin) as pipe:
         await pipe.submit([ref(host, "b0.png", 600)])
         await asyncio.sleep(0.3)  # b0 alone, held at the encoder
         await pipe.submit([ref(host, f"b{i}.png", 600 + i) for i in (1, 2, 3)])

@@ -37,7 +37,9 @@ Members acting
   as Discord's link unfurling does).
 - `fd.add_history_message(channel, member, content, ..., at=datetime|None) -> Message`
   (stored only).
-- `fd.host_external_image(name, data, content_type) -> url`; `fd.image_embed(url, rich=False)`.
+- `fd.host_external_image(name, data, content_type) -> url`; `fd.image_embed(url, rich=False,
+  proxied=True)` (`proxied=False`: no `proxy_url`). The external host shares the CDN's origin
+  `fd.cdn_origin` (what a client is told media may come from), so it counts as Discord's.
 - `await fd.invoke_slash(guild, channel, member, "find" | ("clipfind", "channels", "exclude"),
   {"query": "a red circle", "count": 3}) -> FakeInteraction`; option values may be
   str/int/float/bool, Member/User, Channel, Role, Attachment.
@@ -66,7 +68,7 @@ Lifecycle (all async, all take `dispatch=False` for offline changes)
 `update_channel_overwrites`, `remove_bot_from_guild`, `add_bot_to_guild`,
 `remove_member`, `update_member_roles`, `update_role`; plus `expire_attachment_links()`,
 `advance_clock(seconds)`, `set_cdn_fault(url, delay=, fail_first=, fail_status=,
-content_type=, declared_length=, stall=)`, `await fd.wait_ready(timeout=)`,
+content_type=, declared_length=, stall=, redirect_to=)`, `await fd.wait_ready(timeout=)`,
 `await fd.flush()`, `await fd.reconnect_clients()`.
 
 Discord behaviour reproduced on purpose

@@ -43,6 +43,7 @@ class Fault:
     content_type: str | None = None  # serve with this Content-Type instead
     declared_length: int | None = None  # pad the body with zeros to this many bytes
     stall: bool = False  # send headers and half the body, then hang until shutdown
+    redirect_to: str | None = None  # answer 302 with this Location instead of the bytes
     served: int = 0
 
 
@@ -169,6 +170,9 @@ class Cdn:
 
     async def _proxied(self, request: web.Request) -> web.StreamResponse:
         target = self._proxied_urls.get(request.match_info["token"], "")
+        fault = self.faults.get(target)
+        if fault is not None and fault.redirect_to:  # the picture need not be hosted here
+            return self._redirect(target, fault)
         found = self.external.get(target)
         if found is None:
             return self._gone(request)
@@ -182,6 +186,8 @@ class Cdn:
         if fault is None:
             self.hits.append((path, 200))
             return web.Response(body=data, headers={"Content-Type": content_type})
+        if fault.redirect_to:
+            return self._redirect(path, fault)
         fault.served += 1
         if fault.delay:
             await asyncio.sleep(fault.delay)
@@ -203,6 +209,12 @@ class Cdn:
             await resp.write(body[start:start + (1 << 16)])
         await resp.write_eof()
         return resp
+
+
+    def _redirect(self, path: str, fault: Fault) -> web.Response:
+        fault.served += 1
+        self.hits.append((path, 302))
+        return web.Response(status=302, headers={"Location": fault.redirect_to or ""})
 
 
 def _canonical(path: str) -> str:

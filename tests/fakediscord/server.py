@@ -112,6 +112,12 @@ class FakeDiscord(Lifecycle, MemberActions):
         self.api_base = self.base_url + API
         self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
 
+    @property
+    def cdn_origin(self) -> str:
+        """The CDN's origin, the one a client may download media from (its external image host
+        shares it: a test of a foreign host runs a server of its own)."""
+        return self.cdn.base
+
     async def close(self) -> None:
         self.cdn.closing.set()
         await self.gateway.close()
@@ -229,20 +235,25 @@ class FakeDiscord(Lifecycle, MemberActions):
         """Make one URL misbehave; see `cdn.Fault` (delay, fail_first, content_type, ...)."""
         return self.cdn.set_fault(url, **spec)
 
-    def image_embed(self, url: str, *, rich: bool = False, title: str | None = None
-                    ) -> dict[str, Any]:
+    def image_embed(self, url: str, *, rich: bool = False, title: str | None = None,
+                    proxied: bool = True) -> dict[str, Any]:
         """The embed Discord unfurls for a linked picture.
 
         A bare image link becomes `type: "image"` with the picture in `thumbnail`, not
         `image`; `rich=True` gives a rich embed with the picture in `image` instead.
+        The picture's `proxy_url` is the CDN's `/external/<token>`, serving the bytes hosted
+        here under `url` (or following a `redirect_to` fault set on `url`); `proxied=False`
+        leaves it out, as for a picture Discord holds no copy of.
         """
         width = height = None
         path = url[len(self.base_url):] if url.startswith(self.base_url) else None
         hosted = self.cdn.external.get(unquote(path)) if path else None
         if hosted is not None:
             _, width, height = probe_image(hosted[0])
-        media = {"url": url, "proxy_url": self.cdn.external_proxy_url(url),
-                 "width": width or 0, "height": height or 0, "flags": 0}
+        media: dict[str, Any] = {"url": url, "width": width or 0, "height": height or 0,
+                                 "flags": 0}
+        if proxied:
+            media["proxy_url"] = self.cdn.external_proxy_url(url)
         if rich:
             return {"type": "rich", "title": title, "image": media, "content_scan_version": 0}
         return {"type": "image", "url": url, "thumbnail": media, "content_scan_version": 0}
