@@ -52,7 +52,7 @@ async def test_link_previews_never_reach_the_posters_host(world, poster_host, ca
     general = guild.add_text_channel("general")
     alice = guild.add_member("alice")
     await fd.wait_ready()
-    caplog.set_level(logging.WARNING, logger="retrieval.pipeline")
+    caplog.set_level(logging.WARNING, logger="retrieval.indexing.pipeline")
     refused_before = bot.pipeline.counters.failed["off_discord"]
 
     # (a) A preview Discord holds no copy of: only the poster's host has the picture.
