@@ -5,7 +5,8 @@ Channel access comes from the member's roles and overwrites right now (discord.p
 remembered briefly: threads the cache does not hold (archived threads leave it), and whether a
 member belongs to a private thread (without the members intent the bot hears only of its own
 thread memberships). Each result is also confirmed to still exist just before it is shown: a
-message deleted while the bot was offline is dropped and its vectors deleted.
+message deleted while the bot was offline, or an image (attachment or link preview) edited out
+or hidden since, is dropped and its vectors deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Generic, TypeVar
 import discord
 
 from bot.audience import readable_by_all_readers
+from bot.refs import image_keys
 from retrieval.store import SearchHit, VectorStore
 
 log = logging.getLogger(__name__)
@@ -238,12 +240,12 @@ class Access:
         readable = [h for h, ok in zip(hits, allowed, strict=True) if ok]
         cached = {m.id: m for m in self.client.cached_messages}
         where = {h.message_id: h.channel_id for h in readable}
-        attachments = await self._gather(
-            where, lambda m: self._attachment_ids(m, where[m], seen.guild_id, cached.get(m))
+        shown = await self._gather(
+            where, lambda m: self._image_keys(m, where[m], seen.guild_id, cached.get(m))
         )
         verdicts = {}
         for hit in readable:
-            verdicts[hit.row_id] = await self._still_there(hit, attachments[hit.message_id])
+            verdicts[hit.row_id] = await self._still_there(hit, shown[hit.message_id])
         return [verdicts.get(h.row_id, False) for h in hits]
 
     @staticmethod
@@ -267,12 +269,12 @@ class Access:
         self._members.put(key, joined)
         return joined
 
-    async def _attachment_ids(
+    async def _image_keys(
         self, message_id: int, channel_id: int, guild_id: int, cached: discord.Message | None
     ) -> frozenset[int] | None:
-        """The message's attachment ids as they are now; None when it is gone or unreadable."""
+        """The message's image keys as they are now; None when it is gone or unreadable."""
         if cached is not None:  # the gateway removes deleted messages from the cache
-            return frozenset(a.id for a in cached.attachments)
+            return image_keys(cached)
         if (known := self._alive.get(message_id)) is not None:
             return known
         channel = self.client.get_partial_messageable(channel_id, guild_id=guild_id)
@@ -286,16 +288,16 @@ class Access:
         except discord.HTTPException as exc:
             log.warning("cannot confirm message %s, hiding it this time: %s", message_id, exc)
             return None
-        ids = frozenset(a.id for a in message.attachments)
-        self._alive.put(message_id, ids)
-        return ids
+        keys = image_keys(message)
+        self._alive.put(message_id, keys)
+        return keys
 
-    async def _still_there(self, hit: SearchHit, attachment_ids: frozenset[int] | None) -> bool:
-        if attachment_ids is None:
+    async def _still_there(self, hit: SearchHit, keys: frozenset[int] | None) -> bool:
+        if keys is None:
             return False
-        if hit.kind != "attachment" or hit.image_key in attachment_ids:
+        if hit.image_key in keys:
             return True
-        # The message was edited to drop this image while nobody listened.
+        # Edited out, or its preview hidden, while the bot was away or the image in the pipeline.
         keep = await self.store.known_keys(hit.message_id) - {hit.image_key}
         await self.store.delete_images(hit.message_id, keep)
         return False

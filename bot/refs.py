@@ -56,13 +56,7 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
         for a in message.attachments
         if _looks_like_image(a.content_type, a.filename)
     ]
-    seen: set[str] = set()
-    for embed in message.embeds:
-        picture = _embed_picture(embed)
-        if picture is None or picture[0] in seen:
-            continue
-        url, fetch_url = picture
-        seen.add(url)
+    for url, fetch_url in _embed_pictures(message):
         refs.append(
             ImageRef(
                 **common,
@@ -74,6 +68,24 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
             )
         )
     return refs
+
+
+def image_keys(message: discord.Message) -> frozenset[int]:
+    """The keys of the images the message shows now: what an indexed row must still match."""
+    embeds = frozenset(embed_key(url) for url, _ in _embed_pictures(message))
+    return frozenset(a.id for a in message.attachments) | embeds
+
+
+def _embed_pictures(message: discord.Message) -> list[tuple[str, str]]:
+    """One (picture URL, download URL) per distinct embed picture the message shows."""
+    if message.flags.suppress_embeds:  # a hidden preview is not shown, whatever the list says
+        return []
+    pictures: dict[str, str] = {}
+    for embed in message.embeds:
+        picture = _embed_picture(embed)
+        if picture is not None:
+            pictures.setdefault(*picture)
+    return list(pictures.items())
 
 
 def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:

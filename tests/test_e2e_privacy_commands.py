@@ -221,22 +221,30 @@ async def test_managers_exclude_list_and_include_channels(world):
 async def test_members_without_manage_server_cannot_change_channels(world):
     fd, bot = world
     guild, general, alice, _ = await server(fd, "Unmanaged")
+    mods = guild.add_role("mods", permissions=MANAGE_SERVER)
+    mod = guild.add_member("mod", roles=[mods])
+    hidden = guild.add_text_channel("hidden")
+    await fd.flush()
+    await run(fd, guild, general, mod, "clipfind channels exclude", {"channel": hidden})
     await fd.post_message(general, alice, "", attachments=[picture("red", "square", 19)])
     await settled(bot, fd)
-    for path, options in (
-        ("clipfind channels exclude", {"channel": general}),
-        ("clipfind channels include", {"channel": general}),
-        ("clipfind channels list", None),
-    ):
-        answer = await run(fd, guild, general, alice, path, options)
+
+    def refused(answer: dict) -> None:
         assert answer["content"] == "This needs the Manage Server permission."
         assert answer["flags"] & 64
-    assert not bot.policy.is_excluded(general.id)
 
-    async def untouched() -> bool:
-        return await bot.store.count(guild_id=guild.id) == 1
-
-    await eventually(untouched)
+    refused(await run(fd, guild, general, alice, "clipfind channels exclude", {"channel": general}))
+    refused(await run(fd, guild, general, alice, "clipfind channels include", {"channel": hidden}))
+    refused(await run(fd, guild, general, alice, "clipfind channels list"))
+    # Each command acts before it answers: by now an exclusion would have erased #general's
+    # image, and an include would have let #hidden's new one in.
+    assert not bot.policy.is_excluded(general.id) and bot.policy.is_excluded(hidden.id)
+    assert await bot.store.count(guild_id=guild.id) == 1
+    await fd.post_message(general, alice, "", attachments=[picture("blue", "star", 20)])
+    await fd.post_message(hidden, alice, "", attachments=[picture("green", "cross", 21)])
+    await settled(bot, fd)
+    assert await bot.store.channel_ids(guild_id=guild.id) == {general.id}
+    assert await bot.store.count(guild_id=guild.id) == 2
 
 
 async def test_any_member_sees_help_and_status(world):

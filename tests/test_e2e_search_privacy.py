@@ -10,9 +10,10 @@ import pytest
 
 from bot.cogs.search import NOTHING_INDEXED
 from retrieval.store import SearchScope
-from tests.e2e import bot_settings, running_bot, settled
+from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord, Overwrite, P
 from tests.search_helpers import find, message_fetches, picture, result_ids
+from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -22,6 +23,12 @@ async def stored_messages(bot, guild_id: int) -> set[int]:
     scope = SearchScope(guild_id=guild_id, model_id=bot.encoder.model_id)
     hits = await bot.store.search(await bot.encoder.encode_text("a picture"), scope=scope, k=1000)
     return {h.message_id for h in hits}
+
+
+def linked(fd: FakeDiscord, colour: str, shape: str, seed: int) -> str:
+    """A picture on another website, to post as a link that Discord previews."""
+    data = png_bytes(draw(colour, shape, size=160, rng=seed))
+    return fd.host_external_image(f"{colour}-{shape}.png", data, "image/png")
 
 
 async def test_roles_and_a_private_channel_decide_at_query_time(world):
@@ -222,6 +229,36 @@ async def test_answers_are_ephemeral_unless_public(world):
     assert [result_ids(m) for m in answers_in_channel()] == [result_ids(private)]
 
 
+async def test_a_preview_hidden_while_its_picture_was_indexed_is_dropped(world):
+    fd, bot = world
+    guild = fd.add_guild("Hidden preview")
+    general = guild.add_text_channel("general")
+    quinn = guild.add_member("quinn")
+    await fd.wait_ready()
+    kept = await fd.post_message(general, quinn, "", attachments=[picture("red", "cross", 60)])
+    url = linked(fd, "red", "cross", 61)
+    download = fd.set_cdn_fault(url, delay=1.0)
+    hidden = await fd.post_message(general, quinn, url, embeds=[fd.image_embed(url)])
+
+    async def downloading() -> bool:
+        return download.served > 0
+
+    # Hidden while its picture downloads: the edit finds nothing to delete yet, and the picture
+    # is stored a moment later.
+    await eventually(downloading)
+    await fd.suppress_embeds(hidden)
+    await settled(bot, fd)
+    assert await stored_messages(bot, guild.id) == {kept.id, hidden.id}
+
+    before = message_fetches(fd)
+    shown = result_ids(await find(fd, guild, general, quinn, "a red cross", count=2))
+    assert shown == [kept.id]
+    assert message_fetches(fd) == before, "the bot's cache holds the edit it heard"
+    assert await stored_messages(bot, guild.id) == {kept.id}
+
+
+# Tests that start a bot of their own come last: starting one points discord.py (a global
+# setting) at its own stand-in, away from the module's shared world.
 async def test_deleted_while_offline_is_dropped_and_the_answer_still_fills(tmp_path):
     async with FakeDiscord() as fd:
         settings = bot_settings(fd, tmp_path)
@@ -254,3 +291,35 @@ async def test_deleted_while_offline_is_dropped_and_the_answer_still_fills(tmp_p
     assert remaining == {m.id for m in posted[3:]}
     # Every result was confirmed over REST (the restarted bot's cache is empty), within bounds.
     assert 6 <= fetched <= 3 * 4
+
+
+async def test_previews_hidden_or_edited_out_while_offline_are_dropped(tmp_path):
+    async with FakeDiscord() as fd:
+        settings = bot_settings(fd, tmp_path)
+        guild = fd.add_guild("Previews")
+        general = guild.add_text_channel("general")
+        pia = guild.add_member("pia")
+        pictures = [("red", "circle"), ("red", "circle"), ("red", "circle"), ("blue", "star")]
+        pictures += [("green", "square"), ("yellow", "cross"), ("purple", "triangle")]
+        async with running_bot(settings, fd) as bot:
+            posted = []
+            for i, (colour, shape) in enumerate(pictures):
+                url = linked(fd, colour, shape, 40 + i)
+                embeds = [fd.image_embed(url)]
+                posted.append(await fd.post_message(general, pia, url, embeds=embeds))
+            await settled(bot, fd)
+            first = result_ids(await find(fd, guild, general, pia, "a red circle", count=3))
+        assert sorted(first) == sorted(m.id for m in posted[:3])
+
+        # While the bot is away: one preview is hidden, one edited out, one replaced by another.
+        await fd.suppress_embeds(posted[0], dispatch=False)
+        await fd.edit_message(posted[1], embeds=[], dispatch=False)
+        other = linked(fd, "orange", "star", 50)
+        await fd.edit_message(posted[2], embeds=[fd.image_embed(other, rich=True)], dispatch=False)
+        async with running_bot(settings, fd) as bot:
+            shown = result_ids(await find(fd, guild, general, pia, "a red circle", count=3))
+            remaining = await stored_messages(bot, guild.id)
+
+    changed = {m.id for m in posted[:3]}
+    assert len(shown) == 3 and not changed & set(shown)
+    assert remaining == {m.id for m in posted[3:]}

@@ -132,6 +132,28 @@ async def test_cdn_redirect_fault_and_unproxied_preview(fd: FakeDiscord) -> None
     assert fd.cdn.hits[-1] == ("/far/away.png", 302)
 
 
+async def test_suppressed_previews_are_sent_without_embeds(fd: FakeDiscord, world: Any) -> None:
+    guild, mods, memes, alice = world
+    linked = fd.host_external_image("pic.png", png("blue", (5, 5)), "image/png")
+    client = client_with()
+    edits: asyncio.Queue[discord.RawMessageUpdateEvent] = asyncio.Queue()
+
+    @client.event
+    async def on_raw_message_edit(payload: discord.RawMessageUpdateEvent) -> None:
+        await edits.put(payload)
+
+    async with running(client, fd):
+        posted = await fd.post_message(memes, alice, linked, embeds=[fd.image_embed(linked)])
+        await fd.suppress_embeds(posted)
+        edit = await asyncio.wait_for(edits.get(), 5)
+        assert edit.message.flags.suppress_embeds and edit.message.embeds == []
+        channel = client.get_channel(memes.id)
+        assert (await channel.fetch_message(posted.id)).embeds == []
+        await fd.suppress_embeds(posted, suppressed=False, dispatch=False)
+        shown = await channel.fetch_message(posted.id)
+        assert not shown.flags.suppress_embeds and shown.embeds[0].thumbnail.url == linked
+
+
 async def test_without_content_intent_content_and_attachments_are_blank(
         fd: FakeDiscord, world: Any) -> None:
     guild, mods, memes, alice = world

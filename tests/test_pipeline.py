@@ -179,6 +179,30 @@ async def test_bad_input_is_skipped_with_a_reason(host, pipeline, store, caplog)
     assert await store.count(guild_id=1) == 1
 
 
+async def test_each_server_has_its_own_waiting_and_skipped_counts(host, pipeline):
+    host.files["ok.png"] = (png_bytes(draw("red", "cross", rng=1)), "image/png")
+    host.files["page.png"] = (b"<html>not an image</html>", "text/html")
+    host.held.add("slow.png")
+    await pipeline.submit(
+        [
+            ref(host, "ok.png", 1),
+            ref(host, "page.png", 2, guild_id=2),
+            ref(host, "missing.png", 3, guild_id=2),
+            ref(host, "slow.png", 4, guild_id=3),
+        ]
+    )
+    for _ in range(200):  # until only the held download is left
+        if set(pipeline.counters.waiting) == {3}:
+            break
+        await asyncio.sleep(0.02)
+    assert pipeline.counters.waiting == {3: 1}
+    assert pipeline.counters.failed_in == {2: {"not_an_image": 1, "http_404": 1}}
+    host.files["slow.png"] = host.files["ok.png"]
+    host.hold.set()
+    await pipeline.join()
+    assert not pipeline.counters.waiting and 3 not in pipeline.counters.failed_in
+
+
 async def test_transient_server_errors_are_retried(host, pipeline, store):
     host.files["flaky.png"] = (png_bytes(draw("blue", "circle", rng=3)), "image/png")
     host.fail_first["flaky.png"] = 2

@@ -1,5 +1,6 @@
 """`/clipfind`: help and status for everyone; `channels` (Manage Server) takes channels out of
-the index and back.
+the index and back. At start, and on joining a server, a log line lists the channels the bot
+cannot read there.
 
 Add subcommands with ``@clipfind.command()`` (or subgroups with ``parent=clipfind``). Discord's
 ``default_permissions`` would cover the whole top-level command, hiding help from members, so
@@ -17,6 +18,7 @@ from discord.ext import commands
 
 from bot.erasure import Eraser
 from bot.render import HELP
+from bot.sight import listed, unreadable_channels
 from bot.status import status_text
 from bot.threads import survey
 
@@ -36,6 +38,7 @@ Indexable = (
 )
 
 LIST_AT_MOST = 60  # mentions are ~22 characters; a message holds 2,000
+LOGGED_AT_MOST = 50  # unreadable channels named per server in the start-up log line
 NONE_EXCLUDED = "No channels are excluded: I index every channel and thread I can read."
 
 
@@ -54,6 +57,7 @@ class Admin(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
         self.eraser = Eraser(bot.pipeline)
+        self._reported = False
 
     async def cog_unload(self) -> None:
         self.eraser.close()
@@ -154,8 +158,45 @@ class Admin(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         """What clipfind has indexed here and what it is doing now."""
         assert interaction.guild is not None  # guild_only
-        text = await status_text(self.bot, interaction.guild.id)
-        await interaction.response.send_message(text, ephemeral=True)
+        # The first owner check asks Discord for the application's owner; answer in time.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        text = await status_text(
+            self.bot,
+            guild=interaction.guild,
+            manager=interaction.permissions.manage_guild,
+            owner=await self.bot.is_owner(interaction.user),
+        )
+        await interaction.followup.send(text)
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        if self._reported:  # on_ready comes again after a lost session; once is enough
+            return
+        self._reported = True
+        for guild in self.bot.guilds:
+            self._log_unreadable(guild)
+
+    @commands.Cog.listener()
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        self._log_unreadable(guild)
+
+    def _log_unreadable(self, guild: discord.Guild) -> None:
+        unreadable = unreadable_channels(guild, skip=self.bot.policy.excluded_in(guild.id))
+        if not unreadable:
+            return
+        names = listed(
+            unreadable,
+            at_most=LOGGED_AT_MOST,
+            name=lambda u: f"#{u.channel.name} ({u.channel.id}): no {u.missing}",
+        )
+        log.info(
+            "cannot index %d channels of %s (%s), lacking View Channel or Read Message "
+            "History there: %s",
+            len(unreadable),
+            guild.name,
+            guild.id,
+            names,
+        )
 
     @clipfind.command(name="help")
     async def help(self, interaction: discord.Interaction) -> None:

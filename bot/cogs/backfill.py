@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -71,6 +72,10 @@ class Backfill(commands.Cog):
         self._again: set[int] = set()  # asked for again during a turn: walk once more after
         self._seen: set[int] = set()
         self._done: set[int] = set()
+        # Each server's share, for its own status: channel → server, and per-server counts.
+        self._guild_of: dict[int, int] = {}
+        self._scanned: Counter[int] = Counter()
+        self._submitted: Counter[int] = Counter()
         self._idle = asyncio.Event()  # cleared until the first pass is over
         self._since = time.monotonic()
         self._tasks: list[asyncio.Task] = []
@@ -105,6 +110,17 @@ class Backfill(commands.Cog):
     def seen_channels(self) -> frozenset[int]:
         """Every channel and thread scheduled this session: each existed when listed."""
         return frozenset(self._seen)
+
+    def progress_in(self, guild_id: int) -> BackfillProgress:
+        """The counters of one server's channels only."""
+        mine = {channel for channel, guild in self._guild_of.items() if guild == guild_id}
+        return BackfillProgress(
+            channels_total=len(mine & self._seen),
+            channels_done=len(mine & self._done),
+            messages_scanned=self._scanned[guild_id],
+            images_submitted=self._submitted[guild_id],
+            running=not mine.isdisjoint(self._listing | self._walking.keys()),
+        )
 
     async def wait_idle(self) -> None:
         """Wait until every channel known so far was read and its images were processed."""
@@ -159,6 +175,7 @@ class Backfill(commands.Cog):
         if parent.id in self._listing or not self._allowed(parent):
             return
         self._listing.add(parent.id)
+        self._guild_of[parent.id] = parent.guild.id
         self._running()
         self._parents.put_nowait(parent)
 
@@ -171,6 +188,7 @@ class Backfill(commands.Cog):
             return
         walk = self._walking[channel.id] = _Walk(channel)
         self._seen.add(channel.id)
+        self._guild_of[channel.id] = channel.guild.id
         self._done.discard(channel.id)
         self._running()
         self._count()
@@ -264,6 +282,7 @@ class Backfill(commands.Cog):
             walk.pages += 1
             walk.scanned += len(page)
             self.progress.messages_scanned += len(page)
+            self._scanned[channel.guild.id] += len(page)
             await self._submit(walk, page, floor)
         # The cursor may only move past messages whose images the pipeline has finished.
         if walk.submitted > submitted:
@@ -309,6 +328,7 @@ class Backfill(commands.Cog):
             await self.bot.pipeline.submit(refs)
             walk.submitted += len(refs)
             self.progress.images_submitted += len(refs)
+            self._submitted[walk.channel.guild.id] += len(refs)
 
     async def _room(self) -> None:
         """Wait while backfill's share of the pipeline queue is used up."""

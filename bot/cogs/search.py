@@ -80,6 +80,11 @@ class Search(commands.Cog):
             self.access.forget_message(message_id)
 
     @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        # The images it shows may have changed: confirm them afresh.
+        self.access.forget_message(payload.message_id)
+
+    @commands.Cog.listener()
     async def on_ready(self) -> None:
         # A new gateway session: deletions during the gap were never heard of.
         self.access.forget_all()

@@ -49,10 +49,23 @@ class PipelineCounters:
     in_flight: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
+    # Per server, so each one's status shows its own figures only: images submitted and not
+    # finished yet, and skipped images by reason.
+    waiting: Counter[int] = field(default_factory=Counter)
+    failed_in: dict[int, Counter[str]] = field(default_factory=dict)
 
     def images_per_s(self) -> float:
         elapsed = time.monotonic() - self.started
         return (self.indexed + self.reused) / elapsed if elapsed > 0 else 0.0
+
+    def count_skipped(self, guild_id: int, reason: str) -> None:
+        self.failed[reason] += 1
+        self.failed_in.setdefault(guild_id, Counter())[reason] += 1
+
+    def finished(self, guild_id: int) -> None:
+        self.waiting[guild_id] -= 1
+        if self.waiting[guild_id] <= 0:
+            del self.waiting[guild_id]
 
 
 @dataclass(slots=True)
@@ -139,6 +152,7 @@ class IndexingPipeline:
             self._pending += 1
             self._idle.clear()
             self.counters.submitted += 1
+            self.counters.waiting[ref.guild_id] += 1
             await self._intake.put(ref)
 
     def forget_messages(self, message_ids: Iterable[int]) -> None:
@@ -159,14 +173,16 @@ class IndexingPipeline:
         """Wait until every submitted image is indexed or has failed."""
         await self._idle.wait()
 
-    def _done(self, count: int = 1) -> None:
-        self._pending -= count
+    def _done(self, refs: list[ImageRef]) -> None:
+        for ref in refs:
+            self.counters.finished(ref.guild_id)
+        self._pending -= len(refs)
         if self._pending <= 0:
             self._pending = 0
             self._idle.set()
 
     def _fail(self, ref: ImageRef, error: ClipfindError | ImageError) -> None:
-        self.counters.failed[error.reason] += 1
+        self.counters.count_skipped(ref.guild_id, error.reason)
         log.warning(
             "skipped image %s of message %s in channel %s (guild %s): %s: %s",
             ref.filename,
@@ -190,11 +206,11 @@ class IndexingPipeline:
                 log.exception(
                     "unexpected error indexing %s of message %s", ref.filename, ref.message_id
                 )
-                self.counters.failed["internal"] += 1
+                self.counters.count_skipped(ref.guild_id, "internal")
             finally:
                 self.counters.in_flight -= 1
                 if not handed_on:
-                    self._done()
+                    self._done([ref])
 
     async def _fetch_one(self, ref: ImageRef) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
@@ -267,10 +283,11 @@ class IndexingPipeline:
             await self._encode_and_write(batch)
         except Exception:
             log.exception("unexpected error encoding a batch of %d images", len(batch))
-            self.counters.failed["internal"] += len(batch)
+            for item in batch:
+                self.counters.count_skipped(item.ref.guild_id, "internal")
         finally:
             slots.release()
-            self._done(len(batch))
+            self._done([item.ref for item in batch])
 
     async def _encode_and_write(self, batch: list[_Prepared]) -> None:
         started = time.monotonic()

@@ -63,8 +63,8 @@ What the bot did
 
 Lifecycle (all async, all take `dispatch=False` for offline changes)
 -------------------------------------------------------------------
-`delete_message`, `bulk_delete`, `edit_message`, `delete_channel`, `delete_thread`,
-`archive_thread`, `add_thread_members`, `remove_thread_members`,
+`delete_message`, `bulk_delete`, `edit_message`, `suppress_embeds`, `delete_channel`,
+`delete_thread`, `archive_thread`, `add_thread_members`, `remove_thread_members`,
 `update_channel_overwrites`, `remove_bot_from_guild`, `add_bot_to_guild`,
 `remove_member`, `update_member_roles`, `update_role`; plus `expire_attachment_links()`,
 `advance_clock(seconds)`, `set_cdn_fault(url, delay=, fail_first=, fail_status=,
@@ -83,6 +83,7 @@ Discord behaviour reproduced on purpose
   follow-up after a type-5 deferral replaces the "thinking" message and keeps its
   ephemeral flag. Non-ephemeral responses are channel messages the bot also receives.
 - Attachment URLs are signed and expire; deleting a message makes its files 404.
+- A message flagged SUPPRESS_EMBEDS is sent with no embeds (REST and gateway alike).
 """
 
 from .cdn import Fault

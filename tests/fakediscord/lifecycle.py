@@ -13,6 +13,7 @@ from . import payloads
 from .gateway import GUILD_MEMBERS, GUILD_PRESENCES, Session
 from .messages import EPHEMERAL
 from .models import Attachment, Channel, Guild, Member, Message, Role
+from .payloads import SUPPRESS_EMBEDS
 from .permissions import Overwrite, bits
 
 _UNSET: Any = object()
@@ -116,6 +117,20 @@ class Lifecycle:
                     self.cdn.forget(att)
             message.attachments = kept
         message.edited_at = self.clock()
+        if dispatch:
+            self.dispatch_message("MESSAGE_UPDATE", message)
+        await self.flush()
+        return message
+
+    async def suppress_embeds(self, message: Message, *, suppressed: bool = True,
+                              dispatch: bool = True) -> Message:
+        """The author (or a moderator) hides the link previews: flag SUPPRESS_EMBEDS, and
+        Discord sends the message without embeds from then on. `suppressed=False` shows them
+        again."""
+        if suppressed:
+            message.flags |= SUPPRESS_EMBEDS
+        else:
+            message.flags &= ~SUPPRESS_EMBEDS
         if dispatch:
             self.dispatch_message("MESSAGE_UPDATE", message)
         await self.flush()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 LOADING = 1 << 7
 EPHEMERAL = 1 << 6
+SUPPRESS_EMBEDS = 1 << 2
 
 
 def user(u: User) -> dict[str, Any]:
@@ -175,7 +176,9 @@ def message(fd: FakeDiscord, m: Message, *, content: bool = True, gateway: bool 
         "mentions": [user(u) for u in m.mentions],
         "mention_roles": [str(r) for r in m.mention_roles],
         "attachments": [attachment(a) for a in m.attachments] if content else [],
-        "embeds": [dict(e) for e in m.embeds] if content else [],
+        # A member (or the bot) hiding the previews: Discord then sends none at all.
+        "embeds": [dict(e) for e in m.embeds] if content and not m.flags & SUPPRESS_EMBEDS
+        else [],
         "components": list(m.components) if content else [],
         "pinned": False, "flags": m.flags, "reactions": [],
     }
