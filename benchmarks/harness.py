@@ -18,7 +18,7 @@ from retrieval.db import create_engine, ensure_schema
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
-from retrieval.indexing import ImageRef, IndexingPipeline
+from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue
 from retrieval.origins import MediaOrigins
 from retrieval.store import open_store
 
@@ -58,6 +58,7 @@ async def sqlite_pipeline(
                 fetcher=Fetcher(http, allowed=allowed, max_bytes=50_000_000, timeout_s=60),
                 encoder=service,
                 store=open_store(engine),
+                jobs=JobQueue(engine, model_id=encoder.model_id),
                 spec=encoder.spec,
                 max_pixels=50_000_000,
                 batch_size=batch_size,

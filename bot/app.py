@@ -18,7 +18,7 @@ from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.errors import ConfigError
 from retrieval.fetch import Fetcher
-from retrieval.indexing import IndexingPipeline
+from retrieval.indexing import IndexingPipeline, JobQueue
 from retrieval.policy import IndexPolicy
 from retrieval.reindex import adopt_model
 from retrieval.store import open_store
@@ -73,10 +73,20 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 per_host=settings.fetch_per_host,
                 retries=settings.fetch_retries,
             )
+            jobs = JobQueue(
+                engine,
+                model_id=encoder.model_id,
+                lease_s=settings.job_lease_s,
+                retry=settings.retry_policy(),
+            )
+            if engine.dialect.name == "sqlite":
+                # One process per SQLite file: any claim left is a dead process's.
+                await jobs.release()
             pipeline = IndexingPipeline(
                 fetcher=fetcher,
                 encoder=service,
                 store=store,
+                jobs=jobs,
                 spec=encoder.spec,
                 max_pixels=settings.max_image_pixels,
                 batch_size=settings.batch_size or encoder.default_batch_size,
@@ -84,9 +94,6 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 queue_size=settings.queue_size,
                 fetch_workers=settings.fetch_concurrency,
                 decode_threads=settings.decode_threads,
-                admit=lambda ref: policy.allows(
-                    channel_id=ref.channel_id, author_id=ref.author_id, parent_id=ref.parent_id
-                ),
             )
             await pipeline.start()
             try:
@@ -102,7 +109,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 async with bot:
                     yield bot
             finally:
-                await pipeline.close()
+                await pipeline.close(deadline_s=settings.shutdown_deadline_s)
                 await service.close()
                 await store.close()
     finally:

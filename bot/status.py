@@ -11,6 +11,7 @@ from bot.sight import listed, unreadable_channels
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
+    from retrieval.indexing import Backlog
 
 UNREADABLE_SHOWN = 25  # mentions with a reason are ~45 characters; a message holds 2,000
 
@@ -22,21 +23,20 @@ async def status_text(bot: ClipfindBot, *, guild: discord.Guild, manager: bool, 
     if manager:
         lines.append(_unreadable_line(bot, guild))
     if owner:
-        lines += _process_lines(bot)
+        lines += await _process_lines(bot)
     return "\n".join(lines)
 
 
 async def _server_lines(bot: ClipfindBot, guild_id: int) -> list[str]:
-    counters = bot.pipeline.counters
     indexed_here = await bot.store.count(guild_id=guild_id, model_id=bot.encoder.model_id)
+    backlog = await bot.pipeline.jobs.backlog(guild_id)
     lines = [
         f"**Images indexed in this server:** {indexed_here}",
         f"**Model:** `{bot.encoder.model_id}`{_runs_on(bot)}",
-        f"**Waiting to be indexed here:** {counters.waiting.get(guild_id, 0)}",
+        f"**Waiting to be indexed here:** {_waiting(backlog)}",
     ]
-    if failed := counters.failed_in.get(guild_id):
-        reasons = ", ".join(f"{reason} {n}" for reason, n in failed.most_common())
-        lines.append(f"**Skipped here since start:** {reasons}")
+    if backlog.failed:
+        lines.append(f"**Could not be indexed here:** {_reasons(backlog.failed)}")
     if bot.reindexing:
         left = await bot.store.count(guild_id=guild_id) - indexed_here
         if left:
@@ -60,14 +60,16 @@ def _unreadable_line(bot: ClipfindBot, guild: discord.Guild) -> str:
     )
 
 
-def _process_lines(bot: ClipfindBot) -> list[str]:
+async def _process_lines(bot: ClipfindBot) -> list[str]:
     pipeline = bot.pipeline.counters
     encoder = bot.encoder.counters
+    backlog = await bot.pipeline.jobs.backlog()
     lines = [
         f"**Whole bot** (only you, its owner, see this; {len(bot.guilds)} servers):",
+        f"**Waiting to be indexed, all servers:** {_waiting(backlog)}",
         (
-            f"**Pipeline since start:** {pipeline.indexed} encoded, {pipeline.reused} reposts "
-            f"reused, {pipeline.already_known} already known; {bot.pipeline.queued} queued, "
+            f"**This process since start:** {pipeline.indexed} encoded, {pipeline.reused} "
+            f"reposts reused, {pipeline.retried} retries; {bot.pipeline.queued} in hand, "
             f"{pipeline.in_flight} downloading; {pipeline.images_per_s():.1f} images/s"
         ),
         (
@@ -75,12 +77,25 @@ def _process_lines(bot: ClipfindBot) -> list[str]:
             f"{encoder.image_batches} image batches encoded"
         ),
     ]
-    if pipeline.failed:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in pipeline.failed.most_common())
-        lines.append(f"**Skipped images, all servers:** {reasons}")
+    if backlog.failed:
+        lines.append(f"**Could not be indexed, all servers:** {_reasons(backlog.failed)}")
     if bot.backfill_progress is not None:
         lines.append(f"**History backfill, all servers:** {bot.backfill_progress}")
     return lines
+
+
+def _waiting(backlog: Backlog) -> str:
+    if not backlog.retrying:
+        return str(backlog.waiting)
+    return (
+        f"{backlog.waiting + backlog.retrying} ({backlog.retrying} being retried after a "
+        "failure: Discord's CDN did not answer; they are kept and tried again)"
+    )
+
+
+def _reasons(failed: dict[str, int]) -> str:
+    ranked = sorted(failed.items(), key=lambda item: -item[1])
+    return ", ".join(f"{reason} {n}" for reason, n in ranked)
 
 
 def _runs_on(bot: ClipfindBot) -> str:

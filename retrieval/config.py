@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.errors import ConfigError
+from retrieval.indexing.jobs import RetryPolicy
 from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -49,6 +50,17 @@ class Settings(BaseSettings):
     # None: one per core but one, left to the model (on 2 cores both decoding threads only
     # slowed the encoder; see benchmarks/RESULTS.md).
     decode_threads: int | None = Field(default=None, ge=1, le=64)
+
+    # Images that fail for a while (CDN trouble) wait in the database and are retried with
+    # exponential backoff from RETRY_FIRST_S up to RETRY_MAX_S, for RETRY_FOR_HOURS.
+    retry_first_s: float = Field(default=30.0, gt=0)
+    retry_max_s: float = Field(default=3600.0, gt=0)
+    retry_for_hours: float = Field(default=48.0, gt=0)
+    # How long a claimed image is reserved for one process; a process that dies lets it go then.
+    job_lease_s: float = Field(default=300.0, ge=1)
+    # On SIGTERM/SIGINT: how long batches being encoded may take to finish before the rest is
+    # handed back to the queue.
+    shutdown_deadline_s: float = Field(default=10.0, ge=0)
 
     backfill: bool = True
     backfill_channels_at_once: int = Field(default=2, ge=1, le=16)
@@ -95,6 +107,13 @@ class Settings(BaseSettings):
 
     def media_origins(self) -> MediaOrigins:
         return MediaOrigins.parse(self.discord_media_origins)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            first_s=self.retry_first_s,
+            max_s=max(self.retry_max_s, self.retry_first_s),
+            give_up_after_s=self.retry_for_hours * 3600,
+        )
 
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite+aiosqlite:///"

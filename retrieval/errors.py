@@ -36,7 +36,16 @@ class StoreUnavailable(ClipfindError):
 class FetchError(ClipfindError):
     """Downloading an image failed; ``reason`` says how (``http_404``, ``timeout`` …)."""
 
-    def __init__(self, message: str, *, reason: str, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retryable = retryable
+        # Seconds the server asked us to wait (HTTP 429/503 Retry-After), when it said.
+        self.retry_after = retry_after

@@ -63,7 +63,8 @@ class Fetcher:
                 async with self._per_host[host]:
                     return await self._get(url)
             except FetchError as exc:
-                if not exc.retryable or attempt >= self.retries:
+                # A server that said when to come back is asked then, from the jobs table.
+                if not exc.retryable or attempt >= self.retries or exc.retry_after is not None:
                     raise
                 attempt += 1
                 delay = self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 2)
@@ -97,7 +98,10 @@ class Fetcher:
                     return self._redirect_target(url, resp)
                 if resp.status >= 500 or resp.status == 429:
                     raise FetchError(
-                        f"HTTP {resp.status}", reason=f"http_{resp.status}", retryable=True
+                        f"HTTP {resp.status}",
+                        reason=f"http_{resp.status}",
+                        retryable=True,
+                        retry_after=_retry_after(resp.headers.get("Retry-After")),
                     )
                 if resp.status >= 300:  # 4xx, and 3xx that are no redirect (no cache here)
                     raise FetchError(f"HTTP {resp.status}", reason=f"http_{resp.status}")
@@ -142,3 +146,11 @@ class Fetcher:
 def _safe(url: str) -> str:
     """The URL without its query: Discord's signature parameters don't belong in logs."""
     return str(yarl.URL(url).with_query(None))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used by Discord's CDN)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

@@ -14,8 +14,9 @@ from aiohttp import web
 
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
-from retrieval.indexing import ImageRef, IndexingPipeline
+from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue, RetryPolicy
 from retrieval.origins import MediaOrigins
+from retrieval.policy import IndexPolicy
 from retrieval.store import SearchScope
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
 
@@ -26,6 +27,7 @@ class ImageHost:
     def __init__(self) -> None:
         self.files: dict[str, tuple[bytes, str]] = {}
         self.fail_first: dict[str, int] = {}
+        self.fail_status: dict[str, tuple[int, dict[str, str]]] = {}  # status, headers
         self.hits: dict[str, int] = {}
         self.hold = asyncio.Event()  # held paths wait for it
         self.held: set[str] = set()
@@ -38,7 +40,8 @@ class ImageHost:
             await self.hold.wait()
         if self.fail_first.get(name, 0) > 0:
             self.fail_first[name] -= 1
-            return web.Response(status=503)
+            status, headers = self.fail_status.get(name, (503, {}))
+            return web.Response(status=status, headers=headers)
         if name not in self.files:
             return web.Response(status=404)
         body, content_type = self.files[name]
@@ -61,8 +64,16 @@ async def host():
     await runner.cleanup()
 
 
+def job_queue(store, model_id: str, **options) -> JobQueue:
+    return JobQueue(
+        store.engine, model_id=model_id, retry=RetryPolicy(0.05, 0.2, 30.0), **options
+    )
+
+
 @contextlib.asynccontextmanager
-async def running_pipeline(encoder, store, *, origins: str):
+async def running_pipeline(
+    encoder, store, *, origins: str, jobs: JobQueue | None = None, window: int = 4
+):
     service = EncoderService(encoder)
     async with aiohttp.ClientSession() as http:
         fetcher = Fetcher(
@@ -77,11 +88,12 @@ async def running_pipeline(encoder, store, *, origins: str):
             fetcher=fetcher,
             encoder=service,
             store=store,
+            jobs=jobs or job_queue(store, encoder.model_id),
             spec=encoder.spec,
             max_pixels=10_000_000,
             batch_size=4,
             batch_deadline_s=0.02,
-            queue_size=4,
+            queue_size=window,
             fetch_workers=3,
         )
         await pipe.start()
@@ -179,7 +191,7 @@ async def test_bad_input_is_skipped_with_a_reason(host, pipeline, store, caplog)
     assert await store.count(guild_id=1) == 1
 
 
-async def test_each_server_has_its_own_waiting_and_skipped_counts(host, pipeline):
+async def test_each_server_has_its_own_backlog_and_failures(host, pipeline):
     host.files["ok.png"] = (png_bytes(draw("red", "cross", rng=1)), "image/png")
     host.files["page.png"] = (b"<html>not an image</html>", "text/html")
     host.held.add("slow.png")
@@ -191,16 +203,18 @@ async def test_each_server_has_its_own_waiting_and_skipped_counts(host, pipeline
             ref(host, "slow.png", 4, guild_id=3),
         ]
     )
+    jobs = pipeline.jobs
     for _ in range(200):  # until only the held download is left
-        if set(pipeline.counters.waiting) == {3}:
+        if (await jobs.backlog()).waiting == 1 and pipeline.counters.indexed == 1:
             break
         await asyncio.sleep(0.02)
-    assert pipeline.counters.waiting == {3: 1}
-    assert pipeline.counters.failed_in == {2: {"not_an_image": 1, "http_404": 1}}
+    assert (await jobs.backlog(3)).waiting == 1 and (await jobs.backlog(1)).waiting == 0
+    assert (await jobs.backlog(2)).failed == {"not_an_image": 1, "http_404": 1}
+    assert (await jobs.backlog(3)).failed == {}
     host.files["slow.png"] = host.files["ok.png"]
     host.hold.set()
     await pipeline.join()
-    assert not pipeline.counters.waiting and 3 not in pipeline.counters.failed_in
+    assert (await jobs.backlog(3)).waiting == 0
 
 
 async def test_transient_server_errors_are_retried(host, pipeline, store):
@@ -212,6 +226,26 @@ async def test_transient_server_errors_are_retried(host, pipeline, store):
     assert await store.count(guild_id=1) == 1
 
 
+async def test_an_outage_longer_than_the_quick_retries_waits_in_the_table(host, pipeline, store):
+    host.files["down.png"] = (png_bytes(draw("green", "circle", rng=4)), "image/png")
+    host.fail_first["down.png"] = 7  # three quick tries per attempt: the third attempt gets in
+    host.files["busy.png"] = (png_bytes(draw("red", "star", rng=5)), "image/png")
+    host.fail_first["busy.png"] = 1
+    host.fail_status["busy.png"] = (429, {"Retry-After": "0.6"})
+    started = asyncio.get_running_loop().time()
+    await pipeline.submit([ref(host, "down.png", 8), ref(host, "busy.png", 9)])
+    for _ in range(100):
+        if await store.count(guild_id=1) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert await store.count(guild_id=1) == 2
+    assert not pipeline.counters.failed and pipeline.counters.retried >= 3
+    assert host.hits["down.png"] == 8  # three attempts of up to three tries, spread out
+    assert host.hits["busy.png"] == 2  # Retry-After is not second-guessed by quick retries
+    assert asyncio.get_running_loop().time() - started >= 0.6
+    assert (await pipeline.jobs.backlog()).retrying == 0
+
+
 async def test_redelivery_and_reposts_do_no_extra_work(host, pipeline, store):
     host.files["a.png"] = (png_bytes(draw("orange", "square", rng=4)), "image/png")
     await pipeline.submit([ref(host, "a.png", 8)])
@@ -220,33 +254,34 @@ async def test_redelivery_and_reposts_do_no_extra_work(host, pipeline, store):
     await pipeline.submit([ref(host, "a.png", 8)])  # the same message delivered again
     await pipeline.submit([ref(host, "a.png", 9)])  # the same bytes reposted
     await pipeline.join()
-    assert pipeline.counters.already_known == 1 and pipeline.counters.reused == 1
+    assert pipeline.counters.reused == 1  # the redelivery was not even queued
     assert pipeline.encoder.counters.images == encoded
     assert host.hits["a.png"] == 2
     assert await store.count(guild_id=1) == 2
 
 
-async def test_a_flood_is_absorbed_with_bounded_queues(host, pipeline, store):
-    host.files["s.png"] = (png_bytes(draw("green", "triangle", rng=5)), "image/png")
+async def test_a_backlog_waits_in_the_table_and_memory_holds_a_window(host, pipeline, store):
     for i in range(40):
         host.files[f"s{i}.png"] = (
             png_bytes(draw("purple", "star", size=96, rng=100 + i)),
             "image/png",
         )
-    peak = 0
+    held, waiting = 0, 0
 
     async def watch():
-        nonlocal peak
+        nonlocal held, waiting
         while True:
-            peak = max(peak, pipeline.queued)
-            await asyncio.sleep(0.001)
+            held = max(held, pipeline.queued)
+            waiting = max(waiting, await pipeline.jobs.waiting(at_most=100))
+            await asyncio.sleep(0.005)
 
     watcher = asyncio.create_task(watch())
     await pipeline.submit([ref(host, f"s{i}.png", 1000 + i) for i in range(40)])
     await pipeline.join()
     watcher.cancel()
     assert pipeline.counters.indexed == 40
-    assert peak <= 4 + 4 * 2  # intake bound + batcher bound
+    # The whole backlog was rows in the table at once; the process held only its window.
+    assert waiting >= 30 and 0 < held <= pipeline.window == 4
     assert await store.count(guild_id=1) == 40
     vectors = await store.embedding_for(
         (await _hash_of(host.files["s0.png"][0])), pipeline.model_id
@@ -270,13 +305,13 @@ class _FlakyStore:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    async def upsert(self, records):
+    async def upsert(self, records, *, job_ids=None):
         from retrieval.errors import StoreUnavailable
 
         if self.outages > 0:
             self.outages -= 1
             raise StoreUnavailable("database is locked")
-        return await self.inner.upsert(records)
+        return await self.inner.upsert(records, job_ids=job_ids)
 
 
 async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
@@ -296,8 +331,6 @@ async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, mo
 
 
 async def test_images_in_flight_are_not_written_once_deleted_or_refused(host, pipeline, store):
-    refused_authors: set[int] = set()
-    pipeline._admit = lambda r: r.author_id not in refused_authors
     for i in range(4):
         host.files[f"f{i}.png"] = (png_bytes(draw("blue", "star", rng=400 + i)), "image/png")
         host.held.add(f"f{i}.png")
@@ -310,14 +343,53 @@ async def test_images_in_flight_are_not_written_once_deleted_or_refused(host, pi
         ]
     )
     await asyncio.sleep(0.2)  # all four are downloading
-    pipeline.forget_messages([501])  # deleted on Discord meanwhile
-    refused_authors.add(6)  # opted out meanwhile
+    await store.delete_messages([501])  # deleted on Discord meanwhile: its job goes too
+    await IndexPolicy(store.engine).opt_out(6)  # opted out (another process): nothing deleted
     host.hold.set()
     await pipeline.join()
     assert {h for h in host.hits} == {"f0.png", "f1.png", "f2.png", "f3.png"}
     assert pipeline.counters.discarded == 2
     assert await store.known_keys(500) and await store.known_keys(503)
     assert not await store.known_keys(501) and not await store.known_keys(502)
+    assert await pipeline.jobs.waiting(at_most=10) == 0
+
+
+async def test_closing_hands_unfinished_jobs_back_at_once(host, store, tiny_encoder):
+    for i in range(3):
+        host.files[f"c{i}.png"] = (png_bytes(draw("red", "circle", rng=700 + i)), "image/png")
+        host.held.add(f"c{i}.png")
+    jobs = job_queue(store, tiny_encoder.model_id, lease_s=600)
+    async with running_pipeline(tiny_encoder, store, origins=host.origin, jobs=jobs) as pipe:
+        await pipe.submit([ref(host, f"c{i}.png", 700 + i) for i in range(3)])
+        await asyncio.sleep(0.2)  # downloading: claimed for ten minutes
+    host.hold.set()
+    assert len(await jobs.claim(10)) == 3  # not ten minutes later: now
+
+
+async def test_an_encoder_failure_retries_the_batch(host, store, tiny_encoder):
+    class Failing:
+        def __init__(self, inner) -> None:
+            self.inner, self.failures = inner, 1
+            self.model_id, self.dim, self.spec = inner.model_id, inner.dim, inner.spec
+
+        def encode_images(self, batch):
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return self.inner.encode_images(batch)
+
+        def encode_texts(self, texts):
+            return self.inner.encode_texts(texts)
+
+    for i in range(2):
+        host.files[f"e{i}.png"] = (png_bytes(draw("yellow", "cross", rng=800 + i)), "image/png")
+    async with running_pipeline(Failing(tiny_encoder), store, origins=host.origin) as pipe:
+        await pipe.submit([ref(host, f"e{i}.png", 800 + i) for i in range(2)])
+        for _ in range(100):
+            if await store.count(guild_id=1) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await store.count(guild_id=1) == 2 and not pipe.counters.failed
 
 
 async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encoder):
@@ -328,7 +400,7 @@ async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encod
     gated = _Gated(tiny_encoder)
     for i in range(5):
         host.files[f"b{i}.png"] = (png_bytes(draw("red", "square", rng=600 + i)), "image/png")
-    async with running_pipeline(gated, store, origins=host.origin) as pipe:
+    async with running_pipeline(gated, store, origins=host.origin, window=8) as pipe:
         await pipe.submit([ref(host, "b0.png", 600)])
         await asyncio.sleep(0.3)  # b0 alone, held at the encoder
         await pipe.submit([ref(host, f"b{i}.png", 600 + i) for i in (1, 2, 3)])

@@ -3,10 +3,9 @@
 Every readable text, news and forum channel, and every thread in them (active and archived), is
 read in pages of 100; each message goes through the same checks as a live one into the same
 pipeline, which skips images it already has. Channels take turns of a few pages, so every
-channel's recent history is indexed before anyone's distant past. A turn ends by waiting until
-the pipeline has finished what it was given, and only then saving the channel's cursor
-(`retrieval/backfill.py`): a restart re-reads at most a turn of each channel and never skips a
-message.
+channel's recent history is indexed before anyone's distant past. A page's images are rows in
+the jobs table before the channel's cursor (`retrieval/backfill.py`) moves past them: a restart
+re-reads at most a turn of each channel and never skips a message.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from discord.ext import commands
 from bot.cogs.indexing import wanted
 from bot.refs import image_refs
 from retrieval.backfill import BackfillCursors, BackfillProgress, Cursor, snowflake_at
+from retrieval.indexing import HISTORY
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 PAGE = 100  # Discord's largest history page
 PAGES_PER_TURN = 5
-# Backfill keeps at most this share of the pipeline's queue, so live images find room at once.
-_QUEUE_SHARE = 0.5
-_ROOM_POLL_S = 0.1
+# Backfill pauses while this many images wait in the jobs table (live posts are claimed first
+# anyway; this only keeps years of history from piling up there at once).
+_BACKLOG = 5000
+_ROOM_POLL_S = 0.5
 
 Walkable = discord.TextChannel | discord.Thread
 Parent = discord.TextChannel | discord.ForumChannel
@@ -261,7 +262,6 @@ class Backfill(commands.Cog):
             walk.cursor = saved or Cursor(channel.id, channel.guild.id)
             walk.caught_up = not walk.cursor.wants_newer(channel.last_message_id)
         cursor, floor = walk.cursor, self._floor()
-        submitted = walk.submitted
         for _ in range(PAGES_PER_TURN):
             if reason := self._refusal(channel):
                 raise _Stop(reason)
@@ -283,10 +283,8 @@ class Backfill(commands.Cog):
             walk.scanned += len(page)
             self.progress.messages_scanned += len(page)
             self._scanned[channel.guild.id] += len(page)
+            # Queued durably before the cursor moves past them: a restart never skips one.
             await self._submit(walk, page, floor)
-        # The cursor may only move past messages whose images the pipeline has finished.
-        if walk.submitted > submitted:
-            await self.bot.pipeline.join()
         if reason := self._refusal(channel):
             # E.g. the bot left and the server's index (with its cursors) is being purged.
             raise _Stop(reason)
@@ -319,22 +317,25 @@ class Backfill(commands.Cog):
         ]
 
     async def _submit(self, walk: _Walk, page: list[discord.Message], floor: int | None) -> None:
-        for message in page:
-            if floor is not None and message.id < floor:
-                continue
-            if not wanted(self.bot, message) or not (refs := image_refs(message)):
-                continue
-            await self._room()
-            await self.bot.pipeline.submit(refs)
-            walk.submitted += len(refs)
-            self.progress.images_submitted += len(refs)
-            self._submitted[walk.channel.guild.id] += len(refs)
+        refs = [
+            ref
+            for message in page
+            if (floor is None or message.id >= floor) and wanted(self.bot, message)
+            for ref in image_refs(message)
+        ]
+        if not refs:
+            return
+        await self._room()
+        await self.bot.pipeline.submit(refs, priority=HISTORY)
+        walk.submitted += len(refs)
+        self.progress.images_submitted += len(refs)
+        self._submitted[walk.channel.guild.id] += len(refs)
 
     async def _room(self) -> None:
-        """Wait while backfill's share of the pipeline queue is used up."""
-        limit = max(1, int(self.bot.settings.queue_size * _QUEUE_SHARE))
-        # The pipeline has no event for "below N queued"; a short poll is cheap beside a page.
-        while self.bot.pipeline.queued >= limit:  # noqa: ASYNC110
+        """Wait while the queue holds a large backlog: history can wait in Discord, and a
+        bounded table keeps /clipfind status's figures meaningful."""
+        # The table has no event for "below N waiting"; a poll per page is cheap beside it.
+        while await self.bot.pipeline.jobs.waiting(at_most=_BACKLOG) >= _BACKLOG:  # noqa: ASYNC110
             await asyncio.sleep(_ROOM_POLL_S)
 
     def _floor(self) -> int | None:

@@ -62,7 +62,6 @@ class Lifecycle(commands.Cog):
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         if payload.guild_id is None:
             return
-        self.bot.pipeline.forget_messages([payload.message_id])
         await self.eraser.erase_patiently(
             lambda: self.bot.store.delete_messages([payload.message_id]),
             what=f"message {payload.message_id}",
@@ -73,7 +72,6 @@ class Lifecycle(commands.Cog):
         if payload.guild_id is None:
             return
         ids = set(payload.message_ids)
-        self.bot.pipeline.forget_messages(ids)
         await self.eraser.erase_patiently(
             lambda: self.bot.store.delete_messages(ids),
             what=f"{len(ids)} messages in channel {payload.channel_id}",

@@ -278,6 +278,27 @@ class JobQueue:
             failed = {reason: int(n) for reason, n in await conn.execute(failures)}
         return Backlog(int(row[0]), int(row[1]), failed)
 
+    async def due(self, at_most: int) -> int:
+        """How many rows could be claimed now, counting no further than ``at_most``."""
+        now = _now()
+        capped = (
+            select(IndexJob.id)
+            .where(
+                IndexJob.retry_at <= now,
+                or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
+            )
+            .limit(at_most)
+            .subquery()
+        )
+        async with self._transaction() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(capped)))
+
+    async def retrying(self) -> int:
+        """Rows waiting for a retry after a transient failure, in every server."""
+        async with self._transaction() as conn:
+            stmt = select(func.count()).select_from(IndexJob).where(IndexJob.attempts > 0)
+            return int(await conn.scalar(stmt))
+
     async def waiting(self, *, at_most: int) -> int:
         """How many rows are queued, counting no further than ``at_most`` (cheap on any size)."""
         capped = select(IndexJob.id).limit(at_most).subquery()

@@ -1,8 +1,12 @@
-"""The async indexing pipeline: fetch → decode (thread pool) → micro-batch → encode → store.
+"""The indexing pipeline: the jobs table → fetch → decode (thread pool) → micro-batch → encode →
+store, with each vector stored in the transaction that deletes its job.
 
-Every queue is bounded, so a flood of images slows intake (``submit`` waits) instead of growing
-memory. CPU work never runs on the event loop: hashing and decoding go to a thread pool, the
-model to the encoder's own thread.
+``submit`` writes images as job rows and returns once they are durable (many callers share one
+transaction). A feeder claims due rows into a small in-memory window, so memory stays bounded
+however large the backlog. A transient failure (timeouts, 5xx, 429, connection resets, encoder
+errors) hands the job back with a later ``retry_at``; a permanent one (not an image, too large,
+gone from Discord) drops it and counts the reason per server. CPU work never runs on the event
+loop: hashing and decoding go to a thread pool, the model to the encoder's own thread.
 """
 
 from __future__ import annotations
@@ -14,63 +18,55 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from retrieval.encoding import EncoderService
-from retrieval.errors import ClipfindError, StoreUnavailable
+from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
-from retrieval.indexing.jobs import ImageRef
+from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
+from retrieval.indexing.submit import Submissions
+from retrieval.indexing.waves import RetryWaves
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
 
 _STORE_RETRY_FIRST_S = 0.5
-# Deleted message ids remembered for images in flight; far more than the queues can hold.
-_GONE_REMEMBERED = 100_000
+_STORE_RETRY_MAX_S = 30.0
 # While one batch encodes the next is formed and waits at the encoder, and the first one's write
 # overlaps the next encode: the model does not idle on the store (benchmarks/RESULTS.md).
 _BATCHES_IN_FLIGHT = 2
-_STORE_RETRY_MAX_S = 30.0
+# Rows due later (retries) or leased by a consumer that died are looked for this often when
+# nothing wakes the feeder sooner.
+_FEED_POLL_S = 1.0
 
 
 @dataclass
 class PipelineCounters:
+    """This process's work since it started (the jobs table holds every server's backlog)."""
+
     submitted: int = 0
     indexed: int = 0
     reused: int = 0  # same bytes already encoded: vector copied, model skipped
-    already_known: int = 0
     discarded: int = 0  # deleted, excluded or opted out while on their way
+    retried: int = 0
     in_flight: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
-    # Per server, so each one's status shows its own figures only: images submitted and not
-    # finished yet, and skipped images by reason.
-    waiting: Counter[int] = field(default_factory=Counter)
-    failed_in: dict[int, Counter[str]] = field(default_factory=dict)
 
     def images_per_s(self) -> float:
         elapsed = time.monotonic() - self.started
         return (self.indexed + self.reused) / elapsed if elapsed > 0 else 0.0
 
-    def count_skipped(self, guild_id: int, reason: str) -> None:
-        self.failed[reason] += 1
-        self.failed_in.setdefault(guild_id, Counter())[reason] += 1
-
-    def finished(self, guild_id: int) -> None:
-        self.waiting[guild_id] -= 1
-        if self.waiting[guild_id] <= 0:
-            del self.waiting[guild_id]
-
 
 @dataclass(slots=True)
 class _Prepared:
-    ref: ImageRef
+    job: Job
     content_hash: str
     content_type: str
     pixels: np.ndarray
@@ -83,6 +79,7 @@ class IndexingPipeline:
         fetcher: Fetcher,
         encoder: EncoderService,
         store: VectorStore,
+        jobs: JobQueue,
         spec: PreprocessSpec,
         max_pixels: int,
         batch_size: int,
@@ -90,18 +87,21 @@ class IndexingPipeline:
         queue_size: int = 256,
         fetch_workers: int = 8,
         decode_threads: int | None = None,
-        admit: Callable[[ImageRef], bool] | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
         self.store = store
+        self.jobs = jobs
         self.spec = spec
         self.max_pixels = max_pixels
         self.batch_size = batch_size
         self.batch_deadline_s = batch_deadline_s
         self.counters = PipelineCounters()
-        self._intake: asyncio.Queue[ImageRef] = asyncio.Queue(maxsize=queue_size)
+        self.window = queue_size
+        self._intake: asyncio.Queue[Job] = asyncio.Queue()
         self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
+        self._held: dict[int, Job] = {}  # claimed and not finished: the window onto the table
+        self._wake = asyncio.Event()
         self._fetch_workers = fetch_workers
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
@@ -111,13 +111,9 @@ class IndexingPipeline:
         self._encoding = 0
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
-        # Asked again just before each write: an image can spend seconds in the queues, and a
-        # deletion, exclusion or opt-out in that time must win.
-        self._admit = admit
-        self._gone: OrderedDict[int, None] = OrderedDict()
-        self._pending = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._submissions = Submissions(jobs, written=self._wake.set)
+        self._waves = RetryWaves(jobs)
+        self._closing = False
 
     @property
     def model_id(self) -> str:
@@ -125,7 +121,8 @@ class IndexingPipeline:
 
     @property
     def queued(self) -> int:
-        return self._intake.qsize() + self._prepared.qsize()
+        """Images in this process's window (claimed, not finished)."""
+        return len(self._held)
 
     async def start(self) -> None:
         self._tasks = [
@@ -133,93 +130,121 @@ class IndexingPipeline:
             for i in range(self._fetch_workers)
         ]
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="clip-batch"))
+        self._tasks.append(asyncio.create_task(self._feed_loop(), name="clip-feed"))
+        self._tasks.append(asyncio.create_task(self._renew_loop(), name="clip-lease"))
 
-    async def close(self) -> None:
-        tasks = [*self._tasks, *self._batches]
-        for task in tasks:
+    async def close(self, *, deadline_s: float = 10.0) -> None:
+        """Stop taking work; let the batches being encoded finish within ``deadline_s``; hand
+        every other claimed job back to the table for the next consumer."""
+        self._closing = True
+        for task in self._tasks:
             task.cancel()
-        for task in tasks:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self._pending:
-            log.warning("pipeline closed with %d images not indexed", self._pending)
+        if self._batches:
+            _, late = await asyncio.wait(self._batches, timeout=deadline_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self._submissions.close()
+        if self._held:
+            try:
+                released = await self.jobs.release(list(self._held))
+            except StoreUnavailable as exc:
+                held = len(self._held)
+                log.warning("could not hand back %d jobs (their lease runs out): %s", held, exc)
+            else:
+                log.info("handed %d unfinished jobs back to the queue", released)
+            self._held.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, refs: Iterable[ImageRef]) -> None:
-        """Queue images; waits while the pipeline is full (backpressure, nothing dropped)."""
-        for ref in refs:
-            self._pending += 1
-            self._idle.clear()
-            self.counters.submitted += 1
-            self.counters.waiting[ref.guild_id] += 1
-            await self._intake.put(ref)
-
-    def forget_messages(self, message_ids: Iterable[int]) -> None:
-        """Messages deleted on Discord: their images still in the pipeline are not written."""
-        for message_id in message_ids:
-            self._gone[message_id] = None
-            self._gone.move_to_end(message_id)
-        while len(self._gone) > _GONE_REMEMBERED:
-            self._gone.popitem(last=False)
-
-    def _admitted(self, ref: ImageRef) -> bool:
-        if ref.message_id in self._gone or (self._admit is not None and not self._admit(ref)):
-            self.counters.discarded += 1
-            return False
-        return True
+    async def submit(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
+        """Queue images durably: returns once they are rows in the jobs table."""
+        if not refs:
+            return
+        self.counters.submitted += len(refs)
+        await self._submissions.write(refs, priority)
 
     async def join(self) -> None:
-        """Wait until every submitted image is indexed or has failed."""
-        await self._idle.wait()
+        """Wait until nothing is due: every job that can be done now is done (jobs waiting to be
+        retried later do not count)."""
+        while True:
+            await self._submissions.flushed()
+            if not self._held and not await self._with_store(self.jobs.due, 1):
+                return
+            self._wake.set()
+            await asyncio.sleep(0.05)
 
-    def _done(self, refs: list[ImageRef]) -> None:
-        for ref in refs:
-            self.counters.finished(ref.guild_id)
-        self._pending -= len(refs)
-        if self._pending <= 0:
-            self._pending = 0
-            self._idle.set()
+    # -- feeding the window from the table ---------------------------------------------------
 
-    def _fail(self, ref: ImageRef, error: ClipfindError | ImageError) -> None:
-        self.counters.count_skipped(ref.guild_id, error.reason)
-        log.warning(
-            "skipped image %s of message %s in channel %s (guild %s): %s: %s",
-            ref.filename,
-            ref.message_id,
-            ref.channel_id,
-            ref.guild_id,
-            error.reason,
-            error,
-        )
+    async def _feed_loop(self) -> None:
+        while True:
+            room = self.window - len(self._held)
+            claimed: list[Job] = []
+            if room > 0:
+                try:
+                    claimed = await self.jobs.claim(room)
+                except StoreUnavailable as exc:
+                    log.error("database unavailable, cannot take jobs: %s", exc)
+                    await asyncio.sleep(_STORE_RETRY_FIRST_S * 4)
+                    continue
+            for job in claimed:
+                self._held[job.id] = job
+                self._intake.put_nowait(job)
+            if claimed and len(claimed) == room:
+                self._wake.clear()
+            else:
+                await self._waves.check()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _FEED_POLL_S)
+            self._wake.clear()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.jobs.lease_s / 3)
+            with contextlib.suppress(StoreUnavailable):
+                await self.jobs.renew(list(self._held))
+
+    def _finished(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._held.pop(job.id, None)
+        self._wake.set()  # room in the window
+
+    # -- fetch and decode --------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
         while True:
-            ref = await self._intake.get()
+            job = await self._intake.get()
             self.counters.in_flight += 1
             handed_on = False
             try:
-                handed_on = await self._fetch_one(ref)
+                handed_on = await self._fetch_one(job)
+            except asyncio.CancelledError:
+                handed_on = True  # shutting down: the job stays held, and close() hands it back
+                raise
+            except FetchError as exc:
+                await self._failed(job, exc, transient=exc.retryable)
             except (ClipfindError, ImageError) as exc:
-                self._fail(ref, exc)
-            except Exception:  # a bug must not kill the worker; say so loudly
+                await self._failed(job, exc, transient=False)
+            except StoreUnavailable as exc:  # the job stays claimed; its lease brings it back
+                log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
+            except Exception as exc:  # a bug must not kill the worker; say so loudly
                 log.exception(
-                    "unexpected error indexing %s of message %s", ref.filename, ref.message_id
+                    "unexpected error indexing %s of message %s",
+                    job.ref.filename,
+                    job.ref.message_id,
                 )
-                self.counters.count_skipped(ref.guild_id, "internal")
+                await self._failed(job, exc, transient=True, reason="internal")
             finally:
                 self.counters.in_flight -= 1
                 if not handed_on:
-                    self._done([ref])
+                    self._finished([job])
 
-    async def _fetch_one(self, ref: ImageRef) -> bool:
+    async def _fetch_one(self, job: Job) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
-        if not self._admitted(ref):
-            return False
-        known = await self._with_store(self.store.known_keys, ref.message_id, self.model_id)
-        if ref.image_key in known:
-            self.counters.already_known += 1
-            return False
+        ref = job.ref
         data = await self.fetcher.fetch(ref.url, declared_size=ref.size)
         loop = asyncio.get_running_loop()
         kind = sniff_image_type(data[:64])
@@ -229,16 +254,41 @@ class IndexingPipeline:
         content_hash = await loop.run_in_executor(self._pool, _sha256, data)
         reused = await self._with_store(self.store.embedding_for, content_hash, self.model_id)
         if reused is not None:
-            if self._admitted(ref):
-                record = _record(ref, content_hash, content_type, self.model_id, reused)
-                self.counters.reused += await self._write([record])
+            record = _record(ref, content_hash, content_type, self.model_id, reused)
+            self.counters.reused += await self._write([record], [job])
             return False
-        job = functools.partial(prepare, data, self.spec, max_pixels=self.max_pixels)
-        pixels = await loop.run_in_executor(self._pool, job)
+        work = functools.partial(prepare, data, self.spec, max_pixels=self.max_pixels)
+        pixels = await loop.run_in_executor(self._pool, work)
         # Raw bytes can be megabytes; drop them before waiting on the batcher.
-        del data, job
-        await self._prepared.put(_Prepared(ref, content_hash, content_type, pixels))
+        del data, work
+        await self._prepared.put(_Prepared(job, content_hash, content_type, pixels))
         return True
+
+    async def _failed(
+        self, job: Job, error: Exception, *, transient: bool, reason: str | None = None
+    ) -> None:
+        reason = reason or getattr(error, "reason", "internal")
+        ref = job.ref
+        where = f"{ref.filename} of message {ref.message_id} (guild {ref.guild_id})"
+        if transient:
+            retry_after = getattr(error, "retry_after", None)
+            delay = await self._with_store(
+                functools.partial(
+                    self.jobs.retry, job, reason=reason, error=str(error), retry_after=retry_after
+                )
+            )
+            if delay is not None:
+                self.counters.retried += 1
+                self._waves.failed(reason, delay)
+                log.debug("will retry %s in %.1fs: %s: %s", where, delay, reason, error)
+                return
+            reason = f"gave_up_{reason}"
+        else:
+            await self._with_store(self.jobs.fail, [job], reason)
+        self.counters.failed[reason] += 1
+        log.warning("skipped image %s: %s: %s", where, reason, error)
+
+    # -- batch, encode, store ----------------------------------------------------------------
 
     async def _batch_loop(self) -> None:
         slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
@@ -279,15 +329,23 @@ class IndexingPipeline:
         return getter.result() if getter.done() and not getter.cancelled() else None
 
     async def _finish_batch(self, batch: list[_Prepared], slots: asyncio.Semaphore) -> None:
+        finished = True
         try:
             await self._encode_and_write(batch)
-        except Exception:
-            log.exception("unexpected error encoding a batch of %d images", len(batch))
+        except asyncio.CancelledError:
+            finished = False  # shutting down: the jobs stay held, and close() hands them back
+            raise
+        except StoreUnavailable as exc:
+            log.error("database unavailable; %d images go back to the queue: %s", len(batch), exc)
+        except Exception as exc:  # the encoder failed: the batch is tried again later
+            log.exception("error encoding a batch of %d images; they will be retried", len(batch))
             for item in batch:
-                self.counters.count_skipped(item.ref.guild_id, "internal")
+                with contextlib.suppress(StoreUnavailable):
+                    await self._failed(item.job, exc, transient=True, reason="encoder")
         finally:
             slots.release()
-            self._done([item.ref for item in batch])
+            if finished:
+                self._finished([item.job for item in batch])
 
     async def _encode_and_write(self, batch: list[_Prepared]) -> None:
         started = time.monotonic()
@@ -300,42 +358,44 @@ class IndexingPipeline:
             if not self._encoding:
                 self._encoder_idle.set()
         records = [
-            _record(item.ref, item.content_hash, item.content_type, self.model_id, vector)
+            _record(item.job.ref, item.content_hash, item.content_type, self.model_id, vector)
             for item, vector in zip(batch, vectors, strict=True)
-            if self._admitted(item.ref)
         ]
-        if not records:
-            return
-        written = await self._write(records)
+        written = await self._write(records, [item.job for item in batch])
         self.counters.indexed += written
-        guilds = Counter(item.ref.guild_id for item in batch)
+        guilds = Counter(item.job.ref.guild_id for item in batch)
         failed = self.counters.failed
         log.info(
-            "indexed %d images (%s) in %.2fs; queued %d, in flight %d, indexed %d, %.1f img/s%s",
-            len(records),
+            "indexed %d images (%s) in %.2fs; in window %d, indexed %d, %.1f img/s%s",
+            written,
             ", ".join(f"guild {g}: {n}" for g, n in guilds.items()),
             time.monotonic() - started,
-            self.queued,
-            self.counters.in_flight,
+            len(self._held),
             self.counters.indexed + self.counters.reused,
             self.counters.images_per_s(),
             f"; skipped {sum(failed.values())} ({dict(failed)})" if failed else "",
         )
 
-    async def _write(self, records: list[ImageRecord]) -> int:
-        """Store the records; returns how many the database took (it refuses those its policy
-        tables forbid, whatever this process remembers)."""
-        written = await self._with_store(self.store.upsert, records)
+    async def _write(self, records: list[ImageRecord], jobs: list[Job]) -> int:
+        """Store the records and delete their jobs in one transaction; returns how many the
+        database took (not those whose job was deleted meanwhile, nor what its policy forbids)."""
+        written = await self._with_store(
+            functools.partial(self.store.upsert, records, job_ids=[job.id for job in jobs])
+        )
         self.counters.discarded += len(records) - written
+        if any(job.attempts for job in jobs):
+            self._waves.recovered()
         return written
 
     async def _with_store(self, call, *args):
-        """Call the store, waiting out an outage instead of losing the work in hand."""
+        """Call the store, waiting out an outage instead of dropping the work in hand."""
         delay = _STORE_RETRY_FIRST_S
         while True:
             try:
                 return await call(*args)
             except StoreUnavailable as exc:
+                if self._closing:
+                    raise
                 log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _STORE_RETRY_MAX_S)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, exists
 
+from retrieval.models import IndexedImage, IndexJob
 from retrieval.store.allowed import forbidden
 
 Where = Callable[[type], list[ColumnElement[bool]]]
@@ -42,9 +43,14 @@ class SharedDeletes:
         )
 
     async def delete_other_models(self, channel_id: int, model_id: str) -> int:
-        # Jobs carry no model: they are for whichever model is configured.
+        # Jobs carry no model: they are for whichever model is configured. An image still
+        # queued for the new model keeps its old vector until the new one replaces it.
+        queued = exists().where(
+            IndexJob.message_id == IndexedImage.message_id,
+            IndexJob.image_key == IndexedImage.image_key,
+        )
         return await self._delete(
-            lambda t: [t.channel_id == channel_id, t.model_id != model_id], jobs=False
+            lambda t: [t.channel_id == channel_id, t.model_id != model_id, ~queued], jobs=False
         )
 
     async def delete_guild(self, guild_id: int) -> int:

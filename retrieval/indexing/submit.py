@@ -1,0 +1,69 @@
+"""Writing submitted images as job rows: callers wait until their rows are durable, and every
+caller waiting at the same moment shares one transaction (a burst of gateway events costs a
+handful of commits, not one each)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from retrieval.errors import StoreUnavailable
+from retrieval.indexing.jobs import ImageRef, JobQueue
+
+log = logging.getLogger(__name__)
+
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0
+
+
+class Submissions:
+    def __init__(self, jobs: JobQueue, *, written: Callable[[], None]) -> None:
+        self._jobs = jobs
+        self._written = written
+        self._pending: list[tuple[Sequence[ImageRef], int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task | None = None
+
+    async def write(self, refs: Sequence[ImageRef], priority: int) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((refs, priority, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="clip-submit")
+        await asyncio.shield(future)
+
+    async def flushed(self) -> None:
+        """Wait until everything submitted so far is written."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        delay = _RETRY_FIRST_S
+        while self._pending:
+            batch, self._pending = self._pending, []
+            refs = [ref for part, _, _ in batch for ref in part]
+            priorities = [priority for part, priority, _ in batch for _ in part]
+            try:
+                await self._jobs.enqueue(refs, priority=priorities)
+            except StoreUnavailable as exc:
+                # Nothing is lost while the process lives: the callers are still waiting.
+                log.error("database unavailable, cannot queue %d images yet: %s", len(refs), exc)
+                self._pending[:0] = batch
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            delay = _RETRY_FIRST_S
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            self._written()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
