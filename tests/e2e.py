@@ -68,3 +68,9 @@ async def settled(bot: ClipfindBot, fd: FakeDiscord) -> None:
     await fd.flush()
     await asyncio.sleep(0.1)  # let the gateway reader dispatch what arrived
     await bot.pipeline.join()
+
+
+async def backfilled(bot: ClipfindBot, within: float = 30.0) -> None:
+    """History is read (every page's images queued) and what was queued is indexed."""
+    await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), within)
+    await asyncio.wait_for(bot.pipeline.join(), within)

@@ -3,7 +3,6 @@ what was deleted meanwhile is never linked."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,7 @@ from bot.cogs.backfill import PAGE, PAGES_PER_TURN
 from retrieval.backfill import BackfillCursors
 from retrieval.db import create_engine, ensure_schema
 from retrieval.policy import IndexPolicy
-from tests.e2e import bot_settings, eventually, running_bot, settled
+from tests.e2e import backfilled, bot_settings, eventually, running_bot, settled
 from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
 from tests.search_helpers import picture
 from tests.tinyclip.shapes import draw, png_bytes
@@ -20,9 +19,6 @@ from tests.tinyclip.shapes import draw, png_bytes
 JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
 LONG_AGO = datetime.now(UTC) - timedelta(days=400)
 
-
-async def backfilled(bot) -> None:
-    await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
 
 
 def history_reads(fd: FakeDiscord, channel, since: int = 0) -> list[dict[str, str]]:
@@ -121,28 +117,27 @@ async def test_long_history_is_read_completely_and_offline_posts_are_caught_up(t
         ]  # fmt: skip
 
 
-async def test_restart_mid_backfill_resumes_from_the_cursor(tmp_path):
+async def test_restart_mid_backfill_resumes_from_the_cursor_and_loses_nothing(tmp_path):
     async with FakeDiscord() as fd:
         guild = fd.add_guild("Big")
         general = guild.add_text_channel("general")
         alice = guild.add_member("alice")
-        # One full turn of pages, then a page whose picture never finishes downloading.
         count = PAGE * (PAGES_PER_TURN + 1) + 50
         messages = history(fd, general, alice, count, every=50)
-        stuck = messages[count - PAGE * PAGES_PER_TURN - 50]
-        fault = fd.set_cdn_fault(stuck.attachments[0].url, stall=True)
+        # The newest picture never finishes downloading while the first bot runs; pages come
+        # slowly enough to stop the bot after its first turn.
+        newest_picture = [m for m in messages if m.attachments][-1]
+        fault = fd.set_cdn_fault(newest_picture.attachments[0].url, stall=True)
+        fd.slow_down("GET", rf"/channels/{general.id}/messages", 0.2)
         images = len(range(0, count, 50))
         settings = bot_settings(fd, tmp_path)
 
         async with running_bot(settings, fd) as bot:
-            await eventually(lambda: _served(fault))
-        engine = create_engine(settings.database_url)
-        try:
-            cursor = await BackfillCursors(engine).get(general.id)
-        finally:
-            await engine.dispose()
-        # Saved after the first turn only: the stuck picture's page is not covered.
-        assert cursor is not None and not cursor.complete
+            await eventually(lambda: _cursor_saved(settings, general.id))
+            assert fault.served
+        cursor = await _cursor(settings, general.id)
+        # Saved after the first turn: its pictures were queued first, the stuck one included.
+        assert not cursor.complete
         assert cursor.oldest_id == messages[count - PAGE * PAGES_PER_TURN].id
         assert cursor.newest_id == messages[-1].id
 
@@ -155,6 +150,18 @@ async def test_restart_mid_backfill_resumes_from_the_cursor(tmp_path):
         assert all("before" in q or "after" in q for q in reads), "re-read the newest page"
         befores = [int(q["before"]) for q in reads if "before" in q]
         assert befores[0] == cursor.oldest_id and max(befores) == cursor.oldest_id
+
+
+async def _cursor(settings, channel_id: int):
+    engine = create_engine(settings.database_url)
+    try:
+        return await BackfillCursors(engine).get(channel_id)
+    finally:
+        await engine.dispose()
+
+
+async def _cursor_saved(settings, channel_id: int) -> bool:
+    return await _cursor(settings, channel_id) is not None
 
 
 async def _served(fault) -> bool:
@@ -216,18 +223,15 @@ async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog)
         guild = fd.add_guild("Shifting")
         doomed, closing = guild.add_text_channel("doomed"), guild.add_text_channel("closing")
         alice = guild.add_member("alice")
-        faults = []
         for channel in (doomed, closing):
-            # More than one turn; the newest picture holds the first turn until it times out.
+            # More than one turn, read slowly enough to change the channels after the first.
             history(fd, channel, alice, PAGE * PAGES_PER_TURN + 10, every=PAGE)
-            newest = fd.add_history_message(
-                channel, alice, "", attachments=[picture("red", "cross", 1)]
-            )
-            faults.append(fd.set_cdn_fault(newest.attachments[0].url, stall=True))
-        settings = bot_settings(fd, tmp_path, fetch_timeout_s=1, fetch_retries=0)
+            fd.slow_down("GET", rf"/channels/{channel.id}/messages", 0.2)
+        settings = bot_settings(fd, tmp_path)
 
         async with running_bot(settings, fd) as bot:
-            await eventually(lambda: _served_all(faults))
+            for channel in (doomed, closing):
+                await eventually(lambda c=channel: _cursor_saved(settings, c.id))
             # Changed behind the bot's back: it only learns from Discord's answers.
             await fd.delete_channel(doomed, dispatch=False)
             await fd.update_channel_overwrites(
@@ -243,10 +247,6 @@ async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog)
         assert all(r.levelno < logging.WARNING for r in ours)
         assert any("#doomed" in r.getMessage() and "deleted" in r.getMessage() for r in ours)
         assert any("#closing" in r.getMessage() and "no longer" in r.getMessage() for r in ours)
-
-
-async def _served_all(faults) -> bool:
-    return all(f.served for f in faults)
 
 
 async def test_an_earliest_repost_deleted_while_offline_is_not_linked(tmp_path):

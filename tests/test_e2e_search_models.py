@@ -4,7 +4,6 @@ explain the commands."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from retrieval.db import create_engine, ensure_schema
 from retrieval.encoder import Encoder
 from retrieval.errors import ModelUnavailable
 from retrieval.store import ImageRecord, open_store
-from tests.e2e import bot_settings, running_bot, settled
+from tests.e2e import backfilled, bot_settings, running_bot, settled
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
 from tests.tinyclip import CHECKPOINT_PATH
@@ -137,9 +136,6 @@ def same_weights_other_file(tmp_path):
     torch.save({k: v.float() for k, v in state.items()}, path)
     return path
 
-
-async def backfilled(bot) -> None:
-    await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
 
 
 def foreign_record(guild_id: int, channel_id: int, author_id: int, vector) -> ImageRecord:

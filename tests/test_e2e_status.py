@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.e2e import bot_settings, eventually, running_bot, settled
+from tests.e2e import backfilled, bot_settings, eventually, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord, Overwrite, P
 from tests.search_helpers import picture
 from tests.tinyclip.shapes import draw, png_bytes
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MANAGE_SERVER = int(P.MANAGE_GUILD)
 # Lines only the owner sees: what the whole process does, across servers.
-PROCESS_WIDE = ("Whole bot", "Pipeline since start", "Searches", "all servers", "queued")
+PROCESS_WIDE = ("Whole bot", "This process", "Searches", "all servers", "in hand")
 
 
 async def status(fd, guild, channel, member) -> str:
@@ -58,7 +58,7 @@ async def test_members_see_their_own_server_only_and_the_owner_sees_the_whole_bo
     broken = Attachment("broken.png", b"no picture here", "image/png")
     await fd.post_message(away_general, bob, "", attachments=[broken])
     await settled(bot, fd)
-    await bot.get_cog("Backfill").wait_idle()
+    await backfilled(bot)
     # One image of the away server stays on its way while the members ask.
     url = fd.host_external_image("slow.png", png_bytes(draw("red", "square", rng=4)), "image/png")
     download = fd.set_cdn_fault(url, delay=3.0)
@@ -72,7 +72,7 @@ async def test_members_see_their_own_server_only_and_the_owner_sees_the_whole_bo
     mine = await status(fd, home, home_general, alice)
     assert line(mine, "Images indexed in this server") == "**Images indexed in this server:** 1"
     assert line(mine, "Waiting to be indexed here") == "**Waiting to be indexed here:** 0"
-    assert "Skipped" not in mine
+    assert "Could not be indexed" not in mine
     assert re.search(r"\*\*History backfill here:\*\* 1/1 channels", mine)
     assert not [word for word in PROCESS_WIDE if word in mine]
 
@@ -80,8 +80,8 @@ async def test_members_see_their_own_server_only_and_the_owner_sees_the_whole_bo
     assert line(theirs, "Images indexed in this server") == "**Images indexed in this server:** 2"
     assert line(theirs, "Waiting to be indexed here") == "**Waiting to be indexed here:** 1"
     # (Backfill may have read the broken file's message too, and tried again.)
-    skipped = line(theirs, "Skipped here")
-    assert re.fullmatch(r"\*\*Skipped here since start:\*\* not_an_image \d", skipped)
+    skipped = line(theirs, "Could not be indexed here")
+    assert re.fullmatch(r"\*\*Could not be indexed here:\*\* not_an_image \d", skipped)
     assert re.search(r"\*\*History backfill here:\*\* 2/2 channels", theirs)
     assert not [word for word in PROCESS_WIDE if word in theirs]
 
@@ -89,8 +89,9 @@ async def test_members_see_their_own_server_only_and_the_owner_sees_the_whole_bo
     owners = await status(fd, home, home_general, owner)
     assert line(owners, "Waiting to be indexed here") == "**Waiting to be indexed here:** 0"
     assert f"{len(bot.guilds)} servers" in line(owners, "Whole bot")
-    assert "not_an_image" in line(owners, "Skipped images, all servers")
-    assert "1 downloading" in line(owners, "Pipeline since start")
+    assert "not_an_image" in line(owners, "Could not be indexed, all servers")
+    assert "1 downloading" in line(owners, "This process since start")
+    assert line(owners, "Waiting to be indexed, all servers").endswith(":** 1")
     assert line(owners, "History backfill, all servers")
     await settled(bot, fd)
 
