@@ -93,7 +93,8 @@ async def check_with_discord(settings: Settings) -> DiscordApp:
     """
     token = token_of(settings)
     apply_endpoints(settings)
-    client = discord.Client(intents=discord.Intents.none())
+    # Only REST is used; the guilds intent just keeps discord.py from warning about its absence.
+    client = discord.Client(intents=discord.Intents(guilds=True))
     try:
         async with client:
             await client.login(token)
