@@ -26,6 +26,7 @@ TOKEN_MALFORMED = (
     "characters): copy the token from the Developer Portal → your application → Bot → Reset "
     "Token, not the application id, public key or client secret"
 )
+TOKEN_PREFIXED = "DISCORD_TOKEN must be the token alone, without the 'Bot ' in front of it"
 INTENT_REFUSED = (
     "Discord refused the Message Content intent, without which it sends no attachments. Enable "
     "it in the Discord Developer Portal: your application → Bot → Privileged Gateway Intents → "
@@ -79,9 +80,10 @@ def token_of(settings: Settings) -> str:
     if settings.discord_token is None:
         raise ConfigError(TOKEN_REQUIRED)
     token = settings.discord_token.get_secret_value()
+    if token.lower().startswith("bot "):
+        raise ConfigError(TOKEN_PREFIXED)
     if not _TOKEN_SHAPE.match(token):
-        hint = " (without the 'Bot ' prefix)" if token.lower().startswith("bot ") else ""
-        raise ConfigError(TOKEN_MALFORMED + hint)
+        raise ConfigError(TOKEN_MALFORMED)
     return token
 
 
