@@ -7,6 +7,7 @@ and say what to do, not surface after all that.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_\-+/=]{16,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z
 # interactions, which need no channel permission.
 PERMISSIONS = discord.Permissions(view_channel=True, read_message_history=True)
 SCOPES = ("bot", "applications.commands")
+LOGIN_TIMEOUT_S = 30.0
 
 
 class DiscordRefused(ClipfindError):
@@ -98,7 +100,8 @@ async def check_with_discord(settings: Settings) -> DiscordApp:
     # Only REST is used; the guilds intent just keeps discord.py from warning about its absence.
     client = discord.Client(intents=discord.Intents(guilds=True))
     try:
-        async with client:
+        # A black-holed network would otherwise keep the operator waiting for minutes.
+        async with client, asyncio.timeout(LOGIN_TIMEOUT_S):
             await client.login(token)
             app = client.application
     except discord.LoginFailure:
@@ -110,7 +113,8 @@ async def check_with_discord(settings: Settings) -> DiscordApp:
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise DiscordRefused(
-            f"cannot reach Discord at {discord.http.Route.BASE}: {exc}; check this machine's "
+            f"cannot reach Discord at {discord.http.Route.BASE}: "
+            f"{str(exc) or f'no answer in {LOGIN_TIMEOUT_S:g} s'}; check this machine's "
             "network (and DISCORD_API_BASE if set)"
         ) from None
     assert app is not None  # login() fetches it

@@ -7,12 +7,14 @@ the bot with one sentence before the database is created or the model loaded (wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from pathlib import Path
 
 import pytest
 
+from bot import startup
 from bot.app import run
 from bot.cli import main
 from bot.startup import (
@@ -151,3 +153,24 @@ async def test_a_bot_in_a_server_logs_the_invite_link_quietly(tmp_path, caplog):
     assert record.levelno == logging.INFO
     assert "in no server" not in record.getMessage()
     assert f"client_id={fd.application_id}&" in record.getMessage()
+
+
+async def test_a_discord_that_never_answers_stops_in_bounded_time(
+    tmp_path, model_loads, caplog, monkeypatch
+):
+    monkeypatch.setattr(startup, "LOGIN_TIMEOUT_S", 0.5)
+
+    async def silent(reader, writer):
+        await reader.read()  # accepts, reads, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, FakeDiscord() as fd:
+        base = f"http://127.0.0.1:{port}/api/v10"
+        status = await asyncio.wait_for(
+            run(bot_settings(fd, tmp_path, discord_api_base=base)), 10
+        )
+    assert status == 2
+    (line,) = critical_lines(caplog)
+    assert line.startswith(f"cannot reach Discord at {base}: no answer in 0.5 s")
+    assert model_loads == []
