@@ -19,6 +19,8 @@ from tests.fakediscord import FakeDiscord
 from tests.hubcache import cache_weights
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
+pytestmark = pytest.mark.usefixtures("isolated_logging")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -29,6 +29,9 @@ from tests.e2e import bot_settings, running_bot
 from tests.fakediscord import FakeDiscord
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
+pytestmark = pytest.mark.usefixtures("isolated_logging")
+
+
 
 @pytest.fixture
 def model_loads(monkeypatch) -> list[str]:
