@@ -9,14 +9,20 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import discord
-import yarl
 
 from bot.client import ClipfindBot
+from bot.startup import (
+    INTENT_REFUSED,
+    TOKEN_REFUSED,
+    DiscordRefused,
+    apply_endpoints,
+    check_with_discord,
+    token_of,
+)
 from retrieval.config import Settings
 from retrieval.db import create_engine, ensure_schema
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
-from retrieval.errors import ConfigError
 from retrieval.fetch import Fetcher
 from retrieval.indexing import IndexingPipeline, JobQueue
 from retrieval.policy import IndexPolicy
@@ -24,24 +30,6 @@ from retrieval.reindex import adopt_model
 from retrieval.store import open_store
 
 log = logging.getLogger(__name__)
-
-INTENT_REFUSED = (
-    "Discord refused the Message Content intent, without which it sends no attachments. Enable "
-    "it in the Discord Developer Portal: your application → Bot → Privileged Gateway Intents → "
-    "Message Content Intent, then start the bot again."
-)
-TOKEN_REFUSED = (
-    "Discord rejected DISCORD_TOKEN. Copy the bot token again from the Developer Portal."
-)
-
-
-def apply_endpoints(settings: Settings) -> None:
-    """Route Discord traffic through the configured REST base and gateway (proxies, tests)."""
-    if settings.discord_api_base:
-        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
-    if settings.discord_gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
-
 
 @contextlib.asynccontextmanager
 async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
@@ -117,12 +105,25 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
 
 
 async def run(settings: Settings) -> int:
-    """Run until stopped; returns the process exit status."""
-    if settings.discord_token is None:
-        raise ConfigError("DISCORD_TOKEN is required (see .env.example)")
+    """Run until stopped; returns the process exit status.
+
+    The token is checked, then tried with Discord, before the database and the model are
+    touched: a wrong token or a refused intent costs seconds, not a model download.
+    """
+    token = token_of(settings)
+    try:
+        app = await check_with_discord(settings)
+    except DiscordRefused as exc:
+        log.critical("%s", exc)
+        return 2
+    log.info(
+        "Discord accepted the token of %s (application %d); loading the database and the model",
+        app.name,
+        app.application_id,
+    )
     async with open_bot(settings) as bot:
         try:
-            await bot.start(settings.discord_token.get_secret_value())
+            await bot.start(token)
         except discord.PrivilegedIntentsRequired:
             log.critical(INTENT_REFUSED)
             return 2

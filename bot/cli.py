@@ -1,4 +1,5 @@
-"""`python -m bot`: run the bot; `python -m bot db upgrade|current`: operator commands."""
+"""`python -m bot`: run the bot; `python -m bot check`, `python -m bot db upgrade|current`:
+operator commands."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 
 import discord
 
@@ -20,7 +22,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     db = sub.add_parser("db", help="database schema commands")
     db.add_argument("action", choices=["upgrade", "current"])
+    sub.add_parser(
+        "check",
+        help="check the settings, database, model and Discord token without starting the bot",
+    )
     return parser
+
+
+def _check() -> int:
+    from bot.check import Outcome, run_checks
+
+    try:
+        settings = load_settings()
+    except ClipfindError as exc:
+        outcomes = [Outcome("settings", False, str(exc).replace("\n", " "))]
+    else:
+        # The verdicts are the output; discord.py's notes (no voice support…) are not.
+        discord.utils.setup_logging(level=logging.ERROR)
+        outcomes = [Outcome("settings", True, "read from the environment and .env")]
+        outcomes += asyncio.run(run_checks(settings))
+    sys.stdout.write("".join(outcome.line() + "\n" for outcome in outcomes))
+    return 0 if all(outcome.ok for outcome in outcomes) else 1
 
 
 async def _db(action: str, url: str) -> None:
@@ -37,6 +59,8 @@ async def _db(action: str, url: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check()
     try:
         settings = load_settings()
     except ClipfindError as exc:

@@ -11,6 +11,7 @@ import discord
 from discord.ext import commands
 
 from bot.errors import on_app_command_error
+from bot.startup import invite_url
 from retrieval.state import get_state, set_state
 
 if TYPE_CHECKING:
@@ -98,3 +99,11 @@ class ClipfindBot(commands.Bot):
         log.info(
             "connected as %s (id %s); guilds: %s", self.user, self.user and self.user.id, guilds
         )
+        if self.application_id is None:
+            return
+        url = invite_url(self.application_id)
+        if not self.guilds:
+            # A fresh bot in no server hears no messages and shows no commands: say what to do.
+            log.warning("clipfind is in no server yet, so nothing to index; invite it: %s", url)
+        else:
+            log.info("invite link (to add clipfind to another server): %s", url)

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @field_validator("discord_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        # `.env.example` ships `DISCORD_TOKEN=`: empty means not set, not a token to try.
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
     @field_validator("clip_device")
     @classmethod
     def _device(cls, value: str) -> str:

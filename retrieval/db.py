@@ -76,25 +76,23 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await conn.run_sync(run)
 
 
-async def ensure_schema(engine: AsyncEngine) -> None:
-    """Create the schema in an empty database; refuse one that is behind or ahead of the code.
+async def check_schema(engine: AsyncEngine) -> str | None:
+    """The revision of a database this code runs on as it is, or None for an empty one.
 
-    A brand-new database is migrated on the spot (zero set-up); an existing one holds the
-    operator's data, so upgrading it stays an explicit step they can back up before.
+    Changes nothing; a schema behind or ahead of the code, or foreign tables, raise SchemaError
+    with the fix.
     """
     url = engine.url.render_as_string(hide_password=False)
     head, current = _head(url), await current_revision(engine)
     if current == head:
-        return
+        return current
     if current is None:
         if await _has_tables(engine):
             raise SchemaError(
                 f"the database has tables but no clipfind schema version; run `{UPGRADE_HINT}` "
                 "against an empty database, or point DATABASE_URL elsewhere"
             )
-        log.info("creating the clipfind schema in a new database")
-        await upgrade(engine)
-        return
+        return None
     if not _known_revision(url, current):
         raise SchemaError(
             f"the database schema ({current}) is newer than this clipfind; upgrade clipfind, "
@@ -103,6 +101,17 @@ async def ensure_schema(engine: AsyncEngine) -> None:
     raise SchemaError(
         f"the database schema is at {current}, this clipfind needs {head}; run `{UPGRADE_HINT}`"
     )
+
+
+async def ensure_schema(engine: AsyncEngine) -> None:
+    """Create the schema in an empty database; refuse one that is behind or ahead of the code.
+
+    A brand-new database is migrated on the spot (zero set-up); an existing one holds the
+    operator's data, so upgrading it stays an explicit step they can back up before.
+    """
+    if await check_schema(engine) is None:
+        log.info("creating the clipfind schema in a new database")
+        await upgrade(engine)
 
 
 def _known_revision(url: str, revision: str) -> bool:

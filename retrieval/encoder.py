@@ -11,8 +11,12 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import open_clip
@@ -92,34 +96,101 @@ def _model_name(model: str) -> str:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
+    from huggingface_hub import constants
+
+    # HF_ENDPOINT may point at a mirror; ask the host that downloads would go to.
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname or _HUB_HOST[0], url.port or (80 if url.scheme == "http" else 443))
     try:
-        with socket.create_connection(_HUB_HOST, timeout=timeout):
+        with socket.create_connection(address, timeout=timeout):
             return True
     except OSError:
         return False
 
 
+def _hub_files(hub: str) -> tuple[str, tuple[str, ...]]:
+    """The repository and the file names open_clip tries, in its order (safetensors first)."""
+    # open_clip's hub entries are "org/repo/" (default file names) or "org/repo/file".
+    repo_id, filename = os.path.split(hub)
+    if not filename:
+        return repo_id, _HUB_WEIGHT_FILES
+    if filename.endswith((".bin", ".pth")):
+        return repo_id, (filename[:-4] + ".safetensors", filename)
+    return repo_id, (filename,)
+
+
 def _cached_hub_file(hub: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
-    # open_clip's hub entries are "org/repo/" (default file names) or "org/repo/file".
-    repo_id, filename = os.path.split(hub)
-    for name in (filename,) if filename else _HUB_WEIGHT_FILES:
+    repo_id, names = _hub_files(hub)
+    for name in names:
         found = try_to_load_from_cache(repo_id, name)
         if isinstance(found, str):
             return found
     return None
 
 
-def _check_pretrained(name: str, pretrained: str) -> str:
-    """Validate the pretrained source and return the identity part of the model id.
+def _hub_size(hub: str) -> int | None:
+    """The size of the file a download would fetch, from the hub's metadata (one HEAD)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    repo_id, names = _hub_files(hub)
+    for name in names:
+        try:
+            return get_hf_file_metadata(hf_hub_url(repo_id, name), timeout=10).size
+        except Exception:  # a missing alternative, or a hiccup: try the next name
+            continue
+    return None
+
+
+def megabytes(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:,.0f} MB"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights come from, found without loading them."""
+
+    name: str  # the open_clip model name
+    identity: str  # the weights' part of the model id
+    source: Literal["file", "cache", "hub", "random"]
+    size: int | None = None  # bytes, when known
+    where: str = ""  # the checkpoint or cached file; the hub repository for "hub"
+
+    def describe(self) -> str:
+        if self.source == "file":
+            return f"{self.name} from the checkpoint {self.where} ({megabytes(self.size)})"
+        if self.source == "cache":
+            return f"{self.name}/{self.identity}, cached in {self.where} ({megabytes(self.size)})"
+        if self.source == "hub":
+            return (
+                f"{self.name}/{self.identity}, downloaded once on first start from the Hugging "
+                f"Face Hub ({megabytes(self.size)}), then cached"
+            )
+        return f"{self.name} with random weights (benchmarks only: searches find nothing useful)"
+
+
+def locate_weights(*, model: str, pretrained: str | None) -> Weights:
+    """Validate the model and its weights' source without loading them.
 
     A hub tag offline would make huggingface_hub retry for about a minute; check first and fail
     at once with the fix, or switch the hub client to offline mode when the weights are cached.
     """
-    if Path(pretrained).is_file():
-        digest = hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()[:12]
-        return f"file-{digest}"
+    name = _model_name(model)
+    if not pretrained:
+        return Weights(name=name, identity="random", source="random")
+    path = Path(pretrained)
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return Weights(
+            name=name,
+            identity=f"file-{digest}",
+            source="file",
+            size=path.stat().st_size,
+            where=str(path),
+        )
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
@@ -127,20 +198,45 @@ def _check_pretrained(name: str, pretrained: str) -> str:
             f"CLIP_PRETRAINED={pretrained} is neither a checkpoint file nor a pretrained tag of "
             f"{name} (tags: {tags})."
         )
-    if _hub_reachable():
-        return pretrained
     hub = cfg.get("hf_hub", "")
-    if hub and _cached_hub_file(hub):
-        import huggingface_hub.constants
+    cached = _cached_hub_file(hub) if hub else None
+    reachable = _hub_reachable()
+    if cached:
+        if not reachable:
+            import huggingface_hub.constants
 
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
-        return pretrained
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return Weights(
+            name=name,
+            identity=pretrained,
+            source="cache",
+            size=os.path.getsize(cached),
+            where=cached,
+        )
+    if reachable:
+        return Weights(
+            name=name,
+            identity=pretrained,
+            source="hub",
+            size=_hub_size(hub) if hub else None,
+            where=hub,
+        )
     raise ModelUnavailable(
         f"Cannot download the pretrained weights {name}/{pretrained}: the Hugging Face Hub is not "
         "reachable from this machine and the weights are not in its cache. Either run once with "
         "network access so they are cached, or set CLIP_PRETRAINED to a local checkpoint file "
         "(and CLIP_MODEL to its open_clip model name or config JSON)."
     )
+
+
+def _show_download_progress() -> None:
+    """huggingface_hub's progress bars on a terminal; none in a log file or a service's journal."""
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if sys.stderr.isatty():
+        enable_progress_bars()
+    else:
+        disable_progress_bars()
 
 
 def _unit(features: torch.Tensor) -> np.ndarray:
@@ -175,10 +271,19 @@ class Encoder:
     def load(
         cls, *, model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"
     ) -> Encoder:
-        name = _model_name(model)
-        identity = _check_pretrained(name, pretrained) if pretrained else "random"
+        weights = locate_weights(model=model, pretrained=pretrained)
+        name = weights.name
         dev = resolve_device(device)
         precision = resolve_precision(precision, dev)
+        if weights.source == "hub":
+            log.info(
+                "downloading the %s weights %s from the Hugging Face Hub (%s); later starts use "
+                "the cache",
+                name,
+                pretrained,
+                megabytes(weights.size),
+            )
+            _show_download_progress()
         if not pretrained:
             torch.manual_seed(0)  # random init stays the same across restarts, so its id holds
         try:
@@ -197,7 +302,7 @@ class Encoder:
             model=clip,
             tokenizer=open_clip.get_tokenizer(name),
             device=dev,
-            model_id=f"{name}/{identity}",
+            model_id=f"{name}/{weights.identity}",
             precision=precision,
         )
         if not encoder.dim:

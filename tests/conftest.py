@@ -118,3 +118,17 @@ async def store(store_engine):
     store = open_store(store_engine)
     yield store
     await store.close()
+
+
+@pytest.fixture
+def isolated_logging():
+    """For tests that run `bot.cli.main`: its logging set-up must not outlive the test."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from retrieval.encoder import Encoder
+from retrieval.encoder import Encoder, locate_weights
 from retrieval.encoding import EncoderService
 from retrieval.errors import ModelUnavailable
+from tests.hubcache import cache_weights, fake_hub
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
 
@@ -142,3 +144,36 @@ async def test_encoder_errors_reach_the_caller(random_tiny):
         assert (await service.encode_text("still works")).shape == (random_tiny.dim,)
     finally:
         await service.close()
+
+
+def test_weights_are_located_without_loading_them(monkeypatch, tmp_path):
+    local = locate_weights(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH))
+    assert (local.source, local.size) == ("file", CHECKPOINT_PATH.stat().st_size)
+    assert local.describe().endswith(f"{CHECKPOINT_PATH} (4.8 MB)")
+    assert locate_weights(model=str(CONFIG_PATH), pretrained=None).source == "random"
+
+    with pytest.raises(ModelUnavailable, match="not reachable"):  # offline, not cached
+        locate_weights(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    cached = cache_weights(
+        monkeypatch, tmp_path, model="ViT-B-32", tag="laion2b_s34b_b79k", data=b"w" * 2_500_000
+    )
+    found = locate_weights(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert (found.source, found.size, found.where) == ("cache", 2_500_000, str(cached))
+    assert found.identity == "laion2b_s34b_b79k"  # the model id does not depend on the source
+    assert found.describe() == f"ViT-B-32/laion2b_s34b_b79k, cached in {cached} (2.5 MB)"
+
+
+def test_a_download_is_announced_with_its_size(monkeypatch, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="retrieval.encoder")
+    with fake_hub(monkeypatch, tmp_path) as size:
+        found = locate_weights(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+        assert (found.source, found.size) == ("hub", size)
+        assert "from the Hugging Face Hub (605 MB)" in found.describe()
+        # This hub has no file to give, so the load fails, after saying what it was fetching.
+        with pytest.raises(ModelUnavailable):
+            Encoder.load(model="ViT-B-32", pretrained="laion2b_s34b_b79k", device="cpu")
+    said = [r.getMessage() for r in caplog.records if r.name == "retrieval.encoder"]
+    assert said[0] == (
+        "downloading the ViT-B-32 weights laion2b_s34b_b79k from the Hugging Face Hub (605 MB); "
+        "later starts use the cache"
+    )
