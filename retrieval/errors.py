@@ -40,3 +40,9 @@ class FetchError(ClipfindError):
         super().__init__(message)
         self.reason = reason
         self.retryable = retryable
+
+
+class DatabaseLost(ClipfindError):
+    """The SQLite database is missing or was replaced: running on would forget what it held."""
+
+    reason = "database_lost"

@@ -1,0 +1,170 @@
+"""The SQLite file is the truth: a lost or swapped database is told apart from a first start, and
+noticed while the bot runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retrieval.db import create_engine, ensure_schema
+from retrieval.dbfile import INSTALLATION_KEY, DatabaseFile, marker_path, read_marker
+from retrieval.errors import DatabaseLost
+from retrieval.state import get_state, set_state
+
+
+async def start(path: Path, *, required_id: str | None = None) -> DatabaseFile:
+    """What the bot does at start: claim the file, open and migrate it, record the installation."""
+    database = DatabaseFile.claim(path, required_id=required_id)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await ensure_schema(engine)
+        await database.record(engine)
+    finally:
+        await engine.dispose()
+    return database
+
+
+async def stored_id(path: Path) -> str | None:
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        return await get_state(engine, INSTALLATION_KEY)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "data" / "clipfind.db"
+
+
+async def test_first_start_records_the_installation_in_the_database_and_the_marker(db):
+    database = await start(db)
+    assert db.exists()
+    assert await stored_id(db) == database.installation_id
+    assert read_marker(marker_path(db)) == database.installation_id
+    assert database.problem() is None
+
+
+async def test_a_restart_finds_the_same_installation(db):
+    first = await start(db)
+    again = await start(db)
+    assert again.installation_id == first.installation_id
+    assert not again.new
+
+
+async def test_a_missing_database_with_its_marker_is_refused_and_nothing_is_created(db):
+    await start(db)
+    for path in db.parent.glob("clipfind.db*"):
+        if path != marker_path(db):
+            path.unlink()
+    with pytest.raises(DatabaseLost) as info:
+        DatabaseFile.claim(db)
+    message = str(info.value)
+    assert f"the database {db} is missing" in message
+    assert "Restore it from a backup" in message and f"delete {marker_path(db)}" in message
+    assert sorted(p.name for p in db.parent.iterdir()) == ["clipfind.db.installation"]
+
+
+async def test_deleting_the_marker_starts_afresh_on_purpose(db):
+    first = await start(db)
+    db.unlink()
+    marker_path(db).unlink()
+    assert (await start(db)).installation_id != first.installation_id
+
+
+async def test_a_lost_data_folder_is_refused_when_installation_id_is_set(db):
+    first = await start(db)
+    shutil.rmtree(db.parent)
+    with pytest.raises(DatabaseLost, match="INSTALLATION_ID"):
+        DatabaseFile.claim(db, required_id=first.installation_id)
+    assert not db.parent.exists()
+
+
+async def test_installation_id_must_match_the_database(db):
+    first = await start(db)
+    assert (
+        await start(db, required_id=first.installation_id)
+    ).installation_id == first.installation_id
+    with pytest.raises(DatabaseLost, match="recorded in INSTALLATION_ID"):
+        DatabaseFile.claim(db, required_id="another")
+
+
+async def test_another_installations_database_is_refused(db, tmp_path):
+    await start(db)
+    other = tmp_path / "other" / "clipfind.db"
+    other_installation = (await start(other)).installation_id
+    db.unlink()
+    shutil.copy(other, db)
+    with pytest.raises(DatabaseLost, match=f"belongs to installation {other_installation}"):
+        DatabaseFile.claim(db)
+
+
+async def test_an_empty_database_in_place_of_ours_is_refused(db):
+    await start(db)
+    db.unlink()
+    db.write_bytes(b"")
+    with pytest.raises(DatabaseLost, match="belongs to no installation"):
+        DatabaseFile.claim(db)
+
+
+async def test_a_database_from_before_installation_ids_is_adopted(db):
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        await ensure_schema(engine)
+        await set_state(engine, "commands_hash", "kept")
+    finally:
+        await engine.dispose()
+    database = await start(db)
+    assert database.new
+    assert await stored_id(db) == database.installation_id
+    assert read_marker(marker_path(db)) == database.installation_id
+
+
+async def test_a_lost_marker_is_written_again_from_the_database(db):
+    first = await start(db)
+    marker_path(db).unlink()
+    assert (await start(db)).installation_id == first.installation_id
+    assert read_marker(marker_path(db)) == first.installation_id
+
+
+async def test_the_watchdog_check_notices_a_deleted_file(db):
+    database = await start(db)
+    db.unlink()
+    assert database.problem() == f"the database file {db.resolve()} was deleted"
+
+
+async def test_the_watchdog_check_notices_a_deleted_folder(db):
+    database = await start(db)
+    shutil.rmtree(db.parent)
+    assert "folder" in database.problem() and "was deleted" in database.problem()
+
+
+async def test_the_watchdog_check_notices_a_file_moved_in_place(db, tmp_path):
+    database = await start(db)
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    os.replace(copy, db)  # the same bytes, but not the file the bot has open
+    assert "replaced by another file" in database.problem()
+
+
+async def test_the_watchdog_check_notices_a_file_overwritten_in_place(db, tmp_path):
+    database = await start(db)
+    other = tmp_path / "other" / "clipfind.db"
+    other_installation = (await start(other)).installation_id
+    identity = os.stat(db).st_ino
+    db.write_bytes(other.read_bytes())  # as `cp other.db clipfind.db` does: same inode
+    assert os.stat(db).st_ino == identity
+    assert f"now holds installation {other_installation}" in database.problem()
+
+
+async def test_the_watch_returns_once_the_file_is_gone(db):
+    database = await start(db)
+    watch = asyncio.create_task(database.watch(interval_s=0.05))
+    await asyncio.sleep(0.2)
+    assert not watch.done()
+    db.unlink()
+    assert "was deleted" in await asyncio.wait_for(watch, 5)
