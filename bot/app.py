@@ -14,6 +14,7 @@ import yarl
 from bot.client import ClipfindBot
 from retrieval.config import Settings
 from retrieval.db import create_engine, ensure_schema
+from retrieval.dbfile import DatabaseFile
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.errors import ConfigError
@@ -33,6 +34,8 @@ INTENT_REFUSED = (
 TOKEN_REFUSED = (
     "Discord rejected DISCORD_TOKEN. Copy the bot token again from the Developer Portal."
 )
+# The exit status after the SQLite file vanished or was swapped under the running bot.
+DATABASE_LOST_STATUS = 3
 
 
 def apply_endpoints(settings: Settings) -> None:
@@ -47,9 +50,22 @@ def apply_endpoints(settings: Settings) -> None:
 async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
     """The bot with its database, model, HTTP session and pipeline; not yet connected."""
     apply_endpoints(settings)
-    engine = create_engine(settings.database_url)
+    sqlite_path = settings.sqlite_path()
+    # Before the engine exists: opening a missing SQLite file would create an empty one.
+    database = (
+        DatabaseFile.claim(sqlite_path, required_id=settings.installation_id)
+        if sqlite_path
+        else None
+    )
+    if database:
+        database.create_if_new()
+    engine = create_engine(
+        database.engine_url(settings.database_url) if database else settings.database_url
+    )
     try:
         await ensure_schema(engine)
+        if database:
+            await database.record(engine)
         policy = IndexPolicy(engine)
         await policy.load()
         encoder = await asyncio.to_thread(
@@ -98,7 +114,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     policy=policy,
                 )
                 bot.reindexing = await adopt_model(engine, store, encoder.model_id)
-                async with bot:
+                async with (
+                    bot,
+                    _stop_if_lost(
+                        bot, database=database, interval_s=settings.database_check_interval_s
+                    ),
+                ):
                     yield bot
             finally:
                 await pipeline.close()
@@ -106,6 +127,35 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 await store.close()
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _stop_if_lost(
+    bot: ClipfindBot, *, database: DatabaseFile | None, interval_s: float
+) -> AsyncIterator[None]:
+    """Stop the bot once its SQLite file is deleted or replaced, rather than write into the void."""
+    if not database:
+        yield
+        return
+
+    async def watchdog() -> None:
+        problem = await database.watch(interval_s=interval_s)
+        log.critical(
+            "stopping: %s. Nothing written now would be kept; restore the database from a "
+            "backup before starting again",
+            problem,
+        )
+        bot.exit_status = DATABASE_LOST_STATUS
+        await bot.close()
+
+    task = asyncio.create_task(watchdog())
+    try:
+        yield
+    finally:
+        if not bot.exit_status:
+            task.cancel()  # still watching; a stop it started is left to finish
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def run(settings: Settings) -> int:
@@ -121,4 +171,4 @@ async def run(settings: Settings) -> int:
         except discord.LoginFailure:
             log.critical(TOKEN_REFUSED)
             return 2
-    return 0
+    return bot.exit_status

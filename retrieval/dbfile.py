@@ -18,7 +18,9 @@ import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.errors import DatabaseLost
@@ -118,6 +120,19 @@ class DatabaseFile:
             # A database from before installation ids: it is the truth, adopt it.
             return cls(path=path, installation_id=uuid.uuid4().hex, new=True)
         return cls(path=path, installation_id=stored)
+
+    def create_if_new(self) -> None:
+        """A first start makes the file (empty: the schema comes next); later ones only open it."""
+        if self.new and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+
+    def engine_url(self, configured: str) -> str:
+        """`configured`, opening this file read-write, which SQLite never does by creating it:
+        a connection made after the file was lost fails instead of starting an empty one."""
+        url = make_url(configured).set(database="file:" + quote(str(self.path)))
+        url = url.update_query_dict({"mode": "rw", "uri": "true"})
+        return url.render_as_string(hide_password=False)
 
     async def record(self, engine: AsyncEngine) -> None:
         """Once the schema exists: store the id, write the marker, remember which file this is."""

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 
 from retrieval.db import create_engine, ensure_schema
 from retrieval.dbfile import INSTALLATION_KEY, DatabaseFile, marker_path, read_marker
@@ -19,7 +20,8 @@ from retrieval.state import get_state, set_state
 async def start(path: Path, *, required_id: str | None = None) -> DatabaseFile:
     """What the bot does at start: claim the file, open and migrate it, record the installation."""
     database = DatabaseFile.claim(path, required_id=required_id)
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    database.create_if_new()
+    engine = create_engine(database.engine_url(f"sqlite+aiosqlite:///{path}?timeout=5"))
     try:
         await ensure_schema(engine)
         await database.record(engine)
@@ -168,3 +170,19 @@ async def test_the_watch_returns_once_the_file_is_gone(db):
     assert not watch.done()
     db.unlink()
     assert "was deleted" in await asyncio.wait_for(watch, 5)
+
+
+async def test_the_engine_never_creates_a_lost_file_again(tmp_path):
+    db = tmp_path / "odd #1 50%" / "clip find.db"  # characters a URI must escape
+    database = await start(db)
+    engine = create_engine(database.engine_url(f"sqlite+aiosqlite:///{db}"))
+    try:
+        assert await get_state(engine, INSTALLATION_KEY) == database.installation_id
+        await engine.dispose()
+        db.unlink()
+        with pytest.raises(SQLAlchemyError, match="unable to open database file"):
+            await get_state(engine, INSTALLATION_KEY)
+    finally:
+        await engine.dispose()
+    assert not db.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd #1 50%"]
