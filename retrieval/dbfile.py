@@ -49,7 +49,7 @@ def stored_installation(database: Path) -> str | None:
 
     Raises sqlite3.Error when the file cannot be read as a database.
     """
-    uri = database.resolve().as_uri() + "?mode=ro"
+    uri = database.absolute().as_uri() + "?mode=ro"
     # closing(): sqlite3's own context manager commits but does not close.
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as conn:
         try:
@@ -83,7 +83,8 @@ class DatabaseFile:
 
         Raises DatabaseLost with what happened and how to go on; creates nothing.
         """
-        path = path.resolve()
+        # Not resolved: a symbolic link pointed at another file counts as a replaced one.
+        path = path.absolute()
         marker = marker_path(path)
         recorded = read_marker(marker)
         if not path.exists():
@@ -110,11 +111,15 @@ class DatabaseFile:
             (required_id, "INSTALLATION_ID", "change INSTALLATION_ID"),
         ):
             if expected is not None and stored != expected:
-                found = f"installation {stored}" if stored else "no installation (or another)"
+                found = (
+                    f"belongs to installation {stored}"
+                    if stored
+                    else "carries no installation id (an empty database, or one from elsewhere)"
+                )
                 raise DatabaseLost(
-                    f"the database {path} belongs to {found}, not to this one ({expected}, "
-                    f"recorded in {where}): it was replaced. Put this installation's database "
-                    f"back; or, to run on the database now there, {adopt}"
+                    f"the database {path} {found}, but this installation is {expected} "
+                    f"(recorded in {where}): the database was replaced. Put this installation's "
+                    f"database back; or, to run on the one now there, {adopt}"
                 )
         if stored is None:
             # A database from before installation ids: it is the truth, adopt it.
@@ -139,10 +144,11 @@ class DatabaseFile:
         if self.new:
             await set_state(engine, INSTALLATION_KEY, self.installation_id)
             log.info(
-                "new installation %s on %s; to also notice a lost data folder, set "
-                "INSTALLATION_ID=%s",
+                "this installation is %s (recorded in %s and %s); to also notice a lost data "
+                "folder, set INSTALLATION_ID=%s",
                 self.installation_id,
                 self.path,
+                self.marker,
                 self.installation_id,
             )
         elif await get_state(engine, INSTALLATION_KEY) != self.installation_id:
