@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,8 @@ from retrieval.errors import DatabaseLost
 from tests.e2e import bot_settings, running_bot, settled
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import picture
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_first_start_restart_and_a_lost_database_refused(tmp_path, monkeypatch, caplog):
@@ -73,3 +79,39 @@ async def test_a_database_deleted_while_running_stops_the_bot(tmp_path, caplog):
     with pytest.raises(DatabaseLost, match="is missing"):
         await run(settings)
     assert not db.exists()
+
+
+async def test_the_process_really_exits_when_its_database_is_deleted(tmp_path):
+    """`python -m bot` as an operator runs it: no task or thread keeps it alive half-stopped."""
+    db = tmp_path / "clipfind.db"
+    async with FakeDiscord() as fd:
+        settings = bot_settings(fd, tmp_path)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HF_HUB_OFFLINE": "1",
+            "DISCORD_TOKEN": fd.token,
+            "DISCORD_API_BASE": fd.api_base,
+            "DISCORD_GATEWAY_URL": fd.gateway_url,
+            "DATABASE_URL": settings.database_url,
+            "CLIP_MODEL": settings.clip_model,
+            "CLIP_PRETRAINED": settings.clip_pretrained,
+            "CLIP_DEVICE": "cpu",
+            "DATABASE_CHECK_INTERVAL_S": "0.2",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
+        )
+        stderr = asyncio.create_task(process.stderr.read())  # drained, so logging never blocks
+        try:
+            await fd.wait_ready(timeout=60)
+            db.unlink()
+            status = await asyncio.wait_for(process.wait(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert status == DATABASE_LOST_STATUS
+    log = re.sub(r"\x1b\[[0-9;]*m", "", (await stderr).decode())  # colour codes on some terminals
+    (line,) = [line for line in log.splitlines() if " CRITICAL " in line]
+    assert f"bot.app stopping: the database file {db} was deleted" in line
