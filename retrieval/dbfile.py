@@ -158,21 +158,23 @@ class DatabaseFile:
         self.identity = _identity(self.path)
 
     def problem(self) -> str | None:
-        """What happened to the database file since `record`, or None while it is the same."""
-        if not self.path.parent.exists():
-            return f"the database folder {self.path.parent} was deleted"
+        """What happened to the database file since `record`, or None while it is the same.
+
+        Only what is certain counts: an error that may pass (a lock, no file handles left) is
+        logged and looked at again next time rather than stopping the bot.
+        """
         try:
+            if not self.path.parent.exists():
+                return f"the database folder {self.path.parent} was deleted"
             identity = _identity(self.path)
+            if identity != self.identity:
+                return f"the database file {self.path} was replaced by another file"
+            stored = stored_installation(self.path)
         except FileNotFoundError:
             return f"the database file {self.path} was deleted"
-        if identity != self.identity:
-            return f"the database file {self.path} was replaced by another file"
-        try:
-            stored = stored_installation(self.path)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return None  # a long write; look again next time
-            return f"the database file {self.path} cannot be read any more ({exc})"
+        except (OSError, sqlite3.OperationalError) as exc:
+            log.warning("could not check the database file %s (%s); trying again", self.path, exc)
+            return None
         except sqlite3.DatabaseError as exc:
             return f"the database file {self.path} was overwritten ({exc})"
         if stored != self.installation_id:

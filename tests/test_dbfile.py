@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -210,3 +211,18 @@ async def test_the_watchdog_check_notices_a_link_pointed_elsewhere(tmp_path):
     link.unlink()
     link.symlink_to(other)
     assert "replaced by another file" in database.problem()
+
+
+async def test_a_check_that_may_pass_does_not_stop_the_bot(db, monkeypatch, caplog):
+    import retrieval.dbfile
+
+    database = await start(db)
+
+    def no_handles(path):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(retrieval.dbfile, "stored_installation", no_handles)
+    assert database.problem() is None
+    assert "could not check the database file" in caplog.text
+    db.unlink()
+    assert "was deleted" in database.problem()
