@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import discord
@@ -21,6 +22,7 @@ from bot.startup import (
 )
 from retrieval.config import Settings
 from retrieval.db import create_engine, ensure_schema
+from retrieval.dbfile import DatabaseFile
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
@@ -31,13 +33,30 @@ from retrieval.store import open_store
 
 log = logging.getLogger(__name__)
 
+# The exit status after the SQLite file vanished or was swapped under the running bot.
+DATABASE_LOST_STATUS = 3
+
+
 @contextlib.asynccontextmanager
 async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
     """The bot with its database, model, HTTP session and pipeline; not yet connected."""
     apply_endpoints(settings)
-    engine = create_engine(settings.database_url)
+    sqlite_path = settings.sqlite_path()
+    # Before the engine exists: opening a missing SQLite file would create an empty one.
+    database = (
+        DatabaseFile.claim(sqlite_path, required_id=settings.installation_id)
+        if sqlite_path
+        else None
+    )
+    if database:
+        database.create_if_new()
+    engine = create_engine(
+        database.engine_url(settings.database_url) if database else settings.database_url
+    )
     try:
         await ensure_schema(engine)
+        if database:
+            await database.record(engine)
         policy = IndexPolicy(engine)
         await policy.load()
         encoder = await asyncio.to_thread(
@@ -94,7 +113,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     policy=policy,
                 )
                 bot.reindexing = await adopt_model(engine, store, encoder.model_id)
-                async with bot:
+                async with (
+                    bot,
+                    _stop_if_lost(
+                        bot, database=database, interval_s=settings.database_check_interval_s
+                    ),
+                ):
                     yield bot
             finally:
                 await pipeline.close(deadline_s=settings.shutdown_deadline_s)
@@ -102,6 +126,35 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 await store.close()
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _stop_if_lost(
+    bot: ClipfindBot, *, database: DatabaseFile | None, interval_s: float
+) -> AsyncIterator[None]:
+    """Stop the bot once its SQLite file is deleted or replaced, rather than write into the void."""
+    if not database:
+        yield
+        return
+
+    async def watchdog() -> None:
+        problem = await database.watch(interval_s=interval_s)
+        log.critical(
+            "stopping: %s. Nothing written now would be kept; restore the database from a "
+            "backup before starting again",
+            problem,
+        )
+        bot.exit_status = DATABASE_LOST_STATUS
+        await bot.close()
+
+    task = asyncio.create_task(watchdog())
+    try:
+        yield
+    finally:
+        if not bot.exit_status:
+            task.cancel()  # still watching; a stop it started is left to finish
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def run(settings: Settings) -> int:
@@ -121,7 +174,7 @@ async def run(settings: Settings) -> int:
         app.name,
         app.application_id,
     )
-    async with open_bot(settings) as bot:
+    async with open_bot(settings) as bot, _stopped_by_signals(bot):
         try:
             await bot.start(token)
         except discord.PrivilegedIntentsRequired:
@@ -130,4 +183,27 @@ async def run(settings: Settings) -> int:
         except discord.LoginFailure:
             log.critical(TOKEN_REFUSED)
             return 2
-    return 0
+    return bot.exit_status
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(bot: ClipfindBot) -> Iterator[None]:
+    """SIGTERM (docker stop, systemd) and SIGINT close the gateway; leaving open_bot then lets
+    the batches being encoded finish (SHUTDOWN_DEADLINE_S) and hands the rest of the claimed
+    work back to the jobs table, and the process exits 0."""
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("received %s: finishing the work in hand, then stopping", sig.name)
+        loop.create_task(bot.close())
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -74,6 +74,8 @@ class ClipfindBot(commands.Bot):
         self.backfill_progress: BackfillProgress | None = None
         # Rows per other model left from before a model switch (see retrieval/reindex.py).
         self.reindexing: dict[str, int] = {}
+        # What `python -m bot` exits with once the bot stops; set by whatever stopped it.
+        self.exit_status = 0
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     discord_media_origins: str = DISCORD_MEDIA_ORIGINS
 
     database_url: str = "sqlite+aiosqlite:///data/clipfind.db"
+    # SQLite: the id this installation's database must carry; set, a missing database is refused
+    # even when its whole folder (with the marker file next to it) is gone.
+    installation_id: str | None = None
+    # SQLite: how often the running bot checks that its database file is still there and the same.
+    database_check_interval_s: float = Field(default=15.0, gt=0, le=60)
 
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "laion2b_s34b_b79k"
@@ -106,6 +111,12 @@ class Settings(BaseSettings):
         if not value.startswith(_DATABASES):
             raise ValueError(f"must start with one of {', '.join(_DATABASES)}")
         return value
+
+    @field_validator("installation_id")
+    @classmethod
+    def _installation(cls, value: str | None) -> str | None:
+        # An empty value in .env means unset, like an absent one.
+        return (value or "").strip() or None
 
     @field_validator("clip_pretrained")
     @classmethod

@@ -25,7 +25,8 @@ UPGRADE_HINT = "python -m bot db upgrade"
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
-        if path and path != ":memory:":
+        # A `file:` URI names a file that must exist already (see retrieval/dbfile.py).
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -49,3 +49,9 @@ class FetchError(ClipfindError):
         self.retryable = retryable
         # Seconds the server asked us to wait (HTTP 429/503 Retry-After), when it said.
         self.retry_after = retry_after
+
+
+class DatabaseLost(ClipfindError):
+    """The SQLite database is missing or was replaced: running on would forget what it held."""
+
+    reason = "database_lost"
