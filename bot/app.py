@@ -174,15 +174,16 @@ async def run(settings: Settings) -> int:
         app.name,
         app.application_id,
     )
-    async with open_bot(settings) as bot, _stopped_by_signals(bot):
-        try:
-            await bot.start(token)
-        except discord.PrivilegedIntentsRequired:
-            log.critical(INTENT_REFUSED)
-            return 2
-        except discord.LoginFailure:
-            log.critical(TOKEN_REFUSED)
-            return 2
+    async with open_bot(settings) as bot:
+        with _stopped_by_signals(bot):
+            try:
+                await bot.start(token)
+            except discord.PrivilegedIntentsRequired:
+                log.critical(INTENT_REFUSED)
+                return 2
+            except discord.LoginFailure:
+                log.critical(TOKEN_REFUSED)
+                return 2
     return bot.exit_status
 
 
