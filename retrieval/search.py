@@ -282,6 +282,10 @@ class BadQuery(ValueError):
     """Input the member can fix; the message is written for them."""
 
 
+def _unreadable(text: str) -> BadQuery:
+    return BadQuery(f"I can't read `{text.strip()[:40]}` as a date. {DATE_HELP}")
+
+
 def parse_when(text: str, *, now: datetime) -> datetime:
     """A moment from a date, a date and time, or how long ago (``7d``); dates are UTC midnight."""
     value = text.strip().lower()
@@ -293,11 +297,14 @@ def parse_when(text: str, *, now: datetime) -> datetime:
     if match := _AGO.match(value):
         amount, unit = int(match.group(1)), match.group(2)
         step = _UNIT["mo" if unit.startswith("mo") else unit[0]]
-        return now - amount * step
+        try:
+            return now - amount * step
+        except OverflowError:  # further back than the calendar goes (year 1)
+            raise _unreadable(text) from None
     try:
         moment = datetime.fromisoformat(value.upper().replace(" ", "T"))
     except ValueError:
-        raise BadQuery(f"I can't read `{text.strip()[:40]}` as a date. {DATE_HELP}") from None
+        raise _unreadable(text) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -156,7 +156,9 @@ def test_dates_and_how_long_ago(text, expected):
     assert parse_when(text, now=NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["next tuesday", "7x", "2025-13-01", "", "-3d", "soon"])
+@pytest.mark.parametrize(
+    "text", ["next tuesday", "7x", "2025-13-01", "", "-3d", "soon", "2999y", "9999 years ago"]
+)
 def test_unreadable_dates_say_what_would_work(text):
     with pytest.raises(BadQuery, match="7d"):
         parse_when(text, now=NOW)
