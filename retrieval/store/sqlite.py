@@ -26,9 +26,9 @@ _MATRIX_COLUMNS = (
     type_coerce(IndexedImage.posted_at, String),
     type_coerce(IndexedImage.embedding, NullType),
 )
-# Rows read and converted at a time while a guild loads: a few milliseconds of work per step
-# for whichever thread holds the interpreter, and 40 MB of raw 512-d rows at most.
-_LOAD_CHUNK = 20_000
+# Rows read and converted at a time while a guild loads: each step holds the interpreter for a
+# few milliseconds at most (10 MB of 512-d rows), so the event loop is never kept waiting long.
+_LOAD_CHUNK = 5_000
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
 
 
