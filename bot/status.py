@@ -31,10 +31,14 @@ async def status_text(bot: ClipfindBot, guild_id: int) -> str:
     if bot.reindexing:
         left = await bot.store.count(guild_id=guild_id) - indexed_here
         if left:
-            lines.append(
+            line = (
                 f"**Re-indexing for the new model:** {left} images here still to do; "
                 "searches find them once they are done"
             )
+            if (days := bot.settings.backfill_max_age_days) is not None:
+                # Backfill does not read that far back, so these wait for a wider window.
+                line += f" (those older than {days} days are not read again)"
+            lines.append(line)
     progress = getattr(bot, "backfill_progress", None)
     if progress is not None:
         lines.append(f"**History backfill:** {progress}")

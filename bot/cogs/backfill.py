@@ -285,8 +285,12 @@ class Backfill(commands.Cog):
         walk.cursor = cursor
         finished = walk.caught_up and not cursor.wants_older(floor)
         if finished and self.bot.reindexing:
-            # Whatever the walk re-encoded has its new vector; the rest is gone from Discord.
-            await self.bot.store.delete_other_models(channel.id, self.bot.encoder.model_id)
+            # Whatever the walk re-encoded has its new vector; the rest of what it read is gone
+            # from Discord. Images older than the age window were not read: they keep their old
+            # vector rather than vanish, as they are still on Discord.
+            await self.bot.store.delete_other_models(
+                channel.id, self.bot.encoder.model_id, since_message_id=floor
+            )
         if not finished:
             log.info(
                 "backfill: %s: %d messages read, %d images submitted so far",

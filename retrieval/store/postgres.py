@@ -314,10 +314,13 @@ class PgVectorStore(SharedReads):
         ids = self._ids("channel_ids", channel_ids)
         return await self._delete_where(IndexedImage.channel_id == any_(ids))
 
-    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
-        return await self._delete_where(
-            IndexedImage.channel_id == channel_id, IndexedImage.model_id != model_id
-        )
+    async def delete_other_models(
+        self, channel_id: int, model_id: str, *, since_message_id: int | None = None
+    ) -> int:
+        conditions = [IndexedImage.channel_id == channel_id, IndexedImage.model_id != model_id]
+        if since_message_id is not None:
+            conditions.append(IndexedImage.message_id >= since_message_id)
+        return await self._delete_where(*conditions)
 
     async def delete_guild(self, guild_id: int) -> int:
         return await self._delete_where(IndexedImage.guild_id == guild_id)
