@@ -3,13 +3,15 @@
 Builds a throwaway SQLite database with one guild of N clustered vectors (1% of them reposts),
 then, in a fresh process per version of the code, loads it through the store and pages through
 `ResultPager` with the real arranger, while a probe coroutine measures how late a 5 ms sleep
-wakes up. The asking member may read a fifth of the channels, so the pager fetches 200, 400 and
-then 800 candidates, as a deep page does. Every version must show the same results.
+wakes up. Each process first imports what the bot runs with (torch, open_clip, discord.py and
+the bot) and does what that version's bot does once started, so the garbage collector has the
+bot's heap to scan. The asking member may read a fifth of the channels, so the pager fetches
+200, 400 and then 800 candidates, as a deep page does. Every version must show the same results.
 
     python -m benchmarks.loop_lag [--rows 1000000] [--dim 512] [--baseline main]
 
-``--baseline REV`` measures that git revision's ``retrieval/`` too (exported with
-``git archive``), side by side on the same database. The database lives in /tmp and is deleted.
+``--baseline REV`` measures that git revision's code too (exported with ``git archive``), side
+by side on the same database. The database lives in /tmp and is deleted.
 """
 
 from __future__ import annotations
@@ -120,6 +122,19 @@ def lag_stats(lags: list[float]) -> dict:
     }
 
 
+def bot_heap() -> None:
+    """The bot's process as it runs: its libraries imported, then its start-up done."""
+    import discord  # noqa: F401
+    import open_clip  # noqa: F401
+    import torch  # noqa: F401
+
+    import bot.client
+
+    # Versions before bot.client.freeze_heap left the start-up objects to the collector.
+    if (freeze := getattr(bot.client, "freeze_heap", None)) is not None:
+        freeze()
+
+
 async def measure(path: str, query: np.ndarray) -> dict:
     import retrieval
     from retrieval.db import create_engine
@@ -199,7 +214,7 @@ def run_version(code: Path, db: Path, query: np.ndarray) -> dict:
 
 def export(revision: str, into: Path) -> Path:
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "retrieval", "migrations"],
+        ["git", "-C", str(ROOT), "archive", revision, "retrieval", "bot", "migrations"],
         check=True,
         capture_output=True,
     ).stdout
@@ -242,6 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         query = np.frombuffer(bytes.fromhex(args.query), dtype=np.float32)
+        bot_heap()
         print(json.dumps(asyncio.run(measure(args.measure, query))))
         return
 
