@@ -73,9 +73,8 @@ class GuildMatrix:
     ) -> None:
         """Rows not in the matrix yet, as columns: how a guild is loaded, one chunk at a time.
 
-        Vectorised (about a hundred times faster than ``add`` row by row) and without Python
-        objects per row, so loading a million rows takes a worker thread seconds, not the event
-        loop minutes.
+        Whole columns at once and no Python object per row, so a worker thread loads a million
+        rows in seconds (benchmarks/RESULTS.md, event-loop lag).
         """
         count = len(ids)
         if count == 0:
