@@ -40,10 +40,14 @@ async def _server_lines(bot: ClipfindBot, guild_id: int) -> list[str]:
     if bot.reindexing:
         left = await bot.store.count(guild_id=guild_id) - indexed_here
         if left:
-            lines.append(
+            line = (
                 f"**Re-indexing for the new model:** {left} images here still to do; "
                 "searches find them once they are done"
             )
+            if (days := bot.settings.backfill_max_age_days) is not None:
+                # Backfill does not read that far back, so these wait for a wider window.
+                line += f" (those older than {days} days are not read again)"
+            lines.append(line)
     backfill = bot.get_cog("Backfill")
     if bot.backfill_progress is not None and backfill is not None:
         lines.append(f"**History backfill here:** {backfill.progress_in(guild_id)}")

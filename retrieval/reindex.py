@@ -3,7 +3,9 @@
 Vectors of another model are never searched, so after a switch every channel's history is read
 again and each image's vector replaced in place (same row, new model). Rows of the old model that
 the walk does not meet again, such as images of messages deleted meanwhile, go once their channel
-has been read to the end, so no unsearchable copy of a deleted image stays behind.
+has been read to the end, so no unsearchable copy of a deleted image stays behind. With an age
+window (BACKFILL_MAX_AGE_DAYS) the walk ends at the window: older rows were not looked for, so
+they keep their old vector rather than vanish while their images are still on Discord.
 """
 
 from __future__ import annotations

@@ -107,24 +107,30 @@ def collapse_reposts(
 ) -> list[ResultGroup]:
     """Group copies of one picture (same bytes, or vectors above ``threshold``), keeping order.
 
-    Each group is shown where its first member ranks; the others become its reposts.
+    Each group is shown where its first member ranks; the others become its reposts. CPU work
+    that grows with the square of the candidates (800 of them: tens of milliseconds), so the
+    arranger runs it in a worker thread.
     """
     groups: list[list[SearchHit]] = []
     by_hash: dict[str, int] = {}
-    heads: list[np.ndarray] = []  # the first vector of each group that has one
+    # The first vector of each group that has one, in rows filled as groups start: compared
+    # with one product per hit, never re-stacked.
+    heads: np.ndarray | None = None
     head_groups: list[int] = []
     for hit in hits:
         at = by_hash.get(hit.content_hash) if hit.content_hash else None
         vector = vectors.get(hit.row_id)
-        if at is None and vector is not None and heads:
-            similarity = np.stack(heads) @ vector
+        if at is None and vector is not None and head_groups:
+            similarity = heads[: len(head_groups)] @ vector
             best = int(np.argmax(similarity))
             at = head_groups[best] if similarity[best] >= threshold else None
         if at is None:
             at = len(groups)
             groups.append([])
             if vector is not None:
-                heads.append(vector)
+                if heads is None:
+                    heads = np.empty((len(hits), len(vector)), dtype=vector.dtype)
+                heads[len(head_groups)] = vector
                 head_groups.append(at)
         groups[at].append(hit)
         if hit.content_hash:
@@ -137,8 +143,10 @@ def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILA
 
     async def arrange(hits: list[SearchHit]) -> list[ResultGroup]:
         ranked = ordered(hits, sort)
-        vectors = await store.vectors([h.row_id for h in ranked]) if ranked else {}
-        return collapse_reposts(ranked, vectors, threshold)
+        if not ranked:
+            return []
+        vectors = await store.vectors([h.row_id for h in ranked])
+        return await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
 
     return arrange
 
@@ -299,6 +307,10 @@ class BadQuery(ValueError):
     """Input the member can fix; the message is written for them."""
 
 
+def _unreadable(text: str) -> BadQuery:
+    return BadQuery(f"I can't read `{text.strip()[:40]}` as a date. {DATE_HELP}")
+
+
 def parse_when(text: str, *, now: datetime) -> datetime:
     """A moment from a date, a date and time, or how long ago (``7d``); dates are UTC midnight."""
     value = text.strip().lower()
@@ -310,11 +322,14 @@ def parse_when(text: str, *, now: datetime) -> datetime:
     if match := _AGO.match(value):
         amount, unit = int(match.group(1)), match.group(2)
         step = _UNIT["mo" if unit.startswith("mo") else unit[0]]
-        return now - amount * step
+        try:
+            return now - amount * step
+        except OverflowError:  # further back than the calendar goes (year 1)
+            raise _unreadable(text) from None
     try:
         moment = datetime.fromisoformat(value.upper().replace(" ", "T"))
     except ValueError:
-        raise BadQuery(f"I can't read `{text.strip()[:40]}` as a date. {DATE_HELP}") from None
+        raise _unreadable(text) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

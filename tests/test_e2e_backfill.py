@@ -13,7 +13,7 @@ from retrieval.db import create_engine, ensure_schema
 from retrieval.policy import IndexPolicy
 from tests.e2e import backfilled, bot_settings, eventually, running_bot, settled
 from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
-from tests.search_helpers import picture
+from tests.search_helpers import picture, result_ids
 from tests.tinyclip.shapes import draw, png_bytes
 
 JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
@@ -306,3 +306,26 @@ async def test_channels_and_threads_deleted_while_offline_leave_no_vectors(tmp_p
         asked = {r.path for r in fd.requests[since:] if r.method == "GET"}
         assert f"/channels/{old_thread.id}" in asked  # unknown ids are asked about ...
         assert f"/channels/{live_thread.id}" not in asked  # ... not those backfill listed
+
+
+async def test_the_text_chat_of_voice_and_stage_channels_is_backfilled(tmp_path):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Voices")
+        general = guild.add_text_channel("general")
+        lounge = guild.add_voice_channel("lounge")
+        town_hall = guild.add_voice_channel("town hall", stage=True)
+        alice = guild.add_member("alice")
+        in_voice = fd.add_history_message(
+            lounge, alice, "", attachments=[picture("red", "circle", 1)], at=LONG_AGO
+        )
+        on_stage = fd.add_history_message(
+            town_hall, alice, "", attachments=[picture("blue", "square", 2)]
+        )
+
+        async with running_bot(bot_settings(fd, tmp_path), fd) as bot:
+            await backfilled(bot)
+            assert history_reads(fd, lounge) and history_reads(fd, town_hall)
+            assert await bot.store.count(guild_id=guild.id) == 2
+            for message, query in ((in_voice, "a red circle"), (on_stage, "a blue square")):
+                reply = await find(fd, guild, general, alice, query, count=1)
+                assert result_ids(reply) == [message.id]

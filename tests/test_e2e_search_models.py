@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -115,6 +115,51 @@ async def test_a_model_switch_re_indexes_history_once(tmp_path, caplog):
             await backfilled(bot)
             assert bot.reindexing == {} and await bot.store.model_counts() == {second: 2}
         assert history_read(fd, since) == set()  # caught up: the re-index is not done twice
+
+
+async def test_a_model_switch_with_an_age_window_keeps_what_it_does_not_re_read(tmp_path):
+    """BACKFILL_MAX_AGE_DAYS limits what a switch reads again, not what stays: images older
+    than the window are still on Discord, so they keep the old model's vector (counted as not
+    re-indexed); a message deleted inside the window loses its old vector. Voice chats too."""
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Windowed")
+        general, lounge = guild.add_text_channel("general"), guild.add_voice_channel("lounge")
+        lena = guild.add_member("lena")
+        long_ago = datetime.now(UTC) - timedelta(days=400)
+        old = [
+            fd.add_history_message(where, lena, "", attachments=[picture(c, s, i)], at=long_ago)
+            for i, (where, c, s) in enumerate(
+                [(general, "red", "circle"), (lounge, "blue", "square")]
+            )
+        ]
+        recent = [
+            fd.add_history_message(where, lena, "", attachments=[picture(c, s, i)])
+            for i, (where, c, s) in enumerate(
+                [(general, "green", "star"), (lounge, "yellow", "cross")], 2
+            )
+        ]
+        async with running_bot(bot_settings(fd, tmp_path), fd) as bot:
+            await backfilled(bot)
+            first = bot.encoder.model_id
+            assert await bot.store.model_counts() == {first: 4}
+        await fd.delete_message(recent[1], dispatch=False)  # gone while the bot was down
+
+        switched = bot_settings(
+            fd,
+            tmp_path,
+            clip_pretrained=str(same_weights_other_file(tmp_path)),
+            backfill_max_age_days=30,
+        )
+        async with running_bot(switched, fd) as bot:
+            second = bot.encoder.model_id
+            await backfilled(bot)
+            assert await bot.store.model_counts() == {first: 2, second: 1}
+            for message in old:
+                assert await bot.store.known_keys(message.id, first) == {message.attachments[0].id}
+            assert await bot.store.known_keys(recent[0].id, second) == {recent[0].attachments[0].id}
+            status = await fd.invoke_slash(guild, general, lena, ("clipfind", "status"))
+            content = (await status.wait_reply())["content"]
+            assert "2 images here still to do" in content and "older than 30 days" in content
 
 
 def history_read(fd: FakeDiscord, since: int) -> set[int]:

@@ -104,6 +104,9 @@ async def test_channel_author_and_dates_filter_inside_the_search(world):
     assert reply["content"] == NO_MATCH_FILTERED
     reply = await find(fd, guild, chat, bob, "a red circle", after="next tuesday")
     assert "can't read `next tuesday` as a date" in reply["content"] and "7d" in reply["content"]
+    # A count of years that leaves the calendar reads as a date that cannot be read.
+    reply = await find(fd, guild, chat, bob, "a red circle", after="2999y")
+    assert "can't read `2999y` as a date" in reply["content"] and not reply["embeds"]
     reply = await find(fd, guild, chat, bob, "a red circle", after="2d", before="14d")
     assert "earlier" in reply["content"] and not reply["embeds"]
 

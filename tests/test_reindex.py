@@ -58,3 +58,15 @@ async def test_reencoded_rows_change_model_in_place_and_the_rest_can_go(store):
     assert await store.model_counts() == {NEW: 1, MODEL: 1}  # the other channel waits its turn
     hits = await store.search(fresh.embedding, scope=SearchScope(guild_id=1, model_id=NEW), k=5)
     assert [h.message_id for h in hits] == [fresh.message_id]
+
+
+async def test_only_what_the_age_window_re_read_loses_its_old_vector(store):
+    """With BACKFILL_MAX_AGE_DAYS the walk reads messages from one id on; older images are
+    still on Discord and keep the old model's vector."""
+    rng = np.random.default_rng(3)
+    await store.upsert([record(i, unit(rng), channel_id=10) for i in range(5)])  # 1000…1004
+    await store.upsert([record(1, unit(rng, dim=24), channel_id=10, model_id=NEW)])
+    assert await store.delete_other_models(10, NEW, since_message_id=1002) == 3
+    assert await store.model_counts() == {MODEL: 1, NEW: 1}
+    assert await store.known_keys(1000, MODEL) == {0}  # older than the window: kept
+    assert await store.known_keys(1001, NEW) == {1}

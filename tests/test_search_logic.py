@@ -156,7 +156,9 @@ def test_dates_and_how_long_ago(text, expected):
     assert parse_when(text, now=NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["next tuesday", "7x", "2025-13-01", "", "-3d", "soon"])
+@pytest.mark.parametrize(
+    "text", ["next tuesday", "7x", "2025-13-01", "", "-3d", "soon", "2999y", "9999 years ago"]
+)
 def test_unreadable_dates_say_what_would_work(text):
     with pytest.raises(BadQuery, match="7d"):
         parse_when(text, now=NOW)
@@ -229,6 +231,82 @@ def test_same_bytes_and_near_identical_vectors_collapse_into_the_first():
 def test_hits_without_a_vector_still_group_by_bytes():
     groups = collapse_reposts([hit(1, content_hash="x"), hit(2, content_hash="x")], {})
     assert [len(g.members) for g in groups] == [2]
+
+
+def grouping_by_definition(hits, vectors, threshold):
+    """The grouping rule spelled out, quadratic and slow: a hit joins the group of an earlier
+    hit with its bytes, else of the most similar earlier group head at or above threshold."""
+    groups, heads = [], []  # heads: (vector, group index) of groups that started with one
+    hash_group = {}
+    for h in hits:
+        at = hash_group.get(h.content_hash)
+        vector = vectors.get(h.row_id)
+        if at is None and vector is not None and heads:
+            similarity = np.stack([v for v, _ in heads]) @ vector
+            best = int(np.argmax(similarity))
+            at = heads[best][1] if similarity[best] >= threshold else None
+        if at is None:
+            at = len(groups)
+            groups.append([])
+            if vector is not None:
+                heads.append((vector, at))
+        groups[at].append(h.row_id)
+        hash_group.setdefault(h.content_hash, at)
+    return groups
+
+
+def test_eight_hundred_candidates_group_by_picture_in_rank_order():
+    """A deep page: 800 candidates, 200 pictures posted up to seven times each (same bytes,
+    or re-encoded), some without a stored vector."""
+    rng = np.random.default_rng(11)
+    pictures = rng.normal(size=(200, 512)).astype(np.float32)
+    pictures /= np.linalg.norm(pictures, axis=1, keepdims=True)
+    picture_of = np.concatenate([np.arange(200), rng.integers(0, 200, 600)])
+    rng.shuffle(picture_of)
+    hits, vectors = [], {}
+    for row, picture in enumerate(picture_of):
+        same_bytes = rng.random() < 0.3
+        hits.append(hit(row, 1 - row / 1000, content_hash=f"p{picture}" if same_bytes else ""))
+        if rng.random() < 0.9:  # re-encodes score 0.999 and more against their picture
+            copy = pictures[picture] + 0.002 * rng.normal(size=512).astype(np.float32)
+            vectors[row] = copy / np.linalg.norm(copy)
+    groups = collapse_reposts(hits, vectors, threshold=0.995)
+
+    assert [[h.row_id for h in g.members] for g in groups] == grouping_by_definition(
+        hits, vectors, 0.995
+    )
+    # Every group is one picture, shown where its best-ranked copy ranks.
+    assert all(len({int(picture_of[h.row_id]) for h in g.members}) == 1 for g in groups)
+    assert rows(groups) == sorted(rows(groups))
+    assert all(g.hit.row_id < r.row_id for g in groups for r in g.reposts)
+    # A picture splits only where vectors cannot tie its copies: a group compares by the
+    # vector of its first copy, so a later group of the same picture starts without a vector
+    # or follows only groups that started without one.
+    by_picture = {}
+    for g in groups:
+        by_picture.setdefault(int(picture_of[g.hit.row_id]), []).append(g)
+    for split in (gs for gs in by_picture.values() if len(gs) > 1):
+        for at, g in enumerate(split[1:], start=1):
+            assert g.hit.row_id not in vectors or all(
+                other.hit.row_id not in vectors for other in split[:at]
+            )
+    assert 200 <= len(groups) < 300
+
+
+def test_borderline_similarities_group_as_defined():
+    """Near the threshold every comparison counts: clustered vectors, many pairs within a
+    hair of it, same answer as the rule spelled out."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 64)).astype(np.float32)
+    x = centres[rng.integers(0, 40, 600)] + 0.07 * rng.normal(size=(600, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    hits = [hit(i, 1 - i / 1000, content_hash=f"h{i % 450}") for i in range(600)]
+    vectors = {i: x[i] for i in range(600) if i % 17}
+    threshold = float(np.median((x[:50] @ x[50:100].T).max(axis=1)))
+    groups = collapse_reposts(hits, vectors, threshold=threshold)
+    expected = grouping_by_definition(hits, vectors, threshold)
+    assert [[h.row_id for h in g.members] for g in groups] == expected
+    assert 1 < len(groups) < 500
 
 
 async def test_reposts_the_member_may_not_know_of_are_neither_counted_nor_linked():

@@ -172,3 +172,32 @@ async def test_stored_vectors_by_row_and_by_message(filled, vectors):
 async def test_vectors_are_counted_per_model(filled, vectors):
     await filled.upsert([record(100, vectors[0], message_id=9000, model_id="other/model")])
     assert await filled.model_counts() == {MODEL: 30, "other/model": 1}
+
+
+async def test_a_guild_larger_than_a_load_chunk_loads_every_row_and_its_exact_time(
+    sqlite_engine, monkeypatch
+):
+    """The SQLite matrix is loaded chunk by chunk; times keep their microseconds, so a date
+    filter cuts exactly where it did when rows were loaded one by one."""
+    from retrieval.store import open_store
+    from retrieval.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_LOAD_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    vectors = [unit(rng) for _ in range(30)]
+    step = timedelta(days=1, microseconds=123_457)
+    store = open_store(sqlite_engine)
+    await store.upsert([record(i, v, step=step) for i, v in enumerate(vectors)])
+    everything = SearchScope(guild_id=1, model_id=MODEL)
+    hits = await store.search(vectors[5], scope=everything, k=50)
+    assert [h.message_id - 1000 for h in hits] == exact_top(vectors, vectors[5], 30)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    window = SearchScope(
+        guild_id=1, model_id=MODEL, after=DAY0 + 10 * step, before=DAY0 + 20 * step
+    )
+    hits = await store.search(vectors[5], scope=window, k=50)
+    assert sorted(h.message_id - 1000 for h in hits) == list(range(10, 20))
+    almost = SearchScope(guild_id=1, model_id=MODEL, after=DAY0 + 10 * step + timedelta(0, 0, 1))
+    hits = await store.search(vectors[5], scope=almost, k=50)
+    assert min(h.message_id - 1000 for h in hits) == 11
+    await store.close()

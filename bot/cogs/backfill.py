@@ -1,11 +1,12 @@
 """Backfill: the images of messages posted before the bot joined, or while it was offline.
 
-Every readable text, news and forum channel, and every thread in them (active and archived), is
-read in pages of 100; each message goes through the same checks as a live one into the same
-pipeline, which skips images it already has. Channels take turns of a few pages, so every
-channel's recent history is indexed before anyone's distant past. A page's images are rows in
-the jobs table before the channel's cursor (`retrieval/backfill.py`) moves past them: a restart
-re-reads at most a turn of each channel and never skips a message.
+Every readable text, news, forum, voice and stage channel (the text chat of the last two), and
+every thread in the first three (active and archived), is read in pages of 100; each message goes
+through the same checks as a live one into the same pipeline, which skips images it already has.
+Channels take turns of a few pages, so every channel's recent history is indexed before anyone's
+distant past. A page's images are rows in the jobs table before the channel's cursor
+(`retrieval/backfill.py`) moves past them: a restart re-reads at most a turn of each channel and
+never skips a message.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ PAGES_PER_TURN = 5
 _BACKLOG = 5000
 _ROOM_POLL_S = 0.5
 
-Walkable = discord.TextChannel | discord.Thread
-Parent = discord.TextChannel | discord.ForumChannel
+# Voice and stage channels have a text chat but no threads.
+Vocal = discord.VoiceChannel | discord.StageChannel
+Walkable = discord.TextChannel | Vocal | discord.Thread
+Parent = discord.TextChannel | discord.ForumChannel | Vocal
 
 
 class _Stop(Exception):
@@ -146,7 +149,12 @@ class Backfill(commands.Cog):
         if not self._tasks:
             return
         for guild in guilds:
-            for parent in [*guild.text_channels, *guild.forums]:
+            for parent in [
+                *guild.text_channels,
+                *guild.forums,
+                *guild.voice_channels,
+                *guild.stage_channels,
+            ]:
                 self._add_parent(parent)
         self._check_idle()
 
@@ -211,8 +219,10 @@ class Backfill(commands.Cog):
     async def _list(self, parent: Parent) -> None:
         if not self._allowed(parent):  # may have changed while it waited
             return
-        if isinstance(parent, discord.TextChannel):
+        if isinstance(parent, discord.TextChannel | Vocal):
             self._add_walk(parent)
+        if isinstance(parent, Vocal):
+            return
         for thread in parent.threads:
             self._add_walk(thread)
         async for thread in parent.archived_threads(limit=None):
@@ -293,8 +303,12 @@ class Backfill(commands.Cog):
         walk.cursor = cursor
         finished = walk.caught_up and not cursor.wants_older(floor)
         if finished and self.bot.reindexing:
-            # Whatever the walk re-encoded has its new vector; the rest is gone from Discord.
-            await self.bot.store.delete_other_models(channel.id, self.bot.encoder.model_id)
+            # Whatever the walk re-encoded has its new vector; the rest of what it read is gone
+            # from Discord. Images older than the age window were not read: they keep their old
+            # vector rather than vanish, as they are still on Discord.
+            await self.bot.store.delete_other_models(
+                channel.id, self.bot.encoder.model_id, since_message_id=floor
+            )
         if not finished:
             log.info(
                 "backfill: %s: %d messages read, %d images submitted so far",
@@ -415,16 +429,14 @@ class Backfill(commands.Cog):
 
     @commands.Cog.listener()
     async def on_guild_channel_create(self, channel: discord.abc.GuildChannel) -> None:
-        if isinstance(channel, discord.TextChannel | discord.ForumChannel):
+        if isinstance(channel, Parent):
             self.schedule_channel(channel)
 
     @commands.Cog.listener()
     async def on_guild_channel_update(
         self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel
     ) -> None:
-        if isinstance(after, discord.TextChannel | discord.ForumChannel) and not self._allowed(
-            before
-        ):
+        if isinstance(after, Parent) and not self._allowed(before):
             self.schedule_channel(after)
 
     @commands.Cog.listener()

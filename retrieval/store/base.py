@@ -119,8 +119,11 @@ class VectorStore(Protocol):
 
     async def delete_channels(self, channel_ids: Collection[int]) -> int: ...
 
-    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
-        """A channel's rows of models other than ``model_id`` (after its re-index)."""
+    async def delete_other_models(
+        self, channel_id: int, model_id: str, *, since_message_id: int | None = None
+    ) -> int:
+        """A channel's rows of models other than ``model_id`` (after its re-index); with
+        ``since_message_id``, only those of messages from that id on (what the re-index read)."""
 
     async def delete_guild(self, guild_id: int) -> int: ...
 

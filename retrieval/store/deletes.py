@@ -42,16 +42,26 @@ class SharedDeletes:
             lambda t: [t.message_id == message_id, t.image_key.not_in(keep)]
         )
 
-    async def delete_other_models(self, channel_id: int, model_id: str) -> int:
-        # Jobs carry no model: they are for whichever model is configured. An image still
-        # queued for the new model keeps its old vector until the new one replaces it.
+    async def delete_other_models(
+        self, channel_id: int, model_id: str, *, since_message_id: int | None = None
+    ) -> int:
+        """A channel's rows of other models once its history was read again: those the re-read
+        did not find. An image still queued for the new model keeps its old vector until the
+        new one replaces it, and so does one older than ``since_message_id`` (before the
+        backfill window: it was not read again, not found gone)."""
         queued = exists().where(
             IndexJob.message_id == IndexedImage.message_id,
             IndexJob.image_key == IndexedImage.image_key,
         )
-        return await self._delete(
-            lambda t: [t.channel_id == channel_id, t.model_id != model_id, ~queued], jobs=False
-        )
+
+        def where(t) -> list[ColumnElement[bool]]:
+            conditions = [t.channel_id == channel_id, t.model_id != model_id, ~queued]
+            if since_message_id is not None:
+                conditions.append(t.message_id >= since_message_id)
+            return conditions
+
+        # Jobs carry no model: they are for whichever model is configured.
+        return await self._delete(where, jobs=False)
 
     async def delete_guild(self, guild_id: int) -> int:
         return await self._delete(lambda t: [t.guild_id == guild_id])

@@ -62,6 +62,36 @@ class GuildMatrix:
         vectors[: self.size] = self._vectors[: self.size]
         self._vectors = vectors
 
+    def append(
+        self,
+        *,
+        ids: np.ndarray,
+        channels: np.ndarray,
+        authors: np.ndarray,
+        posted: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        """Rows not in the matrix yet, as columns: how a guild is loaded, one chunk at a time.
+
+        Whole columns at once and no Python object per row, so a worker thread loads a million
+        rows in seconds (benchmarks/RESULTS.md, event-loop lag).
+        """
+        count = len(ids)
+        if count == 0:
+            return
+        if self.size == 0 and self.dim != vectors.shape[1]:
+            self.dim = vectors.shape[1]
+            self._vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
+        self._grow(self.size + count)
+        end = self.size + count
+        self._ids[self.size : end] = ids
+        self._channels[self.size : end] = channels
+        self._authors[self.size : end] = authors
+        self._posted[self.size : end] = posted
+        self._vectors[self.size : end] = vectors
+        self._pos.update(zip(ids.tolist(), range(self.size, end), strict=True))
+        self.size = end
+
     def add(self, rows: Iterable[MatrixRow]) -> None:
         rows = list(rows)
         if rows and self.size == 0 and self.dim != len(rows[0].vector):

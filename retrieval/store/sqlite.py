@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import String, delete, func, select, type_coerce
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.types import NullType
 
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.store.allowed import (
@@ -25,13 +26,18 @@ from retrieval.store.deletes import SharedDeletes, Where
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, database_errors, hit
 
+# Raw column values (no per-row type conversion on the event loop): the stored UTC time as
+# text, the vector as float32 bytes; `_append_rows` converts whole chunks at once.
 _MATRIX_COLUMNS = (
     IndexedImage.id,
     IndexedImage.channel_id,
     IndexedImage.author_id,
-    IndexedImage.posted_at,
-    IndexedImage.embedding,
+    type_coerce(IndexedImage.posted_at, String),
+    type_coerce(IndexedImage.embedding, NullType),
 )
+# Rows read and converted at a time while a guild loads: each step holds the interpreter for a
+# few milliseconds at most (10 MB of 512-d rows), so the event loop is never kept waiting long.
+_LOAD_CHUNK = 5_000
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
 
 
@@ -88,29 +94,32 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         for key, row in rows:
             async with self._lock(key):
                 if (matrix := self._matrices.get(key)) is not None:
-                    matrix.add([row])
+                    # A thread: when the matrix is full, growing it copies every row (a
+                    # million-row guild: 2 GB, a fifth of a second).
+                    await asyncio.to_thread(matrix.add, [row])
         return len(rows)
 
     async def _matrix(self, key: tuple[int, str]) -> GuildMatrix:
-        """Load a guild's vectors on first use; the lock is held by the caller."""
+        """Load a guild's vectors on first use; the lock is held by the caller.
+
+        A large guild is a million rows: they are read in chunks and each chunk turned into
+        matrix rows by a worker thread, so the event loop only passes chunks along and memory
+        holds one chunk of raw rows beside the matrix.
+        """
         if (matrix := self._matrices.get(key)) is not None:
             return matrix
         guild_id, model_id = key
-        async with self._session() as session:
-            result = await session.execute(
-                select(*_MATRIX_COLUMNS).where(
-                    IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id
+        in_guild = (IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id)
+        with database_errors():
+            async with self.engine.connect() as conn:
+                count = await conn.scalar(select(func.count()).where(*in_guild))
+                matrix = GuildMatrix(0, capacity=max(1024, count or 0))
+                result = await conn.stream(
+                    select(*_MATRIX_COLUMNS).where(*in_guild),
+                    execution_options={"yield_per": _LOAD_CHUNK},
                 )
-            )
-            loaded = [
-                MatrixRow(
-                    r.id, r.channel_id, r.author_id, as_utc(r.posted_at).timestamp(), r.embedding
-                )
-                for r in result
-            ]
-        dim = len(loaded[0].vector) if loaded else 0
-        matrix = GuildMatrix(dim, capacity=max(1024, len(loaded)))
-        matrix.add(loaded)
+                async for rows in result.partitions(_LOAD_CHUNK):
+                    await asyncio.to_thread(_append_rows, matrix, rows)
         self._matrices[key] = matrix
         return matrix
 
@@ -207,6 +216,22 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
 
     async def close(self) -> None:
         self._matrices.clear()
+
+
+def _append_rows(matrix: GuildMatrix, rows: Sequence) -> None:
+    """Chunk of (id, channel, author, posted_at text, vector bytes) rows into the matrix."""
+    count = len(rows)
+    ids, channels, authors, posted, blobs = zip(*rows, strict=True)
+    # SQLite keeps the UTC time as 'YYYY-MM-DD HH:MM:SS.ffffff'; whole microseconds divided
+    # once give exactly what datetime.timestamp() gives for the same moment.
+    micros = np.array(posted, dtype="datetime64[us]").astype(np.int64)
+    matrix.append(
+        ids=np.fromiter(ids, dtype=np.int64, count=count),
+        channels=np.fromiter(channels, dtype=np.int64, count=count),
+        authors=np.fromiter(authors, dtype=np.int64, count=count),
+        posted=micros / 1e6,
+        vectors=np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(count, -1),
+    )
 
 
 def _matrix_row(row_id: int, record: ImageRecord) -> MatrixRow:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .cdn import Cdn
     from .server import FakeDiscord
 
-TEXT, CATEGORY, NEWS, PUBLIC_THREAD, PRIVATE_THREAD = 0, 4, 5, 11, 12
+TEXT, VOICE, CATEGORY, NEWS, PUBLIC_THREAD, PRIVATE_THREAD, STAGE = 0, 2, 4, 5, 11, 12, 13
 
 
 @dataclass(eq=False)
@@ -132,7 +132,8 @@ class Message:
 
 @dataclass(eq=False)
 class Channel:
-    """A text channel, category, or thread (`type` 11/12; `parent` is the text channel)."""
+    """A text, voice or stage channel, a category, or a thread (`type` 11/12; `parent` is the
+    text channel). Voice and stage channels hold messages too (their text chat)."""
 
     guild: Guild
     id: int
@@ -238,6 +239,17 @@ class Guild:
         channel = self._new_channel(name, NEWS if news else TEXT, position=len(self.channels),
                                     overwrites=list(overwrites), nsfw=nsfw, topic=topic,
                                     parent=category)
+        self.channels[channel.id] = channel
+        if dispatch:
+            self._fd._announce_channel(channel, "CHANNEL_CREATE")
+        return channel
+
+    def add_voice_channel(self, name: str, *, stage: bool = False,
+                          overwrites: list[Overwrite] = (), category: Channel | None = None,
+                          dispatch: bool = True) -> Channel:
+        """A voice channel (a stage channel with ``stage``), with its text chat."""
+        channel = self._new_channel(name, STAGE if stage else VOICE, position=len(self.channels),
+                                    overwrites=list(overwrites), parent=category)
         self.channels[channel.id] = channel
         if dispatch:
             self._fd._announce_channel(channel, "CHANNEL_CREATE")

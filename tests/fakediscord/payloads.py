@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .ids import iso, snowflake_seconds
-from .models import CATEGORY, Channel, Guild, Member, Message, Role, StoredAttachment, User
+from .models import (
+    CATEGORY,
+    STAGE,
+    VOICE,
+    Channel,
+    Guild,
+    Member,
+    Message,
+    Role,
+    StoredAttachment,
+    User,
+)
 from .permissions import channel_permissions
 
 if TYPE_CHECKING:
@@ -93,7 +104,12 @@ def channel(c: Channel, *, bot_id: int | None = None, permissions: int | None = 
             "position": c.position, "nsfw": c.nsfw,
             "permission_overwrites": [o.payload() for o in c.overwrites],
         })
-        if c.type != CATEGORY:
+        if c.type in (VOICE, STAGE):
+            data.update({"last_message_id": str(last) if last else None, "bitrate": 64000,
+                         "user_limit": 0, "rtc_region": None, "video_quality_mode": 1})
+            if c.type == STAGE:
+                data["topic"] = c.topic
+        elif c.type != CATEGORY:
             data.update({"topic": c.topic, "last_message_id": str(last) if last else None,
                          "last_pin_timestamp": None, "default_auto_archive_duration": 1440,
                          "default_thread_rate_limit_per_user": 0, "icon_emoji": None,
