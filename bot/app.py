@@ -164,6 +164,9 @@ async def run(settings: Settings) -> int:
     touched: a wrong token or a refused intent costs seconds, not a model download.
     """
     token = token_of(settings)
+    if sqlite_path := settings.sqlite_path():
+        # Local and cheap, and creates nothing: a lost database is told before Discord is asked.
+        DatabaseFile.claim(sqlite_path, required_id=settings.installation_id)
     try:
         app = await check_with_discord(settings)
     except DiscordRefused as exc:

@@ -55,7 +55,7 @@ async def test_first_start_restart_and_a_lost_database_refused(tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("DISCORD_TOKEN", "unused")
+    monkeypatch.setenv("DISCORD_TOKEN", fd.token)  # well-formed; Discord is not asked
     caplog.set_level(logging.CRITICAL)
     assert await asyncio.to_thread(main, []) == 2
     assert f"cannot start: the database {db} is missing" in caplog.text
