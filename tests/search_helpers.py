@@ -32,3 +32,12 @@ def result_ids(reply: dict) -> list[int]:
 def message_fetches(fd) -> int:
     """REST reads of single messages so far (what confirming a result costs)."""
     return sum(1 for r in fd.requests if r.method == "GET" and MESSAGE_GET.match(r.path))
+
+
+def buttons(reply: dict) -> dict[str, bool]:
+    """custom_id -> enabled, for every button on the answer."""
+    return {
+        item["custom_id"]: not item.get("disabled", False)
+        for row in reply.get("components", [])
+        for item in row.get("components", [])
+    }

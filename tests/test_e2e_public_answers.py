@@ -14,17 +14,19 @@ from bot.views import NOTHING_LEFT
 from retrieval.store import SearchScope
 from tests.e2e import eventually, settled
 from tests.fakediscord import Overwrite, P
-from tests.search_helpers import find, picture, result_ids
+from tests.search_helpers import buttons, find, picture, result_ids
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-def buttons(reply: dict) -> dict[str, bool]:
-    return {
-        c["custom_id"]: not c.get("disabled", False)
-        for row in reply.get("components", [])
-        for c in row["components"]
-    }
+def moderated(fd, name: str, member: str):
+    """A server with #general for everyone and #secret for its mods, ``member`` among them."""
+    guild = fd.add_guild(name)
+    mods = guild.add_role("mods")
+    general = guild.add_text_channel("general")
+    secret = guild.add_text_channel("secret", overwrites=mod_only(guild, mods))
+    mod = guild.add_member(member, roles=[mods])
+    return guild, general, secret, mod
 
 
 def mod_only(guild, mods):
@@ -92,11 +94,7 @@ async def test_a_role_denied_in_the_source_keeps_it_out_of_public_answers(world)
 
 async def test_paging_a_public_answer_follows_the_same_rule(world):
     fd, bot = world
-    guild = fd.add_guild("Public pages")
-    mods = guild.add_role("mods")
-    general = guild.add_text_channel("general")
-    secret = guild.add_text_channel("secret", overwrites=mod_only(guild, mods))
-    dana = guild.add_member("dana", roles=[mods])
+    guild, general, secret, dana = moderated(fd, "Public pages", "dana")
     await fd.wait_ready()
     outside, inside = set(), set()
     for i in range(4):
@@ -118,11 +116,7 @@ async def test_paging_a_public_answer_follows_the_same_rule(world):
 
 async def test_each_page_turn_asks_again_what_the_member_may_see(world):
     fd, bot = world
-    guild = fd.add_guild("Changing")
-    mods = guild.add_role("mods")
-    general = guild.add_text_channel("general")
-    secret = guild.add_text_channel("secret", overwrites=mod_only(guild, mods))
-    erin = guild.add_member("erin", roles=[mods])
+    guild, general, secret, erin = moderated(fd, "Changing", "erin")
     await fd.wait_ready()
     thread = guild.add_thread(general, "plans", private=True, members=[erin, guild.bot_member])
     await fd.flush()
@@ -151,11 +145,7 @@ async def test_each_page_turn_asks_again_what_the_member_may_see(world):
 
 async def test_a_page_with_nothing_left_says_so(world):
     fd, bot = world
-    guild = fd.add_guild("Vanishing")
-    mods = guild.add_role("mods")
-    general = guild.add_text_channel("general")
-    secret = guild.add_text_channel("secret", overwrites=mod_only(guild, mods))
-    fay = guild.add_member("fay", roles=[mods])
+    guild, general, secret, fay = moderated(fd, "Vanishing", "fay")
     await fd.wait_ready()
     for i in range(2):
         await fd.post_message(secret, fay, "", attachments=[picture("blue", "cross", 40 + i)])

@@ -13,7 +13,7 @@ from bot.cogs.search import EMPTY_QUERY, NO_MATCH_FILTERED
 from bot.views import NOT_YOURS
 from tests.e2e import bot_settings, bot_world, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
-from tests.search_helpers import JUMP, find, picture, result_ids
+from tests.search_helpers import JUMP, buttons, find, picture, result_ids
 from tests.tinyclip.shapes import COLOURS, SHAPES, draw, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -35,15 +35,6 @@ def days_ago(fd, days: float) -> None:
     step = time.time() - days * DAY - fd.clock()
     assert step >= 0, "the clock only moves forward"
     fd.advance_clock(step)
-
-
-def buttons(reply: dict) -> dict[str, bool]:
-    """custom_id -> enabled, for every button on the answer."""
-    found = {}
-    for row in reply["components"]:
-        for item in row.get("components", []):
-            found[item["custom_id"]] = not item.get("disabled", False)
-    return found
 
 
 async def test_every_command_and_option_is_described(world):

@@ -161,10 +161,7 @@ class JobQueue:
         now = _now()
         due = (
             select(IndexJob.id)
-            .where(
-                IndexJob.retry_at <= now,
-                or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
-            )
+            .where(*_claimable(now))
             .order_by(IndexJob.priority, IndexJob.retry_at, IndexJob.id)
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL: consumers never wait on each other
@@ -283,10 +280,7 @@ class JobQueue:
         now = _now()
         capped = (
             select(IndexJob.id)
-            .where(
-                IndexJob.retry_at <= now,
-                or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
-            )
+            .where(*_claimable(now))
             .limit(at_most)
             .subquery()
         )
@@ -304,6 +298,14 @@ class JobQueue:
         capped = select(IndexJob.id).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
+
+
+def _claimable(now: datetime) -> list:
+    """Rows due (``retry_at`` passed) and not leased, or leased by a consumer that let go."""
+    return [
+        IndexJob.retry_at <= now,
+        or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
+    ]
 
 
 def _guarded_enqueue(insert):
