@@ -25,7 +25,11 @@ Setting up a world
 
 Constructor options: `message_content_enabled`, `members_enabled`, `presences_enabled`
 (the portal switches; asking IDENTIFY for a disabled one closes with 4014),
-`bot_name`, `initial_response_timeout` (3.0 s; None disables), `clock`.
+`bot_name`, `initial_response_timeout` (3.0 s; None disables), `recommended_shards` and
+`max_concurrency` (what GET /gateway/bot answers; 1 and 1), `max_guilds_per_shard` (2,500: more
+guilds on one connection close it with 4011), `clock`.
+`fd.add_guild(name, shard=(id, count))` gives the guild an id on that shard; without it guilds
+still get ids from distinct milliseconds, so they spread over shards.
 `guild.add_*` dispatch CHANNEL_CREATE/GUILD_MEMBER_ADD/... when a client is connected;
 pass `dispatch=False` for changes made while the bot was offline.
 
@@ -58,6 +62,7 @@ What the bot did
   `await inter.wait_acknowledged(timeout=)`, `inter.expire_token()`.
 - `fd.synced_commands` ({None: global, guild_id: [...]}), `fd.requests`
   (RecordedRequest(method, path, query, json, files)), `fd.identify_payloads`,
+  `fd.identifies` (Identify(at=time.monotonic(), shard_id, shard_count) per accepted IDENTIFY),
   `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
   `fd.cdn.hits` ((path, status) per CDN request), `fd.unknown_routes`.
 
@@ -84,6 +89,10 @@ Discord behaviour reproduced on purpose
   ephemeral flag. Non-ephemeral responses are channel messages the bot also receives.
 - Attachment URLs are signed and expire; deleting a message makes its files 404.
 - A message flagged SUPPRESS_EMBEDS is sent with no embeds (REST and gateway alike).
+- Sharding: IDENTIFY's `shard: [id, count]` (invalid: close 4010) picks which guilds a
+  connection hears of, `(guild_id >> 22) % count == id`: READY, GUILD_CREATE, every guild event
+  and interaction; DMs go to shard 0. The stand-in records IDENTIFY times but does not refuse
+  fast ones: a test checks the spacing.
 """
 
 from .cdn import Fault

@@ -102,9 +102,11 @@ class MemberActions:
         inter = FakeInteraction(self, kind, channel.guild, channel, member, data, source)
         self.interactions[inter.id] = inter
         self.interactions_by_token[inter.token] = inter
-        sessions = self.gateway.connected()
+        # Discord sends an interaction to the connection of its guild's shard.
+        sessions = self.gateway.for_guild(channel.guild.id)
         if not sessions:
-            raise RuntimeError("no client is connected to receive INTERACTION_CREATE")
+            raise RuntimeError("no client is connected to receive INTERACTION_CREATE "
+                               f"for guild {channel.guild.id}")
         sessions[-1].send(0, inter.payload(), "INTERACTION_CREATE")
         await self.flush()
         return inter

@@ -1,5 +1,10 @@
 """The gateway websocket: HELLO, IDENTIFY/READY, GUILD_CREATE, heartbeats, dispatch.
 
+Sharding as Discord does it: IDENTIFY may carry `shard: [id, count]`; that connection then hears
+only of guilds with `(guild_id >> 22) % count == id` (DMs and other events without a guild go to
+shard 0). Every IDENTIFY is recorded with its time and shard so a test can check the spacing
+Discord demands: `max_concurrency` IDENTIFYs per 5 s, one per bucket `shard_id % max_concurrency`.
+
 Frames go out as text JSON (discord.py only inflates binary frames, so asking for
 zlib-stream is harmless). Each connection has one writer task fed by a queue, so
 events reach a client in the order the stand-in produced them, and `flush()` can wait
@@ -13,7 +18,9 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -45,9 +52,34 @@ EVENT_INTENT = {
 }
 
 HEARTBEAT_INTERVAL_MS = 41250
+# Guilds above which Discord closes an unsharded connection with 4011.
+MAX_GUILDS_PER_SHARD = 2500
+# Events about a guild that name it `id` rather than `guild_id`.
+_GUILD_EVENTS = frozenset({"GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"})
 
 # A payload, or a function choosing one per connection (None: that client gets nothing).
 Payload = dict[str, Any] | Callable[["Session"], dict[str, Any] | None]
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard Discord sends a guild's events to."""
+    return (guild_id >> 22) % shard_count
+
+
+@dataclass(frozen=True)
+class Identify:
+    """One IDENTIFY as received: when (time.monotonic()) and for which shard."""
+
+    at: float
+    shard_id: int
+    shard_count: int
+
+
+def _guild_of(event: str, data: dict[str, Any]) -> int | None:
+    gid = data.get("guild_id")
+    if gid is None and event in _GUILD_EVENTS:
+        gid = data.get("id")
+    return None if gid is None else int(gid)
 
 
 class Session:
@@ -56,6 +88,7 @@ class Session:
         self.ws = ws
         self.session_id = secrets.token_hex(16)
         self.intents: int | None = None  # set by IDENTIFY
+        self.shard_id, self.shard_count = 0, 1  # set by IDENTIFY
         self.ready = False  # READY and every GUILD_CREATE written
         self.seq = 0
         self.queue: asyncio.Queue[dict[str, Any] | Callable[[], None]] = asyncio.Queue()
@@ -63,6 +96,12 @@ class Session:
 
     def has(self, intent: int) -> bool:
         return bool(self.intents is not None and self.intents & intent)
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether this connection hears of the guild (None: a DM, which goes to shard 0)."""
+        if guild_id is None:
+            return self.shard_id == 0
+        return shard_of(guild_id, self.shard_count) == self.shard_id
 
     def send(self, op: int, d: Any, event: str | None = None) -> None:
         self.queue.put_nowait({"op": op, "d": d, "t": event})
@@ -104,19 +143,25 @@ class Gateway:
         self.fd = fd
         self.sessions: list[Session] = []
         self.identify_payloads: list[dict[str, Any]] = []
+        self.identifies: list[Identify] = []  # the valid ones, in order of arrival
         self.ready_count = 0
         self.ready_changed = asyncio.Condition()
 
     def connected(self) -> list[Session]:
         return [s for s in self.sessions if s.intents is not None and not s.ws.closed]
 
+    def for_guild(self, guild_id: int | None) -> list[Session]:
+        """The connections of the shard that hears of the guild (None: a DM, shard 0)."""
+        return [s for s in self.connected() if s.owns(guild_id)]
+
     def dispatch(self, event: str, payload: Payload) -> None:
+        """Send to every connection with the event's intent, on the shard of its guild."""
         need = EVENT_INTENT.get(event, 0)
         for session in self.connected():
             if need and not session.has(need):
                 continue
             data = payload(session) if callable(payload) else payload
-            if data is not None:
+            if data is not None and session.owns(_guild_of(event, data)):
                 session.send(0, data, event)
 
     async def flush(self) -> None:
@@ -188,10 +233,22 @@ class Gateway:
                                                          | MESSAGE_CONTENT):
             await session.close(4014, "Disallowed intent(s).")
             return
+        shard = d.get("shard", [0, 1])
+        if not _valid_shard(shard):
+            await session.close(4010, "Invalid shard.")
+            return
+        session.shard_id, session.shard_count = shard
+        guilds = [g for g in fd.guilds.values() if g.bot_is_member and session.owns(g.id)]
+        if len(guilds) > fd.max_guilds_per_shard:
+            await session.close(4011, "Sharding required.")
+            return
         session.intents = intents
-        guilds = [g for g in fd.guilds.values() if g.bot_is_member]
+        self.identifies.append(Identify(time.monotonic(), *shard))
         resume_url = fd.gateway_url
-        session.send(0, payloads.ready(fd, session.session_id, resume_url, guilds), "READY")
+        ready = payloads.ready(fd, session.session_id, resume_url, guilds)
+        if "shard" in d:
+            ready["shard"] = list(shard)
+        session.send(0, ready, "READY")
         if session.has(GUILDS):
             for guild in guilds:
                 # Without the presences intent Discord sends only the bot's own member.
@@ -210,7 +267,7 @@ class Gateway:
 
     def _request_members(self, session: Session, d: dict[str, Any]) -> None:
         guild = self.fd.guilds.get(int(d.get("guild_id", 0)))
-        if guild is None or not guild.bot_is_member:
+        if guild is None or not guild.bot_is_member or not session.owns(guild.id):
             return
         members = list(guild.members.values())
         wanted = {int(u) for u in d.get("user_ids") or []}
@@ -231,3 +288,9 @@ class Gateway:
         if d.get("presences"):
             chunk["presences"] = []
         session.send(0, chunk, "GUILD_MEMBERS_CHUNK")
+
+
+def _valid_shard(shard: Any) -> bool:
+    return (isinstance(shard, list | tuple) and len(shard) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+            and 0 <= shard[0] < shard[1])

@@ -42,6 +42,20 @@ class Snowflakes:
         return value
 
 
+    def spread(self, accept: Callable[[int], bool] = lambda ms: True) -> int:
+        """A fresh id in a millisecond of its own, the first one `accept` takes.
+
+        Ids made in one millisecond share `id >> 22` and with it their shard; a guild gets a
+        later millisecond than any id so far, so guilds spread over shards as Discord's do.
+        """
+        ms = max(int(self._clock() * 1000) - DISCORD_EPOCH_MS, (self._last >> 22) + 1)
+        while not accept(ms):
+            ms += 1
+        self._increment = (self._increment + 1) & 0xFFF
+        self._last = (ms << 22) | (1 << 17) | (1 << 12) | self._increment
+        return self._last
+
+
 def snowflake_seconds(snowflake: int) -> float:
     return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000
 

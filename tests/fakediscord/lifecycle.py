@@ -44,7 +44,7 @@ class Lifecycle:
         data = {**payloads.member(member), "guild_id": str(guild.id)}
         if event == "GUILD_MEMBER_UPDATE" and member.id == self.bot_user.id:
             # A bot always hears about its own member, intent or not.
-            for session in self.gateway.connected():
+            for session in self.gateway.for_guild(guild.id):
                 session.send(0, data, event)
             return
         self.gateway.dispatch(event, data)

@@ -70,8 +70,11 @@ class CoreRoutes:
         return r.ok({"url": self.fd.gateway_url})
 
     async def gateway_bot(self, request: web.Request) -> web.Response:
-        return r.ok({"url": self.fd.gateway_url, "shards": 1, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}})
+        fd = self.fd
+        return r.ok({"url": fd.gateway_url, "shards": fd.recommended_shards,
+                     "session_start_limit": {"total": 1000, "remaining": 999,
+                                             "reset_after": 14_400_000,
+                                             "max_concurrency": fd.max_concurrency}})
 
     def _scope(self, request: web.Request) -> int | None:
         if request.match_info["app"] != str(self.fd.application_id):

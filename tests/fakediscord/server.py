@@ -22,7 +22,16 @@ from .actions import MemberActions
 from .cdn import Cdn, Fault, probe_image
 from .channels import ChannelRoutes
 from .commands import CommandRegistry
-from .gateway import GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT, Gateway, Session
+from .gateway import (
+    GUILD_MEMBERS,
+    GUILD_PRESENCES,
+    MAX_GUILDS_PER_SHARD,
+    MESSAGE_CONTENT,
+    Gateway,
+    Identify,
+    Session,
+    shard_of,
+)
 from .ids import Clock, Snowflakes
 from .interactions import FakeInteraction
 from .lifecycle import Lifecycle
@@ -58,11 +67,18 @@ class FakeDiscord(Lifecycle, MemberActions):
     def __init__(self, *, message_content_enabled: bool = True, members_enabled: bool = True,
                  presences_enabled: bool = False, bot_name: str = "clipfind",
                  initial_response_timeout: float | None = 3.0,
+                 recommended_shards: int = 1, max_concurrency: int = 1,
+                 max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD,
                  clock: Callable[[], float] = time.time) -> None:
         self.message_content_enabled = message_content_enabled
         self.members_enabled = members_enabled
         self.presences_enabled = presences_enabled
         self.initial_response_timeout = initial_response_timeout
+        # What GET /gateway/bot answers: the shard count Discord recommends and how many
+        # IDENTIFYs it allows per 5 s (one per bucket shard_id % max_concurrency).
+        self.recommended_shards = recommended_shards
+        self.max_concurrency = max_concurrency
+        self.max_guilds_per_shard = max_guilds_per_shard
         self.clock = Clock(clock)
         self.ids = Snowflakes(self.clock)
         self.users: dict[int, User] = {}
@@ -178,6 +194,11 @@ class FakeDiscord(Lifecycle, MemberActions):
         return self.gateway.identify_payloads
 
     @property
+    def identifies(self) -> list[Identify]:
+        """Every accepted IDENTIFY with its time (time.monotonic()) and shard, in order."""
+        return self.gateway.identifies
+
+    @property
     def synced_commands(self) -> dict[int | None, list[dict[str, Any]]]:
         """Commands as last PUT: key None for global ones, a guild id for guild ones."""
         return {scope: self.commands.get(scope) for scope in self.commands.scopes}
@@ -212,12 +233,23 @@ class FakeDiscord(Lifecycle, MemberActions):
         return user
 
     def add_guild(self, name: str = "Test guild", *, bot_permissions: int = DEFAULT_BOT,
-                  dispatch: bool = True) -> Guild:
-        guild = Guild(self, self.ids.next(), name, bits(bot_permissions))
+                  shard: tuple[int, int] | None = None, dispatch: bool = True) -> Guild:
+        """A guild with the bot in it; `shard=(id, count)` gives it an id on that shard."""
+        if shard is None:
+            guild_id = self.ids.spread()
+        else:
+            shard_id, count = shard
+            guild_id = self.ids.spread(lambda ms: ms % count == shard_id)
+        guild = Guild(self, guild_id, name, bits(bot_permissions))
         self.guilds[guild.id] = guild
         if dispatch:
             self._announce_guild_create(guild)
         return guild
+
+    @staticmethod
+    def shard_of(guild: Guild, shard_count: int) -> int:
+        """The shard Discord sends the guild's events to."""
+        return shard_of(guild.id, shard_count)
 
     def slow_down(self, method: str, path: str, seconds: float) -> None:
         """REST calls matching `method` and the regex `path` (after /api/v10) answer late."""
