@@ -1,4 +1,8 @@
-"""The clipfind bot: a commands.Bot that is handed its resources and loads one cog per feature."""
+"""The clipfind bot: an AutoShardedBot that is handed its resources and loads one cog per feature.
+
+One process runs every shard Discord recommends; SHARD_COUNT and SHARD_IDS split them over
+processes sharing one PostgreSQL database.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import discord
 from discord.ext import commands
 
 from bot.errors import on_app_command_error
+from bot.identify import IdentifyGate
 from bot.startup import invite_url
+from retrieval.locks import Purpose, held, is_shared
 from retrieval.state import get_state, set_state
 
 if TYPE_CHECKING:
@@ -58,7 +64,7 @@ def intents() -> discord.Intents:
     return wanted
 
 
-class ClipfindBot(commands.Bot):
+class ClipfindBot(commands.AutoShardedBot):
     def __init__(
         self,
         *,
@@ -75,9 +81,12 @@ class ClipfindBot(commands.Bot):
             intents=intents(),
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
+            shard_count=settings.shard_count,
+            shard_ids=settings.shard_id_list(),
             **options,
         )
         self.settings = settings
+        self.identify_gate = IdentifyGate(engine)
         self.engine = engine
         self.store = store
         self.encoder = encoder
@@ -98,22 +107,75 @@ class ClipfindBot(commands.Bot):
         freeze_heap()  # the model and every cog are loaded: what follows comes and goes
 
     async def _sync_commands_if_changed(self) -> None:
-        """Discord rate-limits command syncs; only sync when the definitions changed."""
+        """Discord rate-limits command syncs; only sync when the definitions changed.
+
+        Once per deploy, not once per process: processes starting together take turns, and
+        each reads the stored hash only once it has its turn, so the first syncs and the rest
+        find the new hash.
+        """
         payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
         digest = hashlib.sha256(
             json.dumps([self.application_id, payload], sort_keys=True, default=str).encode()
         ).hexdigest()
-        if await get_state(self.engine, _COMMANDS_HASH) == digest:
-            log.info("application commands unchanged; not syncing")
-            return
-        synced = await self.tree.sync()
-        await set_state(self.engine, _COMMANDS_HASH, digest)
+        async with held(self.engine, purpose=Purpose.COMMAND_SYNC):
+            if await get_state(self.engine, _COMMANDS_HASH) == digest:
+                log.info("application commands unchanged; not syncing")
+                return
+            synced = await self.tree.sync()
+            await set_state(self.engine, _COMMANDS_HASH, digest)
         log.info("synced %d application commands", len(synced))
 
+    async def launch_shards(self) -> None:
+        # discord.py asks GET /gateway/bot only without a shard count, and drops the session
+        # start limit it reads there; ask once, keep max_concurrency, and hand it the count.
+        if not self.is_closed():
+            count, _, limit = await self.http.get_bot_gateway()
+            self.identify_gate.max_concurrency = limit["max_concurrency"]
+            if self.shard_count is None:
+                self.shard_count = count
+            starts = len(self.shard_ids or range(self.shard_count))
+            if limit["remaining"] < starts:
+                log.warning(
+                    "Discord allows %d more session starts today (%d shards to start); the "
+                    "count resets in %.1f h",
+                    limit["remaining"],
+                    starts,
+                    limit["reset_after"] / 3_600_000,
+                )
+        await super().launch_shards()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if shard_id is not None and is_shared(self.engine):
+            # Other processes IDENTIFY too: take turns through the database.
+            await self.identify_gate.wait_turn(shard_id)
+        else:
+            # One process (SQLite): discord.py's own pacing of its shards is enough.
+            await super().before_identify_hook(shard_id, initial=initial)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.identify_gate.close()
+
+    def _shard_text(self) -> str:
+        ids = sorted(self.shards)
+        listed = ",".join(map(str, ids)) if len(ids) <= 16 else f"{len(ids)} shards"
+        return f"shards {listed} of {self.shard_count}"
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        guilds = sum(1 for g in self.guilds if g.shard_id == shard_id)
+        log.info("shard %d of %s ready: %d guilds", shard_id, self.shard_count, guilds)
+
     async def on_ready(self) -> None:
-        guilds = ", ".join(g.name for g in self.guilds) or "none yet"
+        guilds = ", ".join(g.name for g in self.guilds[:20]) or "none yet"
+        more = f" and {len(self.guilds) - 20} more" if len(self.guilds) > 20 else ""
         log.info(
-            "connected as %s (id %s); guilds: %s", self.user, self.user and self.user.id, guilds
+            "connected as %s (id %s); %s; %d guilds: %s%s",
+            self.user,
+            self.user and self.user.id,
+            self._shard_text(),
+            len(self.guilds),
+            guilds,
+            more,
         )
         if self.application_id is None:
             return

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.errors import ConfigError
@@ -15,6 +15,7 @@ from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+_SHARD_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,10 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = None
     # Origins image bytes may come from (comma-separated); nothing else is ever fetched.
     discord_media_origins: str = DISCORD_MEDIA_ORIGINS
+    # Gateway shards: unset, Discord's recommended count, all in this process. Several processes
+    # split one count between them with SHARD_IDS ("0-3", "0,2,5"; unset: every shard).
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: str | None = None
 
     database_url: str = "sqlite+aiosqlite:///data/clipfind.db"
     # SQLite: the id this installation's database must carry; set, a missing database is refused
@@ -92,6 +97,38 @@ class Settings(BaseSettings):
             return value.strip() or None
         return value
 
+    @field_validator("shard_count", mode="before")
+    @classmethod
+    def _shard_count(cls, value: object) -> object:
+        # An empty value in .env means unset: Discord's recommendation.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None
+        if value is not None:
+            parse_shard_ids(value)  # its ValueError says what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        ids = self.shard_id_list()
+        if ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError(
+                "SHARD_IDS needs SHARD_COUNT: the processes that split the shards must agree on "
+                "their number"
+            )
+        beyond = [i for i in ids if i >= self.shard_count]
+        if beyond:
+            raise ValueError(
+                f"SHARD_IDS {self.shard_ids} names shard {beyond[0]}, but with SHARD_COUNT "
+                f"{self.shard_count} shards run from 0 to {self.shard_count - 1}"
+            )
+        return self
+
     @field_validator("clip_device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -124,6 +161,10 @@ class Settings(BaseSettings):
         # An empty value means random init (useful for benchmarks), not the default tag.
         return value or None
 
+    def shard_id_list(self) -> list[int] | None:
+        """The shards this process runs; None: every shard of the count."""
+        return parse_shard_ids(self.shard_ids) if self.shard_ids else None
+
     def media_origins(self) -> MediaOrigins:
         return MediaOrigins.parse(self.discord_media_origins)
 
@@ -142,13 +183,32 @@ class Settings(BaseSettings):
         return None if rest in ("", ":memory:") else Path(rest)
 
 
+def parse_shard_ids(value: str) -> list[int]:
+    """`0-3`, `0,2,5` or both (`0-3,8`) as a sorted list without repeats."""
+    ids: set[int] = set()
+    for part in value.split(","):
+        match = _SHARD_PART.match(part.strip())
+        if not match:
+            raise ValueError(
+                f"{part.strip()!r} is not a shard number or range: write e.g. 0-3 or 0,2,5"
+            )
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise ValueError(f"the range {part.strip()} runs backwards: write {last}-{first}")
+        ids.update(range(first, last + 1))
+    return sorted(ids)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings, turning pydantic's report into one readable error."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
+        # A check across settings has no single field; its message names the settings itself.
         lines = [
             f"  {'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else f"  {err['msg']}"
             for err in exc.errors()
         ]
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None

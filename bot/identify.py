@@ -1,0 +1,66 @@
+"""IDENTIFY pacing across processes, by Discord's `max_concurrency` buckets.
+
+Discord accepts `max_concurrency` IDENTIFYs per 5 s, one per bucket `shard_id % max_concurrency`;
+more and the session start is refused. discord.py paces the shards of one process (5 s between
+IDENTIFYs); processes sharing one PostgreSQL database take a lock per bucket instead, held from
+before an IDENTIFY until the window after it has passed, so a cold start of many processes at
+once never goes faster than Discord allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from retrieval.locks import AdvisoryLock, Purpose
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+# Discord's window is 5 s as it receives the IDENTIFYs; the margin covers the network between
+# the processes and Discord, and the moment between taking the lock and sending.
+IDENTIFY_WINDOW_S = 5.5
+
+
+class IdentifyGate:
+    """Before each IDENTIFY: wait for the shard's bucket, and hold it for the window after."""
+
+    def __init__(self, engine: AsyncEngine, *, window_s: float = IDENTIFY_WINDOW_S) -> None:
+        self._engine = engine
+        self.window_s = window_s
+        # Discord's figure from GET /gateway/bot, set before the first shard connects.
+        self.max_concurrency = 1
+        self._held: set[asyncio.Task[None]] = set()
+
+    def bucket(self, shard_id: int) -> int:
+        return shard_id % max(self.max_concurrency, 1)
+
+    async def wait_turn(self, shard_id: int) -> None:
+        """Returns once this shard may IDENTIFY; its bucket is held for `window_s` from now."""
+        bucket = self.bucket(shard_id)
+        lock = AdvisoryLock(self._engine, purpose=Purpose.IDENTIFY, key=bucket)
+        await lock.acquire()
+        log.debug("shard %d may IDENTIFY (bucket %d of %d)", shard_id, bucket, self.max_concurrency)
+        task = asyncio.create_task(self._release_later(lock), name=f"identify-bucket-{bucket}")
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    async def _release_later(self, lock: AdvisoryLock) -> None:
+        try:
+            await asyncio.sleep(self.window_s)
+        finally:
+            await lock.release()
+
+    async def close(self) -> None:
+        """Release every bucket still held, at once: a stopping process must not keep the
+        others waiting (at worst a start overlapping this stop IDENTIFYs early, and Discord's
+        refusal of it is retried by discord.py)."""
+        for task in list(self._held):
+            task.cancel()
+        for task in list(self._held):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
