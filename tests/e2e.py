@@ -48,6 +48,35 @@ async def running_bot(settings: Settings, fd: FakeDiscord) -> AsyncIterator[Clip
 
 
 @contextlib.asynccontextmanager
+async def running_bots(
+    all_settings: list[Settings], fd: FakeDiscord, *, within: float = 60.0
+) -> AsyncIterator[list[ClipfindBot]]:
+    """Several bots (processes of one cluster), loaded first, then started at the same moment."""
+    async with contextlib.AsyncExitStack() as stack:
+        bots = [await stack.enter_async_context(open_bot(s)) for s in all_settings]
+        tasks = [
+            asyncio.create_task(b.start(s.discord_token.get_secret_value()))
+            for b, s in zip(bots, all_settings, strict=True)
+        ]
+        ready = asyncio.ensure_future(asyncio.gather(*(b.wait_until_ready() for b in bots)))
+        try:
+            done, _ = await asyncio.wait([ready, *tasks], timeout=within,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if ready not in done:
+                for task in done:
+                    task.result()  # a bot that stopped before it was ready says why
+                raise TimeoutError(f"the bots were not ready within {within:g} s")
+            yield bots
+        finally:
+            ready.cancel()
+            for b in bots:
+                await b.close()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+@contextlib.asynccontextmanager
 async def bot_world(db_dir: Path, **fake_options) -> AsyncIterator[tuple[FakeDiscord, ClipfindBot]]:
     """A Discord stand-in with the bot running against it on a fresh database."""
     async with FakeDiscord(**fake_options) as fd, running_bot(bot_settings(fd, db_dir), fd) as bot:
