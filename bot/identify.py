@@ -34,7 +34,7 @@ class IdentifyGate:
         self.window_s = window_s
         # Discord's figure from GET /gateway/bot, set before the first shard connects.
         self.max_concurrency = 1
-        self._held: set[asyncio.Task[None]] = set()
+        self._held: dict[asyncio.Task[None], AdvisoryLock] = {}
 
     def bucket(self, shard_id: int) -> int:
         return shard_id % max(self.max_concurrency, 1)
@@ -43,11 +43,23 @@ class IdentifyGate:
         """Returns once this shard may IDENTIFY; its bucket is held for `window_s` from now."""
         bucket = self.bucket(shard_id)
         lock = AdvisoryLock(self._engine, purpose=Purpose.IDENTIFY, key=bucket)
-        await lock.acquire()
+        try:
+            await lock.acquire()
+        except Exception as exc:
+            # A database hiccup must not keep the shard offline: pace it as one process would.
+            log.warning(
+                "shard %d: could not take its IDENTIFY turn through the database (%s); "
+                "waiting %.1f s instead",
+                shard_id,
+                exc,
+                self.window_s,
+            )
+            await asyncio.sleep(self.window_s)
+            return
         log.debug("shard %d may IDENTIFY (bucket %d of %d)", shard_id, bucket, self.max_concurrency)
         task = asyncio.create_task(self._release_later(lock), name=f"identify-bucket-{bucket}")
-        self._held.add(task)
-        task.add_done_callback(self._held.discard)
+        self._held[task] = lock
+        task.add_done_callback(lambda done: self._held.pop(done, None))
 
     async def _release_later(self, lock: AdvisoryLock) -> None:
         try:
@@ -59,8 +71,11 @@ class IdentifyGate:
         """Release every bucket still held, at once: a stopping process must not keep the
         others waiting (at worst a start overlapping this stop IDENTIFYs early, and Discord's
         refusal of it is retried by discord.py)."""
-        for task in list(self._held):
+        held = dict(self._held)
+        for task in held:
             task.cancel()
-        for task in list(self._held):
+        for task, lock in held.items():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            # A task cancelled before it ran never reached its `finally`.
+            await lock.release()
