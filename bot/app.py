@@ -14,6 +14,7 @@ import discord
 from bot.client import ClipfindBot
 from bot.startup import (
     INTENT_REFUSED,
+    SHARD_REFUSED,
     TOKEN_REFUSED,
     DiscordRefused,
     apply_endpoints,
@@ -186,6 +187,11 @@ async def run(settings: Settings) -> int:
                 return 2
             except discord.LoginFailure:
                 log.critical(TOKEN_REFUSED)
+                return 2
+            except discord.ConnectionClosed as exc:
+                if exc.code not in SHARD_REFUSED:
+                    raise
+                log.critical(SHARD_REFUSED[exc.code])
                 return 2
     return bot.exit_status
 

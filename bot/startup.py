@@ -36,6 +36,18 @@ INTENT_REFUSED = (
 TOKEN_REFUSED = (
     "Discord rejected DISCORD_TOKEN. Copy the bot token again from the Developer Portal."
 )
+# What the gateway's close codes for shards mean to the operator.
+SHARD_REFUSED = {
+    4010: (
+        "Discord refused the shard this process asked for (close code 4010): every process "
+        "must have the same SHARD_COUNT, and SHARD_IDS below it."
+    ),
+    4011: (
+        "Discord requires more shards for this bot's servers (close code 4011): unset "
+        "SHARD_COUNT to use the count Discord recommends, or raise it (on every process, with "
+        "SHARD_IDS split anew)."
+    ),
+}
 
 # base64(bot id) . timestamp . HMAC; the first part may come from standard or URL-safe base64.
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_\-+/=]{16,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{20,}$")

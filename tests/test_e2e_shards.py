@@ -8,6 +8,8 @@ import logging
 import re
 from collections import Counter
 
+from bot.app import run
+from bot.startup import SHARD_REFUSED
 from tests.e2e import backfilled, bot_settings, eventually, running_bot, running_bots
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
@@ -132,3 +134,13 @@ async def test_each_server_is_served_by_the_process_of_its_shard(tmp_path, postg
     # Every image was downloaded once, by one process.
     downloads = Counter(path for path, status in fd.cdn.hits if "/attachments/" in path)
     assert len(downloads) == len(servers) and set(downloads.values()) == {1}
+
+
+async def test_too_few_shards_stop_with_a_clear_sentence(tmp_path, caplog):
+    caplog.set_level(logging.CRITICAL)
+    async with FakeDiscord(max_guilds_per_shard=2) as fd:
+        spread_servers(fd, 3)
+        status = await asyncio.wait_for(run(bot_settings(fd, tmp_path, shard_count=1)), 60)
+    assert status == 2
+    assert SHARD_REFUSED[4011] in caplog.text
+    assert "Traceback" not in caplog.text
