@@ -3,13 +3,17 @@ attributes, in Python and as SQL (the policy sweep's share of the rows)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import discord
 import pytest
 from sqlalchemy import func, select
 
 from bot.ownership import Shards, ownership, shard_of
+from retrieval.db import create_engine
 from retrieval.models import IndexedImage
 from retrieval.policy import IndexPolicy
+from retrieval.store import open_store
 from tests.records import image_record as record
 from tests.test_store_policy import vectors
 
@@ -92,13 +96,13 @@ async def test_the_sql_condition_agrees_with_owns(store, store_engine, shards):
         assert await conn.scalar(counted) == len(guilds)
 
 
-async def test_the_sweep_deletes_only_the_forbidden_rows_of_its_shards(store, store_engine):
-    """Two processes (shard 0 and shard 1 of 2) share the sweep: each deletes its servers' rows
-    of an opted-out member, and together they leave none."""
+async def test_two_processes_sweep_their_own_servers_at_once(store, store_engine):
+    """Shard 0's and shard 1's processes sweep side by side: each deletes its servers' rows of an
+    opted-out member, neither waits for nor fails on the other, and together they leave none."""
     ours, theirs = guild_at(T + 1), guild_at(T)
-    opted_out, kept = 71, 70
+    opted_out = 71
     records = [
-        record(i, v, guild_id=(ours, theirs)[i % 2], author_id=(opted_out, kept)[i // 2 % 2])
+        record(i, v, guild_id=(ours, theirs)[i % 2], author_id=(opted_out, 70)[i // 2 % 2])
         for i, v in enumerate(vectors(8))
     ]
     assert await store.upsert(records) == 8
@@ -107,8 +111,15 @@ async def test_the_sweep_deletes_only_the_forbidden_rows_of_its_shards(store, st
     await policy.opt_out(opted_out)
 
     zero, one = Shards.of(count=2, ids=[0]), Shards.of(count=2, ids=[1])
-    assert await store.delete_forbidden(shards=zero) == 2
-    assert await store.count(guild_id=ours) == 2 and await store.count(guild_id=theirs) == 4
-    assert await store.delete_forbidden(shards=zero) == 0
-    assert await store.delete_forbidden(shards=one) == 2
-    assert await store.count(guild_id=theirs) == 2
+    other = create_engine(store_engine.url.render_as_string(hide_password=False))
+    elsewhere = open_store(other)
+    try:
+        swept = await asyncio.gather(
+            store.delete_forbidden(shards=zero), elsewhere.delete_forbidden(shards=one)
+        )
+    finally:
+        await elsewhere.close()
+        await other.dispose()
+    assert swept == [2, 2]
+    assert await store.count(guild_id=ours) == 2 and await store.count(guild_id=theirs) == 2
+    assert await store.delete_forbidden() == 0
