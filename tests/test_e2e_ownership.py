@@ -20,9 +20,11 @@ from bot.app import open_bot
 from bot.client import ClipfindBot
 from bot.ownership import shard_of
 from retrieval.config import Settings
+from retrieval.db import create_engine
+from retrieval.policy import IndexPolicy
 from tests.e2e import backfilled, bot_settings, eventually, running_bot
 from tests.fakediscord import FakeDiscord
-from tests.fakediscord.models import Guild
+from tests.fakediscord.models import Guild, Member, User
 from tests.search_helpers import picture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,8 +54,11 @@ async def running_shard(
                 await task
 
 
-async def server_on(fd: FakeDiscord, name: str, *, shard: int) -> Guild:
-    """A server of ``shard`` (its id's millisecond decides), with one image in its history."""
+async def server_on(
+    fd: FakeDiscord, name: str, *, shard: int, author: User | None = None
+) -> tuple[Guild, Member]:
+    """A server of ``shard`` (its id's millisecond decides) whose history holds one image by
+    ``author`` (a new member when None)."""
     while True:
         guild = fd.add_guild(name, dispatch=False)
         if shard_of(guild.id, SHARDS) == shard:
@@ -61,9 +66,12 @@ async def server_on(fd: FakeDiscord, name: str, *, shard: int) -> Guild:
         del fd.guilds[guild.id]
         await asyncio.sleep(0.002)  # servers made in the same millisecond share a shard
     general = guild.add_text_channel("general", dispatch=False)
-    alice = guild.add_member("alice", dispatch=False)
-    fd.add_history_message(general, alice, attachments=[picture("red", "circle", guild.id % 97)])
-    return guild
+    if author is None:
+        member = guild.add_member("alice", dispatch=False)
+    else:
+        member = guild.add_existing_user(author, dispatch=False)
+    fd.add_history_message(general, member, attachments=[picture("red", "circle", guild.id % 97)])
+    return guild, member
 
 
 async def show_only(fd: FakeDiscord, *, shard: int, guilds: list[Guild]) -> None:
@@ -98,8 +106,11 @@ async def test_each_process_judges_and_purges_only_the_servers_of_its_shard(
     async with FakeDiscord() as fd:
         settings = bot_settings(fd, tmp_path, database_url=url)
         graceful = bot_settings(fd, tmp_path, database_url=url, guild_purge_grace_hours=1.0)
-        ours, gone = await server_on(fd, "ours", shard=0), await server_on(fd, "gone", shard=0)
-        theirs = await server_on(fd, "theirs", shard=1)
+        (ours, _), (gone, _) = (
+            await server_on(fd, "ours", shard=0),
+            await server_on(fd, "gone", shard=0),
+        )
+        theirs, _ = await server_on(fd, "theirs", shard=1)
         async with running_bot(settings, fd) as bot:  # one process for both shards
             await judged(bot)
             assert await counts(bot, ours, gone, theirs) == [1, 1, 1]
@@ -139,6 +150,39 @@ async def test_each_process_judges_and_purges_only_the_servers_of_its_shard(
             await judged(bot)
             assert await bot.get_cog("Lifecycle").purge_due(now=later) == [theirs.id]
             assert await counts(bot, ours, theirs) == [1, 0]
+
+
+async def test_each_process_sweeps_what_the_policy_forbids_in_the_servers_of_its_shard(
+    tmp_path, postgres_engine
+):
+    """An opt-out was recorded by a process that stopped before deleting anything: the sweep at
+    each start deletes the member's images in that process's servers only."""
+    url = postgres_engine.url.render_as_string(hide_password=False)
+    async with FakeDiscord() as fd:
+        settings = bot_settings(fd, tmp_path, database_url=url)
+        ours, alice = await server_on(fd, "ours", shard=0)
+        theirs, _ = await server_on(fd, "theirs", shard=1, author=alice.user)
+        async with running_bot(settings, fd) as bot:
+            await judged(bot)
+            assert await counts(bot, ours, theirs) == [1, 1]
+        elsewhere = create_engine(url)
+        try:
+            await IndexPolicy(elsewhere).opt_out(alice.user.id)
+        finally:
+            await elsewhere.dispose()
+
+        await show_only(fd, shard=0, guilds=[ours, theirs])
+        async with running_shard(settings, fd, shard=0) as bot:
+            await eventually(lambda: _count_is(bot, ours, 0))
+            await judged(bot)
+            assert await counts(bot, theirs) == [1]  # shard 1's process sweeps it
+        await show_only(fd, shard=1, guilds=[ours, theirs])
+        async with running_shard(settings, fd, shard=1) as bot:
+            await eventually(lambda: _count_is(bot, theirs, 0))
+
+
+async def _count_is(bot: ClipfindBot, guild: Guild, n: int) -> bool:
+    return await bot.store.count(guild_id=guild.id) == n
 
 
 async def _empty(departures) -> bool:
