@@ -113,11 +113,6 @@ class BackfillCursors:
                 delete(BackfillCursor).where(BackfillCursor.channel_id.in_(list(channel_ids)))
             )
 
-    async def forget_all(self) -> None:
-        """Every channel's history will be read again from the newest message."""
-        async with self._sessions.begin() as session:
-            await session.execute(delete(BackfillCursor))
-
     async def forget_guild(self, guild_id: int) -> None:
         async with self._sessions.begin() as session:
             await session.execute(delete(BackfillCursor).where(BackfillCursor.guild_id == guild_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from retrieval.models import BackfillCursor, GuildDeparture
@@ -19,10 +20,17 @@ class Departures:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def record(self, guild_id: int, *, at: datetime) -> None:
-        """Note the departure; a second notice (e.g. at the next start) keeps the first time."""
+        """Note the departure; a second notice (e.g. at the next start) keeps the first time.
+
+        One statement, since two processes may notice it at once: while the shard count
+        changes, a server briefly belongs to a process of the old count and one of the new."""
         async with self._sessions.begin() as session:
-            if await session.get(GuildDeparture, guild_id) is None:
-                session.add(GuildDeparture(guild_id=guild_id, left_at=at))
+            dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+            await session.execute(
+                dialect.insert(GuildDeparture)
+                .values(guild_id=guild_id, left_at=at)
+                .on_conflict_do_nothing(index_elements=["guild_id"])
+            )
 
     async def cancel(self, guild_id: int) -> bool:
         """The bot is back: keep the index. True when a purge was pending."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from retrieval.backfill import BackfillCursors
-from retrieval.state import get_state, set_state
+from retrieval.models import BackfillCursor, BotState
 from retrieval.store.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,25 @@ async def adopt_model(engine: AsyncEngine, store: VectorStore, model_id: str) ->
 
     Returns the row count of every other model still in the index (empty: nothing to re-index).
     A restart in the middle of a re-index does not start it over: the recorded model is already
-    the current one, and the cursors saved since then hold.
+    the current one, and the cursors saved since then hold. Nor does another process starting
+    with the same model, even at the same moment: the switch is recorded with the cursors' reset
+    in one transaction, one process at a time, so the first to start makes it and the others
+    find it made.
     """
     others = {m: n for m, n in (await store.model_counts()).items() if m != model_id}
-    previous = await get_state(engine, INDEX_MODEL_KEY)
+    async with async_sessionmaker(engine).begin() as session:
+        await _one_at_a_time(session)
+        previous = await session.scalar(
+            select(BotState.value).where(BotState.key == INDEX_MODEL_KEY)
+        )
+        switched = previous != model_id
+        if switched:
+            if others:
+                await session.execute(delete(BackfillCursor))
+            await session.merge(BotState(key=INDEX_MODEL_KEY, value=model_id))
     if others:
         listed = ", ".join(f"{n} from {model}" for model, n in sorted(others.items()))
-        if previous != model_id:
-            await BackfillCursors(engine).forget_all()
+        if switched:
             log.warning(
                 "model switched to %s: re-indexing %d images (%s); history is read again and "
                 "each channel's old vectors go once it is done",
@@ -45,6 +56,14 @@ async def adopt_model(engine: AsyncEngine, store: VectorStore, model_id: str) ->
             )
         else:
             log.info("re-indexing with %s continues: %s left", model_id, listed)
-    if previous != model_id:
-        await set_state(engine, INDEX_MODEL_KEY, model_id)
     return others
+
+
+async def _one_at_a_time(session: AsyncSession) -> None:
+    """Until the transaction ends, other processes adopting a model wait. (SQLite has one
+    process, and one writer at a time anyway.)"""
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+            {"name": "clipfind:" + INDEX_MODEL_KEY},
+        )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
 
 from retrieval.backfill import BackfillCursors, Cursor
-from retrieval.reindex import adopt_model
-from retrieval.store import SearchScope
+from retrieval.db import create_engine
+from retrieval.reindex import INDEX_MODEL_KEY, adopt_model
+from retrieval.state import get_state
+from retrieval.store import SearchScope, open_store
 from tests.records import MODEL
 from tests.records import image_record as record
 from tests.test_store import unit
@@ -70,3 +73,29 @@ async def test_only_what_the_age_window_re_read_loses_its_old_vector(store):
     assert await store.model_counts() == {MODEL: 1, NEW: 1}
     assert await store.known_keys(1000, MODEL) == {0}  # older than the window: kept
     assert await store.known_keys(1001, NEW) == {1}
+
+
+async def test_processes_starting_together_switch_models_once(postgres_engine, caplog):
+    """Every process of a cluster adopts the new model as it starts: the cursors are reset by
+    the first alone, or a later one would throw away what the first has re-indexed since."""
+    url = postgres_engine.url.render_as_string(hide_password=False)
+    engines = [postgres_engine, *(create_engine(url) for _ in range(3))]
+    stores = [open_store(engine) for engine in engines]
+    try:
+        await adopt_model(postgres_engine, stores[0], MODEL)
+        await stores[0].upsert([record(i, unit(np.random.default_rng(4))) for i in range(3)])
+        await BackfillCursors(postgres_engine).save(Cursor(10, 1, 1, 9, complete=True))
+
+        caplog.set_level(logging.INFO, logger="retrieval.reindex")
+        starts = zip(engines, stores, strict=True)
+        seen = await asyncio.gather(*(adopt_model(e, s, NEW) for e, s in starts))
+        assert seen == [{MODEL: 3}] * 4  # each process knows to re-index
+        assert caplog.text.count("re-indexing 3 images") == 1
+        assert caplog.text.count("re-indexing with") == 3
+        assert await BackfillCursors(postgres_engine).get(10) is None
+        assert await get_state(postgres_engine, INDEX_MODEL_KEY) == NEW
+    finally:
+        for store in stores:
+            await store.close()
+        for engine in engines[1:]:
+            await engine.dispose()

@@ -7,6 +7,9 @@ Channels take turns of a few pages, so every channel's recent history is indexed
 distant past. A page's images are rows in the jobs table before the channel's cursor
 (`retrieval/backfill.py`) moves past them: a restart re-reads at most a turn of each channel and
 never skips a message.
+
+Only the servers of this process's shards are read (`bot/ownership.py`): those are the servers
+its gateway connection lists and sends events of, which is all this cog goes by.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ deleted while the bot was offline), and whole servers once the bot is removed (a
 GUILD_PURGE_GRACE_HOURS). Raw events throughout, so
 messages and threads the client never cached are handled too.
 
+Servers are recorded as departed and purged only by the process running their shard
+(`bot/ownership.py`): another process's servers are missing from this one's READY, and their
+departures are that process's to act on.
+
 A member leaving changes nothing: their images stay part of the channels' history, as their
 messages do. (Discord would not even say so: member events need the privileged GUILD_MEMBERS
 intent, which clipfind does not ask for.) An opted-out member has nothing left to remove, since
@@ -22,6 +26,7 @@ import discord
 from discord.ext import commands, tasks
 
 from bot.erasure import Eraser
+from bot.ownership import ownership
 from bot.refs import image_refs
 from bot.threads import survey
 from retrieval.backfill import BackfillCursors
@@ -137,15 +142,20 @@ class Lifecycle(commands.Cog):
     @commands.Cog.listener()
     async def on_ready(self) -> None:
         # Servers that removed the bot while it was offline never send an event: they are
-        # simply missing from READY (this bot runs unsharded, so READY lists every server).
+        # simply missing from READY, which lists every server of this process's shards. The
+        # stored servers of other shards are missing too, and are not this process's to judge.
         if await self._index_is_ours():
             # Locked: a purge finishing between the listing and the record would leave a
             # second departure behind.
             async with self._purging:
+                shards = ownership(self.bot)
                 present = {guild.id for guild in self.bot.guilds}
                 now = datetime.now(UTC)
                 pending = await self.departures.pending()
-                for guild_id in await self.bot.store.guild_ids() - present - pending.keys():
+                stored = await self.bot.store.guild_ids()
+                for guild_id in stored - present - pending.keys():
+                    if not shards.owns(guild_id):
+                        continue
                     log.info("guild %s removed the bot while it was offline", guild_id)
                     await self.departures.record(guild_id, at=now)
         await self.purge_due()
@@ -162,7 +172,7 @@ class Lifecycle(commands.Cog):
         if backfill is not None:
             await backfill.wait_idle()
         exists = backfill.seen_channels if backfill is not None else frozenset()
-        for guild in list(self.bot.guilds):
+        for guild in list(self.bot.guilds):  # the servers of this process's shards
             try:
                 async with self._surveys.setdefault(guild.id, asyncio.Lock()):
                     found = await survey(self.bot, guild, exists=exists)
@@ -204,13 +214,17 @@ class Lifecycle(commands.Cog):
         await self.bot.wait_until_ready()
 
     async def purge_due(self, *, now: datetime | None = None) -> list[int]:
-        """Purge the index of every server left more than the grace period ago (before
-        ``now``); cancel the departures of servers the bot is back in. Returns the purged."""
+        """Purge the index of every server of this process's shards left more than the grace
+        period ago (before ``now``); cancel the departures of servers the bot is back in.
+        Returns the purged."""
         now = now or datetime.now(UTC)
         grace = timedelta(hours=self.bot.settings.guild_purge_grace_hours)
         purged = []
         async with self._purging:
+            shards = ownership(self.bot)
             for guild_id, left_at in (await self.departures.pending()).items():
+                if not shards.owns(guild_id):
+                    continue  # whether it came back is known to the process running its shard
                 if self.bot.get_guild(guild_id) is not None:  # re-added while we were down
                     await self.departures.cancel(guild_id)
                 elif left_at + grace <= now:

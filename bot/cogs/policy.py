@@ -4,6 +4,12 @@ policy forbids are swept away at start and every few minutes.
 Such rows can only appear when two processes race an opt-out or an exclusion, or when a process
 died between recording one and deleting what it covers; searches never show them meanwhile (the
 database filters them), and the sweep, reading only the database, survives any restart.
+
+Each process sweeps only the servers of its own shards (`bot/ownership.py`): the processes of a
+cluster share the work instead of each repeating all of it, and never delete the same rows at the
+same moment, so no sweep waits on another's row locks. Together they cover every server once every
+shard runs. (A lock held by one sweeper would stop sweeps overlapping, but not each process
+repeating the whole sweep after the other.)
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from discord.ext import commands, tasks
 
+from bot.ownership import ownership
 from retrieval.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -41,7 +48,7 @@ class Policy(commands.Cog):
     @tasks.loop(minutes=SWEEP_MINUTES)
     async def sweep_loop(self) -> None:
         try:
-            removed = await self.bot.store.delete_forbidden()
+            removed = await self.bot.store.delete_forbidden(shards=ownership(self.bot))
         except StoreUnavailable as exc:
             log.warning("could not sweep images the policy forbids: %s", exc)
             return

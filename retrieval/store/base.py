@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from retrieval.shards import Shards
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +130,10 @@ class VectorStore(Protocol):
 
     async def delete_guild(self, guild_id: int) -> int: ...
 
-    async def delete_forbidden(self) -> int:
+    async def delete_forbidden(self, *, shards: Shards | None = None) -> int:
         """Rows the policy tables forbid (opted-out authors, excluded channels and their threads)
-        that got in before the policy did: a race between processes, or a crash."""
+        that got in before the policy did: a race between processes, or a crash. With
+        ``shards``, only those of the servers they cover."""
 
     async def delete_author(self, *, guild_id: int | None, author_id: int) -> int: ...
 

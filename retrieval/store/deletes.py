@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection
 from sqlalchemy import ColumnElement, exists
 
 from retrieval.models import IndexedImage, IndexJob
+from retrieval.shards import Shards
 from retrieval.store.allowed import forbidden
 
 Where = Callable[[type], list[ColumnElement[bool]]]
@@ -75,8 +76,11 @@ class SharedDeletes:
 
         return await self._delete(where)
 
-    async def delete_forbidden(self) -> int:
+    async def delete_forbidden(self, *, shards: Shards | None = None) -> int:
+        shards = shards or Shards()
         removed = 0
         for condition in forbidden():
-            removed += await self._delete(lambda t, condition=condition: [condition(t)])
+            removed += await self._delete(
+                lambda t, condition=condition: [condition(t), shards.condition(t.guild_id)]
+            )
         return removed
