@@ -76,3 +76,13 @@ async def test_metrics_show_the_images_a_running_bot_stored(tmp_path):
         assert await consumers(engine) == []
     finally:
         await engine.dispose()
+
+
+def test_a_process_names_its_shards_in_its_report():
+    from types import SimpleNamespace
+
+    from bot.app import shards_of
+
+    assert shards_of(SimpleNamespace(shard_count=None, shard_id=None)) is None
+    assert shards_of(SimpleNamespace(shard_count=4, shard_id=None, shard_ids=[3, 1])) == "1, 3 of 4"
+    assert shards_of(SimpleNamespace(shard_count=2, shard_id=1)) == "1 of 2"
