@@ -97,11 +97,11 @@ def _cluster_lines(figures: ClusterFigures) -> list[str]:
     queue = (
         f"**Queue, whole cluster:** {counted(figures.waiting)} waiting (oldest "
         f"{age(figures.oldest_waiting_s)}), {counted(figures.retrying)} waiting for a retry, "
-        f"{figures.claimed} being worked on"
+        f"{figures.claimed:,} being worked on"
     )
     consumers = [
         f"{c.role} on {c.host}{f' (shards {c.shards})' if c.shards else ''}: {c.rate:.1f}/s, "
-        f"{c.images_stored} stored, {c.in_hand} in hand"
+        f"{c.images_stored:,} stored, {c.in_hand} in hand"
         for c in figures.consumers[:CONSUMERS_SHOWN]
     ]
     if (more := len(figures.consumers) - CONSUMERS_SHOWN) > 0:

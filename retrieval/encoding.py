@@ -40,7 +40,6 @@ class EncoderCounters:
     image_queries: int = 0
     image_batches: int = 0
     images: int = 0
-    image_seconds: float = 0.0  # the model's time on image batches, queue waits not included
 
 
 class EncoderService:
@@ -49,7 +48,7 @@ class EncoderService:
     def __init__(self, encoder: ImageTextEncoder, *, text_cache_size: int = 512) -> None:
         self.encoder = encoder
         self.counters = EncoderCounters()
-        # Called with each image batch's encode time in seconds (metrics histograms).
+        # Called with each image batch's time in the model, in seconds (queue waits left out).
         self.batch_observers: list[Callable[[float], None]] = []
         self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
@@ -118,7 +117,6 @@ class EncoderService:
         vectors, seconds = await self._run(_BATCH, timed)
         self.counters.image_batches += 1
         self.counters.images += len(batch)
-        self.counters.image_seconds += seconds
         for observe in self.batch_observers:
             observe(seconds)
         return vectors
