@@ -55,7 +55,10 @@ class OperatorView:
 
     async def run(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:  # a bug here must not stop the figures for good; say so loudly
+                log.exception("could not report or read the cluster's figures")
             await asyncio.sleep(self._report_every_s)
 
     async def tick(self) -> None:
