@@ -28,6 +28,7 @@ from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
 from retrieval.indexing import IndexingPipeline, JobQueue
+from retrieval.operating import operator_view
 from retrieval.policy import IndexPolicy
 from retrieval.reindex import adopt_model
 from retrieval.store import open_store
@@ -119,6 +120,13 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     _stop_if_lost(
                         bot, database=database, interval_s=settings.database_check_interval_s
                     ),
+                    operator_view(
+                        engine=engine,
+                        role="bot",
+                        pipeline=pipeline,
+                        settings=settings,
+                        shards=lambda: shards_of(bot),
+                    ),
                 ):
                     yield bot
             finally:
@@ -127,6 +135,15 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 await store.close()
     finally:
         await engine.dispose()
+
+
+def shards_of(bot: discord.Client) -> str | None:
+    """The gateway shards this process runs, as "0, 1 of 4"; None when it runs unsharded."""
+    if not bot.shard_count:
+        return None
+    ids = getattr(bot, "shard_ids", None) or [bot.shard_id]
+    listed = ", ".join(str(i) for i in sorted(i for i in ids if i is not None))
+    return f"{listed or '?'} of {bot.shard_count}"
 
 
 @contextlib.asynccontextmanager

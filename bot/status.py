@@ -8,12 +8,16 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.sight import listed, unreadable_channels
+from retrieval.cluster import read_figures
+from retrieval.operating import age, counted
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
+    from retrieval.cluster import ClusterFigures
     from retrieval.indexing import Backlog
 
 UNREADABLE_SHOWN = 25  # mentions with a reason are ~45 characters; a message holds 2,000
+CONSUMERS_SHOWN = 8  # one is ~90 characters
 
 
 async def status_text(bot: ClipfindBot, *, guild: discord.Guild, manager: bool, owner: bool) -> str:
@@ -85,7 +89,28 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
         lines.append(f"**Could not be indexed, all servers:** {_reasons(backlog.failed)}")
     if bot.backfill_progress is not None:
         lines.append(f"**History backfill, all servers:** {bot.backfill_progress}")
-    return lines
+    return lines + _cluster_lines(await read_figures(bot.engine))
+
+
+def _cluster_lines(figures: ClusterFigures) -> list[str]:
+    """Every process on this database: the queue, and who encodes how fast."""
+    queue = (
+        f"**Queue, whole cluster:** {counted(figures.waiting)} waiting (oldest "
+        f"{age(figures.oldest_waiting_s)}), {counted(figures.retrying)} waiting for a retry, "
+        f"{figures.claimed:,} being worked on"
+    )
+    consumers = [
+        f"{c.role} on {c.host}{f' (shards {c.shards})' if c.shards else ''}: {c.rate:.1f}/s, "
+        f"{c.images_stored:,} stored, {c.in_hand} in hand"
+        for c in figures.consumers[:CONSUMERS_SHOWN]
+    ]
+    if (more := len(figures.consumers) - CONSUMERS_SHOWN) > 0:
+        consumers.append(f"and {more} more")
+    encoders = (
+        f"**Encoding, whole cluster:** {figures.rate:.1f} images/s from "
+        f"{len(figures.consumers)} process{'' if len(figures.consumers) == 1 else 'es'}"
+    )
+    return [queue, encoders + (f" ({'; '.join(consumers)})" if consumers else "")]
 
 
 def _waiting(backlog: Backlog) -> str:

@@ -89,6 +89,17 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # --- Operator view (retrieval/operating.py) ---
+    # Serve Prometheus figures on http://METRICS_ADDR:METRICS_PORT/metrics; None: no server.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_addr: str = "0.0.0.0"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port(cls, value: object) -> object:
+        # `METRICS_PORT=` in .env means off, like an absent one.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("discord_token", mode="before")
     @classmethod
     def _token(cls, value: object) -> object:

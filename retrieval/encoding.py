@@ -11,15 +11,17 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 _QUERY, _BATCH = 0, 1
 _STOP = object()
+_T = TypeVar("_T")
 
 
 class ImageTextEncoder(Protocol):
@@ -46,6 +48,8 @@ class EncoderService:
     def __init__(self, encoder: ImageTextEncoder, *, text_cache_size: int = 512) -> None:
         self.encoder = encoder
         self.counters = EncoderCounters()
+        # Called with each image batch's time in the model, in seconds (queue waits left out).
+        self.batch_observers: list[Callable[[float], None]] = []
         self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -70,9 +74,9 @@ class EncoderService:
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)
 
-    async def _run(self, priority: int, fn: Callable[[], np.ndarray]) -> np.ndarray:
+    async def _run(self, priority: int, fn: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[_T] = loop.create_future()
         self._jobs.put((priority, next(self._order), (fn, future, loop)))
         return await future
 
@@ -106,9 +110,15 @@ class EncoderService:
         return int(getattr(self.encoder, "context_length", 77))
 
     async def encode_images(self, batch: np.ndarray) -> np.ndarray:
-        vectors = await self._run(_BATCH, lambda: self.encoder.encode_images(batch))
+        def timed() -> tuple[np.ndarray, float]:
+            started = time.perf_counter()
+            return self.encoder.encode_images(batch), time.perf_counter() - started
+
+        vectors, seconds = await self._run(_BATCH, timed)
         self.counters.image_batches += 1
         self.counters.images += len(batch)
+        for observe in self.batch_observers:
+            observe(seconds)
         return vectors
 
     async def close(self) -> None:

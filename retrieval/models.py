@@ -8,6 +8,7 @@ import numpy as np
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -143,6 +144,9 @@ class IndexJob(Base):
         Index("ix_index_jobs_channel", "channel_id"),
         Index("ix_index_jobs_parent", "parent_id"),
         Index("ix_index_jobs_author", "author_id"),
+        # The operator's figures: jobs per state and the oldest first try, without a full scan.
+        # Not on claimed_until, which every claim and lease renewal rewrites.
+        Index("ix_index_jobs_age", "attempts", "created_at"),
     )
 
 
@@ -210,3 +214,30 @@ class GuildDeparture(Base):
 
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     left_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class IndexConsumer(Base):
+    """A process that encodes images, as it last reported itself (every ~15 s).
+
+    Throughput across the cluster is the sum of the rates of the rows seen lately; a row not
+    seen for a few minutes is a process that died, ignored and deleted by the next writer. Not
+    guild-scoped: a small reference table.
+    """
+
+    __tablename__ = "index_consumers"
+
+    # host:pid:random, so a restarted process (same pid in a fresh container) is a new row.
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # "bot" or "worker"
+    host: Mapped[str] = mapped_column(String(255))
+    shards: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    device: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    images_stored: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Images stored per second over the last report interval.
+    rate: Mapped[float] = mapped_column(Float, default=0.0)
+    # Jobs claimed and not finished: summed, the cluster's claimed jobs, with no scan of the
+    # jobs table.
+    in_hand: Mapped[int] = mapped_column(Integer, default=0)

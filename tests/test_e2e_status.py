@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 
 import pytest
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MANAGE_SERVER = int(P.MANAGE_GUILD)
 # Lines only the owner sees: what the whole process does, across servers.
-PROCESS_WIDE = ("Whole bot", "This process", "Searches", "all servers", "in hand")
+PROCESS_WIDE = ("Whole bot", "This process", "Searches", "all servers", "in hand", "cluster")
 
 
 async def status(fd, guild, channel, member) -> str:
@@ -93,6 +94,20 @@ async def test_members_see_their_own_server_only_and_the_owner_sees_the_whole_bo
     assert "1 downloading" in line(owners, "This process since start")
     assert line(owners, "Waiting to be indexed, all servers").endswith(":** 1")
     assert line(owners, "History backfill, all servers")
+    # Every process on the database: here the queue holds the slow image, and this bot is the
+    # one process that encodes.
+    queue = line(owners, "Queue, whole cluster")
+    assert re.fullmatch(
+        r"\*\*Queue, whole cluster:\*\* 1 waiting \(oldest \d+ s\), 0 waiting for a retry, "
+        r"\d+ being worked on",
+        queue,
+    ), queue
+    encoding = line(owners, "Encoding, whole cluster")
+    assert re.match(
+        rf"\*\*Encoding, whole cluster:\*\* \d+\.\d images/s from 1 process "
+        rf"\(bot on {re.escape(socket.gethostname())}: \d+\.\d/s, \d+ stored, \d+ in hand\)$",
+        encoding,
+    ), encoding
     await settled(bot, fd)
 
 
