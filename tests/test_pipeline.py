@@ -316,9 +316,7 @@ class _FlakyStore:
 
 
 async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
-    import retrieval.indexing.pipeline
-
-    monkeypatch.setattr(retrieval.indexing.pipeline, "_STORE_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
     pipeline.store = _FlakyStore(store, outages=3)
     for i in range(5):
         host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")

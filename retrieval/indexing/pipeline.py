@@ -33,12 +33,11 @@ from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
 from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
+from retrieval.patience import patiently
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
 
-_STORE_RETRY_FIRST_S = 0.5
-_STORE_RETRY_MAX_S = 30.0
 # While one batch encodes the next is formed and waits at the encoder, and the first one's write
 # overlaps the next encode: the model does not idle on the store (benchmarks/RESULTS.md).
 _BATCHES_IN_FLIGHT = 2
@@ -193,7 +192,7 @@ class IndexingPipeline:
                     claimed = await self.jobs.claim(room)
                 except StoreUnavailable as exc:
                     log.error("database unavailable, cannot take jobs: %s", exc)
-                    await asyncio.sleep(_STORE_RETRY_FIRST_S * 4)
+                    await asyncio.sleep(_FEED_POLL_S * 2)
                     continue
             for job in claimed:
                 self._held[job.id] = job
@@ -429,16 +428,13 @@ class IndexingPipeline:
 
     async def _with_store(self, call, *args):
         """Call the store, waiting out an outage instead of dropping the work in hand."""
-        delay = _STORE_RETRY_FIRST_S
-        while True:
-            try:
-                return await call(*args)
-            except StoreUnavailable as exc:
-                if self._closing:
-                    raise
-                log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _STORE_RETRY_MAX_S)
+
+        def waiting(exc: StoreUnavailable, delay: float) -> None:
+            log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
+
+        return await patiently(
+            functools.partial(call, *args), waiting=waiting, give_up=lambda: self._closing
+        )
 
 
 def _with_url(job: Job, url: str) -> Job:
