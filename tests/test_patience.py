@@ -18,9 +18,11 @@ class Database:
     def __init__(self, outages: int) -> None:
         self.outages = outages
         self.calls: list[object] = []
+        self.called = asyncio.Event()
 
     async def __call__(self, *args, **options):
         self.calls.append((args, options))
+        self.called.set()
         if self.outages:
             self.outages -= 1
             raise StoreUnavailable("database is locked")
@@ -66,7 +68,8 @@ async def test_images_submitted_during_an_outage_are_queued_together_once_it_end
 
     submissions = Submissions(Jobs(), written=lambda: None)
     first = asyncio.create_task(submissions.write(["a", "b"], 0))
-    await asyncio.sleep(0.005)  # the first try failed; more comes in meanwhile
+    await database.called.wait()
+    # The first try failed; more comes in while it waits to try again.
     second = asyncio.create_task(submissions.write(["c"], 1))
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert len(database.calls) == 3

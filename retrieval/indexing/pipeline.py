@@ -103,6 +103,7 @@ class IndexingPipeline:
         self._intake: asyncio.Queue[Job] = asyncio.Queue()
         self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._held: dict[int, Job] = {}  # claimed and not finished: the window onto the table
+        self._claiming = False
         self._wake = asyncio.Event()
         self._fetch_workers = fetch_workers
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
@@ -176,7 +177,10 @@ class IndexingPipeline:
         retried later do not count)."""
         while True:
             await self._submissions.flushed()
-            if not self._held and not await self._with_store(self.jobs.due, 1):
+            due = await self._with_store(self.jobs.due, 1)
+            # Asked after the table: rows claimed while it answered are in hand by now, or
+            # still being claimed.
+            if not due and not self._held and not self._claiming:
                 return
             self._wake.set()
             await asyncio.sleep(0.05)
@@ -189,7 +193,7 @@ class IndexingPipeline:
             claimed: list[Job] = []
             if room > 0:
                 try:
-                    claimed = await self.jobs.claim(room)
+                    claimed = await self._claim(room)
                 except StoreUnavailable as exc:
                     log.error("database unavailable, cannot take jobs: %s", exc)
                     await asyncio.sleep(_FEED_POLL_S * 2)
@@ -212,6 +216,13 @@ class IndexingPipeline:
             await asyncio.sleep(self.jobs.lease_s / 3)
             with contextlib.suppress(StoreUnavailable):
                 await self.jobs.renew(list(self._held))
+
+    async def _claim(self, room: int) -> list[Job]:
+        self._claiming = True  # join() must not take these rows for done while they come
+        try:
+            return await self.jobs.claim(room)
+        finally:
+            self._claiming = False
 
     async def _with_fresh_urls(self, jobs: list[Job]) -> list[Job]:
         """The jobs, those whose signed URL expired with a fresh one (kept on their rows); one
