@@ -12,6 +12,7 @@ import aiohttp
 import discord
 
 from bot.client import ClipfindBot
+from bot.signed_urls import url_refresher
 from bot.startup import (
     INTENT_REFUSED,
     SHARD_REFUSED,
@@ -114,6 +115,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     pipeline=pipeline,
                     policy=policy,
                 )
+                pipeline.signed_urls.refresh = url_refresher(bot)
                 bot.reindexing = await adopt_model(engine, store, encoder.model_id)
                 async with (
                     bot,

@@ -1,20 +1,24 @@
 """Deleting vectors so that they stay deleted.
 
-Images already in the pipeline when a deletion comes (queued, downloading, in a batch) could be
-written after it. The pipeline itself drops those of deleted messages, excluded channels and
-opted-out members just before writing; for what it cannot know (a deleted channel's threads, a
-purged server), every deletion also runs twice: now, and again once the pipeline has drained.
+A deletion takes the queued jobs it covers in its own transaction, and a job whose row is gone
+is never stored (see retrieval/store/deletes.py), so images already in the jobs table (waiting,
+downloading, in a batch) are covered. Images submitted before the deletion but written as rows
+after it are not: a burst waiting for its transaction, or a backfill page read before the
+deletion and queued after it (backfill waits for room in the queue in between). So every
+deletion also runs a second time, once the pipeline has drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from retrieval.errors import StoreUnavailable
+from retrieval.patience import patiently
 
 if TYPE_CHECKING:
     from retrieval.indexing import IndexingPipeline
@@ -24,7 +28,6 @@ log = logging.getLogger(__name__)
 # Under a sustained flood the pipeline may never be idle; by then the images that were in
 # flight at the deletion are long written, so sweep anyway.
 DRAIN_PATIENCE_S = 600.0
-_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0
 
 Delete = Callable[[], Awaitable[int]]
 
@@ -50,14 +53,13 @@ class Eraser:
         self, delete: Delete, *, what: str, still: Callable[[], bool] | None = None
     ) -> int:
         """The same for Discord events, which come once: a database outage is waited out."""
-        delay = _RETRY_FIRST_S
-        while True:
-            try:
-                return await self.erase(delete, what=what, still=still)
-            except StoreUnavailable as exc:
-                log.error("could not delete %s, retrying in %.1fs: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+
+        def waiting(exc: StoreUnavailable, delay: float) -> None:
+            log.error("could not delete %s, retrying in %.1fs: %s", what, delay, exc)
+
+        return await patiently(
+            functools.partial(self.erase, delete, what=what, still=still), waiting=waiting
+        )
 
     async def _again(self, delete: Delete, what: str, still: Callable[[], bool] | None) -> None:
         with contextlib.suppress(TimeoutError):

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+
+import numpy as np
 
 from bot.erasure import Eraser
 from retrieval.errors import StoreUnavailable
+from retrieval.indexing import LIVE, ImageRef, JobQueue
+from retrieval.indexing.submit import Submissions
+from tests.records import MODEL, image_record
 
 
 class Pipeline:
@@ -44,7 +50,7 @@ async def test_deletes_again_after_the_pipeline_drains_unless_undone():
 
 
 async def test_patient_erase_waits_out_a_database_outage(monkeypatch):
-    monkeypatch.setattr("bot.erasure._RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
     pipeline = Pipeline()
     pipeline.drained.set()
     eraser = Eraser(pipeline)
@@ -57,4 +63,41 @@ async def test_patient_erase_waits_out_a_database_outage(monkeypatch):
         return outcome
 
     assert await eraser.erase_patiently(delete, what="message 1") == 3
+    eraser.close()
+
+
+async def test_an_image_queued_only_after_its_deletion_is_swept_once_indexed(store):
+    """Why the second run is needed although a deletion takes the jobs it covers: a job row
+    written after the deletion (submitted before it) is out of that deletion's reach."""
+    jobs = JobQueue(store.engine, model_id=MODEL)
+    written_late = asyncio.Event()
+    enqueue = jobs.enqueue
+
+    async def enqueue_late(refs, **options) -> None:
+        await written_late.wait()
+        await enqueue(refs, **options)
+
+    jobs.enqueue = enqueue_late
+    submissions = Submissions(jobs, written=lambda: None)
+    ref = ImageRef(
+        guild_id=1, channel_id=10, message_id=1000, image_key=0, kind="attachment",
+        author_id=70, posted_at=datetime(2026, 1, 1, tzinfo=UTC), url="u", source_url="u",
+        filename="img0.png",
+    )
+    submitted = asyncio.create_task(submissions.write([ref], LIVE))
+    await asyncio.sleep(0.01)
+    pipeline = Pipeline()
+    eraser = Eraser(pipeline)
+    assert await eraser.erase(lambda: store.delete_messages([1000]), what="message 1000") == 0
+
+    written_late.set()
+    await submitted
+    (job,) = await jobs.claim(1)  # the pipeline indexes it: nothing had deleted its job
+    assert await store.upsert([image_record(0, np.ones(4, np.float32))], job_ids=[job.id]) == 1
+    pipeline.drained.set()
+    for _ in range(100):
+        if not await store.known_keys(1000):
+            break
+        await asyncio.sleep(0.02)
+    assert await store.known_keys(1000) == set()
     eraser.close()

@@ -68,6 +68,16 @@ async def test_a_lease_keeps_others_off_until_it_runs_out_or_is_released(queue, 
     assert [again.id for again in await short.claim(10)] == [job.id]  # the consumer "died"
 
 
+async def test_a_refreshed_url_is_kept_for_the_next_attempts(queue):
+    await queue.enqueue([ref(i) for i in range(3)])
+    jobs = await queue.claim(10)
+    fresh = {jobs[0].id: "https://cdn.example/attachments/0.png?ex=2", jobs[1].id: "b"}
+    await queue.set_urls(fresh)
+    await queue.release()
+    again = {job.id: job.ref.url for job in await queue.claim(10)}
+    assert again == {**{job.id: job.ref.url for job in jobs}, **fresh}
+
+
 async def test_live_images_are_claimed_before_history(queue):
     await queue.enqueue([ref(i) for i in range(3)], priority=HISTORY)
     await queue.enqueue([ref(10)], priority=LIVE)

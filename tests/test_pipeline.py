@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 
 import aiohttp
@@ -315,9 +316,7 @@ class _FlakyStore:
 
 
 async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
-    import retrieval.indexing.pipeline
-
-    monkeypatch.setattr(retrieval.indexing.pipeline, "_STORE_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
     pipeline.store = _FlakyStore(store, outages=3)
     for i in range(5):
         host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")
@@ -411,3 +410,83 @@ async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encod
         await pipe.join()
         assert gated.sizes == [1, 4]
         assert pipe.counters.indexed == 5 and await store.count(guild_id=1) == 5
+
+
+class Refresher:
+    """Discord's refresh-urls as the pipeline sees it: every URL re-signed as ``renamed``'s
+    target, or echoed unchanged (gone) when it has none."""
+
+    def __init__(self, host: ImageHost, renamed: dict[str, str]) -> None:
+        self.host, self.renamed = host, renamed
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, urls):
+        self.calls.append(list(urls))
+        out = {}
+        for url in urls:
+            name = url.split("?")[0].rsplit("/", 1)[-1]
+            target = self.renamed.get(name)
+            out[url] = signed(self.host, target, time.time() + 86400) if target else url
+        return out
+
+
+def signed(host: ImageHost, name: str, expiry: float) -> str:
+    return f"{host.base}/{name}?ex={int(expiry):x}&is={int(expiry) - 86400:x}&hm=sig&"
+
+
+async def test_an_expired_attachment_url_is_refreshed_before_the_download(host, pipeline, store):
+    host.files["fresh.png"] = (png_bytes(draw("red", "circle", rng=1)), "image/png")
+    refresher = pipeline.signed_urls.refresh = Refresher(host, {"stale.png": "fresh.png"})
+    expired = signed(host, "stale.png", time.time() - 60)
+    await pipeline.submit([ref(host, "stale.png", 60, url=expired)])
+    await pipeline.join()
+    assert await store.known_keys(60) == {600}
+    assert refresher.calls == [[expired]]
+    assert "stale.png" not in host.hits  # the expired URL was never tried
+
+
+async def test_a_404_on_a_signed_url_is_refreshed_and_only_a_gone_one_is_permanent(
+    host, pipeline, store
+):
+    host.files["resigned.png"] = (png_bytes(draw("blue", "star", rng=2)), "image/png")
+    refresher = pipeline.signed_urls.refresh = Refresher(host, {"rotated.png": "resigned.png"})
+    # Not expired by its `ex`, yet the CDN refuses it (re-signed since, or deleted).
+    rotated = signed(host, "rotated.png", time.time() + 3600)
+    deleted = signed(host, "deleted.png", time.time() + 3600)
+    preview = f"{host.base}/preview.png"  # a link preview: not a signed attachment
+    await pipeline.submit(
+        [
+            ref(host, "rotated.png", 61, url=rotated),
+            ref(host, "deleted.png", 62, url=deleted),
+            ref(host, "preview.png", 63, url=preview, kind="embed"),
+        ]
+    )
+    await pipeline.join()
+    assert await store.known_keys(61) == {610}
+    assert not await store.known_keys(62) and not await store.known_keys(63)
+    assert pipeline.counters.failed == {"http_404": 2}
+    assert sorted(url for call in refresher.calls for url in call) == sorted([rotated, deleted])
+    assert host.hits == {"rotated.png": 1, "resigned.png": 1, "deleted.png": 1, "preview.png": 1}
+    assert (await pipeline.jobs.backlog()).waiting == 0
+
+
+async def test_a_failed_refresh_is_retried_later(host, pipeline, store):
+    host.files["later.png"] = (png_bytes(draw("green", "cross", rng=3)), "image/png")
+    answers = Refresher(host, {"moved.png": "later.png"})
+    failures = 2
+
+    async def flaky(urls):
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ConnectionResetError("Discord's API is having a moment")
+        return await answers(urls)
+
+    pipeline.signed_urls.refresh = flaky
+    await pipeline.submit([ref(host, "moved.png", 64, url=signed(host, "moved.png", time.time()))])
+    for _ in range(100):
+        if await store.known_keys(64):
+            break
+        await asyncio.sleep(0.05)
+    assert await store.known_keys(64) == {640}
+    assert not pipeline.counters.failed and pipeline.counters.retried >= 1

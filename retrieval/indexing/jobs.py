@@ -201,6 +201,19 @@ class JobQueue:
         async with self._transaction() as conn:
             return (await conn.execute(stmt)).rowcount
 
+    async def set_urls(self, urls: dict[int, str]) -> None:
+        """Keep fresh download URLs (job id -> URL), so later attempts use them too."""
+        if not urls:
+            return
+        stmt = (
+            update(IndexJob)
+            .where(IndexJob.id == bindparam("job_id"))
+            .values(url=bindparam("fresh_url"))
+        )
+        rows = [{"job_id": job_id, "fresh_url": url} for job_id, url in urls.items()]
+        async with self._transaction() as conn:
+            await conn.execute(stmt, rows)
+
     async def done(self, job_ids: Collection[int]) -> None:
         """Rows whose image needs nothing more (already stored, or no longer wanted)."""
         if not job_ids:

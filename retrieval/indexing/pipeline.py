@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,20 +30,22 @@ from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
 from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
+from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
+from retrieval.patience import patiently
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
 
-_STORE_RETRY_FIRST_S = 0.5
-_STORE_RETRY_MAX_S = 30.0
 # While one batch encodes the next is formed and waits at the encoder, and the first one's write
 # overlaps the next encode: the model does not idle on the store (benchmarks/RESULTS.md).
 _BATCHES_IN_FLIGHT = 2
 # Rows due later (retries) or leased by a consumer that died are looked for this often when
 # nothing wakes the feeder sooner.
 _FEED_POLL_S = 1.0
+# What a signed attachment URL answers once it has expired (or was re-signed).
+_EXPIRED_LINK = frozenset({"http_403", "http_404"})
 
 
 @dataclass
@@ -101,6 +103,7 @@ class IndexingPipeline:
         self._intake: asyncio.Queue[Job] = asyncio.Queue()
         self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._held: dict[int, Job] = {}  # claimed and not finished: the window onto the table
+        self._claiming = False
         self._wake = asyncio.Event()
         self._fetch_workers = fetch_workers
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
@@ -113,6 +116,8 @@ class IndexingPipeline:
         self._encoder_idle.set()
         self._submissions = Submissions(jobs, written=self._wake.set)
         self._waves = RetryWaves(jobs)
+        # Its ``refresh`` is connected by the Discord adapter; without it URLs are used as queued.
+        self.signed_urls = SignedUrls()
         self._closing = False
 
     @property
@@ -172,7 +177,10 @@ class IndexingPipeline:
         retried later do not count)."""
         while True:
             await self._submissions.flushed()
-            if not self._held and not await self._with_store(self.jobs.due, 1):
+            due = await self._with_store(self.jobs.due, 1)
+            # Asked after the table: rows claimed while it answered are in hand by now, or
+            # still being claimed.
+            if not due and not self._held and not self._claiming:
                 return
             self._wake.set()
             await asyncio.sleep(0.05)
@@ -185,12 +193,14 @@ class IndexingPipeline:
             claimed: list[Job] = []
             if room > 0:
                 try:
-                    claimed = await self.jobs.claim(room)
+                    claimed = await self._claim(room)
                 except StoreUnavailable as exc:
                     log.error("database unavailable, cannot take jobs: %s", exc)
-                    await asyncio.sleep(_STORE_RETRY_FIRST_S * 4)
+                    await asyncio.sleep(_FEED_POLL_S * 2)
                     continue
             for job in claimed:
+                self._held[job.id] = job
+            for job in await self._with_fresh_urls(claimed):
                 self._held[job.id] = job
                 self._intake.put_nowait(job)
             if claimed and len(claimed) == room:
@@ -206,6 +216,31 @@ class IndexingPipeline:
             await asyncio.sleep(self.jobs.lease_s / 3)
             with contextlib.suppress(StoreUnavailable):
                 await self.jobs.renew(list(self._held))
+
+    async def _claim(self, room: int) -> list[Job]:
+        self._claiming = True  # join() must not take these rows for done while they come
+        try:
+            return await self.jobs.claim(room)
+        finally:
+            self._claiming = False
+
+    async def _with_fresh_urls(self, jobs: list[Job]) -> list[Job]:
+        """The jobs, those whose signed URL expired with a fresh one (kept on their rows); one
+        request per 50 of them. Gone attachments, and a refresh that fails, are left to the
+        download, which decides."""
+        stale = [job for job in jobs if self.signed_urls.expired(job.ref)]
+        if not stale:
+            return jobs
+        try:
+            fresh = await self.signed_urls.renew([job.ref.url for job in stale])
+        except FetchError as exc:
+            log.warning("could not refresh %d expired attachment URLs: %s", len(stale), exc)
+            return jobs
+        urls = {job.id: url for job in stale if (url := fresh[job.ref.url]) is not None}
+        with contextlib.suppress(StoreUnavailable):  # this attempt has them anyway
+            await self.jobs.set_urls(urls)
+        log.debug("refreshed %d of %d expired attachment URLs", len(urls), len(stale))
+        return [_with_url(job, urls[job.id]) if job.id in urls else job for job in jobs]
 
     def _finished(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
@@ -245,7 +280,7 @@ class IndexingPipeline:
     async def _fetch_one(self, job: Job) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
         ref = job.ref
-        data = await self.fetcher.fetch(ref.url, declared_size=ref.size)
+        data = await self._download(job)
         loop = asyncio.get_running_loop()
         kind = sniff_image_type(data[:64])
         if kind is None:
@@ -263,6 +298,21 @@ class IndexingPipeline:
         del data, work
         await self._prepared.put(_Prepared(job, content_hash, content_type, pixels))
         return True
+
+    async def _download(self, job: Job) -> bytes:
+        ref = job.ref
+        try:
+            return await self.fetcher.fetch(ref.url, declared_size=ref.size)
+        except FetchError as exc:
+            # An expired link answers like a deleted attachment: only a refresh tells them apart.
+            if exc.reason not in _EXPIRED_LINK or not self.signed_urls.applies(ref):
+                raise
+            fresh = (await self.signed_urls.renew([ref.url]))[ref.url]
+            if fresh is None:
+                raise  # Discord did not refresh it: the attachment is gone
+        with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
+            await self.jobs.set_urls({job.id: fresh})
+        return await self.fetcher.fetch(fresh, declared_size=ref.size)
 
     async def _failed(
         self, job: Job, error: Exception, *, transient: bool, reason: str | None = None
@@ -389,16 +439,17 @@ class IndexingPipeline:
 
     async def _with_store(self, call, *args):
         """Call the store, waiting out an outage instead of dropping the work in hand."""
-        delay = _STORE_RETRY_FIRST_S
-        while True:
-            try:
-                return await call(*args)
-            except StoreUnavailable as exc:
-                if self._closing:
-                    raise
-                log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _STORE_RETRY_MAX_S)
+
+        def waiting(exc: StoreUnavailable, delay: float) -> None:
+            log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
+
+        return await patiently(
+            functools.partial(call, *args), waiting=waiting, give_up=lambda: self._closing
+        )
+
+
+def _with_url(job: Job, url: str) -> Job:
+    return replace(job, ref=replace(job.ref, url=url))
 
 
 def _sha256(data: bytes) -> str:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.patience import patiently
 
 log = logging.getLogger(__name__)
-
-_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0
 
 
 class Submissions:
@@ -37,30 +37,33 @@ class Submissions:
             await asyncio.shield(self._flusher)
 
     async def _flush(self) -> None:
-        delay = _RETRY_FIRST_S
         while self._pending:
-            batch, self._pending = self._pending, []
-            refs = [ref for part, _, _ in batch for ref in part]
-            priorities = [priority for part, priority, _ in batch for _ in part]
-            try:
-                await self._jobs.enqueue(refs, priority=priorities)
-            except StoreUnavailable as exc:
+            batch: list[tuple[Sequence[ImageRef], int, asyncio.Future[None]]] = []
+
+            def waiting(exc: StoreUnavailable, delay: float, batch=batch) -> None:
                 # Nothing is lost while the process lives: the callers are still waiting.
-                log.error("database unavailable, cannot queue %d images yet: %s", len(refs), exc)
-                self._pending[:0] = batch
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
+                n = sum(len(refs) for refs, _, _ in batch)
+                log.error("database unavailable, cannot queue %d images yet: %s", n, exc)
+
+            try:
+                await patiently(functools.partial(self._write, batch), waiting=waiting)
             except Exception as exc:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            delay = _RETRY_FIRST_S
             for _, _, future in batch:
                 if not future.done():
                     future.set_result(None)
             self._written()
+
+    async def _write(self, batch: list) -> None:
+        # What was submitted while the database was down joins the next try: one transaction.
+        batch += self._pending
+        self._pending = []
+        refs = [ref for part, _, _ in batch for ref in part]
+        priorities = [priority for part, priority, _ in batch for _ in part]
+        await self._jobs.enqueue(refs, priority=priorities)
 
     async def close(self) -> None:
         if self._flusher is not None:

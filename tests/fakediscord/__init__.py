@@ -64,7 +64,8 @@ What the bot did
   (RecordedRequest(method, path, query, json, files)), `fd.identify_payloads`,
   `fd.identifies` (Identify(at=time.monotonic(), shard_id, shard_count) per accepted IDENTIFY),
   `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
-  `fd.cdn.hits` ((path, status) per CDN request), `fd.unknown_routes`.
+  `fd.cdn.hits` ((path, status) per CDN request), `fd.cdn.requests_for(url)` ((monotonic
+  time, status) per request for one URL), `fd.unknown_routes`.
 
 Lifecycle (all async, all take `dispatch=False` for offline changes)
 -------------------------------------------------------------------
@@ -73,7 +74,9 @@ Lifecycle (all async, all take `dispatch=False` for offline changes)
 `update_channel_overwrites`, `remove_bot_from_guild`, `add_bot_to_guild`,
 `remove_member`, `update_member_roles`, `update_role`; plus `expire_attachment_links()`,
 `advance_clock(seconds)`, `set_cdn_fault(url, delay=, fail_first=, fail_status=,
-content_type=, declared_length=, stall=, redirect_to=)`, `await fd.wait_ready(timeout=)`,
+content_type=, declared_length=, stall=, redirect_to=)`, `fd.cdn.go_down(status=503,
+retry_after=None)` (every CDN request fails until `fd.cdn.recover()`),
+`await fd.wait_ready(timeout=)`,
 `await fd.flush()`, `await fd.reconnect_clients()`.
 
 Discord behaviour reproduced on purpose

@@ -16,6 +16,7 @@ import io
 import logging
 import mimetypes
 import secrets
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
@@ -47,6 +48,14 @@ class Fault:
     served: int = 0
 
 
+@dataclass
+class Outage:
+    """The whole CDN answering `status` to every request until `Cdn.recover()`."""
+
+    status: int = 503
+    retry_after: float | None = None  # sent as Retry-After (seconds) when set
+
+
 def probe_image(data: bytes) -> tuple[str | None, int | None, int | None]:
     """(content type, width, height) when Pillow recognises the bytes, else Nones."""
     from PIL import Image
@@ -70,6 +79,8 @@ class Cdn:
         self._proxied_urls: dict[str, str] = {}  # images-ext proxy token -> external path
         self.faults: dict[str, Fault] = {}
         self.hits: list[tuple[str, int]] = []  # (path, status) for every CDN request
+        self.hit_times: list[float] = []  # time.monotonic() of each of `hits`
+        self.outage: Outage | None = None
         self.closing = asyncio.Event()
 
     # -- attachments -------------------------------------------------------------------
@@ -125,6 +136,20 @@ class Cdn:
 
     # -- faults ------------------------------------------------------------------------
 
+    def go_down(self, *, status: int = 503, retry_after: float | None = None) -> Outage:
+        """Answer every CDN request with ``status`` (and Retry-After) until `recover()`."""
+        self.outage = Outage(status, retry_after)
+        return self.outage
+
+    def recover(self) -> None:
+        self.outage = None
+
+    def requests_for(self, url: str) -> list[tuple[float, int]]:
+        """(time.monotonic(), status) of every request for one URL, whatever its signature."""
+        path = _canonical(unquote(urlsplit(url).path))
+        return [(at, status) for (hit, status), at in zip(self.hits, self.hit_times, strict=True)
+                if hit == path]
+
     def set_fault(self, url: str, **spec: object) -> Fault:
         fault = Fault(**spec)  # type: ignore[arg-type]
         self.faults[_canonical(unquote(urlsplit(url).path))] = fault
@@ -140,7 +165,22 @@ class Cdn:
             web.get("/external/{token}", self._proxied),
         ]
 
+    def _hit(self, path: str, status: int) -> None:
+        self.hits.append((path, status))
+        self.hit_times.append(time.monotonic())
+
+    def _down(self, request: web.Request, path: str | None = None) -> web.Response | None:
+        if self.outage is None:
+            return None
+        self._hit(path or _canonical(request.path), self.outage.status)
+        headers = {}
+        if self.outage.retry_after is not None:
+            headers["Retry-After"] = f"{self.outage.retry_after:g}"
+        return web.Response(status=self.outage.status, text="upstream error", headers=headers)
+
     async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        if (down := self._down(request)) is not None:
+            return down
         m = request.match_info
         att = self.files.get((int(m["channel"]), int(m["id"])))
         if att is None or unquote(m["filename"]) != att.filename or not self._valid(request):
@@ -159,10 +199,12 @@ class Cdn:
         return good and self._clock() <= ex
 
     def _gone(self, request: web.Request) -> web.Response:
-        self.hits.append((_canonical(request.path), 404))
+        self._hit(_canonical(request.path), 404)
         return web.Response(status=404, text=GONE)
 
     async def _external(self, request: web.Request) -> web.StreamResponse:
+        if (down := self._down(request)) is not None:
+            return down
         found = self.external.get(request.path)
         if found is None:
             return self._gone(request)
@@ -170,6 +212,8 @@ class Cdn:
 
     async def _proxied(self, request: web.Request) -> web.StreamResponse:
         target = self._proxied_urls.get(request.match_info["token"], "")
+        if (down := self._down(request, target)) is not None:
+            return down
         fault = self.faults.get(target)
         if fault is not None and fault.redirect_to:  # the picture need not be hosted here
             return self._redirect(target, fault)
@@ -184,7 +228,7 @@ class Cdn:
         path = path or _canonical(request.path)
         fault = self.faults.get(path)
         if fault is None:
-            self.hits.append((path, 200))
+            self._hit(path, 200)
             return web.Response(body=data, headers={"Content-Type": content_type})
         if fault.redirect_to:
             return self._redirect(path, fault)
@@ -192,9 +236,9 @@ class Cdn:
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.served <= fault.fail_first:
-            self.hits.append((path, fault.fail_status))
+            self._hit(path, fault.fail_status)
             return web.Response(status=fault.fail_status, text="upstream error")
-        self.hits.append((path, 200))
+        self._hit(path, 200)
         body = data
         if fault.declared_length is not None and fault.declared_length > len(data):
             body = data + bytes(fault.declared_length - len(data))
@@ -213,7 +257,7 @@ class Cdn:
 
     def _redirect(self, path: str, fault: Fault) -> web.Response:
         fault.served += 1
-        self.hits.append((path, 302))
+        self._hit(path, 302)
         return web.Response(status=302, headers={"Location": fault.redirect_to or ""})
 
 
