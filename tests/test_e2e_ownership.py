@@ -9,14 +9,10 @@ servers of the shard it runs, as Discord would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import discord
 import pytest
 
-from bot.app import open_bot
 from bot.client import ClipfindBot
 from bot.ownership import shard_of
 from retrieval.config import Settings
@@ -32,26 +28,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SHARDS = 2
 
 
-@contextlib.asynccontextmanager
-async def running_shard(
-    settings: Settings, fd: FakeDiscord, *, shard: int
-) -> AsyncIterator[ClipfindBot]:
-    """The bot started as shard ``shard`` of SHARDS, as discord.py takes it from its options."""
-    async with open_bot(settings) as bot:
-        if isinstance(bot, discord.AutoShardedClient):
-            bot.shard_count, bot.shard_ids = SHARDS, [shard]
-        else:
-            bot.shard_count, bot.shard_id = SHARDS, shard
-            bot._connection.shard_count = SHARDS
-        task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
-        try:
-            await fd.wait_ready(timeout=30)
-            await asyncio.wait_for(bot.wait_until_ready(), 30)
-            yield bot
-        finally:
-            await bot.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+def running_shard(settings: Settings, fd: FakeDiscord, *, shard: int):
+    """The bot started as shard ``shard`` of SHARDS, through its settings."""
+    return running_bot(
+        settings.model_copy(update={"shard_count": SHARDS, "shard_ids": str(shard)}), fd
+    )
 
 
 async def server_on(
