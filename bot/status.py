@@ -75,6 +75,9 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
             f"**This process since start:** {pipeline.indexed} encoded, {pipeline.reused} "
             f"reposts reused, {pipeline.retried} retries; {bot.pipeline.queued} in hand, "
             f"{pipeline.in_flight} downloading; {pipeline.images_per_s():.1f} images/s"
+            if bot.pipeline.consumes
+            else f"**This process since start:** {pipeline.submitted} images queued; encoder "
+            "workers encode them (ENCODE_IMAGES=false)"
         ),
         (
             f"**Searches:** {encoder.text_queries} ({encoder.text_cache_hits} from the cache); "

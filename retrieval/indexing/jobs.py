@@ -287,6 +287,13 @@ class JobQueue:
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 
+    async def unfinished(self, at_most: int) -> int:
+        """How many due rows wait or are being worked on by any consumer, counting no further
+        than ``at_most`` (rows only claimed when due, so a claimed row is a due one)."""
+        capped = select(IndexJob.id).where(IndexJob.retry_at <= _now()).limit(at_most).subquery()
+        async with self._transaction() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(capped)))
+
     async def retrying(self) -> int:
         """Rows waiting for a retry after a transient failure, in every server."""
         async with self._transaction() as conn:

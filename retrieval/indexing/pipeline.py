@@ -87,6 +87,7 @@ class IndexingPipeline:
         queue_size: int = 256,
         fetch_workers: int = 8,
         decode_threads: int | None = None,
+        consume: bool = True,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -114,6 +115,8 @@ class IndexingPipeline:
         self._submissions = Submissions(jobs, written=self._wake.set)
         self._waves = RetryWaves(jobs)
         self._closing = False
+        # False: this process only queues images; other processes (workers) take them.
+        self.consumes = consume
 
     @property
     def model_id(self) -> str:
@@ -125,6 +128,8 @@ class IndexingPipeline:
         return len(self._held)
 
     async def start(self) -> None:
+        if not self.consumes:
+            return
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name=f"clip-fetch-{i}")
             for i in range(self._fetch_workers)
@@ -169,10 +174,14 @@ class IndexingPipeline:
 
     async def join(self) -> None:
         """Wait until nothing is due: every job that can be done now is done (jobs waiting to be
-        retried later do not count)."""
+        retried later do not count). Without a consumer here, that waits for other processes:
+        until no due job is left, claimed or not."""
         while True:
             await self._submissions.flushed()
-            if not self._held and not await self._with_store(self.jobs.due, 1):
+            if not self.consumes:
+                if not await self._with_store(self.jobs.unfinished, 1):
+                    return
+            elif not self._held and not await self._with_store(self.jobs.due, 1):
                 return
             self._wake.set()
             await asyncio.sleep(0.05)
