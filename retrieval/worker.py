@@ -1,0 +1,145 @@
+"""An encoder worker: no Discord connection, it takes image jobs from the database queue,
+downloads, decodes and encodes them in batches on its GPU or CPU, and stores the vectors.
+
+Gateway processes queue the images (`ENCODE_IMAGES=false` leaves all encoding to workers); any
+number of workers drain the one queue side by side on PostgreSQL, each claiming rows for a lease.
+A worker that dies loses nothing: its claims run out and another worker takes them again, and a
+vector is stored in the transaction that deletes its job, so each image is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from retrieval.assembly import Indexing, open_indexing
+from retrieval.config import Settings
+from retrieval.db import UPGRADE_HINT, check_schema, create_engine
+from retrieval.errors import ConfigError, StoreUnavailable
+from retrieval.indexing import IndexingPipeline
+from retrieval.signals import stopped_by_signals
+
+log = logging.getLogger(__name__)
+
+NEEDS_POSTGRES = (
+    "a worker is a process of its own next to the bot, and SQLite serves one process only: run "
+    "the bot and its workers on PostgreSQL (DATABASE_URL=postgresql+asyncpg://...). A single bot "
+    "on SQLite encodes its images itself and needs no worker"
+)
+REPORT_EVERY_S = 60.0
+_WAIT_FIRST_S, _WAIT_MAX_S = 1.0, 30.0
+_WAITING_COUNTED = 100_000  # enough to tell the size of a backlog; counting all of it costs
+
+
+async def run_worker(settings: Settings) -> int:
+    """Drain the jobs table until SIGTERM/SIGINT; returns the process exit status (0)."""
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError(NEEDS_POSTGRES)
+    stop = asyncio.Event()
+    with stopped_by_signals(stop.set):
+        engine = create_engine(settings.database_url)
+        try:
+            if not await _schema_ready(engine, stop=stop):
+                return 0
+            async with open_indexing(settings, engine=engine) as indexing:
+                log.info(
+                    "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
+                    "encoding queued images until stopped",
+                    indexing.encoder.model_id,
+                    indexing.encoder.device,
+                    indexing.encoder.precision,
+                    indexing.pipeline.batch_size,
+                    database_name(engine),
+                )
+                reporter = asyncio.create_task(_report(indexing), name="worker-report")
+                try:
+                    await stop.wait()
+                finally:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
+        finally:
+            await engine.dispose()
+    log.info("encoder worker stopped")
+    return 0
+
+
+def database_name(engine: AsyncEngine) -> str:
+    """host/database, without the password; a unix socket's folder stands for the host."""
+    url = engine.url
+    host = url.host or url.query.get("host") or "localhost"
+    return f"{host}/{url.database or ''}"
+
+
+async def _schema_ready(engine: AsyncEngine, *, stop: asyncio.Event) -> bool:
+    """Wait for a database at this code's schema; False when stopped meanwhile.
+
+    A database that is away (not up yet, restarting) or still empty is waited for: the bot
+    creates the schema, and two processes creating it at once would collide. A schema behind or
+    ahead of this code raises SchemaError, as it stops the bot.
+    """
+    delay = _WAIT_FIRST_S
+    while True:
+        try:
+            if await check_schema(engine) is not None:
+                return True
+            log.warning(
+                "the database %s has no clipfind schema yet; waiting for the bot to create it "
+                "(or run `%s`), trying again in %.0fs",
+                database_name(engine),
+                UPGRADE_HINT,
+                delay,
+            )
+        except StoreUnavailable as exc:
+            log.error(
+                "cannot reach the database %s, trying again in %.0fs: %s",
+                database_name(engine),
+                delay,
+                exc,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return False
+        delay = min(delay * 2, _WAIT_MAX_S)
+
+
+async def _report(indexing: Indexing) -> None:
+    """Every minute that saw work: this worker's throughput, and what still waits."""
+    pipeline = indexing.pipeline
+    before, since = _done(pipeline), time.monotonic()
+    while True:
+        await asyncio.sleep(REPORT_EVERY_S)
+        done, now = _done(pipeline), time.monotonic()
+        if done == before:
+            since = now
+            continue
+        try:
+            waiting = await pipeline.jobs.waiting(at_most=_WAITING_COUNTED)
+        except StoreUnavailable:
+            queued = "unknown (database unavailable)"
+        else:
+            queued = f"{waiting}{'+' if waiting >= _WAITING_COUNTED else ''}"
+        counters = pipeline.counters
+        log.info(
+            "encoder worker: %d images in the last %.0fs (%.1f/s); since start %d encoded, %d "
+            "reposts reused, %d skipped; %d in hand; queued in the database: %s",
+            done - before,
+            now - since,
+            (done - before) / (now - since),
+            counters.indexed,
+            counters.reused,
+            sum(counters.failed.values()),
+            pipeline.queued,
+            queued,
+        )
+        before, since = done, now
+
+
+def _done(pipeline: IndexingPipeline) -> int:
+    counters = pipeline.counters
+    return counters.indexed + counters.reused + sum(counters.failed.values())
