@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,13 +34,18 @@ class Indexing:
 
 @contextlib.asynccontextmanager
 async def open_indexing(
-    settings: Settings, *, engine: AsyncEngine, consume: bool = True
+    settings: Settings,
+    *,
+    engine: AsyncEngine,
+    consume: bool = True,
+    loaded: Callable[[Encoder], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Indexing]:
     """Everything started; on the way out, batches being encoded get SHUTDOWN_DEADLINE_S to
     finish and the rest of the claimed jobs go back to the table.
 
     ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
-    model is still loaded, for search queries, but no job is taken from the table.
+    model is still loaded, for search queries, but no job is taken from the table. ``loaded``
+    is awaited with the model before any job is: it may refuse it by raising.
     """
     encoder = await asyncio.to_thread(
         Encoder.load,
@@ -49,6 +54,8 @@ async def open_indexing(
         device=settings.clip_device,
         precision=settings.clip_precision,
     )
+    if loaded is not None:
+        await loaded(encoder)
     service = EncoderService(encoder)
     store = open_store(engine)
     connector = aiohttp.TCPConnector(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -19,9 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from retrieval.assembly import Indexing, open_indexing
 from retrieval.config import Settings
 from retrieval.db import UPGRADE_HINT, check_schema, create_engine
+from retrieval.encoder import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import IndexingPipeline
+from retrieval.reindex import INDEX_MODEL_KEY
 from retrieval.signals import stopped_by_signals
+from retrieval.state import get_state
+from retrieval.store.reads import database_errors
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,8 @@ async def run_worker(settings: Settings) -> int:
         try:
             if not await _schema_ready(engine, stop=stop):
                 return 0
-            async with open_indexing(settings, engine=engine) as indexing:
+            loaded = functools.partial(_refuse_another_model, engine)
+            async with open_indexing(settings, engine=engine, loaded=loaded) as indexing:
                 log.info(
                     "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
                     "encoding queued images until stopped",
@@ -106,6 +112,18 @@ async def _schema_ready(engine: AsyncEngine, *, stop: asyncio.Event) -> bool:
         if stop.is_set():
             return False
         delay = min(delay * 2, _WAIT_MAX_S)
+
+
+async def _refuse_another_model(engine: AsyncEngine, encoder: Encoder) -> None:
+    """The index is searched with the bot's model: vectors of another are never found."""
+    with database_errors():
+        recorded = await get_state(engine, INDEX_MODEL_KEY)
+    if recorded is not None and recorded != encoder.model_id:
+        raise ConfigError(
+            f"the index is built with the model {recorded}, and this worker loaded "
+            f"{encoder.model_id}: give it the bot's CLIP_MODEL and CLIP_PRETRAINED (after a "
+            "model switch, start the bot first)"
+        )
 
 
 async def _report(indexing: Indexing) -> None:

@@ -19,6 +19,8 @@ from sqlalchemy import func, select
 from retrieval.db import create_engine, ensure_schema
 from retrieval.indexing import ImageRef, JobQueue
 from retrieval.models import IndexedImage, IndexJob
+from retrieval.reindex import INDEX_MODEL_KEY
+from retrieval.state import set_state
 from tests.conftest import postgres_url
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
@@ -283,6 +285,23 @@ async def test_a_bot_that_does_not_encode_leaves_the_images_to_a_worker(
             assert await worker.stop() == 0
         finally:
             await worker.ensure_gone()
+
+
+async def test_a_worker_on_another_model_than_the_index_refuses_to_start(
+    postgres_engine, tmp_path
+):
+    await set_state(postgres_engine, INDEX_MODEL_KEY, "ViT-B-32/laion2b_s34b_b79k")
+    await JobQueue(postgres_engine, model_id="tiny").enqueue([image_ref(1, "http://x/p1.png")])
+    worker = await Worker.start(tmp_path, worker_env(url_of(postgres_engine), "http://x"))
+    try:
+        assert await asyncio.wait_for(worker.process.wait(), 90) == 2
+    finally:
+        await worker.ensure_gone()
+    assert "the index is built with the model ViT-B-32/laion2b_s34b_b79k" in worker.log()
+    assert "Traceback" not in worker.log()
+    async with postgres_engine.connect() as conn:
+        untouched = (await conn.execute(select(IndexJob.attempts, IndexJob.claimed_until))).all()
+    assert untouched == [(0, None)], "no job was taken"
 
 
 async def _logged(worker: Worker, text: str, *, times: int = 1) -> bool:
