@@ -8,8 +8,10 @@
    in-process pipeline is handed images as the bot hands them (``submit``, which wakes it), a
    worker finds them in the table as a gateway process with ENCODE_IMAGES=false leaves them.
 
-Embedded PostgreSQL (pgvector), images served from loopback by this process, every set-up with
-the same settings (CPU, CLIP_PRECISION auto, the device's default batch size and decode threads).
+Embedded PostgreSQL (pgvector), images served from loopback by a process of their own, every
+set-up with the same settings (CPU, CLIP_PRECISION auto, the device's default batch size and
+decode threads). Each throughput is the best of ``--repeat`` drains: the figures are capacity,
+and other work on a shared machine only ever takes from it.
 
     python -m benchmarks.cluster            # ViT-B-32 with random weights (same cost as trained)
     python -m benchmarks.cluster --quick    # the tiny test model: a check that it runs
@@ -33,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yarl  # noqa: E402
 from sqlalchemy import delete, func, select  # noqa: E402
 
-from benchmarks.harness import image_server, percentile, refs  # noqa: E402
+from benchmarks.harness import percentile, refs  # noqa: E402
 from benchmarks.indexing import make_images  # noqa: E402
 from benchmarks.store import postgres  # noqa: E402
 from retrieval.assembly import open_indexing  # noqa: E402
@@ -45,6 +47,40 @@ from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 _POLL_S = 0.05
+
+
+@contextlib.asynccontextmanager
+async def image_files_server(images: list[tuple[bytes, str]]) -> AsyncIterator[str]:
+    """Serves images[i] at <base>/i from a process of its own, so that serving them takes no
+    CPU time from the event loop of the in-process pipeline (workers have theirs to themselves)."""
+    import socket
+
+    with tempfile.TemporaryDirectory() as folder:
+        _write_files(folder, images)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+            "--directory", folder, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            while True:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+                await asyncio.sleep(0.1)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            await server.wait()
+
+
+def _write_files(folder: str, images: list[tuple[bytes, str]]) -> None:
+    for i, (data, _) in enumerate(images):
+        Path(folder, str(i)).write_bytes(data)
 
 
 def model_settings(quick: bool) -> dict[str, str]:
@@ -89,6 +125,10 @@ async def drain(engine, queue: JobQueue, batch: list[ImageRef]) -> float:
     return len(batch) / elapsed
 
 
+async def best_drain(engine, queue: JobQueue, batch: list[ImageRef], repeat: int) -> float:
+    return max([await drain(engine, queue, batch) for _ in range(repeat)])
+
+
 async def steady(
     engine, batch: list[ImageRef], *, rate: float, put
 ) -> tuple[list[float], float]:
@@ -130,14 +170,14 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "CLIP_MODEL": settings.clip_model,
         "CLIP_PRETRAINED": settings.clip_pretrained or "",
         "CLIP_DEVICE": "cpu",
-        "LOG_LEVEL": "WARNING",
+        "QUEUE_SIZE": str(settings.queue_size),
     }
 
 
 @contextlib.asynccontextmanager
 async def workers(count: int, settings: Settings, logs: Path) -> AsyncIterator[None]:
     """``count`` worker processes, yielded once each has its model loaded and polls the queue."""
-    env = {**worker_env(settings), "LOG_LEVEL": "INFO"}
+    env = {**worker_env(settings), "LOG_LEVEL": "INFO"}  # its start line says it is ready
     started = []
     for i in range(count):
         with (logs / f"worker-{count}-{i}.log").open("wb") as out:
@@ -179,7 +219,7 @@ def latency_line(name: str, lat: list[float], rate: float, kept: float) -> str:
 async def main(args: argparse.Namespace) -> None:
     images = make_images(args.images, args.mix)
     counts = [int(c) for c in args.workers.split(",")]
-    async with postgres("256MB") as url, image_server(images) as base:
+    async with postgres("256MB") as url, image_files_server(images) as base:
         engine = create_engine(url)
         await ensure_schema(engine)
         settings = load_settings(
@@ -187,6 +227,9 @@ async def main(args: argparse.Namespace) -> None:
             database_url=url,
             discord_media_origins=str(yarl.URL(base).origin()),
             clip_device="cpu",
+            # A window of a few batches: with the default 256 the first worker to look would
+            # claim a whole burst of this size and leave the others idle.
+            queue_size=args.window,
             **model_settings(args.quick),
         )
         throughput: dict[str, float] = {}
@@ -208,11 +251,14 @@ async def main(args: argparse.Namespace) -> None:
             print(
                 f"model {indexing.encoder.model_id} on {indexing.encoder.device} in "
                 f"{indexing.encoder.precision}, batches of {pipeline.batch_size}; "
-                f"{args.images} images ({args.mix}); {os.cpu_count()} cores",
+                f"{args.images} images ({args.mix}); QUEUE_SIZE {args.window}; "
+                f"{os.cpu_count()} cores",
                 flush=True,
             )
             await drain(engine, queue, batch(10_000_000, min(8, args.images)))  # warm-up
-            throughput["in-process pipeline"] = await drain(engine, queue, batch(0, args.images))
+            throughput["in-process pipeline"] = await best_drain(
+                engine, queue, batch(0, args.images), args.repeat
+            )
             rate = throughput["in-process pipeline"] * args.load
             lat, kept = await steady(
                 engine, batch(20_000_000, steady_count(rate)), rate=rate, put=pipeline.submit
@@ -224,7 +270,9 @@ async def main(args: argparse.Namespace) -> None:
                 name = f"{count} worker{'s' if count > 1 else ''}"
                 async with workers(count, settings, Path(logs)):
                     await drain(engine, queue, batch(30_000_000, min(8 * count, args.images)))
-                    throughput[name] = await drain(engine, queue, batch(0, args.images))
+                    throughput[name] = await best_drain(
+                        engine, queue, batch(0, args.images), args.repeat
+                    )
                     if count == 1:
                         rate = throughput[name] * args.load
                         lat, kept = await steady(
@@ -255,6 +303,8 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--mix", choices=("mixed", "photos"), default="mixed")
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--window", type=int, default=64, help="QUEUE_SIZE of every set-up")
+    parser.add_argument("--repeat", type=int, default=3, help="drains per set-up, best kept")
     parser.add_argument("--load", type=float, default=0.5, help="share of capacity, steady run")
     parser.add_argument("--steady-s", type=float, default=30.0)
     asyncio.run(main(parser.parse_args()))
