@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -246,6 +247,8 @@ async def main(args: argparse.Namespace) -> None:
             ]
 
         async with open_indexing(settings, engine=engine) as indexing:
+            gc.collect()
+            gc.freeze()  # as the bot and the worker do once loaded
             pipeline: IndexingPipeline = indexing.pipeline
             queue = pipeline.jobs
             print(

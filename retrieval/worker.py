@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import time
 
@@ -52,6 +53,10 @@ async def run_worker(settings: Settings) -> int:
                 return 0
             loaded = functools.partial(_refuse_another_model, engine)
             async with open_indexing(settings, engine=engine, loaded=loaded) as indexing:
+                # torch and open_clip leave hundreds of thousands of long-lived objects that every
+                # full collection would scan again, with the event loop stopped.
+                gc.collect()
+                gc.freeze()
                 log.info(
                     "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
                     "encoding queued images until stopped",
