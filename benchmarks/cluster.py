@@ -287,7 +287,7 @@ async def main(args: argparse.Namespace) -> None:
         await engine.dispose()
 
     base_rate = throughput["in-process pipeline"]
-    print("\nthroughput (queue to empty jobs table), against the in-process pipeline:")
+    print("\nthroughput (first claim to empty jobs table), against the in-process pipeline:")
     for name, rate in throughput.items():
         print("  " + line(name, rate, base_rate))
     print(f"\nqueued to stored under a steady load ({args.load:.0%} of each one's throughput, "

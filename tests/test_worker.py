@@ -5,6 +5,7 @@ away is waited for, and a bot that does not encode (ENCODE_IMAGES=false) relies 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -309,3 +310,35 @@ async def _logged(worker: Worker, text: str, *, times: int = 1) -> bool:
         raise AssertionError(f"the worker exited ({worker.process.returncode}):\n{worker.log()}")
     return worker.log().count(text) >= times
 
+
+
+async def test_a_busy_worker_logs_its_throughput_and_an_idle_one_keeps_quiet(
+    postgres_engine, tiny_encoder, monkeypatch, caplog
+):
+    from types import SimpleNamespace
+
+    from retrieval import worker
+    from retrieval.indexing import PipelineCounters
+
+    monkeypatch.setattr(worker, "REPORT_EVERY_S", 0.2)
+    queue = JobQueue(postgres_engine, model_id=tiny_encoder.model_id)
+    await queue.enqueue([image_ref(i, f"http://x/p{i}.png") for i in range(3)])
+    pipeline = SimpleNamespace(counters=PipelineCounters(), jobs=queue, queued=2)
+    caplog.set_level(logging.INFO, logger="retrieval.worker")
+    reporter = asyncio.create_task(worker._report(SimpleNamespace(pipeline=pipeline)))
+    try:
+        await asyncio.sleep(0.5)  # idle: nothing to say
+        assert not caplog.records
+        pipeline.counters.indexed += 7
+        pipeline.counters.failed["http_404"] += 1
+        await eventually(lambda: _any(caplog.records), within=5)
+    finally:
+        reporter.cancel()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("encoder worker: 8 images in the last ")
+    assert "since start 7 encoded, 0 reposts reused, 1 skipped; 2 in hand" in line
+    assert line.endswith("queued in the database: 3")
+
+
+async def _any(records) -> bool:
+    return bool(records)
