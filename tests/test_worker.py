@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 import uuid
@@ -26,6 +27,7 @@ from tests.conftest import postgres_url
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
+from tests.test_e2e_status import line, status
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,6 +285,18 @@ async def test_a_bot_that_does_not_encode_leaves_the_images_to_a_worker(
                 assert result_ids(reply)[0] == circle.id
                 reply = await find(fd, guild, general, alice, "a green square", count=2)
                 assert result_ids(reply)[0] == square.id
+
+                # The owner's status tells what this process does instead of encoding.
+                owner = guild.add_existing_user(fd.owner_user)
+                said = await status(fd, guild, general, owner)
+                sent = re.fullmatch(
+                    r"\*\*This process since start:\*\* (\d+) images sent to the database "
+                    r"queue \(an edited message's again\); encoder workers encode them "
+                    r"\(ENCODE_IMAGES=false\)",
+                    line(said, "This process since start"),
+                )
+                assert sent and int(sent[1]) >= 2
+                assert line(said, "Images indexed in this server").endswith(":** 2")
             assert await worker.stop() == 0
         finally:
             await worker.ensure_gone()
