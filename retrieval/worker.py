@@ -37,15 +37,18 @@ NEEDS_POSTGRES = (
     "on SQLite encodes its images itself and needs no worker"
 )
 REPORT_EVERY_S = 60.0
+MODEL_CHECK_S = 30.0
 _WAIT_FIRST_S, _WAIT_MAX_S = 1.0, 30.0
 _WAITING_COUNTED = 100_000  # enough to tell the size of a backlog; counting all of it costs
 
 
 async def run_worker(settings: Settings) -> int:
-    """Drain the jobs table until SIGTERM/SIGINT; returns the process exit status (0)."""
+    """Drain the jobs table until SIGTERM/SIGINT; returns the process exit status: 0, or 2
+    once the bot switched the index to another model."""
     if settings.database_url.startswith("sqlite"):
         raise ConfigError(NEEDS_POSTGRES)
     stop = asyncio.Event()
+    status = 0
     with stopped_by_signals(stop.set):
         engine = create_engine(settings.database_url)
         try:
@@ -66,17 +69,27 @@ async def run_worker(settings: Settings) -> int:
                     indexing.pipeline.batch_size,
                     database_name(engine),
                 )
-                reporter = asyncio.create_task(_report(indexing), name="worker-report")
+                switched = asyncio.create_task(
+                    _model_switched(engine, indexing.encoder.model_id), name="worker-model"
+                )
+                tasks = [
+                    asyncio.create_task(_report(indexing), name="worker-report"),
+                    switched,
+                    asyncio.create_task(stop.wait(), name="worker-stop"),
+                ]
                 try:
-                    await stop.wait()
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    reporter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reporter
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                if switched.done() and not switched.cancelled() and switched.exception() is None:
+                    log.critical("stopping: %s", switched.result())
+                    status = 2
         finally:
             await engine.dispose()
     log.info("encoder worker stopped")
-    return 0
+    return status
 
 
 def database_name(engine: AsyncEngine) -> str:
@@ -129,6 +142,23 @@ async def _refuse_another_model(engine: AsyncEngine, encoder: Encoder) -> None:
             f"{encoder.model_id}: give it the bot's CLIP_MODEL and CLIP_PRETRAINED (after a "
             "model switch, start the bot first)"
         )
+
+
+async def _model_switched(engine: AsyncEngine, model_id: str) -> str:
+    """Returns once the bot records another model for the index (a model switch while this
+    worker runs): what it would encode from then on could never be found."""
+    while True:
+        await asyncio.sleep(MODEL_CHECK_S)
+        try:
+            with database_errors():
+                recorded = await get_state(engine, INDEX_MODEL_KEY)
+        except StoreUnavailable:
+            continue  # the pipeline says so and waits; this looks again next time
+        if recorded is not None and recorded != model_id:
+            return (
+                f"the index is now built with the model {recorded}, and this worker encodes "
+                f"with {model_id}: restart it with the bot's CLIP_MODEL and CLIP_PRETRAINED"
+            )
 
 
 async def _report(indexing: Indexing) -> None:

@@ -356,3 +356,16 @@ async def test_a_busy_worker_logs_its_throughput_and_an_idle_one_keeps_quiet(
 
 async def _any(records) -> bool:
     return bool(records)
+
+
+async def test_a_running_worker_notices_that_the_bot_switched_models(postgres_engine, monkeypatch):
+    from retrieval import worker
+
+    monkeypatch.setattr(worker, "MODEL_CHECK_S", 0.05)
+    await set_state(postgres_engine, INDEX_MODEL_KEY, "tiny")
+    watch = asyncio.create_task(worker._model_switched(postgres_engine, "tiny"))
+    await asyncio.sleep(0.3)
+    assert not watch.done(), "same model: the worker goes on"
+    await set_state(postgres_engine, INDEX_MODEL_KEY, "ViT-L-14/openai")
+    said = await asyncio.wait_for(watch, 5)
+    assert said.startswith("the index is now built with the model ViT-L-14/openai, and this ")
