@@ -16,6 +16,7 @@ import gc
 import logging
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.assembly import Indexing, open_indexing
@@ -24,6 +25,7 @@ from retrieval.db import UPGRADE_HINT, check_schema, create_engine
 from retrieval.encoder import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import IndexingPipeline
+from retrieval.indexing.jobs import JOBS_CHANNEL
 from retrieval.reindex import INDEX_MODEL_KEY
 from retrieval.signals import stopped_by_signals
 from retrieval.state import get_state
@@ -39,6 +41,7 @@ NEEDS_POSTGRES = (
 REPORT_EVERY_S = 60.0
 MODEL_CHECK_S = 30.0
 _WAIT_FIRST_S, _WAIT_MAX_S = 1.0, 30.0
+_LISTEN_CHECK_S = 10.0
 _WAITING_COUNTED = 100_000  # enough to tell the size of a backlog; counting all of it costs
 
 
@@ -74,6 +77,7 @@ async def run_worker(settings: Settings) -> int:
                 )
                 tasks = [
                     asyncio.create_task(_report(indexing), name="worker-report"),
+                    asyncio.create_task(_woken(engine, indexing.pipeline), name="worker-listen"),
                     switched,
                     asyncio.create_task(stop.wait(), name="worker-stop"),
                 ]
@@ -142,6 +146,32 @@ async def _refuse_another_model(engine: AsyncEngine, encoder: Encoder) -> None:
             f"{encoder.model_id}: give it the bot's CLIP_MODEL and CLIP_PRETRAINED (after a "
             "model switch, start the bot first)"
         )
+
+
+async def _woken(engine: AsyncEngine, pipeline: IndexingPipeline) -> None:
+    """Wake the pipeline whenever a process queues jobs (PostgreSQL NOTIFY), so an image posted
+    is taken at once rather than at the pipeline's next look at the table (once a second)."""
+    import asyncpg
+
+    def wake(*_: object) -> None:
+        pipeline.wake()
+
+    while True:
+        try:
+            async with engine.connect() as conn:
+                listening = (await conn.get_raw_connection()).driver_connection
+                await listening.add_listener(JOBS_CHANNEL, wake)
+                try:
+                    pipeline.wake()  # whatever was queued while no one listened
+                    while True:  # a lost connection shows here; the pipeline polls meanwhile
+                        await asyncio.sleep(_LISTEN_CHECK_S)
+                        await listening.execute("SELECT 1")
+                finally:
+                    with contextlib.suppress(Exception):  # going back to the pool, or gone
+                        await listening.remove_listener(JOBS_CHANNEL, wake)
+        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("not listening for queued jobs (polling meanwhile): %s", exc)
+        await asyncio.sleep(_LISTEN_CHECK_S)
 
 
 async def _model_switched(engine: AsyncEngine, model_id: str) -> str:

@@ -369,3 +369,22 @@ async def test_a_running_worker_notices_that_the_bot_switched_models(postgres_en
     await set_state(postgres_engine, INDEX_MODEL_KEY, "ViT-L-14/openai")
     said = await asyncio.wait_for(watch, 5)
     assert said.startswith("the index is now built with the model ViT-L-14/openai, and this ")
+
+
+async def test_a_worker_is_woken_when_jobs_are_queued_not_at_its_next_poll(postgres_engine):
+    from types import SimpleNamespace
+
+    from retrieval import worker
+
+    woken = asyncio.Event()
+    pipeline = SimpleNamespace(wake=woken.set)
+    listener = asyncio.create_task(worker._woken(postgres_engine, pipeline))
+    try:
+        await asyncio.wait_for(woken.wait(), 5)  # once listening: what came before
+        woken.clear()
+        await asyncio.sleep(0.3)
+        assert not woken.is_set(), "nothing queued, nothing to wake for"
+        await JobQueue(postgres_engine, model_id="tiny").enqueue([image_ref(1, "http://x/1")])
+        await asyncio.wait_for(woken.wait(), 2)
+    finally:
+        listener.cancel()

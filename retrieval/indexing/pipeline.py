@@ -165,6 +165,10 @@ class IndexingPipeline:
             self._held.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def wake(self) -> None:
+        """Look at the table now: another process queued work."""
+        self._wake.set()
+
     async def submit(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
         """Queue images durably: returns once they are rows in the jobs table."""
         if not refs:
