@@ -47,7 +47,7 @@ _WAITING_COUNTED = 100_000  # enough to tell the size of a backlog; counting all
 
 async def run_worker(settings: Settings) -> int:
     """Drain the jobs table until SIGTERM/SIGINT; returns the process exit status: 0, or 2
-    once the bot switched the index to another model."""
+    once the bot switched the index to another model (1 after an internal error)."""
     if settings.database_url.startswith("sqlite"):
         raise ConfigError(NEEDS_POSTGRES)
     stop = asyncio.Event()
@@ -82,14 +82,19 @@ async def run_worker(settings: Settings) -> int:
                     asyncio.create_task(stop.wait(), name="worker-stop"),
                 ]
                 try:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
-                if switched.done() and not switched.cancelled() and switched.exception() is None:
-                    log.critical("stopping: %s", switched.result())
-                    status = 2
+                for task in done:
+                    if task.exception() is not None:  # a bug: say where, and stop
+                        error = task.exception()
+                        log.critical("stopping: %s failed", task.get_name(), exc_info=error)
+                        status = 1
+                    elif task is switched:
+                        log.critical("stopping: %s", switched.result())
+                        status = 2
         finally:
             await engine.dispose()
     log.info("encoder worker stopped")
