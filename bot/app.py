@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
-import aiohttp
 import discord
 
 from bot.client import ClipfindBot
@@ -22,17 +20,15 @@ from bot.startup import (
     check_with_discord,
     token_of,
 )
+from retrieval.assembly import open_indexing
 from retrieval.config import Settings
 from retrieval.db import create_engine, ensure_schema
-from retrieval.dbfile import DatabaseFile
-from retrieval.encoder import Encoder
-from retrieval.encoding import EncoderService
-from retrieval.fetch import Fetcher
-from retrieval.indexing import IndexingPipeline, JobQueue
+from retrieval.dbfile import DatabaseFile, check_sole_process, sole_process
+from retrieval.errors import ConfigError
 from retrieval.operating import operator_view
 from retrieval.policy import IndexPolicy
 from retrieval.reindex import adopt_model
-from retrieval.store import open_store
+from retrieval.signals import stopped_by_signals
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +39,8 @@ DATABASE_LOST_STATUS = 3
 @contextlib.asynccontextmanager
 async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
     """The bot with its database, model, HTTP session and pipeline; not yet connected."""
+    if problem := settings.encoding_problem():
+        raise ConfigError(problem)
     apply_endpoints(settings)
     sqlite_path = settings.sqlite_path()
     # Before the engine exists: opening a missing SQLite file would create an empty one.
@@ -51,72 +49,32 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
         if sqlite_path
         else None
     )
-    if database:
-        database.create_if_new()
-    engine = create_engine(
-        database.engine_url(settings.database_url) if database else settings.database_url
-    )
-    try:
-        await ensure_schema(engine)
+    with sole_process(database.path) if database else contextlib.nullcontext():
         if database:
-            await database.record(engine)
-        policy = IndexPolicy(engine)
-        await policy.load()
-        encoder = await asyncio.to_thread(
-            Encoder.load,
-            model=settings.clip_model,
-            pretrained=settings.clip_pretrained,
-            device=settings.clip_device,
-            precision=settings.clip_precision,
+            database.create_if_new()
+        engine = create_engine(
+            database.engine_url(settings.database_url) if database else settings.database_url
         )
-        service = EncoderService(encoder)
-        store = open_store(engine)
-        connector = aiohttp.TCPConnector(
-            limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
-        )
-        async with aiohttp.ClientSession(connector=connector) as http:
-            fetcher = Fetcher(
-                http,
-                allowed=settings.media_origins(),
-                max_bytes=settings.max_image_bytes,
-                timeout_s=settings.fetch_timeout_s,
-                per_host=settings.fetch_per_host,
-                retries=settings.fetch_retries,
-            )
-            jobs = JobQueue(
-                engine,
-                model_id=encoder.model_id,
-                lease_s=settings.job_lease_s,
-                retry=settings.retry_policy(),
-            )
-            if engine.dialect.name == "sqlite":
-                # One process per SQLite file: any claim left is a dead process's.
-                await jobs.release()
-            pipeline = IndexingPipeline(
-                fetcher=fetcher,
-                encoder=service,
-                store=store,
-                jobs=jobs,
-                spec=encoder.spec,
-                max_pixels=settings.max_image_pixels,
-                batch_size=settings.batch_size or encoder.default_batch_size,
-                batch_deadline_s=settings.batch_deadline_ms / 1000,
-                queue_size=settings.queue_size,
-                fetch_workers=settings.fetch_concurrency,
-                decode_threads=settings.decode_threads,
-            )
-            await pipeline.start()
-            try:
+        try:
+            await ensure_schema(engine)
+            if database:
+                await database.record(engine)
+            policy = IndexPolicy(engine)
+            await policy.load()
+            async with open_indexing(
+                settings, engine=engine, consume=settings.encode_images
+            ) as indexing:
                 bot = ClipfindBot(
                     settings=settings,
                     engine=engine,
-                    store=store,
-                    encoder=service,
-                    pipeline=pipeline,
+                    store=indexing.store,
+                    encoder=indexing.service,
+                    pipeline=indexing.pipeline,
                     policy=policy,
                 )
-                pipeline.signed_urls.refresh = url_refresher(bot)
-                bot.reindexing = await adopt_model(engine, store, encoder.model_id)
+                indexing.pipeline.signed_urls.refresh = url_refresher(bot)
+                model_id = indexing.encoder.model_id
+                bot.reindexing = await adopt_model(engine, indexing.store, model_id)
                 async with (
                     bot,
                     _stop_if_lost(
@@ -125,18 +83,15 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     operator_view(
                         engine=engine,
                         role="bot",
-                        pipeline=pipeline,
+                        # A process that only queues is no consumer: it would show as a stalled one.
+                        pipeline=indexing.pipeline if indexing.pipeline.consumes else None,
                         settings=settings,
                         shards=lambda: shards_of(bot),
                     ),
                 ):
                     yield bot
-            finally:
-                await pipeline.close(deadline_s=settings.shutdown_deadline_s)
-                await service.close()
-                await store.close()
-    finally:
-        await engine.dispose()
+        finally:
+            await engine.dispose()
 
 
 def shards_of(bot: discord.Client) -> str | None:
@@ -184,9 +139,13 @@ async def run(settings: Settings) -> int:
     touched: a wrong token or a refused intent costs seconds, not a model download.
     """
     token = token_of(settings)
+    if problem := settings.encoding_problem():
+        raise ConfigError(problem)
     if sqlite_path := settings.sqlite_path():
-        # Local and cheap, and creates nothing: a lost database is told before Discord is asked.
+        # Local and cheap, and creates nothing: a lost database, or one another process runs
+        # on, is told before Discord is asked.
         DatabaseFile.claim(sqlite_path, required_id=settings.installation_id)
+        check_sole_process(sqlite_path)
     try:
         app = await check_with_discord(settings)
     except DiscordRefused as exc:
@@ -198,7 +157,9 @@ async def run(settings: Settings) -> int:
         app.application_id,
     )
     async with open_bot(settings) as bot:
-        with _stopped_by_signals(bot):
+        # Leaving open_bot then lets the batches being encoded finish (SHUTDOWN_DEADLINE_S) and
+        # hands the rest of the claimed work back to the jobs table; the process exits 0.
+        with stopped_by_signals(lambda: asyncio.get_running_loop().create_task(bot.close())):
             try:
                 await bot.start(token)
             except discord.PrivilegedIntentsRequired:
@@ -213,26 +174,3 @@ async def run(settings: Settings) -> int:
                 log.critical(SHARD_REFUSED[exc.code])
                 return 2
     return bot.exit_status
-
-
-@contextlib.contextmanager
-def _stopped_by_signals(bot: ClipfindBot) -> Iterator[None]:
-    """SIGTERM (docker stop, systemd) and SIGINT close the gateway; leaving open_bot then lets
-    the batches being encoded finish (SHUTDOWN_DEADLINE_S) and hands the rest of the claimed
-    work back to the jobs table, and the process exits 0."""
-    loop = asyncio.get_running_loop()
-
-    def stop(sig: signal.Signals) -> None:
-        log.info("received %s: finishing the work in hand, then stopping", sig.name)
-        loop.create_task(bot.close())
-
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(sig, stop, sig)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)

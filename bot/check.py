@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bot.startup import check_with_discord, token_of
 from retrieval.config import Settings
 from retrieval.db import UPGRADE_HINT, check_schema, create_engine
-from retrieval.errors import ClipfindError, StoreUnavailable
+from retrieval.errors import ClipfindError, ConfigError, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ async def _token(settings: Settings) -> str:
 
 
 async def _database(settings: Settings) -> str:
+    if problem := settings.encoding_problem():
+        raise ConfigError(problem)
     path = settings.sqlite_path()
     if path is not None and not path.exists():
         return f"SQLite file {path} does not exist yet: it is created on first start"

@@ -1,5 +1,5 @@
-"""`python -m bot`: run the bot; `python -m bot check`, `python -m bot db upgrade|current`:
-operator commands."""
+"""`python -m bot`: run the bot; `python -m bot worker`: run an encoder worker (no Discord
+connection); `python -m bot check`, `python -m bot db upgrade|current`: operator commands."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import logging
 import sys
+from pathlib import Path
 
 import discord
 
-from retrieval.config import load_settings
-from retrieval.errors import ClipfindError
+from retrieval.config import Settings, load_settings
+from retrieval.errors import ClipfindError, DatabaseInUse, SchemaError
 
 log = logging.getLogger("clipfind")
 
@@ -22,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     db = sub.add_parser("db", help="database schema commands")
     db.add_argument("action", choices=["upgrade", "current"])
+    sub.add_parser(
+        "worker",
+        help="encode the images the bots queue, without a Discord connection (PostgreSQL only)",
+    )
     sub.add_parser(
         "check",
         help="check the settings, database, model and Discord token without starting the bot",
@@ -45,16 +50,37 @@ def _check() -> int:
     return 0 if all(outcome.ok for outcome in outcomes) else 1
 
 
-async def _db(action: str, url: str) -> None:
-    from retrieval.db import create_engine, current_revision, upgrade
+async def _db(action: str, settings: Settings) -> None:
+    from retrieval.db import create_engine, current_revision
 
-    engine = create_engine(url)
+    engine = create_engine(settings.database_url)
     try:
         if action == "upgrade":
-            await upgrade(engine)
+            await _upgrade(engine, sqlite_path=settings.sqlite_path())
         log.info("schema revision: %s", await current_revision(engine) or "none")
     finally:
         await engine.dispose()
+
+
+async def _upgrade(engine, *, sqlite_path: Path | None) -> None:
+    """Reading the revision never waits for the bot; changing the schema of a SQLite database
+    the bot runs on is refused (the bot checked it once, at its start), and taking its lock
+    meanwhile keeps the bot from starting on a half-migrated file."""
+    from retrieval.db import check_schema, upgrade
+    from retrieval.dbfile import sole_process
+
+    if sqlite_path is None:
+        await upgrade(engine)
+        return
+    try:
+        with sole_process(sqlite_path):
+            await upgrade(engine)
+    except DatabaseInUse as busy:
+        try:
+            await check_schema(engine)
+        except SchemaError:
+            raise DatabaseInUse(f"{busy}; stop it before upgrading the schema") from None
+        log.info("the schema is current; nothing to upgrade while the bot runs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         if args.command == "db":
-            asyncio.run(_db(args.action, settings.database_url))
+            asyncio.run(_db(args.action, settings))
             return 0
+        if args.command == "worker":
+            from retrieval.worker import run_worker
+
+            return asyncio.run(run_worker(settings))
         from bot.app import run
 
         with contextlib.suppress(KeyboardInterrupt):

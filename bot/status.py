@@ -79,6 +79,10 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
             f"**This process since start:** {pipeline.indexed} encoded, {pipeline.reused} "
             f"reposts reused, {pipeline.retried} retries; {bot.pipeline.queued} in hand, "
             f"{pipeline.in_flight} downloading; {pipeline.images_per_s():.1f} images/s"
+            if bot.pipeline.consumes
+            else f"**This process since start:** {pipeline.submitted} images sent to the "
+            "database queue (an edited message's again); encoder workers encode them "
+            "(ENCODE_IMAGES=false)"
         ),
         (
             f"**Searches:** {encoder.text_queries} ({encoder.text_cache_hits} from the cache); "

@@ -193,6 +193,21 @@ class Settings(BaseSettings):
         rest = self.database_url[len(prefix) :].split("?", 1)[0]
         return None if rest in ("", ":memory:") else Path(rest)
 
+    # --- Several processes: gateway processes and encoder workers (`python -m bot worker`) ---
+    # false: this process only queues images (and encodes the text of searches); workers take
+    # the queued images from the database and encode them. Needs PostgreSQL.
+    encode_images: bool = True
+
+    def encoding_problem(self) -> str | None:
+        """Why this process could not work as configured with several processes, or None."""
+        if not self.encode_images and self.database_url.startswith("sqlite"):
+            return (
+                "ENCODE_IMAGES=false leaves encoding to `python -m bot worker` processes, and "
+                "SQLite serves one process only, so nothing would ever encode the images: set "
+                "ENCODE_IMAGES=true, or use PostgreSQL (DATABASE_URL=postgresql+asyncpg://...)"
+            )
+        return None
+
 
 def parse_shard_ids(value: str) -> list[int]:
     """`0-3`, `0,2,5` or both (`0-3,8`) as a sorted list without repeats."""

@@ -6,16 +6,22 @@ and excluded channel. So each installation gets an id, stored inside the databas
 and in a marker file next to it (and, if the operator sets it, in `INSTALLATION_ID`): a start
 that finds the marker or the setting but not the matching database refuses, and a watchdog stops
 the running bot when the file at the path is no longer the one it opened.
+
+SQLite also serves one process only (the jobs table, the caches and the start-up bookkeeping all
+count on it), so the process running on the file holds an exclusive lock on a file next to it,
+and a second one refuses to start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +29,7 @@ from urllib.parse import quote
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.errors import DatabaseLost
+from retrieval.errors import DatabaseInUse, DatabaseLost
 from retrieval.state import get_state, set_state
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,51 @@ _AFRESH = "an empty index that has forgotten every opt-out and excluded channel"
 
 def marker_path(database: Path) -> Path:
     return database.with_name(database.name + ".installation")
+
+
+def lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
+
+
+@contextlib.contextmanager
+def sole_process(database: Path) -> Iterator[None]:
+    """Hold the database's lock file for as long as this process uses it; the kernel lets go
+    when the process ends, however it ends.
+
+    Raises DatabaseInUse, naming the other process, when one holds it already.
+    """
+    lock = lock_path(database.absolute())
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatabaseInUse(
+                f"another process{_holder(lock)} is running on the SQLite database {database} "
+                f"(it holds {lock}). SQLite serves one process: stop that one first, or, to run "
+                "several processes (bots, workers) on one index, use PostgreSQL "
+                "(DATABASE_URL=postgresql+asyncpg://...)"
+            ) from None
+        # Who holds it, for the next one's message; the lock, not this text, is what counts.
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_sole_process(database: Path) -> None:
+    """Raise DatabaseInUse if a process holds the database now; creates nothing."""
+    if lock_path(database.absolute()).exists():
+        with sole_process(database):
+            pass
+
+
+def _holder(lock: Path) -> str:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return f" (pid {int(lock.read_text(encoding='ascii').split()[0])})"
+    return ""
 
 
 def read_marker(marker: Path) -> str | None:

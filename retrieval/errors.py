@@ -55,3 +55,9 @@ class DatabaseLost(ClipfindError):
     """The SQLite database is missing or was replaced: running on would forget what it held."""
 
     reason = "database_lost"
+
+
+class DatabaseInUse(ClipfindError):
+    """Another process runs on the SQLite database, which serves one process at a time."""
+
+    reason = "database_in_use"

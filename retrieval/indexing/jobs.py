@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -32,6 +32,8 @@ from retrieval.store.reads import as_utc, database_errors
 
 log = logging.getLogger(__name__)
 
+# PostgreSQL's notification channel for "jobs were queued".
+JOBS_CHANNEL = "clipfind_jobs"
 LIVE, HISTORY = 0, 1  # priorities: live posts are claimed before backfill and re-indexing
 _REF_COLUMNS = (
     "guild_id",
@@ -153,6 +155,10 @@ class JobQueue:
         ]
         async with self._transaction() as conn:
             await conn.execute(self._insert, rows)
+            if conn.dialect.name == "postgresql":
+                # Sent at commit: consumers in other processes look at once, not at their next
+                # poll (see retrieval/worker.py).
+                await conn.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
 
     async def claim(self, limit: int) -> list[Job]:
         """Up to ``limit`` due rows, oldest first within a priority, leased to this consumer."""
@@ -297,6 +303,13 @@ class JobQueue:
             .limit(at_most)
             .subquery()
         )
+        async with self._transaction() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(capped)))
+
+    async def unfinished(self, at_most: int) -> int:
+        """How many due rows wait or are being worked on by any consumer, counting no further
+        than ``at_most`` (rows only claimed when due, so a claimed row is a due one)."""
+        capped = select(IndexJob.id).where(IndexJob.retry_at <= _now()).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 

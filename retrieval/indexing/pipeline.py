@@ -89,6 +89,7 @@ class IndexingPipeline:
         queue_size: int = 256,
         fetch_workers: int = 8,
         decode_threads: int | None = None,
+        consume: bool = True,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -119,6 +120,8 @@ class IndexingPipeline:
         # Its ``refresh`` is connected by the Discord adapter; without it URLs are used as queued.
         self.signed_urls = SignedUrls()
         self._closing = False
+        # False: this process only queues images; other processes (workers) take them.
+        self.consumes = consume
 
     @property
     def model_id(self) -> str:
@@ -130,6 +133,8 @@ class IndexingPipeline:
         return len(self._held)
 
     async def start(self) -> None:
+        if not self.consumes:
+            return
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name=f"clip-fetch-{i}")
             for i in range(self._fetch_workers)
@@ -165,6 +170,10 @@ class IndexingPipeline:
             self._held.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def wake(self) -> None:
+        """Look at the table now: another process queued work."""
+        self._wake.set()
+
     async def submit(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
         """Queue images durably: returns once they are rows in the jobs table."""
         if not refs:
@@ -174,14 +183,19 @@ class IndexingPipeline:
 
     async def join(self) -> None:
         """Wait until nothing is due: every job that can be done now is done (jobs waiting to be
-        retried later do not count)."""
+        retried later do not count). Without a consumer here, that waits for other processes:
+        until no due job is left, claimed or not."""
         while True:
             await self._submissions.flushed()
-            due = await self._with_store(self.jobs.due, 1)
-            # Asked after the table: rows claimed while it answered are in hand by now, or
-            # still being claimed.
-            if not due and not self._held and not self._claiming:
-                return
+            if not self.consumes:
+                if not await self._with_store(self.jobs.unfinished, 1):
+                    return
+            else:
+                due = await self._with_store(self.jobs.due, 1)
+                # Asked after the table: rows claimed while it answered are in hand by now, or
+                # still being claimed.
+                if not due and not self._held and not self._claiming:
+                    return
             self._wake.set()
             await asyncio.sleep(0.05)
 

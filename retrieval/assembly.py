@@ -1,0 +1,105 @@
+"""Opening what indexes images and encodes queries: the model, the HTTP fetcher, the store, the
+jobs queue and the pipeline that drains it. The bot and `python -m bot worker` both open them
+here, so a worker runs with exactly the bot's settings and code path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from retrieval.encoder import Encoder
+from retrieval.encoding import EncoderService
+from retrieval.fetch import Fetcher
+from retrieval.indexing import IndexingPipeline, JobQueue
+from retrieval.store import VectorStore, open_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from retrieval.config import Settings
+
+
+@dataclass(frozen=True)
+class Indexing:
+    encoder: Encoder
+    service: EncoderService  # the one thread that runs the model, queries first
+    store: VectorStore
+    pipeline: IndexingPipeline
+
+
+@contextlib.asynccontextmanager
+async def open_indexing(
+    settings: Settings,
+    *,
+    engine: AsyncEngine,
+    consume: bool = True,
+    loaded: Callable[[Encoder], Awaitable[None]] | None = None,
+) -> AsyncIterator[Indexing]:
+    """Everything started; on the way out, batches being encoded get SHUTDOWN_DEADLINE_S to
+    finish and the rest of the claimed jobs go back to the table.
+
+    ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
+    model is still loaded, for search queries, but no job is taken from the table. ``loaded``
+    is awaited with the model before any job is: it may refuse it by raising.
+    """
+    encoder = await asyncio.to_thread(
+        Encoder.load,
+        model=settings.clip_model,
+        pretrained=settings.clip_pretrained,
+        device=settings.clip_device,
+        precision=settings.clip_precision,
+    )
+    if loaded is not None:
+        await loaded(encoder)
+    service = EncoderService(encoder)
+    store = open_store(engine)
+    connector = aiohttp.TCPConnector(
+        limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
+    )
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            fetcher = Fetcher(
+                http,
+                allowed=settings.media_origins(),
+                max_bytes=settings.max_image_bytes,
+                timeout_s=settings.fetch_timeout_s,
+                per_host=settings.fetch_per_host,
+                retries=settings.fetch_retries,
+            )
+            jobs = JobQueue(
+                engine,
+                model_id=encoder.model_id,
+                lease_s=settings.job_lease_s,
+                retry=settings.retry_policy(),
+            )
+            if consume and engine.dialect.name == "sqlite":
+                # One process per SQLite file (a lock next to it says so): any claim left is a
+                # dead process's.
+                await jobs.release()
+            pipeline = IndexingPipeline(
+                fetcher=fetcher,
+                encoder=service,
+                store=store,
+                jobs=jobs,
+                spec=encoder.spec,
+                max_pixels=settings.max_image_pixels,
+                batch_size=settings.batch_size or encoder.default_batch_size,
+                batch_deadline_s=settings.batch_deadline_ms / 1000,
+                queue_size=settings.queue_size,
+                fetch_workers=settings.fetch_concurrency,
+                decode_threads=settings.decode_threads,
+                consume=consume,
+            )
+            await pipeline.start()
+            try:
+                yield Indexing(encoder=encoder, service=service, store=store, pipeline=pipeline)
+            finally:
+                await pipeline.close(deadline_s=settings.shutdown_deadline_s)
+    finally:
+        await service.close()
+        await store.close()
