@@ -268,15 +268,22 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         return found
 
     async def _delete(self, where: Where, *, jobs: bool = True) -> int:
-        async with self._session() as session:
-            if jobs:
-                await session.execute(delete(IndexJob).where(*where(IndexJob)))
-            stmt = (
-                delete(IndexedImage)
-                .where(*where(IndexedImage))
-                .returning(IndexedImage.id, IndexedImage.guild_id, IndexedImage.model_id)
-            )
-            gone = (await session.execute(stmt)).all()
+        return await self._delete_all([where], jobs=jobs)
+
+    async def _delete_all(self, wheres: Sequence[Where], *, jobs: bool = True) -> int:
+        """Rows matching any of ``wheres``, deleted in one transaction (one commit for a
+        whole id list, however many statements its length needs)."""
+        gone = []
+        async with self._transaction() as conn:
+            for where in wheres:
+                if jobs:
+                    await conn.execute(delete(IndexJob).where(*where(IndexJob)))
+                stmt = (
+                    delete(IndexedImage)
+                    .where(*where(IndexedImage))
+                    .returning(IndexedImage.id, IndexedImage.guild_id, IndexedImage.model_id)
+                )
+                gone += (await conn.execute(stmt)).all()
         by_key: dict[tuple[int, str], list[int]] = {}
         for row_id, guild_id, model_id in gone:
             by_key.setdefault((guild_id, model_id), []).append(row_id)
@@ -288,11 +295,10 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
 
     async def _delete_in(self, name: str, values: Collection[int]) -> int:
         values = list(values)
-        total = 0
-        for start in range(0, len(values), _DELETE_CHUNK):
-            chunk = values[start : start + _DELETE_CHUNK]
-            total += await self._delete(lambda t, chunk=chunk: [getattr(t, name).in_(chunk)])
-        return total
+        chunks = [values[at : at + _DELETE_CHUNK] for at in range(0, len(values), _DELETE_CHUNK)]
+        return await self._delete_all(
+            [lambda t, chunk=chunk: [getattr(t, name).in_(chunk)] for chunk in chunks]
+        )
 
     async def delete_guild(self, guild_id: int) -> int:
         removed = await super().delete_guild(guild_id)
