@@ -231,7 +231,8 @@ def _staged_upsert():
 
 _STAGED_UPSERT = _staged_upsert()
 # From this many records a batch is copied in binary and stored from a temporary table; fewer
-# (a live write) go in one statement, which costs fewer round trips.
+# (a live write) go in one statement, which costs fewer round trips. Measured (loaded 2-core
+# machine, 512-d): 1 record 4.7 ms by one statement, 7.9 ms by copy; 8 records 11.5 and 8.4 ms.
 COPY_FROM = 8
 
 
