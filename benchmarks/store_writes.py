@@ -194,28 +194,28 @@ def export(revision: str, into: Path) -> Path:
     return into
 
 
-def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
+def report(args: argparse.Namespace, results: dict[str, dict], load: str) -> None:
     names = list(results)
     print(f"\n{args.n} x {args.dim} vectors, one guild, through store.upsert(job_ids=...) and")
     print("store.delete_messages; PostgreSQL " + ("with" if args.hnsw else "without") + " HNSW")
-    print(f"load: {os.getloadavg()[0]:.2f} (1 min)\n")
-    print(f"{'':34}" + "".join(f"{name:>16}" for name in names))
-    cells = next(iter(results.values()))
-    for case in cells:
-        for metric, unit in (
-            ("insert_rows_s", "rows/s"),
-            ("delete_rows_s", "rows/s"),
-            ("live_ms", "ms/row"),
-        ):
-            db, batch = case.split("/")
-            label = {
-                "insert_rows_s": f"{db} insert, batches of {batch}",
-                "delete_rows_s": f"{db} delete, batches of {batch}",
-                "live_ms": f"{db} one live write ({unit})",
-            }[metric]
+    print(f"load average (1 min) before and after: {load}\n")
+    ratio = len(names) == 2
+    print(f"{'':34}" + "".join(f"{name:>12}" for name in names) + ("       ratio" if ratio else ""))
+    labels = {
+        "insert_rows_s": "{db} insert, batches of {batch}",
+        "delete_rows_s": "{db} delete, batches of {batch}",
+        "live_ms": "{db} one live write, ms",
+    }
+    for case in next(iter(results.values())):
+        db, batch = case.split("/")
+        for metric, label in labels.items():
             values = [results[name][case][metric] for name in names]
-            fmt = "{:>16,.0f}" if unit == "rows/s" else "{:>16.2f}"
-            print(f"{label:34}" + "".join(fmt.format(v) for v in values))
+            fmt = "{:>12,.2f}" if metric == "live_ms" else "{:>12,.0f}"
+            line = f"{label.format(db=db, batch=batch):34}" + "".join(fmt.format(v) for v in values)
+            if ratio:  # how many times better the second is than the first
+                better = values[0] / values[1] if metric == "live_ms" else values[1] / values[0]
+                line += f"{better:>11.1f}x"
+            print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.store import postgres
 
     async def server() -> None:
+        load = f"{os.getloadavg()[0]:.2f}"
         async with postgres("1GB") as url:
             with tempfile.TemporaryDirectory() as tmp:
                 versions = {"this": ROOT}
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                 for name, code in versions.items():
                     print(f"{name} …", flush=True)
                     results[name] = await asyncio.to_thread(run_version, code, args, url)
-            report(args, results)
+            report(args, results, f"{load}, {os.getloadavg()[0]:.2f}")
 
     asyncio.run(server())
 
