@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 
@@ -62,8 +63,12 @@ _RETURNING = _GUARDED_UPSERT.returning(IndexedImage.id)
 # batch is handed to the driver as plain tuples, without SQLAlchemy's per-row parameter
 # processing (most of a bulk write's time on the event loop otherwise).
 _COMPILED = _GUARDED_UPSERT.compile(dialect=sqlite_dialect())
-_DRIVER_SQL, _POSITIONS = str(_COMPILED), tuple(_COMPILED.positiontup or ())
-_CONSTANTS = {name: value for name, value in _COMPILED.params.items() if name not in RECORD_COLUMNS}
+_DRIVER_SQL = str(_COMPILED)
+_CONSTANTS = [(n, v) for n, v in _COMPILED.params.items() if n not in RECORD_COLUMNS]
+# The parameters in order, as indexes into a record's fields followed by the constants.
+_FIELDS = [*RECORD_COLUMNS, *(name for name, _ in _CONSTANTS)]
+_ORDER = operator.itemgetter(*(_FIELDS.index(name) for name in _COMPILED.positiontup or ()))
+_POSTED, _EMBEDDING = RECORD_COLUMNS.index("posted_at"), RECORD_COLUMNS.index("embedding")
 
 
 def record_values(record: ImageRecord) -> dict:
@@ -78,11 +83,12 @@ def _sqlite_time(moment: datetime) -> str:
 
 
 def driver_row(record: ImageRecord) -> tuple:
-    """A record as the driver's parameters for `_DRIVER_SQL`."""
-    values = {name: getattr(record, name) for name in RECORD_COLUMNS} | _CONSTANTS
-    values["posted_at"] = _sqlite_time(record.posted_at)
-    values["embedding"] = np.asarray(record.embedding, dtype=np.float32).tobytes()
-    return tuple(values[name] for name in _POSITIONS)
+    """A record as the driver's parameters for `_DRIVER_SQL` (tens of thousands a second)."""
+    values = [getattr(record, name) for name in RECORD_COLUMNS]
+    values[_POSTED] = _sqlite_time(record.posted_at)
+    values[_EMBEDDING] = np.asarray(record.embedding, dtype=np.float32).tobytes()
+    values.extend(value for _, value in _CONSTANTS)
+    return _ORDER(values)
 
 
 class SqliteVectorStore(SharedReads, SharedDeletes):
