@@ -4,6 +4,9 @@ stored rows: the SQLite store's in-memory matrix is kept in step with every bulk
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC
+
 import numpy as np
 from sqlalchemy import select
 
@@ -24,13 +27,17 @@ def unit_vectors(n: int, seed: int) -> np.ndarray:
 
 
 def batch(vs: np.ndarray) -> list:
-    """Authors 70..73 rotate, channels 10/11/12 rotate; every 7th row sits in a thread of #11."""
-    return [
-        record(i, v, channels=(10, 3), authors=4, channel_id=THREAD, parent_id=EXCLUDED)
-        if i % 7 == 6
-        else record(i, v, channels=(10, 3), authors=4)
-        for i, v in enumerate(vs)
-    ]
+    """Authors 70..73 rotate, channels 10/11/12 rotate; every 7th row sits in a thread of #11;
+    names are not all ASCII and some times come naive (meaning UTC)."""
+    made = []
+    for i, v in enumerate(vs):
+        r = record(i, v, channels=(10, 3), authors=4, filename=f"café {i} ✓.png")
+        if i % 7 == 6:
+            r = replace(r, channel_id=THREAD, parent_id=EXCLUDED)
+        if i % 4 == 0:
+            r = replace(r, posted_at=r.posted_at.replace(tzinfo=None))
+        made.append(r)
+    return made
 
 
 def allowed(r) -> bool:
@@ -97,6 +104,11 @@ async def test_a_bulk_write_stores_exactly_the_permitted_rows_once_each(store, s
     # A refused row kept the vector it had (above); searches never show it.
     visible = {key: v for key, v in expected.items() if allowed(records[key[1]])}
     await assert_search_sees(store, visible)
+    hits = await store.search(new[0], scope=SearchScope(1, MODEL), k=N)
+    for h in hits:
+        r = records[h.image_key]
+        assert (h.filename, h.channel_id, h.author_id) == (r.filename, r.channel_id, r.author_id)
+        assert h.posted_at == r.posted_at.replace(tzinfo=r.posted_at.tzinfo or UTC)
 
 
 async def test_a_bulk_write_takes_its_jobs_and_skips_images_whose_job_is_gone(
