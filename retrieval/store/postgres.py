@@ -252,7 +252,7 @@ async def _stage(conn: AsyncConnection, records: Sequence[ImageRecord]) -> None:
     own connection, inside the transaction SQLAlchemy began)."""
     await conn.execute(text(CREATE_STAGED))
     raw = (await conn.get_raw_connection()).driver_connection
-    # A thread: a batch of 2,000 takes tens of milliseconds to encode.
+    # A thread: the event loop would otherwise stop for the encoding (12 ms per 2,000).
     payload = await asyncio.to_thread(copy_payload, records)
 
     async def source() -> AsyncIterator[bytes]:  # asyncpg takes plain bytes for a file name

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
 from collections.abc import AsyncIterator, Collection, Sequence
-from datetime import datetime
 
 import numpy as np
 from sqlalchemy import String, delete, func, select, type_coerce
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
-from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -22,9 +18,6 @@ from sqlalchemy.types import NullType
 
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.store.allowed import (
-    KEY,
-    RECORD_COLUMNS,
-    guarded_rows,
     still_wanted,
     stored_permitted,
     take_jobs,
@@ -32,7 +25,8 @@ from retrieval.store.allowed import (
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, database_errors, hit
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
+from retrieval.store.sqlite_rows import DRIVER_SQL, RETURNING, driver_row, record_values, stored_row
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
 # text, the vector as float32 bytes; `_append_rows` converts whole chunks at once.
@@ -47,48 +41,6 @@ _MATRIX_COLUMNS = (
 # few milliseconds at most (10 MB of 512-d rows), so the event loop is never kept waiting long.
 _LOAD_CHUNK = 5_000
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
-
-
-def _guarded_upsert():
-    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), guarded_rows())
-    return stmt.on_conflict_do_update(
-        index_elements=list(KEY),
-        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
-    )
-
-
-_GUARDED_UPSERT = _guarded_upsert()
-_RETURNING = _GUARDED_UPSERT.returning(IndexedImage.id)
-# The same statement as the driver's SQL and the record fields in its parameters' order: a
-# batch is handed to the driver as plain tuples, without SQLAlchemy's per-row parameter
-# processing (most of a bulk write's time on the event loop otherwise).
-_COMPILED = _GUARDED_UPSERT.compile(dialect=sqlite_dialect())
-_DRIVER_SQL = str(_COMPILED)
-_CONSTANTS = [(n, v) for n, v in _COMPILED.params.items() if n not in RECORD_COLUMNS]
-# The parameters in order, as indexes into a record's fields followed by the constants.
-_FIELDS = [*RECORD_COLUMNS, *(name for name, _ in _CONSTANTS)]
-_ORDER = operator.itemgetter(*(_FIELDS.index(name) for name in _COMPILED.positiontup or ()))
-_POSTED, _EMBEDDING = RECORD_COLUMNS.index("posted_at"), RECORD_COLUMNS.index("embedding")
-
-
-def record_values(record: ImageRecord) -> dict:
-    values = {name: getattr(record, name) for name in ImageRecord.__slots__}
-    values["posted_at"] = as_utc(record.posted_at)
-    return values
-
-
-def _sqlite_time(moment: datetime) -> str:
-    # How SQLAlchemy keeps a datetime in SQLite: UTC, naive, always with microseconds.
-    return as_utc(moment).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def driver_row(record: ImageRecord) -> tuple:
-    """A record as the driver's parameters for `_DRIVER_SQL` (tens of thousands a second)."""
-    values = [getattr(record, name) for name in RECORD_COLUMNS]
-    values[_POSTED] = _sqlite_time(record.posted_at)
-    values[_EMBEDDING] = np.asarray(record.embedding, dtype=np.float32).tobytes()
-    values.extend(value for _, value in _CONSTANTS)
-    return _ORDER(values)
 
 
 class SqliteVectorStore(SharedReads, SharedDeletes):
@@ -132,27 +84,29 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             )
             if len(wanted) == 1:  # a live write: RETURNING tells at once what to add
                 (record,) = wanted
-                row_id = (await conn.execute(_RETURNING, record_values(record))).scalar()
+                row_id = (await conn.execute(RETURNING, record_values(record))).scalar()
                 if row_id is None:  # the policy refused it
                     return 0
-                stored = [_stored_row(row_id, record)]
+                written, stored = 1, [stored_row(row_id, record)]
             elif wanted:
                 # One guarded statement that the driver runs once per record (executemany):
                 # one call into SQLite for the batch, not a trip through the driver's thread
-                # per row. It counts the rows it inserted or updated, not what the policy
-                # refused.
-                # A thread: a batch of 2,000 takes tens of milliseconds to convert.
+                # per row. Its row count leaves out what the policy refused. The parameters
+                # are made in a thread: a batch of 2,000 takes a dozen milliseconds.
                 rows = await asyncio.to_thread(lambda: [driver_row(r) for r in wanted])
-                result = await conn.exec_driver_sql(_DRIVER_SQL, rows)
+                result = await conn.exec_driver_sql(DRIVER_SQL, rows)
+                written = max(result.rowcount, 0)
                 # Read back in the same transaction, so the matrices hold what was stored (a
                 # refused record leaves the row it would have replaced, if any, as it was).
                 stored = await self._stored_rows(conn, wanted)
             else:
                 return 0
         await self._mirror(stored)
-        return 1 if len(wanted) == 1 else max(result.rowcount, 0)
+        return written
 
-    async def _stored_rows(self, conn, records: Sequence[ImageRecord]) -> list:
+    async def _stored_rows(
+        self, conn: AsyncConnection, records: Sequence[ImageRecord]
+    ) -> list:
         """The stored rows of ``records``' keys, as (guild, model, matrix columns...), for the
         guilds whose matrix is loaded (no other guild needs them)."""
         live = {guild_id for guild_id, _ in self._matrices}
@@ -335,19 +289,6 @@ def _columns(rows: Sequence) -> dict[str, np.ndarray]:
 def _append_rows(matrix: GuildMatrix, rows: Sequence) -> None:
     """A chunk of rows not in the matrix yet (a guild loading) into the matrix."""
     matrix.append(**_columns(rows))
-
-
-def _stored_row(row_id: int, record: ImageRecord) -> tuple:
-    """A record just written, as `_stored_rows` reads rows back."""
-    return (
-        record.guild_id,
-        record.model_id,
-        row_id,
-        record.channel_id,
-        record.author_id,
-        _sqlite_time(record.posted_at),
-        np.asarray(record.embedding, dtype=np.float32).tobytes(),
-    )
 
 
 def _put_rows(matrix: GuildMatrix, rows: Sequence) -> None:
