@@ -6,6 +6,7 @@ latency unfiltered and with channel filters, recall@10 of pgvector against exact
 more insert costs once the index exists.
 
     python -m benchmarks.store [--n 100000] [--dim 512] [--queries 100]
+    python -m benchmarks.store --bulk [--help]   (bulk writes and deletes: store_writes.py)
 
 Clustered data on purpose: iid Gaussian vectors are HNSW's worst case (FACTS.md).
 """
@@ -213,5 +214,13 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--shared-buffers", default="1GB", help="PostgreSQL's (default 1GB)")
-    args = parser.parse_args()
+    parser.add_argument("--bulk", action="store_true", help="bulk write rates instead")
+    args, rest = parser.parse_known_args()
+    if args.bulk:
+        from benchmarks import store_writes
+
+        store_writes.main([f"--n={args.n}", f"--dim={args.dim}", *rest])
+        raise SystemExit
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     asyncio.run(main(args.n, args.dim, args.queries, args.k, args.shared_buffers))

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 
+import asyncpg
 import numpy as np
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
@@ -28,15 +29,18 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
+    column,
     delete,
     func,
     literal_column,
     select,
+    table,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.store.allowed import (
     KEY,
@@ -48,6 +52,7 @@ from retrieval.store.allowed import (
 )
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where
+from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
 
 log = logging.getLogger(__name__)
@@ -210,6 +215,27 @@ def _guarded_upsert():
 _GUARDED_UPSERT = _guarded_upsert()
 
 
+def _staged_upsert():
+    """The staged batch (see retrieval/store/pgcopy.py) stored as `_guarded_upsert` stores
+    unnested arrays: the same policy condition, by key, returning the rows written."""
+    staged = table(STAGED, *(column(name) for name in RECORD_COLUMNS))
+    chosen = select(*(staged.c[name] for name in RECORD_COLUMNS)).where(
+        permitted(staged.c.author_id, staged.c.channel_id, staged.c.parent_id)
+    )
+    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), chosen)
+    return stmt.on_conflict_do_update(
+        index_elements=list(KEY),
+        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
+    ).returning(IndexedImage.id)
+
+
+_STAGED_UPSERT = _staged_upsert()
+# From this many records a batch is copied in binary and stored from a temporary table; fewer
+# (a live write) go in one statement, which costs fewer round trips. Measured (loaded 2-core
+# machine, 512-d): 1 record 4.7 ms by one statement, 7.9 ms by copy; 8 records 11.5 and 8.4 ms.
+COPY_FROM = 8
+
+
 def _vector_text(vector: np.ndarray) -> str:
     return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
@@ -219,6 +245,25 @@ def _values(record: ImageRecord) -> dict:
     if values["posted_at"].tzinfo is None:  # naive means UTC, as in the SQLite store
         values["posted_at"] = values["posted_at"].replace(tzinfo=UTC)
     return values
+
+
+async def _stage(conn: AsyncConnection, records: Sequence[ImageRecord]) -> None:
+    """Copy the records into this transaction's staging table (binary COPY on the driver's
+    own connection, inside the transaction SQLAlchemy began)."""
+    await conn.execute(text(CREATE_STAGED))
+    raw = (await conn.get_raw_connection()).driver_connection
+    # A thread: the event loop would otherwise stop for the encoding (12 ms per 2,000).
+    payload = await asyncio.to_thread(copy_payload, records)
+
+    async def source() -> AsyncIterator[bytes]:  # asyncpg takes plain bytes for a file name
+        yield payload
+
+    try:
+        await raw.copy_to_table(
+            STAGED, source=source(), columns=list(RECORD_COLUMNS), format="binary"
+        )
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError) as exc:
+        raise StoreUnavailable(f"database error: {exc}") from exc
 
 
 class PgVectorStore(SharedReads, SharedDeletes):
@@ -250,12 +295,17 @@ class PgVectorStore(SharedReads, SharedDeletes):
             # One statement may not touch a row twice; the last record for a key wins, as it
             # would one at a time.
             wanted = still_wanted(records, job_ids, taken)
-            latest = list({(r.message_id, r.image_key): _values(r) for r in wanted}.values())
+            latest = list({(r.message_id, r.image_key): r for r in wanted}.values())
             if not latest:
                 return 0
-            columns = {name: [row[name] for row in latest] for name in RECORD_COLUMNS}
-            columns["embedding"] = [_vector_text(v) for v in columns["embedding"]]
-            written = await conn.execute(_GUARDED_UPSERT, columns)
+            if len(latest) >= COPY_FROM:
+                await _stage(conn, latest)
+                written = await conn.execute(_STAGED_UPSERT)
+            else:
+                rows = [_values(r) for r in latest]
+                columns = {name: [row[name] for row in rows] for name in RECORD_COLUMNS}
+                columns["embedding"] = [_vector_text(v) for v in columns["embedding"]]
+                written = await conn.execute(_GUARDED_UPSERT, columns)
             return len(written.all())
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:
