@@ -67,7 +67,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
             precision=settings.clip_precision,
         )
         service = EncoderService(encoder)
-        store = open_store(engine)
+        store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb)
         connector = aiohttp.TCPConnector(
             limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
         )

@@ -1,9 +1,16 @@
-"""The SQLite vector store: rows in SQLite, exact search on per-guild in-memory matrices."""
+"""The SQLite vector store: rows in SQLite, exact search on per-guild in-memory matrices.
+
+The matrices share one memory budget (MATRIX_MEMORY_MB): the least recently searched guilds are
+evicted and loaded again when next searched. A guild too large for the whole budget is searched
+straight from SQLite, one chunk at a time: slow (about 0.6 s per 100k rows) but within the
+memory the operator allowed; its operator is told once how much budget it needs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 
 import numpy as np
@@ -23,7 +30,8 @@ from retrieval.store.allowed import (
 )
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where
-from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
+from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow, matrix_bytes
+from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB, Key, MatrixBudget
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, as_utc, database_errors, hit
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
@@ -39,6 +47,8 @@ _MATRIX_COLUMNS = (
 # few milliseconds at most (10 MB of 512-d rows), so the event loop is never kept waiting long.
 _LOAD_CHUNK = 5_000
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
+
+log = logging.getLogger(__name__)
 
 
 def _guarded_upsert():
@@ -59,11 +69,20 @@ def record_values(record: ImageRecord) -> dict:
 
 
 class SqliteVectorStore(SharedReads, SharedDeletes):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        matrix_memory_mb: float = DEFAULT_MATRIX_MEMORY_MB,
+        half: bool = True,
+    ) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._matrices: dict[tuple[int, str], GuildMatrix] = {}
-        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self.matrices = MatrixBudget(limit_bytes=int(matrix_memory_mb * 2**20))
+        # 16-bit vectors: half the memory, the same top 10 (benchmarks/RESULTS.md).
+        self._half = half
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._told_too_large: set[Key] = set()
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -93,35 +112,95 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                     rows.append(((record.guild_id, record.model_id), _matrix_row(row_id, record)))
         for key, row in rows:
             async with self._lock(key):
-                if (matrix := self._matrices.get(key)) is not None:
+                # An evicted guild is not loaded for a write: SQLite has the row for its reload.
+                if (matrix := self.matrices.get(key)) is not None:
                     # A thread: when the matrix is full, growing it copies every row (a
-                    # million-row guild: 2 GB, a fifth of a second).
+                    # million-row guild: 1 GB, a tenth of a second).
                     await asyncio.to_thread(matrix.add, [row])
+                    self.matrices.grew(key)
         return len(rows)
 
-    async def _matrix(self, key: tuple[int, str]) -> GuildMatrix:
-        """Load a guild's vectors on first use; the lock is held by the caller.
+    async def _matrix(self, key: Key) -> GuildMatrix | None:
+        """A guild's vectors, loaded on first use or after an eviction; None when the guild
+        alone is larger than the budget. The lock is held by the caller, so concurrent
+        searches of one guild wait for one load.
 
         A large guild is a million rows: they are read in chunks and each chunk turned into
         matrix rows by a worker thread, so the event loop only passes chunks along and memory
         holds one chunk of raw rows beside the matrix.
         """
-        if (matrix := self._matrices.get(key)) is not None:
+        if (matrix := self.matrices.searched(key)) is not None:
             return matrix
-        guild_id, model_id = key
-        in_guild = (IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id)
+        in_guild = _in_guild(key)
         with database_errors():
             async with self.engine.connect() as conn:
-                count = await conn.scalar(select(func.count()).where(*in_guild))
-                matrix = GuildMatrix(0, capacity=max(1024, count or 0))
+                count = await conn.scalar(select(func.count()).where(*in_guild)) or 0
+                blob = await conn.scalar(
+                    select(func.length(IndexedImage.embedding)).where(*in_guild).limit(1)
+                )
+                need = matrix_bytes(rows=count, dim=(blob or 0) // 4, half=self._half)
+                if not self.matrices.fits(need):
+                    self._tell_too_large(key, need)
+                    return None
+                # Room first, so memory never holds the evicted and the loading at once.
+                self.matrices.make_room(need, keep=key)
+                matrix = GuildMatrix(0, capacity=max(64, count), half=self._half)
                 result = await conn.stream(
                     select(*_MATRIX_COLUMNS).where(*in_guild),
                     execution_options={"yield_per": _LOAD_CHUNK},
                 )
                 async for rows in result.partitions(_LOAD_CHUNK):
                     await asyncio.to_thread(_append_rows, matrix, rows)
-        self._matrices[key] = matrix
+        self.matrices.put(key, matrix)
         return matrix
+
+    def _tell_too_large(self, key: Key, need: int) -> None:
+        if key in self._told_too_large:
+            return
+        self._told_too_large.add(key)
+        log.warning(
+            "guild %s (%s) needs %d MB of matrix memory, more than MATRIX_MEMORY_MB=%d: it is "
+            "searched straight from the database, which is slow; raise MATRIX_MEMORY_MB above "
+            "%d to keep it in memory",
+            *key,
+            need // 2**20 + 1,
+            self.matrices.limit_bytes // 2**20,
+            need // 2**20 + 1,
+        )
+
+    async def _ranked(
+        self, key: Key, query: np.ndarray, k: int, where: MatrixFilter
+    ) -> list[tuple[int, float]]:
+        async with self._lock(key):
+            matrix = await self._matrix(key)
+            if matrix is None:
+                return await self._ranked_from_database(key, query, k, where)
+            if matrix.dim and matrix.dim != len(query):
+                return []
+            # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
+            return await asyncio.to_thread(matrix.search, query, k, where)
+
+    async def _ranked_from_database(
+        self, key: Key, query: np.ndarray, k: int, where: MatrixFilter
+    ) -> list[tuple[int, float]]:
+        """The same answer as a matrix gives, holding one chunk of rows at a time."""
+        conditions = list(_in_guild(key))
+        if where.channel_ids is not None:
+            conditions.append(IndexedImage.channel_id.in_(where.channel_ids))
+        if where.author_id is not None:
+            conditions.append(IndexedImage.author_id == where.author_id)
+        best: list[tuple[int, float]] = []
+        with database_errors():
+            async with self.engine.connect() as conn:
+                result = await conn.stream(
+                    select(*_MATRIX_COLUMNS).where(*conditions),
+                    execution_options={"yield_per": _LOAD_CHUNK},
+                )
+                async for rows in result.partitions(_LOAD_CHUNK):
+                    best = await asyncio.to_thread(_best_of_chunk, rows, query, k, where, best)
+                    if best is None:  # another model size
+                        return []
+        return best
 
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         key = (scope.guild_id, scope.model_id)
@@ -134,29 +213,36 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         )
         want = k
         while True:
-            async with self._lock(key):
-                matrix = await self._matrix(key)
-                if matrix.dim and matrix.dim != len(query):
-                    return []
-                # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
-                ranked = await asyncio.to_thread(matrix.search, query, want, where)
-            hits = await self._permitted_hits(ranked)
+            ranked = await self._ranked(key, query, want, where)
+            hits = await self._permitted_hits(ranked, query)
             # Rows the policy hides are rare (a race, a crash before their sweep): ask for more
             # only when some were hidden and the matrix had more to give.
             if len(hits) >= k or len(ranked) < want:
                 return hits[:k]
             want *= 2
 
-    async def _permitted_hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
+    async def _permitted_hits(
+        self, ranked: list[tuple[int, float]], query: np.ndarray
+    ) -> list[SearchHit]:
+        """The ranked rows the policy still allows, scored again from their stored float32
+        vectors: a 16-bit matrix ranks, the scores shown and compared stay exact."""
         if not ranked:
             return []
-        scores = dict(ranked)
         async with self._session() as session:
             result = await session.execute(
-                select(*HIT_COLUMNS).where(IndexedImage.id.in_(scores), stored_permitted())
+                select(*HIT_COLUMNS, IndexedImage.embedding).where(
+                    IndexedImage.id.in_([row_id for row_id, _ in ranked]), stored_permitted()
+                )
             )
             by_id = {row.id: row for row in result}
-        return [hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
+        query = np.asarray(query, dtype=np.float32)
+        hits = [
+            hit(row, float(row.embedding @ query))
+            for row_id, _ in ranked
+            if (row := by_id.get(row_id)) is not None
+        ]
+        hits.sort(key=lambda found: -found.score)  # stable: ties keep the matrix's order
+        return hits
 
     async def _row_ids(self, message_id: int | None) -> frozenset[int]:
         if message_id is None:
@@ -196,7 +282,8 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             by_key.setdefault((guild_id, model_id), []).append(row_id)
         for key, row_ids in by_key.items():
             async with self._lock(key):
-                if (matrix := self._matrices.get(key)) is not None:
+                # An evicted guild is not loaded for a delete: its reload reads SQLite.
+                if (matrix := self.matrices.get(key)) is not None:
                     matrix.remove(row_ids)
         return len(gone)
 
@@ -210,12 +297,17 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
 
     async def delete_guild(self, guild_id: int) -> int:
         removed = await super().delete_guild(guild_id)
-        for key in [key for key in self._matrices if key[0] == guild_id]:
-            self._matrices.pop(key, None)
+        for key in [key for key in self.matrices.loaded() if key[0] == guild_id]:
+            self.matrices.drop(key)
         return removed
 
     async def close(self) -> None:
-        self._matrices.clear()
+        self.matrices.clear()
+
+
+def _in_guild(key: Key) -> tuple:
+    guild_id, model_id = key
+    return (IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id)
 
 
 def _append_rows(matrix: GuildMatrix, rows: Sequence) -> None:
@@ -232,6 +324,23 @@ def _append_rows(matrix: GuildMatrix, rows: Sequence) -> None:
         posted=micros / 1e6,
         vectors=np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(count, -1),
     )
+
+
+def _best_of_chunk(
+    rows: Sequence,
+    query: np.ndarray,
+    k: int,
+    where: MatrixFilter,
+    best: list[tuple[int, float]],
+) -> list[tuple[int, float]] | None:
+    """The k best of one streamed chunk and the best so far; None for vectors of another size."""
+    chunk = GuildMatrix(0, capacity=len(rows))
+    _append_rows(chunk, rows)
+    if chunk.dim != len(query):
+        return None
+    merged = best + chunk.search(query, k, where)
+    merged.sort(key=lambda ranked: -ranked[1])
+    return merged[:k]
 
 
 def _matrix_row(row_id: int, record: ImageRecord) -> MatrixRow:
