@@ -1,5 +1,6 @@
 """SQLite's matrices under MATRIX_MEMORY_MB: eviction, reloads, writes while evicted, a guild
-larger than the whole budget, and 16-bit vectors that rank like float32."""
+kept in 16 bits because float32 would not fit, one larger than the whole budget, and 16-bit
+vectors that rank like float32."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from tests.records import image_record as record
 
 GUILDS = (1, 2, 3, 4)
 ROWS, DIM = 200, 64
-ONE_GUILD = matrix_bytes(rows=ROWS, dim=DIM, half=True)
+ONE_GUILD = matrix_bytes(rows=ROWS, dim=DIM, half=False)
+HALF_GUILD = matrix_bytes(rows=ROWS, dim=DIM, half=True)
 
 
 def guild_rows(guild_id: int) -> np.ndarray:
@@ -134,6 +136,21 @@ async def test_a_write_that_grows_a_matrix_past_the_budget_evicts_another(sqlite
     await store.close()
 
 
+async def test_a_guild_too_large_for_float32_is_kept_in_16_bits(sqlite_engine):
+    store = open_store(sqlite_engine, matrix_memory_mb=0.9 * ONE_GUILD / 2**20)
+    x = guild_rows(1)
+    await store.upsert(guild_records(1, x))
+    query = near(x, np.random.default_rng(6), 1)[0].astype(np.float32)
+    hits = await store.search(query, scope=scope(1), k=10)
+    assert numbers(hits, 1) == exact_top(x, query, 10)
+    assert store.matrices.get((1, MODEL)).half
+    assert store.matrices.used_bytes == HALF_GUILD
+    # Scores come from the stored float32 vectors, not from the 16-bit copy.
+    (best,) = await store.search(x[7], scope=scope(1), k=1)
+    assert best.score == pytest.approx(float(x[7] @ x[7]), abs=1e-6)
+    await store.close()
+
+
 async def test_a_guild_larger_than_the_budget_is_searched_from_sqlite(
     sqlite_engine, monkeypatch, caplog
 ):
@@ -142,7 +159,7 @@ async def test_a_guild_larger_than_the_budget_is_searched_from_sqlite(
     from retrieval.store import sqlite as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "_LOAD_CHUNK", 37)  # several chunks to merge
-    store = open_store(sqlite_engine, matrix_memory_mb=0.5 * ONE_GUILD / 2**20)
+    store = open_store(sqlite_engine, matrix_memory_mb=0.9 * HALF_GUILD / 2**20)
     x = guild_rows(1)
     await store.upsert(guild_records(1, x))
     query = near(x, np.random.default_rng(5), 1)[0].astype(np.float32)

@@ -1,9 +1,11 @@
 """The SQLite vector store: rows in SQLite, exact search on per-guild in-memory matrices.
 
 The matrices share one memory budget (MATRIX_MEMORY_MB): the least recently searched guilds are
-evicted and loaded again when next searched. A guild too large for the whole budget is searched
-straight from SQLite, one chunk at a time: slow (about 0.6 s per 100k rows) but within the
-memory the operator allowed; its operator is told once how much budget it needs.
+evicted and loaded again when next searched. Vectors are float32, the fastest to search; a
+guild whose float32 matrix alone would not fit the budget is kept in 16 bits (half the memory,
+the same top 10, a few times slower to search). One too large even so is searched straight from
+SQLite, one chunk at a time: slow (about 0.6 s per 100k rows) but within the memory the
+operator allowed; the operator is told once how much budget it needs.
 """
 
 from __future__ import annotations
@@ -74,12 +76,13 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         engine: AsyncEngine,
         *,
         matrix_memory_mb: float = DEFAULT_MATRIX_MEMORY_MB,
-        half: bool = True,
+        half: bool | None = None,
     ) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.matrices = MatrixBudget(limit_bytes=int(matrix_memory_mb * 2**20))
-        # 16-bit vectors: half the memory, the same top 10 (benchmarks/RESULTS.md).
+        # None: float32 where a guild fits the budget alone, else 16 bits; True or False forces
+        # one (the benchmark compares them).
         self._half = half
         self._locks: dict[Key, asyncio.Lock] = {}
         self._told_too_large: set[Key] = set()
@@ -138,13 +141,19 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                 blob = await conn.scalar(
                     select(func.length(IndexedImage.embedding)).where(*in_guild).limit(1)
                 )
-                need = matrix_bytes(rows=count, dim=(blob or 0) // 4, half=self._half)
+                dim = (blob or 0) // 4
+                half = bool(self._half)
+                need = matrix_bytes(rows=count, dim=dim, half=half)
+                if self._half is None and not self.matrices.fits(need):
+                    half = True
+                    need = matrix_bytes(rows=count, dim=dim, half=half)
                 if not self.matrices.fits(need):
-                    self._tell_too_large(key, need)
+                    fastest = matrix_bytes(rows=count, dim=dim, half=False)
+                    self._tell_too_large(key, smallest=need, fastest=fastest)
                     return None
                 # Room first, so memory never holds the evicted and the loading at once.
                 self.matrices.make_room(need, keep=key)
-                matrix = GuildMatrix(0, capacity=max(64, count), half=self._half)
+                matrix = GuildMatrix(0, capacity=max(64, count), half=half)
                 result = await conn.stream(
                     select(*_MATRIX_COLUMNS).where(*in_guild),
                     execution_options={"yield_per": _LOAD_CHUNK},
@@ -154,18 +163,19 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         self.matrices.put(key, matrix)
         return matrix
 
-    def _tell_too_large(self, key: Key, need: int) -> None:
+    def _tell_too_large(self, key: Key, *, smallest: int, fastest: int) -> None:
         if key in self._told_too_large:
             return
         self._told_too_large.add(key)
         log.warning(
             "guild %s (%s) needs %d MB of matrix memory, more than MATRIX_MEMORY_MB=%d: it is "
-            "searched straight from the database, which is slow; raise MATRIX_MEMORY_MB above "
-            "%d to keep it in memory",
+            "searched straight from the database, which is slow; set MATRIX_MEMORY_MB to at "
+            "least %d to keep it in memory, %d for the fastest search",
             *key,
-            need // 2**20 + 1,
+            smallest // 2**20 + 1,
             self.matrices.limit_bytes // 2**20,
-            need // 2**20 + 1,
+            smallest // 2**20 + 1,
+            fastest // 2**20 + 1,
         )
 
     async def _ranked(
