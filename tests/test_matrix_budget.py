@@ -202,10 +202,12 @@ def test_sixteen_bit_vectors_rank_like_float32_at_half_the_memory():
             np.testing.assert_allclose([s for _, s in half], [s for _, s in exact], atol=2e-4)
 
 
-def test_the_setting_reaches_the_store(sqlite_engine):
-    from retrieval.config import load_settings
+async def test_matrix_memory_mb_reaches_the_bots_store(tmp_path):
+    from bot.app import open_bot
+    from tests.e2e import bot_settings
+    from tests.fakediscord import FakeDiscord
 
-    settings = load_settings(matrix_memory_mb="256")
-    store = open_store(sqlite_engine, matrix_memory_mb=settings.matrix_memory_mb)
-    assert store.matrices.limit_bytes == 256 * 2**20
-    assert load_settings().matrix_memory_mb == 1024
+    async with FakeDiscord() as fd:
+        assert bot_settings(fd, tmp_path).matrix_memory_mb == 1024
+        async with open_bot(bot_settings(fd, tmp_path, matrix_memory_mb="256")) as bot:
+            assert bot.store.matrices.limit_bytes == 256 * 2**20
