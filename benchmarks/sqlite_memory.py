@@ -14,6 +14,8 @@ of ``--other-rows``. Each way runs in its own process, so its memory is its own:
 - sqlite-vec's `vec0` table (cosine, guild as partition key, channel as metadata column) built
   from the same rows, the KNN statement alone timed; and its scalar `vec_distance_cosine` over
   the stored BLOBs, a few queries.
+- the bare product over the large guild's vectors kept as float32, 16-bit fixed point (the
+  matrix's compact form), float16 turned into float32 block by block, and numpy's float16.
 
     python -m benchmarks.sqlite_memory [--rows 200000] [--others 4] [--other-rows 50000]
 
@@ -255,8 +257,57 @@ def run_sqlite_vec(path: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def run_products(args: argparse.Namespace) -> dict:
+    """The bare product over the large guild, by how the vectors are stored (no store, no
+    filter): why the matrix keeps float32 and, when short of room, 16-bit fixed point rather
+    than numpy's float16."""
+    from retrieval.store.matrix import _BLOCK, GuildMatrix
+
+    x = guild_vectors(GUILD, args.rows)
+    qs = queries(x, 20)
+    halves = x.astype(np.float16)
+    fixed = GuildMatrix(0, capacity=len(x), half=True)
+    fixed.append(
+        ids=np.arange(len(x)),
+        channels=np.zeros(len(x)),
+        authors=np.zeros(len(x)),
+        posted=np.zeros(len(x)),
+        vectors=x,
+    )
+
+    def float16_blocks(q: np.ndarray) -> np.ndarray:
+        block = np.empty((_BLOCK, DIM), dtype=np.float32)
+        scores = np.empty(len(x), dtype=np.float32)
+        for start in range(0, len(x), _BLOCK):
+            part = block[: min(_BLOCK, len(x) - start)]
+            part[...] = halves[start : start + len(part)]
+            np.matmul(part, q, out=scores[start : start + len(part)])
+        return scores
+
+    ways = {
+        "float32": lambda q: x @ q,
+        "16-bit fixed point, blocks to float32": lambda q: fixed._scores(q, None),
+        "float16, blocks to float32": float16_blocks,
+        "float16 (numpy matmul)": lambda q: halves @ q.astype(np.float16),
+    }
+    out = {}
+    for name, product in ways.items():
+        product(qs[0])
+        latencies, recalls = [], []
+        for q in qs[: 5 if "numpy" in name else len(qs)]:
+            started = time.perf_counter()
+            scores = product(q)
+            latencies.append(time.perf_counter() - started)
+            found = set(np.argpartition(-np.asarray(scores, np.float32), 10)[:10].tolist())
+            recalls.append(len(found & truth(x, q, 10, False)) / 10)
+        out[name] = (*percentiles(latencies), float(np.mean(recalls)))
+    return out
+
+
 def child(way: str, path: str, args: argparse.Namespace) -> None:
-    if way == "sqlite-vec":
+    if way == "products":
+        result = run_products(args)
+    elif way == "sqlite-vec":
         result = run_sqlite_vec(path, args)
     else:
         result = asyncio.run(run_matrix(path, args, half=way == "16-bit"))
@@ -279,7 +330,14 @@ def in_child(way: str, path: Path, argv: list[str]) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def report_products(products: dict, args: argparse.Namespace) -> None:
+    print(f"\nbare product over {args.rows:,} x {DIM}     p50 / p95      recall@10")  # noqa: T201
+    for name, (p50, p95, recall) in products.items():
+        print(f"{name:<38}{p50:>7.1f} / {p95:>6.1f} ms {recall:>8.3f}")  # noqa: T201
+
+
 def report(results: dict[str, dict | None], args: argparse.Namespace) -> None:
+    products = results.pop("products", None)
     ways = [way for way, result in results.items() if result is not None]
     line = "{:<36}" + "{:>22}" * len(ways)
     out = [line.format("", *ways)]
@@ -318,6 +376,8 @@ def report(results: dict[str, dict | None], args: argparse.Namespace) -> None:
         lambda r: f"{r['scalar_p50_ms']:.0f} ms" if "scalar_p50_ms" in r else "-",
     )
     print("\n".join(out))  # noqa: T201
+    if products:
+        report_products(products, args)
 
 
 def main() -> None:
@@ -327,7 +387,7 @@ def main() -> None:
     parser.add_argument("--other-rows", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--budget-mb", type=float, default=1024)
-    parser.add_argument("--ways", default="float32,16-bit,sqlite-vec")
+    parser.add_argument("--ways", default="float32,16-bit,sqlite-vec,products")
     parser.add_argument("--child", nargs=2, metavar=("WAY", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
