@@ -77,7 +77,9 @@ class GuildMatrix:
     def _stored(self, vectors: np.ndarray) -> np.ndarray:
         if not self.half:
             return vectors
-        return np.rint(np.clip(vectors, -1.0, 1.0) * _SCALE).astype(np.int16)
+        scaled = vectors * np.float32(_SCALE)  # one copy, then worked on in place
+        np.clip(scaled, -_SCALE, _SCALE, out=scaled)
+        return np.rint(scaled, out=scaled).astype(np.int16)
 
     def _set_dim(self, dim: int) -> None:
         # A guild searched before its first image has no dimension yet: take the model's.
