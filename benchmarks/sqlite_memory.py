@@ -11,6 +11,7 @@ of ``--other-rows``. Each way runs in its own process, so its memory is its own:
   a budget that holds the large guild and one other, the other guilds searched in turn (the
   large one is evicted), the large one searched again (its reload) while the loaded bytes are
   checked against the budget after every search;
+- the store with a budget too small for the guild: searched straight from SQLite in chunks;
 - sqlite-vec's `vec0` table (cosine, guild as partition key, channel as metadata column) built
   from the same rows, the KNN statement alone timed; and its scalar `vec_distance_cosine` over
   the stored BLOBs, a few queries.
@@ -131,16 +132,20 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
 # -- one way, in its own process ----------------------------------------------------------------
 
 
-async def run_matrix(path: str, args: argparse.Namespace, *, half: bool) -> dict:
+async def run_matrix(
+    path: str, args: argparse.Namespace, *, half: bool, streamed: bool = False
+) -> dict:
     from retrieval.db import create_engine
     from retrieval.store import SearchScope
     from retrieval.store.matrix import matrix_bytes
     from retrieval.store.sqlite import SqliteVectorStore
 
     x = guild_vectors(GUILD, args.rows)
-    qs = queries(x, args.queries)
+    # Streamed: a budget too small for the guild, so every search reads it from SQLite.
+    qs = queries(x, 5 if streamed else args.queries)
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    store = SqliteVectorStore(engine, matrix_memory_mb=args.budget_mb, half=half)
+    budget_mb = 1 if streamed else args.budget_mb
+    store = SqliteVectorStore(engine, matrix_memory_mb=budget_mb, half=half)
     out: dict = {}
     everything = SearchScope(GUILD, MODEL)
     one_channel = SearchScope(GUILD, MODEL, channel_ids=frozenset({FILTER_CHANNEL}))
@@ -160,6 +165,9 @@ async def run_matrix(path: str, args: argparse.Namespace, *, half: bool) -> dict
             recalls.append(len(found & truth(x, q, k, filtered)) / k)
         out[case_name(k, filtered)] = (*percentiles(latencies), float(np.mean(recalls)))
     await store.close()
+    if streamed:
+        await engine.dispose()
+        return out
 
     # Eviction: room for the large guild and one other; the others searched in turn evict it.
     large = matrix_bytes(rows=args.rows, dim=DIM, half=half)
@@ -310,7 +318,9 @@ def child(way: str, path: str, args: argparse.Namespace) -> None:
     elif way == "sqlite-vec":
         result = run_sqlite_vec(path, args)
     else:
-        result = asyncio.run(run_matrix(path, args, half=way == "16-bit"))
+        result = asyncio.run(
+            run_matrix(path, args, half=way == "16-bit", streamed=way == "from SQLite")
+        )
     print(json.dumps(result))  # noqa: T201 - the parent reads it
 
 
@@ -387,7 +397,9 @@ def main() -> None:
     parser.add_argument("--other-rows", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--budget-mb", type=float, default=1024)
-    parser.add_argument("--ways", default="float32,16-bit,sqlite-vec,products")
+    parser.add_argument(
+        "--ways", default="float32,16-bit,from SQLite,sqlite-vec,products", help="comma-separated"
+    )
     parser.add_argument("--child", nargs=2, metavar=("WAY", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
