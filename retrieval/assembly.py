@@ -57,7 +57,7 @@ async def open_indexing(
     if loaded is not None:
         await loaded(encoder)
     service = EncoderService(encoder)
-    store = open_store(engine)
+    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb)
     connector = aiohttp.TCPConnector(
         limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
     )

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from retrieval.errors import ConfigError
 from retrieval.indexing.jobs import RetryPolicy
 from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
+from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
@@ -88,6 +89,10 @@ class Settings(BaseSettings):
     guild_purge_grace_hours: float = Field(default=0, ge=0, le=24 * 365)
 
     log_level: str = "INFO"
+
+    # SQLite: memory for the servers' search matrices, in MB; the least recently searched
+    # servers make way and are loaded again when searched.
+    matrix_memory_mb: float = Field(default=DEFAULT_MATRIX_MEMORY_MB, gt=0)
 
     # --- Operator view (retrieval/operating.py) ---
     # Serve Prometheus figures on http://METRICS_ADDR:METRICS_PORT/metrics; None: no server.

@@ -5,15 +5,18 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope, VectorStore
+from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 from retrieval.store.sqlite import SqliteVectorStore
 
 
-def open_store(engine: AsyncEngine) -> VectorStore:
+def open_store(
+    engine: AsyncEngine, *, matrix_memory_mb: float = DEFAULT_MATRIX_MEMORY_MB
+) -> VectorStore:
     if engine.dialect.name == "postgresql":
         from retrieval.store.postgres import PgVectorStore
 
         return PgVectorStore(engine)
-    return SqliteVectorStore(engine)
+    return SqliteVectorStore(engine, matrix_memory_mb=matrix_memory_mb)
 
 
 __all__ = [

@@ -1,8 +1,13 @@
 """An in-memory matrix of one guild's vectors for exact search in milliseconds.
 
-Reading 100k BLOBs from SQLite per query takes over half a second (FACTS.md); a float32 matrix
-answers the same top-k in about 12 ms. Rows are appended in amortised O(1) and removed by
-swapping in the last row, so updates never rebuild the matrix.
+Reading 100k BLOBs from SQLite per query takes over half a second; a float32 matrix answers the
+same top-k in about 12 ms. Rows are appended in amortised O(1) and removed by swapping in the
+last row, so updates never rebuild the matrix.
+
+Vectors can be kept in 16 bits: unit vectors' components lie in [-1, 1], so a fixed-point int16
+(value × 32767) is as fine as float16 there (steps of 3e-5) and turns back into float32 with one
+vectorised cast. numpy's own float16 is no use: its products and its casts to float32 are not
+vectorised, 40 times slower than float32 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -11,6 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+_SCALE = 32767.0
+# Rows turned back into float32 at a time: 1 MB of 512-d rows stays in the CPU's cache between
+# the cast and the product (larger blocks were several times slower here).
+_BLOCK = 512
+# What the row-id index (a dict of Python ints) costs per row: 116 bytes with tracemalloc.
+_INDEX_BYTES_PER_ROW = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,16 +43,22 @@ class MatrixFilter:
     exclude_row_ids: frozenset[int] = frozenset()
 
 
+def matrix_bytes(*, rows: int, dim: int, half: bool) -> int:
+    """What a matrix of that many rows holds in memory: vectors, four columns, the row index."""
+    return rows * (dim * (2 if half else 4) + 4 * 8 + _INDEX_BYTES_PER_ROW)
+
+
 class GuildMatrix:
-    def __init__(self, dim: int, capacity: int = 1024) -> None:
+    def __init__(self, dim: int, capacity: int = 1024, *, half: bool = False) -> None:
         self.dim = dim
+        self.half = half
         self.size = 0
         self._pos: dict[int, int] = {}
         self._ids = np.zeros(capacity, dtype=np.int64)
         self._channels = np.zeros(capacity, dtype=np.int64)
         self._authors = np.zeros(capacity, dtype=np.int64)
         self._posted = np.zeros(capacity, dtype=np.float64)
-        self._vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self._vectors = self._empty_vectors(capacity)
 
     def __len__(self) -> int:
         return self.size
@@ -48,17 +66,38 @@ class GuildMatrix:
     def __contains__(self, row_id: int) -> bool:
         return row_id in self._pos
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held, counting the capacity reserved for rows still to come."""
+        return self._vectors.nbytes + 4 * 8 * len(self._ids) + _INDEX_BYTES_PER_ROW * len(self._pos)
+
+    def _empty_vectors(self, capacity: int) -> np.ndarray:
+        return np.zeros((capacity, self.dim), dtype=np.int16 if self.half else np.float32)
+
+    def _stored(self, vectors: np.ndarray) -> np.ndarray:
+        if not self.half:
+            return vectors
+        scaled = vectors * np.float32(_SCALE)  # one copy, then worked on in place
+        np.clip(scaled, -_SCALE, _SCALE, out=scaled)
+        return np.rint(scaled, out=scaled).astype(np.int16)
+
+    def _set_dim(self, dim: int) -> None:
+        # A guild searched before its first image has no dimension yet: take the model's.
+        self.dim = dim
+        self._vectors = self._empty_vectors(len(self._ids))
+
     def _grow(self, needed: int) -> None:
         capacity = len(self._ids)
         if needed <= capacity:
             return
-        new = max(needed, capacity * 2)
+        # By half, not double: a large guild's spare rows count against the memory budget.
+        new = max(needed, capacity + capacity // 2)
         for name in ("_ids", "_channels", "_authors", "_posted"):
             old = getattr(self, name)
             grown = np.zeros(new, dtype=old.dtype)
             grown[: self.size] = old[: self.size]
             setattr(self, name, grown)
-        vectors = np.zeros((new, self.dim), dtype=np.float32)
+        vectors = self._empty_vectors(new)
         vectors[: self.size] = self._vectors[: self.size]
         self._vectors = vectors
 
@@ -80,24 +119,21 @@ class GuildMatrix:
         if count == 0:
             return
         if self.size == 0 and self.dim != vectors.shape[1]:
-            self.dim = vectors.shape[1]
-            self._vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
+            self._set_dim(vectors.shape[1])
         self._grow(self.size + count)
         end = self.size + count
         self._ids[self.size : end] = ids
         self._channels[self.size : end] = channels
         self._authors[self.size : end] = authors
         self._posted[self.size : end] = posted
-        self._vectors[self.size : end] = vectors
+        self._vectors[self.size : end] = self._stored(vectors)
         self._pos.update(zip(ids.tolist(), range(self.size, end), strict=True))
         self.size = end
 
     def add(self, rows: Iterable[MatrixRow]) -> None:
         rows = list(rows)
         if rows and self.size == 0 and self.dim != len(rows[0].vector):
-            # A guild searched before its first image has no dimension yet: take the model's.
-            self.dim = len(rows[0].vector)
-            self._vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
+            self._set_dim(len(rows[0].vector))
         for row in rows:
             at = self._pos.get(row.row_id)
             if at is None:
@@ -109,7 +145,7 @@ class GuildMatrix:
             self._channels[at] = row.channel_id
             self._authors[at] = row.author_id
             self._posted[at] = row.posted_ts
-            self._vectors[at] = row.vector
+            self._vectors[at] = self._stored(np.asarray(row.vector, dtype=np.float32))
 
     def remove(self, row_ids: Iterable[int]) -> int:
         removed = 0
@@ -155,19 +191,34 @@ class GuildMatrix:
             narrow(~np.isin(self._ids[:n], excluded))
         return mask
 
+    def _scores(self, query: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """Cosine scores of all rows, or of the given rows only (a filter that keeps few)."""
+        vectors = self._vectors[: self.size] if rows is None else self._vectors[rows]
+        if not self.half:
+            return vectors @ query
+        scores = np.empty(len(vectors), dtype=np.float32)
+        block = np.empty((min(_BLOCK, len(vectors)), self.dim), dtype=np.float32)
+        for start in range(0, len(vectors), _BLOCK):
+            part = block[: min(_BLOCK, len(vectors) - start)]
+            part[...] = vectors[start : start + len(part)]
+            np.matmul(part, query, out=scores[start : start + len(part)])
+        scores /= _SCALE
+        return scores
+
     def search(self, query: np.ndarray, k: int, where: MatrixFilter) -> list[tuple[int, float]]:
         """Row ids and cosine scores of the k best rows that pass the filter, best first."""
         if self.size == 0 or k <= 0:
             return []
-        scores = self._vectors[: self.size] @ np.asarray(query, dtype=np.float32)
+        query = np.asarray(query, dtype=np.float32)
         mask = self._mask(where)
-        if mask is not None:
-            candidates = np.flatnonzero(mask)
-            if len(candidates) == 0:
-                return []
-            scores = scores[candidates]
+        candidates = None if mask is None else np.flatnonzero(mask)
+        if candidates is not None and len(candidates) == 0:
+            return []
+        # A filter that keeps most rows: one product over all is cheaper than gathering them.
+        if candidates is not None and len(candidates) > self.size // 2:
+            scores = self._scores(query, None)[candidates]
         else:
-            candidates = None
+            scores = self._scores(query, candidates)
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]

@@ -1,9 +1,18 @@
-"""The SQLite vector store: rows in SQLite, exact search on per-guild in-memory matrices."""
+"""The SQLite vector store: rows in SQLite, exact search on per-guild in-memory matrices.
+
+The matrices share one memory budget (MATRIX_MEMORY_MB): the least recently searched guilds are
+evicted and loaded again when next searched. Vectors are float32, the fastest to search; a
+guild whose float32 matrix alone would not fit the budget is kept in 16 bits (half the memory,
+the same top 10, a few times slower to search). One too large even so is searched straight from
+SQLite, one chunk at a time: slow (about 0.6 s per 100k rows) but within the memory the
+operator allowed; the operator is told once how much budget it needs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 
 import numpy as np
@@ -24,7 +33,8 @@ from retrieval.store.allowed import (
 )
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where
-from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow
+from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow, matrix_bytes
+from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB, Key, MatrixBudget
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
 from retrieval.store.sqlite_rows import DRIVER_SQL, RETURNING, driver_row, record_values, stored_row
 
@@ -42,25 +52,31 @@ _MATRIX_COLUMNS = (
 _LOAD_CHUNK = 5_000
 _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
 
+log = logging.getLogger(__name__)
+
 
 class SqliteVectorStore(SharedReads, SharedDeletes):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        matrix_memory_mb: float = DEFAULT_MATRIX_MEMORY_MB,
+        half: bool | None = None,
+    ) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._matrices: dict[tuple[int, str], GuildMatrix] = {}
-        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self.matrices = MatrixBudget(limit_bytes=int(matrix_memory_mb * 2**20))
+        # None: float32 where a guild fits the budget alone, else 16 bits; True or False forces
+        # one (the benchmark compares them).
+        self._half = half
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._told_too_large: set[Key] = set()
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
         with database_errors():
             async with self._sessions.begin() as session:
                 yield session
-
-    def _reader(self):
-        return self._session()
-
-    def _lock(self, key: tuple[int, str]) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -69,6 +85,12 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         with database_errors():
             async with self.engine.begin() as conn:
                 yield conn
+
+    def _reader(self):
+        return self._session()
+
+    def _lock(self, key: tuple[int, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def upsert(
         self, records: Sequence[ImageRecord], *, job_ids: Sequence[int | None] | None = None
@@ -79,8 +101,9 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             taken = await take_jobs(conn, job_ids) if job_ids is not None else set()
             # The last record for a key wins, as it would one at a time.
             wanted = list(
-                {(r.message_id, r.image_key): r for r in still_wanted(records, job_ids, taken)}
-                .values()
+                {
+                    (r.message_id, r.image_key): r for r in still_wanted(records, job_ids, taken)
+                }.values()
             )
             if len(wanted) == 1:  # a live write: RETURNING tells at once what to add
                 (record,) = wanted
@@ -104,12 +127,10 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         await self._mirror(stored)
         return written
 
-    async def _stored_rows(
-        self, conn: AsyncConnection, records: Sequence[ImageRecord]
-    ) -> list:
+    async def _stored_rows(self, conn: AsyncConnection, records: Sequence[ImageRecord]) -> list:
         """The stored rows of ``records``' keys, as (guild, model, matrix columns...), for the
         guilds whose matrix is loaded (no other guild needs them)."""
-        live = {guild_id for guild_id, _ in self._matrices}
+        live = {guild_id for guild_id, _ in self.matrices.loaded()}
         keys = {(r.message_id, r.image_key) for r in records if r.guild_id in live}
         messages = sorted({message_id for message_id, _ in keys})
         rows = []
@@ -135,39 +156,106 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             by_key.setdefault((row[0], row[1]), []).append(row[2:])
         for (guild_id, model_id), rows in by_key.items():
             row_ids = [row[0] for row in rows]
-            for key in [k for k in self._matrices if k[0] == guild_id and k[1] != model_id]:
+            for key in [k for k in self.matrices.loaded() if k[0] == guild_id and k[1] != model_id]:
                 async with self._lock(key):
-                    if (other := self._matrices.get(key)) is not None:
+                    if (other := self.matrices.get(key)) is not None:
                         other.remove(row_ids)
             async with self._lock((guild_id, model_id)):
-                if (matrix := self._matrices.get((guild_id, model_id))) is not None:
+                # An evicted guild is not loaded for a write: SQLite has the rows for its reload.
+                if (matrix := self.matrices.get((guild_id, model_id))) is not None:
                     # A thread: when the matrix is full, growing it copies every row (a
                     # million-row guild: 2 GB, a fifth of a second).
                     await asyncio.to_thread(_put_rows, matrix, rows)
+                    self.matrices.grew((guild_id, model_id))
 
-    async def _matrix(self, key: tuple[int, str]) -> GuildMatrix:
-        """Load a guild's vectors on first use; the lock is held by the caller.
+    async def _matrix(self, key: Key) -> GuildMatrix | None:
+        """A guild's vectors, loaded on first use or after an eviction; None when the guild
+        alone is larger than the budget. The lock is held by the caller, so concurrent
+        searches of one guild wait for one load.
 
         A large guild is a million rows: they are read in chunks and each chunk turned into
         matrix rows by a worker thread, so the event loop only passes chunks along and memory
         holds one chunk of raw rows beside the matrix.
         """
-        if (matrix := self._matrices.get(key)) is not None:
+        if (matrix := self.matrices.searched(key)) is not None:
             return matrix
-        guild_id, model_id = key
-        in_guild = (IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id)
+        in_guild = _in_guild(key)
         with database_errors():
             async with self.engine.connect() as conn:
-                count = await conn.scalar(select(func.count()).where(*in_guild))
-                matrix = GuildMatrix(0, capacity=max(1024, count or 0))
+                count = await conn.scalar(select(func.count()).where(*in_guild)) or 0
+                blob = await conn.scalar(
+                    select(func.length(IndexedImage.embedding)).where(*in_guild).limit(1)
+                )
+                dim = (blob or 0) // 4
+                half = bool(self._half)
+                need = matrix_bytes(rows=count, dim=dim, half=half)
+                if self._half is None and not self.matrices.fits(need):
+                    half = True
+                    need = matrix_bytes(rows=count, dim=dim, half=half)
+                if not self.matrices.fits(need):
+                    fastest = matrix_bytes(rows=count, dim=dim, half=False)
+                    self._tell_too_large(key, smallest=need, fastest=fastest)
+                    return None
+                # Room first, so memory never holds the evicted and the loading at once.
+                self.matrices.make_room(need, keep=key)
+                matrix = GuildMatrix(0, capacity=max(64, count), half=half)
                 result = await conn.stream(
                     select(*_MATRIX_COLUMNS).where(*in_guild),
                     execution_options={"yield_per": _LOAD_CHUNK},
                 )
                 async for rows in result.partitions(_LOAD_CHUNK):
                     await asyncio.to_thread(_append_rows, matrix, rows)
-        self._matrices[key] = matrix
+        self.matrices.put(key, matrix)
         return matrix
+
+    def _tell_too_large(self, key: Key, *, smallest: int, fastest: int) -> None:
+        if key in self._told_too_large:
+            return
+        self._told_too_large.add(key)
+        log.warning(
+            "guild %s (%s) needs %d MB of matrix memory, more than MATRIX_MEMORY_MB=%d: it is "
+            "searched straight from the database, which is slow; set MATRIX_MEMORY_MB to at "
+            "least %d to keep it in memory, %d for the fastest search",
+            *key,
+            smallest // 2**20 + 1,
+            self.matrices.limit_bytes // 2**20,
+            smallest // 2**20 + 1,
+            fastest // 2**20 + 1,
+        )
+
+    async def _ranked(
+        self, key: Key, query: np.ndarray, k: int, where: MatrixFilter
+    ) -> list[tuple[int, float]]:
+        async with self._lock(key):
+            matrix = await self._matrix(key)
+            if matrix is None:
+                return await self._ranked_from_database(key, query, k, where)
+            if matrix.dim and matrix.dim != len(query):
+                return []
+            # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
+            return await asyncio.to_thread(matrix.search, query, k, where)
+
+    async def _ranked_from_database(
+        self, key: Key, query: np.ndarray, k: int, where: MatrixFilter
+    ) -> list[tuple[int, float]]:
+        """The same answer as a matrix gives, holding one chunk of rows at a time."""
+        conditions = list(_in_guild(key))
+        if where.channel_ids is not None:
+            conditions.append(IndexedImage.channel_id.in_(where.channel_ids))
+        if where.author_id is not None:
+            conditions.append(IndexedImage.author_id == where.author_id)
+        best: list[tuple[int, float]] = []
+        with database_errors():
+            async with self.engine.connect() as conn:
+                result = await conn.stream(
+                    select(*_MATRIX_COLUMNS).where(*conditions),
+                    execution_options={"yield_per": _LOAD_CHUNK},
+                )
+                async for rows in result.partitions(_LOAD_CHUNK):
+                    best = await asyncio.to_thread(_best_of_chunk, rows, query, k, where, best)
+                    if best is None:  # another model size
+                        return []
+        return best
 
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         key = (scope.guild_id, scope.model_id)
@@ -180,29 +268,36 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         )
         want = k
         while True:
-            async with self._lock(key):
-                matrix = await self._matrix(key)
-                if matrix.dim and matrix.dim != len(query):
-                    return []
-                # Off the event loop: a 100k-row product takes milliseconds, not microseconds.
-                ranked = await asyncio.to_thread(matrix.search, query, want, where)
-            hits = await self._permitted_hits(ranked)
+            ranked = await self._ranked(key, query, want, where)
+            hits = await self._permitted_hits(ranked, query)
             # Rows the policy hides are rare (a race, a crash before their sweep): ask for more
             # only when some were hidden and the matrix had more to give.
             if len(hits) >= k or len(ranked) < want:
                 return hits[:k]
             want *= 2
 
-    async def _permitted_hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
+    async def _permitted_hits(
+        self, ranked: list[tuple[int, float]], query: np.ndarray
+    ) -> list[SearchHit]:
+        """The ranked rows the policy still allows, scored again from their stored float32
+        vectors: a 16-bit matrix ranks, the scores shown and compared stay exact."""
         if not ranked:
             return []
-        scores = dict(ranked)
         async with self._session() as session:
             result = await session.execute(
-                select(*HIT_COLUMNS).where(IndexedImage.id.in_(scores), stored_permitted())
+                select(*HIT_COLUMNS, IndexedImage.embedding).where(
+                    IndexedImage.id.in_([row_id for row_id, _ in ranked]), stored_permitted()
+                )
             )
             by_id = {row.id: row for row in result}
-        return [hit(by_id[row_id], score) for row_id, score in ranked if row_id in by_id]
+        query = np.asarray(query, dtype=np.float32)
+        hits = [
+            hit(row, float(row.embedding @ query))
+            for row_id, _ in ranked
+            if (row := by_id.get(row_id)) is not None
+        ]
+        hits.sort(key=lambda found: -found.score)  # stable: ties keep the matrix's order
+        return hits
 
     async def _row_ids(self, message_id: int | None) -> frozenset[int]:
         if message_id is None:
@@ -249,7 +344,8 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             by_key.setdefault((guild_id, model_id), []).append(row_id)
         for key, row_ids in by_key.items():
             async with self._lock(key):
-                if (matrix := self._matrices.get(key)) is not None:
+                # An evicted guild is not loaded for a delete: its reload reads SQLite.
+                if (matrix := self.matrices.get(key)) is not None:
                     matrix.remove(row_ids)
         return len(gone)
 
@@ -262,12 +358,17 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
 
     async def delete_guild(self, guild_id: int) -> int:
         removed = await super().delete_guild(guild_id)
-        for key in [key for key in self._matrices if key[0] == guild_id]:
-            self._matrices.pop(key, None)
+        for key in [key for key in self.matrices.loaded() if key[0] == guild_id]:
+            self.matrices.drop(key)
         return removed
 
     async def close(self) -> None:
-        self._matrices.clear()
+        self.matrices.clear()
+
+
+def _in_guild(key: Key) -> tuple:
+    guild_id, model_id = key
+    return (IndexedImage.guild_id == guild_id, IndexedImage.model_id == model_id)
 
 
 def _columns(rows: Sequence) -> dict[str, np.ndarray]:
@@ -302,6 +403,23 @@ def _put_rows(matrix: GuildMatrix, rows: Sequence) -> None:
         MatrixRow(int(i), int(c), int(a), float(p), v)
         for i, c, a, p, v in zip(*(values[known] for values in columns.values()), strict=True)
     )
+
+
+def _best_of_chunk(
+    rows: Sequence,
+    query: np.ndarray,
+    k: int,
+    where: MatrixFilter,
+    best: list[tuple[int, float]],
+) -> list[tuple[int, float]] | None:
+    """The k best of one streamed chunk and the best so far; None for vectors of another size."""
+    chunk = GuildMatrix(0, capacity=len(rows))
+    _append_rows(chunk, rows)
+    if chunk.dim != len(query):
+        return None
+    merged = best + chunk.search(query, k, where)
+    merged.sort(key=lambda ranked: -ranked[1])
+    return merged[:k]
 
 
 __all__ = ["SqliteVectorStore"]
