@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 
 import aiohttp
@@ -287,6 +288,38 @@ async def test_a_backlog_waits_in_the_table_and_memory_holds_a_window(host, pipe
         (await _hash_of(host.files["s0.png"][0])), pipeline.model_id
     )
     assert vectors is not None and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-5)
+
+
+async def test_a_backlog_within_the_window_is_claimed_at_once(host, store, tiny_encoder):
+    """Each claim is a transaction on the event loop: rows that fit the window are taken in one
+    claim, and neither finished images nor a caller waiting in join() send the feeder back to a
+    table it found empty (only its poll does, for retries coming due)."""
+    import retrieval.indexing.pipeline
+
+    for i in range(24):
+        host.files[f"c{i}.png"] = (png_bytes(draw("blue", "circle", rng=700 + i)), "image/png")
+    jobs = job_queue(store, tiny_encoder.model_id)
+    claimed: list[int] = []
+    claim = jobs.claim
+
+    async def counted(limit: int):
+        taken = await claim(limit)
+        claimed.append(len(taken))
+        return taken
+
+    jobs.claim = counted
+    async with running_pipeline(
+        tiny_encoder, store, origins=host.origin, jobs=jobs, window=64
+    ) as pipe:
+        started = time.monotonic()
+        await pipe.submit([ref(host, f"c{i}.png", 700 + i) for i in range(24)])
+        await pipe.join()
+        elapsed = time.monotonic() - started
+    assert pipe.counters.indexed == 24
+    assert 24 in claimed
+    # At start (nothing yet), the submission, and one per poll.
+    polls = int(elapsed / retrieval.indexing.pipeline._FEED_POLL_S) + 1
+    assert len(claimed) <= 2 + polls, (claimed, elapsed)
 
 
 async def _hash_of(data: bytes) -> str:

@@ -102,6 +102,12 @@ class IndexingPipeline:
         self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._held: dict[int, Job] = {}  # claimed and not finished: the window onto the table
         self._wake = asyncio.Event()
+        # Whether the table may hold due rows the last claim left behind: it filled the room,
+        # or rows were written since. Only then is freed room worth a claim, and only once a
+        # batch's worth is free: a claim per finished image was most of the queue's cost on
+        # the event loop (benchmarks/RESULTS.md).
+        self._more = True
+        self._refill = max(1, min(batch_size, queue_size // 2))
         self._fetch_workers = fetch_workers
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
@@ -111,7 +117,7 @@ class IndexingPipeline:
         self._encoding = 0
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
-        self._submissions = Submissions(jobs, written=self._wake.set)
+        self._submissions = Submissions(jobs, written=self._rows_written)
         self._waves = RetryWaves(jobs)
         self._closing = False
 
@@ -172,34 +178,46 @@ class IndexingPipeline:
         retried later do not count)."""
         while True:
             await self._submissions.flushed()
-            if not self._held and not await self._with_store(self.jobs.due, 1):
-                return
-            self._wake.set()
+            if not self._held:
+                if not await self._with_store(self.jobs.due, 1):
+                    return
+                self._rows_written()  # e.g. retries come due: take them now, not at the poll
             await asyncio.sleep(0.05)
 
     # -- feeding the window from the table ---------------------------------------------------
 
     async def _feed_loop(self) -> None:
+        polled = True  # the table may hold rows already (a previous run's)
         while True:
             room = self.window - len(self._held)
-            claimed: list[Job] = []
-            if room > 0:
+            # Rows come due unannounced (retries, leases of a consumer that died): the poll
+            # takes whatever room there is.
+            if room > 0 and (polled or (self._more and room >= self._refill)):
+                self._more = False  # rows written during the claim set it again
                 try:
                     claimed = await self.jobs.claim(room)
                 except StoreUnavailable as exc:
+                    self._more = True
                     log.error("database unavailable, cannot take jobs: %s", exc)
                     await asyncio.sleep(_STORE_RETRY_FIRST_S * 4)
                     continue
-            for job in claimed:
-                self._held[job.id] = job
-                self._intake.put_nowait(job)
-            if claimed and len(claimed) == room:
-                self._wake.clear()
-            else:
+                if len(claimed) == room:
+                    self._more = True
+                for job in claimed:
+                    self._held[job.id] = job
+                    self._intake.put_nowait(job)
+            if not self._more:
                 await self._waves.check()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), _FEED_POLL_S)
+                polled = False
+            except TimeoutError:
+                polled = True
             self._wake.clear()
+
+    def _rows_written(self) -> None:
+        self._more = True
+        self._wake.set()
 
     async def _renew_loop(self) -> None:
         while True:
