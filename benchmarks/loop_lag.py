@@ -296,8 +296,8 @@ def main() -> None:
         results = {}
         for name, code in versions.items():
             print(f"measuring {name} …", flush=True)
-            args = ["--measure", str(db), "--query", query.tobytes().hex()]
-            results[name] = run_version(code, "benchmarks.loop_lag", args)
+            options = ["--measure", str(db), "--query", query.tobytes().hex()]
+            results[name] = run_version(code, "benchmarks.loop_lag", options)
         report(args.rows, args.dim, results)
         if len({r["results"] for r in results.values()}) > 1:
             print("\nThe versions showed different results.")
