@@ -25,7 +25,8 @@ Setting up a world
 
 Constructor options: `message_content_enabled`, `members_enabled`, `presences_enabled`
 (the portal switches; asking IDENTIFY for a disabled one closes with 4014),
-`bot_name`, `initial_response_timeout` (3.0 s; None disables), `clock`.
+`bot_name`, `initial_response_timeout` (3.0 s; None disables), `clock`,
+`heartbeat_interval_ms` (what HELLO announces; Discord's 41250 by default).
 `guild.add_*` dispatch CHANNEL_CREATE/GUILD_MEMBER_ADD/... when a client is connected;
 pass `dispatch=False` for changes made while the bot was offline.
 
@@ -59,7 +60,8 @@ What the bot did
 - `fd.synced_commands` ({None: global, guild_id: [...]}), `fd.requests`
   (RecordedRequest(method, path, query, json, files)), `fd.identify_payloads`,
   `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
-  `fd.cdn.hits` ((path, status) per CDN request), `fd.unknown_routes`.
+  `fd.cdn.hits` ((path, status) per CDN request), `fd.unknown_routes`,
+  `fd.gateway.sessions[i].heartbeats` (`time.monotonic()` of each heartbeat received).
 
 Lifecycle (all async, all take `dispatch=False` for offline changes)
 -------------------------------------------------------------------

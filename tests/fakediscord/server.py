@@ -22,7 +22,14 @@ from .actions import MemberActions
 from .cdn import Cdn, Fault, probe_image
 from .channels import ChannelRoutes
 from .commands import CommandRegistry
-from .gateway import GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT, Gateway, Session
+from .gateway import (
+    GUILD_MEMBERS,
+    GUILD_PRESENCES,
+    HEARTBEAT_INTERVAL_MS,
+    MESSAGE_CONTENT,
+    Gateway,
+    Session,
+)
 from .ids import Clock, Snowflakes
 from .interactions import FakeInteraction
 from .lifecycle import Lifecycle
@@ -58,7 +65,9 @@ class FakeDiscord(Lifecycle, MemberActions):
     def __init__(self, *, message_content_enabled: bool = True, members_enabled: bool = True,
                  presences_enabled: bool = False, bot_name: str = "clipfind",
                  initial_response_timeout: float | None = 3.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.message_content_enabled = message_content_enabled
         self.members_enabled = members_enabled
         self.presences_enabled = presences_enabled
