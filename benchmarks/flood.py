@@ -5,17 +5,37 @@ event-loop lag while it drains. Uses the tiny test model so 10,000 images take m
 hours; the pipeline's memory bound does not depend on the model.
 
     python -m benchmarks.flood [--images 10000] [--images-small 1000]
+
+``--through-discord`` floods the real bot instead: N members' messages with one image each,
+posted at once through the Discord stand-in (tests/fakediscord) and received by discord.py over
+its gateway websocket, and measures the gateway heartbeat meanwhile. discord.py sends a
+heartbeat from its own thread but through the event loop, once the announced interval has
+passed since the last one went out, so a heartbeat is late by as long as the loop was busy.
+Discord closes a connection whose heartbeat does not come in time; lateness near the interval
+is a failure. The stand-in runs on its own thread and event loop (Discord is not on the bot's
+loop either; they still share the GIL) and announces ``--heartbeat-ms`` (1,000 by default,
+against Discord's 41,250, for many samples). Reported: the stand-in's view (time between
+heartbeats received, minus the interval) and discord.py's ``bot.latency`` (heartbeat sent →
+ACK read, through the loop).
+
+    python -m benchmarks.flood --through-discord [--images 10000] [--heartbeat-ms 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import logging
 import os
 import statistics
+import tempfile
+import threading
 import time
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -76,12 +96,160 @@ async def flood(encoder: Encoder, count: int) -> dict:
         )
 
 
+# -- through Discord: the real bot, its gateway, and the heartbeat --------------------------------
+
+T = TypeVar("T")
+
+
+class StandIn:
+    """The Discord stand-in on its own thread and event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="stand-in", daemon=True)
+        self._thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Runs ``coro`` on the stand-in's loop; the caller's loop stays free meanwhile."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+@contextlib.asynccontextmanager
+async def discord_world(heartbeat_ms: int) -> AsyncIterator[tuple[StandIn, Any, Any, Any, Any]]:
+    """(stand-in, fake Discord, its channel, its members, the bot) with the bot connected."""
+    from bot.app import open_bot
+    from tests.e2e import bot_settings
+    from tests.fakediscord import DEFAULT_BOT, FakeDiscord
+
+    stand_in = StandIn()
+
+    async def world():
+        fd = FakeDiscord(message_content_enabled=True, heartbeat_interval_ms=heartbeat_ms)
+        await fd.start()
+        guild = fd.add_guild("Flood", bot_permissions=DEFAULT_BOT)
+        channel = guild.add_text_channel("memes")
+        members = [guild.add_member(f"member{i}") for i in range(50)]
+        return fd, channel, members
+
+    fd, channel, members = await stand_in.run(world())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = bot_settings(fd, Path(tmp), backfill=False)
+            async with open_bot(settings) as bot:
+                task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+                try:
+                    await asyncio.wait_for(bot.wait_until_ready(), 60)
+                    yield stand_in, fd, channel, members, bot
+                finally:
+                    await bot.close()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+    finally:
+        await stand_in.run(fd.close())
+        stand_in.stop()
+
+
+async def discord_flood(count: int, heartbeat_ms: int) -> dict:
+    from tests.fakediscord import Attachment
+
+    images = [image_bytes(i) for i in range(count)]
+    async with discord_world(heartbeat_ms) as (stand_in, fd, channel, members, bot):
+        latencies: list[float] = []
+        last = bot.latency
+
+        def probe() -> None:
+            nonlocal last
+            if bot.latency != last:  # a new ACK was read
+                last = bot.latency
+                latencies.append(last * 1000)
+
+        async def post_all() -> list[float]:
+            """Posts everything, 100 messages per turn of the stand-in's loop (so that it reads
+            heartbeats in time); returns the stand-in's own loop lag meanwhile."""
+            async with loop_lag() as own_lags:
+                for at in range(0, count, 100):
+                    await asyncio.gather(
+                        *(
+                            fd.post_message(
+                                channel,
+                                members[i % len(members)],
+                                attachments=[Attachment(f"{i}.jpg", images[i], "image/jpeg")],
+                            )
+                            for i in range(at, min(at + 100, count))
+                        )
+                    )
+                await stand_in_idle.wait()
+            return own_lags
+
+        session = fd.gateway.connected()[0]
+        stand_in_idle = asyncio.Event()  # set on the stand-in's loop once all is indexed
+        async with loop_lag(probe) as lags:
+            started = time.perf_counter()
+            beats_from = len(session.heartbeats)
+            poster = asyncio.ensure_future(stand_in.run(post_all()))
+            while bot.pipeline.counters.indexed < count:
+                if poster.done() and poster.exception():
+                    raise poster.exception()
+                await asyncio.sleep(0.1)
+            elapsed = time.perf_counter() - started
+            stand_in.loop.call_soon_threadsafe(stand_in_idle.set)
+            stand_in_lags = await poster
+            beats = session.heartbeats[beats_from:]
+        late = sorted((b - a) * 1000 - heartbeat_ms for a, b in zip(beats, beats[1:], strict=False))
+        latencies.sort()
+        return dict(
+            images=count,
+            indexed=bot.pipeline.counters.indexed,
+            failed=sum(bot.pipeline.counters.failed.values()),
+            rate=count / elapsed,
+            lags=lags,
+            stand_in_lags=stand_in_lags,
+            late=late or [float("nan")],
+            latencies=latencies or [float("nan")],
+            closed=session.ws.closed,
+        )
+
+
+def report_discord(r: dict, heartbeat_ms: int) -> None:
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f}/{percentile(values, 0.99):.1f}/{values[-1]:.1f}"
+
+    print(
+        f"{r['images']} images posted at once through the stand-in: {r['indexed']} indexed, "
+        f"{r['failed']} failed, {r['rate']:.1f} img/s"
+    )
+    print(f"  bot's event-loop lag p50/p99/max ms:       {spread(r['lags'])}")
+    print(f"  stand-in's event-loop lag p50/p99/max ms:  {spread(r['stand_in_lags'])}")
+    print(
+        f"  heartbeats received every {heartbeat_ms} ms + lateness p50/p99/max ms: "
+        f"{spread(r['late'])} ({len(r['late'])} intervals; worst "
+        f"{r['late'][-1] / heartbeat_ms:.0%} of the interval, "
+        f"{r['late'][-1] / 41250:.1%} of Discord's 41.25 s)"
+    )
+    print(
+        f"  bot.latency (heartbeat → ACK) p50/p99/max ms: {spread(r['latencies'])} "
+        f"({len(r['latencies'])} ACKs)"
+    )
+    print(f"  connection {'CLOSED' if r['closed'] else 'still open'} at the end")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--images-small", type=int, default=1_000)
+    parser.add_argument("--through-discord", action="store_true")
+    parser.add_argument("--heartbeat-ms", type=int, default=1000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.through_discord:
+        result = asyncio.run(discord_flood(args.images, args.heartbeat_ms))
+        report_discord(result, args.heartbeat_ms)
+        return
     encoder = Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
     rows = [asyncio.run(flood(encoder, n)) for n in (args.images_small, args.images)]
     print(
