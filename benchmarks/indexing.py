@@ -10,14 +10,14 @@
 
 On a GPU (`--device cuda`) the seed way runs there too, and "all" compares fp32 with fp16.
 
-    python -m benchmarks.indexing --baseline REV [--rounds 3] [--precision auto] ...
+    python -m benchmarks.indexing --baseline REV [--baseline REV2] [--rounds 3] [--precision auto]
 
 measures only (3), the pipeline, with this checkout's code and with revision REV's (exported with
 ``git archive``), each in a fresh process, alternating over the rounds (A B, B A, A B...) so that
-what else runs on the machine weighs on both alike. Each process warms the model up with one
-pipeline pass, then measures a second one: images/s, and the event loop's CPU time per image
-(``time.thread_time()`` on the loop's thread). Before the durable jobs table (0a235e8) the
-pipeline had an in-memory queue; the benchmark adapts (benchmarks/harness.py).
+what else runs on the machine weighs on all alike; ratios are against the first REV. Each
+process warms the model up with one pipeline pass, then measures a second one: images/s, and the
+event loop's CPU time per image (``time.thread_time()`` on the loop's thread). Before the durable
+jobs table (0a235e8) the pipeline had an in-memory queue; the benchmark adapts (harness.py).
 
 Speed does not depend on weight values, so the model is randomly initialised.
 """
@@ -188,7 +188,11 @@ def compare(args: argparse.Namespace) -> None:
     ]
     tmp = Path(tempfile.mkdtemp(prefix="clipfind-indexing-", dir="/tmp"))
     try:
-        versions = {args.baseline: export(args.baseline, tmp / "baseline"), "this checkout": ROOT}
+        versions = {
+            revision: export(revision, tmp / f"baseline{i}")
+            for i, revision in enumerate(args.baseline)
+        }
+        versions["this checkout"] = ROOT
         runs: dict[str, list[dict]] = {name: [] for name in versions}
         names = list(versions)
         for round_ in range(args.rounds):
@@ -210,7 +214,8 @@ def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> 
     first = next(iter(runs.values()))[0]
     print(
         f"\n{args.model} (random init), {args.images} images ({args.mix}), {first['precision']}, "
-        f"batch {first['batch']}, {args.rounds} rounds; medians (min–max)"
+        f"batch {first['batch']}, {args.rounds} rounds; medians (min–max); ratio: this checkout "
+        f"/ {args.baseline[0]}, the median of each round's ratio (the two ran back to back)"
     )
     roles = sorted({role for results in runs.values() for r in results for role in r["cpu_ms"]})
 
@@ -228,8 +233,9 @@ def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> 
     for label, value in rows.items():
         columns = [[value(r) for r in runs[name]] for name in names]
         digits = 2 if label.startswith("pipeline") or "event loop" in label else 1
-        base, this = (statistics.median(c) for c in columns)
-        ratio = f"{this / base:.3f}" if base else ""
+        pairs = zip(columns[-1], columns[0], strict=True)
+        ratios = [this / base for this, base in pairs if base]
+        ratio = f"{statistics.median(ratios):.3f}" if ratios else ""
         print(f"{label:28}" + "".join(f"{cell(c, digits):>26}" for c in columns) + f"{ratio:>8}")
     for name, results in runs.items():
         print(f"{name}: {results[0]['code']}")
@@ -248,7 +254,9 @@ def main() -> None:
         help="clipfind's encoder; 'all' measures fp32 and bf16 side by side",
     )
     parser.add_argument(
-        "--baseline", help="a git revision: measure only the pipeline, side by side with it"
+        "--baseline",
+        action="append",
+        help="a git revision: measure only the pipeline, side by side with it (repeatable)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
