@@ -30,6 +30,7 @@ from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
 from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
+from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
 from retrieval.store.base import ImageRecord, VectorStore
@@ -119,6 +120,7 @@ class IndexingPipeline:
         self._encoder_idle.set()
         self._submissions = Submissions(jobs, written=self._rows_written)
         self._waves = RetryWaves(jobs)
+        self._reuse = ReuseLookups(store, encoder.model_id)
         self._closing = False
 
     @property
@@ -270,7 +272,7 @@ class IndexingPipeline:
             raise NotAnImage(f"declared {ref.content_type or 'unknown type'}, bytes are no image")
         content_type = f"image/{kind}"
         content_hash = await loop.run_in_executor(self._pool, _sha256, data)
-        reused = await self._with_store(self.store.embedding_for, content_hash, self.model_id)
+        reused = await self._with_store(self._reuse.embedding_for, content_hash)
         if reused is not None:
             record = _record(ref, content_hash, content_type, self.model_id, reused)
             self.counters.reused += await self._write([record], [job])
