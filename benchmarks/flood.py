@@ -12,11 +12,10 @@ its gateway websocket, and measures the gateway heartbeat meanwhile. discord.py 
 heartbeat from its own thread but through the event loop, once the announced interval has
 passed since the last one went out, so a heartbeat is late by as long as the loop was busy.
 Discord closes a connection whose heartbeat does not come in time; lateness near the interval
-is a failure. The stand-in runs on its own thread and event loop (Discord is not on the bot's
-loop either; they still share the GIL) and announces ``--heartbeat-ms`` (1,000 by default,
-against Discord's 41,250, for many samples). Reported: the stand-in's view (time between
-heartbeats received, minus the interval) and discord.py's ``bot.latency`` (heartbeat sent →
-ACK read, through the loop).
+is a failure. The stand-in runs in a process of its own, as Discord does, and announces
+``--heartbeat-ms`` (1,000 by default, against Discord's 41,250, for many samples). Reported: the
+stand-in's view (time between heartbeats received, minus the interval) and discord.py's
+``bot.latency`` (heartbeat sent → ACK read, through the loop).
 
     python -m benchmarks.flood --through-discord [--images 10000] [--heartbeat-ms 1000]
 """
@@ -31,11 +30,9 @@ import logging
 import os
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -98,121 +95,118 @@ async def flood(encoder: Encoder, count: int) -> dict:
 
 # -- through Discord: the real bot, its gateway, and the heartbeat --------------------------------
 
-T = TypeVar("T")
+
+def stand_in_process(conn: Connection, heartbeat_ms: int, count: int) -> None:
+    """The Discord stand-in, in a process of its own (as Discord is), driven over ``conn``."""
+    asyncio.run(serve_stand_in(conn, heartbeat_ms, count))
 
 
-class StandIn:
-    """The Discord stand-in on its own thread and event loop."""
+async def serve_stand_in(conn: Connection, heartbeat_ms: int, count: int) -> None:
+    from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="stand-in", daemon=True)
-        self._thread.start()
+    async def receive() -> str:
+        return await asyncio.to_thread(conn.recv)
 
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Runs ``coro`` on the stand-in's loop; the caller's loop stays free meanwhile."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
-
-
-@contextlib.asynccontextmanager
-async def discord_world(heartbeat_ms: int) -> AsyncIterator[tuple[StandIn, Any, Any, Any, Any]]:
-    """(stand-in, fake Discord, its channel, its members, the bot) with the bot connected."""
-    from bot.app import open_bot
-    from tests.e2e import bot_settings
-    from tests.fakediscord import DEFAULT_BOT, FakeDiscord
-
-    stand_in = StandIn()
-
-    async def world():
-        fd = FakeDiscord(message_content_enabled=True, heartbeat_interval_ms=heartbeat_ms)
-        await fd.start()
+    images = [image_bytes(i) for i in range(count)]
+    async with FakeDiscord(message_content_enabled=True, heartbeat_interval_ms=heartbeat_ms) as fd:
         guild = fd.add_guild("Flood", bot_permissions=DEFAULT_BOT)
         channel = guild.add_text_channel("memes")
         members = [guild.add_member(f"member{i}") for i in range(50)]
-        return fd, channel, members
+        conn.send(
+            dict(
+                token=fd.token,
+                api_base=fd.api_base,
+                gateway_url=fd.gateway_url,
+                cdn_origin=fd.cdn_origin,
+            )
+        )
+        assert await receive() == "post"
+        session = fd.gateway.connected()[0]
+        beats_from = len(session.heartbeats)
+        async with loop_lag() as lags:
+            # 100 messages per turn of the loop, so that heartbeats are read as they come.
+            for at in range(0, count, 100):
+                await asyncio.gather(
+                    *(
+                        fd.post_message(
+                            channel,
+                            members[i % len(members)],
+                            attachments=[Attachment(f"{i}.jpg", images[i], "image/jpeg")],
+                        )
+                        for i in range(at, min(at + 100, count))
+                    )
+                )
+            assert await receive() == "done"
+        conn.send(dict(beats=session.heartbeats[beats_from:], lags=lags, closed=session.ws.closed))
 
-    fd, channel, members = await stand_in.run(world())
+
+async def discord_flood(count: int, heartbeat_ms: int) -> dict:
+    """N messages posted at once by the stand-in's members, received and indexed by the bot."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from bot.app import open_bot
+    from tests.e2e import bot_settings
+
+    context = multiprocessing.get_context("spawn")
+    conn, child_end = context.Pipe()
+    child = context.Process(target=stand_in_process, args=(child_end, heartbeat_ms, count))
+    child.start()
+    child_end.close()  # so that a stand-in that died is an EOFError here, not a wait forever
     try:
+        fd = SimpleNamespace(**await asyncio.to_thread(conn.recv))
         with tempfile.TemporaryDirectory() as tmp:
             settings = bot_settings(fd, Path(tmp), backfill=False)
             async with open_bot(settings) as bot:
-                task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+                task = asyncio.create_task(bot.start(fd.token))
                 try:
                     await asyncio.wait_for(bot.wait_until_ready(), 60)
-                    yield stand_in, fd, channel, members, bot
+                    result = await flood_bot(bot, conn, count)
                 finally:
                     await bot.close()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
     finally:
-        await stand_in.run(fd.close())
-        stand_in.stop()
+        child.join(30)
+        if child.is_alive():
+            child.terminate()
+    beats = result.pop("beats")
+    result["late"] = sorted(
+        (b - a) * 1000 - heartbeat_ms for a, b in zip(beats, beats[1:], strict=False)
+    ) or [float("nan")]
+    return result
 
 
-async def discord_flood(count: int, heartbeat_ms: int) -> dict:
-    from tests.fakediscord import Attachment
+async def flood_bot(bot, conn: Connection, count: int) -> dict:
+    latencies: list[float] = []
+    last = bot.latency
 
-    images = [image_bytes(i) for i in range(count)]
-    async with discord_world(heartbeat_ms) as (stand_in, fd, channel, members, bot):
-        latencies: list[float] = []
-        last = bot.latency
+    def probe() -> None:
+        nonlocal last
+        if bot.latency != last:  # a new ACK was read
+            last = bot.latency
+            latencies.append(last * 1000)
 
-        def probe() -> None:
-            nonlocal last
-            if bot.latency != last:  # a new ACK was read
-                last = bot.latency
-                latencies.append(last * 1000)
-
-        async def post_all() -> list[float]:
-            """Posts everything, 100 messages per turn of the stand-in's loop (so that it reads
-            heartbeats in time); returns the stand-in's own loop lag meanwhile."""
-            async with loop_lag() as own_lags:
-                for at in range(0, count, 100):
-                    await asyncio.gather(
-                        *(
-                            fd.post_message(
-                                channel,
-                                members[i % len(members)],
-                                attachments=[Attachment(f"{i}.jpg", images[i], "image/jpeg")],
-                            )
-                            for i in range(at, min(at + 100, count))
-                        )
-                    )
-                await stand_in_idle.wait()
-            return own_lags
-
-        session = fd.gateway.connected()[0]
-        stand_in_idle = asyncio.Event()  # set on the stand-in's loop once all is indexed
-        async with loop_lag(probe) as lags:
-            started = time.perf_counter()
-            beats_from = len(session.heartbeats)
-            poster = asyncio.ensure_future(stand_in.run(post_all()))
-            while bot.pipeline.counters.indexed < count:
-                if poster.done() and poster.exception():
-                    raise poster.exception()
-                await asyncio.sleep(0.1)
-            elapsed = time.perf_counter() - started
-            stand_in.loop.call_soon_threadsafe(stand_in_idle.set)
-            stand_in_lags = await poster
-            beats = session.heartbeats[beats_from:]
-        late = sorted((b - a) * 1000 - heartbeat_ms for a, b in zip(beats, beats[1:], strict=False))
-        latencies.sort()
-        return dict(
-            images=count,
-            indexed=bot.pipeline.counters.indexed,
-            failed=sum(bot.pipeline.counters.failed.values()),
-            rate=count / elapsed,
-            lags=lags,
-            stand_in_lags=stand_in_lags,
-            late=late or [float("nan")],
-            latencies=latencies or [float("nan")],
-            closed=session.ws.closed,
-        )
+    async with loop_lag(probe) as lags:
+        started = time.perf_counter()
+        conn.send("post")
+        while bot.pipeline.counters.indexed < count:  # noqa: ASYNC110 - counters have no event
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - started
+    conn.send("done")
+    stand_in = await asyncio.to_thread(conn.recv)
+    latencies.sort()
+    return dict(
+        images=count,
+        indexed=bot.pipeline.counters.indexed,
+        failed=sum(bot.pipeline.counters.failed.values()),
+        rate=count / elapsed,
+        lags=lags,
+        stand_in_lags=stand_in["lags"],
+        beats=stand_in["beats"],
+        latencies=latencies or [float("nan")],
+        closed=stand_in["closed"],
+    )
 
 
 def report_discord(r: dict, heartbeat_ms: int) -> None:
