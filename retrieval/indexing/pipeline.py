@@ -189,12 +189,14 @@ class IndexingPipeline:
     # -- feeding the window from the table ---------------------------------------------------
 
     async def _feed_loop(self) -> None:
-        polled = True  # the table may hold rows already (a previous run's)
+        looked = float("-inf")  # the table may hold rows already (a previous run's)
         while True:
             room = self.window - len(self._held)
-            # Rows come due unannounced (retries, leases of a consumer that died): the poll
-            # takes whatever room there is.
+            # Rows come due unannounced (retries, leases of a consumer that died): once a poll
+            # interval has passed, any room is worth a look, however often the feeder was woken.
+            polled = time.monotonic() - looked >= _FEED_POLL_S
             if room > 0 and (polled or (self._more and room >= self._refill)):
+                looked = time.monotonic()
                 self._more = False  # rows written during the claim set it again
                 try:
                     claimed = await self.jobs.claim(room)
@@ -210,11 +212,8 @@ class IndexingPipeline:
                     self._intake.put_nowait(job)
             if not self._more:
                 await self._waves.check()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _FEED_POLL_S)
-                polled = False
-            except TimeoutError:
-                polled = True
             self._wake.clear()
 
     def _rows_written(self) -> None:
