@@ -1,26 +1,32 @@
 """What the pipeline benchmarks share: a loopback image server, a pipeline on a throwaway SQLite
-database, and an event-loop lag watcher."""
+database, an event-loop lag watcher, and running a measurement with another revision's code.
+
+``retrieval`` is imported inside the functions that use it: a measurement may run in a process
+whose ``retrieval`` is an older revision's (see ``run_version``), and the pipeline's API before
+the durable jobs table (an in-memory queue, no jobs, no media origins) is adapted here, in the
+benchmark, not in the product.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yarl
 from aiohttp import web
 
-from retrieval.db import create_engine, ensure_schema
-from retrieval.encoder import Encoder
-from retrieval.encoding import EncoderService
-from retrieval.fetch import Fetcher
-from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue
-from retrieval.origins import MediaOrigins
-from retrieval.store import open_store
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.asynccontextmanager
@@ -43,27 +49,50 @@ async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[str
         await runner.cleanup()
 
 
+def has_jobs_table() -> bool:
+    """Whether this process's ``retrieval`` has the durable jobs table (0a235e8 and after)."""
+    import retrieval
+
+    # Not importlib.util.find_spec: an editable install's finder answers for a sub-package the
+    # older code lacks with the one from the checkout it was installed from.
+    return (Path(retrieval.__file__).parent / "indexing").is_dir()
+
+
 @contextlib.asynccontextmanager
 async def sqlite_pipeline(
-    encoder: Encoder, *, source: str, batch_size: int, decode_threads: int | None = None
-) -> AsyncIterator[IndexingPipeline]:
+    encoder: Any, *, source: str, batch_size: int, decode_threads: int | None = None
+) -> AsyncIterator[Any]:
     """A pipeline that may download from ``source``'s origin (the image server's base URL)."""
-    allowed = MediaOrigins.parse(str(yarl.URL(source).origin()))
+    from retrieval.db import create_engine, ensure_schema
+    from retrieval.encoding import EncoderService
+    from retrieval.fetch import Fetcher
+    from retrieval.store import open_store
+
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
         await ensure_schema(engine)
         service = EncoderService(encoder)
         async with aiohttp.ClientSession() as http:
+            fetch_options: dict[str, Any] = dict(max_bytes=50_000_000, timeout_s=60)
+            options: dict[str, Any] = {}
+            if has_jobs_table():
+                from retrieval.indexing import IndexingPipeline, JobQueue
+                from retrieval.origins import MediaOrigins
+
+                fetch_options["allowed"] = MediaOrigins.parse(str(yarl.URL(source).origin()))
+                options["jobs"] = JobQueue(engine, model_id=encoder.model_id)
+            else:  # before the jobs table: an in-memory queue, any origin
+                from retrieval.pipeline import IndexingPipeline
             pipeline = IndexingPipeline(
-                fetcher=Fetcher(http, allowed=allowed, max_bytes=50_000_000, timeout_s=60),
+                fetcher=Fetcher(http, **fetch_options),
                 encoder=service,
                 store=open_store(engine),
-                jobs=JobQueue(engine, model_id=encoder.model_id),
                 spec=encoder.spec,
                 max_pixels=50_000_000,
                 batch_size=batch_size,
                 batch_deadline_s=0.05,
                 decode_threads=decode_threads,
+                **options,
             )
             await pipeline.start()
             try:
@@ -74,7 +103,11 @@ async def sqlite_pipeline(
                 await engine.dispose()
 
 
-def refs(base_url: str, count: int) -> list[ImageRef]:
+def refs(base_url: str, count: int) -> list:
+    if has_jobs_table():
+        from retrieval.indexing import ImageRef
+    else:
+        from retrieval.pipeline import ImageRef
     now = datetime.now(UTC)
     return [
         ImageRef(
@@ -125,7 +158,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def thread_cpu_s() -> dict[str, float]:
     """CPU seconds so far per role: the model (its Python thread and torch's native workers),
     decoding, the event loop, other. Linux only (/proc); empty elsewhere."""
-    import os
     import threading
 
     roles = {str(t.native_id): t.name for t in threading.enumerate()}
@@ -152,3 +184,39 @@ def thread_cpu_s() -> dict[str, float]:
             role = "other"
         out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+# -- another revision's code, side by side -------------------------------------------------------
+
+
+def export(revision: str, into: Path) -> Path:
+    """``revision``'s product code (``retrieval``, ``bot``, ``migrations``) under ``into``; the
+    benchmarks and tests stay this checkout's."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "retrieval", "bot", "migrations"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_version(code: Path, module: str, args: Sequence[str]) -> dict:
+    """Runs ``python -m module *args`` in a fresh process whose ``retrieval`` and ``bot`` are the
+    ones under ``code`` (this checkout's benchmarks and tests still import); returns the JSON
+    object its last line printed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)])}
+    # Not from ROOT: the working directory comes first on sys.path and would shadow ``code``.
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode:
+        sys.stderr.write(done.stderr)
+        done.check_returncode()
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,6 +10,15 @@
 
 On a GPU (`--device cuda`) the seed way runs there too, and "all" compares fp32 with fp16.
 
+    python -m benchmarks.indexing --baseline REV [--baseline REV2] [--rounds 3] [--precision auto]
+
+measures only (3), the pipeline, with this checkout's code and with revision REV's (exported with
+``git archive``), each in a fresh process, alternating over the rounds (A B, B A, A B...) so that
+what else runs on the machine weighs on all alike; ratios are against the first REV. Each
+process warms the model up with one pipeline pass, then measures a second one: images/s, and the
+event loop's CPU time per image (``time.thread_time()`` on the loop's thread). Before the durable
+jobs table (0a235e8) the pipeline had an in-memory queue; the benchmark adapts (harness.py).
+
 Speed does not depend on weight values, so the model is randomly initialised.
 """
 
@@ -18,10 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import logging
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +44,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.harness import (  # noqa: E402
+    ROOT,
+    export,
     image_server,
     loop_lag,
     percentile,
     refs,
+    run_version,
     sqlite_pipeline,
     thread_cpu_s,
 )
@@ -110,16 +125,20 @@ async def pipeline_way(encoder: Encoder, images, batch_size: int):
     ):
         async with loop_lag() as lags:
             cpu_before = thread_cpu_s()
+            loop_before = time.thread_time()  # this thread runs the event loop
             started = time.perf_counter()
             await pipe.submit(refs(base, len(images)))
             await pipe.join()
             elapsed = time.perf_counter() - started
+            loop_s = time.thread_time() - loop_before
             cpu_after = thread_cpu_s()
         assert pipe.counters.indexed == len(images), pipe.counters
     cpu_ms = {
         role: (spent - cpu_before.get(role, 0.0)) * 1000 / len(images)
         for role, spent in cpu_after.items()
     }
+    # /proc counts in clock ticks (10 ms); the loop's own clock is exact.
+    cpu_ms["event loop"] = loop_s * 1000 / len(images)
     return len(images) / elapsed, lags, cpu_ms
 
 
@@ -131,6 +150,95 @@ def report_cpu(cpu_ms: dict[str, float], ceiling_rate: float) -> None:
     bound = (os.cpu_count() or 1) * 1000 / sum(cpu_ms.values())
     print(f"   CPU ms per image: {parts}")
     print(f"   all cores busy with that work: {bound:.1f} img/s = {bound / ceiling_rate:.2f}x (2)")
+
+
+# -- this checkout against a baseline revision ---------------------------------------------------
+
+
+def measure_version(args: argparse.Namespace) -> dict:
+    """One process's measurement of (3): a warm-up pass, then the measured one."""
+    import retrieval
+
+    encoder = Encoder.load(
+        model=args.model, pretrained=None, device=args.device, precision=args.precision
+    )
+    images = make_images(args.images, args.mix)
+    batch = encoder.default_batch_size
+    asyncio.run(pipeline_way(encoder, images[: batch * 2], batch))  # every batch shape once
+    rate, lags, cpu_ms = asyncio.run(pipeline_way(encoder, images, batch))
+    return {
+        "code": str(Path(retrieval.__file__).parent.parent),
+        "precision": encoder.precision,
+        "batch": batch,
+        "rate": rate,
+        "cpu_ms": cpu_ms,
+        "lag_p99": percentile(lags, 0.99),
+        "lag_max": lags[-1],
+    }
+
+
+def compare(args: argparse.Namespace) -> None:
+    options = [
+        "--measure",
+        f"--images={args.images}",
+        f"--model={args.model}",
+        f"--mix={args.mix}",
+        f"--device={args.device}",
+        f"--precision={'auto' if args.precision == 'all' else args.precision}",
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="clipfind-indexing-", dir="/tmp"))
+    try:
+        versions = {
+            revision: export(revision, tmp / f"baseline{i}")
+            for i, revision in enumerate(args.baseline)
+        }
+        versions["this checkout"] = ROOT
+        runs: dict[str, list[dict]] = {name: [] for name in versions}
+        names = list(versions)
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                result = run_version(versions[name], "benchmarks.indexing", options)
+                runs[name].append(result)
+                print(
+                    f"round {round_ + 1} {name:>16}: {result['rate']:6.2f} img/s, event loop "
+                    f"{result['cpu_ms']['event loop']:.2f} ms/img, lag p99 "
+                    f"{result['lag_p99']:.1f} max {result['lag_max']:.1f} ms",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report_comparison(args, runs)
+
+
+def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
+    first = next(iter(runs.values()))[0]
+    print(
+        f"\n{args.model} (random init), {args.images} images ({args.mix}), {first['precision']}, "
+        f"batch {first['batch']}, {args.rounds} rounds; medians (min–max); ratio: this checkout "
+        f"/ {args.baseline[0]}, the median of each round's ratio (the two ran back to back)"
+    )
+    roles = sorted({role for results in runs.values() for r in results for role in r["cpu_ms"]})
+
+    def cell(values: list[float], digits: int) -> str:
+        low, mid, high = (
+            f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values))
+        )
+        return f"{mid} ({low}–{high})"
+
+    rows = {"pipeline img/s": lambda r: r["rate"]}
+    for role in roles:
+        rows[f"CPU ms/img, {role}"] = lambda r, x=role: r["cpu_ms"].get(x, 0.0)
+    names = list(runs)
+    print(f"{'':28}" + "".join(f"{name:>26}" for name in names) + f"{'ratio':>8}")
+    for label, value in rows.items():
+        columns = [[value(r) for r in runs[name]] for name in names]
+        digits = 2 if label.startswith("pipeline") or "event loop" in label else 1
+        pairs = zip(columns[-1], columns[0], strict=True)
+        ratios = [this / base for this, base in pairs if base]
+        ratio = f"{statistics.median(ratios):.3f}" if ratios else ""
+        print(f"{label:28}" + "".join(f"{cell(c, digits):>26}" for c in columns) + f"{ratio:>8}")
+    for name, results in runs.items():
+        print(f"{name}: {results[0]['code']}")
 
 
 def main() -> None:
@@ -145,8 +253,21 @@ def main() -> None:
         default="all",
         help="clipfind's encoder; 'all' measures fp32 and bf16 side by side",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        help="a git revision: measure only the pipeline, side by side with it (repeatable)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.measure:
+        print(json.dumps(measure_version(args)))
+        return
+    if args.baseline:
+        compare(args)
+        return
     images = make_images(args.images, args.mix)
     sizes = [Image.open(io.BytesIO(data)).size for data, _ in images]
     megapixels = sum(w * h for w, h in sizes) / 1e6 / len(images)

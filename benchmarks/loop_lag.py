@@ -20,11 +20,8 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -32,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.harness import ROOT, export, run_version
+
 GUILD, MODEL = 1, "bench-model"
 CHANNELS = 31
 VISIBLE = frozenset(range(100, 100 + CHANNELS // 5))  # the channels the asker may read
@@ -243,25 +241,6 @@ def new_image(vector: np.ndarray):
     )
 
 
-def run_version(code: Path, db: Path, query: np.ndarray) -> dict:
-    """Measures in a fresh process whose ``retrieval`` is the one under ``code``."""
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    args = [sys.executable, __file__, "--measure", str(db), "--query", query.tobytes().hex()]
-    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def export(revision: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "retrieval", "bot", "migrations"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    into.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def report(rows: int, dim: int, results: dict[str, dict]) -> None:
     names = list(results)
     probe = f"{PROBE_S * 1000:.0f} ms"
@@ -317,7 +296,8 @@ def main() -> None:
         results = {}
         for name, code in versions.items():
             print(f"measuring {name} …", flush=True)
-            results[name] = run_version(code, db, query)
+            options = ["--measure", str(db), "--query", query.tobytes().hex()]
+            results[name] = run_version(code, "benchmarks.loop_lag", options)
         report(args.rows, args.dim, results)
         if len({r["results"] for r in results.values()}) > 1:
             print("\nThe versions showed different results.")

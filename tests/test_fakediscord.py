@@ -88,6 +88,26 @@ async def test_login_ready_and_guild_cache(fd: FakeDiscord, world: Any) -> None:
         ("GET", "/users/@me"), ("GET", "/oauth2/applications/@me")}
 
 
+async def test_heartbeats_follow_the_announced_interval_and_are_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with FakeDiscord(heartbeat_interval_ms=100) as fake:
+        monkeypatch.setattr(discord.http.Route, "BASE", fake.api_base)
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url)
+        )
+        client = client_with()
+        async with running(client, fake):
+            session = fake.gateway.connected()[0]
+            await asyncio.sleep(0.65)
+            beats = list(session.heartbeats)
+            assert client.latency < 1.0  # ACKs were read
+    # discord.py beats once at HELLO, then every interval: 100 ms, not Discord's 41.25 s.
+    assert len(beats) >= 4
+    gaps = [b - a for a, b in zip(beats[1:], beats[2:], strict=False)]
+    assert all(0.09 <= gap <= 0.5 for gap in gaps), gaps
+
+
 async def test_bad_token_is_refused(fd: FakeDiscord) -> None:
     client = client_with()
     with pytest.raises(discord.LoginFailure):

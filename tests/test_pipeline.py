@@ -290,6 +290,72 @@ async def test_a_backlog_waits_in_the_table_and_memory_holds_a_window(host, pipe
     assert vectors is not None and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-5)
 
 
+async def test_a_backlog_within_the_window_is_claimed_at_once(host, store, tiny_encoder):
+    """Each claim is a transaction on the event loop: rows that fit the window are taken in one
+    claim, and neither finished images nor a caller waiting in join() send the feeder back to a
+    table it found empty (only its poll does, for retries coming due)."""
+    import retrieval.indexing.pipeline
+
+    for i in range(24):
+        host.files[f"c{i}.png"] = (png_bytes(draw("blue", "circle", rng=700 + i)), "image/png")
+    jobs = job_queue(store, tiny_encoder.model_id)
+    claimed: list[int] = []
+    claim = jobs.claim
+
+    async def counted(limit: int):
+        taken = await claim(limit)
+        claimed.append(len(taken))
+        return taken
+
+    jobs.claim = counted
+    async with running_pipeline(
+        tiny_encoder, store, origins=host.origin, jobs=jobs, window=64
+    ) as pipe:
+        started = time.monotonic()
+        await pipe.submit([ref(host, f"c{i}.png", 700 + i) for i in range(24)])
+        await pipe.join()
+        elapsed = time.monotonic() - started
+    assert pipe.counters.indexed == 24
+    assert 24 in claimed
+    # At start (nothing yet), the submission, and one per poll.
+    polls = int(elapsed / retrieval.indexing.pipeline._FEED_POLL_S) + 1
+    assert len(claimed) <= 2 + polls, (claimed, elapsed)
+
+
+async def test_reuse_lookups_asked_together_share_one_query(store):
+    """Each fetched image asks whether its bytes were encoded before; the workers asking at the
+    same moment share one query, and each gets its own answer (or the error)."""
+    from retrieval.errors import StoreUnavailable
+    from retrieval.indexing.reuse import ReuseLookups
+    from tests.records import MODEL, image_record
+
+    vector = np.zeros(16, dtype=np.float32)
+    vector[3] = 1.0
+    await store.upsert([image_record(1, vector)])  # its bytes hash to "hash1"
+    queries: list[list[str]] = []
+    failing = False
+
+    class Counting:
+        async def embeddings_for(self, hashes, model_id):
+            queries.append(sorted(hashes))
+            if failing:
+                raise StoreUnavailable("database is locked")
+            return await store.embeddings_for(hashes, model_id)
+
+    lookups = ReuseLookups(Counting(), MODEL)
+    asked = ["hash1", "new1", "new2", "hash1"]
+    found = await asyncio.gather(*(lookups.embedding_for(h) for h in asked))
+    assert queries == [["hash1", "new1", "new2"]]
+    assert np.allclose(found[0], vector) and np.allclose(found[3], vector)
+    assert found[1] is None and found[2] is None
+    failing = True
+    answers = await asyncio.gather(
+        lookups.embedding_for("hash1"), lookups.embedding_for("new3"), return_exceptions=True
+    )
+    assert len(queries) == 2
+    assert all(isinstance(answer, StoreUnavailable) for answer in answers)
+
+
 async def _hash_of(data: bytes) -> str:
     import hashlib
 

@@ -121,6 +121,9 @@ async def test_same_bytes_reuse_the_stored_vector(filled, vectors):
     found = await filled.embedding_for("hash3", MODEL)
     assert np.allclose(found, vectors[3])
     assert await filled.embedding_for("hash3", "other") is None
+    many = await filled.embeddings_for(["hash3", "hash5", "unknown"], MODEL)
+    assert set(many) == {"hash3", "hash5"} and np.allclose(many["hash5"], vectors[5])
+    assert await filled.embeddings_for(["hash3"], "other") == {}
 
 
 async def test_a_query_from_another_model_size_finds_nothing(filled, vectors):

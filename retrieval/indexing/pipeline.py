@@ -30,6 +30,7 @@ from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
 from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
+from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
@@ -106,6 +107,12 @@ class IndexingPipeline:
         self._held: dict[int, Job] = {}  # claimed and not finished: the window onto the table
         self._claiming = False
         self._wake = asyncio.Event()
+        # Whether the table may hold due rows the last claim left behind: it filled the room,
+        # or rows were written since. Only then is freed room worth a claim, and only once a
+        # batch's worth is free: a claim per finished image was most of the queue's cost on
+        # the event loop (benchmarks/RESULTS.md).
+        self._more = True
+        self._refill = max(1, min(batch_size, queue_size // 2))
         self._fetch_workers = fetch_workers
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
@@ -115,10 +122,11 @@ class IndexingPipeline:
         self._encoding = 0
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
-        self._submissions = Submissions(jobs, written=self._wake.set)
+        self._submissions = Submissions(jobs, written=self._rows_written)
         self._waves = RetryWaves(jobs)
         # Its ``refresh`` is connected by the Discord adapter; without it URLs are used as queued.
         self.signed_urls = SignedUrls()
+        self._reuse = ReuseLookups(store, encoder.model_id)
         self._closing = False
         # False: this process only queues images; other processes (workers) take them.
         self.consumes = consume
@@ -172,7 +180,7 @@ class IndexingPipeline:
 
     def wake(self) -> None:
         """Look at the table now: another process queued work."""
-        self._wake.set()
+        self._rows_written()
 
     async def submit(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
         """Queue images durably: returns once they are rows in the jobs table."""
@@ -190,40 +198,50 @@ class IndexingPipeline:
             if not self.consumes:
                 if not await self._with_store(self.jobs.unfinished, 1):
                     return
-            else:
+            elif not self._held:
                 due = await self._with_store(self.jobs.due, 1)
                 # Asked after the table: rows claimed while it answered are in hand by now, or
                 # still being claimed.
                 if not due and not self._held and not self._claiming:
                     return
-            self._wake.set()
+                self._rows_written()  # e.g. retries come due: take them now, not at the poll
             await asyncio.sleep(0.05)
 
     # -- feeding the window from the table ---------------------------------------------------
 
     async def _feed_loop(self) -> None:
+        looked = float("-inf")  # the table may hold rows already (a previous run's)
         while True:
             room = self.window - len(self._held)
-            claimed: list[Job] = []
-            if room > 0:
+            # Rows come due unannounced (retries, leases of a consumer that died): once a poll
+            # interval has passed, any room is worth a look, however often the feeder was woken.
+            polled = time.monotonic() - looked >= _FEED_POLL_S
+            if room > 0 and (polled or (self._more and room >= self._refill)):
+                looked = time.monotonic()
+                self._more = False  # rows written during the claim set it again
                 try:
                     claimed = await self._claim(room)
                 except StoreUnavailable as exc:
+                    self._more = True
                     log.error("database unavailable, cannot take jobs: %s", exc)
                     await asyncio.sleep(_FEED_POLL_S * 2)
                     continue
-            for job in claimed:
-                self._held[job.id] = job
-            for job in await self._with_fresh_urls(claimed):
-                self._held[job.id] = job
-                self._intake.put_nowait(job)
-            if claimed and len(claimed) == room:
-                self._wake.clear()
-            else:
+                if len(claimed) == room:
+                    self._more = True
+                for job in claimed:
+                    self._held[job.id] = job
+                for job in await self._with_fresh_urls(claimed):
+                    self._held[job.id] = job
+                    self._intake.put_nowait(job)
+            if not self._more:
                 await self._waves.check()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _FEED_POLL_S)
             self._wake.clear()
+
+    def _rows_written(self) -> None:
+        self._more = True
+        self._wake.set()
 
     async def _renew_loop(self) -> None:
         while True:
@@ -301,7 +319,7 @@ class IndexingPipeline:
             raise NotAnImage(f"declared {ref.content_type or 'unknown type'}, bytes are no image")
         content_type = f"image/{kind}"
         content_hash = await loop.run_in_executor(self._pool, _sha256, data)
-        reused = await self._with_store(self.store.embedding_for, content_hash, self.model_id)
+        reused = await self._with_store(self._reuse.embedding_for, content_hash)
         if reused is not None:
             record = _record(ref, content_hash, content_type, self.model_id, reused)
             self.counters.reused += await self._write([record], [job])

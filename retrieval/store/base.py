@@ -85,6 +85,11 @@ class VectorStore(Protocol):
     async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
         """A stored vector of the same bytes under the same model, so they are encoded once."""
 
+    async def embeddings_for(
+        self, content_hashes: Collection[str], model_id: str
+    ) -> dict[str, np.ndarray]:
+        """`embedding_for` of many hashes in one query: those found, by hash."""
+
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         """The k best hits by cosine similarity, filters applied inside the search."""
 

@@ -95,6 +95,17 @@ class SharedReads:
         )
         return await self._scalar(stmt)
 
+    async def embeddings_for(
+        self, content_hashes: Collection[str], model_id: str
+    ) -> dict[str, np.ndarray]:
+        if not content_hashes:
+            return {}
+        stmt = select(IndexedImage.content_hash, IndexedImage.embedding).where(
+            IndexedImage.content_hash.in_(list(content_hashes)),
+            IndexedImage.model_id == model_id,
+        )
+        return {row.content_hash: row.embedding for row in await self._rows(stmt)}
+
     async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
         stmt = select(IndexedImage.image_key, IndexedImage.embedding).where(
             IndexedImage.message_id == message_id, IndexedImage.model_id == model_id

@@ -27,7 +27,8 @@ Constructor options: `message_content_enabled`, `members_enabled`, `presences_en
 (the portal switches; asking IDENTIFY for a disabled one closes with 4014),
 `bot_name`, `initial_response_timeout` (3.0 s; None disables), `recommended_shards` and
 `max_concurrency` (what GET /gateway/bot answers; 1 and 1), `max_guilds_per_shard` (2,500: more
-guilds on one connection close it with 4011), `clock`.
+guilds on one connection close it with 4011), `clock`, `heartbeat_interval_ms` (what HELLO
+announces; Discord's 41250 by default).
 `fd.add_guild(name, shard=(id, count))` gives the guild an id on that shard; without it guilds
 still get ids from distinct milliseconds, so they spread over shards.
 `guild.add_*` dispatch CHANNEL_CREATE/GUILD_MEMBER_ADD/... when a client is connected;
@@ -65,7 +66,8 @@ What the bot did
   `fd.identifies` (Identify(at=time.monotonic(), shard_id, shard_count) per accepted IDENTIFY),
   `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
   `fd.cdn.hits` ((path, status) per CDN request), `fd.cdn.requests_for(url)` ((monotonic
-  time, status) per request for one URL), `fd.unknown_routes`.
+  time, status) per request for one URL), `fd.unknown_routes`,
+  `fd.gateway.sessions[i].heartbeats` (`time.monotonic()` of each heartbeat received).
 
 Lifecycle (all async, all take `dispatch=False` for offline changes)
 -------------------------------------------------------------------

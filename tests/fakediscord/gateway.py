@@ -92,6 +92,8 @@ class Session:
         self.ready = False  # READY and every GUILD_CREATE written
         self.seq = 0
         self.queue: asyncio.Queue[dict[str, Any] | Callable[[], None]] = asyncio.Queue()
+        self.heartbeat_interval_ms = gateway.fd.heartbeat_interval_ms
+        self.heartbeats: list[float] = []  # time.monotonic() of each op 1 received
         self.writer = asyncio.create_task(self._write(), name="fakediscord-gateway-writer")
 
     def has(self, intent: int) -> bool:
@@ -179,7 +181,9 @@ class Gateway:
         await ws.prepare(request)
         session = Session(self, ws)
         self.sessions.append(session)
-        session.send(10, {"heartbeat_interval": HEARTBEAT_INTERVAL_MS, "_trace": ["fakediscord"]})
+        session.send(
+            10, {"heartbeat_interval": session.heartbeat_interval_ms, "_trace": ["fakediscord"]}
+        )
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -200,6 +204,7 @@ class Gateway:
         op, d = frame.get("op"), frame.get("d")
         log.debug("gateway %s received op %s", session.session_id[:6], op)
         if op == 1:
+            session.heartbeats.append(time.monotonic())
             session.send(11, None)
         elif op == 2:
             await self._identify(session, d or {})

@@ -25,6 +25,7 @@ from .commands import CommandRegistry
 from .gateway import (
     GUILD_MEMBERS,
     GUILD_PRESENCES,
+    HEARTBEAT_INTERVAL_MS,
     MAX_GUILDS_PER_SHARD,
     MESSAGE_CONTENT,
     Gateway,
@@ -69,7 +70,9 @@ class FakeDiscord(Lifecycle, MemberActions):
                  initial_response_timeout: float | None = 3.0,
                  recommended_shards: int = 1, max_concurrency: int = 1,
                  max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.message_content_enabled = message_content_enabled
         self.members_enabled = members_enabled
         self.presences_enabled = presences_enabled
