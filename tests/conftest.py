@@ -111,6 +111,16 @@ def store_engine(request):
     return request.getfixturevalue(f"{request.param}_engine")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> str:
+    """End-to-end tests that take it run the bot on both databases: SQLite in the test's folder
+    (where `bot_settings` puts it by default), or a fresh, migrated PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/clipfind.db"
+    engine = request.getfixturevalue("postgres_engine")
+    return engine.url.render_as_string(hide_password=False)
+
+
 @pytest.fixture
 async def store(store_engine):
     from retrieval.store import open_store

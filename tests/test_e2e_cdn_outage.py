@@ -39,7 +39,9 @@ async def tried(fd: FakeDiscord, urls: list[str], times: int) -> None:
     await eventually(enough, within=40)
 
 
-async def test_images_posted_and_read_from_history_during_a_cdn_outage_are_all_indexed(tmp_path):
+async def test_images_posted_and_read_from_history_during_a_cdn_outage_are_all_indexed(
+    tmp_path, database_url
+):
     async with FakeDiscord() as fd:
         guild = fd.add_guild("Outage")
         general = guild.add_text_channel("general")
@@ -52,7 +54,8 @@ async def test_images_posted_and_read_from_history_during_a_cdn_outage_are_all_i
             for seed, colour in enumerate(("red", "blue"))
         ]
         fd.cdn.go_down(status=503)
-        async with running_bot(bot_settings(fd, tmp_path, **QUICK_BACKOFF), fd) as bot:
+        settings = bot_settings(fd, tmp_path, database_url=database_url, **QUICK_BACKOFF)
+        async with running_bot(settings, fd) as bot:
             await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
             stars = [picture("green", "star", 2), picture("yellow", "star", 3)]
             live = [await fd.post_message(general, alice, "", attachments=[p]) for p in stars]
@@ -84,14 +87,16 @@ async def test_images_posted_and_read_from_history_during_a_cdn_outage_are_all_i
             assert "Waiting to be indexed here:** 0" in await status(fd, guild, general, alice)
 
 
-async def test_a_429_retry_after_is_honoured(tmp_path):
+async def test_a_429_retry_after_is_honoured(tmp_path, database_url):
     async with FakeDiscord() as fd:
         guild = fd.add_guild("Slow down")
         general = guild.add_text_channel("general")
         alice = guild.add_member("alice")
         fd.cdn.go_down(status=429, retry_after=2)
         # The default quick retries too: a server that said when to come back is not asked sooner.
-        settings = bot_settings(fd, tmp_path, retry_first_s=0.2, retry_max_s=0.8)
+        settings = bot_settings(
+            fd, tmp_path, database_url=database_url, retry_first_s=0.2, retry_max_s=0.8
+        )
         async with running_bot(settings, fd) as bot:
             message = await fd.post_message(
                 general, alice, "", attachments=[picture("blue", "square", 1)]

@@ -3,7 +3,6 @@ the database itself refuses, hides and sweeps what it covers."""
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from retrieval.db import create_engine
@@ -13,14 +12,6 @@ from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
 from tests.test_e2e_privacy_commands import opt_out
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/clipfind.db"
-    engine = request.getfixturevalue("postgres_engine")  # a fresh, migrated database
-    return engine.url.render_as_string(hide_password=False)
 
 
 async def authors_stored(bot) -> list[int]:

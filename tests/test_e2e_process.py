@@ -37,6 +37,7 @@ def process_env(fd: FakeDiscord, settings) -> dict[str, str]:
         "CLIP_DEVICE": "cpu",
         "BACKFILL": "false",  # only the jobs table can bring the images back
         "SHUTDOWN_DEADLINE_S": "5",
+        "JOB_LEASE_S": str(settings.job_lease_s),
     }
 
 
@@ -50,9 +51,15 @@ async def jobs_waiting(url: str) -> int:
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
-async def test_images_queued_when_the_process_stops_are_indexed_after_a_restart(tmp_path, how):
+async def test_images_queued_when_the_process_stops_are_indexed_after_a_restart(
+    tmp_path, database_url, how
+):
     async with FakeDiscord() as fd:
-        settings = bot_settings(fd, tmp_path, backfill=False)
+        # On PostgreSQL a killed process's claims are taken again when their lease runs out
+        # (another process might still hold them); on SQLite, at once by the next start.
+        settings = bot_settings(
+            fd, tmp_path, database_url=database_url, backfill=False, job_lease_s=6
+        )
         guild = fd.add_guild("Interrupted")
         general = guild.add_text_channel("general")
         alice = guild.add_member("alice")

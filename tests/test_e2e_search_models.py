@@ -117,7 +117,9 @@ async def test_a_model_switch_re_indexes_history_once(tmp_path, caplog):
         assert history_read(fd, since) == set()  # caught up: the re-index is not done twice
 
 
-async def test_a_model_switch_with_an_age_window_keeps_what_it_does_not_re_read(tmp_path):
+async def test_a_model_switch_with_an_age_window_keeps_what_it_does_not_re_read(
+    tmp_path, database_url
+):
     """BACKFILL_MAX_AGE_DAYS limits what a switch reads again, not what stays: images older
     than the window are still on Discord, so they keep the old model's vector (counted as not
     re-indexed); a message deleted inside the window loses its old vector. Voice chats too."""
@@ -138,7 +140,7 @@ async def test_a_model_switch_with_an_age_window_keeps_what_it_does_not_re_read(
                 [(general, "green", "star"), (lounge, "yellow", "cross")], 2
             )
         ]
-        async with running_bot(bot_settings(fd, tmp_path), fd) as bot:
+        async with running_bot(bot_settings(fd, tmp_path, database_url=database_url), fd) as bot:
             await backfilled(bot)
             first = bot.encoder.model_id
             assert await bot.store.model_counts() == {first: 4}
@@ -147,6 +149,7 @@ async def test_a_model_switch_with_an_age_window_keeps_what_it_does_not_re_read(
         switched = bot_settings(
             fd,
             tmp_path,
+            database_url=database_url,
             clip_pretrained=str(same_weights_other_file(tmp_path)),
             backfill_max_age_days=30,
         )
