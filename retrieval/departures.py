@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from retrieval.models import BackfillCursor, GuildDeparture
+from retrieval.upsert import upsert
 
 
 class Departures:
@@ -25,11 +25,9 @@ class Departures:
         One statement, since two processes may notice it at once: while the shard count
         changes, a server briefly belongs to a process of the old count and one of the new."""
         async with self._sessions.begin() as session:
-            dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+            values = {"guild_id": guild_id, "left_at": at}
             await session.execute(
-                dialect.insert(GuildDeparture)
-                .values(guild_id=guild_id, left_at=at)
-                .on_conflict_do_nothing(index_elements=["guild_id"])
+                upsert(session.bind.dialect.name, GuildDeparture, values, keep=True)
             )
 
     async def cancel(self, guild_id: int) -> bool:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from retrieval.errors import StoreUnavailable
 from retrieval.models import BotState, ExcludedChannel, OptOut
 from retrieval.store.reads import database_errors
+from retrieval.upsert import upsert
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class IndexPolicy:
     async def _changed(self, session: AsyncSession) -> None:
         # A fresh token rather than a counter: two processes never need to read it first.
         self._version = uuid.uuid4().hex
-        await session.merge(BotState(key=VERSION_KEY, value=self._version))
+        values = {"key": VERSION_KEY, "value": self._version}
+        await session.execute(upsert(_dialect(session), BotState, values))
 
     def allows(self, *, channel_id: int, author_id: int, parent_id: int | None = None) -> bool:
         """May an image by ``author_id`` in this channel (or thread of ``parent_id``) be indexed?"""
@@ -92,7 +94,9 @@ class IndexPolicy:
 
     async def opt_out(self, user_id: int) -> None:
         async with self._sessions.begin() as session:
-            await session.merge(OptOut(user_id=user_id, opted_out_at=datetime.now(UTC)))
+            # Kept as first recorded: the time the member's wish took effect.
+            values = {"user_id": user_id, "opted_out_at": datetime.now(UTC)}
+            await session.execute(upsert(_dialect(session), OptOut, values, keep=True))
             await self._changed(session)
         self._opted_out.add(user_id)
 
@@ -104,14 +108,13 @@ class IndexPolicy:
 
     async def exclude_channel(self, *, guild_id: int, channel_id: int, by: int) -> None:
         async with self._sessions.begin() as session:
-            await session.merge(
-                ExcludedChannel(
-                    channel_id=channel_id,
-                    guild_id=guild_id,
-                    excluded_by=by,
-                    excluded_at=datetime.now(UTC),
-                )
-            )
+            values = {
+                "channel_id": channel_id,
+                "guild_id": guild_id,
+                "excluded_by": by,
+                "excluded_at": datetime.now(UTC),
+            }
+            await session.execute(upsert(_dialect(session), ExcludedChannel, values))
             await self._changed(session)
         self._excluded[channel_id] = guild_id
 
@@ -122,3 +125,7 @@ class IndexPolicy:
             )
             await self._changed(session)
         self._excluded.pop(channel_id, None)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from retrieval.models import BotState
+from retrieval.upsert import upsert
 
 
 async def get_state(engine: AsyncEngine, key: str) -> str | None:
@@ -17,8 +17,5 @@ async def get_state(engine: AsyncEngine, key: str) -> str | None:
 async def set_state(engine: AsyncEngine, key: str, value: str) -> None:
     # One statement: processes starting together may write the same fact at the same moment,
     # and a look-up followed by an insert would fail for all but the first.
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(BotState).values(key=key, value=value)
-    stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
     async with engine.begin() as conn:
-        await conn.execute(stmt)
+        await conn.execute(upsert(engine.dialect.name, BotState, {"key": key, "value": value}))

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.db import create_engine
 from retrieval.departures import Departures
+from retrieval.policy import IndexPolicy
 from retrieval.state import get_state, set_state
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -52,3 +53,27 @@ async def test_a_departure_noticed_by_two_processes_at_once_is_recorded_once(pos
         pending = await Departures(postgres_engine).pending()
         assert sorted(pending) == [1, 2, 3, 4, 5]
         assert all(T0 <= t <= T0 + timedelta(minutes=3) for t in pending.values())
+
+
+async def test_an_opt_out_or_exclusion_made_through_several_processes_at_once_all_succeed(
+    postgres_engine,
+):
+    """A member who opts out through two shards at once (or two moderators excluding one
+    channel): every request succeeds, and each is recorded once."""
+    async with processes(postgres_engine, 6) as engines:
+        policies = [IndexPolicy(e) for e in engines]
+        for policy in policies:
+            await policy.load()
+        for user_id in range(1, 6):
+            await asyncio.gather(*(p.opt_out(user_id) for p in policies))
+        for channel_id in range(10, 15):
+            await asyncio.gather(
+                *(
+                    p.exclude_channel(guild_id=7, channel_id=channel_id, by=i)
+                    for i, p in enumerate(policies)
+                )
+            )
+        fresh = IndexPolicy(postgres_engine)
+        await fresh.load()
+        assert all(fresh.is_opted_out(user_id) for user_id in range(1, 6))
+        assert fresh.excluded_in(7) == set(range(10, 15))
