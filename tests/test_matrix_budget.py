@@ -123,6 +123,42 @@ async def test_two_searches_of_an_evicted_guild_load_it_once(guilds):
     assert store.matrices.loads == loads + 1
 
 
+async def test_guilds_loading_at_once_share_the_budget(sqlite_engine, monkeypatch):
+    """Two evicted guilds searched together: the second load waits for room rather than
+    hold both half-built matrices past the budget."""
+    from retrieval.store import sqlite as sqlite_store
+
+    store = open_store(sqlite_engine, matrix_memory_mb=1.5 * ONE_GUILD / 2**20)
+    data = {g: guild_rows(g) for g in (1, 2)}
+    for g, x in data.items():
+        await store.upsert(guild_records(g, x))
+    monkeypatch.setattr(sqlite_store, "_LOAD_CHUNK", 20)  # loads of many steps, interleaved
+    building: dict[int, GuildMatrix] = {}
+    peaks: list[int] = []
+    append = sqlite_store._append_rows
+
+    def watched(matrix, rows):
+        append(matrix, rows)
+        building[id(matrix)] = matrix
+        loaded = {id(m): m for key in store.matrices.loaded() if (m := store.matrices.get(key))}
+        peaks.append(sum(m.nbytes for m in {**building, **loaded}.values()))
+
+    put = store.matrices.put
+
+    def finished(key, matrix):  # loaded now: counted as such while it stays
+        building.pop(id(matrix), None)
+        put(key, matrix)
+
+    monkeypatch.setattr(sqlite_store, "_append_rows", watched)
+    monkeypatch.setattr(store.matrices, "put", finished)
+    hits = await asyncio.gather(*(store.search(data[g][3], scope=scope(g), k=1) for g in (1, 2)))
+    assert [numbers(found, g) for found, g in zip(hits, (1, 2), strict=True)] == [[3], [3]]
+    assert store.matrices.loads == 2
+    # Whatever was building or loaded at any step, never two guilds' worth.
+    assert max(peaks) <= ONE_GUILD < store.matrices.limit_bytes
+    await store.close()
+
+
 async def test_a_write_that_grows_a_matrix_past_the_budget_evicts_another(sqlite_engine):
     store = open_store(sqlite_engine, matrix_memory_mb=2.2 * ONE_GUILD / 2**20)
     for g in (1, 2):

@@ -7,8 +7,11 @@ the next search loads it again (a few seconds for 200k rows, off the event loop)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 from retrieval.store.matrix import GuildMatrix
 
@@ -26,12 +29,16 @@ class MatrixBudget:
     def __init__(self, *, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self._loaded: OrderedDict[Key, GuildMatrix] = OrderedDict()
+        # Matrices being loaded, by the size they will have: memory they take already.
+        self._loading: dict[Key, int] = {}
+        self._room = asyncio.Condition()
         self.loads = 0
         self.evictions = 0
 
     @property
     def used_bytes(self) -> int:
-        return sum(matrix.nbytes for matrix in self._loaded.values())
+        loaded = sum(matrix.nbytes for matrix in self._loaded.values())
+        return loaded + sum(self._loading.values())
 
     def __contains__(self, key: Key) -> bool:
         return key in self._loaded
@@ -62,8 +69,27 @@ class MatrixBudget:
             self.evictions += 1
             log.debug("matrix of guild %s (%s) evicted to stay under the budget", *key)
 
+    @contextlib.asynccontextmanager
+    async def loading(self, key: Key, nbytes: int) -> AsyncIterator[None]:
+        """Room for a matrix of ``nbytes`` while it loads, until `put`. When matrices loading
+        for other guilds leave too little, this waits for them rather than overrun the budget."""
+        async with self._room:
+            while True:
+                self.make_room(nbytes, keep=key)
+                if self.used_bytes + nbytes <= self.limit_bytes or not self._loading:
+                    break
+                await self._room.wait()
+            self._loading[key] = nbytes
+        try:
+            yield
+        finally:
+            async with self._room:
+                self._loading.pop(key, None)
+                self._room.notify_all()
+
     def put(self, key: Key, matrix: GuildMatrix) -> None:
         self.loads += 1
+        self._loading.pop(key, None)  # counted as loaded from now on
         self._loaded[key] = matrix
         self.make_room(0, keep=key)
 

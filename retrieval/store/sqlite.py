@@ -196,16 +196,17 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                     fastest = matrix_bytes(rows=count, dim=dim, half=False)
                     self._tell_too_large(key, smallest=need, fastest=fastest)
                     return None
-                # Room first, so memory never holds the evicted and the loading at once.
-                self.matrices.make_room(need, keep=key)
-                matrix = GuildMatrix(0, capacity=max(64, count), half=half)
-                result = await conn.stream(
-                    select(*_MATRIX_COLUMNS).where(*in_guild),
-                    execution_options={"yield_per": _LOAD_CHUNK},
-                )
-                async for rows in result.partitions(_LOAD_CHUNK):
-                    await asyncio.to_thread(_append_rows, matrix, rows)
-        self.matrices.put(key, matrix)
+                # Room first, so memory never holds the evicted and the loading at once; and
+                # counted while it loads, so two guilds loading together share the budget.
+                async with self.matrices.loading(key, need):
+                    matrix = GuildMatrix(0, capacity=max(64, count), half=half)
+                    result = await conn.stream(
+                        select(*_MATRIX_COLUMNS).where(*in_guild),
+                        execution_options={"yield_per": _LOAD_CHUNK},
+                    )
+                    async for rows in result.partitions(_LOAD_CHUNK):
+                        await asyncio.to_thread(_append_rows, matrix, rows)
+                    self.matrices.put(key, matrix)
         return matrix
 
     def _tell_too_large(self, key: Key, *, smallest: int, fastest: int) -> None:
