@@ -191,6 +191,19 @@ def search_statement(query: np.ndarray, *, scope: SearchScope, k: int, exact: bo
     return statement.params(**params)
 
 
+def _permitted_upsert(rows):
+    """Insert or update the rows of ``rows`` (a table or derived table of the record columns)
+    that the policy permits, by key, returning the ids written."""
+    chosen = select(*(rows.c[name] for name in RECORD_COLUMNS)).where(
+        permitted(rows.c.author_id, rows.c.channel_id, rows.c.parent_id)
+    )
+    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), chosen)
+    return stmt.on_conflict_do_update(
+        index_elements=list(KEY),
+        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
+    ).returning(IndexedImage.id)
+
+
 def _guarded_upsert():
     """All records in one statement: arrays unnested into rows, each row kept only where the
     policy allows it (see retrieval/store/allowed.py), inserted or updated by key."""
@@ -202,14 +215,7 @@ def _guarded_upsert():
         else:
             arrays.append(bindparam(name, type_=ARRAY(table.c[name].type)))
     rows = func.unnest(*arrays).table_valued(*RECORD_COLUMNS, name="r").render_derived()
-    chosen = select(*(rows.c[name] for name in RECORD_COLUMNS)).where(
-        permitted(rows.c.author_id, rows.c.channel_id, rows.c.parent_id)
-    )
-    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), chosen)
-    return stmt.on_conflict_do_update(
-        index_elements=list(KEY),
-        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
-    ).returning(IndexedImage.id)
+    return _permitted_upsert(rows)
 
 
 _GUARDED_UPSERT = _guarded_upsert()
@@ -218,15 +224,7 @@ _GUARDED_UPSERT = _guarded_upsert()
 def _staged_upsert():
     """The staged batch (see retrieval/store/pgcopy.py) stored as `_guarded_upsert` stores
     unnested arrays: the same policy condition, by key, returning the rows written."""
-    staged = table(STAGED, *(column(name) for name in RECORD_COLUMNS))
-    chosen = select(*(staged.c[name] for name in RECORD_COLUMNS)).where(
-        permitted(staged.c.author_id, staged.c.channel_id, staged.c.parent_id)
-    )
-    stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), chosen)
-    return stmt.on_conflict_do_update(
-        index_elements=list(KEY),
-        set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
-    ).returning(IndexedImage.id)
+    return _permitted_upsert(table(STAGED, *(column(name) for name in RECORD_COLUMNS)))
 
 
 _STAGED_UPSERT = _staged_upsert()
