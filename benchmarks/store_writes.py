@@ -37,8 +37,7 @@ QUEUE_CHUNK = 5_000
 
 
 def records_and_refs(start: int, x: np.ndarray):
-    from retrieval.indexing import ImageRef
-    from tests.records import image_record
+    from tests.records import image_record, job_ref
 
     records = [
         image_record(
@@ -51,22 +50,7 @@ def records_and_refs(start: int, x: np.ndarray):
         )
         for i, v in enumerate(x)
     ]
-    refs = [
-        ImageRef(
-            guild_id=r.guild_id,
-            channel_id=r.channel_id,
-            message_id=r.message_id,
-            image_key=r.image_key,
-            kind=r.kind,
-            author_id=r.author_id,
-            posted_at=r.posted_at,
-            url=r.source_url,
-            source_url=r.source_url,
-            filename=r.filename,
-            content_type=r.content_type,
-        )
-        for r in records
-    ]
+    refs = [job_ref(r) for r in records]
     return records, refs
 
 

@@ -66,3 +66,23 @@ def exact_top(x: np.ndarray, query: np.ndarray, k: int, keep: np.ndarray | None 
     if keep is not None:
         scores = np.where(keep, scores, -np.inf)
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def job_ref(r: ImageRecord):
+    """The jobs-table reference the pipeline would have queued for ``r``."""
+    from retrieval.indexing import ImageRef
+
+    return ImageRef(
+        guild_id=r.guild_id,
+        channel_id=r.channel_id,
+        parent_id=r.parent_id,
+        message_id=r.message_id,
+        image_key=r.image_key,
+        kind=r.kind,
+        author_id=r.author_id,
+        posted_at=r.posted_at,
+        url=r.source_url,
+        source_url=r.source_url,
+        filename=r.filename,
+        content_type=r.content_type,
+    )

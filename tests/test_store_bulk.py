@@ -10,11 +10,11 @@ from datetime import UTC
 import numpy as np
 from sqlalchemy import select
 
-from retrieval.indexing import ImageRef, JobQueue
+from retrieval.indexing import JobQueue
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.policy import IndexPolicy
 from retrieval.store import SearchScope
-from tests.records import MODEL
+from tests.records import MODEL, job_ref
 from tests.records import image_record as record
 
 OPTED_OUT, EXCLUDED, THREAD = 71, 11, 500
@@ -42,23 +42,6 @@ def batch(vs: np.ndarray) -> list:
 
 def allowed(r) -> bool:
     return r.author_id != OPTED_OUT and EXCLUDED not in (r.channel_id, r.parent_id)
-
-
-def ref(r) -> ImageRef:
-    return ImageRef(
-        guild_id=r.guild_id,
-        channel_id=r.channel_id,
-        parent_id=r.parent_id,
-        message_id=r.message_id,
-        image_key=r.image_key,
-        kind=r.kind,
-        author_id=r.author_id,
-        posted_at=r.posted_at,
-        url=r.source_url,
-        source_url=r.source_url,
-        filename=r.filename,
-        content_type=r.content_type,
-    )
 
 
 async def stored(engine) -> dict[tuple[int, int], np.ndarray]:
@@ -117,7 +100,7 @@ async def test_a_bulk_write_takes_its_jobs_and_skips_images_whose_job_is_gone(
     records = batch(unit_vectors(N, 3))
     jobs = JobQueue(store_engine, model_id=MODEL)
     await store.search(records[0].embedding, scope=SearchScope(1, MODEL), k=1)  # matrix live
-    await jobs.enqueue([ref(r) for r in records])
+    await jobs.enqueue([job_ref(r) for r in records])
     async with store_engine.connect() as conn:
         ids = dict((await conn.execute(select(IndexJob.message_id, IndexJob.id))).all())
     assert len(ids) == N
@@ -143,7 +126,7 @@ async def test_a_bulk_delete_removes_exactly_its_rows_and_their_jobs(store, stor
     assert await store.upsert(records) == N
     await store.search(records[0].embedding, scope=SearchScope(1, MODEL), k=1)  # matrix live
     jobs = JobQueue(store_engine, model_id="another-model")  # images queued for a new model
-    await jobs.enqueue([ref(r) for r in records])
+    await jobs.enqueue([job_ref(r) for r in records])
 
     doomed = {r.message_id for r in records if r.image_key % 3}
     assert await store.delete_messages(sorted(doomed)) == len(doomed)
