@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import asyncpg
@@ -314,6 +315,9 @@ async def test_restarting_either_bot_deletes_nothing(cluster):
         assert result_ids(reply)
         assert await rows(engine) == total
     assert command_syncs(fd) == 1, "a restart with the same commands syncs nothing"
+    # The restarted processes took their turns through the database too.
+    times = sorted(i.at for i in fd.identifies)
+    assert len(times) == 4 and min(b - a for a, b in pairwise(times)) >= 5.0
     for bot in cluster.bots:
         assert "removed the bot while it was offline" not in bot.log()
 
