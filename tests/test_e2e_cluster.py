@@ -204,6 +204,8 @@ async def cluster(postgres_server, tmp_path_factory):
         worker = Process("worker", ["worker"], worker_env(
             url, fd.cdn_origin, JOB_LEASE_S=LEASE_S, METRICS_PORT=str(free_port()),
             METRICS_ADDR="127.0.0.1", LOG_LEVEL="INFO",
+            # As deployed: the token renews expired links, over REST only.
+            DISCORD_TOKEN=fd.token, DISCORD_API_BASE=fd.api_base,
         ), workdir)
         cluster = Cluster(fd, engine, bots, worker, servers, bob)
         try:
