@@ -35,6 +35,7 @@ from tests.search_helpers import find, picture, result_ids
 from tests.test_e2e_privacy_commands import buttons
 from tests.test_e2e_process import process_env
 from tests.test_e2e_shards import command_syncs
+from tests.test_e2e_status import line, status
 from tests.test_worker import worker_env
 from tests.tinyclip.shapes import caption, pairs
 
@@ -322,6 +323,23 @@ async def test_restarting_either_bot_deletes_nothing(cluster):
     assert len(times) == 4 and min(b - a for a, b in pairwise(times)) >= 5.0
     for bot in cluster.bots:
         assert "removed the bot while it was offline" not in bot.log()
+
+
+async def test_the_owner_sees_the_process_that_answered_and_the_whole_cluster(cluster):
+    server = cluster.servers[1]  # shard 1
+    owner = server.guild.add_existing_user(cluster.fd.owner_user)
+    said = await status(cluster.fd, server.guild, server.channel, owner)
+    # Not "the whole bot's 10 servers": the other 10 are another process's.
+    assert line(said, "Whole bot").endswith(
+        "this process runs shards 1 of 2: 10 servers, other processes the rest):"
+    ), said
+    assert "encoder workers encode them (ENCODE_IMAGES=false)" in line(said, "This process")
+    assert line(said, "Queue, whole cluster").startswith("**Queue, whole cluster:** 0 waiting")
+    # The worker is the one encoder (the gateway processes encode no images); its row, written
+    # every 15 s, has caught up with the 1,000 by now (the restarts took longer than that).
+    encoding = line(said, "Encoding, whole cluster")
+    assert re.search(r"from 1 process \(worker on [^:]+: [\d.]+/s, 1,00\d stored, 0 in hand\)$",
+                     encoding), encoding
 
 
 async def test_a_server_that_removes_the_bot_is_purged_by_its_owner_alone(cluster):
