@@ -227,9 +227,10 @@ async def cluster(postgres_server, tmp_path_factory):
             cluster.ready_at = time.monotonic()
             yield cluster
         finally:
-            for process in (*bots, worker):
+            started = {*bots, worker, cluster.worker}  # a test may replace the worker
+            for process in started:
                 await process.ensure_gone()
-    for process in (*bots, worker):
+    for process in started:
         assert "Traceback" not in process.log(), f"{process.name}:\n{process.log()[-3000:]}"
 
 
