@@ -88,8 +88,9 @@ async def _worker(settings: Settings) -> int:
     attachment links; a refused token stops it as it stops the bot."""
     from bot.signed_urls import worker_refresher
     from bot.startup import DiscordRefused
-    from retrieval.worker import run_worker
+    from retrieval.worker import check_worker_settings, run_worker
 
+    check_worker_settings(settings)  # a worker on SQLite is told so before Discord is asked
     try:
         async with worker_refresher(settings) as refresh:
             return await run_worker(settings, refresh=refresh)

@@ -52,8 +52,7 @@ async def run_worker(settings: Settings, *, refresh: RefreshUrls | None = None) 
 
     ``refresh`` exchanges expired signed attachment URLs for fresh ones (Discord's, passed in by
     the caller); without it an image whose link expired is dropped as gone."""
-    if settings.database_url.startswith("sqlite"):
-        raise ConfigError(NEEDS_POSTGRES)
+    check_worker_settings(settings)
     stop = asyncio.Event()
     status = 0
     with stopped_by_signals(stop.set):
@@ -109,6 +108,12 @@ async def run_worker(settings: Settings, *, refresh: RefreshUrls | None = None) 
             await engine.dispose()
     log.info("encoder worker stopped")
     return status
+
+
+def check_worker_settings(settings: Settings) -> None:
+    """Refuse at once what no worker can run with (ConfigError), before anything is opened."""
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError(NEEDS_POSTGRES)
 
 
 def database_name(engine: AsyncEngine) -> str:
