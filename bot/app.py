@@ -72,7 +72,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     pipeline=indexing.pipeline,
                     policy=policy,
                 )
-                indexing.pipeline.signed_urls.refresh = url_refresher(bot)
+                indexing.pipeline.signed_urls.refresh = url_refresher(bot.http)
                 model_id = indexing.encoder.model_id
                 bot.reindexing = await adopt_model(engine, indexing.store, model_id)
                 async with (

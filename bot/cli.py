@@ -83,6 +83,22 @@ async def _upgrade(engine, *, sqlite_path: Path | None) -> None:
         log.info("the schema is current; nothing to upgrade while the bot runs")
 
 
+async def _worker(settings: Settings) -> int:
+    """An encoder worker, with a REST-only Discord login (when given the token) to renew expired
+    attachment links; a refused token stops it as it stops the bot."""
+    from bot.signed_urls import worker_refresher
+    from bot.startup import DiscordRefused
+    from retrieval.worker import check_worker_settings, run_worker
+
+    check_worker_settings(settings)  # a worker on SQLite is told so before Discord is asked
+    try:
+        async with worker_refresher(settings) as refresh:
+            return await run_worker(settings, refresh=refresh)
+    except DiscordRefused as exc:
+        log.critical("%s", exc)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
@@ -101,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_db(args.action, settings))
             return 0
         if args.command == "worker":
-            from retrieval.worker import run_worker
-
-            return asyncio.run(run_worker(settings))
+            return asyncio.run(_worker(settings))
         from bot.app import run
 
         with contextlib.suppress(KeyboardInterrupt):

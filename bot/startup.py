@@ -8,7 +8,9 @@ and say what to do, not surface after all that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -101,21 +103,14 @@ def token_of(settings: Settings) -> str:
     return token
 
 
-async def check_with_discord(settings: Settings) -> DiscordApp:
-    """Log in over REST (two requests, no gateway) and read the application's intent flags.
-
-    The portal's Message Content switch shows in the application's flags (the _LIMITED flag for
-    bots in under 100 servers), so a refused intent is known before connecting to the gateway.
-    """
-    token = token_of(settings)
-    apply_endpoints(settings)
-    # Only REST is used; the guilds intent just keeps discord.py from warning about its absence.
-    client = discord.Client(intents=discord.Intents(guilds=True))
+@contextlib.asynccontextmanager
+async def logging_in() -> AsyncIterator[None]:
+    """A login to Discord's REST API, its refusals and silences raised as DiscordRefused with the
+    sentence an operator acts on; given LOGIN_TIMEOUT_S, since a black-holed network would
+    otherwise keep the operator waiting for minutes."""
     try:
-        # A black-holed network would otherwise keep the operator waiting for minutes.
-        async with client, asyncio.timeout(LOGIN_TIMEOUT_S):
-            await client.login(token)
-            app = client.application
+        async with asyncio.timeout(LOGIN_TIMEOUT_S):
+            yield
     except discord.LoginFailure:
         raise DiscordRefused(TOKEN_REFUSED) from None
     except discord.HTTPException as exc:
@@ -129,6 +124,21 @@ async def check_with_discord(settings: Settings) -> DiscordApp:
             f"{str(exc) or f'no answer in {LOGIN_TIMEOUT_S:g} s'}; check this machine's "
             "network (and DISCORD_API_BASE if set)"
         ) from None
+
+
+async def check_with_discord(settings: Settings) -> DiscordApp:
+    """Log in over REST (two requests, no gateway) and read the application's intent flags.
+
+    The portal's Message Content switch shows in the application's flags (the _LIMITED flag for
+    bots in under 100 servers), so a refused intent is known before connecting to the gateway.
+    """
+    token = token_of(settings)
+    apply_endpoints(settings)
+    # Only REST is used; the guilds intent just keeps discord.py from warning about its absence.
+    client = discord.Client(intents=discord.Intents(guilds=True))
+    async with client, logging_in():
+        await client.login(token)
+        app = client.application
     assert app is not None  # login() fetches it
     flags = app.flags
     if not (flags.gateway_message_content or flags.gateway_message_content_limited):

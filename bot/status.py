@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.ownership import ownership
 from bot.sight import listed, unreadable_channels
 from retrieval.cluster import read_figures
 from retrieval.operating import age, counted
@@ -73,7 +74,7 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
     encoder = bot.encoder.counters
     backlog = await bot.pipeline.jobs.backlog()
     lines = [
-        f"**Whole bot** (only you, its owner, see this; {len(bot.guilds)} servers):",
+        f"**Whole bot** (only you, its owner, see this; {_servers(bot)}):",
         f"**Waiting to be indexed, all servers:** {_waiting(backlog)}",
         (
             f"**This process since start:** {pipeline.indexed} encoded, {pipeline.reused} "
@@ -94,6 +95,15 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
     if bot.backfill_progress is not None:
         lines.append(f"**History backfill, all servers:** {bot.backfill_progress}")
     return lines + _cluster_lines(await read_figures(bot.engine))
+
+
+def _servers(bot: ClipfindBot) -> str:
+    """This process's servers; with the shards split over processes, those of its shards only
+    (the others' servers are not in its gateway session)."""
+    shards = ownership(bot)
+    if shards.everything:
+        return f"{len(bot.guilds)} servers"
+    return f"this process runs {shards}: {len(bot.guilds)} servers, other processes the rest"
 
 
 def _cluster_lines(figures: ClusterFigures) -> list[str]:

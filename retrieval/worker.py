@@ -26,6 +26,7 @@ from retrieval.encoder import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import IndexingPipeline
 from retrieval.indexing.jobs import JOBS_CHANNEL
+from retrieval.indexing.signed_urls import RefreshUrls
 from retrieval.operating import operator_view
 from retrieval.reindex import INDEX_MODEL_KEY
 from retrieval.signals import stopped_by_signals
@@ -45,11 +46,13 @@ _WAIT_FIRST_S, _WAIT_MAX_S = 1.0, 30.0
 _LISTEN_CHECK_S = 10.0
 
 
-async def run_worker(settings: Settings) -> int:
+async def run_worker(settings: Settings, *, refresh: RefreshUrls | None = None) -> int:
     """Drain the jobs table until SIGTERM/SIGINT; returns the process exit status: 0, or 2
-    once the bot switched the index to another model (1 after an internal error)."""
-    if settings.database_url.startswith("sqlite"):
-        raise ConfigError(NEEDS_POSTGRES)
+    once the bot switched the index to another model (1 after an internal error).
+
+    ``refresh`` exchanges expired signed attachment URLs for fresh ones (Discord's, passed in by
+    the caller); without it an image whose link expired is dropped as gone."""
+    check_worker_settings(settings)
     stop = asyncio.Event()
     status = 0
     with stopped_by_signals(stop.set):
@@ -64,6 +67,7 @@ async def run_worker(settings: Settings) -> int:
                     engine=engine, role="worker", pipeline=indexing.pipeline, settings=settings
                 ),
             ):
+                indexing.pipeline.signed_urls.refresh = refresh
                 # torch and open_clip leave hundreds of thousands of long-lived objects that every
                 # full collection would scan again, with the event loop stopped.
                 gc.collect()
@@ -104,6 +108,12 @@ async def run_worker(settings: Settings) -> int:
             await engine.dispose()
     log.info("encoder worker stopped")
     return status
+
+
+def check_worker_settings(settings: Settings) -> None:
+    """Refuse at once what no worker can run with (ConfigError), before anything is opened."""
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError(NEEDS_POSTGRES)
 
 
 def database_name(engine: AsyncEngine) -> str:

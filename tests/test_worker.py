@@ -5,6 +5,7 @@ away is waited for, and a bot that does not encode (ENCODE_IMAGES=false) relies 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -18,6 +19,8 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy import func, select
 
+from bot.signed_urls import NO_TOKEN_FOR_WORKER
+from bot.startup import TOKEN_REFUSED
 from retrieval.db import create_engine, ensure_schema
 from retrieval.indexing import ImageRef, JobQueue
 from retrieval.models import IndexedImage, IndexJob
@@ -26,6 +29,7 @@ from retrieval.state import set_state
 from tests.conftest import postgres_url
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
+from tests.fakediscord.cdn import LINK_TTL
 from tests.search_helpers import find, picture, result_ids
 from tests.test_e2e_status import line, status
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
@@ -177,7 +181,63 @@ async def test_a_worker_waits_for_its_database_then_stores_each_queued_image_onc
             await admin.close()
     log = worker.log()
     assert "encoder worker started: model " in log and "batches of" in log
+    # Started without DISCORD_TOKEN: it says once what it cannot do, and what to set.
+    assert log.count(NO_TOKEN_FOR_WORKER) == 1
+    assert "WARNING" in next(line for line in log.splitlines() if NO_TOKEN_FOR_WORKER in line)
     assert "Traceback" not in log
+
+
+async def test_a_worker_with_the_bot_token_renews_an_expired_attachment_link(
+    postgres_engine, tiny_encoder, tmp_path
+):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Old links")
+        general = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        message = await fd.post_message(general, alice, "",
+                                        attachments=[picture("red", "star", 1)])
+        (attachment,) = message.attachments
+        old_url = attachment.url  # signed now; the property signs afresh at each read
+        ref = dataclasses.replace(
+            image_ref(0, old_url),
+            guild_id=guild.id, channel_id=general.id, message_id=message.id,
+            image_key=attachment.id, kind="attachment", author_id=alice.id,
+            source_url=old_url.split("?")[0],
+        )
+        await JobQueue(postgres_engine, model_id=tiny_encoder.model_id).enqueue([ref])
+        fd.advance_clock(LINK_TTL + 3600)  # a day in the queue: its link no longer works
+
+        env = worker_env(url_of(postgres_engine), fd.cdn_origin, DISCORD_TOKEN=fd.token,
+                         DISCORD_API_BASE=fd.api_base)
+        worker = await Worker.start(tmp_path, env)
+        try:
+            await eventually(lambda: _is(jobs(postgres_engine), 0), within=90)
+            assert await worker.stop() == 0
+        finally:
+            await worker.ensure_gone()
+        refreshed = [r.json["attachment_urls"] for r in fd.requests
+                     if r.method == "POST" and r.path == "/attachments/refresh-urls"]
+        assert refreshed == [[old_url]]
+        assert not any(r.path.startswith("/gateway") for r in fd.requests), "REST only"
+    assert await stored_per_image(postgres_engine) == {(message.id, attachment.id): 1}
+    log = worker.log()
+    assert "expired attachment links are renewed" in log
+    assert NO_TOKEN_FOR_WORKER not in log and "Traceback" not in log
+
+
+async def test_a_worker_whose_token_discord_refuses_stops_as_the_bot_does(tmp_path):
+    async with FakeDiscord() as fd:
+        revoked = fd.token[:-4] + ("AAAA" if not fd.token.endswith("AAAA") else "BBBB")
+        env = worker_env("postgresql+asyncpg://clipfind@127.0.0.1:1/clipfind", fd.cdn_origin,
+                         DISCORD_TOKEN=revoked, DISCORD_API_BASE=fd.api_base)
+        worker = await Worker.start(tmp_path, env)
+        try:
+            assert await asyncio.wait_for(worker.process.wait(), 60) == 2
+        finally:
+            await worker.ensure_gone()
+    log = worker.log()
+    assert "CRITICAL" in log and TOKEN_REFUSED in log
+    assert "Traceback" not in log and "cannot reach the database" not in log
 
 
 async def test_a_worker_refused_by_the_database_keeps_trying_and_stops_cleanly(tmp_path):
