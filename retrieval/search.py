@@ -145,7 +145,10 @@ def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILA
         ranked = ordered(hits, sort)
         if not ranked:
             return []
-        vectors = await store.vectors([h.row_id for h in ranked])
+        guilds = {h.guild_id for h in ranked}
+        vectors = await store.vectors(
+            [h.row_id for h in ranked], guild_id=guilds.pop() if len(guilds) == 1 else None
+        )
         return await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
 
     return arrange

@@ -172,7 +172,11 @@ class Search(commands.Cog):
         model_id = self.bot.encoder.model_id
         try:
             # An indexed image already has its vector: no download, no model.
-            vector = (await self.bot.store.message_vectors(message.id, model_id)).get(ref.image_key)
+            vector = (
+                await self.bot.store.message_vectors(
+                    message.id, model_id, guild_id=interaction.guild_id
+                )
+            ).get(ref.image_key)
             if vector is None:
                 vector = await self._picture_vector(ref.url, ref.size)
         except _QUERY_PROBLEMS as exc:
