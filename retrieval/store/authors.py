@@ -13,29 +13,59 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import bindparam, delete, exists, func, select
+from sqlalchemy import BigInteger, bindparam, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from retrieval.models import AuthorGuild, OptOut
 
 
-def pairs(records: Iterable) -> list[dict[str, int]]:
-    """The distinct (author, guild) pairs of some records, as parameters for `remember`."""
-    seen = {(r.author_id, r.guild_id) for r in records}
-    return [{"author_id": a, "guild_id": g} for a, g in sorted(seen)]
+def pairs(records: Iterable) -> list[tuple[int, int]]:
+    """The distinct (author, guild) pairs of some records, for `remember`."""
+    return sorted({(r.author_id, r.guild_id) for r in records})
 
 
-def remember(dialect_name: str):
-    """INSERT of one pair, unless it is there or the member opted out (an opted-out member's
-    images are refused by the same transaction's write)."""
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
+async def remember(conn, found: list[tuple[int, int]]) -> None:
+    """Add the pairs not there yet, except an opted-out member's (whose images the same
+    transaction's write refuses). One statement on PostgreSQL (arrays unnested), one
+    executemany on SQLite: a batch of 500 images holds a few dozen members."""
+    if not found:
+        return
+    if conn.dialect.name == "postgresql":
+        authors, guilds = (list(column) for column in zip(*found, strict=True))
+        await conn.execute(_REMEMBER_ALL, {"authors": authors, "guilds": guilds})
+    else:
+        await conn.execute(_REMEMBER_ONE, [{"author_id": a, "guild_id": g} for a, g in found])
+
+
+def _remember_one():
     author, guild = bindparam("author_id"), bindparam("guild_id")
     chosen = select(author, guild).where(~exists().where(OptOut.user_id == author))
     return (
-        dialect.insert(AuthorGuild)
+        sqlite.insert(AuthorGuild)
         .from_select(["author_id", "guild_id"], chosen)
         .on_conflict_do_nothing(index_elements=["author_id", "guild_id"])
     )
+
+
+def _remember_all():
+    ids = postgresql.ARRAY(BigInteger)
+    rows = (
+        func.unnest(bindparam("authors", type_=ids), bindparam("guilds", type_=ids))
+        .table_valued("author_id", "guild_id", name="p")
+        .render_derived()
+    )
+    chosen = select(rows.c.author_id, rows.c.guild_id).where(
+        ~exists().where(OptOut.user_id == rows.c.author_id)
+    )
+    return (
+        postgresql.insert(AuthorGuild)
+        .from_select(["author_id", "guild_id"], chosen)
+        .on_conflict_do_nothing(index_elements=["author_id", "guild_id"])
+    )
+
+
+_REMEMBER_ONE = _remember_one()
+_REMEMBER_ALL = _remember_all()
 
 
 def guilds_of(author_id: int):

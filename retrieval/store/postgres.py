@@ -276,7 +276,6 @@ class PgVectorStore(SharedReads, SharedDeletes):
         self._index_locks: dict[str, asyncio.Lock] = {}
         # Searches the index scan could not fill, answered by an exact scan instead.
         self.exact_fallbacks = 0
-        self._remember = authors.remember("postgresql")
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -312,7 +311,7 @@ class PgVectorStore(SharedReads, SharedDeletes):
             count = len(written.all())
             # After the images, in the order a member's erasure deletes them (jobs, images,
             # pairs): two transactions never wait on each other in opposite orders.
-            await conn.execute(self._remember, authors.pairs(latest))
+            await authors.remember(conn, authors.pairs(latest))
             return count
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:

@@ -72,7 +72,6 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         self._half = half
         self._locks: dict[Key, asyncio.Lock] = {}
         self._told_too_large: set[Key] = set()
-        self._remember = authors.remember("sqlite")
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -109,7 +108,7 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                 }.values()
             )
             if wanted:  # see authors.py
-                await conn.execute(self._remember, authors.pairs(wanted))
+                await authors.remember(conn, authors.pairs(wanted))
             if len(wanted) == 1:  # a live write: RETURNING tells at once what to add
                 (record,) = wanted
                 row_id = (await conn.execute(RETURNING, record_values(record))).scalar()
