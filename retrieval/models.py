@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -103,7 +104,15 @@ class IndexedImage(Base):
         Index("ix_images_channel", "channel_id"),
         Index("ix_images_author", "guild_id", "author_id"),
         Index("ix_images_content", "content_hash", "model_id"),
-        Index("ix_images_parent", "parent_id"),
+        # Only rows in threads: most rows have no parent, and an index whose entries are mostly
+        # NULL looks useless to SQLite's planner, which then swept excluded channels' threads
+        # by reading the whole table.
+        Index(
+            "ix_images_parent",
+            "parent_id",
+            sqlite_where=text("parent_id IS NOT NULL"),
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
         # The periodic sweep of opted-out members' rows (retrieval/store/allowed.py).
         Index("ix_images_author_id", "author_id"),
         # Which models the index holds, and how many rows each (a start-up after a model
@@ -171,7 +180,12 @@ class IndexJob(Base):
         Index("ix_index_jobs_due", "priority", "retry_at"),
         Index("ix_index_jobs_guild", "guild_id"),
         Index("ix_index_jobs_channel", "channel_id"),
-        Index("ix_index_jobs_parent", "parent_id"),
+        Index(  # threads only, as ix_images_parent
+            "ix_index_jobs_parent",
+            "parent_id",
+            sqlite_where=text("parent_id IS NOT NULL"),
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
         Index("ix_index_jobs_author", "author_id"),
         # The operator's figures: jobs per state and the oldest first try, without a full scan.
         # Not on claimed_until, which every claim and lease renewal rewrites.

@@ -2,8 +2,10 @@
 table big enough that the planner would not scan it by choice (50,000 rows over 500 servers,
 analyzed): the statements the store really sends are captured and EXPLAINed.
 
-PostgreSQL: no Seq Scan of `images` or `author_guilds` in `EXPLAIN (FORMAT JSON)`, and an index
-on each. SQLite: no full `SCAN` of either in `EXPLAIN QUERY PLAN`.
+PostgreSQL: no Seq Scan of `images`, `author_guilds` or `index_jobs` in `EXPLAIN (FORMAT JSON)`,
+and an index in every plan. SQLite: no full `SCAN` of them in `EXPLAIN QUERY PLAN`. And what a
+member causes names its server, as a database distributed by server needs (see the README's
+"Running on Citus").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event, text
 
+from retrieval.indexing.jobs import JobQueue
 from retrieval.store import open_store
 from tests.records import MODEL
 
@@ -23,7 +26,7 @@ from tests.records import MODEL
 ROWS, GUILDS, CHANNELS, AUTHORS = 50_000, 500, 5_000, 3_001
 GUILD = 1000 + 7  # a server of the made-up instance
 AUTHOR = 70000 + 7  # a member with images in a handful of servers
-TABLES = ("images", "author_guilds")
+TABLES = ("images", "author_guilds", "index_jobs")
 _FILL = (
     "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
     "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
@@ -53,6 +56,17 @@ async def _fill(engine) -> None:
         await conn.execute(text(fill), {"n": ROWS})
         await conn.execute(
             text("INSERT INTO author_guilds SELECT DISTINCT author_id, guild_id FROM images")
+        )
+        # A backlog as large, of other messages: deletions and the sweep reach into it too.
+        await conn.execute(
+            text(
+                "INSERT INTO index_jobs (guild_id, channel_id, message_id, image_key, kind, "
+                "author_id, posted_at, url, source_url, filename, content_type, priority, "
+                "attempts, retry_at, created_at) SELECT guild_id, channel_id, "
+                "message_id + :n, image_key, kind, author_id, posted_at, source_url, "
+                "source_url, filename, content_type, 1, 0, posted_at, posted_at FROM images"
+            ),
+            {"n": ROWS},
         )
         await conn.execute(text("ANALYZE"))
 
@@ -138,6 +152,13 @@ QUERIES = {
     # /clipfind status
     "count a server's images": lambda s: s.count(guild_id=GUILD),
     "count a server's images of the model": lambda s: s.count(guild_id=GUILD, model_id=MODEL),
+    "count a member's readable images": lambda s: s.count(
+        guild_id=GUILD, model_id=MODEL, channel_ids={100_007, 100_507}
+    ),
+    "a server's backlog": lambda s: JobQueue(s.engine, model_id=MODEL).backlog(GUILD),
+    # a search: the channels with images (threads the cache lacks), a known picture's vector
+    "a server's channels": lambda s: s.channel_ids(guild_id=GUILD),
+    "a picture encoded before": lambda s: s.embedding_for("h7", MODEL),
     # start-up
     "servers with images": lambda s: s.guild_ids(),
     "rows of other models": lambda s: s.model_counts(other_than=MODEL),
@@ -151,11 +172,14 @@ QUERIES = {
     "delete a channel": lambda s: s.delete_channels([100_007], guild_id=GUILD),
     "delete a member everywhere": lambda s: s.delete_author(guild_id=None, author_id=AUTHOR),
     "delete a server": lambda s: s.delete_guild(GUILD + 1),
+    # every 5 minutes: what an opt-out or exclusion forbids
+    "sweep forbidden rows": lambda s: s.delete_forbidden(),
 }
 
 
-# Start-up work, not a member's: may ask every server's rows (through an index).
-UNROUTED = {"rows of other models"}
+# Work that spans servers by nature (start-up, bytes encoded anywhere, the policy's sweep):
+# may ask every server's rows, through an index.
+UNROUTED = {"rows of other models", "a picture encoded before", "sweep forbidden rows"}
 
 
 async def test_user_and_startup_queries_use_indexes(big, store_engine):

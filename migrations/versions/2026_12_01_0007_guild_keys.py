@@ -9,6 +9,8 @@ and unique keys, a reference table of each member's servers, and an index of mod
   opt-out or `/privacy status` looks in the member's servers only.
 - ``ix_images_model``: which models the index holds and how many rows each, read at start-up
   without reading every row.
+- ``ix_images_parent`` and ``ix_index_jobs_parent`` hold only rows in threads: an index of
+  mostly NULLs made SQLite's planner sweep excluded channels' threads by reading the whole table.
 
 Revision ID: 0007
 Revises: 0005
@@ -44,6 +46,7 @@ def _keys(*, primary: list[str], unique: list[str]) -> None:
 def upgrade() -> None:
     _keys(primary=["id", "guild_id"], unique=["message_id", "image_key", "guild_id"])
     op.create_index("ix_images_model", "images", ["model_id"])
+    _parent_index(threads_only=True)
     op.create_table(
         "author_guilds",
         sa.Column("author_id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -61,4 +64,13 @@ def downgrade() -> None:
     op.drop_index("ix_author_guilds_guild", table_name="author_guilds")
     op.drop_table("author_guilds")
     op.drop_index("ix_images_model", table_name="images")
+    _parent_index(threads_only=False)
     _keys(primary=["id"], unique=["message_id", "image_key"])
+
+
+def _parent_index(*, threads_only: bool) -> None:
+    where = sa.text("parent_id IS NOT NULL") if threads_only else None
+    for table in ("images", "index_jobs"):
+        name = f"ix_{table}_parent"
+        op.drop_index(name, table_name=table)
+        op.create_index(name, table, ["parent_id"], sqlite_where=where, postgresql_where=where)
