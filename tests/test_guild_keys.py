@@ -162,6 +162,8 @@ async def test_routed_statements_touch_only_their_guild(store):
         [record(0, vector, guild_id=1, channel_id=10), record(0, vector, guild_id=2, channel_id=10)]
     )
     assert await store.known_keys(1000, guild_id=2) == {0}
+    assert await store.embedding_for("hash0", MODEL, guild_id=2) is not None
+    assert await store.embedding_for("hash0", MODEL, guild_id=3) is None
     assert await store.delete_messages([1000], guild_id=2) == 1
     assert await store.known_keys(1000, guild_id=2) == set()
     assert await store.known_keys(1000, guild_id=1) == {0}

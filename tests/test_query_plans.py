@@ -158,7 +158,8 @@ QUERIES = {
     "a server's backlog": lambda s: JobQueue(s.engine, model_id=MODEL).backlog(GUILD),
     # a search: the channels with images (threads the cache lacks), a known picture's vector
     "a server's channels": lambda s: s.channel_ids(guild_id=GUILD),
-    "a picture encoded before": lambda s: s.embedding_for("h7", MODEL),
+    "a query picture encoded before": lambda s: s.embedding_for("h7", MODEL, guild_id=GUILD),
+    "bytes encoded before, anywhere": lambda s: s.embeddings_for(["h7", "h8"], MODEL),
     # start-up
     "servers with images": lambda s: s.guild_ids(),
     "rows of other models": lambda s: s.model_counts(other_than=MODEL),
@@ -177,9 +178,10 @@ QUERIES = {
 }
 
 
-# Work that spans servers by nature (start-up, bytes encoded anywhere, the policy's sweep):
+# Work that spans servers by nature (start-up, indexing's look-up of bytes encoded anywhere,
+# the policy's sweep):
 # may ask every server's rows, through an index.
-UNROUTED = {"rows of other models", "a picture encoded before", "sweep forbidden rows"}
+UNROUTED = {"rows of other models", "bytes encoded before, anywhere", "sweep forbidden rows"}
 
 
 async def test_user_and_startup_queries_use_indexes(big, store_engine):

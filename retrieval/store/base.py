@@ -89,8 +89,11 @@ class VectorStore(Protocol):
         are looked in (through the same index), which a distributed PostgreSQL answers on every
         machine."""
 
-    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
-        """A stored vector of the same bytes under the same model, so they are encoded once."""
+    async def embedding_for(
+        self, content_hash: str, model_id: str, *, guild_id: int | None = None
+    ) -> np.ndarray | None:
+        """A stored vector of the same bytes under the same model, so they are encoded once
+        (in any guild, or in ``guild_id``'s)."""
 
     async def embeddings_for(
         self, content_hashes: Collection[str], model_id: str

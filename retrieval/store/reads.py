@@ -92,10 +92,16 @@ class SharedReads:
             stmt = stmt.where(IndexedImage.model_id == model_id)
         return {row.image_key for row in await self._rows(stmt)}
 
-    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
+    async def embedding_for(
+        self, content_hash: str, model_id: str, *, guild_id: int | None = None
+    ) -> np.ndarray | None:
         stmt = (
             select(IndexedImage.embedding)
-            .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
+            .where(
+                IndexedImage.content_hash == content_hash,
+                IndexedImage.model_id == model_id,
+                *in_guild(guild_id),
+            )
             .limit(1)
         )
         return await self._scalar(stmt)
