@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 from sqlalchemy import event, text
 
-from retrieval.indexing.jobs import JobQueue
+from retrieval.indexing.jobs import ImageRef, JobQueue
 from retrieval.store import open_store
 from tests.records import MODEL
 
@@ -144,6 +145,21 @@ async def big(store_engine):
     await store.close()
 
 
+def _posted() -> ImageRef:
+    return ImageRef(
+        guild_id=GUILD,
+        channel_id=100_007,
+        message_id=10_000_007,
+        image_key=7,
+        kind="attachment",
+        author_id=AUTHOR,
+        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        url="https://cdn.example/f.png",
+        source_url="https://cdn.example/f.png",
+        filename="f.png",
+    )
+
+
 QUERIES = {
     # /privacy status and the opt-out question
     "author's servers": lambda s: s.author_guild_ids(AUTHOR),
@@ -156,6 +172,8 @@ QUERIES = {
         guild_id=GUILD, model_id=MODEL, channel_ids={100_007, 100_507}
     ),
     "a server's backlog": lambda s: JobQueue(s.engine, model_id=MODEL).backlog(GUILD),
+    # an image posted: queued unless its server holds it for the model already
+    "queue an image": lambda s: JobQueue(s.engine, model_id=MODEL).enqueue([_posted()]),
     # a search: the channels with images (threads the cache lacks), a known picture's vector
     "a server's channels": lambda s: s.channel_ids(guild_id=GUILD),
     "a query picture encoded before": lambda s: s.embedding_for("h7", MODEL, guild_id=GUILD),
