@@ -12,6 +12,10 @@ and unique keys, a reference table of each member's servers, and an index of mod
 - ``ix_images_parent`` and ``ix_index_jobs_parent`` hold only rows in threads: an index of
   mostly NULLs made SQLite's planner sweep excluded channels' threads by reading the whole table.
 
+The upgrade rewrites what it changes: PostgreSQL builds the two keys' indexes again, SQLite
+copies the images table (and its vectors) into a new one. Both take a while on a large index and
+hold writes meanwhile; run it with the bot stopped, as `python -m bot db upgrade` asks.
+
 Revision ID: 0007
 Revises: 0005
 Create Date: 2026-12-01
