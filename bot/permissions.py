@@ -282,7 +282,7 @@ class Access:
             async with self._rest:
                 message = await channel.fetch_message(message_id)
         except discord.NotFound:
-            removed = await self.store.delete_messages([message_id])
+            removed = await self.store.delete_messages([message_id], guild_id=guild_id)
             log.info("message %s is gone; removed its %d indexed images", message_id, removed)
             return None
         except discord.HTTPException as exc:
@@ -298,8 +298,9 @@ class Access:
         if hit.image_key in keys:
             return True
         # Edited out, or its preview hidden, while the bot was away or the image in the pipeline.
-        keep = await self.store.known_keys(hit.message_id) - {hit.image_key}
-        await self.store.delete_images(hit.message_id, keep)
+        known = await self.store.known_keys(hit.message_id, guild_id=hit.guild_id)
+        keep = known - {hit.image_key}
+        await self.store.delete_images(hit.message_id, keep, guild_id=hit.guild_id)
         return False
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -66,12 +67,18 @@ class Base(DeclarativeBase):
 
 
 class IndexedImage(Base):
-    """One image of one message: an attachment, or the picture of an image embed."""
+    """One image of one message: an attachment, or the picture of an image embed.
+
+    Guild-scoped: every key holds ``guild_id``, so a distributed PostgreSQL (Citus) can spread
+    the table over machines by it. The primary key is ``(id, guild_id)`` on PostgreSQL (ids grow
+    with time, so new rows append to the index); SQLite keeps ``id`` alone, its rowid, which is
+    what makes it grow by itself there.
+    """
 
     __tablename__ = "images"
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
-    guild_id: Mapped[int] = mapped_column(BigInteger)
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     channel_id: Mapped[int] = mapped_column(BigInteger)
     # A thread's channel (None outside threads): an exclusion of the channel covers its threads.
     parent_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -91,15 +98,46 @@ class IndexedImage(Base):
     embedding: Mapped[np.ndarray] = mapped_column(Embedding)
 
     __table_args__ = (
-        UniqueConstraint("message_id", "image_key"),
+        # Message ids grow with time: live posts append to this index.
+        UniqueConstraint("message_id", "image_key", "guild_id"),
         Index("ix_images_guild_model", "guild_id", "model_id"),
         Index("ix_images_channel", "channel_id"),
         Index("ix_images_author", "guild_id", "author_id"),
         Index("ix_images_content", "content_hash", "model_id"),
-        Index("ix_images_parent", "parent_id"),
-        # An opt-out covers every server.
+        # Only rows in threads: most rows have no parent, and an index whose entries are mostly
+        # NULL looks useless to SQLite's planner, which then swept excluded channels' threads
+        # by reading the whole table.
+        Index(
+            "ix_images_parent",
+            "parent_id",
+            sqlite_where=text("parent_id IS NOT NULL"),
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
+        # The periodic sweep of opted-out members' rows (retrieval/store/allowed.py).
         Index("ix_images_author_id", "author_id"),
+        # Which models the index holds, and how many rows each (a start-up after a model
+        # switch), without reading every row.
+        Index("ix_images_model", "model_id"),
     )
+
+
+class AuthorGuild(Base):
+    """A member who has images stored in a server: how a member's servers are found (an
+    opt-out, `/privacy status`) without looking in every server's rows. Written with each
+    image; removed with the member's images or the server's. A reference table on Citus (a
+    copy on every node): small, one row per member and server, not per image.
+
+    May name a server where the member has no images left (their messages were deleted one by
+    one): it is a list of servers to look in, never a count.
+    """
+
+    __tablename__ = "author_guilds"
+
+    author_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+    # Every server the index holds (start-up), and a server's purge.
+    __table_args__ = (Index("ix_author_guilds_guild", "guild_id"),)
 
 
 class IndexJob(Base):
@@ -142,7 +180,12 @@ class IndexJob(Base):
         Index("ix_index_jobs_due", "priority", "retry_at"),
         Index("ix_index_jobs_guild", "guild_id"),
         Index("ix_index_jobs_channel", "channel_id"),
-        Index("ix_index_jobs_parent", "parent_id"),
+        Index(  # threads only, as ix_images_parent
+            "ix_index_jobs_parent",
+            "parent_id",
+            sqlite_where=text("parent_id IS NOT NULL"),
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
         Index("ix_index_jobs_author", "author_id"),
         # The operator's figures: jobs per state and the oldest first try, without a full scan.
         # Not on claimed_until, which every claim and lease renewal rewrites.

@@ -33,7 +33,7 @@ async def adopt_model(engine: AsyncEngine, store: VectorStore, model_id: str) ->
     in one transaction, one process at a time, so the first to start makes it and the others
     find it made.
     """
-    others = {m: n for m, n in (await store.model_counts()).items() if m != model_id}
+    others = await store.model_counts(other_than=model_id)
     async with async_sessionmaker(engine).begin() as session:
         await _one_at_a_time(session)
         previous = await session.scalar(

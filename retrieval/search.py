@@ -145,7 +145,10 @@ def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILA
         ranked = ordered(hits, sort)
         if not ranked:
             return []
-        vectors = await store.vectors([h.row_id for h in ranked])
+        guilds = {h.guild_id for h in ranked}
+        vectors = await store.vectors(
+            [h.row_id for h in ranked], guild_id=guilds.pop() if len(guilds) == 1 else None
+        )
         return await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
 
     return arrange
@@ -369,13 +372,19 @@ async def image_vector(
     store: VectorStore,
     spec: PreprocessSpec,
     max_pixels: int,
+    guild_id: int | None = None,
 ) -> np.ndarray:
     """A query picture's vector: the stored one for known bytes, else decoded and encoded
-    ahead of the indexing backlog. Raises the same typed image errors as indexing."""
+    ahead of the indexing backlog. Raises the same typed image errors as indexing.
+
+    With ``guild_id``, stored vectors are looked for in that server only: a member's command
+    is answered by the one machine holding the server on a database distributed by server."""
     if sniff_image_type(data[:64]) is None:
         raise NotAnImage("the bytes are no PNG, JPEG, WebP or GIF")
     digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-    if (known := await store.embedding_for(digest, encoder.model_id)) is not None:
+    if (
+        known := await store.embedding_for(digest, encoder.model_id, guild_id=guild_id)
+    ) is not None:
         return known
     pixels = await asyncio.to_thread(prepare, data, spec, max_pixels=max_pixels)
     return await encoder.encode_query_image(pixels)

@@ -44,7 +44,10 @@ async def test_enqueue_is_idempotent_guarded_and_skips_what_is_encoded(queue, st
     policy = IndexPolicy(store_engine)
     await policy.opt_out(99)
     store = open_store(store_engine)
-    await store.upsert([record(3, np.ones(4, np.float32), message_id=1003, image_key=3)])
+    # Encoded already: ref(3)'s message, in its guild.
+    await store.upsert(
+        [record(3, np.ones(4, np.float32), message_id=1003, image_key=3, guild_id=2)]
+    )
 
     await queue.enqueue([ref(i) for i in range(5)] + [ref(9, author_id=99)])
     await queue.enqueue([ref(i) for i in range(5)])  # delivered twice: no second row

@@ -91,7 +91,7 @@ class Admin(commands.Cog):
             # Its history was erased with it: an include reads it again from the start.
             await backfill.cursors.forget(list(doomed))
         removed = await self.eraser.erase(
-            lambda: self.bot.store.delete_channels(doomed),
+            lambda: self.bot.store.delete_channels(doomed, guild_id=guild.id),
             what=f"excluded channel {channel.id}",
             still=lambda: self.bot.policy.is_excluded(channel.id),
         )

@@ -310,7 +310,10 @@ class Backfill(commands.Cog):
             # from Discord. Images older than the age window were not read: they keep their old
             # vector rather than vanish, as they are still on Discord.
             await self.bot.store.delete_other_models(
-                channel.id, self.bot.encoder.model_id, since_message_id=floor
+                channel.id,
+                self.bot.encoder.model_id,
+                since_message_id=floor,
+                guild_id=channel.guild.id,
             )
         if not finished:
             log.info(

@@ -68,7 +68,7 @@ class Lifecycle(commands.Cog):
         if payload.guild_id is None:
             return
         await self.eraser.erase_patiently(
-            lambda: self.bot.store.delete_messages([payload.message_id]),
+            lambda: self.bot.store.delete_messages([payload.message_id], guild_id=payload.guild_id),
             what=f"message {payload.message_id}",
         )
 
@@ -78,7 +78,7 @@ class Lifecycle(commands.Cog):
             return
         ids = set(payload.message_ids)
         await self.eraser.erase_patiently(
-            lambda: self.bot.store.delete_messages(ids),
+            lambda: self.bot.store.delete_messages(ids, guild_id=payload.guild_id),
             what=f"{len(ids)} messages in channel {payload.channel_id}",
         )
 
@@ -91,7 +91,7 @@ class Lifecycle(commands.Cog):
             return
         keep = {ref.image_key for ref in image_refs(message)}
         # Not swept again after the pipeline drains: a later edit may add an image by then.
-        removed = await self.bot.store.delete_images(message.id, keep)
+        removed = await self.bot.store.delete_images(message.id, keep, guild_id=message.guild.id)
         if removed:
             log.info("message %s was edited: %d of its images removed", message.id, removed)
 
@@ -103,21 +103,24 @@ class Lifecycle(commands.Cog):
             return  # nothing is posted in a category itself; its channels are deleted one by one
         # Cached threads of the channel arrive as thread deletes of their own (discord.py sends
         # them); archived threads the cache never held are found by the survey.
-        await self._forget_channels({channel.id}, what=f"channel {channel.id}")
+        guild_id = channel.guild.id
+        await self._forget_channels({channel.id}, guild_id=guild_id, what=f"channel {channel.id}")
         async with self._surveys.setdefault(channel.guild.id, asyncio.Lock()):
             found = await survey(self.bot, channel.guild)
         orphans = found.threads_of(channel.id) | found.gone
         if orphans:
             what = f"{len(orphans)} threads or channels gone with {channel.id}"
-            await self._forget_channels(orphans, what=what)
+            await self._forget_channels(orphans, guild_id=guild_id, what=what)
 
     @commands.Cog.listener()
     async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
-        await self._forget_channels({payload.thread_id}, what=f"thread {payload.thread_id}")
+        await self._forget_channels(
+            {payload.thread_id}, guild_id=payload.guild_id, what=f"thread {payload.thread_id}"
+        )
 
-    async def _forget_channels(self, channel_ids: set[int], *, what: str) -> None:
+    async def _forget_channels(self, channel_ids: set[int], *, guild_id: int, what: str) -> None:
         removed = await self.eraser.erase_patiently(
-            lambda: self.bot.store.delete_channels(channel_ids), what=what
+            lambda: self.bot.store.delete_channels(channel_ids, guild_id=guild_id), what=what
         )
         for channel_id in channel_ids:
             if self.bot.policy.is_excluded(channel_id):  # keep /clipfind channels list current
@@ -178,7 +181,7 @@ class Lifecycle(commands.Cog):
                     found = await survey(self.bot, guild, exists=exists)
                 if found.gone:
                     what = f"{len(found.gone)} channels or threads of {guild.id} (while offline)"
-                    await self._forget_channels(found.gone, what=what)
+                    await self._forget_channels(found.gone, guild_id=guild.id, what=what)
                     await BackfillCursors(self.bot.engine).forget(found.gone)
             except Exception:
                 log.exception(

@@ -164,7 +164,8 @@ class Privacy(commands.Cog):
         return (
             f"{state}\n**Stored:** {images(total)} of yours {where}. For each: the ids of the "
             "server, channel, message, image and you, when it was posted, its file name and link, "
-            f"a hash of its bytes and a vector the search compares. Never the image itself.\n{hint}"
+            "a hash of its bytes and a vector the search compares; and which servers you have "
+            f"images in, so an opt-out looks there. Never the image itself.\n{hint}"
         )
 
 

@@ -137,7 +137,9 @@ class Search(commands.Cog):
         try:
             start, end = date_range(after, before, now=discord.utils.utcnow())
             if image is not None:
-                vector = await self._picture_vector(image.url, image.size)
+                vector = await self._picture_vector(
+                    image.url, image.size, guild_id=interaction.guild_id
+                )
                 heading = f"Images like your picture **{quoted(image.filename, 60)}**"
             else:
                 vector, text = await self._text_vector(text, notes)
@@ -172,9 +174,15 @@ class Search(commands.Cog):
         model_id = self.bot.encoder.model_id
         try:
             # An indexed image already has its vector: no download, no model.
-            vector = (await self.bot.store.message_vectors(message.id, model_id)).get(ref.image_key)
+            vector = (
+                await self.bot.store.message_vectors(
+                    message.id, model_id, guild_id=interaction.guild_id
+                )
+            ).get(ref.image_key)
             if vector is None:
-                vector = await self._picture_vector(ref.url, ref.size)
+                vector = await self._picture_vector(
+                    ref.url, ref.size, guild_id=interaction.guild_id
+                )
         except _QUERY_PROBLEMS as exc:
             await interaction.followup.send(query_problem(exc) or str(exc))
             return
@@ -197,7 +205,9 @@ class Search(commands.Cog):
             )
         return await encoder.encode_text(fitted), fitted
 
-    async def _picture_vector(self, url: str, size: int | None) -> np.ndarray:
+    async def _picture_vector(
+        self, url: str, size: int | None, *, guild_id: int | None
+    ) -> np.ndarray:
         settings = self.bot.settings
         data = await self.bot.pipeline.fetcher.fetch(url, declared_size=size)
         return await image_vector(
@@ -206,6 +216,7 @@ class Search(commands.Cog):
             store=self.bot.store,
             spec=self.bot.pipeline.spec,
             max_pixels=settings.max_image_pixels,
+            guild_id=guild_id,
         )
 
     async def _answer(

@@ -345,6 +345,8 @@ def _guarded_enqueue(insert):
         and_(
             IndexedImage.message_id == values["message_id"],
             IndexedImage.image_key == values["image_key"],
+            # The images table's key, and on Citus the one machine holding the guild's rows.
+            IndexedImage.guild_id == values["guild_id"],
             IndexedImage.model_id == model,
         )
     )

@@ -18,7 +18,7 @@ from retrieval.models import ExcludedChannel, IndexedImage, IndexJob, OptOut
 from retrieval.store.base import ImageRecord
 
 RECORD_COLUMNS: Sequence[str] = ImageRecord.__slots__
-KEY = ("message_id", "image_key")
+KEY = ("message_id", "image_key", "guild_id")
 
 
 def permitted(author_id, channel_id, parent_id, *, per_row: bool = False) -> ColumnElement[bool]:

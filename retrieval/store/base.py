@@ -78,12 +78,22 @@ class VectorStore(Protocol):
         None for none), each record's queued job is deleted in the same transaction, and a
         record whose job no longer exists is not written (what it covered was deleted)."""
 
-    async def known_keys(self, message_id: int, model_id: str | None = None) -> set[int]:
+    async def known_keys(
+        self, message_id: int, model_id: str | None = None, *, guild_id: int | None = None
+    ) -> set[int]:
         """Image keys already stored for a message, by any model or by ``model_id`` (lets
-        re-delivery skip the download, and a re-index redo only what another model encoded)."""
+        re-delivery skip the download, and a re-index redo only what another model encoded).
 
-    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
-        """A stored vector of the same bytes under the same model, so they are encoded once."""
+        Here and below, ``guild_id`` (the message's, channel's or row's server) routes the
+        statement to one server's rows; the bot always gives it. Without it every server's rows
+        are looked in (through the same index), which a distributed PostgreSQL answers on every
+        machine."""
+
+    async def embedding_for(
+        self, content_hash: str, model_id: str, *, guild_id: int | None = None
+    ) -> np.ndarray | None:
+        """A stored vector of the same bytes under the same model, so they are encoded once
+        (in any guild, or in ``guild_id``'s)."""
 
     async def embeddings_for(
         self, content_hashes: Collection[str], model_id: str
@@ -93,14 +103,19 @@ class VectorStore(Protocol):
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         """The k best hits by cosine similarity, filters applied inside the search."""
 
-    async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
+    async def vectors(
+        self, row_ids: Collection[int], *, guild_id: int | None = None
+    ) -> dict[int, np.ndarray]:
         """Stored vectors by row id (to tell near-identical results apart from similar ones)."""
 
-    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
+    async def message_vectors(
+        self, message_id: int, model_id: str, *, guild_id: int | None = None
+    ) -> dict[int, np.ndarray]:
         """A message's vectors by image key: a query by an indexed image skips the model."""
 
-    async def model_counts(self) -> dict[str, int]:
-        """Stored vectors per model id (vectors of another model are never searched)."""
+    async def model_counts(self, *, other_than: str | None = None) -> dict[str, int]:
+        """Stored vectors per model id (vectors of another model are never searched), leaving
+        ``other_than`` out (the configured model: nearly every row, not counted)."""
 
     async def count(
         self,
@@ -112,23 +127,39 @@ class VectorStore(Protocol):
         """Stored images of a guild, of one model and in some channels where given."""
 
     async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
-        """Images of one author, in one guild or (None) everywhere: what a member asks about."""
+        """Images of one author, in one guild or (None) in every guild listed for them in
+        `author_guilds`: what a member asks about."""
+
+    async def author_guild_ids(self, author_id: int) -> list[int]:
+        """The guilds where ``author_id`` may have images stored (a superset)."""
 
     async def channel_ids(self, *, guild_id: int) -> set[int]:
         """Channels and threads of a guild that have stored images (to find orphaned threads)."""
 
     async def guild_ids(self) -> set[int]:
-        """Guilds that have stored images (to notice servers the bot left while offline)."""
+        """Guilds that have stored images (to notice servers the bot left while offline), from
+        `author_guilds`: may include a guild whose images were all deleted one by one."""
 
-    async def delete_messages(self, message_ids: Collection[int]) -> int: ...
+    async def delete_messages(
+        self, message_ids: Collection[int], *, guild_id: int | None = None
+    ) -> int: ...
 
-    async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:
+    async def delete_images(
+        self, message_id: int, keep_keys: Collection[int], *, guild_id: int | None = None
+    ) -> int:
         """Remove a message's images whose keys are not in ``keep_keys`` (an edit removed them)."""
 
-    async def delete_channels(self, channel_ids: Collection[int]) -> int: ...
+    async def delete_channels(
+        self, channel_ids: Collection[int], *, guild_id: int | None = None
+    ) -> int: ...
 
     async def delete_other_models(
-        self, channel_id: int, model_id: str, *, since_message_id: int | None = None
+        self,
+        channel_id: int,
+        model_id: str,
+        *,
+        since_message_id: int | None = None,
+        guild_id: int | None = None,
     ) -> int:
         """A channel's rows of models other than ``model_id`` (after its re-index); with
         ``since_message_id``, only those of messages from that id on (what the re-index read)."""
@@ -140,6 +171,8 @@ class VectorStore(Protocol):
         that got in before the policy did: a race between processes, or a crash. With
         ``shards``, only those of the servers they cover."""
 
-    async def delete_author(self, *, guild_id: int | None, author_id: int) -> int: ...
+    async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
+        """A member's images (and queued jobs) in one guild, or (None) in every guild, guild by
+        guild."""
 
     async def close(self) -> None: ...

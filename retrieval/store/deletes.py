@@ -6,45 +6,84 @@ Jobs go first: a consumer storing a vector deletes its job row first in its own 
 waits for the other; a deletion that waits then sees the vector stored and deletes it too, and a
 consumer that waits finds its job gone and stores nothing.
 
-A store gives `_delete(where, jobs=...)`, running ``where(table)`` (conditions on the images
-table, or on the jobs table, which has the same id columns) in one transaction, and
-`_delete_in(name, values)` for long id lists.
+A store gives `_delete(where, jobs=..., images=..., also=...)`, running ``where(table)``
+(conditions on the images table, or on the jobs table, which has the same id columns) and then
+the statements ``also`` in one transaction, and `_delete_in(name, values, guild_id=...)` for long
+id lists.
+
+Every deletion a member can cause names its server (``guild_id``): the bot always knows it, and
+on a PostgreSQL distributed by guild (Citus) it sends the statement to the one machine holding
+that server. A member's images in every server are deleted server by server, from the servers
+listed for them in `author_guilds` (retrieval/store/authors.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
-from sqlalchemy import ColumnElement, exists
+from sqlalchemy import ColumnElement, Executable, exists
 
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.shards import Shards
+from retrieval.store import authors
 from retrieval.store.allowed import forbidden
 
 Where = Callable[[type], list[ColumnElement[bool]]]
 
 
+def routed(t, guild_id: int | None) -> list[ColumnElement[bool]]:
+    """One server's rows of table ``t`` where the caller names it (see the module's notes)."""
+    return [] if guild_id is None else [t.guild_id == guild_id]
+
+
 class SharedDeletes:
-    async def _delete(self, where: Where, *, jobs: bool = True) -> int:
+    async def _delete(
+        self,
+        where: Where,
+        *,
+        jobs: bool = True,
+        images: bool = True,
+        also: Sequence[Executable] = (),
+    ) -> int:
         raise NotImplementedError
 
-    async def _delete_in(self, name: str, values: Collection[int]) -> int:
+    async def _delete_in(
+        self, name: str, values: Collection[int], *, guild_id: int | None = None
+    ) -> int:
         raise NotImplementedError
 
-    async def delete_messages(self, message_ids: Collection[int]) -> int:
-        return await self._delete_in("message_id", message_ids)
+    async def author_guild_ids(self, author_id: int) -> list[int]:
+        raise NotImplementedError
 
-    async def delete_channels(self, channel_ids: Collection[int]) -> int:
-        return await self._delete_in("channel_id", channel_ids)
+    async def delete_messages(
+        self, message_ids: Collection[int], *, guild_id: int | None = None
+    ) -> int:
+        return await self._delete_in("message_id", message_ids, guild_id=guild_id)
 
-    async def delete_images(self, message_id: int, keep_keys: Collection[int]) -> int:
+    async def delete_channels(
+        self, channel_ids: Collection[int], *, guild_id: int | None = None
+    ) -> int:
+        return await self._delete_in("channel_id", channel_ids, guild_id=guild_id)
+
+    async def delete_images(
+        self, message_id: int, keep_keys: Collection[int], *, guild_id: int | None = None
+    ) -> int:
         keep = [int(k) for k in keep_keys]
         return await self._delete(
-            lambda t: [t.message_id == message_id, t.image_key.not_in(keep)]
+            lambda t: [
+                t.message_id == message_id,
+                t.image_key.not_in(keep),
+                *routed(t, guild_id),
+            ]
         )
 
     async def delete_other_models(
-        self, channel_id: int, model_id: str, *, since_message_id: int | None = None
+        self,
+        channel_id: int,
+        model_id: str,
+        *,
+        since_message_id: int | None = None,
+        guild_id: int | None = None,
     ) -> int:
         """A channel's rows of other models once its history was read again: those the re-read
         did not find. An image still queued for the new model keeps its old vector until the
@@ -56,7 +95,12 @@ class SharedDeletes:
         )
 
         def where(t) -> list[ColumnElement[bool]]:
-            conditions = [t.channel_id == channel_id, t.model_id != model_id, ~queued]
+            conditions = [
+                t.channel_id == channel_id,
+                t.model_id != model_id,
+                ~queued,
+                *routed(t, guild_id),
+            ]
             if since_message_id is not None:
                 conditions.append(t.message_id >= since_message_id)
             return conditions
@@ -65,16 +109,26 @@ class SharedDeletes:
         return await self._delete(where, jobs=False)
 
     async def delete_guild(self, guild_id: int) -> int:
-        return await self._delete(lambda t: [t.guild_id == guild_id])
+        return await self._delete(
+            lambda t: [t.guild_id == guild_id], also=[authors.forget(guild_id=guild_id)]
+        )
 
     async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
-        def where(t) -> list[ColumnElement[bool]]:
-            conditions = [t.author_id == author_id]
-            if guild_id is not None:
-                conditions.append(t.guild_id == guild_id)
-            return conditions
-
-        return await self._delete(where)
+        """A member's images in one server, or (None) in every server: server by server."""
+        if guild_id is None:
+            # The jobs table is one table on every deployment (local to Citus's coordinator):
+            # one statement through its author index, servers with nothing stored yet included.
+            await self._delete(lambda t: [t.author_id == author_id], images=False)
+            guilds = await self.author_guild_ids(author_id)
+        else:
+            guilds = [guild_id]
+        removed = 0
+        for guild in guilds:
+            removed += await self._delete(
+                lambda t, guild=guild: [t.guild_id == guild, t.author_id == author_id],
+                also=[authors.forget(guild_id=guild, author_id=author_id)],
+            )
+        return removed
 
     async def delete_forbidden(self, *, shards: Shards | None = None) -> int:
         shards = shards or Shards()

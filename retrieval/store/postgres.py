@@ -23,6 +23,7 @@ import numpy as np
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     BigInteger,
+    Executable,
     Float,
     Integer,
     Text,
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage, IndexJob
+from retrieval.store import authors
 from retrieval.store.allowed import (
     KEY,
     RECORD_COLUMNS,
@@ -51,9 +53,9 @@ from retrieval.store.allowed import (
     take_jobs,
 )
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
-from retrieval.store.deletes import SharedDeletes, Where
+from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +295,7 @@ class PgVectorStore(SharedReads, SharedDeletes):
             # One statement may not touch a row twice; the last record for a key wins, as it
             # would one at a time.
             wanted = still_wanted(records, job_ids, taken)
-            latest = list({(r.message_id, r.image_key): r for r in wanted}.values())
+            latest = list({(r.message_id, r.image_key, r.guild_id): r for r in wanted}.values())
             if not latest:
                 return 0
             if len(latest) >= COPY_FROM:
@@ -304,7 +306,11 @@ class PgVectorStore(SharedReads, SharedDeletes):
                 columns = {name: [row[name] for row in rows] for name in RECORD_COLUMNS}
                 columns["embedding"] = [_vector_text(v) for v in columns["embedding"]]
                 written = await conn.execute(_GUARDED_UPSERT, columns)
-            return len(written.all())
+            count = len(written.all())
+            # After the images, in the order a member's erasure deletes them (jobs, images,
+            # pairs): two transactions never wait on each other in opposite orders.
+            await authors.remember(conn, authors.pairs(latest))
+            return count
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:
         """The model's vector size, from any row (all rows of a model share it)."""
@@ -372,28 +378,44 @@ class PgVectorStore(SharedReads, SharedDeletes):
                 rows = (await conn.execute(*_search(query, scope, k, exact=True))).all()
         return [hit(row, 1.0 - float(row.distance)) for row in rows]
 
-    async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
+    async def vectors(
+        self, row_ids: Collection[int], *, guild_id: int | None = None
+    ) -> dict[int, np.ndarray]:
         stmt = select(IndexedImage.id, IndexedImage.embedding).where(
-            IndexedImage.id == any_(self._ids("row_ids", row_ids))
+            IndexedImage.id == any_(self._ids("row_ids", row_ids)), *in_guild(guild_id)
         )
         async with self._transaction() as conn:
             return {row.id: row.embedding for row in await conn.execute(stmt)}
 
-    async def _delete(self, where: Where, *, jobs: bool = True) -> int:
+    async def _delete(
+        self,
+        where: Where,
+        *,
+        jobs: bool = True,
+        images: bool = True,
+        also: Sequence[Executable] = (),
+    ) -> int:
+        removed = 0
         async with self._transaction() as conn:
             if jobs:
                 await conn.execute(delete(IndexJob).where(*where(IndexJob)))
-            result = await conn.execute(delete(IndexedImage).where(*where(IndexedImage)))
-        return result.rowcount
+            if images:
+                result = await conn.execute(delete(IndexedImage).where(*where(IndexedImage)))
+                removed = result.rowcount
+            for statement in also:
+                await conn.execute(statement)
+        return removed
 
     @staticmethod
     def _ids(name: str, values: Collection[int]):
         # One array parameter, however many ids: no bound-parameter limit to chunk around.
         return bindparam(name, [int(v) for v in values], type_=_IDS)
 
-    async def _delete_in(self, name: str, values: Collection[int]) -> int:
+    async def _delete_in(
+        self, name: str, values: Collection[int], *, guild_id: int | None = None
+    ) -> int:
         ids = self._ids(name + "s", values)
-        return await self._delete(lambda t: [getattr(t, name) == any_(ids)])
+        return await self._delete(lambda t: [getattr(t, name) == any_(ids), *routed(t, guild_id)])
 
     async def close(self) -> None:
         self._dims.clear()

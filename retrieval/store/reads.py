@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
+from retrieval.store import authors
 from retrieval.store.base import SearchHit
 
 HIT_COLUMNS = (
@@ -81,16 +82,26 @@ class SharedReads:
         async with self._reader() as conn:
             return (await conn.execute(stmt)).scalar_one_or_none()
 
-    async def known_keys(self, message_id: int, model_id: str | None = None) -> set[int]:
-        stmt = select(IndexedImage.image_key).where(IndexedImage.message_id == message_id)
+    async def known_keys(
+        self, message_id: int, model_id: str | None = None, *, guild_id: int | None = None
+    ) -> set[int]:
+        stmt = select(IndexedImage.image_key).where(
+            IndexedImage.message_id == message_id, *in_guild(guild_id)
+        )
         if model_id is not None:
             stmt = stmt.where(IndexedImage.model_id == model_id)
         return {row.image_key for row in await self._rows(stmt)}
 
-    async def embedding_for(self, content_hash: str, model_id: str) -> np.ndarray | None:
+    async def embedding_for(
+        self, content_hash: str, model_id: str, *, guild_id: int | None = None
+    ) -> np.ndarray | None:
         stmt = (
             select(IndexedImage.embedding)
-            .where(IndexedImage.content_hash == content_hash, IndexedImage.model_id == model_id)
+            .where(
+                IndexedImage.content_hash == content_hash,
+                IndexedImage.model_id == model_id,
+                *in_guild(guild_id),
+            )
             .limit(1)
         )
         return await self._scalar(stmt)
@@ -106,15 +117,36 @@ class SharedReads:
         )
         return {row.content_hash: row.embedding for row in await self._rows(stmt)}
 
-    async def message_vectors(self, message_id: int, model_id: str) -> dict[int, np.ndarray]:
+    async def message_vectors(
+        self, message_id: int, model_id: str, *, guild_id: int | None = None
+    ) -> dict[int, np.ndarray]:
         stmt = select(IndexedImage.image_key, IndexedImage.embedding).where(
-            IndexedImage.message_id == message_id, IndexedImage.model_id == model_id
+            IndexedImage.message_id == message_id,
+            IndexedImage.model_id == model_id,
+            *in_guild(guild_id),
         )
         return {row.image_key: row.embedding for row in await self._rows(stmt)}
 
-    async def model_counts(self) -> dict[str, int]:
-        stmt = select(IndexedImage.model_id, func.count()).group_by(IndexedImage.model_id)
-        return {model: int(n) for model, n in await self._rows(stmt)}
+    async def model_counts(self, *, other_than: str | None = None) -> dict[str, int]:
+        # Model by model through ix_images_model: the next model id above the last (a handful
+        # of index probes), then a count of each model's entries. Leaving the configured model
+        # out (``other_than``) leaves out nearly every row, where one GROUP BY would read them
+        # all. Statements, not a recursive query: Citus runs these on every node, not that.
+        models: list[str] = []
+        while True:
+            after = select(func.min(IndexedImage.model_id))
+            if models:
+                after = after.where(IndexedImage.model_id > models[-1])
+            if (model := await self._scalar(after)) is None:
+                break
+            models.append(model)
+        counts = {}
+        for model in models:
+            if model == other_than:
+                continue
+            stmt = select(func.count()).select_from(IndexedImage)
+            counts[model] = int(await self._scalar(stmt.where(IndexedImage.model_id == model)))
+        return counts
 
     async def count(
         self,
@@ -132,14 +164,20 @@ class SharedReads:
             stmt = stmt.where(IndexedImage.channel_id.in_(sorted(channel_ids)))
         return int(await self._scalar(stmt))
 
+    async def author_guild_ids(self, author_id: int) -> list[int]:
+        """The servers where ``author_id`` may have images stored (see authors.py)."""
+        return sorted(row.guild_id for row in await self._rows(authors.guilds_of(author_id)))
+
     async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
+        guilds = [guild_id] if guild_id is not None else await self.author_guild_ids(author_id)
+        if not guilds:
+            return 0
+        # Only the member's servers, through (guild_id, author_id): on Citus, only their shards.
         stmt = (
             select(func.count())
             .select_from(IndexedImage)
-            .where(IndexedImage.author_id == author_id)
+            .where(IndexedImage.guild_id.in_(guilds), IndexedImage.author_id == author_id)
         )
-        if guild_id is not None:
-            stmt = stmt.where(IndexedImage.guild_id == guild_id)
         return int(await self._scalar(stmt))
 
     async def channel_ids(self, *, guild_id: int) -> set[int]:
@@ -147,4 +185,10 @@ class SharedReads:
         return {row.channel_id for row in await self._rows(stmt)}
 
     async def guild_ids(self) -> set[int]:
-        return {row.guild_id for row in await self._rows(select(IndexedImage.guild_id).distinct())}
+        return {row.guild_id for row in await self._rows(authors.every_guild())}
+
+
+def in_guild(guild_id: int | None) -> list:
+    """The condition that routes a statement to one server's rows, when the caller knows it:
+    on Citus it decides which machine answers; elsewhere it is one more indexed column."""
+    return [] if guild_id is None else [IndexedImage.guild_id == guild_id]

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 
 import numpy as np
-from sqlalchemy import String, delete, func, select, type_coerce
+from sqlalchemy import Executable, String, delete, func, select, type_coerce
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -26,16 +26,17 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.types import NullType
 
 from retrieval.models import IndexedImage, IndexJob
+from retrieval.store import authors
 from retrieval.store.allowed import (
     still_wanted,
     stored_permitted,
     take_jobs,
 )
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
-from retrieval.store.deletes import SharedDeletes, Where
+from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow, matrix_bytes
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB, Key, MatrixBudget
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
 from retrieval.store.sqlite_rows import DRIVER_SQL, RETURNING, driver_row, record_values, stored_row
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
@@ -102,9 +103,12 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             # The last record for a key wins, as it would one at a time.
             wanted = list(
                 {
-                    (r.message_id, r.image_key): r for r in still_wanted(records, job_ids, taken)
+                    (r.message_id, r.image_key, r.guild_id): r
+                    for r in still_wanted(records, job_ids, taken)
                 }.values()
             )
+            if wanted:  # see authors.py
+                await authors.remember(conn, authors.pairs(wanted))
             if len(wanted) == 1:  # a live write: RETURNING tells at once what to add
                 (record,) = wanted
                 row_id = (await conn.execute(RETURNING, record_values(record))).scalar()
@@ -131,8 +135,8 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         """The stored rows of ``records``' keys, as (guild, model, matrix columns...), for the
         guilds whose matrix is loaded (no other guild needs them)."""
         live = {guild_id for guild_id, _ in self.matrices.loaded()}
-        keys = {(r.message_id, r.image_key) for r in records if r.guild_id in live}
-        messages = sorted({message_id for message_id, _ in keys})
+        keys = {(r.guild_id, r.message_id, r.image_key) for r in records if r.guild_id in live}
+        messages = sorted({message_id for _, message_id, _ in keys})
         rows = []
         for start in range(0, len(messages), _DELETE_CHUNK):
             chunk = messages[start : start + _DELETE_CHUNK]
@@ -145,7 +149,7 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                     *_MATRIX_COLUMNS,
                 ).where(IndexedImage.message_id.in_(chunk))
             )
-            rows.extend(row[:2] + row[4:] for row in result if (row[2], row[3]) in keys)
+            rows.extend(row[:2] + row[4:] for row in result if (row[0], row[2], row[3]) in keys)
         return rows
 
     async def _mirror(self, stored: Sequence) -> None:
@@ -309,7 +313,9 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             )
             return frozenset(result.scalars())
 
-    async def vectors(self, row_ids: Collection[int]) -> dict[int, np.ndarray]:
+    async def vectors(
+        self, row_ids: Collection[int], *, guild_id: int | None = None
+    ) -> dict[int, np.ndarray]:
         ids = list(row_ids)
         found: dict[int, np.ndarray] = {}
         async with self._session() as session:
@@ -317,29 +323,47 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                 chunk = ids[start : start + _DELETE_CHUNK]
                 result = await session.execute(
                     select(IndexedImage.id, IndexedImage.embedding).where(
-                        IndexedImage.id.in_(chunk)
+                        IndexedImage.id.in_(chunk), *in_guild(guild_id)
                     )
                 )
                 found.update({row.id: row.embedding for row in result})
         return found
 
-    async def _delete(self, where: Where, *, jobs: bool = True) -> int:
-        return await self._delete_all([where], jobs=jobs)
+    async def _delete(
+        self,
+        where: Where,
+        *,
+        jobs: bool = True,
+        images: bool = True,
+        also: Sequence[Executable] = (),
+    ) -> int:
+        return await self._delete_all([where], jobs=jobs, images=images, also=also)
 
-    async def _delete_all(self, wheres: Sequence[Where], *, jobs: bool = True) -> int:
+    async def _delete_all(
+        self,
+        wheres: Sequence[Where],
+        *,
+        jobs: bool = True,
+        images: bool = True,
+        also: Sequence[Executable] = (),
+    ) -> int:
         """Rows matching any of ``wheres``, deleted in one transaction (one commit for a
-        whole id list, however many statements its length needs)."""
+        whole id list, however many statements its length needs), then ``also``."""
         gone = []
         async with self._transaction() as conn:
             for where in wheres:
                 if jobs:
                     await conn.execute(delete(IndexJob).where(*where(IndexJob)))
+                if not images:
+                    continue
                 stmt = (
                     delete(IndexedImage)
                     .where(*where(IndexedImage))
                     .returning(IndexedImage.id, IndexedImage.guild_id, IndexedImage.model_id)
                 )
                 gone += (await conn.execute(stmt)).all()
+            for statement in also:
+                await conn.execute(statement)
         by_key: dict[tuple[int, str], list[int]] = {}
         for row_id, guild_id, model_id in gone:
             by_key.setdefault((guild_id, model_id), []).append(row_id)
@@ -350,11 +374,19 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
                     matrix.remove(row_ids)
         return len(gone)
 
-    async def _delete_in(self, name: str, values: Collection[int]) -> int:
+    async def _delete_in(
+        self, name: str, values: Collection[int], *, guild_id: int | None = None
+    ) -> int:
         values = list(values)
         chunks = [values[at : at + _DELETE_CHUNK] for at in range(0, len(values), _DELETE_CHUNK)]
         return await self._delete_all(
-            [lambda t, chunk=chunk: [getattr(t, name).in_(chunk)] for chunk in chunks]
+            [
+                lambda t, chunk=chunk: [
+                    getattr(t, name).in_(chunk),
+                    *routed(t, guild_id),
+                ]
+                for chunk in chunks
+            ]
         )
 
     async def delete_guild(self, guild_id: int) -> int:

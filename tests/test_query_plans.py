@@ -1,0 +1,228 @@
+"""Every non-search query a member or a start-up can cause uses an index, on both databases, on a
+table big enough that the planner would not scan it by choice (50,000 rows over 500 servers,
+analyzed): the statements the store really sends are captured and EXPLAINed.
+
+PostgreSQL: no Seq Scan of `images`, `author_guilds` or `index_jobs` in `EXPLAIN (FORMAT JSON)`,
+and an index in every plan. SQLite: no full `SCAN` of them in `EXPLAIN QUERY PLAN`. And what a
+member causes names its server, as a database distributed by server needs (see the README's
+"Running on Citus").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from sqlalchemy import event, text
+
+from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.store import open_store
+from tests.records import MODEL
+
+# 3,001 members (prime to 500): each posts in some 17 servers.
+ROWS, GUILDS, CHANNELS, AUTHORS = 50_000, 500, 5_000, 3_001
+GUILD = 1000 + 7  # a server of the made-up instance
+AUTHOR = 70000 + 7  # a member with images in a handful of servers
+TABLES = ("images", "author_guilds", "index_jobs")
+_FILL = (
+    "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
+    "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
+    "SELECT 1000 + i % {guilds}, 100000 + i % {channels}, 10000000 + i, i, 'attachment', "
+    "70000 + i % {authors}, {now}, 'f.png', 'https://cdn.example/f.png', 'image/png', "
+    "'h' || i, CASE WHEN i % 100 = 0 THEN 'old-model' ELSE '{model}' END, {vector} FROM {series}"
+)
+
+
+async def _fill(engine) -> None:
+    postgres = engine.dialect.name == "postgresql"
+    fill = _FILL.format(
+        guilds=GUILDS,
+        channels=CHANNELS,
+        authors=AUTHORS,
+        model=MODEL,
+        now="now()" if postgres else "'2026-01-01 00:00:00.000000'",
+        vector="CAST('[1,0,0,0]' AS vector)" if postgres else "x'0000803f000000000000000000000000'",
+        series="generate_series(1, :n) AS i" if postgres else "series",
+    )
+    if not postgres:
+        fill = (
+            "WITH RECURSIVE series(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM series "
+            "WHERE i < :n) " + fill
+        )
+    async with engine.begin() as conn:
+        await conn.execute(text(fill), {"n": ROWS})
+        await conn.execute(
+            text("INSERT INTO author_guilds SELECT DISTINCT author_id, guild_id FROM images")
+        )
+        # A backlog as large, of other messages: deletions and the sweep reach into it too.
+        await conn.execute(
+            text(
+                "INSERT INTO index_jobs (guild_id, channel_id, message_id, image_key, kind, "
+                "author_id, posted_at, url, source_url, filename, content_type, priority, "
+                "attempts, retry_at, created_at) SELECT guild_id, channel_id, "
+                "message_id + :n, image_key, kind, author_id, posted_at, source_url, "
+                "source_url, filename, content_type, 1, 0, posted_at, posted_at FROM images"
+            ),
+            {"n": ROWS},
+        )
+        await conn.execute(text("ANALYZE"))
+
+
+@contextlib.contextmanager
+def _captured(engine):
+    """The statements sent to the database (and their parameters) while the block runs."""
+    sent: list[tuple[str, object]] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if not executemany and any(re.search(rf"\b{t}\b", statement) for t in TABLES):
+            sent.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", note)
+
+
+def _pg_nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _pg_nodes(child)
+
+
+async def _plan_problems(engine, statement: str, parameters, *, routed: bool) -> list[str]:
+    """What is wrong with the statement's plan: a full scan of a table, or no index at all;
+    with ``routed``, an images table read that the server's id does not narrow (what a
+    distributed database needs to send it to one machine)."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            raw = (await conn.get_raw_connection()).driver_connection
+            found = await raw.fetchval("EXPLAIN (FORMAT JSON) " + statement, *parameters)
+            # SQLAlchemy's asyncpg set-up decodes json itself.
+            (document,) = json.loads(found) if isinstance(found, str) else found
+            nodes = list(_pg_nodes(document["Plan"]))
+            scans = [
+                n["Relation Name"]
+                for n in nodes
+                if n["Node Type"] == "Seq Scan" and n.get("Relation Name") in TABLES
+            ]
+            indexed = [n for n in nodes if "Index Name" in n]
+            problems = [f"Seq Scan on {table}" for table in scans]
+            on_images = [n for n in nodes if n.get("Relation Name") == "images"]
+            unrouted = [
+                n["Node Type"]
+                for n in on_images
+                if n["Node Type"] != "ModifyTable"  # it deletes what the scan below found
+                and not any(
+                    "guild_id" in c.get(k, "")
+                    for c in _pg_nodes(n)
+                    for k in ("Index Cond", "Recheck Cond", "Filter")
+                )
+            ]
+            if routed and unrouted:
+                problems.append(f"not narrowed to one server: {unrouted}")
+            return problems + ([] if indexed else ["no index used"])
+        rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
+        details = [row[-1] for row in rows]
+        scans = [d for d in details if re.match(rf"SCAN ({'|'.join(TABLES)})\b", d)]
+        indexed = [d for d in details if "INDEX" in d or "PRIMARY KEY" in d]
+        problems = scans + ([] if indexed else [f"no index used: {details}"])
+        # SQLite's plan names only the index's columns: the statement itself must.
+        if routed and " images" in statement and "images.guild_id" not in statement:
+            problems.append("not narrowed to one server")
+        return problems
+
+
+@pytest.fixture
+async def big(store_engine):
+    await _fill(store_engine)
+    store = open_store(store_engine)
+    yield store
+    await store.close()
+
+
+def _posted() -> ImageRef:
+    return ImageRef(
+        guild_id=GUILD,
+        channel_id=100_007,
+        message_id=10_000_007,
+        image_key=7,
+        kind="attachment",
+        author_id=AUTHOR,
+        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        url="https://cdn.example/f.png",
+        source_url="https://cdn.example/f.png",
+        filename="f.png",
+    )
+
+
+QUERIES = {
+    # /privacy status and the opt-out question
+    "author's servers": lambda s: s.author_guild_ids(AUTHOR),
+    "count a member's images everywhere": lambda s: s.count_author(author_id=AUTHOR),
+    "count a member's images here": lambda s: s.count_author(author_id=AUTHOR, guild_id=GUILD),
+    # /clipfind status
+    "count a server's images": lambda s: s.count(guild_id=GUILD),
+    "count a server's images of the model": lambda s: s.count(guild_id=GUILD, model_id=MODEL),
+    "count a member's readable images": lambda s: s.count(
+        guild_id=GUILD, model_id=MODEL, channel_ids={100_007, 100_507}
+    ),
+    "a server's backlog": lambda s: JobQueue(s.engine, model_id=MODEL).backlog(GUILD),
+    # an image posted: queued unless its server holds it for the model already
+    "queue an image": lambda s: JobQueue(s.engine, model_id=MODEL).enqueue([_posted()]),
+    # a search: the channels with images (threads the cache lacks), a known picture's vector
+    "a server's channels": lambda s: s.channel_ids(guild_id=GUILD),
+    "a query picture encoded before": lambda s: s.embedding_for("h7", MODEL, guild_id=GUILD),
+    "bytes encoded before, anywhere": lambda s: s.embeddings_for(["h7", "h8"], MODEL),
+    # start-up
+    "servers with images": lambda s: s.guild_ids(),
+    "rows of other models": lambda s: s.model_counts(other_than=MODEL),
+    # a message posted, edited or found again
+    "a message's keys": lambda s: s.known_keys(10_000_007, guild_id=GUILD),
+    "a message's vectors": lambda s: s.message_vectors(10_000_007, MODEL, guild_id=GUILD),
+    "vectors of results": lambda s: s.vectors([7, 507, 1007], guild_id=GUILD),
+    # deletions: a message, images edited out, a channel, an opt-out, a server
+    "delete a message": lambda s: s.delete_messages([10_000_507], guild_id=GUILD),
+    "delete edited-out images": lambda s: s.delete_images(10_001_007, [], guild_id=GUILD),
+    "delete a channel": lambda s: s.delete_channels([100_007], guild_id=GUILD),
+    "delete a member everywhere": lambda s: s.delete_author(guild_id=None, author_id=AUTHOR),
+    "delete a server": lambda s: s.delete_guild(GUILD + 1),
+    # every 5 minutes: what an opt-out or exclusion forbids
+    "sweep forbidden rows": lambda s: s.delete_forbidden(),
+}
+
+
+# Work that spans servers by nature (start-up, indexing's look-up of bytes encoded anywhere,
+# the policy's sweep):
+# may ask every server's rows, through an index.
+UNROUTED = {"rows of other models", "bytes encoded before, anywhere", "sweep forbidden rows"}
+
+
+async def test_user_and_startup_queries_use_indexes(big, store_engine):
+    problems: dict[str, list[str]] = {}
+    for name, query in QUERIES.items():
+        with _captured(store_engine) as sent:
+            await query(big)
+        assert sent, f"{name}: no statement on {TABLES} captured"
+        for statement, parameters in sent:
+            routed = name not in UNROUTED
+            found = await _plan_problems(store_engine, statement, parameters, routed=routed)
+            for problem in found:
+                problems.setdefault(name, []).append(f"{problem}: {statement[:200]}")
+    assert problems == {}
+
+
+async def test_the_queries_did_their_work(big):
+    """The EXPLAINed statements are the real ones: they found and deleted what they should."""
+    here = await big.count_author(author_id=AUTHOR, guild_id=GUILD)
+    everywhere = await big.count_author(author_id=AUTHOR)
+    assert 0 < here < everywhere
+    assert len(await big.guild_ids()) == GUILDS
+    assert await big.model_counts(other_than=MODEL) == {"old-model": ROWS // 100}
+    assert await big.delete_author(guild_id=None, author_id=AUTHOR) == everywhere
+    assert await big.count_author(author_id=AUTHOR) == 0
+    assert np.isfinite(await big.count(guild_id=GUILD))
