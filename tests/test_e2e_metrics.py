@@ -4,7 +4,6 @@ and reports itself in the database as one of the cluster's consumers while it ru
 from __future__ import annotations
 
 import asyncio
-
 import re
 import socket
 
