@@ -20,7 +20,7 @@ from retrieval.db import create_engine
 from retrieval.errors import StoreUnavailable
 from retrieval.store import ImageRecord, SearchScope
 from retrieval.store.pgindex import Layout, index_ddl, index_name, index_state
-from retrieval.store.postgres import SEARCH_SETTINGS, PgVectorStore, search_statement
+from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
 from tests.records import clustered, exact_top, image_record, near
 
 MODEL = "ViT-B-32/laion2b"
@@ -63,7 +63,7 @@ async def explain_search(store, query, scope, k=10) -> list[dict]:
     """The scans of images in the plan of the statement the store would run now."""
     async with store.engine.begin() as conn:
         budget = await store._plan(conn, scope, k)
-        await conn.execute(SEARCH_SETTINGS)
+        await conn.execute(search_settings(budget))
         stmt = search_statement(
             query, scope=scope, k=k, indexed=budget is not None, halfvec=store.layout.halfvec
         )

@@ -61,8 +61,10 @@ from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit
 
 _IDS = ARRAY(BigInteger)
 
-# 100k x 512 clustered: recall@10 0.968 at ef_search 40 and 0.989 at 100, both ~2 ms.
-EF_SEARCH = 100
+# 100k x 512 clustered in one graph: recall@10 0.968 at ef_search 40 and 0.989 at 100, both
+# ~2 ms. Per-guild graphs of well separated topics (tests/test_store_tenants.py: 4,000 rows in
+# 40 clusters) lost every true neighbour for 4 queries in 200 at 100, none at 150, 200 or 300.
+EF_SEARCH = 200
 # How far an iterative scan may walk at least; a filtered search raises it to what its filter's
 # selectivity needs (see `_scan_tuples`), so the walk fills k instead of giving up.
 MAX_SCAN_TUPLES = 20_000
@@ -76,18 +78,22 @@ OVERFETCH = 4
 STATE_TTL_S = 30.0
 
 
-def _settings(scan_tuples: int) -> str:
-    return (
-        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+def search_settings(budget: int | None):
+    """Per-search settings, for this transaction only; ``budget`` as `_plan` returns it (None:
+    exact). For a walk of the index, the store chose it by row counts, and sorts are
+    discouraged so the planner does not swap it for reading every row of the guild through the
+    B-tree and sorting them (its estimate for a partial index of a few thousand rows leans that
+    way). The final sort of the candidates is in every plan, so it weighs nothing."""
+    walk = budget is not None
+    return text(
+        ("SELECT set_config('enable_sort', 'off', true)," if walk else "SELECT")
+        + " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
         f" set_config('hnsw.ef_search', '{EF_SEARCH}', true),"
-        f" set_config('hnsw.max_scan_tuples', '{int(scan_tuples)}', true),"
+        f" set_config('hnsw.max_scan_tuples', '{int(budget or MAX_SCAN_TUPLES)}', true),"
         # Plan each search for its own filter: a generic plan cannot weigh a tiny channel list
         # against the index.
         " set_config('plan_cache_mode', 'force_custom_plan', true)"
     )
-
-
-SEARCH_SETTINGS = text(_settings(MAX_SCAN_TUPLES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,11 +409,11 @@ class PgVectorStore(SharedReads, SharedDeletes):
             return []
         async with self._transaction() as conn:
             budget = await self._plan(conn, scope, k)
+            await conn.execute(search_settings(budget))
             if budget is None:
                 self.indexes.note(scope.guild_id, scope.model_id, dim)
                 rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
                 return [hit(row, 1.0 - float(row.distance)) for row in rows]
-            await conn.execute(text(_settings(budget)))
             statement = _search(query, scope, k, indexed=True, halfvec=self.layout.halfvec)
             rows = (await conn.execute(*statement)).all()
             if len(rows) < k and _filtered(scope):
@@ -448,7 +454,7 @@ class PgVectorStore(SharedReads, SharedDeletes):
 
 __all__ = [
     "OVERFETCH",
-    "SEARCH_SETTINGS",
+    "search_settings",
     "PgVectorStore",
     "search_statement",
 ]
