@@ -261,3 +261,55 @@ async def test_unreachable_server_is_store_unavailable(tmp_path):
     finally:
         await store.close()
         await engine.dispose()
+
+
+async def test_upgrade_drops_the_old_index_per_model(postgres_server):
+    """Revision 0006 removes the per-model index the old store built at its first search;
+    downgrading removes the per-guild ones (the old store builds its own again)."""
+    import uuid
+
+    import asyncpg
+
+    from retrieval.db import upgrade
+    from tests.conftest import postgres_url
+
+    name = f"test_{uuid.uuid4().hex}"
+    host = str(postgres_server.get_postmaster_info().socket_dir)
+    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    engine = create_engine(postgres_url(postgres_server, name))
+    old = "ix_images_hnsw_" + "0123456789ab"
+    try:
+        await upgrade(engine, "0005")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"CREATE INDEX {old} ON images USING hnsw ((embedding::vector(3))"
+                    f" vector_cosine_ops) WHERE model_id = '{MODEL}'"
+                )
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT to_regclass(:n)"), {"n": old}) is None
+        store = PgVectorStore(engine, layout=Layout(min_rows=0, drop_below=0), sweep=False)
+        await store.indexes.check(LARGE, MODEL, 3)
+        await store.close()
+        async with engine.connect() as conn:
+            assert (await index_state(conn, LARGE, MODEL)).valid
+        from alembic import command
+
+        from retrieval.db import alembic_config
+
+        def down(sync) -> None:
+            config = alembic_config(engine.url.render_as_string(hide_password=False))
+            config.attributes["connection"] = sync
+            command.downgrade(config, "0005")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(down)
+        async with engine.connect() as conn:
+            assert await index_state(conn, LARGE, MODEL) is None
+    finally:
+        await engine.dispose()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
