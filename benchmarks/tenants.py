@@ -333,7 +333,7 @@ async def run(args) -> None:
     from benchmarks.store import postgres
 
     layout = Layout(
-        min_rows=args.min_rows, drop_below=args.min_rows // 4, exact_max_rows=args.min_rows
+        min_rows=args.min_rows, drop_below=args.min_rows // 4, exact_max_rows=args.exact_max_rows
     )
     sizes = zipf_sizes(args.n, args.guilds)
     chosen = classes(sizes, layout)
@@ -463,5 +463,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--storage", choices=["main", "plain", "external"], help="embedding's")
     parser.add_argument(
         "--min-rows", type=int, default=Layout().min_rows, help="a guild's own index from here"
+    )
+    parser.add_argument(
+        "--exact-max-rows",
+        type=int,
+        default=Layout().exact_max_rows,
+        help="filtered searches matching fewer rows are exact",
     )
     asyncio.run(run(parser.parse_args(argv)))

@@ -17,7 +17,7 @@ from retrieval.store.postgres import PgVectorStore, search_settings, search_stat
 from tests.records import exact_top, near
 
 N, GUILDS = 20_000, 40
-LAYOUT = Layout(min_rows=1000, drop_below=250, exact_max_rows=1000, recheck_s=0)
+LAYOUT = Layout(min_rows=1000, drop_below=250, exact_max_rows=100, recheck_s=0)
 
 
 def scans_of_images(plan: dict) -> list[dict]:

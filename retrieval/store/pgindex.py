@@ -52,15 +52,18 @@ PREFIX = "ix_images_ann_"
 class Layout:
     """Where a guild's search stops being exact (benchmarks/RESULTS.md, "Many guilds")."""
 
-    # From this many vectors of one model a guild gets its own HNSW index. An exact search of
-    # 9,000 rows of 512-d took 45-65 ms at p95 on the 2-core benchmark machine, over the 50 ms
-    # target; of 5,000, about half that.
-    min_rows: int = 5_000
+    # From this many vectors of one model a guild gets its own HNSW index. An exact search
+    # reads every row of the guild, about 10 us each for 512-d (the vectors are TOASTed): 5,000
+    # rows took 46-52 ms at p95 on the 2-core benchmark machine, where a walk of their own
+    # graph takes 5-20 ms.
+    min_rows: int = 2_000
     # An indexed guild that shrinks under this loses its index (hysteresis: no rebuild loops).
-    drop_below: int = 1_250
+    drop_below: int = 500
     # Filtered searches of an indexed guild matching fewer rows than this are answered exactly:
-    # cheaper than a graph walk that would discard most of what it visits.
-    exact_max_rows: int = 5_000
+    # cheaper than a graph walk that would discard most of what it visits. Lower than min_rows:
+    # a filter's rows lie scattered over the guild's pages, a small guild's together. At 1M,
+    # 4,000 rows of one channel of the largest guild took 87-118 ms at p95 exactly.
+    exact_max_rows: int = 1_000
     # Index half precision vectors (halfvec) rather than float32 ones.
     halfvec: bool = True
     # How long a guild's count stays fresh before a new write or search has it counted again.
