@@ -219,6 +219,11 @@ async def main(n: int, dim: int, count: int, k: int, shared_buffers: str) -> Non
 
 
 if __name__ == "__main__":
+    if "--tenants" in sys.argv:  # its own options (and --help)
+        from benchmarks import tenants
+
+        tenants.main([a for a in sys.argv[1:] if a != "--tenants"])
+        raise SystemExit
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="vectors (default 100000)")
     parser.add_argument("--dim", type=int, default=512)
@@ -228,11 +233,6 @@ if __name__ == "__main__":
     parser.add_argument("--bulk", action="store_true", help="bulk write rates instead")
     parser.add_argument("--tenants", action="store_true", help="many guilds on PostgreSQL")
     args, rest = parser.parse_known_args()
-    if args.tenants:
-        from benchmarks import tenants
-
-        tenants.main([a for a in sys.argv[1:] if a != "--tenants"])
-        raise SystemExit
     if args.bulk:
         from benchmarks import store_writes
 

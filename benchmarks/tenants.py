@@ -393,8 +393,10 @@ async def run(args) -> None:
             ann = await sizes_of(conn, list(names))
             btree = int(await conn.scalar(text("SELECT pg_relation_size('ix_images_guild_model')")))
             largest_half = await sizes_of(conn, [index_name(1, MODEL)])
-        f32 = await float32_index(engine, store, 1, kept[1], args.queries)
-        col_f32, col_half = await column_sizes(engine, 1)
+        f32 = col_f32 = col_half = None
+        if not args.no_precision:
+            f32 = await float32_index(engine, store, 1, kept[1], args.queries)
+            col_f32, col_half = await column_sizes(engine, 1)
         await store.close()
         await engine.dispose()
 
@@ -421,20 +423,26 @@ async def run(args) -> None:
         f"HNSW halfvec, all guild indexes: {ann / 2**20:,.0f} MB for {indexed_rows:,} rows"
         f" = {ann / indexed_rows * 1e6 / 2**30:.2f} GB per million indexed"
     )
-    print(
-        f"largest guild ({sizes[0]:,}): halfvec index {largest_half / 2**20:.0f} MB,"
-        f" float32 index {f32['size'] / 2**20:.0f} MB (built in {f32['build_s']:.0f} s)"
-    )
-    for key in (("unfiltered", 10), ("unfiltered", 100), ("2% channel", 10), ("2% channel", 100)):
-        h, v = figures["largest"][key], f32["figures"][key]
+    if f32 is not None:
         print(
-            f"  {key[0]} k={key[1]}: halfvec {h[0]:.1f} ms / {h[1]:.3f},"
-            f" float32 {v[0]:.1f} ms / {v[1]:.3f}"
+            f"largest guild ({sizes[0]:,}): halfvec index {largest_half / 2**20:.0f} MB,"
+            f" float32 index {f32['size'] / 2**20:.0f} MB (built in {f32['build_s']:.0f} s)"
         )
-    print(
-        f"largest guild's rows as a table: vector column {col_f32 / 2**20:.0f} MB,"
-        f" halfvec column {col_half / 2**20:.0f} MB"
-    )
+        for key in (
+            ("unfiltered", 10),
+            ("unfiltered", 100),
+            ("2% channel", 10),
+            ("2% channel", 100),
+        ):
+            h, v = figures["largest"][key], f32["figures"][key]
+            print(
+                f"  {key[0]} k={key[1]}: halfvec {h[0]:.1f} ms / {h[1]:.3f},"
+                f" float32 {v[0]:.1f} ms / {v[1]:.3f}"
+            )
+        print(
+            f"largest guild's rows as a table: vector column {col_f32 / 2**20:.0f} MB,"
+            f" halfvec column {col_half / 2**20:.0f} MB"
+        )
     if args.compare_layouts:
         print(
             f"\n(a) hash partitions (16) by guild_id, HNSW per partition over every row:"
@@ -460,6 +468,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--shared-buffers", default="4GB")
     parser.add_argument("--compare-layouts", action="store_true")
+    parser.add_argument(
+        "--no-precision", action="store_true", help="skip the float32 index and column copies"
+    )
     parser.add_argument("--storage", choices=["main", "plain", "external"], help="embedding's")
     parser.add_argument(
         "--min-rows", type=int, default=Layout().min_rows, help="a guild's own index from here"
