@@ -84,7 +84,13 @@ async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool) -> dict:
     out: dict = {}
     try:
         if hnsw and engine.dialect.name == "postgresql":
-            await store.ensure_index(MODEL, dim)
+            from retrieval.store.pgindex import Layout
+            from retrieval.store.postgres import PgVectorStore
+
+            # The guild's own index from its first row on (min_rows 0), built on the empty table.
+            await store.close()
+            store = PgVectorStore(engine, layout=Layout(min_rows=0, drop_below=0), sweep=False)
+            await store.indexes.check(GUILD, MODEL, dim)
         else:
             await store.search(x[0], scope=scope, k=10)  # SQLite: the guild's matrix is live
         records, refs = records_and_refs(0, x[:n])

@@ -24,6 +24,7 @@ class Purpose(IntEnum):
 
     IDENTIFY = 1  # the key's low half: the max_concurrency bucket
     COMMAND_SYNC = 2
+    INDEX_BUILD = 3  # one HNSW index build at a time across the cluster (store/pgindex.py)
 
 
 def is_shared(engine: AsyncEngine) -> bool:
@@ -54,6 +55,21 @@ class AdvisoryLock:
             await _discard(conn)
             raise
         self._conn = conn
+
+    async def try_acquire(self) -> bool:
+        """`acquire`, unless another session holds the lock: then False at once."""
+        conn = await self._engine.connect()
+        try:
+            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:ns, :key)"), self._params)
+            await conn.commit()
+        except BaseException:
+            await _discard(conn)
+            raise
+        if not got:
+            await conn.close()
+            return False
+        self._conn = conn
+        return True
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None

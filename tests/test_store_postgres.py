@@ -1,10 +1,15 @@
-"""PostgreSQL only: the per-model HNSW index is built and used, filtered scans fill k, recall holds.
+"""PostgreSQL only: small guilds searched exactly, large ones through their own HNSW index built
+in the background, one scan per search, recall held.
 
 The behaviour both stores share is in test_store.py, which runs on both databases.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -14,127 +19,235 @@ from sqlalchemy import text
 from retrieval.db import create_engine
 from retrieval.errors import StoreUnavailable
 from retrieval.store import ImageRecord, SearchScope
-from retrieval.store.postgres import (
-    SEARCH_SETTINGS,
-    PgVectorStore,
-    index_name,
-    search_statement,
-)
+from retrieval.store.pgindex import Layout, index_ddl, index_name, index_state
+from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
 from tests.records import clustered, exact_top, image_record, near
 
 MODEL = "ViT-B-32/laion2b"
-DIM = 512  # CLIP's size; at 64 dims the planner rightly prefers a seq scan over 2000 rows
-N = 2000
-CHANNELS = 50  # one channel holds 2% of the rows
-# Leave the planner only the HNSW scan (every alternative needs a sort or a heap scan).
-FORCE_INDEX = (
-    "SELECT set_config('enable_seqscan', 'off', true),"
-    " set_config('enable_bitmapscan', 'off', true),"
-    " set_config('enable_sort', 'off', true)"
-)
+DIM = 512  # CLIP's size; at 64 dims the planner rightly prefers a sort over a few thousand rows
+CHANNELS = 50  # one channel holds 2% of a guild's rows
+# The thresholds scaled down a hundredfold from the defaults, for tables of a few thousand rows.
+LAYOUT = Layout(min_rows=1000, drop_below=250, exact_max_rows=100, recheck_s=0)
+LARGE, SMALL = 1, 2
+SIZES = {LARGE: 3000, SMALL: 200}
+PROGRESS = text("SELECT count(*) FROM pg_stat_progress_create_index")
 
 
-def record(i: int, vector: np.ndarray, model_id: str = MODEL) -> ImageRecord:
+def record(i: int, vector: np.ndarray, *, guild_id: int = LARGE, **overrides) -> ImageRecord:
+    values = dict(guild_id=guild_id, model_id=MODEL, message_id=guild_id * 1_000_000 + i)
     return image_record(
-        i, vector, channels=(100, CHANNELS), authors=7, step=timedelta(hours=1), model_id=model_id
+        i,
+        vector,
+        channels=(guild_id * 1000, CHANNELS),
+        authors=7,
+        step=timedelta(hours=1),
+        **(values | overrides),
     )
 
 
-async def explain(conn, stmt) -> str:
+async def plan_of(conn, stmt) -> dict:
     sql = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-    return "\n".join(row[0] for row in await conn.exec_driver_sql(f"EXPLAIN {sql}"))
+    value = (await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar()
+    return (json.loads(value) if isinstance(value, str) else value)[0]["Plan"]
+
+
+def scans_of_images(plan: dict) -> list[dict]:
+    """Every node of the plan that reads the images table."""
+    found = [plan] if plan.get("Relation Name") == "images" else []
+    for child in plan.get("Plans", []):
+        found += scans_of_images(child)
+    return found
+
+
+async def explain_search(store, query, scope, k=10) -> list[dict]:
+    """The scans of images in the plan of the statement the store would run now."""
+    async with store.engine.begin() as conn:
+        budget = await store._plan(conn, scope, k)
+        await conn.execute(search_settings(budget))
+        stmt = search_statement(
+            query, scope=scope, k=k, indexed=budget is not None, halfvec=store.layout.halfvec
+        )
+        return scans_of_images(await plan_of(conn, stmt))
 
 
 @pytest.fixture
-def vectors() -> np.ndarray:
-    return clustered(N, DIM, np.random.default_rng(11))
+def vectors() -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {guild: clustered(n, DIM, rng) for guild, n in SIZES.items()}
 
 
 @pytest.fixture
 async def pg_store(postgres_engine, vectors):
-    store = PgVectorStore(postgres_engine)
-    await store.upsert([record(i, v) for i, v in enumerate(vectors)])
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    for guild, x in vectors.items():
+        await store.upsert([record(i, v, guild_id=guild) for i, v in enumerate(x)])
+    await store.indexes.settle()
+    async with postgres_engine.begin() as conn:
+        await conn.execute(text("ANALYZE images"))
     yield store
     await store.close()
 
 
-async def test_index_is_built_on_first_search_and_used(pg_store, vectors):
-    engine, name = pg_store.engine, index_name(MODEL)
-    async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT to_regclass(:n)"), {"n": name}) is None
-    scope = SearchScope(guild_id=1, model_id=MODEL)
-    await pg_store.search(vectors[0], scope=scope, k=10)
-    async with engine.begin() as conn:
+async def test_only_the_large_guild_gets_an_index_built_concurrently(pg_store):
+    async with pg_store.engine.connect() as conn:
+        large = await index_state(conn, LARGE, MODEL)
+        small = await index_state(conn, SMALL, MODEL)
         definition = await conn.scalar(
-            text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": name}
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+            {"n": index_name(LARGE, MODEL)},
         )
-        await conn.execute(SEARCH_SETTINGS)
-        plan = await explain(conn, search_statement(vectors[0], scope=scope, k=10))
-    assert "USING hnsw" in definition and "vector_cosine_ops" in definition
-    assert f"::vector({DIM})" in definition and f"WHERE ((model_id)::text = '{MODEL}'" in definition
-    # The store's own statement, planner left alone: the HNSW scan answers it.
-    assert f"Index Scan using {name} on images" in plan, plan
+    assert large is not None and large.valid and small is None
+    assert pg_store.indexes.builds == 1
+    assert "USING hnsw" in definition and "halfvec_cosine_ops" in definition
+    assert f"::halfvec({DIM})" in definition
+    assert f"guild_id = {LARGE}" in definition and f"'{MODEL}'" in definition
 
 
-async def test_selective_filter_still_returns_k(pg_store, vectors):
-    rng = np.random.default_rng(3)
-    channel = 100 + 17
-    keep = np.arange(N) % CHANNELS == 17  # 2% of the rows
-    scope = SearchScope(guild_id=1, model_id=MODEL, channel_ids=frozenset({channel}))
-    await pg_store.search(vectors[0], scope=scope, k=10)  # builds the index
+async def test_small_guild_is_searched_exactly_through_the_btree(pg_store, vectors):
+    query = vectors[SMALL][5]
+    scope = SearchScope(guild_id=SMALL, model_id=MODEL)
+    (scan,) = await explain_search(pg_store, query, scope)
+    assert scan["Node Type"] in {"Index Scan", "Bitmap Heap Scan", "Index Only Scan"}, scan
+    assert "hnsw" not in json.dumps(scan) and "ann" not in scan.get("Index Name", "")
+    hits = await pg_store.search(query, scope=scope, k=10)
+    assert [h.image_key for h in hits] == exact_top(vectors[SMALL], query, 10)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-6)
+
+
+async def test_large_guild_walks_its_own_index_once(pg_store, vectors):
+    query = near(vectors[LARGE], np.random.default_rng(2), 1)[0]
+    scope = SearchScope(guild_id=LARGE, model_id=MODEL)
+    (scan,) = await explain_search(pg_store, query, scope)
+    assert scan["Node Type"] == "Index Scan" and scan["Index Name"] == index_name(LARGE, MODEL)
+    hits = await pg_store.search(query, scope=scope, k=10)
+    expected = exact_top(vectors[LARGE], query, 10)
+    assert len({h.image_key for h in hits} & set(expected)) >= 9
+    # Scores are float32 ones from the table, not the half precision the index ranks by.
+    x = vectors[LARGE]
+    for h in hits:
+        assert h.score == pytest.approx(float(x[h.image_key] @ query), abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+async def test_selective_filter_on_a_large_guild_is_answered_exactly(pg_store, vectors):
+    """2% of the guild's rows pass: fewer than exact_max_rows, so they are read through the
+    channel B-tree, not found by a graph walk that would skip 49 of 50 rows it visits."""
+    x, rng = vectors[LARGE], np.random.default_rng(3)
+    keep = np.arange(len(x)) % CHANNELS == 17
+    scope = SearchScope(LARGE, MODEL, channel_ids=frozenset({LARGE * 1000 + 17}))
+    query = near(x, rng, 1)[0]
+    (scan,) = await explain_search(pg_store, query, scope)
+    assert scan["Node Type"] != "Seq Scan" and "ann" not in scan.get("Index Name", ""), scan
+    hits = await pg_store.search(query, scope=scope, k=10)
+    assert [h.image_key for h in hits] == exact_top(x, query, 10, keep)
+    # A broad filter (20% of the rows, more than exact_max_rows) is given the index: one scan,
+    # the index walk or, where the planner costs it lower at this size, the channel B-tree.
+    ten = frozenset(LARGE * 1000 + c for c in range(10))
+    broad = SearchScope(LARGE, MODEL, channel_ids=ten)
+    (scan,) = await explain_search(pg_store, query, broad)
+    assert scan["Node Type"] != "Seq Scan", scan
+    keep = np.arange(len(x)) % CHANNELS < 10
     recalls = []
-    for query in near(vectors, rng, 10):
-        hits = await pg_store.search(query, scope=scope, k=10)
-        assert len(hits) == 10 and {h.channel_id for h in hits} == {channel}
-        expected = exact_top(vectors, query, 10, keep)
-        recalls.append(len({h.image_key for h in hits} & set(expected)) / 10)
+    for q in near(x, rng, 20):
+        hits = await pg_store.search(q, scope=broad, k=10)
+        assert len(hits) == 10
+        recalls.append(len({h.image_key for h in hits} & set(exact_top(x, q, 10, keep))) / 10)
     assert np.mean(recalls) >= 0.95
-
-    # The planner answers that from the channel index; make it walk the HNSW graph instead,
-    # which is what it does on big tables, and check the iterative scan is what fills k.
-    query = near(vectors, rng, 1)[0]
-    stmt = search_statement(query, scope=scope, k=10)
-    async with pg_store.engine.begin() as conn:
-        await conn.execute(SEARCH_SETTINGS)
-        await conn.execute(text(FORCE_INDEX))
-        assert f"Index Scan using {index_name(MODEL)}" in await explain(conn, stmt)
-        rows = (await conn.execute(stmt)).all()
-        await conn.execute(text("SELECT set_config('hnsw.iterative_scan', 'off', true)"))
-        one_pass = (await conn.execute(stmt)).all()
-    assert len(rows) == 10
-    assert len({r.image_key for r in rows} & set(exact_top(vectors, query, 10, keep))) >= 9
-    assert len(one_pass) < 10  # ef_search candidates, then the filter: ~2% of 100 survive
+    assert pg_store.two_scans == 0
 
 
-async def test_hnsw_recall_at_10_against_exact(pg_store, vectors):
-    rng = np.random.default_rng(5)
-    scope = SearchScope(guild_id=1, model_id=MODEL)
-    recalls = []
-    for query in near(vectors, rng, 50):
-        hits = await pg_store.search(query, scope=scope, k=10)
-        expected = exact_top(vectors, query, 10)
-        recalls.append(len({h.image_key for h in hits} & set(expected)) / 10)
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    assert pg_store.exact_fallbacks == 0  # every answer came from the index scan
-    assert np.mean(recalls) >= 0.95
+async def test_search_before_the_index_is_valid_answers_exactly(postgres_engine, vectors):
+    x = vectors[LARGE]
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    store.indexes.note = lambda *args: None  # no builder: the guild stays without its index
+    await store.upsert([record(i, v) for i, v in enumerate(x)])
+    query = near(x, np.random.default_rng(4), 1)[0]
+    scope = SearchScope(LARGE, MODEL)
+    (scan,) = await explain_search(store, query, scope)
+    assert "ann" not in scan.get("Index Name", "")
+    hits = await store.search(query, scope=scope, k=10)
+    assert [h.image_key for h in hits] == exact_top(x, query, 10)
+    await store.close()
+
+
+async def test_writes_go_on_while_an_index_is_built(postgres_engine, vectors):
+    """The build is CONCURRENTLY: inserts and deletes into the table finish while it runs."""
+    x = vectors[LARGE]
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    store.indexes.note = lambda *args: None
+    await store.upsert([record(i, v) for i, v in enumerate(x)])
+    build = asyncio.create_task(store.indexes.check(LARGE, MODEL))
+    async with postgres_engine.connect() as conn:
+        while not await conn.scalar(PROGRESS):
+            await conn.rollback()
+            assert not build.done(), build.result()
+            await asyncio.sleep(0.005)
+    waits, during, i = [], 0, 0
+    async with postgres_engine.connect() as conn:
+        while not build.done():
+            started = time.perf_counter()
+            await store.upsert([record(i, x[i], guild_id=SMALL)])
+            await store.delete_messages([SMALL * 1_000_000 + i])
+            waits.append(time.perf_counter() - started)
+            # Finished while the index was still being built (a plain CREATE INDEX would have
+            # held both writes until its end).
+            during += bool(await conn.scalar(PROGRESS))
+            await conn.rollback()
+            i += 1
+    assert await build == "built"
+    assert during >= 3, f"writes waited for the build: {waits}"
+    assert max(waits) < 1.0, waits
+    await store.close()
+
+
+async def test_invalid_leftover_of_a_failed_build_is_dropped_and_rebuilt(
+    postgres_engine, vectors, caplog
+):
+    x = vectors[LARGE]
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    store.indexes.note = lambda *args: None
+    await store.upsert([record(i, v) for i, v in enumerate(x)])
+    async with postgres_engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("SET statement_timeout = '50ms'"))
+        with pytest.raises(Exception, match="statement timeout"):
+            await conn.execute(text(index_ddl(LARGE, MODEL, DIM, halfvec=True)))
+        await conn.execute(text("RESET statement_timeout"))
+        leftover = await index_state(conn, LARGE, MODEL)
+    assert leftover is not None and not leftover.valid
+    query = near(x, np.random.default_rng(6), 1)[0]
+    (scan,) = await explain_search(store, query, SearchScope(LARGE, MODEL))
+    assert "ann" not in scan.get("Index Name", "")  # an invalid index is never trusted
+    with caplog.at_level(logging.WARNING, logger="retrieval.store.pgindex"):
+        assert await store.indexes.check(LARGE, MODEL) == "built"
+    assert any("INVALID" in r.getMessage() for r in caplog.records)
+    async with postgres_engine.connect() as conn:
+        assert (await index_state(conn, LARGE, MODEL)).valid
+    await store.close()
+
+
+async def test_a_guild_that_shrinks_far_below_the_threshold_loses_its_index(pg_store):
+    await pg_store.delete_messages([LARGE * 1_000_000 + i for i in range(SIZES[LARGE] - 100)])
+    assert await pg_store.indexes.check(LARGE, MODEL) == "dropped"
+    async with pg_store.engine.connect() as conn:
+        assert await index_state(conn, LARGE, MODEL) is None
 
 
 async def test_model_ids_are_quoted_into_the_index_predicate(postgres_engine):
     """Quotes, backslashes and colons in a model id neither break nor escape the literal, and
     the query's predicate still matches the index's."""
     model = "local:/ckpt/o'brien\\v2.pt"
-    rng = np.random.default_rng(8)
-    x = clustered(50, 16, rng)
-    store = PgVectorStore(postgres_engine)
+    x = clustered(1200, DIM, np.random.default_rng(8))
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
     await store.upsert([record(i, v, model_id=model) for i, v in enumerate(x)])
-    scope = SearchScope(guild_id=1, model_id=model)
+    await store.indexes.settle()
+    scope = SearchScope(guild_id=LARGE, model_id=model)
+    (scan,) = await explain_search(store, x[3], scope, k=5)
+    assert scan["Index Name"] == index_name(LARGE, model)
     hits = await store.search(x[3], scope=scope, k=5)
-    assert [h.image_key for h in hits] == exact_top(x, x[3], 5)
-    async with postgres_engine.begin() as conn:
-        await conn.execute(text(FORCE_INDEX))
-        plan = await explain(conn, search_statement(x[3], scope=scope, k=5))
-    assert f"Index Scan using {index_name(model)}" in plan, plan
-    assert await store.count(guild_id=1, model_id=model) == 50
+    assert [h.image_key for h in hits][:3] == exact_top(x, x[3], 3)
+    assert await store.count(guild_id=LARGE, model_id=model) == 1200
+    await store.close()
 
 
 async def test_unreachable_server_is_store_unavailable(tmp_path):
@@ -146,4 +259,57 @@ async def test_unreachable_server_is_store_unavailable(tmp_path):
         with pytest.raises(StoreUnavailable):
             await store.upsert([record(0, np.ones(4, np.float32))])
     finally:
+        await store.close()
         await engine.dispose()
+
+
+async def test_upgrade_drops_the_old_index_per_model(postgres_server):
+    """Revision 0006 removes the per-model index the old store built at its first search;
+    downgrading removes the per-guild ones (the old store builds its own again)."""
+    import uuid
+
+    import asyncpg
+
+    from retrieval.db import upgrade
+    from tests.conftest import postgres_url
+
+    name = f"test_{uuid.uuid4().hex}"
+    host = str(postgres_server.get_postmaster_info().socket_dir)
+    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    engine = create_engine(postgres_url(postgres_server, name))
+    old = "ix_images_hnsw_" + "0123456789ab"
+    try:
+        await upgrade(engine, "0005")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"CREATE INDEX {old} ON images USING hnsw ((embedding::vector(3))"
+                    f" vector_cosine_ops) WHERE model_id = '{MODEL}'"
+                )
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT to_regclass(:n)"), {"n": old}) is None
+        store = PgVectorStore(engine, layout=Layout(min_rows=0, drop_below=0), sweep=False)
+        await store.indexes.check(LARGE, MODEL, 3)
+        await store.close()
+        async with engine.connect() as conn:
+            assert (await index_state(conn, LARGE, MODEL)).valid
+        from alembic import command
+
+        from retrieval.db import alembic_config
+
+        def down(sync) -> None:
+            config = alembic_config(engine.url.render_as_string(hide_password=False))
+            config.attributes["connection"] = sync
+            command.downgrade(config, "0005")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(down)
+        async with engine.connect() as conn:
+            assert await index_state(conn, LARGE, MODEL) is None
+    finally:
+        await engine.dispose()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

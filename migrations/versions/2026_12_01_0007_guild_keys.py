@@ -17,7 +17,7 @@ copies the images table (and its vectors) into a new one. Both take a while on a
 hold writes meanwhile; run it with the bot stopped, as `python -m bot db upgrade` asks.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01
 """
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

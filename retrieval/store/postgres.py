@@ -1,10 +1,14 @@
-"""The PostgreSQL store: pgvector HNSW (cosine) per model, filters inside an iterative index scan.
+"""The PostgreSQL store: exact search for small guilds, a per-guild HNSW index for large ones.
+
+The layout (retrieval/store/pgindex.py): a guild with fewer than ``Layout.min_rows`` vectors of
+a model is searched exactly through the ``(guild_id, model_id)`` B-tree; a larger one through its
+own partial HNSW index over half precision vectors, built in the background. Every search runs
+one scan: the plan is chosen before the query, never by trying one and falling back.
 
 The ``embedding`` column has no fixed dimension (it depends on the configured model), and pgvector
-can only index a fixed one. So each model gets its own partial expression index,
-``(embedding::vector(dim)) WHERE model_id = '<model>'``, created on first use; searches repeat that
-expression and predicate verbatim (the predicate as a literal, never a parameter) so the planner
-can match them.
+can only index a fixed one, so indexes are on ``embedding::halfvec(dim)``; searches repeat that
+expression and the index's predicate verbatim (as literals, never parameters) so the planner
+matches them.
 """
 
 from __future__ import annotations
@@ -12,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import logging
+import math
+import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 
 import asyncpg
 import numpy as np
-from pgvector.sqlalchemy import VECTOR
+from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import (
     BigInteger,
     Executable,
-    Float,
     Integer,
     Text,
     any_,
@@ -55,61 +58,50 @@ from retrieval.store.allowed import (
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
+from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
-
-log = logging.getLogger(__name__)
 
 _IDS = ARRAY(BigInteger)
 
-# FACTS.md, 100k x 512 clustered: recall@10 0.968 at ef_search 40 and 0.989 at 100, both ~2 ms.
-EF_SEARCH = 100
-# How far an iterative scan may walk before giving up (pgvector's default, said out loud); a
-# filter so selective that this is not enough is cheaper to answer exactly anyway.
+# 100k x 512 clustered in one graph: recall@10 0.968 at ef_search 40 and 0.989 at 100, both
+# ~2 ms. Per-guild graphs of well separated topics (tests/test_store_tenants.py: 4,000 rows in
+# 40 clusters) lost every true neighbour for 4 queries in 200 at 100, none at 150, 200 or 300.
+EF_SEARCH = 200
+# How far an iterative scan may walk at least; a filtered search raises it to what its filter's
+# selectivity needs (see `_scan_tuples`), so the walk fills k instead of giving up.
 MAX_SCAN_TUPLES = 20_000
 # relaxed_order emits later scan batches out of order, and a selective filter makes most of the
 # first k come from them: measured at 100k x 512 with a 2% channel filter, recall@10 was 0.79
 # taking k rows from the scan, 0.90 with 2k, 1.00 with 3k and 4k; unfiltered and 20% filters
 # stay at 0.99 either way (the first batch holds ef_search rows).
 OVERFETCH = 4
-# Building in memory is about 4x faster than spilling (FACTS.md: 33 s for 100k x 512 with 1GB);
-# this is an upper bound for the one build, not a reservation.
-BUILD_MEMORY = "1GB"
-
-SEARCH_SETTINGS = text(
-    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-    f" set_config('hnsw.ef_search', '{EF_SEARCH}', true),"
-    f" set_config('hnsw.max_scan_tuples', '{MAX_SCAN_TUPLES}', true),"
-    # Plan each search for its own filter: a generic plan cannot weigh a tiny channel list
-    # against the index.
-    " set_config('plan_cache_mode', 'force_custom_plan', true)"
-)
+# How long what is known about a guild's index is trusted (another process may build or drop
+# it; either way a stale belief still answers correctly, only by the other plan).
+STATE_TTL_S = 30.0
 
 
-def sql_literal(value: str) -> str:
-    """A string constant for SQL text that cannot be a parameter (an index predicate).
-
-    An E'' string escapes the same way whatever standard_conforming_strings says.
-    """
-    if "\x00" in value:
-        raise ValueError("PostgreSQL strings cannot hold NUL")
-    return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def index_name(model_id: str) -> str:
-    return "ix_images_hnsw_" + hashlib.sha256(model_id.encode()).hexdigest()[:12]
-
-
-def index_ddl(model_id: str, dim: int) -> str:
-    return (
-        f"CREATE INDEX IF NOT EXISTS {index_name(model_id)} ON images USING hnsw "
-        f"((embedding::vector({int(dim)})) vector_cosine_ops) "
-        f"WHERE model_id = {sql_literal(model_id)}"
+def search_settings(budget: int | None):
+    """Per-search settings, for this transaction only; ``budget`` as `_plan` returns it (None:
+    exact). For a walk of the index, the store chose it by row counts, and sorts are
+    discouraged so the planner does not swap it for reading every row of the guild through the
+    B-tree and sorting them (its estimate for a partial index of a few thousand rows leans that
+    way). The final sort of the candidates is in every plan, so it weighs nothing."""
+    walk = budget is not None
+    return text(
+        ("SELECT set_config('enable_sort', 'off', true)," if walk else "SELECT")
+        + " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+        f" set_config('hnsw.ef_search', '{EF_SEARCH}', true),"
+        f" set_config('hnsw.max_scan_tuples', '{int(budget or MAX_SCAN_TUPLES)}', true),"
+        # Plan each search for its own filter: a generic plan cannot weigh a tiny channel list
+        # against the index.
+        " set_config('plan_cache_mode', 'force_custom_plan', true)"
     )
 
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """What a search statement's SQL depends on; the values themselves are parameters."""
+    """What a search statement's SQL depends on; the values themselves are parameters, except
+    the guild of an index scan, which must be a literal to match its index's predicate."""
 
     model_id: str
     dim: int
@@ -118,25 +110,19 @@ class _Shape:
     after: bool
     before: bool
     exclude: bool
-    exact: bool
+    guild_id: int | None  # None: exact; a guild: through its HNSW index
+    halfvec: bool = True
 
 
-@functools.lru_cache(maxsize=256)
-def _statement(shape: _Shape):
-    vector = cast(IndexedImage.embedding, VECTOR(shape.dim))  # the indexed expression, verbatim
-    probe = bindparam("query", type_=VECTOR(shape.dim))
-    # The cosine_distance() function computes the same number as <=> but cannot drive an index
-    # scan, so the exact path really is exact.
-    if shape.exact:
-        distance = func.cosine_distance(vector, probe).label("distance")
-    else:
-        distance = vector.cosine_distance(probe).label("distance")
-    conditions = [
-        IndexedImage.model_id == literal_column(sql_literal(shape.model_id)),
-        IndexedImage.guild_id == bindparam("guild_id"),
+def _filters(shape: _Shape, *, policy: bool = True) -> list:
+    conditions = [IndexedImage.model_id == literal_column(sql_literal(shape.model_id))]
+    if policy:
         # Rows the policy refuses never show, even one that slipped in before its sweep.
-        stored_permitted(per_row=True),
-    ]
+        conditions.append(stored_permitted(per_row=True))
+    if shape.guild_id is None:
+        conditions.append(IndexedImage.guild_id == bindparam("guild_id"))
+    else:
+        conditions.append(IndexedImage.guild_id == literal_column(str(int(shape.guild_id))))
     if shape.channels:
         conditions.append(IndexedImage.channel_id == any_(bindparam("channel_ids", type_=_IDS)))
     if shape.author:
@@ -147,19 +133,39 @@ def _statement(shape: _Shape):
         conditions.append(IndexedImage.posted_at < bindparam("before"))
     if shape.exclude:
         conditions.append(IndexedImage.message_id != bindparam("exclude_message_id"))
-    ranked = select(*HIT_COLUMNS, distance).where(*conditions).order_by(distance)
+    return conditions
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(shape: _Shape):
+    stored = cast(IndexedImage.embedding, VECTOR(shape.dim))
+    probe = bindparam("query", type_=VECTOR(shape.dim))
+    # The cosine_distance() function computes the same number as <=> but cannot drive an index
+    # scan: the exact path is exact, and the scores shown are float32 whatever the index holds.
+    distance = func.cosine_distance(stored, probe).label("distance")
+    ranked = select(*HIT_COLUMNS, distance).where(*_filters(shape))
     k = bindparam("k", type_=Integer)
-    if shape.exact:
-        return ranked.limit(k)
-    # relaxed_order hands rows back only roughly by distance; the materialized CTE sorts its
-    # OVERFETCH * k candidates properly. "+ 0": PostgreSQL 17+ would otherwise trust the CTE's
-    # order and skip the sort.
-    relaxed = ranked.limit(bindparam("candidates", type_=Integer)).cte("relaxed")
-    relaxed = relaxed.prefix_with("MATERIALIZED")
-    return select(relaxed).order_by(relaxed.c.distance + literal_column("0", Float)).limit(k)
+    if shape.guild_id is None:
+        return ranked.order_by(distance).limit(k)
+    kind = HALFVEC if shape.halfvec else VECTOR
+    indexed = cast(IndexedImage.embedding, kind(shape.dim))  # the indexed expression, verbatim
+    approximate = indexed.cosine_distance(cast(probe, kind(shape.dim)))
+    # relaxed_order hands rows back only roughly by distance, and in half precision; the
+    # materialized CTE's OVERFETCH * k candidates are ranked again by their float32 distance.
+    relaxed = ranked.order_by(approximate).limit(bindparam("candidates", type_=Integer))
+    relaxed = relaxed.cte("relaxed").prefix_with("MATERIALIZED")
+    return select(relaxed).order_by(relaxed.c.distance).limit(k)
 
 
-def _search(query: np.ndarray, scope: SearchScope, k: int, exact: bool):
+def _filtered(scope: SearchScope) -> bool:
+    """Whether the scope narrows the guild enough to matter (one excluded message does not)."""
+    return any(
+        value is not None
+        for value in (scope.channel_ids, scope.author_id, scope.after, scope.before)
+    )
+
+
+def _search(query: np.ndarray, scope: SearchScope, k: int, *, indexed: bool, halfvec: bool = True):
     """The cached statement for this kind of search, and its parameters."""
     shape = _Shape(
         model_id=scope.model_id,
@@ -169,11 +175,14 @@ def _search(query: np.ndarray, scope: SearchScope, k: int, exact: bool):
         after=scope.after is not None,
         before=scope.before is not None,
         exclude=scope.exclude_message_id is not None,
-        exact=exact,
+        guild_id=scope.guild_id if indexed else None,
+        halfvec=halfvec,
     )
-    params = {"query": np.asarray(query, dtype=np.float32), "guild_id": scope.guild_id, "k": k}
-    if not exact:
+    params = {"query": np.asarray(query, dtype=np.float32), "k": k}
+    if indexed:
         params["candidates"] = OVERFETCH * k
+    else:
+        params["guild_id"] = scope.guild_id
     if scope.channel_ids is not None:
         params["channel_ids"] = sorted(scope.channel_ids)
     if scope.author_id is not None:
@@ -187,9 +196,11 @@ def _search(query: np.ndarray, scope: SearchScope, k: int, exact: bool):
     return _statement(shape), params
 
 
-def search_statement(query: np.ndarray, *, scope: SearchScope, k: int, exact: bool = False):
+def search_statement(
+    query: np.ndarray, *, scope: SearchScope, k: int, indexed: bool, halfvec: bool = True
+):
     """The statement the store runs, values bound; public so tests can EXPLAIN it."""
-    statement, params = _search(query, scope, k, exact)
+    statement, params = _search(query, scope, k, indexed=indexed, halfvec=halfvec)
     return statement.params(**params)
 
 
@@ -204,6 +215,40 @@ def _permitted_upsert(rows):
         index_elements=list(KEY),
         set_={name: stmt.excluded[name] for name in RECORD_COLUMNS if name not in KEY},
     ).returning(IndexedImage.id)
+
+
+def _matching(scope: SearchScope, cap: int):
+    """How many rows pass the scope's filters, counted through B-trees up to ``cap``."""
+    shape = _Shape(
+        model_id=scope.model_id,
+        dim=0,
+        channels=scope.channel_ids is not None,
+        author=scope.author_id is not None,
+        after=scope.after is not None,
+        before=scope.before is not None,
+        exclude=False,
+        guild_id=None,
+    )
+    conditions = _filters(shape, policy=False)
+    inner = select(literal_column("1")).select_from(IndexedImage).where(*conditions).limit(cap)
+    params = {"guild_id": scope.guild_id}
+    if scope.channel_ids is not None:
+        params["channel_ids"] = sorted(scope.channel_ids)
+    if scope.author_id is not None:
+        params["author_id"] = scope.author_id
+    if scope.after is not None:
+        params["after"] = scope.after
+    if scope.before is not None:
+        params["before"] = scope.before
+    return select(func.count()).select_from(inner.subquery()).params(**params)
+
+
+def _scan_tuples(*, candidates: int, guild_rows: float, matching: int) -> int:
+    """Enough tuples for the iterative scan to meet ``candidates`` rows passing a filter that
+    keeps ``matching`` of ``guild_rows`` (at least), with a margin of two."""
+    if matching <= 0:
+        return MAX_SCAN_TUPLES
+    return max(MAX_SCAN_TUPLES, math.ceil(2 * candidates * max(guild_rows, 1) / matching))
 
 
 def _guarded_upsert():
@@ -267,13 +312,17 @@ async def _stage(conn: AsyncConnection, records: Sequence[ImageRecord]) -> None:
 
 
 class PgVectorStore(SharedReads, SharedDeletes):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, layout: Layout | None = None, sweep: bool = True
+    ) -> None:
         self.engine = engine
+        self.layout = layout or Layout()
         self._dims: dict[str, int] = {}
-        self._indexed: set[str] = set()
-        self._index_locks: dict[str, asyncio.Lock] = {}
-        # Searches the index scan could not fill, answered by an exact scan instead.
-        self.exact_fallbacks = 0
+        # (guild, model) -> (index state or None, when looked up)
+        self._states: dict[tuple[int, str], tuple[object, float]] = {}
+        self.indexes = IndexKeeper(engine, layout=self.layout, changed=self._forget, sweep=sweep)
+        # Searches that ran a second scan because the first fell short of k (target: none).
+        self.two_scans = 0
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -310,7 +359,10 @@ class PgVectorStore(SharedReads, SharedDeletes):
             # After the images, in the order a member's erasure deletes them (jobs, images,
             # pairs): two transactions never wait on each other in opposite orders.
             await authors.remember(conn, authors.pairs(latest))
-            return count
+        # Growing guilds are counted in the background, and get their index past the threshold.
+        for guild_id, model_id, dim in {(r.guild_id, r.model_id, len(r.embedding)) for r in latest}:
+            self.indexes.note(guild_id, model_id, dim)
+        return count
 
     async def _dimension(self, guild_id: int, model_id: str) -> int | None:
         """The model's vector size, from any row (all rows of a model share it)."""
@@ -327,38 +379,30 @@ class PgVectorStore(SharedReads, SharedDeletes):
             self._dims[model_id] = dim
         return dim
 
-    async def ensure_index(self, model_id: str, dim: int) -> None:
-        """Create the model's HNSW index if it is missing (once per process and model)."""
-        name = index_name(model_id)
-        if name in self._indexed:
-            return
-        async with self._index_locks.setdefault(name, asyncio.Lock()):
-            if name in self._indexed:
-                return
-            async with self._transaction() as conn:
-                exists = await conn.scalar(text("SELECT to_regclass(:name)"), {"name": name})
-            if exists is None:
-                await self._build_index(model_id, dim)
-            self._indexed.add(name)
+    def _forget(self, guild_id: int, model_id: str) -> None:
+        self._states.pop((guild_id, model_id), None)
 
-    async def _build_index(self, model_id: str, dim: int) -> None:
-        name = index_name(model_id)
-        log.info("building HNSW index %s for model %s (dim %d)", name, model_id, dim)
-        async with self._transaction() as conn:
-            # Another process may be building the same index: wait for it instead of racing
-            # it into a duplicate-name error.
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
-            )
-            await conn.execute(
-                text("SELECT set_config('maintenance_work_mem', :memory, true)"),
-                {"memory": BUILD_MEMORY},
-            )
-            await conn.execute(text(index_ddl(model_id, dim)))
-        # The planner weighs the index against a filtered exact scan by row estimates; a table
-        # filled moments ago has none until autovacuum comes by.
-        async with self._transaction() as conn:
-            await conn.execute(text("ANALYZE images"))
+    async def _index_state(self, conn: AsyncConnection, scope: SearchScope):
+        key = (scope.guild_id, scope.model_id)
+        known = self._states.get(key)
+        if known is not None and time.monotonic() - known[1] < STATE_TTL_S:
+            return known[0]
+        state = await index_state(conn, scope.guild_id, scope.model_id)
+        self._states[key] = (state, time.monotonic())
+        return state
+
+    async def _plan(self, conn: AsyncConnection, scope: SearchScope, k: int) -> int | None:
+        """None to answer exactly; else the iterative scan's tuple budget for the index."""
+        state = await self._index_state(conn, scope)
+        if state is None or not state.valid:
+            return None
+        if not _filtered(scope):
+            return MAX_SCAN_TUPLES
+        cap = self.layout.exact_max_rows
+        matching = int(await conn.scalar(_matching(scope, cap)))
+        if matching < cap:
+            return None  # few rows pass: reading them is cheaper than a walk that skips the rest
+        return _scan_tuples(candidates=OVERFETCH * k, guild_rows=state.rows, matching=matching)
 
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         if k <= 0:
@@ -366,16 +410,20 @@ class PgVectorStore(SharedReads, SharedDeletes):
         dim = await self._dimension(scope.guild_id, scope.model_id)
         if dim is None or dim != len(query):
             return []
-        await self.ensure_index(scope.model_id, dim)
         async with self._transaction() as conn:
-            await conn.execute(SEARCH_SETTINGS)
-            rows = (await conn.execute(*_search(query, scope, k, exact=False))).all()
-        if len(rows) < k:
-            # Either fewer than k rows pass the filter, or so few that the index scan hit
-            # max_scan_tuples first; an exact scan tells the two apart and fills k.
-            self.exact_fallbacks += 1
-            async with self._transaction() as conn:
-                rows = (await conn.execute(*_search(query, scope, k, exact=True))).all()
+            budget = await self._plan(conn, scope, k)
+            await conn.execute(search_settings(budget))
+            if budget is None:
+                self.indexes.note(scope.guild_id, scope.model_id, dim)
+                rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
+                return [hit(row, 1.0 - float(row.distance)) for row in rows]
+            statement = _search(query, scope, k, indexed=True, halfvec=self.layout.halfvec)
+            rows = (await conn.execute(*statement)).all()
+            if len(rows) < k and _filtered(scope):
+                # The walk ran out of budget before k rows passed the filter: should not happen
+                # with the budget above, but an answer short of rows that exist would be wrong.
+                self.two_scans += 1
+                rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
         return [hit(row, 1.0 - float(row.distance)) for row in rows]
 
     async def vectors(
@@ -418,16 +466,14 @@ class PgVectorStore(SharedReads, SharedDeletes):
         return await self._delete(lambda t: [getattr(t, name) == any_(ids), *routed(t, guild_id)])
 
     async def close(self) -> None:
+        await self.indexes.close()
         self._dims.clear()
-        self._indexed.clear()
+        self._states.clear()
 
 
 __all__ = [
     "OVERFETCH",
-    "SEARCH_SETTINGS",
+    "search_settings",
     "PgVectorStore",
-    "index_ddl",
-    "index_name",
     "search_statement",
-    "sql_literal",
 ]

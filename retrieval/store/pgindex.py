@@ -1,0 +1,331 @@
+"""Per-guild HNSW indexes on PostgreSQL, built in the background.
+
+A guild under ``Layout.min_rows`` vectors of a model is searched exactly, through the B-tree on
+``(guild_id, model_id)``: that reads only its own rows, which at that size is as fast as a graph
+walk and always exact. A guild above it gets its own partial index::
+
+    CREATE INDEX CONCURRENTLY ix_images_ann_<guild>_<model hash> ON images
+        USING hnsw ((embedding::halfvec(dim)) halfvec_cosine_ops)
+        WHERE guild_id = <guild> AND model_id = '<model>'
+
+so a search walks a graph of that guild's vectors only (a shared graph makes a small guild's
+search walk everyone else's vectors, and one guild's vectors hurt another's recall). Half
+precision halves the index at no measurable loss of recall (benchmarks/RESULTS.md); the table
+keeps float32, and shown scores are computed from it.
+
+`IndexKeeper` builds and drops these indexes, never inside a search: writes and searches *note*
+the guilds they touch, and a background task counts the noted guilds' rows (capped, through the
+B-tree) and builds what is missing, ``CONCURRENTLY`` on an autocommit connection so writes go
+on during the build. One build at a time across every process sharing the database (an advisory
+lock); a process that finds the lock taken tries again later. A failed concurrent build leaves an
+INVALID index behind; the next pass drops it and builds again, with a log line. Until an index
+is valid, searches of that guild answer exactly. Each process sweeps the existing guilds once at
+start (a loose index scan of the B-tree, one capped count per guild), so large guilds nobody
+writes to still get theirs, e.g. after the upgrade that dropped the old per-model indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from retrieval.locks import AdvisoryLock, Purpose
+
+log = logging.getLogger(__name__)
+
+# Building in memory is about 4x faster than spilling (100k x 512: 33 s with 1GB); an upper
+# bound for the one build running at a time, not a reservation.
+BUILD_MEMORY = "1GB"
+PREFIX = "ix_images_ann_"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a guild's search stops being exact (benchmarks/RESULTS.md, "Many guilds")."""
+
+    # From this many vectors of one model a guild gets its own HNSW index. An exact search
+    # reads every row of the guild, about 10 us each for 512-d (the vectors are TOASTed): 5,000
+    # rows took 46-52 ms at p95 on the 2-core benchmark machine, where a walk of their own
+    # graph takes 5-20 ms.
+    min_rows: int = 2_000
+    # An indexed guild that shrinks under this loses its index (hysteresis: no rebuild loops).
+    drop_below: int = 500
+    # Filtered searches of an indexed guild matching fewer rows than this are answered exactly:
+    # a graph walk would discard most of what it visits. At 1M, one channel (4,000 rows) of
+    # the largest guild (200,000): exactly 87-118 ms at p95, recall 1.0; walked 101-190 ms,
+    # recall@10 0.93 and @100 0.77 (relaxed order, 40 of 50 rows visited discarded).
+    exact_max_rows: int = 5_000
+    # Index half precision vectors (halfvec) rather than float32 ones.
+    halfvec: bool = True
+    # How long a guild's count stays fresh before a new write or search has it counted again.
+    recheck_s: float = 60.0
+
+
+def sql_literal(value: str) -> str:
+    """A string constant for SQL text that cannot be a parameter (an index predicate).
+
+    An E'' string escapes the same way whatever standard_conforming_strings says.
+    """
+    if "\x00" in value:
+        raise ValueError("PostgreSQL strings cannot hold NUL")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def index_name(guild_id: int, model_id: str) -> str:
+    # 14 + 20 + 1 + 12 characters: within PostgreSQL's 63.
+    return f"{PREFIX}{int(guild_id)}_{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
+
+
+def vector_type(dim: int, *, halfvec: bool) -> str:
+    return f"{'halfvec' if halfvec else 'vector'}({int(dim)})"
+
+
+def index_ddl(guild_id: int, model_id: str, dim: int, *, halfvec: bool) -> str:
+    kind = "halfvec" if halfvec else "vector"
+    return (
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index_name(guild_id, model_id)} ON images "
+        f"USING hnsw ((embedding::{vector_type(dim, halfvec=halfvec)}) {kind}_cosine_ops) "
+        f"WHERE guild_id = {int(guild_id)} AND model_id = {sql_literal(model_id)}"
+    )
+
+
+_STATE = text(
+    "SELECT i.indisvalid AS valid, c.reltuples AS rows FROM pg_index i"
+    " JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indexrelid = to_regclass(:name)"
+)
+_CAPPED_COUNT = text(
+    "SELECT count(*) FROM (SELECT 1 FROM images WHERE guild_id = :guild_id"
+    " AND model_id = :model_id LIMIT :cap) AS counted"
+)
+_DIMENSION = text(
+    "SELECT vector_dims(embedding) FROM images WHERE guild_id = :guild_id"
+    " AND model_id = :model_id LIMIT 1"
+)
+# Distinct (guild, model) pairs by hopping along the B-tree: one index probe per pair, not a
+# read of every row.
+_PAIRS = text(
+    "WITH RECURSIVE pairs AS ("
+    " (SELECT guild_id, model_id FROM images ORDER BY guild_id, model_id LIMIT 1)"
+    " UNION ALL"
+    " SELECT later.guild_id, later.model_id FROM pairs, LATERAL ("
+    "  SELECT guild_id, model_id FROM images"
+    "  WHERE (guild_id, model_id) > (pairs.guild_id, pairs.model_id)"
+    "  ORDER BY guild_id, model_id LIMIT 1) AS later"
+    ") SELECT guild_id, model_id FROM pairs"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexState:
+    valid: bool
+    rows: float  # the planner's estimate, exact right after a build
+
+
+async def index_state(conn: AsyncConnection, guild_id: int, model_id: str) -> IndexState | None:
+    row = (await conn.execute(_STATE, {"name": index_name(guild_id, model_id)})).first()
+    return None if row is None else IndexState(valid=bool(row.valid), rows=float(row.rows))
+
+
+async def capped_count(conn: AsyncConnection, guild_id: int, model_id: str, cap: int) -> int:
+    params = {"guild_id": guild_id, "model_id": model_id, "cap": cap}
+    return int(await conn.scalar(_CAPPED_COUNT, params))
+
+
+class IndexKeeper:
+    """The background builder of one store; see the module docstring.
+
+    ``changed(guild_id, model_id)`` is called after an index was built or dropped, so the
+    store stops trusting what it remembered about that guild.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        layout: Layout,
+        changed: Callable[[int, str], None],
+        sweep: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.layout = layout
+        self._changed = changed
+        self._sweep = sweep
+        self._pending: dict[tuple[int, str], int | None] = {}  # (guild, model) -> dim if known
+        self._checked: dict[tuple[int, str], float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.builds = 0  # indexes built by this process (the benchmark and tests read it)
+        self.idle = asyncio.Event()  # set while nothing is pending
+
+    def note(self, guild_id: int, model_id: str, dim: int | None = None) -> None:
+        """A guild was written to or searched: have its count looked at (at most once per
+        ``recheck_s``). Never blocks, never fails the caller."""
+        key = (guild_id, model_id)
+        if time.monotonic() - self._checked.get(key, -1e9) < self.layout.recheck_s:
+            return
+        if key not in self._pending or dim is not None:
+            self._pending[key] = dim
+        self._checked[key] = time.monotonic()
+        self.idle.clear()
+        self._wake.set()
+        self._start()
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="clip-ann-indexes"
+            )
+
+    async def _run(self) -> None:
+        if self._sweep:
+            self._sweep = False
+            with _logged("sweeping guilds for HNSW indexes"):
+                await self.sweep()
+        while True:
+            if not self._pending:
+                self.idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            (guild_id, model_id), dim = self._pending.popitem()
+            with _logged(f"keeping the HNSW index of guild {guild_id} ({model_id})"):
+                # Counted again by the next write or search should this pass fail.
+                self._checked.pop((guild_id, model_id), None)
+                outcome = await self.check(guild_id, model_id, dim)
+                self._checked[(guild_id, model_id)] = time.monotonic()
+                if outcome == "busy":
+                    # Another process is building; come back to this guild after a while.
+                    self._checked.pop((guild_id, model_id), None)
+                    await asyncio.sleep(5)
+                    self._pending.setdefault((guild_id, model_id), dim)
+
+    async def sweep(self) -> None:
+        async with self.engine.connect() as conn:
+            pairs = (await conn.execute(_PAIRS)).all()
+        for guild_id, model_id in pairs:
+            self._pending.setdefault((guild_id, model_id), None)
+        if pairs:
+            self._wake.set()
+
+    async def catch_up(self) -> dict[str, int]:
+        """Sweep, then look at every guild now, in this task (the benchmark; an operator's
+        one-off): how many indexes were built, dropped, kept, or skipped as busy."""
+        await self.sweep()
+        outcomes: dict[str, int] = {}
+        while self._pending:
+            (guild_id, model_id), dim = self._pending.popitem()
+            outcome = await self.check(guild_id, model_id, dim)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return outcomes
+
+    async def check(self, guild_id: int, model_id: str, dim: int | None = None) -> str:
+        """Build, rebuild or drop this guild's index as its size says: "built", "dropped",
+        "kept" (nothing to do), or "busy" (another process holds the build lock)."""
+        async with self.engine.connect() as conn:
+            rows = await capped_count(conn, guild_id, model_id, self.layout.min_rows)
+            state = await index_state(conn, guild_id, model_id)
+            await conn.rollback()
+        wanted = rows >= self.layout.min_rows
+        if wanted and state is not None and state.valid:
+            return "kept"
+        if not wanted and (state is None or (state.valid and rows >= self.layout.drop_below)):
+            return "kept"
+        lock = AdvisoryLock(self.engine, purpose=Purpose.INDEX_BUILD)
+        if not await lock.try_acquire():
+            return "busy"
+        try:
+            return await self._under_lock(guild_id, model_id, dim, wanted=wanted)
+        finally:
+            await lock.release()
+
+    async def _under_lock(self, guild_id: int, model_id: str, dim: int | None, *, wanted: bool):
+        name = index_name(guild_id, model_id)
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # Looked at again: another process may have built it before we got the lock. No
+            # build runs without the lock, so an invalid index now is a failed build's leftover.
+            state = await index_state(conn, guild_id, model_id)
+            if state is not None and not state.valid:
+                log.warning("dropping %s, left INVALID by a failed concurrent build", name)
+                await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                state = None
+            if not wanted:
+                if state is None:
+                    return "kept"
+                log.info(
+                    "guild %d shrank below %d rows: dropping %s",
+                    guild_id,
+                    self.layout.drop_below,
+                    name,
+                )
+                await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                self._changed(guild_id, model_id)
+                return "dropped"
+            if state is not None:
+                return "kept"
+            params = {"guild_id": guild_id, "model_id": model_id}
+            dim = dim or await conn.scalar(_DIMENSION, params)
+            if dim is None:
+                return "kept"
+            started = time.perf_counter()
+            log.info("building %s for guild %d, model %s (dim %d)", name, guild_id, model_id, dim)
+            await conn.execute(
+                text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": BUILD_MEMORY}
+            )
+            try:
+                await conn.execute(
+                    text(index_ddl(guild_id, model_id, dim, halfvec=self.layout.halfvec))
+                )
+            finally:
+                await conn.execute(text("RESET maintenance_work_mem"))
+            # The planner weighs the new index against the B-tree by row estimates.
+            await conn.execute(text("ANALYZE images"))
+            log.info("built %s in %.1f s", name, time.perf_counter() - started)
+        self.builds += 1
+        self._changed(guild_id, model_id)
+        return "built"
+
+    async def settle(self) -> None:
+        """Wait until nothing noted is left to look at (tests and the benchmark)."""
+        while self._pending or (self._task is not None and not self.idle.is_set()):
+            if self._task is not None and self._task.done():
+                self._task.result()
+                return
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+@contextlib.contextmanager
+def _logged(what: str):
+    """A background failure is a log line with its cause; the keeper carries on."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("%s failed: %s; will try again", what, exc)
+
+
+__all__ = [
+    "IndexKeeper",
+    "IndexState",
+    "Layout",
+    "capped_count",
+    "index_ddl",
+    "index_name",
+    "index_state",
+    "sql_literal",
+    "vector_type",
+]
