@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -127,9 +128,24 @@ async def fresh_database(server, *, citus: bool):
             yield engine
         finally:
             await engine.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await drop_database(admin, name)
     finally:
         await admin.close()
+
+
+async def drop_database(admin, name: str) -> None:
+    import asyncpg
+
+    # Citus's maintenance daemon connects to every database with the extension and may come
+    # back between FORCE's termination of the sessions and the drop: try again shortly.
+    for attempt in range(20):
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            return
+        except asyncpg.ObjectInUseError:
+            if attempt == 19:
+                raise
+            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
