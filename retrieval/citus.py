@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.errors import ClipfindError
+from retrieval.errors import CitusUnavailable, DistributionRefused
 from retrieval.models import Base
 
 log = logging.getLogger(__name__)
@@ -33,24 +33,6 @@ class Distribution:
     reference: list[str] = field(default_factory=list)
     # Tables that already were as wanted (a second run changes nothing).
     unchanged: list[str] = field(default_factory=list)
-
-
-class CitusUnavailable(ClipfindError):
-    """The database is not a Citus coordinator (the extension is missing or not preloaded)."""
-
-    reason = "citus_unavailable"
-
-
-class DistributionRefused(ClipfindError):
-    """Citus refused to distribute some tables; the others are distributed already."""
-
-    reason = "citus_refused"
-
-    def __init__(self, refused: dict[str, str], *, done: Distribution) -> None:
-        self.refused = refused
-        self.done = done
-        lines = "; ".join(f"{table}: {why}" for table, why in refused.items())
-        super().__init__(f"Citus refused to distribute {len(refused)} table(s): {lines}")
 
 
 def plan() -> tuple[list[str], list[str]]:

@@ -153,7 +153,8 @@ async def postgres_engine(postgres_server):
     """A fresh database per test. Under CLIPFIND_TEST_CITUS, the tables Citus accepts are
     distributed and the ones it refuses stay plain tables on the coordinator (with a warning
     naming them), so the tests show what the queries make of both."""
-    from retrieval.citus import DistributionRefused, distribute
+    from retrieval.citus import distribute
+    from retrieval.errors import DistributionRefused
 
     async with fresh_database(postgres_server, citus=citus_wanted()) as engine:
         if citus_wanted():

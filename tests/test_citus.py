@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from retrieval.citus import CitusUnavailable, DistributionRefused, distribute, plan, table_kinds
+from retrieval.citus import distribute, plan, table_kinds
+from retrieval.errors import CitusUnavailable, DistributionRefused
 from retrieval.store import SearchScope, open_store
 from tests.citus import citus_wanted
 from tests.records import MODEL, image_record
