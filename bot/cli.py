@@ -1,5 +1,6 @@
 """`python -m bot`: run the bot; `python -m bot worker`: run an encoder worker (no Discord
-connection); `python -m bot check`, `python -m bot db upgrade|current`: operator commands."""
+connection); `python -m bot check`, `python -m bot db upgrade|current`, `python -m bot
+citus-distribute`: operator commands."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="check the settings, database, model and Discord token without starting the bot",
     )
+    sub.add_parser(
+        "citus-distribute",
+        help="distribute the tables over a Citus cluster by guild_id (once, after `db upgrade`)",
+    )
     return parser
 
 
@@ -58,6 +63,26 @@ async def _db(action: str, settings: Settings) -> None:
         if action == "upgrade":
             await _upgrade(engine, sqlite_path=settings.sqlite_path())
         log.info("schema revision: %s", await current_revision(engine) or "none")
+    finally:
+        await engine.dispose()
+
+
+async def _citus_distribute(settings: Settings) -> None:
+    from retrieval.citus import distribute
+    from retrieval.db import UPGRADE_HINT, check_schema, create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        # Distributing a half-made schema would leave the missing tables plain ones.
+        if await check_schema(engine) is None:
+            raise SchemaError(f"the database has no clipfind schema yet; run `{UPGRADE_HINT}`")
+        done = await distribute(engine)
+        log.info(
+            "distributed by guild_id: %s; reference tables: %s; already as wanted: %s",
+            ", ".join(done.distributed) or "none",
+            ", ".join(done.reference) or "none",
+            ", ".join(done.unchanged) or "none",
+        )
     finally:
         await engine.dispose()
 
@@ -115,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "db":
             asyncio.run(_db(args.action, settings))
+            return 0
+        if args.command == "citus-distribute":
+            asyncio.run(_citus_distribute(settings))
             return 0
         if args.command == "worker":
             return asyncio.run(_worker(settings))

@@ -6,6 +6,11 @@ written for an operator. The bot turns them into one polite sentence for the use
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retrieval.citus import Distribution
+
 
 class ClipfindError(Exception):
     reason = "error"
@@ -61,3 +66,21 @@ class DatabaseInUse(ClipfindError):
     """Another process runs on the SQLite database, which serves one process at a time."""
 
     reason = "database_in_use"
+
+
+class CitusUnavailable(ClipfindError):
+    """The database is not a Citus coordinator (the extension is missing or not preloaded)."""
+
+    reason = "citus_unavailable"
+
+
+class DistributionRefused(ClipfindError):
+    """Citus refused to distribute some tables; the others are distributed already."""
+
+    reason = "citus_refused"
+
+    def __init__(self, refused: dict[str, str], *, done: Distribution) -> None:
+        self.refused = refused
+        self.done = done
+        lines = "; ".join(f"{table}: {why}" for table, why in refused.items())
+        super().__init__(f"Citus refused to distribute {len(refused)} table(s): {lines}")

