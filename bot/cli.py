@@ -78,9 +78,11 @@ async def _citus_distribute(settings: Settings) -> None:
             raise SchemaError(f"the database has no clipfind schema yet; run `{UPGRADE_HINT}`")
         done = await distribute(engine)
         log.info(
-            "distributed by guild_id: %s; reference tables: %s; already as wanted: %s",
+            "distributed by guild_id: %s; reference tables: %s; coordinator tables added to "
+            "Citus's metadata: %s; already as wanted: %s",
             ", ".join(done.distributed) or "none",
             ", ".join(done.reference) or "none",
+            ", ".join(done.local) or "none",
             ", ".join(done.unchanged) or "none",
         )
     finally:

@@ -1,11 +1,12 @@
-"""Spreading the schema over a Citus cluster: guild-scoped tables by guild_id, the rest copied.
+"""Spreading the schema over a Citus cluster (README, "Running on Citus").
 
 Run once by an operator, after the schema exists (`python -m bot citus-distribute`), on the
-coordinator. Every table with a ``guild_id`` column is distributed by it, all co-located, so one
-server's images, jobs, cursors and policy live on the same node and a query for one server is
-routed to one shard. The small global tables (settings, opt-outs, the consumers' reports) become
-reference tables: a copy on every node, so any node can join them locally. Alembic's version
-table stays a plain table on the coordinator, where migrations run.
+coordinator. `images`, nearly all the data, is distributed by guild_id: a query for one server is
+routed to the one node holding its shard. The policy and each member's servers become reference
+tables, a copy on every node, since every write and search joins them there. The jobs queue is
+claimed across servers with `FOR UPDATE SKIP LOCKED`, which Citus runs only on one node's table:
+it stays on the coordinator, added to Citus's metadata so statements may join it with the others.
+The small tables no statement joins with images stay plain coordinator tables.
 """
 
 from __future__ import annotations
@@ -18,31 +19,40 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.errors import CitusUnavailable, DistributionRefused
-from retrieval.models import Base
 
 log = logging.getLogger(__name__)
 
 DISTRIBUTION_COLUMN = "guild_id"
-# Every distributed table is co-located with this one (the first created decides the shards).
-ANCHOR = "images"
+
+# Every table of the schema is named once here, so a new one cannot be forgotten (a test
+# compares these with the models).
+DISTRIBUTED = ("images",)
+REFERENCE = ("opt_outs", "excluded_channels", "author_guilds")
+COORDINATOR = ("index_jobs", "index_failures")
+PLAIN = ("backfill_cursors", "bot_state", "guild_departures", "index_consumers")
+
+_CALLS = {
+    "distributed": "SELECT create_distributed_table(:table, '" + DISTRIBUTION_COLUMN + "')",
+    "reference": "SELECT create_reference_table(:table)",
+    "local": "SELECT citus_add_local_table_to_metadata(:table)",
+}
 
 
 @dataclass
 class Distribution:
     distributed: list[str] = field(default_factory=list)
     reference: list[str] = field(default_factory=list)
+    local: list[str] = field(default_factory=list)  # coordinator tables now in Citus's metadata
     # Tables that already were as wanted (a second run changes nothing).
     unchanged: list[str] = field(default_factory=list)
 
 
-def plan() -> tuple[list[str], list[str]]:
-    """(distributed, reference) table names, from the models: a new guild-scoped table is
-    distributed without anyone remembering to add it here."""
-    distributed, reference = [], []
-    for table in Base.metadata.sorted_tables:
-        (distributed if DISTRIBUTION_COLUMN in table.c else reference).append(table.name)
-    distributed.sort(key=lambda name: name != ANCHOR)
-    return distributed, reference
+def plan() -> dict[str, str]:
+    """Each table Citus must know, with what it becomes: 'distributed', 'reference' or 'local'."""
+    wanted = dict.fromkeys(DISTRIBUTED, "distributed")
+    wanted.update(dict.fromkeys(REFERENCE, "reference"))
+    wanted.update(dict.fromkeys(COORDINATOR, "local"))
+    return wanted
 
 
 async def distribute(engine: AsyncEngine) -> Distribution:
@@ -53,29 +63,21 @@ async def distribute(engine: AsyncEngine) -> Distribution:
     every refusal with Citus's reason, after trying all tables.
     """
     await _require_citus(engine)
-    distributed, reference = plan()
     done = Distribution()
     refused: dict[str, str] = {}
     current = await _current_kinds(engine)
-    for table in distributed + reference:
-        wanted = "distributed" if table in distributed else "reference"
+    # Reference tables first: the coordinator's tables may then join them.
+    for table, wanted in sorted(plan().items(), key=lambda item: item[1] != "reference"):
         if current.get(table) == wanted:
             done.unchanged.append(table)
             continue
-        if table in distributed:
-            # A refused anchor leaves nothing to co-locate with; the rest still share shards.
-            colocate = ANCHOR if current.get(ANCHOR) == "distributed" else "default"
-            statement = text(
-                "SELECT create_distributed_table(:table, :column, colocate_with => :colocate)"
-            ).bindparams(table=table, column=DISTRIBUTION_COLUMN, colocate=colocate)
-        else:
-            statement = text("SELECT create_reference_table(:table)").bindparams(table=table)
+        statement = text(_CALLS[wanted]).bindparams(table=table)
         try:
             async with engine.begin() as conn:
                 await conn.execute(statement)
         except DBAPIError as exc:
             refused[table] = _citus_message(exc)
-            log.error("Citus refused to distribute %s: %s", table, refused[table])
+            log.error("Citus refused to make %s a %s table: %s", table, wanted, refused[table])
             continue
         current[table] = wanted
         getattr(done, wanted).append(table)
@@ -86,7 +88,7 @@ async def distribute(engine: AsyncEngine) -> Distribution:
 
 
 async def table_kinds(engine: AsyncEngine) -> dict[str, str]:
-    """Each Citus table of this database: 'distributed' (with its column) or 'reference'."""
+    """Each Citus table of this database: 'distributed by <column>', 'reference' or 'local'."""
     return await _current_kinds(engine, with_column=True)
 
 
@@ -105,13 +107,17 @@ async def _require_citus(engine: AsyncEngine) -> None:
 async def _current_kinds(engine: AsyncEngine, *, with_column: bool = False) -> dict[str, str]:
     async with engine.connect() as conn:
         rows = await conn.execute(
-            text("SELECT table_name::text, citus_table_type, distribution_column FROM citus_tables")
+            text(
+                "SELECT logicalrelid::regclass::text, partmethod::text, repmodel::text,"
+                " column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition"
+            )
         )
         kinds = {}
-        for name, kind, column in rows:
-            if kind == "distributed" and with_column:
-                kind = f"distributed by {column}"
-            kinds[name] = kind
+        for name, method, replication, column in rows:
+            if method == "h":
+                kinds[name] = f"distributed by {column}" if with_column else "distributed"
+            else:  # no distribution column: copied everywhere, or on the coordinator alone
+                kinds[name] = "reference" if replication == "t" else "local"
     return kinds
 
 

@@ -175,7 +175,7 @@ async def citus_database(citus_server):
 @pytest.fixture
 async def citus_engine(citus_database):
     """The clipfind schema on a single-node Citus, distributed as an operator does it
-    (`python -m bot citus-distribute`): guild-scoped tables by guild_id, the rest replicated."""
+    (`python -m bot citus-distribute`): see retrieval/citus.py."""
     from retrieval.citus import distribute
 
     await distribute(citus_database)

@@ -50,7 +50,7 @@ from retrieval.store import authors
 from retrieval.store.allowed import (
     KEY,
     RECORD_COLUMNS,
-    permitted,
+    permitted_in_batch,
     still_wanted,
     stored_permitted,
     take_jobs,
@@ -208,7 +208,7 @@ def _permitted_upsert(rows):
     """Insert or update the rows of ``rows`` (a table or derived table of the record columns)
     that the policy permits, by key, returning the ids written."""
     chosen = select(*(rows.c[name] for name in RECORD_COLUMNS)).where(
-        permitted(rows.c.author_id, rows.c.channel_id, rows.c.parent_id)
+        permitted_in_batch(rows.c.author_id, rows.c.channel_id, rows.c.parent_id)
     )
     stmt = insert(IndexedImage).from_select(list(RECORD_COLUMNS), chosen)
     return stmt.on_conflict_do_update(
