@@ -30,9 +30,16 @@ def session_settings(paths) -> list[str]:
     return found
 
 
+# The one exception: an index build runs outside any transaction (CREATE INDEX CONCURRENTLY
+# cannot run in one), so its memory can only be set for the session; it is RESET before the
+# connection goes back to the pool.
+ALLOWED = ("retrieval/store/pgindex.py", "set_config('maintenance_work_mem'")
+
+
 def test_the_code_sets_nothing_for_a_whole_session():
     code = [p for package in ("retrieval", "bot") for p in (ROOT / package).rglob("*.py")]
-    assert session_settings(code) == []
+    found = session_settings(code)
+    assert [f for f in found if not (f.startswith(ALLOWED[0]) and ALLOWED[1] in f)] == []
 
 
 def test_the_check_finds_session_settings(tmp_path, monkeypatch):
