@@ -183,14 +183,7 @@ def _search(query: np.ndarray, scope: SearchScope, k: int, *, indexed: bool, hal
         params["candidates"] = OVERFETCH * k
     else:
         params["guild_id"] = scope.guild_id
-    if scope.channel_ids is not None:
-        params["channel_ids"] = sorted(scope.channel_ids)
-    if scope.author_id is not None:
-        params["author_id"] = scope.author_id
-    if scope.after is not None:
-        params["after"] = scope.after
-    if scope.before is not None:
-        params["before"] = scope.before
+    params.update(_filter_params(scope))
     if scope.exclude_message_id is not None:
         params["exclude_message_id"] = scope.exclude_message_id
     return _statement(shape), params
@@ -231,7 +224,13 @@ def _matching(scope: SearchScope, cap: int):
     )
     conditions = _filters(shape, policy=False)
     inner = select(literal_column("1")).select_from(IndexedImage).where(*conditions).limit(cap)
-    params = {"guild_id": scope.guild_id}
+    params = {"guild_id": scope.guild_id, **_filter_params(scope)}
+    return select(func.count()).select_from(inner.subquery()).params(**params)
+
+
+def _filter_params(scope: SearchScope) -> dict:
+    """The values of the scope's optional filters, by the names the statements bind."""
+    params: dict = {}
     if scope.channel_ids is not None:
         params["channel_ids"] = sorted(scope.channel_ids)
     if scope.author_id is not None:
@@ -240,7 +239,7 @@ def _matching(scope: SearchScope, cap: int):
         params["after"] = scope.after
     if scope.before is not None:
         params["before"] = scope.before
-    return select(func.count()).select_from(inner.subquery()).params(**params)
+    return params
 
 
 def _scan_tuples(*, candidates: int, guild_rows: float, matching: int) -> int:
