@@ -105,3 +105,31 @@ def test_the_command_distributes_the_schema(
     assert "distributed by guild_id: images; reference tables: " in caplog.text
     assert main(["citus-distribute"]) == 0  # a second run changes nothing
     assert "distributed by guild_id: none; reference tables: none; coordinator" in caplog.text
+
+
+async def test_the_background_builder_finds_and_indexes_a_large_server_on_its_shard(citus_engine):
+    """The start-up sweep lists servers from `author_guilds` (Citus refuses a recursive query
+    over all of `images`), and the large one gets its own index on its shard."""
+    from retrieval.store.pgindex import Layout
+    from retrieval.store.postgres import PgVectorStore
+
+    layout = Layout(min_rows=40, drop_below=10, exact_max_rows=5)
+    store = PgVectorStore(citus_engine, layout=layout, sweep=False)
+    store.indexes.note = lambda *args: None  # only the sweep below decides
+    rng = np.random.default_rng(9)
+    vectors = rng.normal(size=(60, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    try:
+        sizes = {1: 50, 2: 10}
+        start = 0
+        for guild_id, size in sizes.items():
+            batch = vectors[start : start + size]
+            await store.upsert(
+                [image_record(start + i, v, guild_id=guild_id) for i, v in enumerate(batch)]
+            )
+            start += size
+        assert await store.indexes.catch_up() == {"built": 1, "kept": 1}
+        hits = await store.search(vectors[7], scope=SearchScope(guild_id=1, model_id=MODEL), k=3)
+        assert hits[0].message_id == 1007
+    finally:
+        await store.close()

@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.locks import AdvisoryLock, Purpose
+from retrieval.store.authors import every_guild
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,19 @@ _PAIRS = text(
     "  ORDER BY guild_id, model_id LIMIT 1) AS later"
     ") SELECT guild_id, model_id FROM pairs"
 )
+# The same hops within one guild. Citus runs a recursive query over a distributed table only
+# with the distribution column fixed, so there the guilds come from `author_guilds` and each
+# guild's models from this.
+_MODELS_OF_GUILD = text(
+    "WITH RECURSIVE models AS ("
+    " (SELECT model_id FROM images WHERE guild_id = :guild_id ORDER BY model_id LIMIT 1)"
+    " UNION ALL"
+    " SELECT later.model_id FROM models, LATERAL ("
+    "  SELECT model_id FROM images WHERE guild_id = :guild_id AND model_id > models.model_id"
+    "  ORDER BY model_id LIMIT 1) AS later"
+    ") SELECT model_id FROM models"
+)
+_ON_CITUS = text("SELECT count(*) FROM pg_extension WHERE extname = 'citus'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +223,13 @@ class IndexKeeper:
 
     async def sweep(self) -> None:
         async with self.engine.connect() as conn:
-            pairs = (await conn.execute(_PAIRS)).all()
+            if await conn.scalar(_ON_CITUS):
+                pairs = []
+                for guild_id in (await conn.scalars(every_guild())).all():
+                    models = await conn.scalars(_MODELS_OF_GUILD, {"guild_id": guild_id})
+                    pairs += [(guild_id, model_id) for model_id in models]
+            else:
+                pairs = (await conn.execute(_PAIRS)).all()
         for guild_id, model_id in pairs:
             self._pending.setdefault((guild_id, model_id), None)
         if pairs:
