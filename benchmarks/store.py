@@ -9,7 +9,8 @@ more insert costs once the index exists.
     python -m benchmarks.store --bulk [--help]   (bulk writes and deletes: store_writes.py)
     python -m benchmarks.store --tenants [--help]  (many guilds on PostgreSQL: tenants.py)
 
-Clustered data on purpose: iid Gaussian vectors are HNSW's worst case (FACTS.md).
+Clustered data on purpose: iid Gaussian vectors are HNSW's worst case (recall@10 about 0.05
+at 100k x 512, against 0.97 for clustered vectors at the same settings).
 """
 
 from __future__ import annotations

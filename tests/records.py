@@ -45,7 +45,7 @@ def image_record(
 
 def clustered(n: int, dim: int, rng: np.random.Generator, clusters: int = 40) -> np.ndarray:
     """Unit vectors around random centres: like CLIP embeddings, unlike iid noise (HNSW's worst
-    case, FACTS.md)."""
+    case: at 100k x 512, recall@10 of about 0.05 where clustered data gets 0.97)."""
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     x = centres[rng.integers(0, clusters, n)]
     x += 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
