@@ -33,9 +33,19 @@ class SchemaError(ClipfindError):
 
 
 class StoreUnavailable(ClipfindError):
-    """The database cannot be reached or refused the operation."""
+    """The database cannot be reached or refused the operation.
+
+    ``refused`` is the SQLSTATE of a statement the database understood and refused (a syntax it
+    does not support, a missing table: say, a Citus limitation or a schema behind the code):
+    waiting will not cure it, and an operator must not read it as an outage. None for an
+    outage: no connection, a restart, a deadlock, a lock or resource limit.
+    """
 
     reason = "store_unavailable"
+
+    def __init__(self, message: str, *, refused: str | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class FetchError(ClipfindError):

@@ -473,7 +473,10 @@ class IndexingPipeline:
         """Call the store, waiting out an outage instead of dropping the work in hand."""
 
         def waiting(exc: StoreUnavailable, delay: float) -> None:
-            log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
+            if exc.refused:  # kept and tried again: a fix or an upgrade may let it through
+                log.error("not an outage, %s; retrying in %.1fs", exc, delay)
+            else:
+                log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
 
         return await patiently(
             functools.partial(call, *args), waiting=waiting, give_up=lambda: self._closing

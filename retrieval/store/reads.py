@@ -39,11 +39,36 @@ HIT_COLUMNS = (
 
 @contextlib.contextmanager
 def database_errors() -> Iterator[None]:
-    """Whatever the driver raises when the database is away becomes StoreUnavailable."""
+    """Whatever the driver raises when the database is away becomes StoreUnavailable; so does a
+    statement it refuses, marked as such (``refused``)."""
     try:
         yield
     except (OperationalError, DBAPIError, OSError) as exc:
+        code = sqlstate(exc)
+        if code is not None and not code.startswith(_OUTAGE_CLASSES) and code != "55P03":
+            raise StoreUnavailable(
+                f"the database refused the statement (SQLSTATE {code}): {exc}", refused=code
+            ) from exc
         raise StoreUnavailable(f"database error: {exc}") from exc
+
+
+# SQLSTATE classes of a database that is away or busy rather than refusing: connection (08),
+# rolled back by a deadlock or serialisation (40), resources (53), operator intervention such
+# as a shutdown (57), system errors (58); and 55P03, a lock not available.
+_OUTAGE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL error code behind a driver error, if there is one (SQLite has none)."""
+    for candidate in (
+        getattr(exc, "orig", None),
+        exc.__cause__,
+        getattr(exc.__cause__, "__cause__", None),
+    ):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str) and code:
+            return code
+    return None
 
 
 def as_utc(moment: datetime) -> datetime:
