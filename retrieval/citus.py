@@ -23,6 +23,8 @@ from retrieval.errors import CitusUnavailable, DistributionRefused
 log = logging.getLogger(__name__)
 
 DISTRIBUTION_COLUMN = "guild_id"
+# The installed Citus version; None without the extension.
+CITUS_VERSION = text("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
 
 # Every table of the schema is named once here, so a new one cannot be forgotten (a test
 # compares these with the models).
@@ -94,9 +96,7 @@ async def table_kinds(engine: AsyncEngine) -> dict[str, str]:
 
 async def _require_citus(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
-        installed = await conn.scalar(
-            text("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
-        )
+        installed = await conn.scalar(CITUS_VERSION)
     if installed is None:
         raise CitusUnavailable(
             "this database has no Citus extension: start PostgreSQL with "

@@ -38,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from retrieval.citus import CITUS_VERSION
 from retrieval.locks import AdvisoryLock, Purpose
 from retrieval.store.authors import every_guild
 
@@ -135,7 +136,6 @@ _MODELS_OF_GUILD = text(
     "  ORDER BY model_id LIMIT 1) AS later"
     ") SELECT model_id FROM models"
 )
-_ON_CITUS = text("SELECT count(*) FROM pg_extension WHERE extname = 'citus'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +223,7 @@ class IndexKeeper:
 
     async def sweep(self) -> None:
         async with self.engine.connect() as conn:
-            if await conn.scalar(_ON_CITUS):
+            if await conn.scalar(CITUS_VERSION) is not None:
                 pairs = []
                 for guild_id in (await conn.scalars(every_guild())).all():
                     models = await conn.scalars(_MODELS_OF_GUILD, {"guild_id": guild_id})

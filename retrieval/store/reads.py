@@ -20,6 +20,7 @@ from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
 from retrieval.store import authors
 from retrieval.store.base import SearchHit
+from retrieval.store.deletes import routed
 
 HIT_COLUMNS = (
     IndexedImage.id,
@@ -216,4 +217,4 @@ class SharedReads:
 def in_guild(guild_id: int | None) -> list:
     """The condition that routes a statement to one server's rows, when the caller knows it:
     on Citus it decides which machine answers; elsewhere it is one more indexed column."""
-    return [] if guild_id is None else [IndexedImage.guild_id == guild_id]
+    return routed(IndexedImage, guild_id)
