@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -220,3 +221,31 @@ def run_version(code: Path, module: str, args: Sequence[str]) -> dict:
         sys.stderr.write(done.stderr)
         done.check_returncode()
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# One image row as the raw writers below take it: guild, channel, message, image key, author,
+# posted_at ('YYYY-MM-DD HH:MM:SS.ffffff', as SQLite stores it), file name, source URL, content
+# hash, model id, float32 vector bytes.
+RAW_INSERT = (
+    "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
+    "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
+    "VALUES (?, ?, ?, ?, 'attachment', ?, ?, ?, ?, 'image/png', ?, ?, ?)"
+)
+
+
+def raw_sqlite(path: Path) -> sqlite3.Connection:
+    """A new clipfind SQLite database at ``path``, opened for writing rows as fast as SQLite
+    takes them (``RAW_INSERT`` with executemany): a large instance is set up in seconds rather
+    than through the store."""
+    from retrieval.db import create_engine, ensure_schema
+
+    async def schema() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        await ensure_schema(engine)
+        await engine.dispose()
+
+    asyncio.run(schema())
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db

@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import shutil
-import sqlite3
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import ROOT, export, run_version
+from benchmarks.harness import RAW_INSERT, ROOT, export, raw_sqlite, run_version
 
 GUILD, MODEL = 1, "bench-model"
 CHANNELS = 31
@@ -55,24 +54,9 @@ def vectors(start: int, count: int, centres: np.ndarray, rng: np.random.Generato
 
 def build(path: Path, rows: int, dim: int) -> np.ndarray:
     """The database, written as fast as SQLite takes it; returns a query vector."""
-    from retrieval.db import create_engine, ensure_schema
-
-    async def schema() -> None:
-        engine = create_engine(f"sqlite+aiosqlite:///{path}")
-        await ensure_schema(engine)
-        await engine.dispose()
-
-    asyncio.run(schema())
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(max(10, rows // 100), dim)).astype(np.float32)
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    sql = (
-        "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
-        "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
-        "VALUES (?, ?, ?, ?, 'attachment', ?, ?, ?, ?, 'image/png', ?, ?, ?)"
-    )
+    db = raw_sqlite(path)
     query = None
     for start in range(0, rows, WRITE_BATCH):
         x = vectors(start, min(WRITE_BATCH, rows - start), centres, rng)
@@ -100,7 +84,7 @@ def build(path: Path, rows: int, dim: int) -> np.ndarray:
                 )
             )
         with db:
-            db.executemany(sql, values)
+            db.executemany(RAW_INSERT, values)
         print(f"  {start + len(x):,} rows written", end="\r", flush=True)
     db.close()
     print()

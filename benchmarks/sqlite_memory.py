@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.harness import RAW_INSERT, raw_sqlite
 
 GUILD, MODEL, DIM = 1, "bench-model", 512
 CHANNELS = 50  # one channel holds 2% of a guild's rows
@@ -68,22 +69,7 @@ def queries(x: np.ndarray, count: int) -> np.ndarray:
 
 
 def build(path: Path, guilds: dict[int, int]) -> None:
-    from retrieval.db import create_engine, ensure_schema
-
-    async def schema() -> None:
-        engine = create_engine(f"sqlite+aiosqlite:///{path}")
-        await ensure_schema(engine)
-        await engine.dispose()
-
-    asyncio.run(schema())
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    sql = (
-        "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
-        "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
-        "VALUES (?, ?, ?, ?, 'attachment', ?, ?, ?, ?, 'image/png', ?, ?, ?)"
-    )
+    db = raw_sqlite(path)
     for guild_id, rows in guilds.items():
         x = guild_vectors(guild_id, rows)
         for start in range(0, rows, WRITE_BATCH):
@@ -106,7 +92,7 @@ def build(path: Path, guilds: dict[int, int]) -> None:
                     )
                 )
             with db:
-                db.executemany(sql, values)
+                db.executemany(RAW_INSERT, values)
     db.close()
 
 
