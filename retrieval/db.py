@@ -67,11 +67,20 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    await _alembic(engine, command.upgrade, revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Back to ``revision`` (tests of the migrations; an operator uses `alembic downgrade`)."""
+    await _alembic(engine, command.downgrade, revision)
+
+
+async def _alembic(engine: AsyncEngine, step, revision: str) -> None:
     config = alembic_config(engine.url.render_as_string(hide_password=False))
 
     def run(sync_connection) -> None:
         config.attributes["connection"] = sync_connection
-        command.upgrade(config, revision)
+        step(config, revision)
 
     async with engine.begin() as conn:
         await conn.run_sync(run)

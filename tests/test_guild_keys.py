@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from alembic import command
 from sqlalchemy import inspect, select, text
 
-from retrieval.db import alembic_config, current_revision, upgrade
+from retrieval.db import current_revision, downgrade, upgrade
 from retrieval.models import AuthorGuild
 from retrieval.store import open_store
 from tests.records import MODEL
@@ -19,17 +18,6 @@ from tests.records import image_record as record
 
 # (guild, channel, message, key, author): member 70 posts in guilds 1 and 2, member 71 in 1.
 ROWS = [(1, 10, 500, 5, 70), (1, 10, 501, 6, 71), (2, 20, 502, 7, 70), (2, 20, 502, 8, 70)]
-
-
-async def _downgrade(engine, revision: str) -> None:
-    config = alembic_config(engine.url.render_as_string(hide_password=False))
-
-    def run(sync_connection) -> None:
-        config.attributes["connection"] = sync_connection
-        command.downgrade(config, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
 
 
 async def _keys(engine) -> tuple[list[str], list[list[str]]]:
@@ -71,7 +59,7 @@ async def _insert_at_0005(engine) -> None:
 
 
 async def test_upgrade_from_0005_keeps_rows_and_lists_members_servers(store_engine):
-    await _downgrade(store_engine, "0005")
+    await downgrade(store_engine, "0005")
     assert await _keys(store_engine) == (["id"], [["message_id", "image_key"]])
     await _insert_at_0005(store_engine)
 
@@ -115,7 +103,7 @@ async def test_downgrade_to_0005_keeps_rows(store_engine):
         await store.upsert([record(i, np.ones(4, np.float32)) for i in range(3)])
     finally:
         await store.close()
-    await _downgrade(store_engine, "0005")
+    await downgrade(store_engine, "0005")
     assert await _keys(store_engine) == (["id"], [["message_id", "image_key"]])
     async with store_engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM images")) == 3

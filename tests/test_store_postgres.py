@@ -296,17 +296,9 @@ async def test_upgrade_drops_the_old_index_per_model(postgres_server):
         await store.close()
         async with engine.connect() as conn:
             assert (await index_state(conn, LARGE, MODEL)).valid
-        from alembic import command
+        from retrieval.db import downgrade
 
-        from retrieval.db import alembic_config
-
-        def down(sync) -> None:
-            config = alembic_config(engine.url.render_as_string(hide_password=False))
-            config.attributes["connection"] = sync
-            command.downgrade(config, "0005")
-
-        async with engine.begin() as conn:
-            await conn.run_sync(down)
+        await downgrade(engine, "0005")
         async with engine.connect() as conn:
             assert await index_state(conn, LARGE, MODEL) is None
     finally:
