@@ -415,14 +415,15 @@ class PgVectorStore(SharedReads, SharedDeletes):
             if budget is None:
                 self.indexes.note(scope.guild_id, scope.model_id, dim)
                 rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
-                return [hit(row, 1.0 - float(row.distance)) for row in rows]
-            statement = _search(query, scope, k, indexed=True, halfvec=self.layout.halfvec)
-            rows = (await conn.execute(*statement)).all()
-            if len(rows) < k and _filtered(scope):
-                # The walk ran out of budget before k rows passed the filter: should not happen
-                # with the budget above, but an answer short of rows that exist would be wrong.
-                self.two_scans += 1
-                rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
+            else:
+                statement = _search(query, scope, k, indexed=True, halfvec=self.layout.halfvec)
+                rows = (await conn.execute(*statement)).all()
+                if len(rows) < k and _filtered(scope):
+                    # The walk ran out of budget before k rows passed the filter: should not
+                    # happen with the budget above, but an answer short of rows that exist
+                    # would be wrong.
+                    self.two_scans += 1
+                    rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
         return [hit(row, 1.0 - float(row.distance)) for row in rows]
 
     async def vectors(
