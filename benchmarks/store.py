@@ -8,6 +8,7 @@ more insert costs once the index exists.
     python -m benchmarks.store [--n 100000] [--dim 512] [--queries 100]
     python -m benchmarks.store --bulk [--help]   (bulk writes and deletes: store_writes.py)
     python -m benchmarks.store --tenants [--help]  (many guilds on PostgreSQL: tenants.py)
+    python -m benchmarks.store --vector-storage [--help]  (vectors in the row: vector_storage.py)
 
 Clustered data on purpose: iid Gaussian vectors are HNSW's worst case (recall@10 about 0.05
 at 100k x 512, against 0.97 for clustered vectors at the same settings).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import shutil
 import sys
 import tempfile
@@ -220,11 +222,11 @@ async def main(n: int, dim: int, count: int, k: int, shared_buffers: str) -> Non
 
 
 if __name__ == "__main__":
-    if "--tenants" in sys.argv:  # its own options (and --help)
-        from benchmarks import tenants
-
-        tenants.main([a for a in sys.argv[1:] if a != "--tenants"])
-        raise SystemExit
+    for flag, name in (("--tenants", "tenants"), ("--vector-storage", "vector_storage")):
+        if flag in sys.argv:  # its own options (and --help)
+            module = importlib.import_module(f"benchmarks.{name}")
+            module.main([a for a in sys.argv[1:] if a != flag])
+            raise SystemExit
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="vectors (default 100000)")
     parser.add_argument("--dim", type=int, default=512)

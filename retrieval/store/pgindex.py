@@ -55,9 +55,8 @@ class Layout:
     """Where a guild's search stops being exact (benchmarks/RESULTS.md, "Many guilds")."""
 
     # From this many vectors of one model a guild gets its own HNSW index. An exact search
-    # reads every row of the guild, about 10 us each for 512-d (the vectors are TOASTed): 5,000
-    # rows took 46-52 ms at p95 on the 2-core benchmark machine, where a walk of their own
-    # graph takes 5-20 ms.
+    # reads every row of the guild: about 1.5 us each for 512-d vectors kept in the row
+    # (revision 0008; 4,000 scattered rows in 5.6 ms at p50), 5 us when they were TOASTed.
     min_rows: int = 2_000
     # An indexed guild that shrinks under this loses its index (hysteresis: no rebuild loops).
     drop_below: int = 500
