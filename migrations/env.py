@@ -24,6 +24,9 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # One transaction per revision: one that builds an index CONCURRENTLY commits what came
+        # before it, so the revisions before it must be whole.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -33,8 +36,9 @@ async def _run_with_new_engine(url: str) -> None:
     from retrieval.db import create_engine
 
     engine = create_engine(url)
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:  # Alembic begins and commits (see _configure)
         await conn.run_sync(_configure)
+        await conn.commit()
     await engine.dispose()
 
 

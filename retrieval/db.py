@@ -82,8 +82,11 @@ async def _alembic(engine: AsyncEngine, step, revision: str) -> None:
         config.attributes["connection"] = sync_connection
         step(config, revision)
 
-    async with engine.begin() as conn:
+    # A connection outside a transaction: Alembic begins and commits its own, which a migration
+    # with an autocommit block (CREATE INDEX CONCURRENTLY) must be able to commit early.
+    async with engine.connect() as conn:
         await conn.run_sync(run)
+        await conn.commit()
 
 
 async def check_schema(engine: AsyncEngine) -> str | None:
