@@ -101,7 +101,9 @@ class IndexedImage(Base):
         # Message ids grow with time: live posts append to this index.
         UniqueConstraint("message_id", "image_key", "guild_id"),
         Index("ix_images_guild_model", "guild_id", "model_id"),
-        Index("ix_images_channel", "channel_id"),
+        # Guild first: a filter on one channel of a large guild must not make the planner AND
+        # in a bitmap of the whole guild (migration 0010).
+        Index("ix_images_guild_channel", "guild_id", "channel_id"),
         Index("ix_images_author", "guild_id", "author_id"),
         Index("ix_images_content", "content_hash", "model_id"),
         # Only rows in threads: most rows have no parent, and an index whose entries are mostly

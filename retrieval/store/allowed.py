@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, literal, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, literal, or_, select, tuple_
 from sqlalchemy.sql import Select
 
 from retrieval.models import ExcludedChannel, IndexedImage, IndexJob, OptOut
@@ -62,13 +62,13 @@ def stored_permitted(*, per_row: bool = False) -> ColumnElement[bool]:
 
 def forbidden() -> list[Callable[[type], ColumnElement[bool]]]:
     """Rows the policy forbids, of the images or the jobs table (same columns), as separate
-    conditions: each is answered through its own index (author, channel, parent) from the small
-    policy tables, never a full scan."""
-    excluded = select(ExcludedChannel.channel_id)
+    conditions: each is answered through its own index (author, guild and channel, parent) from
+    the small policy tables, never a full scan."""
+    excluded = select(ExcludedChannel.guild_id, ExcludedChannel.channel_id)
     return [
         lambda t: t.author_id.in_(select(OptOut.user_id)),
-        lambda t: t.channel_id.in_(excluded),
-        lambda t: t.parent_id.in_(excluded),
+        lambda t: tuple_(t.guild_id, t.channel_id).in_(excluded),
+        lambda t: tuple_(t.guild_id, t.parent_id).in_(excluded),
     ]
 
 
