@@ -6,9 +6,13 @@ takes its jobs, as the pipeline's does), then single live writes (one image and 
 call, on the now full table), then every row deleted with ``store.delete_messages`` one batch at
 a time. On SQLite the guild's matrix is loaded first, as in a server people search, so writes
 and deletes keep it up to date. PostgreSQL is measured without its HNSW index (a first
-backfill, before anyone searched); ``--hnsw`` builds it first.
+backfill, before anyone searched); ``--hnsw`` builds it first. ``--writers 1,2`` stores with
+that many batches in flight at once (the pipeline's encode slots overlap their writes, and
+several workers write at once): HNSW insertion is CPU work in the server, so it scales with the
+server's cores and the writers that keep them busy.
 
     python -m benchmarks.store --bulk [--n 100000] [--batches 500,2000] [--baseline main]
+    python -m benchmarks.store --bulk --databases postgres --hnsw --writers 1,2
 
 ``--baseline REV`` measures that git revision's store too (exported with ``git archive``), in
 its own process, side by side on the same PostgreSQL server.
@@ -68,7 +72,7 @@ async def queued(engine, jobs, refs) -> list[int]:
     return [by_message[ref.message_id] for ref in refs]
 
 
-async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool) -> dict:
+async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool, writers: int = 1) -> dict:
     """One database, one batch size: rows/s written and deleted, ms per live write."""
     from retrieval.db import create_engine, ensure_schema
     from retrieval.indexing import JobQueue
@@ -96,10 +100,14 @@ async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool) -> dict:
         records, refs = records_and_refs(0, x[:n])
         job_ids = await queued(engine, jobs, refs)
         started = time.perf_counter()
-        written = 0
-        for start in range(0, n, batch):
-            end = start + batch
-            written += await store.upsert(records[start:end], job_ids=job_ids[start:end])
+        slots = asyncio.Semaphore(writers)
+
+        async def write(start: int) -> int:
+            async with slots:
+                end = start + batch
+                return await store.upsert(records[start:end], job_ids=job_ids[start:end])
+
+        written = sum(await asyncio.gather(*(write(start) for start in range(0, n, batch))))
         out["insert_rows_s"] = n / (time.perf_counter() - started)
         assert written == n, (written, n)
 
@@ -145,13 +153,16 @@ async def fresh_database(server_url: str) -> str:
 async def measure_all(pg_url: str, args: argparse.Namespace) -> dict:
     results: dict = {}
     for batch in [int(b) for b in args.batches.split(",")]:
-        for db in args.databases.split(","):
-            with tempfile.TemporaryDirectory() as tmp:
-                if db == "sqlite":
-                    url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-                else:
-                    url = await fresh_database(pg_url)
-                results[f"{db}/{batch}"] = await measure(url, args.n, args.dim, batch, args.hnsw)
+        for writers in [int(w) for w in args.writers.split(",")]:
+            for db in args.databases.split(","):
+                with tempfile.TemporaryDirectory() as tmp:
+                    if db == "sqlite":
+                        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+                    else:
+                        url = await fresh_database(pg_url)
+                    results[f"{db}/{batch}/{writers}"] = await measure(
+                        url, args.n, args.dim, batch, args.hnsw, writers
+                    )
     return results
 
 
@@ -167,6 +178,7 @@ def run_version(code: Path, args: argparse.Namespace, pg_url: str) -> dict:
         f"--dim={args.dim}",
         f"--batches={args.batches}",
         f"--databases={args.databases}",
+        f"--writers={args.writers}",
         *(["--hnsw"] if args.hnsw else []),
     ]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -190,18 +202,20 @@ def report(args: argparse.Namespace, results: dict[str, dict], load: str) -> Non
     print("store.delete_messages; PostgreSQL " + ("with" if args.hnsw else "without") + " HNSW")
     print(f"load average (1 min) before and after: {load}\n")
     ratio = len(names) == 2
-    print(f"{'':34}" + "".join(f"{name:>12}" for name in names) + ("       ratio" if ratio else ""))
+    print(f"{'':46}" + "".join(f"{name:>12}" for name in names) + ("       ratio" if ratio else ""))
     labels = {
-        "insert_rows_s": "{db} insert, batches of {batch}",
+        "insert_rows_s": "{db} insert, batches of {batch}{by}",
         "delete_rows_s": "{db} delete, batches of {batch}",
         "live_ms": "{db} one live write, ms",
     }
     for case in next(iter(results.values())):
-        db, batch = case.split("/")
+        db, batch, writers = case.split("/")
+        by = f", {writers} writers" if writers != "1" else ""
         for metric, label in labels.items():
             values = [results[name][case][metric] for name in names]
             fmt = "{:>12,.2f}" if metric == "live_ms" else "{:>12,.0f}"
-            line = f"{label.format(db=db, batch=batch):34}" + "".join(fmt.format(v) for v in values)
+            line = f"{label.format(db=db, batch=batch, by=by):46}"
+            line += "".join(fmt.format(v) for v in values)
             if ratio:  # how many times better the second is than the first
                 better = values[0] / values[1] if metric == "live_ms" else values[1] / values[0]
                 line += f"{better:>11.1f}x"
@@ -215,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="500,2000", help="batch sizes, comma-separated")
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--hnsw", action="store_true", help="build PostgreSQL's index first")
+    parser.add_argument("--writers", default="1", help="batches written at once, comma-separated")
     parser.add_argument("--baseline", help="a git revision to measure too, e.g. main")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # PostgreSQL URL, child process
     args = parser.parse_args(argv)
