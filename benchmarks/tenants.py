@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,13 @@ from retrieval.store import ImageRecord, SearchScope
 from retrieval.store.allowed import RECORD_COLUMNS
 from retrieval.store.pgcopy import copy_payload
 from retrieval.store.pgindex import Layout, index_name, sql_literal
-from retrieval.store.postgres import EF_SEARCH, OVERFETCH, PgVectorStore
+from retrieval.store.postgres import (
+    EF_SEARCH,
+    OVERFETCH,
+    PgVectorStore,
+    search_settings,
+    search_statement,
+)
 from tests.records import clustered, exact_top, near
 
 MODEL = "bench-model"
@@ -191,6 +198,20 @@ async def search_figures(store, guild_id: int, x: np.ndarray, count: int) -> dic
                 recalls.append(recall(hits, truth) if truth else 1.0)
             out[(name, k)] = (np.percentile(latencies, 95), float(np.mean(recalls)))
     return out
+
+
+async def explained(store: PgVectorStore, guild_id: int, x: np.ndarray) -> list[str]:
+    """EXPLAIN ANALYZE of one 2% channel search of the guild at k=100, planned as the store
+    plans it (vector literals elided)."""
+    scope = SearchScope(guild_id, MODEL, channel_ids=frozenset({guild_id * 1000}))
+    query = near(x, np.random.default_rng(guild_id + 1), 1)[0]
+    async with store.engine.begin() as conn:
+        budget = await store._plan(conn, scope, 100)
+        await conn.execute(search_settings(budget))
+        stmt = search_statement(query, scope=scope, k=100, indexed=budget is not None)
+        sql = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        lines = (await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars()
+        return [re.sub(r"'\[[^\]]*\]'", "'[…]'", line) for line in lines]
 
 
 async def sizes_of(conn, names: list[str]) -> int:
@@ -388,6 +409,7 @@ async def run(args) -> None:
             f"load average (1 min) as the searches began and ended:"
             f" {searches_from:.2f}, {os.getloadavg()[0]:.2f}"
         )
+        plan = await explained(store, 1, kept[1]) if args.explain else []
         async with engine.connect() as conn:
             table = int(await conn.scalar(text("SELECT pg_table_size('images')")))
             names = (
@@ -418,6 +440,9 @@ async def run(args) -> None:
             + "".join(f"{p:>9.1f} / {r:.3f}" for p, r in cells)
         )
     print(f"searches that ran two scans: {store.two_scans}")
+    if plan:
+        print("\nthe largest guild, one channel (2%), k=100: EXPLAIN (ANALYZE, BUFFERS)")
+        print("\n".join(plan))
     per_m = 1e6 / args.n
     print(
         f"\ntable (heap + TOAST) {table / 2**20:,.0f} MB = {table * per_m / 2**30:.2f} GB per"
@@ -475,6 +500,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--compare-layouts", action="store_true")
     parser.add_argument(
         "--no-precision", action="store_true", help="skip the float32 index and column copies"
+    )
+    parser.add_argument(
+        "--explain", action="store_true", help="the plan of the largest guild's channel search"
     )
     parser.add_argument("--storage", choices=["main", "plain", "external"], help="embedding's")
     parser.add_argument(
