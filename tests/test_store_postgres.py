@@ -19,7 +19,7 @@ from sqlalchemy import text
 from retrieval.db import create_engine
 from retrieval.errors import StoreUnavailable
 from retrieval.store import ImageRecord, SearchScope
-from retrieval.store.pgindex import Layout, index_ddl, index_name, index_state
+from retrieval.store.pgindex import BUILD_MEMORY, Layout, index_ddl, index_name, index_state
 from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
 from tests.records import clustered, exact_top, image_record, near
 
@@ -305,3 +305,73 @@ async def test_upgrade_drops_the_old_index_per_model(postgres_server):
         await engine.dispose()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_closing_the_store_during_a_build_stops_it_promptly(postgres_engine):
+    """A bot stopped while its keeper builds an index: close() returns within seconds, the
+    server stops building, no connection goes back to the pool with the build's settings, and
+    the next store drops the INVALID leftover and builds the index."""
+    x = clustered(12_000, DIM, np.random.default_rng(12))
+    layout = Layout(min_rows=500, drop_below=100, recheck_s=0)
+    store = PgVectorStore(postgres_engine, layout=layout, sweep=False)
+    store.indexes.note = lambda *args: None  # loaded first, then the keeper is asked once
+    await store.upsert([record(i, v) for i, v in enumerate(x)])
+    del store.indexes.note
+    store.indexes.note(LARGE, MODEL, DIM)
+    async with postgres_engine.connect() as conn:
+        while not await conn.scalar(PROGRESS):
+            await conn.rollback()
+            await asyncio.sleep(0.01)
+    closing = asyncio.create_task(store.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    if not done:
+        closing.cancel()  # a second cancellation frees the keeper parked by the first
+        pytest.fail("close() did not return within 5 s of cancelling a build")
+    await closing
+    async with postgres_engine.connect() as conn:
+        for _ in range(100):  # the server notices the cancellation within moments
+            if not await conn.scalar(PROGRESS):
+                break
+            await conn.rollback()
+            await asyncio.sleep(0.05)
+        assert not await conn.scalar(PROGRESS), "the build went on after close()"
+        leftover = await index_state(conn, LARGE, MODEL)
+        assert leftover is None or not leftover.valid
+    # Every pooled connection has the server's default build memory, not the keeper's.
+    held = [await postgres_engine.connect() for _ in range(3)]
+    try:
+        for conn in held:
+            assert await conn.scalar(text("SHOW maintenance_work_mem")) != BUILD_MEMORY
+    finally:
+        for conn in held:
+            await conn.close()
+    again = PgVectorStore(postgres_engine, layout=layout, sweep=False)
+    assert await again.indexes.check(LARGE, MODEL) == "built"
+    async with postgres_engine.connect() as conn:
+        assert (await index_state(conn, LARGE, MODEL)).valid
+    await again.close()
+
+
+async def test_a_database_error_raised_by_a_cancellation_still_ends_the_keeper():
+    """A statement run while cleaning up after a cancellation fails with a database error; the
+    keeper's failure handling must not take that for a failure to retry and carry on."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from retrieval.store.pgindex import _logged
+
+    parked = asyncio.Event()
+
+    async def keeper_pass():
+        with _logged("a pass"):
+            try:
+                parked.set()
+                await asyncio.sleep(60)
+            finally:
+                raise SQLAlchemyError("Can't reconnect until invalid transaction is rolled back")
+        await asyncio.sleep(60)  # where a swallowed cancellation would leave the task
+
+    task = asyncio.create_task(keeper_pass())
+    await parked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=2)

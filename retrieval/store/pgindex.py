@@ -18,7 +18,9 @@ the guilds they touch, and a background task counts the noted guilds' rows (capp
 B-tree) and builds what is missing, ``CONCURRENTLY`` on an autocommit connection so writes go
 on during the build. One build at a time across every process sharing the database (an advisory
 lock); a process that finds the lock taken tries again later. A failed concurrent build leaves an
-INVALID index behind; the next pass drops it and builds again, with a log line. Until an index
+INVALID index behind; the next pass drops it and builds again, with a log line. Closing the store
+cancels a running build at once (the server stops it; its connection is closed, never pooled
+with the build's settings), so a bot stopped mid-build exits promptly. Until an index
 is valid, searches of that guild answer exactly. Each process sweeps the existing guilds once at
 start (a loose index scan of the B-tree, one capped count per guild), so large guilds nobody
 writes to still get theirs, e.g. after the upgrade that dropped the old per-model indexes.
@@ -297,15 +299,22 @@ class IndexKeeper:
                 return "kept"
             started = time.perf_counter()
             log.info("building %s for guild %d, model %s (dim %d)", name, guild_id, model_id, dim)
-            await conn.execute(
-                text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": BUILD_MEMORY}
-            )
             try:
+                # Session settings: CONCURRENTLY runs outside any transaction, so no SET LOCAL.
+                await conn.execute(
+                    text("SELECT set_config('maintenance_work_mem', :m, false)"),
+                    {"m": BUILD_MEMORY},
+                )
                 await conn.execute(
                     text(index_ddl(guild_id, model_id, dim, halfvec=self.layout.halfvec))
                 )
-            finally:
-                await conn.execute(text("RESET maintenance_work_mem"))
+            except BaseException:
+                # Cancelled (the store closing) or failed: the session keeps the build's memory
+                # setting, and after a cancellation it can run nothing more, so it is closed,
+                # never pooled. Its INVALID leftover is dropped by the next build.
+                await _discard(conn)
+                raise
+            await conn.execute(text("RESET maintenance_work_mem"))
             # The planner weighs the new index against the B-tree by row estimates.
             await conn.execute(text("ANALYZE images"))
             log.info("built %s in %.1f s", name, time.perf_counter() - started)
@@ -335,7 +344,20 @@ def _logged(what: str):
     try:
         yield
     except (SQLAlchemyError, OSError) as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancelled statement can surface as a database error (one run while cleaning up
+            # after it); swallowed, it would leave close() waiting for a task that never ends.
+            raise asyncio.CancelledError(f"{what}: cancelled") from exc
         log.warning("%s failed: %s; will try again", what, exc)
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Close a connection's server session instead of returning it to the pool."""
+    try:
+        await conn.invalidate()
+    except Exception as exc:  # closing is all that is left to do; the pool replaces it
+        log.warning("could not close a connection after an index build: %s", exc)
 
 
 __all__ = [
