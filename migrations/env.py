@@ -24,6 +24,9 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # A migration with an autocommit block (CREATE INDEX CONCURRENTLY) commits the ones
+        # before it; one transaction each keeps every revision whole either way.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -33,7 +36,7 @@ async def _run_with_new_engine(url: str) -> None:
     from retrieval.db import create_engine
 
     engine = create_engine(url)
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:  # Alembic begins and commits its transactions
         await conn.run_sync(_configure)
     await engine.dispose()
 

@@ -82,7 +82,9 @@ async def _alembic(engine: AsyncEngine, step, revision: str) -> None:
         config.attributes["connection"] = sync_connection
         step(config, revision)
 
-    async with engine.begin() as conn:
+    # Not begun here: Alembic runs each migration in a transaction of its own, which a
+    # migration that must build an index outside any transaction (an autocommit block) commits.
+    async with engine.connect() as conn:
         await conn.run_sync(run)
 
 

@@ -100,7 +100,8 @@ class IndexedImage(Base):
     __table_args__ = (
         # Message ids grow with time: live posts append to this index.
         UniqueConstraint("message_id", "image_key", "guild_id"),
-        Index("ix_images_guild_model", "guild_id", "model_id"),
+        # A server's rows of a model, or those of a date range (a search with after:/before:).
+        Index("ix_images_guild_model_posted", "guild_id", "model_id", "posted_at"),
         Index("ix_images_channel", "channel_id"),
         Index("ix_images_author", "guild_id", "author_id"),
         Index("ix_images_content", "content_hash", "model_id"),

@@ -1,8 +1,9 @@
 """Per-guild HNSW indexes on PostgreSQL, built in the background.
 
 A guild under ``Layout.min_rows`` vectors of a model is searched exactly, through the B-tree on
-``(guild_id, model_id)``: that reads only its own rows, which at that size is as fast as a graph
-walk and always exact. A guild above it gets its own partial index::
+``(guild_id, model_id, posted_at)``: that reads only its own rows (of the dates asked, if any),
+which at that size is as fast as a graph walk and always exact. A guild above it gets its own
+partial index::
 
     CREATE INDEX CONCURRENTLY ix_images_ann_<guild>_<model hash> ON images
         USING hnsw ((embedding::halfvec(dim)) halfvec_cosine_ops)

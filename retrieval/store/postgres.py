@@ -1,9 +1,11 @@
 """The PostgreSQL store: exact search for small guilds, a per-guild HNSW index for large ones.
 
 The layout (retrieval/store/pgindex.py): a guild with fewer than ``Layout.min_rows`` vectors of
-a model is searched exactly through the ``(guild_id, model_id)`` B-tree; a larger one through its
-own partial HNSW index over half precision vectors, built in the background. Every search runs
-one scan: the plan is chosen before the query, never by trying one and falling back.
+a model is searched exactly through the ``(guild_id, model_id, posted_at)`` B-tree; a larger one
+through its own partial HNSW index over half precision vectors, built in the background. Every
+search runs one scan: the plan is chosen before the query, never by trying one and falling back.
+A filtered search of an indexed guild that few rows pass reads just those rows, through the
+B-tree of its filter (a channel's, an author's, or this one for a date range).
 
 The ``embedding`` column has no fixed dimension (it depends on the configured model), and pgvector
 can only index a fixed one, so indexes are on ``embedding::halfvec(dim)``; searches repeat that
