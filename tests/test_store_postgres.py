@@ -375,3 +375,42 @@ async def test_a_database_error_raised_by_a_cancellation_still_ends_the_keeper()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=2)
+
+
+async def test_deleting_a_guild_drops_its_indexes_and_no_other(postgres_engine):
+    """A purged guild's HNSW index goes with its rows (in the background, after the delete);
+    guild 11's stays, though its index's name begins like guild 1's."""
+    x = clustered(1200, DIM, np.random.default_rng(13))
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    for guild in (LARGE, 11):
+        await store.upsert([record(i, v, guild_id=guild) for i, v in enumerate(x)])
+    await store.indexes.settle()
+    async with postgres_engine.connect() as conn:
+        assert (await index_state(conn, LARGE, MODEL)).valid
+        assert (await index_state(conn, 11, MODEL)).valid
+    assert await store.delete_guild(LARGE) == len(x)
+    await asyncio.wait_for(store.indexes.settle(), timeout=10)
+    async with postgres_engine.connect() as conn:
+        assert await index_state(conn, LARGE, MODEL) is None
+        assert (await index_state(conn, 11, MODEL)).valid
+    await store.close()
+
+
+async def test_the_sweep_drops_indexes_left_by_a_purge_that_never_finished(postgres_engine):
+    """The process stopped between a guild's delete and the drop of its index: the next
+    process's start-up sweep finds the index without rows and drops it."""
+    x = clustered(1200, DIM, np.random.default_rng(14))
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    await store.upsert([record(i, v) for i, v in enumerate(x)])
+    await store.upsert([record(i, v, guild_id=SMALL) for i, v in enumerate(x[:10])])
+    await store.indexes.settle()
+    await store.close()
+    async with postgres_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM images WHERE guild_id = :g"), {"g": LARGE})
+        assert (await index_state(conn, LARGE, MODEL)).valid
+    restarted = PgVectorStore(postgres_engine, layout=LAYOUT)  # sweeps at its first search
+    await restarted.search(x[0], scope=SearchScope(SMALL, MODEL), k=1)
+    await asyncio.wait_for(restarted.indexes.settle(), timeout=10)
+    async with postgres_engine.connect() as conn:
+        assert await index_state(conn, LARGE, MODEL) is None
+    await restarted.close()

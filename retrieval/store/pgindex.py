@@ -21,10 +21,13 @@ on during the build. One build at a time across every process sharing the databa
 lock); a process that finds the lock taken tries again later. A failed concurrent build leaves an
 INVALID index behind; the next pass drops it and builds again, with a log line. Closing the store
 cancels a running build at once (the server stops it; its connection is closed, never pooled
-with the build's settings), so a bot stopped mid-build exits promptly. Until an index
-is valid, searches of that guild answer exactly. Each process sweeps the existing guilds once at
-start (a loose index scan of the B-tree, one capped count per guild), so large guilds nobody
-writes to still get theirs, e.g. after the upgrade that dropped the old per-model indexes.
+with the build's settings), so a bot stopped mid-build exits promptly. A guild's purge (the bot
+left it) has its indexes dropped, CONCURRENTLY, after the delete's transaction; the start-up
+sweep drops any index whose guild has no rows of its model left (a drop that never ran). Until
+an index is valid, searches of that guild answer exactly. Each process sweeps the existing
+guilds once at start (a loose index scan of the B-tree, one capped count per guild), so large
+guilds nobody writes to still get theirs, e.g. after the upgrade that dropped the old per-model
+indexes.
 """
 
 from __future__ import annotations
@@ -90,6 +93,14 @@ def index_name(guild_id: int, model_id: str) -> str:
     return f"{PREFIX}{int(guild_id)}_{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
 
 
+def guild_pattern(guild_id: int | None) -> str:
+    """A regular expression for the names of a guild's indexes, every model's, and no other
+    guild's (a LIKE pattern would let guild 1's take in guild 11's: _ matches any character);
+    for None, of every guild's."""
+    guild = "[0-9]+" if guild_id is None else str(int(guild_id))
+    return f"^{PREFIX}{guild}_[0-9a-f]{{12}}$"
+
+
 def vector_type(dim: int, *, halfvec: bool) -> str:
     return f"{'halfvec' if halfvec else 'vector'}({int(dim)})"
 
@@ -114,6 +125,10 @@ _CAPPED_COUNT = text(
 _DIMENSION = text(
     "SELECT vector_dims(embedding) FROM images WHERE guild_id = :guild_id"
     " AND model_id = :model_id LIMIT 1"
+)
+_NAMED = text(
+    "SELECT indexname FROM pg_indexes WHERE tablename = 'images'"
+    " AND schemaname = current_schema() AND indexname ~ :pattern"
 )
 # Distinct (guild, model) pairs by hopping along the B-tree: one index probe per pair, not a
 # read of every row.
@@ -177,6 +192,8 @@ class IndexKeeper:
         self._changed = changed
         self._sweep = sweep
         self._pending: dict[tuple[int, str], int | None] = {}  # (guild, model) -> dim if known
+        # Regular expressions naming indexes nothing searches any more (a purged guild's).
+        self._unwanted: set[str] = set()
         self._checked: dict[tuple[int, str], float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -196,6 +213,14 @@ class IndexKeeper:
         self._wake.set()
         self._start()
 
+    def purged(self, guild_id: int) -> None:
+        """A guild's rows were all deleted (the bot left it): have its indexes dropped, whatever
+        their model. Never blocks, never fails the caller."""
+        self._unwanted.add(guild_pattern(guild_id))
+        self.idle.clear()
+        self._wake.set()
+        self._start()
+
     def _start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
@@ -208,10 +233,17 @@ class IndexKeeper:
             with _logged("sweeping guilds for HNSW indexes"):
                 await self.sweep()
         while True:
-            if not self._pending:
+            if not self._pending and not self._unwanted:
                 self.idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+            if self._unwanted:
+                pattern = self._unwanted.pop()
+                with _logged(f"dropping the HNSW indexes named {pattern}"):
+                    if await self.drop(pattern) == "busy":
+                        await asyncio.sleep(5)
+                        self._unwanted.add(pattern)
+                continue
             (guild_id, model_id), dim = self._pending.popitem()
             with _logged(f"keeping the HNSW index of guild {guild_id} ({model_id})"):
                 # Counted again by the next write or search should this pass fail.
@@ -226,6 +258,8 @@ class IndexKeeper:
 
     async def sweep(self) -> None:
         async with self.engine.connect() as conn:
+            # Listed before the rows: an index built meanwhile has its rows already.
+            existing = set(await conn.scalars(_NAMED, {"pattern": guild_pattern(None)}))
             if await conn.scalar(CITUS_VERSION) is not None:
                 pairs = []
                 for guild_id in (await conn.scalars(every_guild())).all():
@@ -233,9 +267,13 @@ class IndexKeeper:
                     pairs += [(guild_id, model_id) for model_id in models]
             else:
                 pairs = (await conn.execute(_PAIRS)).all()
+        # Indexes of a guild and model without a row left: a purge whose drop never ran (the
+        # process stopped first, or the drop failed), a model no longer used.
+        orphans = existing - {index_name(guild_id, model_id) for guild_id, model_id in pairs}
         for guild_id, model_id in pairs:
             self._pending.setdefault((guild_id, model_id), None)
-        if pairs:
+        self._unwanted |= {f"^{name}$" for name in orphans}
+        if pairs or orphans:
             self._wake.set()
 
     async def catch_up(self) -> dict[str, int]:
@@ -243,11 +281,31 @@ class IndexKeeper:
         one-off): how many indexes were built, dropped, kept, or skipped as busy."""
         await self.sweep()
         outcomes: dict[str, int] = {}
+        while self._unwanted:
+            outcome = await self.drop(self._unwanted.pop())
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         while self._pending:
             (guild_id, model_id), dim = self._pending.popitem()
             outcome = await self.check(guild_id, model_id, dim)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return outcomes
+
+    async def drop(self, pattern: str) -> str:
+        """Drop the guild indexes whose names match ``pattern`` (see `guild_pattern`):
+        "dropped", or "busy" (another process holds the build lock). CONCURRENTLY, so
+        searches and writes go on."""
+        lock = AdvisoryLock(self.engine, purpose=Purpose.INDEX_BUILD)
+        if not await lock.try_acquire():
+            return "busy"
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                for name in (await conn.scalars(_NAMED, {"pattern": pattern})).all():
+                    log.info("dropping %s: its guild has no rows of its model left", name)
+                    await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        finally:
+            await lock.release()
+        return "dropped"
 
     async def check(self, guild_id: int, model_id: str, dim: int | None = None) -> str:
         """Build, rebuild or drop this guild's index as its size says: "built", "dropped",
@@ -325,7 +383,9 @@ class IndexKeeper:
 
     async def settle(self) -> None:
         """Wait until nothing noted is left to look at (tests and the benchmark)."""
-        while self._pending or (self._task is not None and not self.idle.is_set()):
+        while (
+            self._pending or self._unwanted or (self._task is not None and not self.idle.is_set())
+        ):
             if self._task is not None and self._task.done():
                 self._task.result()
                 return
@@ -366,6 +426,7 @@ __all__ = [
     "IndexState",
     "Layout",
     "capped_count",
+    "guild_pattern",
     "index_ddl",
     "index_name",
     "index_state",

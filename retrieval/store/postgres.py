@@ -456,6 +456,15 @@ class PgVectorStore(SharedReads, SharedDeletes):
                 await conn.execute(statement)
         return removed
 
+    async def delete_guild(self, guild_id: int) -> int:
+        removed = await super().delete_guild(guild_id)
+        # Its HNSW indexes go as well, in the background: DROP INDEX CONCURRENTLY cannot run
+        # in the delete's transaction, and waits for every transaction reading the table.
+        for key in [key for key in self._states if key[0] == guild_id]:
+            del self._states[key]
+        self.indexes.purged(guild_id)
+        return removed
+
     @staticmethod
     def _ids(name: str, values: Collection[int]):
         # One array parameter, however many ids: no bound-parameter limit to chunk around.
