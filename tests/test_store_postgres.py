@@ -314,13 +314,11 @@ async def test_closing_the_store_during_a_build_stops_it_promptly(postgres_engin
     x = clustered(12_000, DIM, np.random.default_rng(12))
     layout = Layout(min_rows=500, drop_below=100, recheck_s=0)
     store = PgVectorStore(postgres_engine, layout=layout, sweep=False)
-    store.indexes.note = lambda *args: None  # loaded first, then the keeper is asked once
-    await store.upsert([record(i, v) for i, v in enumerate(x)])
-    del store.indexes.note
-    store.indexes.note(LARGE, MODEL, DIM)
+    await store.upsert([record(i, v) for i, v in enumerate(x)])  # one batch: one build after it
     async with postgres_engine.connect() as conn:
         while not await conn.scalar(PROGRESS):
             await conn.rollback()
+            assert store.indexes.builds == 0, "the build ended before it could be interrupted"
             await asyncio.sleep(0.01)
     closing = asyncio.create_task(store.close())
     done, _ = await asyncio.wait({closing}, timeout=5)
