@@ -418,7 +418,9 @@ async def run(args) -> None:
                 )
             ).scalars()
             ann = await sizes_of(conn, list(names))
-            btree = int(await conn.scalar(text("SELECT pg_relation_size('ix_images_guild_model')")))
+            btree = int(
+                await conn.scalar(text("SELECT pg_relation_size('ix_images_guild_model_posted')"))
+            )
             largest_half = await sizes_of(conn, [index_name(1, MODEL)])
         f32 = col_f32 = col_half = None
         if not args.no_precision:
@@ -446,7 +448,7 @@ async def run(args) -> None:
     per_m = 1e6 / args.n
     print(
         f"\ntable (heap + TOAST) {table / 2**20:,.0f} MB = {table * per_m / 2**30:.2f} GB per"
-        f" million; B-tree (guild_id, model_id) {btree / 2**20:.0f} MB"
+        f" million; B-tree (guild_id, model_id, posted_at) {btree / 2**20:.0f} MB"
     )
     indexed_rows = int(sizes[sizes >= layout.min_rows].sum())
     print(

@@ -100,7 +100,8 @@ class IndexedImage(Base):
     __table_args__ = (
         # Message ids grow with time: live posts append to this index.
         UniqueConstraint("message_id", "image_key", "guild_id"),
-        Index("ix_images_guild_model", "guild_id", "model_id"),
+        # A server's rows of a model, or those of a date range (a search with after:/before:).
+        Index("ix_images_guild_model_posted", "guild_id", "model_id", "posted_at"),
         # Guild first: a filter on one channel of a large guild must not make the planner AND
         # in a bitmap of the whole guild (migration 0010).
         Index("ix_images_guild_channel", "guild_id", "channel_id"),

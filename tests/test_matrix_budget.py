@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 import numpy as np
 import pytest
 
 from retrieval.store import SearchScope, open_store
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, matrix_bytes
-from tests.records import MODEL, clustered, exact_top, near
+from tests.records import DAY0, MODEL, clustered, exact_top, near
 from tests.records import image_record as record
 
 GUILDS = (1, 2, 3, 4)
@@ -230,6 +231,39 @@ async def test_a_guild_larger_than_the_budget_is_searched_from_sqlite(
     warnings = [r for r in caplog.records if "MATRIX_MEMORY_MB" in r.getMessage()]
     assert len(warnings) == 1
     assert await store.search(np.ones(8, np.float32) / 8**0.5, scope=scope(1), k=5) == []
+    await store.close()
+
+
+async def test_a_date_range_of_a_guild_larger_than_the_budget_is_read_through_its_index(
+    sqlite_engine,
+):
+    """Searched from SQLite, a guild's rows of a date range are all that is read: the dates are
+    in the statement, which the (guild_id, model_id, posted_at) index answers."""
+    from sqlalchemy import event
+
+    store = open_store(sqlite_engine, matrix_memory_mb=0.9 * HALF_GUILD / 2**20)
+    x = guild_rows(1)
+    await store.upsert(guild_records(1, x))  # image i posted i days after DAY0
+    query = near(x, np.random.default_rng(6), 1)[0].astype(np.float32)
+    days = scope(1, after=DAY0 + timedelta(days=50), before=DAY0 + timedelta(days=80))
+    keep = (np.arange(ROWS) >= 50) & (np.arange(ROWS) < 80)
+    sent: list[tuple[str, tuple]] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if "FROM images" in statement and "posted_at" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(sqlite_engine.sync_engine, "before_cursor_execute", note)
+    try:
+        hits = await store.search(query, scope=days, k=10)
+    finally:
+        event.remove(sqlite_engine.sync_engine, "before_cursor_execute", note)
+    assert numbers(hits, 1) == exact_top(x, query, 10, keep)
+    (statement, parameters), *_ = [(st, p) for st, p in sent if "WHERE" in st]
+    async with sqlite_engine.connect() as conn:
+        plan = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
+    (detail,) = [row[-1] for row in plan]
+    assert "ix_images_guild_model_posted" in detail and "posted_at>" in detail, detail
     await store.close()
 
 

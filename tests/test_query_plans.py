@@ -5,7 +5,7 @@ analyzed): the statements the store really sends are captured and EXPLAINed.
 PostgreSQL: no Seq Scan of `images`, `author_guilds` or `index_jobs` in `EXPLAIN (FORMAT JSON)`,
 and an index in every plan. SQLite: no full `SCAN` of them in `EXPLAIN QUERY PLAN`. And what a
 member causes names its server, as a database distributed by server needs (see the README's
-"Running on Citus").
+"Running on Citus"). A large server's date-filtered search reads only the rows of its dates.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from sqlalchemy import event, text
 
 from retrieval.indexing.jobs import ImageRef, JobQueue
-from retrieval.store import open_store
+from retrieval.store import SearchScope, open_store
 from tests.records import MODEL
 
 # 3,001 members (prime to 500): each posts in some 17 servers.
@@ -226,3 +226,88 @@ async def test_the_queries_did_their_work(big):
     assert await big.delete_author(guild_id=None, author_id=AUTHOR) == everywhere
     assert await big.count_author(author_id=AUTHOR) == 0
     assert np.isfinite(await big.count(guild_id=GUILD))
+
+
+# A large server beside the 500 small ones, its images spread over 200 days: searched through its
+# own HNSW index on PostgreSQL, from its matrix on SQLite.
+LARGE, LARGE_ROWS, DAYS = 999, 20_000, 200
+FIRST_DAY = datetime(2025, 1, 1, tzinfo=UTC)
+_FILL_LARGE = (
+    "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
+    "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
+    "SELECT {guild}, 900000 + i % 40, 90000000 + i, i, 'attachment', 70000 + i % 300, {posted}, "
+    "'f.png', 'https://cdn.example/f.png', 'image/png', 'l' || i, '{model}', {vector} "
+    "FROM {series}"
+)
+
+# How SQLAlchemy stores a time in SQLite: 'YYYY-MM-DD HH:MM:SS.ffffff'.
+_SQLITE_POSTED = "strftime('%Y-%m-%d %H:%M:%f000', '2025-01-01', '+' || (i * {step}) || ' seconds')"
+
+
+async def _fill_large(engine) -> None:
+    postgres = engine.dialect.name == "postgresql"
+    step = DAYS * 86_400 // LARGE_ROWS  # seconds between two images
+    fill = _FILL_LARGE.format(
+        guild=LARGE,
+        model=MODEL,
+        posted=(
+            f"TIMESTAMPTZ '2025-01-01 00:00:00+00' + i * INTERVAL '{step} seconds'"
+            if postgres
+            else _SQLITE_POSTED.format(step=step)
+        ),
+        # Spread vectors: the index of a server whose vectors are all equal is no graph at all.
+        vector="CAST(ARRAY[random(), random(), random(), random()] AS vector)"
+        if postgres
+        else "x'0000803f000000000000000000000000'",
+        series="generate_series(1, :n) AS i" if postgres else "series",
+    )
+    if not postgres:
+        fill = (
+            "WITH RECURSIVE series(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM series "
+            "WHERE i < :n) " + fill
+        )
+    async with engine.begin() as conn:
+        await conn.execute(text(fill), {"n": LARGE_ROWS})
+        await conn.execute(text("ANALYZE"))
+
+
+async def _rows_read(engine, statement: str, parameters) -> int:
+    """How many rows of `images` the statement's plan reads, kept or filtered out (PostgreSQL)."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        found = await raw.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, *parameters)
+    (document,) = json.loads(found) if isinstance(found, str) else found
+    return sum(
+        (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
+        + n.get("Rows Removed by Index Recheck", 0)
+        for n in _pg_nodes(document["Plan"])
+        if n.get("Relation Name") == "images"
+    )
+
+
+async def test_a_date_only_search_of_a_large_server_reads_its_dates(big, store_engine):
+    """/find with after:/before: alone on a large server: PostgreSQL counts the matching rows
+    (few: answered exactly) and ranks them, each through the server's dates in a B-tree, never
+    reading the rest of the server's rows to test their dates. SQLite ranks its matrix."""
+    await _fill_large(store_engine)
+    postgres = store_engine.dialect.name == "postgresql"
+    if postgres:
+        assert await big.indexes.check(LARGE, MODEL) == "built"
+    after = FIRST_DAY + timedelta(days=100)
+    scope = SearchScope(LARGE, MODEL, after=after, before=after + timedelta(days=2))
+    query = np.array([1, 0, 0, 0], dtype=np.float32)
+    with _captured(store_engine) as sent:
+        hits = await big.search(query, scope=scope, k=10)
+    assert len(hits) == 10
+    assert all(scope.after <= h.posted_at < scope.before for h in hits)
+    # The statements that filter by date: on PostgreSQL the capped count, then the search.
+    dated = [(st, params) for st, params in sent if "posted_at >=" in st]
+    assert len(dated) == (2 if postgres else 0), [st[:200] for st, _ in sent]
+    matching = LARGE_ROWS * 2 // DAYS
+    for statement, parameters in sent:
+        problems = await _plan_problems(store_engine, statement, parameters, routed=True)
+        if (statement, parameters) in dated or not postgres:
+            assert problems == [], statement
+    for statement, parameters in dated:
+        read = await _rows_read(store_engine, statement, parameters)
+        assert read <= 2 * matching, f"{read} rows read: {statement[:300]}"

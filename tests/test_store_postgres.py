@@ -19,7 +19,14 @@ from sqlalchemy import text
 from retrieval.db import create_engine
 from retrieval.errors import StoreUnavailable
 from retrieval.store import ImageRecord, SearchScope
-from retrieval.store.pgindex import PREFIX, Layout, index_ddl, index_name, index_state
+from retrieval.store.pgindex import (
+    BUILD_MEMORY,
+    PREFIX,
+    Layout,
+    index_ddl,
+    index_name,
+    index_state,
+)
 from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
 from tests.records import clustered, exact_top, image_record, near
 
@@ -326,3 +333,110 @@ async def test_upgrade_drops_the_old_index_per_model(postgres_server):
         await engine.dispose()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_closing_the_store_during_a_build_stops_it_promptly(postgres_engine):
+    """A bot stopped while its keeper builds an index: close() returns within seconds, the
+    server stops building, no connection goes back to the pool with the build's settings, and
+    the next store drops the INVALID leftover and builds the index."""
+    x = clustered(12_000, DIM, np.random.default_rng(12))
+    layout = Layout(min_rows=500, drop_below=100, recheck_s=0)
+    store = PgVectorStore(postgres_engine, layout=layout, sweep=False)
+    await store.upsert([record(i, v) for i, v in enumerate(x)])  # one batch: one build after it
+    async with postgres_engine.connect() as conn:
+        while not await conn.scalar(PROGRESS):
+            await conn.rollback()
+            assert store.indexes.builds == 0, "the build ended before it could be interrupted"
+            await asyncio.sleep(0.01)
+    closing = asyncio.create_task(store.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    if not done:
+        closing.cancel()  # a second cancellation frees the keeper parked by the first
+        pytest.fail("close() did not return within 5 s of cancelling a build")
+    await closing
+    async with postgres_engine.connect() as conn:
+        for _ in range(100):  # the server notices the cancellation within moments
+            if not await conn.scalar(PROGRESS):
+                break
+            await conn.rollback()
+            await asyncio.sleep(0.05)
+        assert not await conn.scalar(PROGRESS), "the build went on after close()"
+        leftover = await index_state(conn, LARGE, MODEL)
+        assert leftover is None or not leftover.valid
+    # Every pooled connection has the server's default build memory, not the keeper's.
+    held = [await postgres_engine.connect() for _ in range(3)]
+    try:
+        for conn in held:
+            assert await conn.scalar(text("SHOW maintenance_work_mem")) != BUILD_MEMORY
+    finally:
+        for conn in held:
+            await conn.close()
+    again = PgVectorStore(postgres_engine, layout=layout, sweep=False)
+    assert await again.indexes.check(LARGE, MODEL) == "built"
+    async with postgres_engine.connect() as conn:
+        assert (await index_state(conn, LARGE, MODEL)).valid
+    await again.close()
+
+
+async def test_a_database_error_raised_by_a_cancellation_still_ends_the_keeper():
+    """A statement run while cleaning up after a cancellation fails with a database error; the
+    keeper's failure handling must not take that for a failure to retry and carry on."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from retrieval.store.pgindex import _logged
+
+    parked = asyncio.Event()
+
+    async def keeper_pass():
+        with _logged("a pass"):
+            try:
+                parked.set()
+                await asyncio.sleep(60)
+            finally:
+                raise SQLAlchemyError("Can't reconnect until invalid transaction is rolled back")
+        await asyncio.sleep(60)  # where a swallowed cancellation would leave the task
+
+    task = asyncio.create_task(keeper_pass())
+    await parked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=2)
+
+
+async def test_deleting_a_guild_drops_its_indexes_and_no_other(postgres_engine):
+    """A purged guild's HNSW index goes with its rows (in the background, after the delete);
+    guild 11's stays, though its index's name begins like guild 1's."""
+    x = clustered(1200, DIM, np.random.default_rng(13))
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    for guild in (LARGE, 11):
+        await store.upsert([record(i, v, guild_id=guild) for i, v in enumerate(x)])
+    await store.indexes.settle()
+    async with postgres_engine.connect() as conn:
+        assert (await index_state(conn, LARGE, MODEL)).valid
+        assert (await index_state(conn, 11, MODEL)).valid
+    assert await store.delete_guild(LARGE) == len(x)
+    await asyncio.wait_for(store.indexes.settle(), timeout=10)
+    async with postgres_engine.connect() as conn:
+        assert await index_state(conn, LARGE, MODEL) is None
+        assert (await index_state(conn, 11, MODEL)).valid
+    await store.close()
+
+
+async def test_the_sweep_drops_indexes_left_by_a_purge_that_never_finished(postgres_engine):
+    """The process stopped between a guild's delete and the drop of its index: the next
+    process's start-up sweep finds the index without rows and drops it."""
+    x = clustered(1200, DIM, np.random.default_rng(14))
+    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
+    await store.upsert([record(i, v) for i, v in enumerate(x)])
+    await store.upsert([record(i, v, guild_id=SMALL) for i, v in enumerate(x[:10])])
+    await store.indexes.settle()
+    await store.close()
+    async with postgres_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM images WHERE guild_id = :g"), {"g": LARGE})
+        assert (await index_state(conn, LARGE, MODEL)).valid
+    restarted = PgVectorStore(postgres_engine, layout=LAYOUT)  # sweeps at its first search
+    await restarted.search(x[0], scope=SearchScope(SMALL, MODEL), k=1)
+    await asyncio.wait_for(restarted.indexes.settle(), timeout=10)
+    async with postgres_engine.connect() as conn:
+        assert await index_state(conn, LARGE, MODEL) is None
+    await restarted.close()

@@ -1,8 +1,9 @@
 """Per-guild HNSW indexes on PostgreSQL, built in the background.
 
 A guild under ``Layout.min_rows`` vectors of a model is searched exactly, through the B-tree on
-``(guild_id, model_id)``: that reads only its own rows, which at that size is as fast as a graph
-walk and always exact. A guild above it gets its own partial index::
+``(guild_id, model_id, posted_at)``: that reads only its own rows (of the dates asked, if any),
+which at that size is as fast as a graph walk and always exact. A guild above it gets its own
+partial index::
 
     CREATE INDEX CONCURRENTLY ix_images_ann_<guild>_<model hash> ON images
         USING hnsw ((embedding::halfvec(dim)) halfvec_cosine_ops)
@@ -18,10 +19,15 @@ the guilds they touch, and a background task counts the noted guilds' rows (capp
 B-tree) and builds what is missing, ``CONCURRENTLY`` on an autocommit connection so writes go
 on during the build. One build at a time across every process sharing the database (an advisory
 lock); a process that finds the lock taken tries again later. A failed concurrent build leaves an
-INVALID index behind; the next pass drops it and builds again, with a log line. Until an index
-is valid, searches of that guild answer exactly. Each process sweeps the existing guilds once at
-start (a loose index scan of the B-tree, one capped count per guild), so large guilds nobody
-writes to still get theirs, e.g. after the upgrade that dropped the old per-model indexes.
+INVALID index behind; the next pass drops it and builds again, with a log line. Closing the store
+cancels a running build at once (the server stops it; its connection is closed, never pooled
+with the build's settings), so a bot stopped mid-build exits promptly. A guild's purge (the bot
+left it) has its indexes dropped, CONCURRENTLY, after the delete's transaction; the start-up
+sweep drops any index whose guild has no rows of its model left (a drop that never ran). Until
+an index is valid, searches of that guild answer exactly. Each process sweeps the existing
+guilds once at start (a loose index scan of the B-tree, one capped count per guild), so large
+guilds nobody writes to still get theirs, e.g. after the upgrade that dropped the old per-model
+indexes.
 """
 
 from __future__ import annotations
@@ -86,6 +92,14 @@ def index_name(guild_id: int, model_id: str) -> str:
     return f"{PREFIX}{int(guild_id)}_{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
 
 
+def guild_pattern(guild_id: int | None) -> str:
+    """A regular expression for the names of a guild's indexes, every model's, and no other
+    guild's (a LIKE pattern would let guild 1's take in guild 11's: _ matches any character);
+    for None, of every guild's."""
+    guild = "[0-9]+" if guild_id is None else str(int(guild_id))
+    return f"^{PREFIX}{guild}_[0-9a-f]{{12}}$"
+
+
 def vector_type(dim: int, *, halfvec: bool) -> str:
     return f"{'halfvec' if halfvec else 'vector'}({int(dim)})"
 
@@ -110,6 +124,10 @@ _CAPPED_COUNT = text(
 _DIMENSION = text(
     "SELECT vector_dims(embedding) FROM images WHERE guild_id = :guild_id"
     " AND model_id = :model_id LIMIT 1"
+)
+_NAMED = text(
+    "SELECT indexname FROM pg_indexes WHERE tablename = 'images'"
+    " AND schemaname = current_schema() AND indexname ~ :pattern"
 )
 # Distinct (guild, model) pairs by hopping along the B-tree: one index probe per pair, not a
 # read of every row.
@@ -173,6 +191,8 @@ class IndexKeeper:
         self._changed = changed
         self._sweep = sweep
         self._pending: dict[tuple[int, str], int | None] = {}  # (guild, model) -> dim if known
+        # Regular expressions naming indexes nothing searches any more (a purged guild's).
+        self._unwanted: set[str] = set()
         self._checked: dict[tuple[int, str], float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -192,6 +212,14 @@ class IndexKeeper:
         self._wake.set()
         self._start()
 
+    def purged(self, guild_id: int) -> None:
+        """A guild's rows were all deleted (the bot left it): have its indexes dropped, whatever
+        their model. Never blocks, never fails the caller."""
+        self._unwanted.add(guild_pattern(guild_id))
+        self.idle.clear()
+        self._wake.set()
+        self._start()
+
     def _start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
@@ -204,10 +232,17 @@ class IndexKeeper:
             with _logged("sweeping guilds for HNSW indexes"):
                 await self.sweep()
         while True:
-            if not self._pending:
+            if not self._pending and not self._unwanted:
                 self.idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+            if self._unwanted:
+                pattern = self._unwanted.pop()
+                with _logged(f"dropping the HNSW indexes named {pattern}"):
+                    if await self.drop(pattern) == "busy":
+                        await asyncio.sleep(5)
+                        self._unwanted.add(pattern)
+                continue
             (guild_id, model_id), dim = self._pending.popitem()
             with _logged(f"keeping the HNSW index of guild {guild_id} ({model_id})"):
                 # Counted again by the next write or search should this pass fail.
@@ -222,6 +257,8 @@ class IndexKeeper:
 
     async def sweep(self) -> None:
         async with self.engine.connect() as conn:
+            # Listed before the rows: an index built meanwhile has its rows already.
+            existing = set(await conn.scalars(_NAMED, {"pattern": guild_pattern(None)}))
             if await conn.scalar(CITUS_VERSION) is not None:
                 pairs = []
                 for guild_id in (await conn.scalars(every_guild())).all():
@@ -229,9 +266,13 @@ class IndexKeeper:
                     pairs += [(guild_id, model_id) for model_id in models]
             else:
                 pairs = (await conn.execute(_PAIRS)).all()
+        # Indexes of a guild and model without a row left: a purge whose drop never ran (the
+        # process stopped first, or the drop failed), a model no longer used.
+        orphans = existing - {index_name(guild_id, model_id) for guild_id, model_id in pairs}
         for guild_id, model_id in pairs:
             self._pending.setdefault((guild_id, model_id), None)
-        if pairs:
+        self._unwanted |= {f"^{name}$" for name in orphans}
+        if pairs or orphans:
             self._wake.set()
 
     async def catch_up(self) -> dict[str, int]:
@@ -239,11 +280,31 @@ class IndexKeeper:
         one-off): how many indexes were built, dropped, kept, or skipped as busy."""
         await self.sweep()
         outcomes: dict[str, int] = {}
+        while self._unwanted:
+            outcome = await self.drop(self._unwanted.pop())
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         while self._pending:
             (guild_id, model_id), dim = self._pending.popitem()
             outcome = await self.check(guild_id, model_id, dim)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return outcomes
+
+    async def drop(self, pattern: str) -> str:
+        """Drop the guild indexes whose names match ``pattern`` (see `guild_pattern`):
+        "dropped", or "busy" (another process holds the build lock). CONCURRENTLY, so
+        searches and writes go on."""
+        lock = AdvisoryLock(self.engine, purpose=Purpose.INDEX_BUILD)
+        if not await lock.try_acquire():
+            return "busy"
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                for name in (await conn.scalars(_NAMED, {"pattern": pattern})).all():
+                    log.info("dropping %s: its guild has no rows of its model left", name)
+                    await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        finally:
+            await lock.release()
+        return "dropped"
 
     async def check(self, guild_id: int, model_id: str, dim: int | None = None) -> str:
         """Build, rebuild or drop this guild's index as its size says: "built", "dropped",
@@ -296,15 +357,22 @@ class IndexKeeper:
                 return "kept"
             started = time.perf_counter()
             log.info("building %s for guild %d, model %s (dim %d)", name, guild_id, model_id, dim)
-            await conn.execute(
-                text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": BUILD_MEMORY}
-            )
             try:
+                # Session settings: CONCURRENTLY runs outside any transaction, so no SET LOCAL.
+                await conn.execute(
+                    text("SELECT set_config('maintenance_work_mem', :m, false)"),
+                    {"m": BUILD_MEMORY},
+                )
                 await conn.execute(
                     text(index_ddl(guild_id, model_id, dim, halfvec=self.layout.halfvec))
                 )
-            finally:
-                await conn.execute(text("RESET maintenance_work_mem"))
+            except BaseException:
+                # Cancelled (the store closing) or failed: the session keeps the build's memory
+                # setting, and after a cancellation it can run nothing more, so it is closed,
+                # never pooled. Its INVALID leftover is dropped by the next build.
+                await _discard(conn)
+                raise
+            await conn.execute(text("RESET maintenance_work_mem"))
             # The planner weighs the new index against the B-tree by row estimates.
             await conn.execute(text("ANALYZE images"))
             log.info("built %s in %.1f s", name, time.perf_counter() - started)
@@ -314,7 +382,9 @@ class IndexKeeper:
 
     async def settle(self) -> None:
         """Wait until nothing noted is left to look at (tests and the benchmark)."""
-        while self._pending or (self._task is not None and not self.idle.is_set()):
+        while (
+            self._pending or self._unwanted or (self._task is not None and not self.idle.is_set())
+        ):
             if self._task is not None and self._task.done():
                 self._task.result()
                 return
@@ -334,7 +404,20 @@ def _logged(what: str):
     try:
         yield
     except (SQLAlchemyError, OSError) as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancelled statement can surface as a database error (one run while cleaning up
+            # after it); swallowed, it would leave close() waiting for a task that never ends.
+            raise asyncio.CancelledError(f"{what}: cancelled") from exc
         log.warning("%s failed: %s; will try again", what, exc)
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Close a connection's server session instead of returning it to the pool."""
+    try:
+        await conn.invalidate()
+    except Exception as exc:  # closing is all that is left to do; the pool replaces it
+        log.warning("could not close a connection after an index build: %s", exc)
 
 
 __all__ = [
@@ -342,6 +425,7 @@ __all__ = [
     "IndexState",
     "Layout",
     "capped_count",
+    "guild_pattern",
     "index_ddl",
     "index_name",
     "index_state",

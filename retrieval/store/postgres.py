@@ -1,9 +1,11 @@
 """The PostgreSQL store: exact search for small guilds, a per-guild HNSW index for large ones.
 
 The layout (retrieval/store/pgindex.py): a guild with fewer than ``Layout.min_rows`` vectors of
-a model is searched exactly through the ``(guild_id, model_id)`` B-tree; a larger one through its
-own partial HNSW index over half precision vectors, built in the background. Every search runs
-one scan: the plan is chosen before the query, never by trying one and falling back.
+a model is searched exactly through the ``(guild_id, model_id, posted_at)`` B-tree; a larger one
+through its own partial HNSW index over half precision vectors, built in the background. Every
+search runs one scan: the plan is chosen before the query, never by trying one and falling back.
+A filtered search of an indexed guild that few rows pass reads just those rows, through the
+B-tree of its filter (a channel's, an author's, or this one for a date range).
 
 The ``embedding`` column has no fixed dimension (it depends on the configured model), and pgvector
 can only index a fixed one, so indexes are on ``embedding::halfvec(dim)``; searches repeat that
@@ -452,6 +454,15 @@ class PgVectorStore(SharedReads, SharedDeletes):
                 removed = result.rowcount
             for statement in also:
                 await conn.execute(statement)
+        return removed
+
+    async def delete_guild(self, guild_id: int) -> int:
+        removed = await super().delete_guild(guild_id)
+        # Its HNSW indexes go as well, in the background: DROP INDEX CONCURRENTLY cannot run
+        # in the delete's transaction, and waits for every transaction reading the table.
+        for key in [key for key in self._states if key[0] == guild_id]:
+            del self._states[key]
+        self.indexes.purged(guild_id)
         return removed
 
     @staticmethod

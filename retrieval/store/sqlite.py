@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import Executable, String, delete, func, select, type_coerce
@@ -37,7 +38,14 @@ from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow, matrix_bytes
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB, Key, MatrixBudget
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
-from retrieval.store.sqlite_rows import DRIVER_SQL, RETURNING, driver_row, record_values, stored_row
+from retrieval.store.sqlite_rows import (
+    DRIVER_SQL,
+    RETURNING,
+    driver_row,
+    record_values,
+    sqlite_time,
+    stored_row,
+)
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
 # text, the vector as float32 bytes; `_append_rows` converts whole chunks at once.
@@ -249,6 +257,14 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
             conditions.append(IndexedImage.channel_id.in_(where.channel_ids))
         if where.author_id is not None:
             conditions.append(IndexedImage.author_id == where.author_id)
+        # A date range is read through (guild_id, model_id, posted_at), not tested row by row.
+        # The stored text compares in time order; the bounds are widened by a millisecond for
+        # the float seconds they come back from, and the matrix filter below is exact.
+        posted = type_coerce(IndexedImage.posted_at, String)
+        if where.after_ts is not None:
+            conditions.append(posted >= _stored_time(where.after_ts, -_SLACK))
+        if where.before_ts is not None:
+            conditions.append(posted < _stored_time(where.before_ts, _SLACK))
         best: list[tuple[int, float]] = []
         with database_errors():
             async with self.engine.connect() as conn:
@@ -397,6 +413,13 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
 
     async def close(self) -> None:
         self.matrices.clear()
+
+
+_SLACK = timedelta(milliseconds=1)
+
+
+def _stored_time(ts: float, shift: timedelta) -> str:
+    return sqlite_time(datetime.fromtimestamp(ts, UTC) + shift)
 
 
 def _in_guild(key: Key) -> tuple:
