@@ -37,6 +37,16 @@ _FILL = (
 )
 
 
+def _counted(fill: str, *, postgres: bool) -> str:
+    """``fill`` with its ``series`` of 1 to :n (SQLite has no generate_series: a recursive CTE)."""
+    if postgres:
+        return fill
+    return (
+        "WITH RECURSIVE series(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM series "
+        "WHERE i < :n) " + fill
+    )
+
+
 async def _fill(engine) -> None:
     postgres = engine.dialect.name == "postgresql"
     fill = _FILL.format(
@@ -48,11 +58,7 @@ async def _fill(engine) -> None:
         vector="CAST('[1,0,0,0]' AS vector)" if postgres else "x'0000803f000000000000000000000000'",
         series="generate_series(1, :n) AS i" if postgres else "series",
     )
-    if not postgres:
-        fill = (
-            "WITH RECURSIVE series(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM series "
-            "WHERE i < :n) " + fill
-        )
+    fill = _counted(fill, postgres=postgres)
     async with engine.begin() as conn:
         await conn.execute(text(fill), {"n": ROWS})
         await conn.execute(
@@ -261,11 +267,7 @@ async def _fill_large(engine) -> None:
         else "x'0000803f000000000000000000000000'",
         series="generate_series(1, :n) AS i" if postgres else "series",
     )
-    if not postgres:
-        fill = (
-            "WITH RECURSIVE series(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM series "
-            "WHERE i < :n) " + fill
-        )
+    fill = _counted(fill, postgres=postgres)
     async with engine.begin() as conn:
         await conn.execute(text(fill), {"n": LARGE_ROWS})
         await conn.execute(text("ANALYZE"))
