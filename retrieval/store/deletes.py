@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 from sqlalchemy import ColumnElement, Executable, exists
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.shards import Shards
@@ -37,6 +38,8 @@ def routed(t, guild_id: int | None) -> list[ColumnElement[bool]]:
 
 
 class SharedDeletes:
+    engine: AsyncEngine
+
     async def _delete(
         self,
         where: Where,
@@ -133,7 +136,7 @@ class SharedDeletes:
     async def delete_forbidden(self, *, shards: Shards | None = None) -> int:
         shards = shards or Shards()
         removed = 0
-        for condition in forbidden():
+        for condition in forbidden(arrays=self.engine.dialect.name == "postgresql"):
             removed += await self._delete(
                 lambda t, condition=condition: [condition(t), shards.condition(t.guild_id)]
             )
