@@ -11,7 +11,6 @@ member causes names its server, as a database distributed by server needs (see t
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from datetime import UTC, datetime
 
@@ -21,6 +20,8 @@ from sqlalchemy import event, text
 
 from retrieval.indexing.jobs import ImageRef, JobQueue
 from retrieval.store import open_store
+from tests.plans import nodes as plan_nodes
+from tests.plans import plan_of
 from tests.records import MODEL
 
 # 3,001 members (prime to 500): each posts in some 17 servers.
@@ -88,23 +89,13 @@ def _captured(engine):
         event.remove(engine.sync_engine, "before_cursor_execute", note)
 
 
-def _pg_nodes(plan: dict):
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _pg_nodes(child)
-
-
 async def _plan_problems(engine, statement: str, parameters, *, routed: bool) -> list[str]:
     """What is wrong with the statement's plan: a full scan of a table, or no index at all;
     with ``routed``, an images table read that the server's id does not narrow (what a
     distributed database needs to send it to one machine)."""
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            raw = (await conn.get_raw_connection()).driver_connection
-            found = await raw.fetchval("EXPLAIN (FORMAT JSON) " + statement, *parameters)
-            # SQLAlchemy's asyncpg set-up decodes json itself.
-            (document,) = json.loads(found) if isinstance(found, str) else found
-            nodes = list(_pg_nodes(document["Plan"]))
+            nodes = list(plan_nodes(await plan_of(conn, statement, parameters)))
             scans = [
                 n["Relation Name"]
                 for n in nodes
@@ -119,7 +110,7 @@ async def _plan_problems(engine, statement: str, parameters, *, routed: bool) ->
                 if n["Node Type"] != "ModifyTable"  # it deletes what the scan below found
                 and not any(
                     "guild_id" in c.get(k, "")
-                    for c in _pg_nodes(n)
+                    for c in plan_nodes(n)
                     for k in ("Index Cond", "Recheck Cond", "Filter")
                 )
             ]
