@@ -24,6 +24,7 @@ from retrieval.errors import CitusUnavailable, DistributionRefused
 from retrieval.models import Base
 from retrieval.store import SearchScope, open_store
 from tests.citus import citus_wanted
+from tests.plans import nodes, plan_of
 from tests.records import MODEL, image_record
 
 
@@ -131,5 +132,24 @@ async def test_the_background_builder_finds_and_indexes_a_large_server_on_its_sh
         assert await store.indexes.catch_up() == {"built": 1, "kept": 1}
         hits = await store.search(vectors[7], scope=SearchScope(guild_id=1, model_id=MODEL), k=3)
         assert hits[0].message_id == 1007
+    finally:
+        await store.close()
+
+
+async def test_a_searchs_settings_reach_the_node_holding_the_shard(citus_engine):
+    """Citus runs the search over its own connection to the shard's node: settings made with
+    `set_config` stay behind on the coordinator, and the graph walk would run with pgvector's
+    defaults (40 candidates, no iterative scan, sorts allowed)."""
+    from retrieval.store.postgres import PgVectorStore, search_settings
+
+    store = PgVectorStore(citus_engine, sweep=False)
+    await store.upsert([image_record(0, np.ones(4, np.float32) / 2, guild_id=1)])
+    sorted_rows = "SELECT id FROM images WHERE guild_id = 1 ORDER BY posted_at"
+    try:
+        async with citus_engine.begin() as conn:
+            assert await store.on_citus(conn)
+            await conn.execute(search_settings(1000, citus=True))  # a walk: sorts discouraged
+            sorts = [n for n in nodes(await plan_of(conn, sorted_rows)) if n["Node Type"] == "Sort"]
+        assert sorts and all(n["Disabled"] for n in sorts), sorts
     finally:
         await store.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, select, text
 
+from retrieval.citus import CITUS_VERSION
 from retrieval.db import check_schema, current_revision, downgrade, upgrade
 from retrieval.models import AuthorGuild
 from retrieval.store import open_store
@@ -29,6 +30,16 @@ async def _keys(engine) -> tuple[list[str], list[list[str]]]:
 
     async with engine.connect() as conn:
         return await conn.run_sync(read)
+
+
+async def _skip_on_citus(engine) -> None:
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as conn:
+            if await conn.scalar(CITUS_VERSION) is not None:
+                pytest.skip(
+                    "revision 0005's keys lack guild_id, which Citus requires of a table "
+                    "distributed by it: below 0007 is plain PostgreSQL's and SQLite's"
+                )
 
 
 async def _insert_at_0005(engine) -> None:
@@ -59,6 +70,7 @@ async def _insert_at_0005(engine) -> None:
 
 
 async def test_upgrade_from_0005_keeps_rows_and_lists_members_servers(store_engine):
+    await _skip_on_citus(store_engine)
     await downgrade(store_engine, "0005")
     assert await _keys(store_engine) == (["id"], [["message_id", "image_key"]])
     await _insert_at_0005(store_engine)
@@ -98,6 +110,7 @@ async def test_upgrade_from_0005_keeps_rows_and_lists_members_servers(store_engi
 
 
 async def test_downgrade_to_0005_keeps_rows(store_engine):
+    await _skip_on_citus(store_engine)
     store = open_store(store_engine)
     try:
         await store.upsert([record(i, np.ones(4, np.float32)) for i in range(3)])

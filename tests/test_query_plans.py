@@ -11,7 +11,6 @@ member causes names its server, as a database distributed by server needs (see t
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +20,8 @@ from sqlalchemy import event, text
 
 from retrieval.indexing.jobs import ImageRef, JobQueue
 from retrieval.store import SearchScope, open_store
+from tests.plans import nodes as plan_nodes
+from tests.plans import plan_of
 from tests.records import MODEL
 
 # 3,001 members (prime to 500): each posts in some 17 servers.
@@ -94,23 +95,13 @@ def _captured(engine):
         event.remove(engine.sync_engine, "before_cursor_execute", note)
 
 
-def _pg_nodes(plan: dict):
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _pg_nodes(child)
-
-
 async def _plan_problems(engine, statement: str, parameters, *, routed: bool) -> list[str]:
     """What is wrong with the statement's plan: a full scan of a table, or no index at all;
     with ``routed``, an images table read that the server's id does not narrow (what a
     distributed database needs to send it to one machine)."""
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            raw = (await conn.get_raw_connection()).driver_connection
-            found = await raw.fetchval("EXPLAIN (FORMAT JSON) " + statement, *parameters)
-            # SQLAlchemy's asyncpg set-up decodes json itself.
-            (document,) = json.loads(found) if isinstance(found, str) else found
-            nodes = list(_pg_nodes(document["Plan"]))
+            nodes = list(plan_nodes(await plan_of(conn, statement, parameters)))
             scans = [
                 n["Relation Name"]
                 for n in nodes
@@ -125,7 +116,7 @@ async def _plan_problems(engine, statement: str, parameters, *, routed: bool) ->
                 if n["Node Type"] != "ModifyTable"  # it deletes what the scan below found
                 and not any(
                     "guild_id" in c.get(k, "")
-                    for c in _pg_nodes(n)
+                    for c in plan_nodes(n)
                     for k in ("Index Cond", "Recheck Cond", "Filter")
                 )
             ]
@@ -275,14 +266,12 @@ async def _fill_large(engine) -> None:
 
 async def _rows_read(engine, statement: str, parameters) -> int:
     """How many rows of `images` the statement's plan reads, kept or filtered out (PostgreSQL)."""
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-        found = await raw.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, *parameters)
-    (document,) = json.loads(found) if isinstance(found, str) else found
+    async with engine.begin() as conn:
+        plan = await plan_of(conn, statement, parameters, analyze=True)
     return sum(
         (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
         + n.get("Rows Removed by Index Recheck", 0)
-        for n in _pg_nodes(document["Plan"])
+        for n in plan_nodes(plan)
         if n.get("Relation Name") == "images"
     )
 

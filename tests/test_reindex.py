@@ -9,6 +9,7 @@ import numpy as np
 
 from retrieval.backfill import BackfillCursors, Cursor
 from retrieval.db import create_engine
+from retrieval.indexing.jobs import ImageRef, JobQueue
 from retrieval.reindex import INDEX_MODEL_KEY, adopt_model
 from retrieval.state import get_state
 from retrieval.store import SearchScope, open_store
@@ -73,6 +74,34 @@ async def test_only_what_the_age_window_re_read_loses_its_old_vector(store):
     assert await store.model_counts() == {MODEL: 1, NEW: 1}
     assert await store.known_keys(1000, MODEL) == {0}  # older than the window: kept
     assert await store.known_keys(1001, NEW) == {1}
+
+
+async def test_an_image_still_queued_keeps_its_old_vector_until_the_new_one_replaces_it(
+    store, store_engine
+):
+    rng = np.random.default_rng(4)
+    old = [record(i, unit(rng), channel_id=10) for i in range(3)]  # messages 1000…1002
+    await store.upsert(old)
+    waiting = old[1]
+    await JobQueue(store_engine, model_id=NEW).enqueue(
+        [
+            ImageRef(
+                guild_id=1,
+                channel_id=10,
+                message_id=waiting.message_id,
+                image_key=waiting.image_key,
+                kind="attachment",
+                author_id=waiting.author_id,
+                posted_at=waiting.posted_at,
+                url=waiting.source_url,
+                source_url=waiting.source_url,
+                filename=waiting.filename,
+            )
+        ]
+    )
+    assert await store.delete_other_models(10, NEW, guild_id=1) == 2
+    assert await store.known_keys(waiting.message_id, MODEL) == {waiting.image_key}
+    assert await store.model_counts() == {MODEL: 1}
 
 
 async def test_processes_starting_together_switch_models_once(postgres_engine, caplog):

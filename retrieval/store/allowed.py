@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, literal, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.sql import Select
 
 from retrieval.models import ExcludedChannel, IndexedImage, IndexJob, OptOut
@@ -60,15 +71,42 @@ def stored_permitted(*, per_row: bool = False) -> ColumnElement[bool]:
     )
 
 
-def forbidden() -> list[Callable[[type], ColumnElement[bool]]]:
+def forbidden(*, arrays: bool = False) -> list[Callable[[type], ColumnElement[bool]]]:
     """Rows the policy forbids, of the images or the jobs table (same columns), as separate
     conditions: each is answered through its own index (author, guild and channel, parent) from
-    the small policy tables, never a full scan."""
-    excluded = select(ExcludedChannel.guild_id, ExcludedChannel.channel_id)
+    the small policy tables, never a full scan.
+
+    ``arrays`` (PostgreSQL) asks for the ids as one array, `= ANY(ARRAY(SELECT ...))`, read
+    before the scan: Citus sends that statement whole to the jobs table's node, where the
+    `IN (SELECT ...)` form becomes a join with a result it estimates at 1,000 rows, and a full
+    scan of the jobs table. Plain PostgreSQL plans both through the index.
+
+    An excluded channel's rows are matched by guild and channel, which the images table's
+    channel index leads with; as arrays, the guilds and the channels each (a channel lies in
+    one guild, so no other row matches both).
+    """
+
+    def ids(column) -> ColumnElement:
+        query = select(column)
+        return any_(func.array(query.scalar_subquery())) if arrays else query
+
+    def among(column, values) -> ColumnElement[bool]:
+        return column == values if arrays else column.in_(values)
+
+    def in_excluded(t) -> ColumnElement[bool]:
+        if not arrays:
+            return tuple_(t.guild_id, t.channel_id).in_(
+                select(ExcludedChannel.guild_id, ExcludedChannel.channel_id)
+            )
+        return and_(
+            among(t.guild_id, ids(ExcludedChannel.guild_id)),
+            among(t.channel_id, ids(ExcludedChannel.channel_id)),
+        )
+
     return [
-        lambda t: t.author_id.in_(select(OptOut.user_id)),
-        lambda t: tuple_(t.guild_id, t.channel_id).in_(excluded),
-        lambda t: tuple_(t.guild_id, t.parent_id).in_(excluded),
+        lambda t: among(t.author_id, ids(OptOut.user_id)),
+        in_excluded,
+        lambda t: among(t.parent_id, ids(ExcludedChannel.channel_id)),
     ]
 
 

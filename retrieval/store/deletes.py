@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 
-from sqlalchemy import ColumnElement, Executable, exists
+from sqlalchemy import ColumnElement, Executable, exists, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.shards import Shards
@@ -37,6 +38,8 @@ def routed(t, guild_id: int | None) -> list[ColumnElement[bool]]:
 
 
 class SharedDeletes:
+    engine: AsyncEngine
+
     async def _delete(
         self,
         where: Where,
@@ -89,9 +92,16 @@ class SharedDeletes:
         did not find. An image still queued for the new model keeps its old vector until the
         new one replaces it, and so does one older than ``since_message_id`` (before the
         backfill window: it was not read again, not found gone)."""
+        # The channel's queued keys as a table of their own: Citus reads them from the
+        # coordinator's queue first, and refuses the queue itself inside the correlated check.
+        jobs = (
+            select(IndexJob.message_id, IndexJob.image_key)
+            .where(IndexJob.channel_id == channel_id, *routed(IndexJob, guild_id))
+            .subquery()
+        )
         queued = exists().where(
-            IndexJob.message_id == IndexedImage.message_id,
-            IndexJob.image_key == IndexedImage.image_key,
+            jobs.c.message_id == IndexedImage.message_id,
+            jobs.c.image_key == IndexedImage.image_key,
         )
 
         def where(t) -> list[ColumnElement[bool]]:
@@ -133,7 +143,7 @@ class SharedDeletes:
     async def delete_forbidden(self, *, shards: Shards | None = None) -> int:
         shards = shards or Shards()
         removed = 0
-        for condition in forbidden():
+        for condition in forbidden(arrays=self.engine.dialect.name == "postgresql"):
             removed += await self._delete(
                 lambda t, condition=condition: [condition(t), shards.condition(t.guild_id)]
             )

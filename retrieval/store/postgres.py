@@ -45,7 +45,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
 
+from retrieval.citus import CITUS_VERSION
 from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.store import authors
@@ -82,21 +84,30 @@ OVERFETCH = 4
 STATE_TTL_S = 30.0
 
 
-def search_settings(budget: int | None):
+def search_settings(budget: int | None, *, citus: bool = False) -> TextClause:
     """Per-search settings, for this transaction only; ``budget`` as `_plan` returns it (None:
     exact). For a walk of the index, the store chose it by row counts, and sorts are
     discouraged so the planner does not swap it for reading every row of the guild through the
     B-tree and sorting them (its estimate for a partial index of a few thousand rows leans that
-    way). The final sort of the candidates is in every plan, so it weighs nothing."""
-    walk = budget is not None
-    return text(
-        ("SELECT set_config('enable_sort', 'off', true)," if walk else "SELECT")
-        + " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        f" set_config('hnsw.ef_search', '{EF_SEARCH}', true),"
-        f" set_config('hnsw.max_scan_tuples', '{int(budget or MAX_SCAN_TUPLES)}', true),"
+    way). The final sort of the candidates is in every plan, so it weighs nothing.
+
+    On Citus the search runs over Citus's own connection to the shard's node, which
+    `set_config` does not reach: Citus repeats `SET LOCAL` there when asked to, so the settings
+    are set that way (one DO block: one round trip)."""
+    settings = {"enable_sort": "off"} if budget is not None else {}
+    settings |= {
+        "hnsw.iterative_scan": "relaxed_order",
+        "hnsw.ef_search": str(EF_SEARCH),
+        "hnsw.max_scan_tuples": str(int(budget or MAX_SCAN_TUPLES)),
         # Plan each search for its own filter: a generic plan cannot weigh a tiny channel list
         # against the index.
-        " set_config('plan_cache_mode', 'force_custom_plan', true)"
+        "plan_cache_mode": "force_custom_plan",
+    }
+    if citus:
+        sets = "".join(f"SET LOCAL {name} = '{value}'; " for name, value in settings.items())
+        return text(f"DO $$BEGIN SET LOCAL citus.propagate_set_commands = 'local'; {sets}END$$")
+    return text(
+        "SELECT " + ", ".join(f"set_config('{n}', '{v}', true)" for n, v in settings.items())
     )
 
 
@@ -322,6 +333,7 @@ class PgVectorStore(SharedReads, SharedDeletes):
         # (guild, model) -> (index state or None, when looked up)
         self._states: dict[tuple[int, str], tuple[object, float]] = {}
         self.indexes = IndexKeeper(engine, layout=self.layout, changed=self._forget, sweep=sweep)
+        self._citus: bool | None = None
         # Searches that ran a second scan because the first fell short of k (target: none).
         self.two_scans = 0
 
@@ -380,6 +392,12 @@ class PgVectorStore(SharedReads, SharedDeletes):
             self._dims[model_id] = dim
         return dim
 
+    async def on_citus(self, conn: AsyncConnection) -> bool:
+        """Whether the database is a Citus coordinator (asked once)."""
+        if self._citus is None:
+            self._citus = await conn.scalar(CITUS_VERSION) is not None
+        return self._citus
+
     def _forget(self, guild_id: int, model_id: str) -> None:
         self._states.pop((guild_id, model_id), None)
 
@@ -413,7 +431,7 @@ class PgVectorStore(SharedReads, SharedDeletes):
             return []
         async with self._transaction() as conn:
             budget = await self._plan(conn, scope, k)
-            await conn.execute(search_settings(budget))
+            await conn.execute(search_settings(budget, citus=await self.on_citus(conn)))
             if budget is None:
                 self.indexes.note(scope.guild_id, scope.model_id, dim)
                 rows = (await conn.execute(*_search(query, scope, k, indexed=False))).all()
