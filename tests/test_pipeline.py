@@ -19,6 +19,7 @@ from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue, RetryPolicy
 from retrieval.origins import MediaOrigins
 from retrieval.policy import IndexPolicy
 from retrieval.store import SearchScope
+from tests.e2e import eventually
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
 
 
@@ -465,13 +466,23 @@ async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encod
     gated = _Gated(tiny_encoder)
     for i in range(5):
         host.files[f"b{i}.png"] = (png_bytes(draw("red", "square", rng=600 + i)), "image/png")
+    async def fetched(*names: str) -> None:
+        # Claiming a job takes a database round trip or more (a new connection to Citus asks
+        # the catalog for types: 0.75 s), so wait for the download rather than a fixed time.
+        async def done() -> bool:
+            return all(host.hits.get(name) for name in names)
+
+        await eventually(done, within=10)
+        await asyncio.sleep(0.2)  # decoded (in a thread, on a machine that may be busy)
+
     async with running_pipeline(gated, store, origins=host.origin, window=8) as pipe:
         await pipe.submit([ref(host, "b0.png", 600)])
-        await asyncio.sleep(0.3)  # b0 alone, held at the encoder
+        await fetched("b0.png")  # b0 alone, held at the encoder
         await pipe.submit([ref(host, f"b{i}.png", 600 + i) for i in (1, 2, 3)])
+        await fetched("b1.png", "b2.png", "b3.png")
         await asyncio.sleep(0.3)  # 15 deadlines of 20 ms pass with 3 images waiting
         await pipe.submit([ref(host, "b4.png", 604)])
-        await asyncio.sleep(0.1)
+        await fetched("b4.png")
         gated.gate.set()
         await pipe.join()
         assert gated.sizes == [1, 4]
