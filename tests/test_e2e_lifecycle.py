@@ -252,3 +252,18 @@ async def test_message_deleted_while_offline_is_dropped_from_find_and_the_index(
             again = await search_helpers.find(fd, guild, general, alice, "a green star", count=4)
             assert search_helpers.result_ids(again) == [kept.id]
             assert search_helpers.message_fetches(fd) == fetches  # not asked about twice
+
+
+async def test_a_bot_stopped_right_after_ready_leaves_no_startup_work_running(tmp_path):
+    """Stopped as soon as it is ready, the bot's start-up work (servers gone while offline, due
+    purges) is cancelled and awaited before the database closes: none of it is left pending
+    with a connection of a disposed engine."""
+    async with FakeDiscord() as fd:
+        fd.add_guild("Shapes club")
+        async with running_bot(bot_settings(fd, tmp_path), fd):
+            pass
+    for _ in range(3):
+        await asyncio.sleep(0)  # let discord.py's dispatch tasks see their handlers end
+    startup = {"discord.py: on_ready", "lifecycle-ready", "lifecycle-sweep"}
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name() in startup and not t.done()]
+    assert left == []

@@ -51,14 +51,19 @@ class Lifecycle(commands.Cog):
         # finding less left to ask about.
         self._surveys: dict[int, asyncio.Lock] = {}
         self._sweeper: asyncio.Task | None = None
+        # on_ready's work, which discord.py runs in tasks of its own: a stop cancels and awaits
+        # it before the database is closed (a query left running would hold a connection).
+        self._on_ready: set[asyncio.Task] = set()
 
     async def cog_load(self) -> None:
         self.purge_loop.start()
 
     async def cog_unload(self) -> None:
         self.purge_loop.cancel()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        unfinished = [*self._on_ready, *([self._sweeper] if self._sweeper is not None else [])]
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
         self.eraser.close()
 
     # -- messages ------------------------------------------------------------------------
@@ -144,6 +149,12 @@ class Lifecycle(commands.Cog):
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
+        task = asyncio.create_task(self._after_ready(), name="lifecycle-ready")
+        self._on_ready.add(task)
+        task.add_done_callback(self._on_ready.discard)
+        await task
+
+    async def _after_ready(self) -> None:
         # Servers that removed the bot while it was offline never send an event: they are
         # simply missing from READY, which lists every server of this process's shards. The
         # stored servers of other shards are missing too, and are not this process's to judge.
