@@ -108,7 +108,8 @@ def citus_workers(request):
 
 @pytest.fixture(scope="session")
 def citus_server(request):
-    """A single-node Citus: the session's PostgreSQL under CLIPFIND_TEST_CITUS, else its own."""
+    """A Citus coordinator: the session's PostgreSQL under CLIPFIND_TEST_CITUS (with its
+    workers, if any), else a single-node Citus of its own."""
     if citus_wanted():
         yield request.getfixturevalue("postgres_server")
         return
