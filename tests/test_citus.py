@@ -23,7 +23,7 @@ from retrieval.citus import (
 from retrieval.errors import CitusUnavailable, DistributionRefused
 from retrieval.models import Base
 from retrieval.store import SearchScope, open_store
-from tests.citus import citus_wanted
+from tests.citus import citus_wanted, citus_worker_count
 from tests.plans import nodes, plan_of
 from tests.records import MODEL, image_record
 
@@ -49,6 +49,32 @@ async def test_the_schema_is_distributed_once_and_a_second_run_changes_nothing(c
     again = await distribute(citus_engine)
     assert sorted(again.unchanged) == sorted(plan())
     assert again.distributed == again.reference == again.local == []
+
+
+async def test_with_worker_nodes_every_shard_is_on_a_worker_and_every_node_has_the_policy(
+    citus_engine,
+):
+    """CLIPFIND_TEST_CITUS=N (N >= 2): the images' shards are all on the N workers, none on the
+    coordinator, and each reference table has a copy on every node."""
+    workers = citus_worker_count()
+    if not workers:
+        pytest.skip("no worker nodes (CLIPFIND_TEST_CITUS=N with N >= 2 starts them)")
+    async with citus_engine.connect() as conn:
+        placements = (
+            await conn.execute(
+                text(
+                    "SELECT s.logicalrelid::regclass::text, p.groupid"
+                    " FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)"
+                )
+            )
+        ).all()
+        groups = set((await conn.execute(text("SELECT groupid FROM pg_dist_node"))).scalars())
+    assert len(groups) == workers + 1  # the coordinator is group 0
+    on = {}
+    for table, group in placements:
+        on.setdefault(table, set()).add(group)
+    assert on["images"] == groups - {0}
+    assert all(on[table] == groups for table in REFERENCE)
 
 
 async def test_a_refusal_names_the_table_and_leaves_the_others_done(citus_database):
