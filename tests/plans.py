@@ -53,6 +53,11 @@ def nodes(plan: dict) -> Iterator[dict]:
         yield from nodes(child)
 
 
+def scans_of_images(plan: dict) -> list[dict]:
+    """Every node of the plan that reads the images table."""
+    return [node for node in nodes(plan) if node.get("Relation Name") == "images"]
+
+
 def inline(sql: str, parameters: Sequence) -> str:
     """The statement with each `$n` replaced by its value as a literal (the statements compiled
     by SQLAlchemy cast every placeholder, `$1::BIGINT`, so a quoted text literal takes the type)."""

@@ -29,7 +29,7 @@ from retrieval.store.pgindex import (
     index_state,
 )
 from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
-from tests.plans import plan_of
+from tests.plans import plan_of, scans_of_images
 from tests.records import clustered, exact_top, image_record, near
 
 MODEL = "ViT-B-32/laion2b"
@@ -72,13 +72,6 @@ async def statement_plan(conn, stmt) -> dict:
     sql = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
     return await plan_of(conn, str(sql))
 
-
-def scans_of_images(plan: dict) -> list[dict]:
-    """Every node of the plan that reads the images table."""
-    found = [plan] if plan.get("Relation Name") == "images" else []
-    for child in plan.get("Plans", []):
-        found += scans_of_images(child)
-    return found
 
 
 async def explain_search(store, query, scope, k=10) -> list[dict]:

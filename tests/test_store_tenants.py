@@ -12,18 +12,12 @@ from benchmarks.tenants import CHANNELS, MODEL, classes, guild_vectors, records,
 from retrieval.store import SearchScope
 from retrieval.store.pgindex import Layout, index_name, index_state
 from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
-from tests.plans import plan_of
+from tests.plans import plan_of, scans_of_images
 from tests.records import exact_top, near
 
 N, GUILDS = 20_000, 40
 LAYOUT = Layout(min_rows=1000, drop_below=250, exact_max_rows=100, recheck_s=0)
 
-
-def scans_of_images(plan: dict) -> list[dict]:
-    found = [plan] if plan.get("Relation Name") == "images" else []
-    for child in plan.get("Plans", []):
-        found += scans_of_images(child)
-    return found
 
 
 def indexes_read(node: dict) -> set[str]:
