@@ -62,8 +62,15 @@ async def image_files_server(images: list[tuple[bytes, str]]) -> AsyncIterator[s
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-            "--directory", folder, stdout=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            folder,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
         try:
@@ -130,9 +137,7 @@ async def best_drain(engine, queue: JobQueue, batch: list[ImageRef], repeat: int
     return max([await drain(engine, queue, batch) for _ in range(repeat)])
 
 
-async def steady(
-    engine, batch: list[ImageRef], *, rate: float, put
-) -> tuple[list[float], float]:
+async def steady(engine, batch: list[ImageRef], *, rate: float, put) -> tuple[list[float], float]:
     """Queue one image every 1/rate s with ``put``; seconds from queueing to stored, sorted,
     and the rate really kept."""
     await forget_everything(engine)
@@ -184,7 +189,13 @@ async def workers(count: int, settings: Settings, logs: Path) -> AsyncIterator[N
         with (logs / f"worker-{count}-{i}.log").open("wb") as out:
             started.append(
                 await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bot", "worker", cwd=logs, env=env, stdout=out,
+                    sys.executable,
+                    "-m",
+                    "bot",
+                    "worker",
+                    cwd=logs,
+                    env=env,
+                    stdout=out,
                     stderr=out,
                 )
             )
@@ -242,9 +253,7 @@ async def main(args: argparse.Namespace) -> None:
 
         def batch(offset: int, count: int) -> list[ImageRef]:
             made = refs(base, count)
-            return [
-                ImageRef(**{**_fields(r), "message_id": r.message_id + offset}) for r in made
-            ]
+            return [ImageRef(**{**_fields(r), "message_id": r.message_id + offset}) for r in made]
 
         async with open_indexing(settings, engine=engine) as indexing:
             gc.collect()
@@ -279,7 +288,9 @@ async def main(args: argparse.Namespace) -> None:
                     if count == 1:
                         rate = throughput[name] * args.load
                         lat, kept = await steady(
-                            engine, batch(40_000_000, steady_count(rate)), rate=rate,
+                            engine,
+                            batch(40_000_000, steady_count(rate)),
+                            rate=rate,
                             put=queue.enqueue,
                         )
                         latency[name] = (lat, rate, kept)
@@ -290,8 +301,10 @@ async def main(args: argparse.Namespace) -> None:
     print("\nthroughput (first claim to empty jobs table), against the in-process pipeline:")
     for name, rate in throughput.items():
         print("  " + line(name, rate, base_rate))
-    print(f"\nqueued to stored under a steady load ({args.load:.0%} of each one's throughput, "
-          f"up to {args.steady_s:g} s and {args.images} images):")
+    print(
+        f"\nqueued to stored under a steady load ({args.load:.0%} of each one's throughput, "
+        f"up to {args.steady_s:g} s and {args.images} images):"
+    )
     for name, (lat, rate, kept) in latency.items():
         print("  " + latency_line(name, lat, rate, kept))
 

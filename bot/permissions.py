@@ -178,9 +178,7 @@ class Access:
             if parent_id := getattr(channel, "parent_id", getattr(channel, "category_id", None)):
                 parents[channel.id] = parent_id
         unconfirmed = {c.id: c for c in readable if needs_membership(c, member)}
-        return Visibility(
-            guild.id, member, frozenset(c.id for c in readable), unconfirmed, parents
-        )
+        return Visibility(guild.id, member, frozenset(c.id for c in readable), unconfirmed, parents)
 
     async def _uncached_threads(self, guild: discord.Guild) -> list[discord.Thread]:
         """Threads with indexed images that the cache lacks, archived ones above all."""

@@ -62,4 +62,3 @@ async def worker_refresher(settings: Settings) -> AsyncIterator[RefreshUrls | No
         yield url_refresher(http)
     finally:
         await http.close()
-

@@ -143,6 +143,4 @@ async def check_with_discord(settings: Settings) -> DiscordApp:
     flags = app.flags
     if not (flags.gateway_message_content or flags.gateway_message_content_limited):
         raise DiscordRefused(INTENT_REFUSED)
-    return DiscordApp(
-        application_id=app.id, name=app.name, guild_count=app.approximate_guild_count
-    )
+    return DiscordApp(application_id=app.id, name=app.name, guild_count=app.approximate_guild_count)

@@ -97,9 +97,7 @@ async def read_figures(
         capped_count(IndexJob.attempts > 0),
         select(func.min(IndexJob.created_at)).where(first_try).scalar_subquery(),
     )
-    alive = select(IndexConsumer).where(
-        IndexConsumer.seen_at >= now - timedelta(seconds=stale_s)
-    )
+    alive = select(IndexConsumer).where(IndexConsumer.seen_at >= now - timedelta(seconds=stale_s))
     failures = select(IndexFailure.reason, func.sum(IndexFailure.count)).group_by(
         IndexFailure.reason
     )
@@ -211,4 +209,3 @@ def _upsert(insert):
     return stmt.on_conflict_do_update(
         index_elements=["key"], set_={name: stmt.excluded[name] for name in changing}
     )
-

@@ -60,8 +60,9 @@ async def running_bots(
         ]
         ready = asyncio.ensure_future(asyncio.gather(*(b.wait_until_ready() for b in bots)))
         try:
-            done, _ = await asyncio.wait([ready, *tasks], timeout=within,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [ready, *tasks], timeout=within, return_when=asyncio.FIRST_COMPLETED
+            )
             if ready not in done:
                 for task in done:
                     task.result()  # a bot that stopped before it was ready says why

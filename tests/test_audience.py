@@ -33,8 +33,9 @@ def _channel(guild, overwrites: list[Overwrite]):
 
 
 def _rules(overwrites: list[Overwrite]) -> Rules:
-    everyone = next(((o.allow, o.deny) for o in overwrites if o.kind == ROLE and o.id == GUILD),
-                    (0, 0))
+    everyone = next(
+        ((o.allow, o.deny) for o in overwrites if o.kind == ROLE and o.id == GUILD), (0, 0)
+    )
     return Rules(
         everyone,
         {o.id: (o.allow, o.deny) for o in overwrites if o.kind == ROLE and o.id != GUILD},
@@ -73,13 +74,19 @@ def test_agrees_with_discords_algorithm_member_by_member(seed):
     agreed = {True: 0, False: 0}
     for _ in range(250):
         everyone = rng.choice(BITS)
-        roles = {r: rng.choice(BITS) | (int(P.ADMINISTRATOR) if rng.random() < 0.05 else 0)
-                 for r in ROLE_IDS}
+        roles = {
+            r: rng.choice(BITS) | (int(P.ADMINISTRATOR) if rng.random() < 0.05 else 0)
+            for r in ROLE_IDS
+        }
         guild = _guild(everyone, roles)
         there, here = _random_overwrites(rng), _random_overwrites(rng)
         expected = brute_force(guild, _channel(guild, there), _channel(guild, here))
         assert reaches(_rules(there), _rules(here), Roles(everyone, roles)) == expected, (
-            everyone, roles, there, here)
+            everyone,
+            roles,
+            there,
+            here,
+        )
         agreed[expected] += 1
     assert agreed[True] > 10 and agreed[False] > 10  # both answers were exercised
 

@@ -45,7 +45,8 @@ def test_a_fresh_checkout_is_told_what_is_missing(tmp_path, monkeypatch, capsys)
     assert got["settings"][0] == "ok"
     assert got["token"] == ("FAIL", TOKEN_REQUIRED)
     assert got["database"] == (
-        "ok", "SQLite file data/clipfind.db does not exist yet: it is created on first start"
+        "ok",
+        "SQLite file data/clipfind.db does not exist yet: it is created on first start",
     )
     # HF_HUB_OFFLINE=1 in tests: the default weights cannot be had, and the line says the fix.
     assert got["model"][0] == "FAIL" and "CLIP_PRETRAINED to a local checkpoint" in got["model"][1]
@@ -75,8 +76,14 @@ async def test_a_working_configuration_passes_every_check(tmp_path):
             "PYTHONPATH": str(ROOT),
         }
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "check", cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "bot",
+            "check",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, (out + err).decode()
@@ -122,7 +129,10 @@ async def test_database_and_cached_model_checks(tmp_path, monkeypatch):
         finally:
             await engine.dispose()
         cached = cache_weights(
-            monkeypatch, tmp_path / "hub", model="ViT-B-32", tag="laion2b_s34b_b79k",
+            monkeypatch,
+            tmp_path / "hub",
+            model="ViT-B-32",
+            tag="laion2b_s34b_b79k",
             data=b"w" * 1_500_000,
         )
         settings = bot_settings(

@@ -20,7 +20,6 @@ JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
 LONG_AGO = datetime.now(UTC) - timedelta(days=400)
 
 
-
 def history_reads(fd: FakeDiscord, channel, since: int = 0) -> list[dict[str, str]]:
     """The query of every history page the bot asked for in one channel."""
     path = f"/channels/{channel.id}/messages"

@@ -48,7 +48,10 @@ async def test_images_posted_and_read_from_history_during_a_cdn_outage_are_all_i
         alice = guild.add_member("alice")
         old = [
             fd.add_history_message(
-                general, alice, "", attachments=[picture(colour, "circle", seed)],
+                general,
+                alice,
+                "",
+                attachments=[picture(colour, "circle", seed)],
                 at=LONG_AGO + timedelta(minutes=seed),
             )
             for seed, colour in enumerate(("red", "blue"))

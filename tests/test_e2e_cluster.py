@@ -58,8 +58,14 @@ class Process:
     async def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", *self.args,
-                cwd=self.workdir, env=self.env, stdout=out, stderr=out,
+                sys.executable,
+                "-m",
+                "bot",
+                *self.args,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=out,
             )
 
     def log(self) -> str:
@@ -68,8 +74,9 @@ class Process:
     async def logged(self, text: str, *, times: int = 1, within: float = 90) -> None:
         async def seen() -> bool:
             if self.process.returncode is not None:
-                raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n"
-                                     f"{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"{self.name} exited ({self.process.returncode}):\n{self.log()[-3000:]}"
+                )
             return self.log().count(text) >= times
 
         await eventually(seen, within=within)
@@ -179,9 +186,10 @@ async def post_image(cluster: Cluster, server: Server, member: Member, n: int):
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def cluster(postgres_server, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cluster")
-    async with database(postgres_server) as engine, FakeDiscord(
-        recommended_shards=SHARDS, max_concurrency=1
-    ) as fd:
+    async with (
+        database(postgres_server) as engine,
+        FakeDiscord(recommended_shards=SHARDS, max_concurrency=1) as fd,
+    ):
         url = engine.url.render_as_string(hide_password=False)
         servers = []
         for i in range(SERVERS):
@@ -192,22 +200,37 @@ async def cluster(postgres_server, tmp_path_factory):
         bob.append(servers[1].guild.add_existing_user(bob[0].user))
         settings = bot_settings(fd, workdir, database_url=url)
         bots = [
-            Process(f"bot-{shard}", [], {
-                **process_env(fd, settings),
-                "SHARD_COUNT": str(SHARDS),
-                "SHARD_IDS": str(shard),
-                "ENCODE_IMAGES": "false",
-                "GUILD_PURGE_GRACE_HOURS": "0",
-                "LOG_LEVEL": "INFO",
-            }, workdir)
+            Process(
+                f"bot-{shard}",
+                [],
+                {
+                    **process_env(fd, settings),
+                    "SHARD_COUNT": str(SHARDS),
+                    "SHARD_IDS": str(shard),
+                    "ENCODE_IMAGES": "false",
+                    "GUILD_PURGE_GRACE_HOURS": "0",
+                    "LOG_LEVEL": "INFO",
+                },
+                workdir,
+            )
             for shard in range(SHARDS)
         ]
-        worker = Process("worker", ["worker"], worker_env(
-            url, fd.cdn_origin, JOB_LEASE_S=LEASE_S, METRICS_PORT=str(free_port()),
-            METRICS_ADDR="127.0.0.1", LOG_LEVEL="INFO",
-            # As deployed: the token renews expired links, over REST only.
-            DISCORD_TOKEN=fd.token, DISCORD_API_BASE=fd.api_base,
-        ), workdir)
+        worker = Process(
+            "worker",
+            ["worker"],
+            worker_env(
+                url,
+                fd.cdn_origin,
+                JOB_LEASE_S=LEASE_S,
+                METRICS_PORT=str(free_port()),
+                METRICS_ADDR="127.0.0.1",
+                LOG_LEVEL="INFO",
+                # As deployed: the token renews expired links, over REST only.
+                DISCORD_TOKEN=fd.token,
+                DISCORD_API_BASE=fd.api_base,
+            ),
+            workdir,
+        )
         cluster = Cluster(fd, engine, bots, worker, servers, bob)
         try:
             await asyncio.gather(*(p.start() for p in (*bots, worker)))
@@ -243,8 +266,7 @@ async def test_each_image_is_stored_downloaded_and_encoded_once(cluster):
     # Encoded by the worker alone, each once: no bot encodes (ENCODE_IMAGES=false).
     figures = scrape(int(cluster.worker.env["METRICS_PORT"]))
     assert figures["clipfind_images_stored_total"] == IMAGES
-    assert not [k for k in figures if k.startswith("clipfind_images_failed")
-                and figures[k]]
+    assert not [k for k in figures if k.startswith("clipfind_images_failed") and figures[k]]
 
 
 async def test_cluster_start_synced_commands_once_and_identified_one_shard_per_turn(cluster):
@@ -259,8 +281,9 @@ async def test_cluster_start_synced_commands_once_and_identified_one_shard_per_t
 async def test_find_answers_in_every_server_with_the_image_it_names(cluster):
     for n, server in enumerate(cluster.servers):
         colour, shape = class_of(n + SERVERS * n)  # that image went to this server
-        reply = await find(cluster.fd, server.guild, server.channel, server.alice,
-                           caption(colour, shape), count=3)
+        reply = await find(
+            cluster.fd, server.guild, server.channel, server.alice, caption(colour, shape), count=3
+        )
         best = result_ids(reply)[0]
         assert cluster.kind[best] == (colour, shape), (n, reply["embeds"][0]["description"])
         assert best in {m.id for m in server.channel.history()}
@@ -272,9 +295,9 @@ async def test_an_opt_out_through_shard_0_stops_writes_in_every_process_within_2
     bob_here, bob_there = cluster.bob
     before = await rows(engine, author_id=bob_here.id)
     assert before == 4, "bob posted two images in each of the two servers"
-    asked = await (await fd.invoke_slash(
-        here.guild, here.channel, bob_here, ("privacy", "opt-out"), {}
-    )).wait_reply(timeout=30)
+    asked = await (
+        await fd.invoke_slash(here.guild, here.channel, bob_here, ("privacy", "opt-out"), {})
+    ).wait_reply(timeout=30)
     done = await fd.click(asked, buttons(asked)["Opt out and delete my images"], bob_here)
     said = await done.wait_reply(timeout=30, predicate=lambda m: not m["components"])
     assert "4 images" in said["content"], said["content"]
@@ -305,8 +328,9 @@ async def test_restarting_either_bot_deletes_nothing(cluster):
         other = cluster.servers[1 - shard]
         # While it is down no other process hears of its servers (as on Discord, where their
         # interactions would fail); the other shard's are answered as before.
-        reply = await find(fd, other.guild, other.channel, other.alice,
-                           caption(*class_of(1 - shard)))
+        reply = await find(
+            fd, other.guild, other.channel, other.alice, caption(*class_of(1 - shard))
+        )
         assert result_ids(reply)
         with pytest.raises(RuntimeError, match="no client is connected"):
             await find(fd, here.guild, here.channel, here.alice, "a red circle")
@@ -314,8 +338,7 @@ async def test_restarting_either_bot_deletes_nothing(cluster):
         await bot.start()
         await bot.logged(CONNECTED, times=2, within=120)
         await asyncio.sleep(3)  # its look at its servers after READY (departures, sweep)
-        reply = await find(fd, here.guild, here.channel, here.alice,
-                           caption(*class_of(shard)))
+        reply = await find(fd, here.guild, here.channel, here.alice, caption(*class_of(shard)))
         assert result_ids(reply)
         assert await rows(engine) == total
     assert command_syncs(fd) == 1, "a restart with the same commands syncs nothing"
@@ -339,8 +362,9 @@ async def test_the_owner_sees_the_process_that_answered_and_the_whole_cluster(cl
     # The worker is the one encoder (the gateway processes encode no images); its row, written
     # every 15 s, has caught up with the 1,000 by now (the restarts took longer than that).
     encoding = line(said, "Encoding, whole cluster")
-    assert re.search(r"from 1 process \(worker on [^:]+: [\d.]+/s, 1,00\d stored, 0 in hand\)$",
-                     encoding), encoding
+    assert re.search(
+        r"from 1 process \(worker on [^:]+: [\d.]+/s, 1,00\d stored, 0 in hand\)$", encoding
+    ), encoding
 
 
 async def test_a_server_that_removes_the_bot_is_purged_by_its_owner_alone(cluster):
@@ -361,12 +385,14 @@ async def test_a_worker_killed_mid_batch_loses_nothing_after_its_lease(cluster):
     stalled, posted = range(10, 20), []
     for i in range(20):  # hosted links: their downloads can hang from the first request
         server = cluster.servers[i % 4 if i % 4 != 3 else 4]
-        url = fd.host_external_image(f"late{i}.png", picture("blue", "star", 5_000 + i).data,
-                                     "image/png")
+        url = fd.host_external_image(
+            f"late{i}.png", picture("blue", "star", 5_000 + i).data, "image/png"
+        )
         if i in stalled:
             fd.set_cdn_fault(url, stall=True)
-        posted.append(await fd.post_message(server.channel, server.alice, url,
-                                            embeds=[fd.image_embed(url)]))
+        posted.append(
+            await fd.post_message(server.channel, server.alice, url, embeds=[fd.image_embed(url)])
+        )
     await eventually(lambda: _is(jobs(engine), len(stalled)), within=60)
     await eventually(lambda: _is(jobs(engine, leased=True), len(stalled)), within=10)
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL

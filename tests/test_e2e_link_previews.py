@@ -63,9 +63,7 @@ async def test_link_previews_never_reach_the_posters_host(world, poster_host, ca
     # (b) Discord's proxy answers with a redirect to the poster's host.
     redirected = f"{poster_host.origin}/red-circle-too.png?track=me"
     fd.set_cdn_fault(redirected, redirect_to=redirected)
-    bounced = await fd.post_message(
-        general, alice, redirected, embeds=[fd.image_embed(redirected)]
-    )
+    bounced = await fd.post_message(general, alice, redirected, embeds=[fd.image_embed(redirected)])
     # (c) An ordinary preview, served by Discord's proxy.
     linked = fd.host_external_image(
         "green-star.png", png_bytes(draw("green", "star", size=160, rng=42)), "image/png"

@@ -98,10 +98,20 @@ async def test_paging_a_public_answer_follows_the_same_rule(world):
     await fd.wait_ready()
     outside, inside = set(), set()
     for i in range(4):
-        outside.add((await fd.post_message(general, dana, "", attachments=[
-            picture("red", "circle", 10 + i)])).id)
-        inside.add((await fd.post_message(secret, dana, "", attachments=[
-            picture("red", "circle", 20 + i)])).id)
+        outside.add(
+            (
+                await fd.post_message(
+                    general, dana, "", attachments=[picture("red", "circle", 10 + i)]
+                )
+            ).id
+        )
+        inside.add(
+            (
+                await fd.post_message(
+                    secret, dana, "", attachments=[picture("red", "circle", 20 + i)]
+                )
+            ).id
+        )
     await settled(bot, fd)
 
     reply = await find(fd, guild, general, dana, "a red circle", count=2, public=True)

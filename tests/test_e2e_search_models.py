@@ -185,7 +185,6 @@ def same_weights_other_file(tmp_path):
     return path
 
 
-
 def foreign_record(guild_id: int, channel_id: int, author_id: int, vector) -> ImageRecord:
     return ImageRecord(
         guild_id=guild_id,

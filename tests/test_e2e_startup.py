@@ -32,7 +32,6 @@ from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 pytestmark = pytest.mark.usefixtures("isolated_logging")
 
 
-
 @pytest.fixture
 def model_loads(monkeypatch) -> list[str]:
     """Records every attempt to load the model (and lets it proceed)."""
@@ -170,9 +169,7 @@ async def test_a_discord_that_never_answers_stops_in_bounded_time(
     port = server.sockets[0].getsockname()[1]
     async with server, FakeDiscord() as fd:
         base = f"http://127.0.0.1:{port}/api/v10"
-        status = await asyncio.wait_for(
-            run(bot_settings(fd, tmp_path, discord_api_base=base)), 10
-        )
+        status = await asyncio.wait_for(run(bot_settings(fd, tmp_path, discord_api_base=base)), 10)
     assert status == 2
     (line,) = critical_lines(caplog)
     assert line.startswith(f"cannot reach Discord at {base}: no answer in 0.5 s")

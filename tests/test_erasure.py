@@ -80,8 +80,15 @@ async def test_an_image_queued_only_after_its_deletion_is_swept_once_indexed(sto
     jobs.enqueue = enqueue_late
     submissions = Submissions(jobs, written=lambda: None)
     ref = ImageRef(
-        guild_id=1, channel_id=10, message_id=1000, image_key=0, kind="attachment",
-        author_id=70, posted_at=datetime(2026, 1, 1, tzinfo=UTC), url="u", source_url="u",
+        guild_id=1,
+        channel_id=10,
+        message_id=1000,
+        image_key=0,
+        kind="attachment",
+        author_id=70,
+        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        url="u",
+        source_url="u",
         filename="img0.png",
     )
     submitted = asyncio.create_task(submissions.write([ref], LIVE))

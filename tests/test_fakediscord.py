@@ -29,8 +29,9 @@ def png(color: str = "red", size: tuple[int, int] = (8, 6)) -> bytes:
 async def fd(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord() as fake:
         monkeypatch.setattr(discord.http.Route, "BASE", fake.api_base)
-        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
-                            yarl.URL(fake.gateway_url))
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url)
+        )
         yield fake
 
 
@@ -85,7 +86,9 @@ async def test_login_ready_and_guild_cache(fd: FakeDiscord, world: Any) -> None:
         assert discord.utils.snowflake_time(memes.id).year >= 2024
     assert fd.identify_payloads[0]["intents"] == client.intents.value
     assert {(q.method, q.path) for q in fd.requests} >= {
-        ("GET", "/users/@me"), ("GET", "/oauth2/applications/@me")}
+        ("GET", "/users/@me"),
+        ("GET", "/oauth2/applications/@me"),
+    }
 
 
 async def test_heartbeats_follow_the_announced_interval_and_are_recorded(
@@ -122,8 +125,13 @@ async def test_message_attachment_and_embed_fetch_from_cdn(fd: FakeDiscord, worl
     client = client_with()
     inbox = catch_messages(client)
     async with running(client, fd):
-        await fd.post_message(memes, alice, "look", attachments=[Attachment("cat.png", data)],
-                              embeds=[fd.image_embed(linked)])
+        await fd.post_message(
+            memes,
+            alice,
+            "look",
+            attachments=[Attachment("cat.png", data)],
+            embeds=[fd.image_embed(linked)],
+        )
         msg = await asyncio.wait_for(inbox.get(), 5)
         att = msg.attachments[0]
         assert (msg.content, att.filename, att.width, att.height) == ("look", "cat.png", 8, 6)
@@ -146,8 +154,7 @@ async def test_cdn_redirect_fault_and_unproxied_preview(fd: FakeDiscord) -> None
     assert "proxy_url" not in fd.image_embed(elsewhere, proxied=False)["thumbnail"]
     proxied = fd.image_embed(elsewhere)["thumbnail"]["proxy_url"]
     assert proxied.startswith(fd.cdn_origin + "/")
-    async with (aiohttp.ClientSession() as http,
-                http.get(proxied, allow_redirects=False) as resp):
+    async with aiohttp.ClientSession() as http, http.get(proxied, allow_redirects=False) as resp:
         assert resp.status == 302 and resp.headers["Location"] == elsewhere
     assert fd.cdn.hits[-1] == ("/far/away.png", 302)
 
@@ -175,7 +182,8 @@ async def test_suppressed_previews_are_sent_without_embeds(fd: FakeDiscord, worl
 
 
 async def test_without_content_intent_content_and_attachments_are_blank(
-        fd: FakeDiscord, world: Any) -> None:
+    fd: FakeDiscord, world: Any
+) -> None:
     guild, mods, memes, alice = world
     client = client_with(content=False)
     inbox = catch_messages(client)
@@ -189,11 +197,13 @@ async def test_without_content_intent_content_and_attachments_are_blank(
 
 
 async def test_privileged_intent_disabled_in_portal_closes_4014(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async with FakeDiscord(message_content_enabled=False) as fake:
         monkeypatch.setattr(discord.http.Route, "BASE", fake.api_base)
-        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
-                            yarl.URL(fake.gateway_url))
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url)
+        )
         client = client_with(content=True)
         with pytest.raises(discord.PrivilegedIntentsRequired):
             await asyncio.wait_for(client.start(fake.token), 5)
@@ -204,8 +214,9 @@ def find_tree(client: discord.Client, mode: str) -> app_commands.CommandTree:
     tree = app_commands.CommandTree(client)
 
     @tree.command(name="find", description="Find images")
-    async def find(interaction: discord.Interaction, query: str,
-                   count: app_commands.Range[int, 1, 10] = 5) -> None:
+    async def find(
+        interaction: discord.Interaction, query: str, count: app_commands.Range[int, 1, 10] = 5
+    ) -> None:
         if mode == "defer":
             await interaction.response.defer()
             await interaction.followup.send(f"{count} results for {query}")
@@ -224,8 +235,9 @@ async def test_slash_command_reply_seen(fd: FakeDiscord, world: Any, mode: str) 
         tree.copy_global_to(guild=discord.Object(guild.id))
         synced = await tree.sync(guild=discord.Object(guild.id))
         assert synced[0].name == "find" and synced[0].id
-        inter = await fd.invoke_slash(guild, memes, alice, "find",
-                                      {"query": "a red circle", "count": 3})
+        inter = await fd.invoke_slash(
+            guild, memes, alice, "find", {"query": "a red circle", "count": 3}
+        )
         reply = await inter.wait_reply(timeout=5)
         with pytest.raises(ValueError):
             await fd.invoke_slash(guild, memes, alice, "find", {"query": "x", "count": 99})
@@ -275,8 +287,9 @@ async def test_history_pages_newest_first(fd: FakeDiscord, world: Any) -> None:
     async with running(client, fd):
         channel = client.get_channel(memes.id)
         newest_first = [m.content async for m in channel.history(limit=None)]
-        after = [m.content async for m in channel.history(limit=None, after=discord.Object(
-            sent[99].id))]
+        after = [
+            m.content async for m in channel.history(limit=None, after=discord.Object(sent[99].id))
+        ]
         around = [m.id async for m in channel.history(limit=5, around=discord.Object(sent[50].id))]
     assert newest_first == [f"m{i}" for i in reversed(range(230))]
     assert after == [f"m{i}" for i in range(100, 230)]
@@ -287,9 +300,13 @@ async def test_history_pages_newest_first(fd: FakeDiscord, world: Any) -> None:
 
 async def test_permissions_match_client_computation(fd: FakeDiscord, world: Any) -> None:
     guild, mods, memes, alice = world
-    secret = guild.add_text_channel("secret", overwrites=[
-        Overwrite(mods, deny=P.READ_MESSAGE_HISTORY),
-        Overwrite(guild.everyone, allow=P.SEND_POLLS)])
+    secret = guild.add_text_channel(
+        "secret",
+        overwrites=[
+            Overwrite(mods, deny=P.READ_MESSAGE_HISTORY),
+            Overwrite(guild.everyone, allow=P.SEND_POLLS),
+        ],
+    )
     client = client_with()
     tree = app_commands.CommandTree(client)
     seen: dict[str, int] = {}
@@ -315,13 +332,15 @@ async def test_permissions_match_client_computation(fd: FakeDiscord, world: Any)
 
 
 async def test_ephemeral_deferral_followup_file_and_autocomplete(
-        fd: FakeDiscord, world: Any) -> None:
+    fd: FakeDiscord, world: Any
+) -> None:
     guild, mods, memes, alice = world
     client = client_with()
     tree = app_commands.CommandTree(client)
 
-    async def channels(interaction: discord.Interaction, current: str
-                       ) -> list[app_commands.Choice[str]]:
+    async def channels(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         return [app_commands.Choice(name=n, value=n) for n in ("memes", "art") if current in n]
 
     @tree.command(name="show", description="Show a picture")
@@ -330,21 +349,26 @@ async def test_ephemeral_deferral_followup_file_and_autocomplete(
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await pic.read()
         # After a deferral the first follow-up replaces "thinking...", staying ephemeral.
-        await interaction.followup.send(f"{where}: {len(data)} bytes",
-                                        file=discord.File(io.BytesIO(data), "back.png"))
+        await interaction.followup.send(
+            f"{where}: {len(data)} bytes", file=discord.File(io.BytesIO(data), "back.png")
+        )
         await interaction.followup.send("public", ephemeral=False)
 
     async with running(client, fd):
         await tree.sync()
-        assert await fd.autocomplete(guild, memes, alice, "show", {"where": "ar"},
-                                     focused="where") == [{"name": "art", "value": "art"}]
+        assert await fd.autocomplete(
+            guild, memes, alice, "show", {"where": "ar"}, focused="where"
+        ) == [{"name": "art", "value": "art"}]
         data = png()
-        inter = await fd.invoke_slash(guild, memes, alice, "show",
-                                      {"where": "art", "pic": Attachment("in.png", data)})
+        inter = await fd.invoke_slash(
+            guild, memes, alice, "show", {"where": "art", "pic": Attachment("in.png", data)}
+        )
         first = await inter.wait_reply(timeout=5, predicate=lambda m: "bytes" in m["content"])
         last = await inter.wait_reply(timeout=5, predicate=lambda m: m["content"] == "public")
-        async with aiohttp.ClientSession() as http, http.get(
-                first["attachments"][0]["url"]) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(first["attachments"][0]["url"]) as resp,
+        ):
             assert await resp.read() == data
     assert first["content"] == f"art: {len(data)} bytes" and first["flags"] & 64
     assert first["id"] == str(inter.original.id) and not last["flags"] & 64
@@ -387,7 +411,10 @@ async def test_members_intent_threads_and_reconnect(fd: FakeDiscord, world: Any)
         # Being added to a private thread is THREAD_CREATE plus THREAD_MEMBERS_UPDATE, and
         # discord.py fires on_thread_join for each.
         assert [await asyncio.wait_for(events.get(), 5) for _ in range(3)] == [
-            ("create", "open"), ("join", "hidden"), ("join", "hidden")]
+            ("create", "open"),
+            ("join", "hidden"),
+            ("join", "hidden"),
+        ]
         await fd.update_member_roles(guild, alice, [])
         assert await asyncio.wait_for(events.get(), 5) == ("roles", "")
         listed = [t.name async for t in client.get_channel(memes.id).archived_threads()]

@@ -20,8 +20,9 @@ from tests.fakediscord.payloads import me
 async def fd(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord(recommended_shards=2, max_concurrency=2) as fake:
         monkeypatch.setattr(discord.http.Route, "BASE", fake.api_base)
-        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
-                            yarl.URL(fake.gateway_url))
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url)
+        )
         yield fake
 
 
@@ -29,8 +30,12 @@ async def no_identify_pause(shard_id: int | None, *, initial: bool = False) -> N
     pass  # discord.py sleeps 5 s before each IDENTIFY after the first; not measured here
 
 
-def shard_client(shard_id: int | None = None, shard_count: int | None = None,
-                 cls: type[discord.Client] = discord.Client, **options: Any) -> discord.Client:
+def shard_client(
+    shard_id: int | None = None,
+    shard_count: int | None = None,
+    cls: type[discord.Client] = discord.Client,
+    **options: Any,
+) -> discord.Client:
     intents = discord.Intents.default()
     intents.message_content = True
     if shard_id is not None:
@@ -89,7 +94,9 @@ async def test_each_shard_hears_only_its_guilds(fd: FakeDiscord) -> None:
 
     async with running(*clients, fd=fd):
         assert [sorted(g.id for g in c.guilds) for c in clients] == [
-            sorted(g.id for g in guilds[0::2]), sorted(g.id for g in guilds[1::2])]
+            sorted(g.id for g in guilds[0::2]),
+            sorted(g.id for g in guilds[1::2]),
+        ]
         await trees[0].sync()
         for guild, channel, member in zip(guilds, channels, members, strict=True):
             await fd.post_message(channel, member, f"hello {guild.name}")
@@ -104,10 +111,20 @@ async def test_each_shard_hears_only_its_guilds(fd: FakeDiscord) -> None:
         assert clients[1].get_guild(added.id) is not None
         assert clients[0].get_guild(added.id) is None
     # The public answers are channel messages too, heard on the same shard.
-    assert heard == [[("hello g0", guilds[0].id), ("hello g2", guilds[2].id),
-                      ("shard 0", guilds[0].id), ("shard 0", guilds[2].id)],
-                     [("hello g1", guilds[1].id), ("hello g3", guilds[3].id),
-                      ("shard 1", guilds[1].id), ("shard 1", guilds[3].id)]]
+    assert heard == [
+        [
+            ("hello g0", guilds[0].id),
+            ("hello g2", guilds[2].id),
+            ("shard 0", guilds[0].id),
+            ("shard 0", guilds[2].id),
+        ],
+        [
+            ("hello g1", guilds[1].id),
+            ("hello g3", guilds[3].id),
+            ("shard 1", guilds[1].id),
+            ("shard 1", guilds[3].id),
+        ],
+    ]
     assert answers == ["shard 0", "shard 1", "shard 0", "shard 1"]
     assert types[0].count("USER_UPDATE") == 1 and "USER_UPDATE" not in types[1]
     assert types[0].count("INTERACTION_CREATE") == 2 == types[1].count("INTERACTION_CREATE")
@@ -121,7 +138,8 @@ async def test_auto_sharded_client_follows_the_recommendation(fd: FakeDiscord) -
         assert client.shard_count == 2 and set(client.shards) == {0, 1}
         assert {g.id for g in client.guilds} == {g.id for g in guilds}
         assert {g.id: g.shard_id for g in client.guilds} == {
-            g.id: fd.shard_of(g, 2) for g in guilds}
+            g.id: fd.shard_of(g, 2) for g in guilds
+        }
     assert [(i.shard_id, i.shard_count) for i in fd.identifies] == [(0, 2), (1, 2)]
     assert [p["shard"] for p in fd.identify_payloads] == [[0, 2], [1, 2]]
     gateway_bot = [q for q in fd.requests if q.path == "/gateway/bot"]
@@ -152,8 +170,9 @@ async def test_invalid_shard_closes_4010(fd: FakeDiscord) -> None:
 async def test_too_many_guilds_unsharded_closes_4011(monkeypatch: pytest.MonkeyPatch) -> None:
     async with FakeDiscord(max_guilds_per_shard=2) as fd:
         monkeypatch.setattr(discord.http.Route, "BASE", fd.api_base)
-        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
-                            yarl.URL(fd.gateway_url))
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fd.gateway_url)
+        )
         for i in range(4):
             fd.add_guild(f"g{i}", shard=(i % 2, 2))
         client = shard_client()

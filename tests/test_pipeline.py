@@ -67,9 +67,7 @@ async def host():
 
 
 def job_queue(store, model_id: str, **options) -> JobQueue:
-    return JobQueue(
-        store.engine, model_id=model_id, retry=RetryPolicy(0.05, 0.2, 30.0), **options
-    )
+    return JobQueue(store.engine, model_id=model_id, retry=RetryPolicy(0.05, 0.2, 30.0), **options)
 
 
 @contextlib.asynccontextmanager
@@ -466,6 +464,7 @@ async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encod
     gated = _Gated(tiny_encoder)
     for i in range(5):
         host.files[f"b{i}.png"] = (png_bytes(draw("red", "square", rng=600 + i)), "image/png")
+
     async def fetched(*names: str) -> None:
         # Claiming a job takes a database round trip or more (a new connection to Citus asks
         # the catalog for types: 0.75 s), so wait for the download rather than a fixed time.

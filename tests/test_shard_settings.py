@@ -15,8 +15,13 @@ def test_unset_means_discords_recommendation_and_every_shard():
 
 @pytest.mark.parametrize(
     ("ids", "count", "expected"),
-    [("0-3", 8, [0, 1, 2, 3]), ("0,2,5", 6, [0, 2, 5]), ("4-5, 0", 6, [0, 4, 5]),
-     ("3", 4, [3]), ("1-2,2-3", 4, [1, 2, 3])],
+    [
+        ("0-3", 8, [0, 1, 2, 3]),
+        ("0,2,5", 6, [0, 2, 5]),
+        ("4-5, 0", 6, [0, 4, 5]),
+        ("3", 4, [3]),
+        ("1-2,2-3", 4, [1, 2, 3]),
+    ],
 )
 def test_shard_ids_ranges_and_lists(ids, count, expected):
     settings = load_settings(_env_file=None, shard_ids=ids, shard_count=count)

@@ -20,8 +20,15 @@ def signed(ex: float, *, path: str = CDN) -> str:
 
 def ref(url: str, *, kind: str = "attachment") -> ImageRef:
     return ImageRef(
-        guild_id=1, channel_id=1, message_id=2, image_key=3, kind=kind, author_id=4,
-        posted_at=datetime(2026, 1, 1, tzinfo=UTC), url=url, source_url=url.split("?")[0],
+        guild_id=1,
+        channel_id=1,
+        message_id=2,
+        image_key=3,
+        kind=kind,
+        author_id=4,
+        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        url=url,
+        source_url=url.split("?")[0],
         filename="cat.png",
     )
 

@@ -94,9 +94,7 @@ async def test_a_bulk_write_stores_exactly_the_permitted_rows_once_each(store, s
         assert h.posted_at == r.posted_at.replace(tzinfo=r.posted_at.tzinfo or UTC)
 
 
-async def test_a_bulk_write_takes_its_jobs_and_skips_images_whose_job_is_gone(
-    store, store_engine
-):
+async def test_a_bulk_write_takes_its_jobs_and_skips_images_whose_job_is_gone(store, store_engine):
     records = batch(unit_vectors(N, 3))
     jobs = JobQueue(store_engine, model_id=MODEL)
     await store.search(records[0].embedding, scope=SearchScope(1, MODEL), k=1)  # matrix live

@@ -73,7 +73,6 @@ async def statement_plan(conn, stmt) -> dict:
     return await plan_of(conn, str(sql))
 
 
-
 async def explain_search(store, query, scope, k=10) -> list[dict]:
     """The scans of images in the plan of the statement the store would run now."""
     async with store.engine.begin() as conn:

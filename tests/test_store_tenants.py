@@ -19,7 +19,6 @@ N, GUILDS = 20_000, 40
 LAYOUT = Layout(min_rows=1000, drop_below=250, exact_max_rows=100, recheck_s=0)
 
 
-
 def indexes_read(node: dict) -> set[str]:
     """Every index a plan node reads for its rows, its children's included (a BitmapAnd's,
     say), less the policy's look-ups (subplans)."""

@@ -108,8 +108,9 @@ def host_images(fd: FakeDiscord, count: int, *, stalled: range = range(0)) -> li
     half their bytes and then hang."""
     urls = []
     for i in range(count):
-        url = fd.host_external_image(f"p{i}.png", picture("blue", "circle", 100 + i).data,
-                                     "image/png")
+        url = fd.host_external_image(
+            f"p{i}.png", picture("blue", "circle", 100 + i).data, "image/png"
+        )
         if i in stalled:
             fd.set_cdn_fault(url, stall=True)
         urls.append(url)
@@ -194,29 +195,39 @@ async def test_a_worker_with_the_bot_token_renews_an_expired_attachment_link(
         guild = fd.add_guild("Old links")
         general = guild.add_text_channel("general")
         alice = guild.add_member("alice")
-        message = await fd.post_message(general, alice, "",
-                                        attachments=[picture("red", "star", 1)])
+        message = await fd.post_message(general, alice, "", attachments=[picture("red", "star", 1)])
         (attachment,) = message.attachments
         old_url = attachment.url  # signed now; the property signs afresh at each read
         ref = dataclasses.replace(
             image_ref(0, old_url),
-            guild_id=guild.id, channel_id=general.id, message_id=message.id,
-            image_key=attachment.id, kind="attachment", author_id=alice.id,
+            guild_id=guild.id,
+            channel_id=general.id,
+            message_id=message.id,
+            image_key=attachment.id,
+            kind="attachment",
+            author_id=alice.id,
             source_url=old_url.split("?")[0],
         )
         await JobQueue(postgres_engine, model_id=tiny_encoder.model_id).enqueue([ref])
         fd.advance_clock(LINK_TTL + 3600)  # a day in the queue: its link no longer works
 
-        env = worker_env(url_of(postgres_engine), fd.cdn_origin, DISCORD_TOKEN=fd.token,
-                         DISCORD_API_BASE=fd.api_base)
+        env = worker_env(
+            url_of(postgres_engine),
+            fd.cdn_origin,
+            DISCORD_TOKEN=fd.token,
+            DISCORD_API_BASE=fd.api_base,
+        )
         worker = await Worker.start(tmp_path, env)
         try:
             await eventually(lambda: _is(jobs(postgres_engine), 0), within=90)
             assert await worker.stop() == 0
         finally:
             await worker.ensure_gone()
-        refreshed = [r.json["attachment_urls"] for r in fd.requests
-                     if r.method == "POST" and r.path == "/attachments/refresh-urls"]
+        refreshed = [
+            r.json["attachment_urls"]
+            for r in fd.requests
+            if r.method == "POST" and r.path == "/attachments/refresh-urls"
+        ]
         assert refreshed == [[old_url]]
         assert not any(r.path.startswith("/gateway") for r in fd.requests), "REST only"
     assert await stored_per_image(postgres_engine) == {(message.id, attachment.id): 1}
@@ -228,8 +239,12 @@ async def test_a_worker_with_the_bot_token_renews_an_expired_attachment_link(
 async def test_a_worker_whose_token_discord_refuses_stops_as_the_bot_does(tmp_path):
     async with FakeDiscord() as fd:
         revoked = fd.token[:-4] + ("AAAA" if not fd.token.endswith("AAAA") else "BBBB")
-        env = worker_env("postgresql+asyncpg://clipfind@127.0.0.1:1/clipfind", fd.cdn_origin,
-                         DISCORD_TOKEN=revoked, DISCORD_API_BASE=fd.api_base)
+        env = worker_env(
+            "postgresql+asyncpg://clipfind@127.0.0.1:1/clipfind",
+            fd.cdn_origin,
+            DISCORD_TOKEN=revoked,
+            DISCORD_API_BASE=fd.api_base,
+        )
         worker = await Worker.start(tmp_path, env)
         try:
             assert await asyncio.wait_for(worker.process.wait(), 60) == 2
@@ -318,9 +333,7 @@ async def test_a_stopped_worker_hands_its_claims_back_at_once(
     assert "handed 5 unfinished jobs back to the queue" in worker.log()
 
 
-async def test_a_bot_that_does_not_encode_leaves_the_images_to_a_worker(
-    postgres_engine, tmp_path
-):
+async def test_a_bot_that_does_not_encode_leaves_the_images_to_a_worker(postgres_engine, tmp_path):
     url = url_of(postgres_engine)
     async with FakeDiscord() as fd:
         settings = bot_settings(fd, tmp_path, database_url=url, encode_images=False)
@@ -365,9 +378,7 @@ async def test_a_bot_that_does_not_encode_leaves_the_images_to_a_worker(
             await worker.ensure_gone()
 
 
-async def test_a_worker_on_another_model_than_the_index_refuses_to_start(
-    postgres_engine, tmp_path
-):
+async def test_a_worker_on_another_model_than_the_index_refuses_to_start(postgres_engine, tmp_path):
     await set_state(postgres_engine, INDEX_MODEL_KEY, "ViT-B-32/laion2b_s34b_b79k")
     await JobQueue(postgres_engine, model_id="tiny").enqueue([image_ref(1, "http://x/p1.png")])
     worker = await Worker.start(tmp_path, worker_env(url_of(postgres_engine), "http://x"))
@@ -386,7 +397,6 @@ async def _logged(worker: Worker, text: str, *, times: int = 1) -> bool:
     if worker.process.returncode is not None:
         raise AssertionError(f"the worker exited ({worker.process.returncode}):\n{worker.log()}")
     return worker.log().count(text) >= times
-
 
 
 async def test_a_busy_worker_logs_its_throughput_and_an_idle_one_keeps_quiet(

@@ -281,9 +281,9 @@ class JobQueue:
         async with self._transaction() as conn:
             row = (
                 await conn.execute(
-                    select(
-                        func.count().filter(~retrying), func.count().filter(retrying)
-                    ).where(*where)
+                    select(func.count().filter(~retrying), func.count().filter(retrying)).where(
+                        *where
+                    )
                 )
             ).one()
             failures = select(IndexFailure.reason, func.sum(IndexFailure.count)).group_by(
@@ -297,12 +297,7 @@ class JobQueue:
     async def due(self, at_most: int) -> int:
         """How many rows could be claimed now, counting no further than ``at_most``."""
         now = _now()
-        capped = (
-            select(IndexJob.id)
-            .where(*_claimable(now))
-            .limit(at_most)
-            .subquery()
-        )
+        capped = select(IndexJob.id).where(*_claimable(now)).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 

@@ -117,9 +117,7 @@ async def take_jobs(conn, job_ids: Sequence[int | None]) -> set[int]:
     ids = [job_id for job_id in job_ids if job_id is not None]
     if not ids:
         return set()
-    taken = await conn.execute(
-        delete(IndexJob).where(IndexJob.id.in_(ids)).returning(IndexJob.id)
-    )
+    taken = await conn.execute(delete(IndexJob).where(IndexJob.id.in_(ids)).returning(IndexJob.id))
     return set(taken.scalars())
 
 

@@ -107,7 +107,22 @@ from .permissions import ALL, DEFAULT_BOT, DEFAULT_EVERYONE, Overwrite, P, Permi
 from .server import FakeDiscord, RecordedRequest
 
 __all__ = [
-    "ALL", "DEFAULT_BOT", "DEFAULT_EVERYONE", "Attachment", "Channel", "FakeDiscord",
-    "FakeInteraction", "Fault", "Guild", "Member", "Message", "Overwrite", "P", "Permission",
-    "RecordedRequest", "Role", "StoredAttachment", "User",
+    "ALL",
+    "DEFAULT_BOT",
+    "DEFAULT_EVERYONE",
+    "Attachment",
+    "Channel",
+    "FakeDiscord",
+    "FakeInteraction",
+    "Fault",
+    "Guild",
+    "Member",
+    "Message",
+    "Overwrite",
+    "P",
+    "Permission",
+    "RecordedRequest",
+    "Role",
+    "StoredAttachment",
+    "User",
 ]

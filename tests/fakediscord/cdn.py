@@ -85,13 +85,28 @@ class Cdn:
 
     # -- attachments -------------------------------------------------------------------
 
-    def store(self, channel_id: int, upload: Attachment, *, ephemeral: bool = False
-              ) -> StoredAttachment:
+    def store(
+        self, channel_id: int, upload: Attachment, *, ephemeral: bool = False
+    ) -> StoredAttachment:
         sniffed, width, height = probe_image(upload.data)
-        content_type = (upload.content_type or sniffed
-                        or mimetypes.guess_type(upload.filename)[0] or "application/octet-stream")
-        att = StoredAttachment(self._ids.next(), channel_id, upload.filename, upload.data,
-                               content_type, width, height, upload.description, self, ephemeral)
+        content_type = (
+            upload.content_type
+            or sniffed
+            or mimetypes.guess_type(upload.filename)[0]
+            or "application/octet-stream"
+        )
+        att = StoredAttachment(
+            self._ids.next(),
+            channel_id,
+            upload.filename,
+            upload.data,
+            content_type,
+            width,
+            height,
+            upload.description,
+            self,
+            ephemeral,
+        )
         self.files[(channel_id, att.id)] = att
         return att
 
@@ -147,8 +162,11 @@ class Cdn:
     def requests_for(self, url: str) -> list[tuple[float, int]]:
         """(time.monotonic(), status) of every request for one URL, whatever its signature."""
         path = _canonical(unquote(urlsplit(url).path))
-        return [(at, status) for (hit, status), at in zip(self.hits, self.hit_times, strict=True)
-                if hit == path]
+        return [
+            (at, status)
+            for (hit, status), at in zip(self.hits, self.hit_times, strict=True)
+            if hit == path
+        ]
 
     def set_fault(self, url: str, **spec: object) -> Fault:
         fault = Fault(**spec)  # type: ignore[arg-type]
@@ -223,8 +241,9 @@ class Cdn:
         # Faults set on the original URL apply to its proxy too.
         return await self._serve(request, *found, path=target)
 
-    async def _serve(self, request: web.Request, data: bytes, content_type: str,
-                     path: str | None = None) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, data: bytes, content_type: str, path: str | None = None
+    ) -> web.StreamResponse:
         path = path or _canonical(request.path)
         fault = self.faults.get(path)
         if fault is None:
@@ -250,10 +269,9 @@ class Cdn:
             await self.closing.wait()
             return resp
         for start in range(0, len(body), 1 << 16):
-            await resp.write(body[start:start + (1 << 16)])
+            await resp.write(body[start : start + (1 << 16)])
         await resp.write_eof()
         return resp
-
 
     def _redirect(self, path: str, fault: Fault) -> web.Response:
         fault.served += 1
@@ -262,4 +280,4 @@ class Cdn:
 
 
 def _canonical(path: str) -> str:
-    return path[len("/media"):] if path.startswith("/media/") else path
+    return path[len("/media") :] if path.startswith("/media/") else path

@@ -76,7 +76,7 @@ class ChannelRoutes:
         live = channel.history()
         if "around" in q:
             around = int(q["around"])
-            older = [m for m in live if m.id < around][-(limit // 2):] if limit > 1 else []
+            older = [m for m in live if m.id < around][-(limit // 2) :] if limit > 1 else []
             newer = [m for m in live if m.id >= around][: limit - len(older)]
             page = older + newer
         elif "before" in q:
@@ -100,8 +100,14 @@ class ChannelRoutes:
         require(self.fd, channel, send_bit, *([P.ATTACH_FILES] if uploads else []))
         if channel.is_thread and channel.archived:
             channel.archived = False  # sending unarchives, as on Discord
-        if not (body.get("content") or body.get("embeds") or uploads or body.get("components")
-                or body.get("sticker_ids") or body.get("poll")):
+        if not (
+            body.get("content")
+            or body.get("embeds")
+            or uploads
+            or body.get("components")
+            or body.get("sticker_ids")
+            or body.get("poll")
+        ):
             return r.ok({"message": "Cannot send an empty message", "code": 50006}, 400)
         if body.get("embeds") and not bot_permissions(self.fd, channel) & P.EMBED_LINKS:
             body = {**body, "embeds": []}  # Discord drops them silently
@@ -114,8 +120,9 @@ class ChannelRoutes:
         channel = self._channel(request)
         msg = self._message(channel, request)
         if msg.author.id != self.fd.bot_user.id:
-            return r.ok({"message": "Cannot edit a message authored by another user",
-                         "code": 50005}, 403)
+            return r.ok(
+                {"message": "Cannot edit a message authored by another user", "code": 50005}, 403
+            )
         body, uploads = await self.fd.body(request)
         apply_edit(self.fd, msg, body, uploads)
         self.fd.dispatch_message("MESSAGE_UPDATE", msg)
@@ -155,14 +162,20 @@ class ChannelRoutes:
         threads.sort(key=lambda t: t.archive_timestamp, reverse=True)
         page = threads[:limit]
         bot = self.fd.bot_user.id
-        return r.ok({"threads": [payloads.channel(t, bot_id=bot) for t in page],
-                     "members": [payloads.thread_member(t, bot) for t in page
-                                 if bot in t.member_ids],
-                     "has_more": len(threads) > limit})
+        return r.ok(
+            {
+                "threads": [payloads.channel(t, bot_id=bot) for t in page],
+                "members": [payloads.thread_member(t, bot) for t in page if bot in t.member_ids],
+                "has_more": len(threads) > limit,
+            }
+        )
 
     def _children(self, channel: Channel, private: bool) -> list[Channel]:
-        return [t for t in channel.guild.threads.values() if t.parent is channel
-                and not t.deleted and t.archived and t.private == private]
+        return [
+            t
+            for t in channel.guild.threads.values()
+            if t.parent is channel and not t.deleted and t.archived and t.private == private
+        ]
 
     async def archived_public(self, request: web.Request) -> web.Response:
         channel = self._channel(request)

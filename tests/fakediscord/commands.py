@@ -37,8 +37,9 @@ class CommandRegistry:
             old = previous.get((cmd["name"], cmd["type"]))
             if old is not None:
                 cmd["id"] = old["id"]
-                same = {k: v for k, v in old.items() if k != "version"} == \
-                    {k: v for k, v in cmd.items() if k != "version"}
+                same = {k: v for k, v in old.items() if k != "version"} == {
+                    k: v for k, v in cmd.items() if k != "version"
+                }
                 cmd["version"] = old["version"] if same else str(self._ids.next())
             stored.append(cmd)
         self.scopes[guild_id] = stored
@@ -47,14 +48,19 @@ class CommandRegistry:
     def _echo(self, raw: dict[str, Any], guild_id: int | None) -> dict[str, Any]:
         kind = int(raw.get("type") or CHAT_INPUT)
         cmd: dict[str, Any] = {
-            "id": str(self._ids.next()), "application_id": str(self._app),
-            "version": str(self._ids.next()), "type": kind, "name": raw["name"],
+            "id": str(self._ids.next()),
+            "application_id": str(self._app),
+            "version": str(self._ids.next()),
+            "type": kind,
+            "name": raw["name"],
             "name_localizations": raw.get("name_localizations"),
             "description": raw.get("description", "") if kind == CHAT_INPUT else "",
             "description_localizations": raw.get("description_localizations"),
             "default_member_permissions": raw.get("default_member_permissions"),
-            "dm_permission": raw.get("dm_permission", True), "nsfw": bool(raw.get("nsfw")),
-            "contexts": raw.get("contexts"), "integration_types": raw.get("integration_types", [0]),
+            "dm_permission": raw.get("dm_permission", True),
+            "nsfw": bool(raw.get("nsfw")),
+            "contexts": raw.get("contexts"),
+            "integration_types": raw.get("integration_types", [0]),
         }
         if raw.get("options"):
             cmd["options"] = [_fill_option(o) for o in raw["options"]]

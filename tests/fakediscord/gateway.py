@@ -40,15 +40,28 @@ MESSAGE_CONTENT = 1 << 15
 
 # Which intent a client needs to receive an event; events absent here always arrive.
 EVENT_INTENT = {
-    "GUILD_CREATE": GUILDS, "GUILD_UPDATE": GUILDS, "GUILD_DELETE": GUILDS,
-    "GUILD_ROLE_CREATE": GUILDS, "GUILD_ROLE_UPDATE": GUILDS, "GUILD_ROLE_DELETE": GUILDS,
-    "CHANNEL_CREATE": GUILDS, "CHANNEL_UPDATE": GUILDS, "CHANNEL_DELETE": GUILDS,
-    "THREAD_CREATE": GUILDS, "THREAD_UPDATE": GUILDS, "THREAD_DELETE": GUILDS,
-    "THREAD_LIST_SYNC": GUILDS, "THREAD_MEMBER_UPDATE": GUILDS, "THREAD_MEMBERS_UPDATE": GUILDS,
-    "GUILD_MEMBER_ADD": GUILD_MEMBERS, "GUILD_MEMBER_UPDATE": GUILD_MEMBERS,
+    "GUILD_CREATE": GUILDS,
+    "GUILD_UPDATE": GUILDS,
+    "GUILD_DELETE": GUILDS,
+    "GUILD_ROLE_CREATE": GUILDS,
+    "GUILD_ROLE_UPDATE": GUILDS,
+    "GUILD_ROLE_DELETE": GUILDS,
+    "CHANNEL_CREATE": GUILDS,
+    "CHANNEL_UPDATE": GUILDS,
+    "CHANNEL_DELETE": GUILDS,
+    "THREAD_CREATE": GUILDS,
+    "THREAD_UPDATE": GUILDS,
+    "THREAD_DELETE": GUILDS,
+    "THREAD_LIST_SYNC": GUILDS,
+    "THREAD_MEMBER_UPDATE": GUILDS,
+    "THREAD_MEMBERS_UPDATE": GUILDS,
+    "GUILD_MEMBER_ADD": GUILD_MEMBERS,
+    "GUILD_MEMBER_UPDATE": GUILD_MEMBERS,
     "GUILD_MEMBER_REMOVE": GUILD_MEMBERS,
-    "MESSAGE_CREATE": GUILD_MESSAGES, "MESSAGE_UPDATE": GUILD_MESSAGES,
-    "MESSAGE_DELETE": GUILD_MESSAGES, "MESSAGE_DELETE_BULK": GUILD_MESSAGES,
+    "MESSAGE_CREATE": GUILD_MESSAGES,
+    "MESSAGE_UPDATE": GUILD_MESSAGES,
+    "MESSAGE_DELETE": GUILD_MESSAGES,
+    "MESSAGE_DELETE_BULK": GUILD_MESSAGES,
 }
 
 HEARTBEAT_INTERVAL_MS = 41250
@@ -234,8 +247,11 @@ class Gateway:
         if not isinstance(intents, int):
             await session.close(4013, "Invalid intent(s).")
             return
-        if intents & ~fd.enabled_privileged_intents() & (GUILD_MEMBERS | GUILD_PRESENCES
-                                                         | MESSAGE_CONTENT):
+        if (
+            intents
+            & ~fd.enabled_privileged_intents()
+            & (GUILD_MEMBERS | GUILD_PRESENCES | MESSAGE_CONTENT)
+        ):
             await session.close(4014, "Disallowed intent(s).")
             return
         shard = d.get("shard", [0, 1])
@@ -283,8 +299,10 @@ class Gateway:
         if d.get("limit"):
             members = members[: d["limit"]]
         chunk: dict[str, Any] = {
-            "guild_id": str(guild.id), "members": [payloads.member(m) for m in members],
-            "chunk_index": 0, "chunk_count": 1,
+            "guild_id": str(guild.id),
+            "members": [payloads.member(m) for m in members],
+            "chunk_index": 0,
+            "chunk_count": 1,
         }
         if wanted:
             chunk["not_found"] = [str(u) for u in wanted - {m.id for m in members}]
@@ -296,6 +314,9 @@ class Gateway:
 
 
 def _valid_shard(shard: Any) -> bool:
-    return (isinstance(shard, list | tuple) and len(shard) == 2
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
-            and 0 <= shard[0] < shard[1])
+    return (
+        isinstance(shard, list | tuple)
+        and len(shard) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        and 0 <= shard[0] < shard[1]
+    )

@@ -41,7 +41,6 @@ class Snowflakes:
             self._last = value
         return value
 
-
     def spread(self, accept: Callable[[int], bool] = lambda ms: True) -> int:
         """A fresh id in a millisecond of its own, the first one `accept` takes.
 

@@ -26,7 +26,16 @@ if TYPE_CHECKING:
 APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE = 2, 3, 4
 SUB_COMMAND, SUB_COMMAND_GROUP = 1, 2
 STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT = (
-    3, 4, 5, 6, 7, 8, 9, 10, 11)
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+)
 TOKEN_TTL = 15 * 60
 
 
@@ -37,8 +46,16 @@ class FakeInteraction:
     `messages`: every message this interaction produced (original first), as dicts.
     """
 
-    def __init__(self, fd: FakeDiscord, kind: int, guild: Guild, channel: Channel,
-                 member: Member, data: dict[str, Any], source: Message | None = None) -> None:
+    def __init__(
+        self,
+        fd: FakeDiscord,
+        kind: int,
+        guild: Guild,
+        channel: Channel,
+        member: Member,
+        data: dict[str, Any],
+        source: Message | None = None,
+    ) -> None:
         self.fd = fd
         self.id = fd.ids.next()
         self.token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
@@ -96,15 +113,18 @@ class FakeInteraction:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_reply(self, timeout: float = 30,  # noqa: ASYNC109 - promised API
-                         predicate: Callable[[dict[str, Any]], bool] | None = None
-                         ) -> dict[str, Any]:
+    async def wait_reply(
+        self,
+        timeout: float = 30,  # noqa: ASYNC109 - promised API
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         """The message the member sees as the answer (the newest one shown), as a dict.
 
         Answers: a type-4 or type-7 callback, or a deferral followed by an edit of
         @original or a follow-up. With `predicate`, waits for a shown message it accepts
         (for bots that first show progress, then the result).
         """
+
         def pick() -> dict[str, Any] | None:
             for msg in reversed(self._shown):
                 if msg.deleted:
@@ -120,22 +140,32 @@ class FakeInteraction:
             except TimeoutError:
                 raise TimeoutError(
                     f"no reply to interaction {self.id} within {timeout}s; callbacks so far: "
-                    f"{self.callbacks!r}") from None
+                    f"{self.callbacks!r}"
+                ) from None
         return pick()
 
     def payload(self) -> dict[str, Any]:
         g, c, m = self.guild, self.channel, self.member
         data: dict[str, Any] = {
-            "id": str(self.id), "application_id": str(self.fd.application_id), "type": self.type,
-            "data": self.data, "guild_id": str(g.id),
+            "id": str(self.id),
+            "application_id": str(self.fd.application_id),
+            "type": self.type,
+            "data": self.data,
+            "guild_id": str(g.id),
             "guild": {"id": str(g.id), "locale": "en-US", "features": []},
-            "channel_id": str(c.id), "channel": payloads.interaction_channel(self.fd, c, m),
+            "channel_id": str(c.id),
+            "channel": payloads.interaction_channel(self.fd, c, m),
             "member": payloads.member(m, permissions=channel_permissions(c, m)),
-            "token": self.token, "version": 1,
+            "token": self.token,
+            "version": 1,
             "app_permissions": str(channel_permissions(c, g.bot_member)),
-            "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-            "entitlement_sku_ids": [], "authorizing_integration_owners": {"0": str(g.id)},
-            "context": 0, "attachment_size_limit": 10 * 1024 * 1024,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "entitlement_sku_ids": [],
+            "authorizing_integration_owners": {"0": str(g.id)},
+            "context": 0,
+            "attachment_size_limit": 10 * 1024 * 1024,
         }
         if self.source is not None:
             data["message"] = payloads.message(self.fd, self.source)
@@ -144,7 +174,9 @@ class FakeInteraction:
     def metadata(self) -> dict[str, Any]:
         """`interaction_metadata` of messages this interaction creates."""
         meta: dict[str, Any] = {
-            "id": str(self.id), "type": self.type, "user": payloads.user(self.member.user),
+            "id": str(self.id),
+            "type": self.type,
+            "user": payloads.user(self.member.user),
             "authorizing_integration_owners": {"0": str(self.guild.id)},
         }
         if self.type == APPLICATION_COMMAND:
@@ -162,44 +194,68 @@ class FakeInteraction:
 class OptionBuilder:
     """Turns test-friendly values into typed options plus `resolved` for one command."""
 
-    def __init__(self, fd: FakeDiscord, guild: Guild, channel: Channel, member: Member,
-                 focused: str | None = None) -> None:
+    def __init__(
+        self,
+        fd: FakeDiscord,
+        guild: Guild,
+        channel: Channel,
+        member: Member,
+        focused: str | None = None,
+    ) -> None:
         self.fd, self.guild, self.channel, self.member = fd, guild, channel, member
         self.resolved: dict[str, dict[str, Any]] = {}
         # Autocomplete: the member is still typing `focused`, so nothing is validated yet.
         self.focused = focused
 
-    def command(self, cmd: dict[str, Any], path: tuple[str, ...],
-                values: dict[str, Any]) -> list[dict[str, Any]]:
+    def command(
+        self, cmd: dict[str, Any], path: tuple[str, ...], values: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         schema = cmd.get("options", [])
         for name in path[1:]:
-            sub = next((o for o in schema if o["name"] == name
-                        and o["type"] in (SUB_COMMAND, SUB_COMMAND_GROUP)), None)
+            sub = next(
+                (
+                    o
+                    for o in schema
+                    if o["name"] == name and o["type"] in (SUB_COMMAND, SUB_COMMAND_GROUP)
+                ),
+                None,
+            )
             if sub is None:
                 raise ValueError(f"/{' '.join(path)}: no subcommand {name!r} in {cmd['name']!r}")
             schema = sub.get("options", [])
         if any(o["type"] in (SUB_COMMAND, SUB_COMMAND_GROUP) for o in schema):
-            raise ValueError(f"/{' '.join(path)} needs a subcommand: "
-                             f"{[o['name'] for o in schema]}")
+            raise ValueError(f"/{' '.join(path)} needs a subcommand: {[o['name'] for o in schema]}")
         options = self.values(schema, values, "/" + " ".join(path))
         for name in reversed(path[1:]):
             kind = SUB_COMMAND if name == path[-1] else SUB_COMMAND_GROUP
             options = [{"type": kind, "name": name, "options": options}]
         return options
 
-    def values(self, schema: list[dict[str, Any]], values: dict[str, Any], where: str
-               ) -> list[dict[str, Any]]:
+    def values(
+        self, schema: list[dict[str, Any]], values: dict[str, Any], where: str
+    ) -> list[dict[str, Any]]:
         known = {o["name"]: o for o in schema}
         out = []
         for name, value in values.items():
             if name not in known:
                 raise ValueError(f"{where}: no option {name!r}; options are {sorted(known)}")
             if name == self.focused:
-                out.append({"name": name, "type": known[name]["type"], "value": str(value),
-                            "focused": True})
+                out.append(
+                    {
+                        "name": name,
+                        "type": known[name]["type"],
+                        "value": str(value),
+                        "focused": True,
+                    }
+                )
                 continue
-            out.append({"name": name, "type": known[name]["type"],
-                        "value": self._convert(known[name], value, f"{where} {name}")})
+            out.append(
+                {
+                    "name": name,
+                    "type": known[name]["type"],
+                    "value": self._convert(known[name], value, f"{where} {name}"),
+                }
+            )
         missing = [o["name"] for o in schema if o.get("required") and o["name"] not in values]
         if missing and self.focused is None:
             raise ValueError(f"{where}: required option(s) {missing} missing")
@@ -220,8 +276,12 @@ class OptionBuilder:
             self._check(isinstance(value, bool), where, value)
         if kind in (INTEGER, NUMBER):
             lo, hi = opt.get("min_value"), opt.get("max_value")
-            self._check((lo is None or value >= lo) and (hi is None or value <= hi), where, value,
-                        f"outside [{lo}, {hi}]")
+            self._check(
+                (lo is None or value >= lo) and (hi is None or value <= hi),
+                where,
+                value,
+                f"outside [{lo}, {hi}]",
+            )
         if opt.get("choices"):
             self._check(value in [c["value"] for c in opt["choices"]], where, value, "not a choice")
         if kind in (STRING, INTEGER, NUMBER, BOOLEAN):
@@ -256,16 +316,32 @@ class OptionBuilder:
         member = self.guild.members.get(user.id)
         if member is not None:
             self.resolved.setdefault("members", {})[str(user.id)] = payloads.member(
-                member, with_user=False, permissions=channel_permissions(self.channel, member))
+                member, with_user=False, permissions=channel_permissions(self.channel, member)
+            )
         return str(user.id)
 
     def _channel(self, c: Channel) -> dict[str, Any]:
-        data = {"id": str(c.id), "name": c.name, "type": c.type,
-                "permissions": str(channel_permissions(c, self.member)), "flags": 0}
+        data = {
+            "id": str(c.id),
+            "name": c.name,
+            "type": c.type,
+            "permissions": str(channel_permissions(c, self.member)),
+            "flags": 0,
+        }
         if c.is_thread:
             full = payloads.channel(c)
-            data.update({k: full[k] for k in ("parent_id", "thread_metadata", "owner_id",
-                                              "member_count", "message_count")})
+            data.update(
+                {
+                    k: full[k]
+                    for k in (
+                        "parent_id",
+                        "thread_metadata",
+                        "owner_id",
+                        "member_count",
+                        "message_count",
+                    )
+                }
+            )
         else:
             data["parent_id"] = str(c.parent.id) if c.parent else None
         return data

@@ -34,8 +34,9 @@ class Lifecycle:
 
     def _announce_role(self, role: Role, event: str) -> None:
         if role.guild.bot_is_member:
-            self.gateway.dispatch(event, {"guild_id": str(role.guild.id),
-                                          "role": payloads.role(role)})
+            self.gateway.dispatch(
+                event, {"guild_id": str(role.guild.id), "role": payloads.role(role)}
+            )
 
     def _announce_member(self, member: Member, event: str) -> None:
         guild = member.guild
@@ -63,16 +64,22 @@ class Lifecycle:
 
     # -- messages ----------------------------------------------------------------------
 
-    async def delete_message(self, message: Message | dict[str, Any] | int, *,
-                             dispatch: bool = True) -> None:
+    async def delete_message(
+        self, message: Message | dict[str, Any] | int, *, dispatch: bool = True
+    ) -> None:
         """MESSAGE_DELETE; the message's attachment URLs stop working at once."""
         msg = self.stored_message(message)
         visible = self.bot_can_view(msg.channel) and not msg.flags & EPHEMERAL
         self._forget_message(msg)
         if dispatch and visible:
-            self.gateway.dispatch("MESSAGE_DELETE", {
-                "id": str(msg.id), "channel_id": str(msg.channel.id),
-                "guild_id": str(msg.guild.id)})
+            self.gateway.dispatch(
+                "MESSAGE_DELETE",
+                {
+                    "id": str(msg.id),
+                    "channel_id": str(msg.channel.id),
+                    "guild_id": str(msg.guild.id),
+                },
+            )
         await self.flush()
 
     def _forget_message(self, msg: Message) -> None:
@@ -80,21 +87,32 @@ class Lifecycle:
         for att in msg.attachments:
             self.cdn.forget(att)
 
-    async def bulk_delete(self, channel: Channel, messages: Sequence[Message], *,
-                          dispatch: bool = True) -> None:
+    async def bulk_delete(
+        self, channel: Channel, messages: Sequence[Message], *, dispatch: bool = True
+    ) -> None:
         """MESSAGE_DELETE_BULK for `messages` of one channel."""
         for msg in messages:
             self._forget_message(msg)
         if dispatch and self.bot_can_view(channel):
-            self.gateway.dispatch("MESSAGE_DELETE_BULK", {
-                "ids": [str(m.id) for m in messages], "channel_id": str(channel.id),
-                "guild_id": str(channel.guild.id)})
+            self.gateway.dispatch(
+                "MESSAGE_DELETE_BULK",
+                {
+                    "ids": [str(m.id) for m in messages],
+                    "channel_id": str(channel.id),
+                    "guild_id": str(channel.guild.id),
+                },
+            )
         await self.flush()
 
-    async def edit_message(self, message: Message, *, content: str = _UNSET,
-                           attachments: Sequence[Any] = _UNSET,
-                           embeds: Sequence[dict[str, Any]] = _UNSET,
-                           dispatch: bool = True) -> Message:
+    async def edit_message(
+        self,
+        message: Message,
+        *,
+        content: str = _UNSET,
+        attachments: Sequence[Any] = _UNSET,
+        embeds: Sequence[dict[str, Any]] = _UNSET,
+        dispatch: bool = True,
+    ) -> Message:
         """The author edits: MESSAGE_UPDATE with the full message.
 
         `attachments` lists what remains: kept `StoredAttachment`s (e.g. `msg.attachments[1:]`
@@ -122,8 +140,9 @@ class Lifecycle:
         await self.flush()
         return message
 
-    async def suppress_embeds(self, message: Message, *, suppressed: bool = True,
-                              dispatch: bool = True) -> Message:
+    async def suppress_embeds(
+        self, message: Message, *, suppressed: bool = True, dispatch: bool = True
+    ) -> Message:
         """The author (or a moderator) hides the link previews: flag SUPPRESS_EMBEDS, and
         Discord sends the message without embeds from then on. `suppressed=False` shows them
         again."""
@@ -158,13 +177,20 @@ class Lifecycle:
             self._forget_message(msg)
         thread.deleted = True
         if dispatch and visible:
-            self.gateway.dispatch("THREAD_DELETE", {
-                "id": str(thread.id), "guild_id": str(thread.guild.id),
-                "parent_id": str(thread.parent.id), "type": thread.type})
+            self.gateway.dispatch(
+                "THREAD_DELETE",
+                {
+                    "id": str(thread.id),
+                    "guild_id": str(thread.guild.id),
+                    "parent_id": str(thread.parent.id),
+                    "type": thread.type,
+                },
+            )
         await self.flush()
 
-    async def archive_thread(self, thread: Channel, *, archived: bool = True,
-                             locked: bool = False, dispatch: bool = True) -> None:
+    async def archive_thread(
+        self, thread: Channel, *, archived: bool = True, locked: bool = False, dispatch: bool = True
+    ) -> None:
         """THREAD_UPDATE; archived threads leave the client cache and GUILD_CREATE."""
         thread.archived, thread.locked = archived, locked
         thread.archive_timestamp = self.clock()
@@ -173,8 +199,9 @@ class Lifecycle:
             self.gateway.dispatch("THREAD_UPDATE", data)
         await self.flush()
 
-    async def add_thread_members(self, thread: Channel, members: Sequence[Member], *,
-                                 dispatch: bool = True) -> None:
+    async def add_thread_members(
+        self, thread: Channel, members: Sequence[Member], *, dispatch: bool = True
+    ) -> None:
         now = self.clock()
         for m in members:
             thread.member_ids.setdefault(m.id, now)
@@ -182,13 +209,20 @@ class Lifecycle:
         if dispatch and bot_added:
             self._announce_thread_create(thread, new=False)
         if dispatch:
-            added = [{**payloads.thread_member(thread, m.id), "member": payloads.member(m),
-                      "presence": None} for m in members]
+            added = [
+                {
+                    **payloads.thread_member(thread, m.id),
+                    "member": payloads.member(m),
+                    "presence": None,
+                }
+                for m in members
+            ]
             self._thread_members_update(thread, added, [], bot_added)
         await self.flush()
 
-    async def remove_thread_members(self, thread: Channel,
-                                    members: Sequence[Member], *, dispatch: bool = True) -> None:
+    async def remove_thread_members(
+        self, thread: Channel, members: Sequence[Member], *, dispatch: bool = True
+    ) -> None:
         bot_removed = any(m.id == self.bot_user.id for m in members)
         # A bot removed from a private thread can no longer see it, but still hears this.
         visible = self.bot_can_view(thread)
@@ -198,18 +232,24 @@ class Lifecycle:
             self._thread_members_update(thread, [], [str(m.id) for m in members], bot_removed)
         await self.flush()
 
-    def _thread_members_update(self, thread: Channel, added: list[dict[str, Any]],
-                               removed: list[str], about_bot: bool) -> None:
-        data = {"id": str(thread.id), "guild_id": str(thread.guild.id),
-                "member_count": min(len(thread.member_ids), 50), "added_members": added,
-                "removed_member_ids": removed}
+    def _thread_members_update(
+        self, thread: Channel, added: list[dict[str, Any]], removed: list[str], about_bot: bool
+    ) -> None:
+        data = {
+            "id": str(thread.id),
+            "guild_id": str(thread.guild.id),
+            "member_count": min(len(thread.member_ids), 50),
+            "added_members": added,
+            "removed_member_ids": removed,
+        }
         # Without GUILD_MEMBERS only changes involving the bot itself arrive.
-        self.gateway.dispatch("THREAD_MEMBERS_UPDATE",
-                              lambda s: data if about_bot or s.has(GUILD_MEMBERS) else None)
+        self.gateway.dispatch(
+            "THREAD_MEMBERS_UPDATE", lambda s: data if about_bot or s.has(GUILD_MEMBERS) else None
+        )
 
-    async def update_channel_overwrites(self, channel: Channel,
-                                        overwrites: Sequence[Overwrite], *,
-                                        dispatch: bool = True) -> None:
+    async def update_channel_overwrites(
+        self, channel: Channel, overwrites: Sequence[Overwrite], *, dispatch: bool = True
+    ) -> None:
         """CHANNEL_UPDATE with the new permission overwrites."""
         channel.overwrites = list(overwrites)
         if dispatch:
@@ -218,8 +258,7 @@ class Lifecycle:
 
     # -- guilds, members, roles --------------------------------------------------------
 
-    async def remove_bot_from_guild(self, guild: Guild, *,
-                                    dispatch: bool = True) -> None:
+    async def remove_bot_from_guild(self, guild: Guild, *, dispatch: bool = True) -> None:
         """GUILD_DELETE without `unavailable`: kicked or left; REST then answers 403."""
         if guild.bot_member is None:
             return
@@ -237,25 +276,33 @@ class Lifecycle:
             self._announce_guild_create(guild)
         await self.flush()
 
-    async def remove_member(self, guild: Guild, member: Member, *,
-                            dispatch: bool = True) -> None:
+    async def remove_member(self, guild: Guild, member: Member, *, dispatch: bool = True) -> None:
         """GUILD_MEMBER_REMOVE (left, kicked or banned)."""
         guild.members.pop(member.id, None)
         if dispatch and guild.bot_is_member:
-            self.gateway.dispatch("GUILD_MEMBER_REMOVE", {"guild_id": str(guild.id),
-                                                          "user": payloads.user(member.user)})
+            self.gateway.dispatch(
+                "GUILD_MEMBER_REMOVE",
+                {"guild_id": str(guild.id), "user": payloads.user(member.user)},
+            )
         await self.flush()
 
-    async def update_member_roles(self, guild: Guild, member: Member,
-                                  roles: Sequence[Role], *, dispatch: bool = True) -> None:
+    async def update_member_roles(
+        self, guild: Guild, member: Member, roles: Sequence[Role], *, dispatch: bool = True
+    ) -> None:
         """GUILD_MEMBER_UPDATE with the member's new role list."""
         member.roles = list(roles)
         if dispatch:
             self._announce_member(member, "GUILD_MEMBER_UPDATE")
         await self.flush()
 
-    async def update_role(self, role: Role, *, permissions: int | None = None,
-                          name: str | None = None, dispatch: bool = True) -> None:
+    async def update_role(
+        self,
+        role: Role,
+        *,
+        permissions: int | None = None,
+        name: str | None = None,
+        dispatch: bool = True,
+    ) -> None:
         """GUILD_ROLE_UPDATE (e.g. @everyone losing View Channel)."""
         if permissions is not None:
             role.permissions = bits(permissions)

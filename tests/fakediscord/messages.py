@@ -108,46 +108,65 @@ def custom_ids(components: list[dict[str, Any]]) -> list[str]:
     for item in components:
         if "custom_id" in item:
             out.append(item["custom_id"])
-        out += custom_ids(item.get("components", []) + ([item["accessory"]] if "accessory" in item
-                                                         else []))
+        out += custom_ids(
+            item.get("components", []) + ([item["accessory"]] if "accessory" in item else [])
+        )
     return out
 
 
-def _attachments(fd: FakeDiscord, channel: Channel, payload: dict[str, Any],
-                 uploads: list[Upload], keep: list[Any], ephemeral: bool) -> list[Any]:
+def _attachments(
+    fd: FakeDiscord,
+    channel: Channel,
+    payload: dict[str, Any],
+    uploads: list[Upload],
+    keep: list[Any],
+    ephemeral: bool,
+) -> list[Any]:
     """Existing attachments listed in `payload['attachments']` plus the uploaded files."""
     described = {str(a.get("id")): a for a in payload.get("attachments") or []}
     kept = [a for a in keep if str(a.id) in described] if "attachments" in payload else list(keep)
     for up in sorted(uploads, key=lambda u: u.index):
         meta = described.get(str(up.index), {})
-        upload = Attachment(meta.get("filename") or up.filename, up.data, up.content_type,
-                            meta.get("description"))
+        upload = Attachment(
+            meta.get("filename") or up.filename, up.data, up.content_type, meta.get("description")
+        )
         kept.append(fd.cdn.store(channel.id, upload, ephemeral=ephemeral))
     return kept
 
 
-def new_bot_message(fd: FakeDiscord, channel: Channel, payload: dict[str, Any],
-                    uploads: list[Upload], **extra: Any) -> Message:
+def new_bot_message(
+    fd: FakeDiscord, channel: Channel, payload: dict[str, Any], uploads: list[Upload], **extra: Any
+) -> Message:
     flags = int(payload.get("flags") or 0) & SETTABLE_FLAGS | extra.pop("flags", 0)
     ephemeral = bool(flags & EPHEMERAL)
     msg = Message(
-        fd.ids.next(), channel, fd.bot_user, content=payload.get("content") or "",
+        fd.ids.next(),
+        channel,
+        fd.bot_user,
+        content=payload.get("content") or "",
         embeds=normalise_embeds(payload.get("embeds")),
-        components=number_components(payload.get("components")), flags=flags,
-        tts=bool(payload.get("tts")), **extra,
+        components=number_components(payload.get("components")),
+        flags=flags,
+        tts=bool(payload.get("tts")),
+        **extra,
     )
     msg.attachments = _attachments(fd, channel, payload, uploads, [], ephemeral)
     msg.mentions = fd.parse_user_mentions(msg.content, channel.guild)
     ref = payload.get("message_reference")
     if ref and ref.get("message_id"):
-        msg.message_reference = {"type": 0, "message_id": str(ref["message_id"]),
-                                 "channel_id": str(channel.id), "guild_id": str(channel.guild.id)}
+        msg.message_reference = {
+            "type": 0,
+            "message_id": str(ref["message_id"]),
+            "channel_id": str(channel.id),
+            "guild_id": str(channel.guild.id),
+        }
         msg.type = 19 if msg.type == 0 else msg.type
     return msg
 
 
-def apply_edit(fd: FakeDiscord, msg: Message, payload: dict[str, Any],
-               uploads: list[Upload]) -> None:
+def apply_edit(
+    fd: FakeDiscord, msg: Message, payload: dict[str, Any], uploads: list[Upload]
+) -> None:
     was_loading = bool(msg.flags & LOADING)
     if "content" in payload:
         msg.content = payload["content"] or ""
@@ -161,8 +180,9 @@ def apply_edit(fd: FakeDiscord, msg: Message, payload: dict[str, Any],
         msg.flags = (msg.flags & ~SETTABLE_FLAGS) | wanted | (msg.flags & EPHEMERAL)
     if "attachments" in payload or uploads:
         old = list(msg.attachments)
-        msg.attachments = _attachments(fd, msg.channel, payload, uploads, old,
-                                       bool(msg.flags & EPHEMERAL))
+        msg.attachments = _attachments(
+            fd, msg.channel, payload, uploads, old, bool(msg.flags & EPHEMERAL)
+        )
         for att in old:
             if att not in msg.attachments:
                 fd.cdn.forget(att)

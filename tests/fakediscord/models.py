@@ -203,24 +203,48 @@ class Guild:
     def bot_is_member(self) -> bool:
         return self.bot_member is not None
 
-    def add_role(self, name: str, permissions: int = 0, *, color: int = 0, hoist: bool = False,
-                 mentionable: bool = False, dispatch: bool = True) -> Role:
-        role = Role(self, self._fd.ids.next(), name, bits(permissions), position=len(self.roles),
-                    color=color, hoist=hoist, mentionable=mentionable)
+    def add_role(
+        self,
+        name: str,
+        permissions: int = 0,
+        *,
+        color: int = 0,
+        hoist: bool = False,
+        mentionable: bool = False,
+        dispatch: bool = True,
+    ) -> Role:
+        role = Role(
+            self,
+            self._fd.ids.next(),
+            name,
+            bits(permissions),
+            position=len(self.roles),
+            color=color,
+            hoist=hoist,
+            mentionable=mentionable,
+        )
         self.roles[role.id] = role
         if dispatch:
             self._fd._announce_role(role, "GUILD_ROLE_CREATE")
         return role
 
-    def add_member(self, name: str, *, roles: list[Role] = (), bot: bool = False,
-                   nick: str | None = None, dispatch: bool = True) -> Member:
+    def add_member(
+        self,
+        name: str,
+        *,
+        roles: list[Role] = (),
+        bot: bool = False,
+        nick: str | None = None,
+        dispatch: bool = True,
+    ) -> Member:
         member = self._add(self._fd._new_user(name, bot=bot), list(roles), nick)
         if dispatch:
             self._fd._announce_member(member, "GUILD_MEMBER_ADD")
         return member
 
-    def add_existing_user(self, user: User, *, roles: list[Role] = (),
-                          dispatch: bool = True) -> Member:
+    def add_existing_user(
+        self, user: User, *, roles: list[Role] = (), dispatch: bool = True
+    ) -> Member:
         """Make a user who is already in another guild a member here too."""
         member = self._add(user, list(roles))
         if dispatch:
@@ -233,43 +257,83 @@ class Guild:
         self._fd.channels[channel.id] = channel
         return channel
 
-    def add_text_channel(self, name: str, *, overwrites: list[Overwrite] = (), nsfw: bool = False,
-                         topic: str | None = None, category: Channel | None = None,
-                         news: bool = False, dispatch: bool = True) -> Channel:
-        channel = self._new_channel(name, NEWS if news else TEXT, position=len(self.channels),
-                                    overwrites=list(overwrites), nsfw=nsfw, topic=topic,
-                                    parent=category)
+    def add_text_channel(
+        self,
+        name: str,
+        *,
+        overwrites: list[Overwrite] = (),
+        nsfw: bool = False,
+        topic: str | None = None,
+        category: Channel | None = None,
+        news: bool = False,
+        dispatch: bool = True,
+    ) -> Channel:
+        channel = self._new_channel(
+            name,
+            NEWS if news else TEXT,
+            position=len(self.channels),
+            overwrites=list(overwrites),
+            nsfw=nsfw,
+            topic=topic,
+            parent=category,
+        )
         self.channels[channel.id] = channel
         if dispatch:
             self._fd._announce_channel(channel, "CHANNEL_CREATE")
         return channel
 
-    def add_voice_channel(self, name: str, *, stage: bool = False,
-                          overwrites: list[Overwrite] = (), category: Channel | None = None,
-                          dispatch: bool = True) -> Channel:
+    def add_voice_channel(
+        self,
+        name: str,
+        *,
+        stage: bool = False,
+        overwrites: list[Overwrite] = (),
+        category: Channel | None = None,
+        dispatch: bool = True,
+    ) -> Channel:
         """A voice channel (a stage channel with ``stage``), with its text chat."""
-        channel = self._new_channel(name, STAGE if stage else VOICE, position=len(self.channels),
-                                    overwrites=list(overwrites), parent=category)
+        channel = self._new_channel(
+            name,
+            STAGE if stage else VOICE,
+            position=len(self.channels),
+            overwrites=list(overwrites),
+            parent=category,
+        )
         self.channels[channel.id] = channel
         if dispatch:
             self._fd._announce_channel(channel, "CHANNEL_CREATE")
         return channel
 
-    def add_category(self, name: str, *, overwrites: list[Overwrite] = (),
-                     dispatch: bool = True) -> Channel:
-        channel = self._new_channel(name, CATEGORY, position=len(self.channels),
-                                    overwrites=list(overwrites))
+    def add_category(
+        self, name: str, *, overwrites: list[Overwrite] = (), dispatch: bool = True
+    ) -> Channel:
+        channel = self._new_channel(
+            name, CATEGORY, position=len(self.channels), overwrites=list(overwrites)
+        )
         self.channels[channel.id] = channel
         if dispatch:
             self._fd._announce_channel(channel, "CHANNEL_CREATE")
         return channel
 
-    def add_thread(self, parent: Channel, name: str, *, private: bool = False,
-                   members: list[Member] = (), owner: Member | None = None,
-                   archived: bool = False, dispatch: bool = True) -> Channel:
+    def add_thread(
+        self,
+        parent: Channel,
+        name: str,
+        *,
+        private: bool = False,
+        members: list[Member] = (),
+        owner: Member | None = None,
+        archived: bool = False,
+        dispatch: bool = True,
+    ) -> Channel:
         owner = owner or (members[0] if members else self.members[self.owner_id])
-        thread = self._new_channel(name, PRIVATE_THREAD if private else PUBLIC_THREAD,
-                                   parent=parent, owner_id=owner.id, archived=archived)
+        thread = self._new_channel(
+            name,
+            PRIVATE_THREAD if private else PUBLIC_THREAD,
+            parent=parent,
+            owner_id=owner.id,
+            archived=archived,
+        )
         now = self._fd.clock()
         thread.archive_timestamp = now
         for member in [owner, *members]:

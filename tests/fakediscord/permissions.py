@@ -72,19 +72,43 @@ ALL = int(sum(Permission))
 
 # What a fresh guild's @everyone role gets.
 DEFAULT_EVERYONE = int(
-    P.CREATE_INSTANT_INVITE | P.ADD_REACTIONS | P.STREAM | P.VIEW_CHANNEL | P.SEND_MESSAGES
-    | P.EMBED_LINKS | P.ATTACH_FILES | P.READ_MESSAGE_HISTORY | P.MENTION_EVERYONE
-    | P.USE_EXTERNAL_EMOJIS | P.CONNECT | P.SPEAK | P.USE_VAD | P.CHANGE_NICKNAME
-    | P.USE_APPLICATION_COMMANDS | P.REQUEST_TO_SPEAK | P.CREATE_PUBLIC_THREADS
-    | P.CREATE_PRIVATE_THREADS | P.USE_EXTERNAL_STICKERS | P.SEND_MESSAGES_IN_THREADS
-    | P.USE_EMBEDDED_ACTIVITIES | P.USE_SOUNDBOARD | P.USE_EXTERNAL_SOUNDS
-    | P.SEND_VOICE_MESSAGES | P.SEND_POLLS | P.USE_EXTERNAL_APPS
+    P.CREATE_INSTANT_INVITE
+    | P.ADD_REACTIONS
+    | P.STREAM
+    | P.VIEW_CHANNEL
+    | P.SEND_MESSAGES
+    | P.EMBED_LINKS
+    | P.ATTACH_FILES
+    | P.READ_MESSAGE_HISTORY
+    | P.MENTION_EVERYONE
+    | P.USE_EXTERNAL_EMOJIS
+    | P.CONNECT
+    | P.SPEAK
+    | P.USE_VAD
+    | P.CHANGE_NICKNAME
+    | P.USE_APPLICATION_COMMANDS
+    | P.REQUEST_TO_SPEAK
+    | P.CREATE_PUBLIC_THREADS
+    | P.CREATE_PRIVATE_THREADS
+    | P.USE_EXTERNAL_STICKERS
+    | P.SEND_MESSAGES_IN_THREADS
+    | P.USE_EMBEDDED_ACTIVITIES
+    | P.USE_SOUNDBOARD
+    | P.USE_EXTERNAL_SOUNDS
+    | P.SEND_VOICE_MESSAGES
+    | P.SEND_POLLS
+    | P.USE_EXTERNAL_APPS
 )
 
 # What the bot's managed role gets unless a test says otherwise: enough to index and answer.
 DEFAULT_BOT = int(
-    P.VIEW_CHANNEL | P.SEND_MESSAGES | P.SEND_MESSAGES_IN_THREADS | P.EMBED_LINKS
-    | P.ATTACH_FILES | P.READ_MESSAGE_HISTORY | P.USE_APPLICATION_COMMANDS
+    P.VIEW_CHANNEL
+    | P.SEND_MESSAGES
+    | P.SEND_MESSAGES_IN_THREADS
+    | P.EMBED_LINKS
+    | P.ATTACH_FILES
+    | P.READ_MESSAGE_HISTORY
+    | P.USE_APPLICATION_COMMANDS
 )
 
 ROLE, MEMBER = 0, 1
@@ -118,8 +142,12 @@ class Overwrite:
         return MEMBER if hasattr(self.target, "user") else ROLE
 
     def payload(self) -> dict[str, Any]:
-        return {"id": str(self.id), "type": self.kind, "allow": str(int(self.allow)),
-                "deny": str(int(self.deny))}
+        return {
+            "id": str(self.id),
+            "type": self.kind,
+            "allow": str(int(self.allow)),
+            "deny": str(int(self.deny)),
+        }
 
 
 def guild_permissions(guild: Any, member: Any) -> int:
@@ -164,8 +192,11 @@ def channel_permissions(channel: Any, member: Any) -> int:
     """Computed permissions of `member` in `channel` (text channel, category or thread)."""
     if channel.is_thread:
         parent_perms = channel_permissions(channel.parent, member)
-        if channel.private and not (parent_perms & P.MANAGE_THREADS) \
-                and member.id not in channel.member_ids:
+        if (
+            channel.private
+            and not (parent_perms & P.MANAGE_THREADS)
+            and member.id not in channel.member_ids
+        ):
             return 0
         return _implicit(parent_perms, P.SEND_MESSAGES_IN_THREADS)
     base = guild_permissions(channel.guild, member)

@@ -28,8 +28,9 @@ NOT_FOUND = (404, 0, "404: Not Found")
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(data).encode(),
-                        headers={"Content-Type": "application/json"})
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), headers={"Content-Type": "application/json"}
+    )
 
 
 def no_content() -> web.Response:
@@ -45,8 +46,14 @@ def error(kind: tuple[int, int, str], detail: str | None = None) -> web.Response
 
 
 def invalid_form(detail: str) -> web.Response:
-    return ok({"message": "Invalid Form Body", "code": 50035,
-               "errors": {"_errors": [{"code": "BASE_TYPE_INVALID", "message": detail}]}}, 400)
+    return ok(
+        {
+            "message": "Invalid Form Body",
+            "code": 50035,
+            "errors": {"_errors": [{"code": "BASE_TYPE_INVALID", "message": detail}]},
+        },
+        400,
+    )
 
 
 class DiscordError(Exception):

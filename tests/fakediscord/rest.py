@@ -32,9 +32,11 @@ class CoreRoutes:
             web.get(API + "/applications/@me", self.application),
             web.get(API + "/gateway", self.gateway),
             web.get(API + "/gateway/bot", self.gateway_bot),
-            web.put(cmds, self.put_commands), web.get(cmds, self.get_commands),
+            web.put(cmds, self.put_commands),
+            web.get(cmds, self.get_commands),
             web.post(cmds, self.post_command),
-            web.put(guild_cmds, self.put_commands), web.get(guild_cmds, self.get_commands),
+            web.put(guild_cmds, self.put_commands),
+            web.get(guild_cmds, self.get_commands),
             web.post(guild_cmds, self.post_command),
             web.get(API + "/guilds/{guild}", self.guild),
             web.get(API + "/guilds/{guild}/channels", self.guild_channels),
@@ -59,8 +61,17 @@ class CoreRoutes:
                 perms = g.everyone.permissions
                 for role in g.bot_member.roles:
                     perms |= role.permissions
-                out.append({"id": str(g.id), "name": g.name, "icon": None, "banner": None,
-                            "owner": False, "permissions": str(perms), "features": []})
+                out.append(
+                    {
+                        "id": str(g.id),
+                        "name": g.name,
+                        "icon": None,
+                        "banner": None,
+                        "owner": False,
+                        "permissions": str(perms),
+                        "features": [],
+                    }
+                )
         return r.ok(out)
 
     async def application(self, request: web.Request) -> web.Response:
@@ -71,10 +82,18 @@ class CoreRoutes:
 
     async def gateway_bot(self, request: web.Request) -> web.Response:
         fd = self.fd
-        return r.ok({"url": fd.gateway_url, "shards": fd.recommended_shards,
-                     "session_start_limit": {"total": 1000, "remaining": 999,
-                                             "reset_after": 14_400_000,
-                                             "max_concurrency": fd.max_concurrency}})
+        return r.ok(
+            {
+                "url": fd.gateway_url,
+                "shards": fd.recommended_shards,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 14_400_000,
+                    "max_concurrency": fd.max_concurrency,
+                },
+            }
+        )
 
     def _scope(self, request: web.Request) -> int | None:
         if request.match_info["app"] != str(self.fd.application_id):
@@ -95,8 +114,11 @@ class CoreRoutes:
     async def post_command(self, request: web.Request) -> web.Response:
         scope = self._scope(request)
         body, _ = await self.fd.body(request)
-        current = [c for c in self.fd.commands.get(scope)
-                   if (c["name"], c["type"]) != (body["name"], body.get("type", 1))]
+        current = [
+            c
+            for c in self.fd.commands.get(scope)
+            if (c["name"], c["type"]) != (body["name"], body.get("type", 1))
+        ]
         stored = self.fd.commands.put(scope, [*current, body])
         return r.ok(stored[-1], 201)
 
@@ -115,8 +137,9 @@ class CoreRoutes:
         g = self._guild(request)
         data = payloads.guild(g)
         if request.query.get("with_counts") in ("1", "true", "True"):
-            data.update({"approximate_member_count": len(g.members),
-                         "approximate_presence_count": 0})
+            data.update(
+                {"approximate_member_count": len(g.members), "approximate_presence_count": 0}
+            )
         return r.ok(data)
 
     async def guild_channels(self, request: web.Request) -> web.Response:
@@ -143,16 +166,26 @@ class CoreRoutes:
     async def active_threads(self, request: web.Request) -> web.Response:
         g = self._guild(request)
         bot = self.fd.bot_user.id
-        threads = [t for t in g.threads.values()
-                   if not t.deleted and not t.archived and self.fd.bot_can_view(t)]
+        threads = [
+            t
+            for t in g.threads.values()
+            if not t.deleted and not t.archived and self.fd.bot_can_view(t)
+        ]
         members = [payloads.thread_member(t, bot) for t in threads if bot in t.member_ids]
-        return r.ok({"threads": [payloads.channel(t, bot_id=bot) for t in threads],
-                     "members": members, "has_more": False})
+        return r.ok(
+            {
+                "threads": [payloads.channel(t, bot_id=bot) for t in threads],
+                "members": members,
+                "has_more": False,
+            }
+        )
 
     async def refresh_urls(self, request: web.Request) -> web.Response:
         body, _ = await self.fd.body(request)
-        out = [{"original": url, "refreshed": self.fd.cdn.refresh(url) or url}
-               for url in body.get("attachment_urls", [])]
+        out = [
+            {"original": url, "refreshed": self.fd.cdn.refresh(url) or url}
+            for url in body.get("attachment_urls", [])
+        ]
         return r.ok({"refreshed_urls": out})
 
 

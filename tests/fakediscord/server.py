@@ -65,13 +65,20 @@ RECORD = web.RequestKey("record", RecordedRequest)
 
 
 class FakeDiscord(Lifecycle, MemberActions):
-    def __init__(self, *, message_content_enabled: bool = True, members_enabled: bool = True,
-                 presences_enabled: bool = False, bot_name: str = "clipfind",
-                 initial_response_timeout: float | None = 3.0,
-                 recommended_shards: int = 1, max_concurrency: int = 1,
-                 max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD,
-                 clock: Callable[[], float] = time.time,
-                 heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
+    def __init__(
+        self,
+        *,
+        message_content_enabled: bool = True,
+        members_enabled: bool = True,
+        presences_enabled: bool = False,
+        bot_name: str = "clipfind",
+        initial_response_timeout: float | None = 3.0,
+        recommended_shards: int = 1,
+        max_concurrency: int = 1,
+        max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD,
+        clock: Callable[[], float] = time.time,
+        heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
+    ) -> None:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.message_content_enabled = message_content_enabled
         self.members_enabled = members_enabled
@@ -144,13 +151,15 @@ class FakeDiscord(Lifecycle, MemberActions):
             await self._runner.cleanup()
             self._runner = None
         if self.unknown_routes:
-            log.error("fakediscord: the client called routes the stand-in lacks: %s",
-                      sorted(set(self.unknown_routes)))
+            log.error(
+                "fakediscord: the client called routes the stand-in lacks: %s",
+                sorted(set(self.unknown_routes)),
+            )
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> Any:
         if request.path.startswith(API + "/"):
-            record = RecordedRequest(request.method, request.path[len(API):], dict(request.query))
+            record = RecordedRequest(request.method, request.path[len(API) :], dict(request.query))
             self.requests.append(record)
             request[RECORD] = record
             for method, path, seconds in self._slow:
@@ -168,8 +177,13 @@ class FakeDiscord(Lifecycle, MemberActions):
         body = await request.text()
         route = f"{request.method} {request.path}"
         self.unknown_routes.append(route)
-        log.error("fakediscord: no such route %s (query %s, body %.300s); add it to "
-                  "tests/fakediscord if the bot needs it", route, dict(request.query), body)
+        log.error(
+            "fakediscord: no such route %s (query %s, body %.300s); add it to "
+            "tests/fakediscord if the bot needs it",
+            route,
+            dict(request.query),
+            body,
+        )
         return r.error(r.NOT_FOUND, f"fakediscord has no route {route}")
 
     async def body(self, request: web.Request) -> tuple[Any, list[Upload]]:
@@ -183,14 +197,18 @@ class FakeDiscord(Lifecycle, MemberActions):
 
     @property
     def application_flags(self) -> int:
-        return ((FLAG_PRESENCE_LIMITED if self.presences_enabled else 0)
-                | (FLAG_MEMBERS_LIMITED if self.members_enabled else 0)
-                | (FLAG_CONTENT_LIMITED if self.message_content_enabled else 0))
+        return (
+            (FLAG_PRESENCE_LIMITED if self.presences_enabled else 0)
+            | (FLAG_MEMBERS_LIMITED if self.members_enabled else 0)
+            | (FLAG_CONTENT_LIMITED if self.message_content_enabled else 0)
+        )
 
     def enabled_privileged_intents(self) -> int:
-        return ((GUILD_PRESENCES if self.presences_enabled else 0)
-                | (GUILD_MEMBERS if self.members_enabled else 0)
-                | (MESSAGE_CONTENT if self.message_content_enabled else 0))
+        return (
+            (GUILD_PRESENCES if self.presences_enabled else 0)
+            | (GUILD_MEMBERS if self.members_enabled else 0)
+            | (MESSAGE_CONTENT if self.message_content_enabled else 0)
+        )
 
     @property
     def identify_payloads(self) -> list[dict[str, Any]]:
@@ -208,6 +226,7 @@ class FakeDiscord(Lifecycle, MemberActions):
 
     async def wait_ready(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - promised API
         """Wait until a client identified and received READY and every GUILD_CREATE."""
+
         def ready() -> bool:
             return any(s.ready and not s.ws.closed for s in self.gateway.sessions)
 
@@ -215,8 +234,10 @@ class FakeDiscord(Lifecycle, MemberActions):
             try:
                 await asyncio.wait_for(self.gateway.ready_changed.wait_for(ready), timeout)
             except TimeoutError:
-                raise TimeoutError(f"no client became ready within {timeout}s; IDENTIFY "
-                                   f"payloads so far: {self.identify_payloads}") from None
+                raise TimeoutError(
+                    f"no client became ready within {timeout}s; IDENTIFY "
+                    f"payloads so far: {self.identify_payloads}"
+                ) from None
 
     async def flush(self) -> None:
         """Wait until every event produced so far was written to every client."""
@@ -235,8 +256,14 @@ class FakeDiscord(Lifecycle, MemberActions):
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str = "Test guild", *, bot_permissions: int = DEFAULT_BOT,
-                  shard: tuple[int, int] | None = None, dispatch: bool = True) -> Guild:
+    def add_guild(
+        self,
+        name: str = "Test guild",
+        *,
+        bot_permissions: int = DEFAULT_BOT,
+        shard: tuple[int, int] | None = None,
+        dispatch: bool = True,
+    ) -> Guild:
         """A guild with the bot in it; `shard=(id, count)` gives it an id on that shard."""
         if shard is None:
             guild_id = self.ids.spread()
@@ -270,8 +297,9 @@ class FakeDiscord(Lifecycle, MemberActions):
         """Make one URL misbehave; see `cdn.Fault` (delay, fail_first, content_type, ...)."""
         return self.cdn.set_fault(url, **spec)
 
-    def image_embed(self, url: str, *, rich: bool = False, title: str | None = None,
-                    proxied: bool = True) -> dict[str, Any]:
+    def image_embed(
+        self, url: str, *, rich: bool = False, title: str | None = None, proxied: bool = True
+    ) -> dict[str, Any]:
         """The embed Discord unfurls for a linked picture.
 
         A bare image link becomes `type: "image"` with the picture in `thumbnail`, not
@@ -281,12 +309,11 @@ class FakeDiscord(Lifecycle, MemberActions):
         leaves it out, as for a picture Discord holds no copy of.
         """
         width = height = None
-        path = url[len(self.base_url):] if url.startswith(self.base_url) else None
+        path = url[len(self.base_url) :] if url.startswith(self.base_url) else None
         hosted = self.cdn.external.get(unquote(path)) if path else None
         if hosted is not None:
             _, width, height = probe_image(hosted[0])
-        media: dict[str, Any] = {"url": url, "width": width or 0, "height": height or 0,
-                                 "flags": 0}
+        media: dict[str, Any] = {"url": url, "width": width or 0, "height": height or 0, "flags": 0}
         if proxied:
             media["proxy_url"] = self.cdn.external_proxy_url(url)
         if rich:
@@ -347,19 +374,26 @@ class FakeDiscord(Lifecycle, MemberActions):
         """The channel's history as full payloads, oldest first."""
         return [payloads.message(self, m) for m in channel.history()]
 
-    async def wait_for_message(self, predicate: Callable[[Message], bool] | None = None, *,
-                               channel: Channel | None = None,
-                               timeout: float = 10.0) -> Message:  # noqa: ASYNC109
+    async def wait_for_message(
+        self,
+        predicate: Callable[[Message], bool] | None = None,
+        *,
+        channel: Channel | None = None,
+        timeout: float = 10.0,
+    ) -> Message:  # noqa: ASYNC109
         """Wait for a message the bot sent (channel message, response or follow-up)."""
+
         def find() -> Message | None:
             for msg in self.messages_by_id.values():
-                if msg.author.id == self.bot_user.id and not msg.deleted \
-                        and (channel is None or msg.channel is channel) \
-                        and (predicate is None or predicate(msg)):
+                if (
+                    msg.author.id == self.bot_user.id
+                    and not msg.deleted
+                    and (channel is None or msg.channel is channel)
+                    and (predicate is None or predicate(msg))
+                ):
                     return msg
             return None
 
         async with self._bot_messages:
-            await asyncio.wait_for(self._bot_messages.wait_for(lambda: find() is not None),
-                                   timeout)
+            await asyncio.wait_for(self._bot_messages.wait_for(lambda: find() is not None), timeout)
         return find()

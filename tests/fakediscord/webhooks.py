@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 API = "/api/v10"
 # Callback types Discord accepts per interaction type (9 = modal, 12 = launch activity).
-ALLOWED_CALLBACKS = {APPLICATION_COMMAND: (4, 5, 9, 12), MESSAGE_COMPONENT: (4, 5, 6, 7, 9),
-                     AUTOCOMPLETE: (8,)}
+ALLOWED_CALLBACKS = {
+    APPLICATION_COMMAND: (4, 5, 9, 12),
+    MESSAGE_COMPONENT: (4, 5, 6, 7, 9),
+    AUTOCOMPLETE: (8,),
+}
 
 
 class WebhookRoutes:
@@ -45,15 +48,23 @@ class WebhookRoutes:
             web.delete(msg, self.delete_message),
         ]
 
-    def _message(self, inter: FakeInteraction, data: dict[str, Any], uploads: list[Upload],
-                 flags: int = 0) -> Message:
+    def _message(
+        self, inter: FakeInteraction, data: dict[str, Any], uploads: list[Upload], flags: int = 0
+    ) -> Message:
         kind = 0
         if inter.type == APPLICATION_COMMAND:
             kind = 20 if inter.data.get("type", 1) == 1 else 23
-        msg = new_bot_message(self.fd, inter.channel, data, uploads, type=kind, flags=flags,
-                              webhook_id=self.fd.application_id,
-                              application_id=self.fd.application_id,
-                              interaction=inter.metadata())
+        msg = new_bot_message(
+            self.fd,
+            inter.channel,
+            data,
+            uploads,
+            type=kind,
+            flags=flags,
+            webhook_id=self.fd.application_id,
+            application_id=self.fd.application_id,
+            interaction=inter.metadata(),
+        )
         self.fd.store_message(msg)
         return msg
 
@@ -67,15 +78,20 @@ class WebhookRoutes:
             return r.error(r.ALREADY_ACKNOWLEDGED)
         late = fd.clock() - inter.created
         if fd.initial_response_timeout is not None and late > fd.initial_response_timeout:
-            log.error("fakediscord: interaction %s answered after %.1fs (limit %.1fs); Discord "
-                      "would already show 'The application did not respond'",
-                      inter.id, late, fd.initial_response_timeout)
+            log.error(
+                "fakediscord: interaction %s answered after %.1fs (limit %.1fs); Discord "
+                "would already show 'The application did not respond'",
+                inter.id,
+                late,
+                fd.initial_response_timeout,
+            )
             return r.error(r.UNKNOWN_INTERACTION, f"answered after {late:.1f}s")
         kind = body.get("type")
         data = body.get("data") or {}
         if kind not in ALLOWED_CALLBACKS.get(inter.type, ()):
-            return r.invalid_form(f"callback type {kind} is not valid for interaction type "
-                                  f"{inter.type}")
+            return r.invalid_form(
+                f"callback type {kind} is not valid for interaction type {inter.type}"
+            )
         msg: Message | None = None
         if kind == 4:
             msg = inter.original = self._message(inter, data, uploads)
@@ -95,13 +111,18 @@ class WebhookRoutes:
         await fd.gateway.flush()
         if request.query.get("with_response") not in ("1", "true", "True"):
             return r.no_content()
-        answer: dict[str, Any] = {"interaction": {"id": str(inter.id), "type": inter.type},
-                                  "resource": {"type": kind}}
+        answer: dict[str, Any] = {
+            "interaction": {"id": str(inter.id), "type": inter.type},
+            "resource": {"type": kind},
+        }
         if msg is not None and kind != 6:
-            answer["interaction"].update({
-                "response_message_id": str(msg.id),
-                "response_message_loading": bool(msg.flags & LOADING),
-                "response_message_ephemeral": bool(msg.flags & EPHEMERAL)})
+            answer["interaction"].update(
+                {
+                    "response_message_id": str(msg.id),
+                    "response_message_loading": bool(msg.flags & LOADING),
+                    "response_message_ephemeral": bool(msg.flags & EPHEMERAL),
+                }
+            )
         if kind in (4, 7):
             answer["resource"]["message"] = payloads.message(fd, msg)
         return r.ok(answer)
