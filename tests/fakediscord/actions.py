@@ -169,8 +169,8 @@ class MemberActions:
         name: str | Sequence[str],
         options: dict[str, Any],
         focused: str,
-        timeout: float = 10.0,
-    ) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> list[dict[str, Any]]:
         """A member types into option `focused`; returns the choices the bot offered."""
         data = self._slash_data(guild, channel, member, name, options, focused)
         inter = await self._start(AUTOCOMPLETE, channel, member, data)

@@ -379,8 +379,8 @@ class FakeDiscord(Lifecycle, MemberActions):
         predicate: Callable[[Message], bool] | None = None,
         *,
         channel: Channel | None = None,
-        timeout: float = 10.0,
-    ) -> Message:  # noqa: ASYNC109
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> Message:
         """Wait for a message the bot sent (channel message, response or follow-up)."""
 
         def find() -> Message | None:
