@@ -166,17 +166,29 @@ def collapse_reposts(
 
 
 def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILARITY) -> Arrange:
-    """Order candidates and collapse reposts, reading their vectors from the store."""
+    """Order candidates and collapse reposts, reading their vectors from the store.
+
+    Every page turn arranges its candidates again; when they are the ones of the last call
+    (same rows, scores, dates and hashes, in the same order), their grouping is that of the
+    last call too, so it is reused without reading their vectors again."""
+    last: tuple[tuple, list[tuple[int, ...]]] | None = None
 
     async def arrange(hits: list[SearchHit]) -> list[ResultGroup]:
+        nonlocal last
         ranked = ordered(hits, sort)
         if not ranked:
             return []
+        key = tuple((h.row_id, h.score, h.posted_at, h.content_hash) for h in ranked)
+        if last is not None and last[0] == key:
+            by_id = {h.row_id: h for h in ranked}
+            return [ResultGroup(by_id[g[0]], tuple(by_id[r] for r in g[1:])) for g in last[1]]
         guilds = {h.guild_id for h in ranked}
         vectors = await store.vectors(
             [h.row_id for h in ranked], guild_id=guilds.pop() if len(guilds) == 1 else None
         )
-        return await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
+        groups = await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
+        last = (key, [tuple(h.row_id for h in g.members) for g in groups])
+        return groups
 
     return arrange
 
