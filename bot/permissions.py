@@ -125,16 +125,19 @@ class Visibility:
     # Each channel's parent: a thread's channel, a channel's category.
     parents: Mapping[int, int] = field(default_factory=dict)
 
-    def within(self, channel_id: int, among: Collection[int] | None = None) -> frozenset[int]:
+    def within(
+        self, channel_id: int | None, among: Collection[int] | None = None
+    ) -> frozenset[int]:
         """The channels of ``among`` (the readable ones by default) in ``channel_id``: itself,
-        its threads, a category's channels."""
+        its threads, a category's channels; all of them for None."""
+        channels = self.channel_ids if among is None else frozenset(among)
 
         def inside(candidate: int | None, depth: int = 0) -> bool:
             if candidate is None or depth > 2:
                 return False
             return candidate == channel_id or inside(self.parents.get(candidate), depth + 1)
 
-        return frozenset(c for c in (self.channel_ids if among is None else among) if inside(c))
+        return channels if channel_id is None else frozenset(c for c in channels if inside(c))
 
     def admitting(self, thread_ids: Collection[int]) -> Visibility:
         """With these unconfirmed threads confirmed readable."""

@@ -85,7 +85,8 @@ class ResultsView(discord.ui.View):
             index = max(self.index + step, 0)
             groups = await self.pager.page(index)
             while not groups and index > 0:  # the rest turned out gone or hidden: step back
-                index -= 1
+                last = max(self.pager.known_total - 1, 0) // self.pager.page_size
+                index = min(index - 1, last)
                 groups = await self.pager.page(index)
             self.index = index
             self.refresh()

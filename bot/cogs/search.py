@@ -240,13 +240,8 @@ class Search(commands.Cog):
             SearchScope(guild_id=guild.id, model_id=self.bot.encoder.model_id, **filters),
         )
 
-        def searched(seen: Visibility, among: frozenset[int] | None = None) -> frozenset[int]:
-            """The channels searched: those readable (or ``among``), within ``channel:``."""
-            channels = seen.channel_ids if among is None else among
-            return seen.within(channel_id, among=channels) if channel_id else channels
-
         async def probe(seen: Visibility, threads: frozenset[int]) -> list[int]:
-            return await asked.channels_holding(searched(seen, threads))
+            return await asked.channels_holding(seen.within(channel_id, among=threads))
 
         # A public answer is read by everyone who can view its channel, not only the asker.
         viewpoint = Viewpoint(
@@ -261,7 +256,7 @@ class Search(commands.Cog):
         async def fetch(k: int) -> list[SearchHit]:
             # The viewpoint as renewed by the latest press: every page is searched afresh.
             assert viewpoint.seen is not None
-            return await asked.search(searched(viewpoint.seen), k)
+            return await asked.search(viewpoint.seen.within(channel_id), k)
 
         size = page_size or self.bot.settings.find_default_count
         pager = ResultPager(
