@@ -163,9 +163,14 @@ async def measure(path: str, query: np.ndarray) -> dict:
     )
     started = time.perf_counter()
     # The member presses ▶ until 100 results were shown (a short page is asked again).
-    while len(pager.shown) < DEPTH and pager.may_have_more:
-        await pager.page(len(pager.shown) // PAGE_SIZE)
-    shown = pager.shown
+    pages: list[list] = []
+    while sum(map(len, pages)) < DEPTH:
+        at = len(pages) - 1 if pages and len(pages[-1]) < PAGE_SIZE else len(pages)
+        groups = await pager.page(at)
+        pages[at:] = [groups]
+        if len(groups) < PAGE_SIZE and not pager.may_have_more:
+            break
+    shown = [group for page in pages for group in page]
     paging_s = time.perf_counter() - started
     paging_lags, lags[:] = list(lags), []
 

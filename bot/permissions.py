@@ -1,12 +1,16 @@
-"""Which results a member may see, decided when they ask and never trusted from the index.
+"""Which results a member may see, decided when they ask and at every page turn, and never
+trusted from the index.
 
 Channel access comes from the member's roles and overwrites right now (discord.py's
-``permissions_for``). Two things the cache cannot always tell are looked up over REST and
-remembered briefly: threads the cache does not hold (archived threads leave it), and whether a
-member belongs to a private thread (without the members intent the bot hears only of its own
-thread memberships). Each result is also confirmed to still exist just before it is shown: a
-message deleted while the bot was offline, or an image (attachment or link preview) edited out
-or hidden since, is dropped and its vectors deleted.
+``permissions_for``), on the guild as the client's cache holds it at that moment: after a new
+gateway session discord.py builds new guild objects, and an old one never changes again. Two
+things the cache cannot always tell are looked up over REST and remembered briefly: threads the
+cache does not hold (archived threads leave it), and whether a member belongs to a private
+thread (without the members intent the bot hears only of its own thread memberships). A private
+thread is searched only once the member is confirmed to be in it, so neither results nor their
+count say anything about threads they are not in. Each result is also confirmed to still exist
+just before it is shown: a message deleted while the bot was offline, or an image (attachment
+or link preview) edited out or hidden since, is dropped and its vectors deleted.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 import discord
@@ -41,6 +45,11 @@ ALIVE_TTL_S = 300.0
 INDEXED_TTL_S = 60.0
 # REST look-ups of unknown threads per search; the rest are resolved by the next searches.
 THREAD_LOOKUPS = 10
+# Private threads whose membership is asked per round, and rounds per search: a round asks about
+# the threads holding the best matches among those not yet asked, so threads the member is not
+# in cannot crowd out, for long, those they are in.
+MEMBERSHIP_LOOKUPS = 10
+MEMBERSHIP_ROUNDS = 3
 # Concurrent REST calls per bot for all of this: Discord rate-limits per route anyway.
 REST_CONCURRENCY = 4
 
@@ -104,25 +113,46 @@ def asked_in_nsfw(channel: object) -> bool:
 
 @dataclass(frozen=True)
 class Visibility:
-    """What one member may see in one guild, as of the moment they asked."""
+    """What one member may see in one guild, as of the moment they asked or pressed."""
 
     guild_id: int
-    member: discord.Member
+    member: discord.Member | discord.User
+    # The channels and threads the member surely reads: all that may be searched.
     channel_ids: frozenset[int]
-    # Private threads in channel_ids whose membership is confirmed per result, when one shows up.
-    unconfirmed_threads: Mapping[int, discord.Thread]
+    # Private threads the member reads only if they are in them, not yet confirmed: none of
+    # them is in channel_ids until `Access.admit` confirms the member is in it.
+    unconfirmed_threads: Mapping[int, discord.Thread] = field(default_factory=dict)
     # Each channel's parent: a thread's channel, a channel's category.
     parents: Mapping[int, int] = field(default_factory=dict)
 
-    def within(self, channel_id: int) -> frozenset[int]:
-        """The readable channels in ``channel_id``: itself, its threads, a category's channels."""
+    def within(
+        self, channel_id: int | None, among: Collection[int] | None = None
+    ) -> frozenset[int]:
+        """The channels of ``among`` (the readable ones by default) in ``channel_id``: itself,
+        its threads, a category's channels; all of them for None."""
+        channels = self.channel_ids if among is None else frozenset(among)
 
         def inside(candidate: int | None, depth: int = 0) -> bool:
             if candidate is None or depth > 2:
                 return False
             return candidate == channel_id or inside(self.parents.get(candidate), depth + 1)
 
-        return frozenset(c for c in self.channel_ids if inside(c))
+        return channels if channel_id is None else frozenset(c for c in channels if inside(c))
+
+    def admitting(self, thread_ids: Collection[int]) -> Visibility:
+        """With these unconfirmed threads confirmed readable."""
+        admitted = frozenset(thread_ids) & self.unconfirmed_threads.keys()
+        return replace(
+            self,
+            channel_ids=self.channel_ids | admitted,
+            unconfirmed_threads={
+                t: thread for t, thread in self.unconfirmed_threads.items() if t not in admitted
+            },
+        )
+
+
+# Which of the given unconfirmed private threads hold matches worth confirming, best first.
+Probe = Callable[[Visibility, frozenset[int]], Awaitable[Sequence[int]]]
 
 
 class Access:
@@ -141,8 +171,10 @@ class Access:
         self._alive.pop(message_id)
 
     def forget_all(self) -> None:
-        """After a new gateway session, deletions may have been missed."""
+        """After a new gateway session, deletions may have been missed, and the threads looked
+        up belong to guild objects discord.py no longer updates."""
         self._alive.clear()
+        self._threads.clear()
 
     def forget_member(self, member_id: int) -> None:
         """Their thread memberships are asked again: they may have left a thread since."""
@@ -178,7 +210,26 @@ class Access:
             if parent_id := getattr(channel, "parent_id", getattr(channel, "category_id", None)):
                 parents[channel.id] = parent_id
         unconfirmed = {c.id: c for c in readable if needs_membership(c, member)}
-        return Visibility(guild.id, member, frozenset(c.id for c in readable), unconfirmed, parents)
+        sure = frozenset(c.id for c in readable if c.id not in unconfirmed)
+        return Visibility(guild.id, member, sure, unconfirmed, parents)
+
+    async def admit(self, seen: Visibility, probe: Probe) -> Visibility:
+        """``seen`` with the unconfirmed private threads that hold matches (``probe`` says
+        which) and that the member turns out to be in."""
+        threads, member = seen.unconfirmed_threads, seen.member
+        refused: set[int] = set()
+        for _ in range(MEMBERSHIP_ROUNDS):
+            unasked = frozenset(seen.unconfirmed_threads.keys() - refused)
+            if not unasked:
+                break
+            holding = [t for t in await probe(seen, unasked) if t in unasked]
+            asked = holding[:MEMBERSHIP_LOOKUPS]
+            joined = await self._gather(asked, lambda t: self._is_member(threads[t], member))
+            seen = seen.admitting([t for t in asked if joined[t]])
+            refused.update(t for t in asked if not joined[t])
+            if len(holding) <= len(asked) and all(joined.values()):
+                break  # every thread holding a match is the member's: nothing crowds them out
+        return seen
 
     async def _uncached_threads(self, guild: discord.Guild) -> list[discord.Thread]:
         """Threads with indexed images that the cache lacks, archived ones above all."""
@@ -192,9 +243,11 @@ class Access:
             if guild.get_channel_or_thread(channel_id) is not None:
                 continue
             known = self._threads.get(channel_id)
-            if isinstance(known, discord.Thread):
+            # Only a thread built on this very guild object: one from before a new gateway
+            # session would judge by the roles and overwrites of that time, forever.
+            if isinstance(known, discord.Thread) and known.guild is guild:
                 found.append(known)
-            elif known is None:
+            elif known is None or isinstance(known, discord.Thread):
                 lookups.append(channel_id)
         fetched = await asyncio.gather(
             *(self._fetch_thread(guild, c) for c in lookups[:THREAD_LOOKUPS])
@@ -221,16 +274,7 @@ class Access:
     async def screen(self, seen: Visibility, hits: Sequence[SearchHit]) -> list[bool]:
         """For each hit, whether the member may see it (not whether it still exists): enough
         for the reposts a result counts and links, which are never shown themselves."""
-        threads = {h.channel_id for h in hits if h.channel_id in seen.unconfirmed_threads}
-        joined = await self._gather(
-            threads, lambda t: self._is_member(seen.unconfirmed_threads[t], seen.member)
-        )
-        return [
-            h.guild_id == seen.guild_id
-            and h.channel_id in seen.channel_ids
-            and joined.get(h.channel_id, True)
-            for h in hits
-        ]
+        return [h.guild_id == seen.guild_id and h.channel_id in seen.channel_ids for h in hits]
 
     async def confirm(self, seen: Visibility, hits: Sequence[SearchHit]) -> list[bool]:
         """For each hit, whether it may be shown now; deletes what turns out to be gone."""
@@ -304,28 +348,57 @@ class Access:
 
 class Viewpoint:
     """Whose eyes a paged answer is shown to: renewed at every page turn, since roles, channel
-    overwrites and thread memberships can change while an answer stays open."""
+    overwrites and thread memberships can change while an answer stays open.
+
+    Only ids are kept: each renewal judges by the guild the client's cache holds at that
+    moment, never an object from the first answer (after a new gateway session discord.py
+    builds new ones, and the old ones never change again).
+    """
 
     def __init__(
         self,
         access: Access,
         *,
-        guild: discord.Guild,
+        guild_id: int,
         include_nsfw: bool,
-        audience: discord.abc.GuildChannel | discord.Thread | None,
+        audience_id: int | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.access = access
-        self.guild = guild
+        self.guild_id = guild_id
         self.include_nsfw = include_nsfw
-        self.audience = audience
+        # A public answer's channel, whose readers all read the answer; None for an ephemeral one.
+        self.audience_id = audience_id
+        self.probe = probe
         self.seen: Visibility | None = None
 
-    async def renew(self, member: discord.Member) -> Visibility:
-        self.access.forget_member(member.id)
-        self.seen = await self.access.visibility(
-            self.guild, member, include_nsfw=self.include_nsfw, audience=self.audience
-        )
+    async def renew(
+        self, member: discord.Member | discord.User, *, where: object = None
+    ) -> Visibility:
+        """What ``member`` may see now. ``where`` is the channel object of the interaction
+        asking, used for the audience when the cache lacks it (an archived thread, say)."""
+        self.seen = await self._look(member, where)
         return self.seen
+
+    async def _look(self, member: discord.Member | discord.User, where: object) -> Visibility:
+        guild = self.access.client.get_guild(self.guild_id)
+        if guild is None or not isinstance(member, discord.Member):
+            # Left, unavailable, or a member whose roles are unknown: nothing can be judged.
+            return Visibility(self.guild_id, member, frozenset())
+        audience = None
+        if self.audience_id is not None:
+            audience = guild.get_channel_or_thread(self.audience_id)
+            if audience is None and getattr(where, "id", None) == self.audience_id:
+                audience = where
+            if audience is None:  # the answer's readers are unknown: show them nothing
+                return Visibility(self.guild_id, member, frozenset())
+        self.access.forget_member(member.id)
+        seen = await self.access.visibility(
+            guild, member, include_nsfw=self.include_nsfw, audience=audience
+        )
+        if self.probe is not None and seen.unconfirmed_threads:
+            seen = await self.access.admit(seen, self.probe)
+        return seen
 
     async def confirm(self, hits: Sequence[SearchHit]) -> list[bool]:
         assert self.seen is not None, "renew() first"

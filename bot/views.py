@@ -21,15 +21,16 @@ NOTHING_LEFT = "None of these results can be shown here any more. Run `/find` ag
 NOT_YOURS = "Only the member who searched can turn these pages. Run `/find` to search yourself."
 
 Render = Callable[[Sequence[ResultGroup], int], tuple[str, list[discord.Embed]]]
-# Works out afresh what the member pressing may see, before a page is shown to them.
-Recheck = Callable[[discord.Member], Awaitable[None]]
+# Works out afresh what the member pressing may see, before a page is worked out for them.
+Recheck = Callable[[discord.Interaction], Awaitable[None]]
 
 
 class ResultsView(discord.ui.View):
     """Previous / Next over a ResultPager; ``render(groups, page)`` builds the message.
 
     Each press is checked again (``recheck``): roles, channels and threads change while an
-    answer stays open. Presses are taken one at a time, so two quick ones never interleave.
+    answer stays open, and the page is worked out afresh, back as well as forward. Presses are
+    taken one at a time, so two quick ones never interleave.
     """
 
     def __init__(
@@ -80,12 +81,12 @@ class ResultsView(discord.ui.View):
         await interaction.response.defer()
         async with self._turning:  # the page to go to is known only once the last turn is done
             self._latest = interaction
-            if isinstance(interaction.user, discord.Member):
-                await self.recheck(interaction.user)
+            await self.recheck(interaction)
             index = max(self.index + step, 0)
             groups = await self.pager.page(index)
             while not groups and index > 0:  # the rest turned out gone or hidden: step back
-                index -= 1
+                last = max(self.pager.known_total - 1, 0) // self.pager.page_size
+                index = min(index - 1, last)
                 groups = await self.pager.page(index)
             self.index = index
             self.refresh()

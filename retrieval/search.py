@@ -1,9 +1,10 @@
 """What a search returns, in which order, and how it is paged, with no Discord in sight.
 
 The store answers from the index, which can be stale: a message may have been deleted while the
-bot was offline, or a private thread may not include the member after all. So the pager asks
-the store for more candidates than it shows, has the caller confirm each one just before it is
-shown (``confirm`` does the Discord look-ups), and tops a page up from the candidates behind it.
+bot was offline. So the pager asks the store for more candidates than it shows, has the caller
+confirm each one just before it is shown (``confirm`` does the Discord look-ups), and tops a
+page up from the candidates behind it. Every page is worked out afresh, forward and back: the
+store is asked again, under the policy and in the channels the member may read at that moment.
 Before paging, candidates are ordered (relevance, or date above a relevance floor) and reposts
 of one picture are collapsed into one result.
 """
@@ -14,8 +15,8 @@ import asyncio
 import hashlib
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -81,6 +82,32 @@ def from_store(store: VectorStore, query: np.ndarray, scope: SearchScope) -> Fet
     return fetch
 
 
+@dataclass(frozen=True, slots=True)
+class Question:
+    """What was asked, apart from where it may look: asked of the store again each time the
+    channels the member may read are worked out again (every page turn)."""
+
+    store: VectorStore
+    query: np.ndarray
+    scope: SearchScope  # the filters; the channels are given per search
+
+    async def search(self, channel_ids: Collection[int], k: int) -> list[SearchHit]:
+        scope = replace(self.scope, channel_ids=frozenset(channel_ids))
+        return await self.store.search(self.query, scope=scope, k=k)
+
+    async def channels_holding(
+        self, channel_ids: Collection[int], k: int = CANDIDATES
+    ) -> list[int]:
+        """Which of ``channel_ids`` hold any of the ``k`` best matches among them, best first.
+
+        Asked about private threads whose membership is unknown, so that Discord is asked only
+        about those worth it before they are searched; nothing found here is ever shown."""
+        if not channel_ids:
+            return []
+        hits = await self.search(channel_ids, k)
+        return list(dict.fromkeys(h.channel_id for h in hits))
+
+
 async def one_per_hit(hits: list[SearchHit]) -> list[ResultGroup]:
     return [ResultGroup(hit) for hit in hits]
 
@@ -139,28 +166,57 @@ def collapse_reposts(
 
 
 def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILARITY) -> Arrange:
-    """Order candidates and collapse reposts, reading their vectors from the store."""
+    """Order candidates and collapse reposts, reading their vectors from the store.
+
+    Every page turn arranges its candidates again; when they are the ones of the last call
+    (same rows, scores, dates and hashes, in the same order), their grouping is that of the
+    last call too, so it is reused without reading their vectors again."""
+    last: tuple[tuple, list[tuple[int, ...]]] | None = None
 
     async def arrange(hits: list[SearchHit]) -> list[ResultGroup]:
+        nonlocal last
         ranked = ordered(hits, sort)
         if not ranked:
             return []
+        key = tuple((h.row_id, h.score, h.posted_at, h.content_hash) for h in ranked)
+        if last is not None and last[0] == key:
+            by_id = {h.row_id: h for h in ranked}
+            return [ResultGroup(by_id[g[0]], tuple(by_id[r] for r in g[1:])) for g in last[1]]
         guilds = {h.guild_id for h in ranked}
         vectors = await store.vectors(
             [h.row_id for h in ranked], guild_id=guilds.pop() if len(guilds) == 1 else None
         )
-        return await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
+        groups = await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
+        last = (key, [tuple(h.row_id for h in g.members) for g in groups])
+        return groups
 
     return arrange
 
 
-class ResultPager:
-    """Pages of confirmed results, confirmed lazily: only what is about to be shown.
+@dataclass(eq=False)
+class _Turn:
+    """One page turn's walk through the candidates, from the top."""
 
-    ``fetch(k)`` returns the best k hits, ``arrange`` orders and groups them, and ``confirm``
-    says for each hit whether it may be shown now (it may also delete what is gone). Reposts
-    are never shown, only counted and linked: ``screen`` (when given) says which of them the
-    member may know about.
+    results: list[ResultGroup] = field(default_factory=list)
+    pending: deque[ResultGroup] = field(default_factory=deque)
+    placed: set[int] = field(default_factory=set)  # row ids in a result, dropped or pending group
+    fetched: int = 0
+    exhausted: bool = False
+
+
+class ResultPager:
+    """Pages of results, each computed afresh when it is turned to, forward or back.
+
+    An answer is a query, not a snapshot: ``page(i)`` fetches the candidates again (``fetch``
+    searches the store under the policy of that moment, in what the member may read then),
+    ``arrange`` orders and groups them, and ``confirm`` says for each result on page ``i``
+    whether it may be shown now (it may also delete what is gone). So whatever was deleted,
+    opted out, excluded or hidden since drops out of every page, and the total follows.
+
+    Results before page ``i`` only hold places: those confirmed on an earlier turn of this
+    answer keep theirs unasked, those that failed stay dropped, and only new ones are
+    confirmed, so a turn costs what its page shows. Reposts are never shown, only counted and
+    linked: ``screen`` (when given) says which of them the member may know about.
     """
 
     def __init__(
@@ -177,83 +233,93 @@ class ResultPager:
     ) -> None:
         self.page_size = page_size
         self.limit = limit
-        self.shown: list[ResultGroup] = []
         self._fetch = fetch
         self._confirm = confirm
         self._arrange = arrange
         self._screen = screen
-        self._pending: deque[ResultGroup] = deque()
-        self._placed: set[int] = set()  # row ids already in a shown, dropped or pending group
+        # The first fetch of a turn asks for as many candidates as the last turn needed.
         self._candidates = candidates
         self._max_candidates = max_candidates
-        self._fetched = 0
-        self._exhausted = False
+        self._held: set[int] = set()  # row ids confirmed on some turn of this answer
+        self._dropped: set[int] = set()  # row ids that failed confirmation on some turn
+        self._turn = _Turn()
 
     @property
     def known_total(self) -> int:
-        """Results confirmed or waiting to be; some waiting ones may still turn out gone."""
-        return min(self.limit, len(self.shown) + len(self._pending))
+        """Results as of the last turn: confirmed, holding their places or waiting to be, all
+        from what the member may read now; some waiting ones may still turn out gone."""
+        waiting = sum(self._past_dropped(g) is not None for g in self._turn.pending)
+        return min(self.limit, len(self._turn.results) + waiting)
 
     @property
     def more_in_store(self) -> bool:
-        return not self._exhausted and self.known_total < self.limit
+        return not self._turn.exhausted and self.known_total < self.limit
 
     @property
     def may_have_more(self) -> bool:
-        """Whether results beyond those confirmed may exist (pending or not yet fetched)."""
-        if len(self.shown) >= self.limit:
+        """Whether results beyond those placed by the last turn may exist."""
+        if len(self._turn.results) >= self.limit:
             return False
-        return bool(self._pending) or not self._exhausted
+        return bool(self._turn.pending) or not self._turn.exhausted
 
     def has_page(self, index: int) -> bool:
         if index < 0:
             return False
         start = index * self.page_size
-        return start < len(self.shown) or (start < self.limit and self.may_have_more)
+        return start < len(self._turn.results) or (start < self.limit and self.may_have_more)
 
     async def page(self, index: int) -> list[ResultGroup]:
-        """The results of page ``index`` (0-based); short or empty past the end."""
-        want = min((index + 1) * self.page_size, self.limit)
+        """The results of page ``index`` (0-based), worked out afresh; short or empty past the
+        end."""
+        start = index * self.page_size
+        want = min(start + self.page_size, self.limit)
+        turn = self._turn = _Turn()
         for _ in range(ROUNDS):
-            if len(self.shown) >= want:
+            if len(turn.results) >= want:
                 break
-            if not self._pending and not await self._refill():
+            if not turn.pending and not await self._refill(turn):
                 break
-            await self._confirm_next(want - len(self.shown))
-        return self.shown[index * self.page_size : want]
+            await self._confirm_next(turn, start=start, want=want)
+        return await self._screened(turn.results[start:want])
 
-    async def revise(self) -> None:
-        """What may be shown changed (``confirm`` and ``screen`` now answer for someone else, or
-        for the same member after their roles changed): results already shown are screened
-        again, and those no longer allowed are dropped; a repost that still is stands in."""
-        if self._screen is None or not self.shown:
-            return
-        allowed = await self._screen([group.hit for group in self.shown])
-        kept, stand_ins = [], []
-        for group, ok in zip(self.shown, allowed, strict=True):
-            if ok:
-                kept.append(group)
-            elif (stand_in := group.promoted()) is not None:
-                stand_ins.append(stand_in)
-        # Stand-ins are confirmed like any candidate, ahead of those ranked after them.
-        self._pending.extendleft(reversed(stand_ins))
-        self.shown = await self._screened(kept)
-
-    async def _confirm_next(self, need: int) -> None:
-        batch = [self._pending.popleft() for _ in range(min(need, len(self._pending)))]
-        verdicts = await self._confirm([group.hit for group in batch])
-        accepted = []
-        for at, (group, ok) in enumerate(zip(batch, verdicts, strict=True)):
-            if ok:
-                accepted.append(group)
+    async def _confirm_next(self, turn: _Turn, *, start: int, want: int) -> None:
+        batch: list[ResultGroup] = []
+        filled = len(turn.results)
+        while turn.pending and filled < want:
+            group = self._past_dropped(turn.pending.popleft())
+            if group is None:
                 continue
+            batch.append(group)
+            filled += 1
+        first = len(turn.results)
+        # Failures only move later results forward, so a result due before the page stays
+        # before it: one confirmed on an earlier turn keeps its place unasked.
+        held = [first + at < start and g.hit.row_id in self._held for at, g in enumerate(batch)]
+        asked = [g.hit for g, free in zip(batch, held, strict=True) if not free]
+        answers = iter(await self._confirm(asked) if asked else ())
+        for at, (group, free) in enumerate(zip(batch, held, strict=True)):
+            if free or next(answers):
+                turn.results.append(group)
+                self._held.add(group.hit.row_id)
+                continue
+            self._dropped.add(group.hit.row_id)
             if (stand_in := group.promoted()) is not None:
                 # Keep the order: the stand-in is confirmed before anything ranked after it.
-                self._pending.extendleft(reversed([stand_in, *batch[at + 1 :]]))
+                turn.pending.extendleft(reversed([stand_in, *batch[at + 1 :]]))
                 break
-        self.shown.extend(await self._screened(accepted))
+
+    def _past_dropped(self, group: ResultGroup) -> ResultGroup | None:
+        """The group with a copy not dropped before shown in its place, or None if none is."""
+        current: ResultGroup | None = group
+        while current is not None and current.hit.row_id in self._dropped:
+            current = current.promoted()
+        return current
 
     async def _screened(self, groups: list[ResultGroup]) -> list[ResultGroup]:
+        groups = [
+            ResultGroup(g.hit, tuple(h for h in g.reposts if h.row_id not in self._dropped))
+            for g in groups
+        ]
         reposts = [h for group in groups for h in group.reposts]
         if not reposts or self._screen is None:
             return groups
@@ -268,26 +334,27 @@ class ResultPager:
             (ok,) = await self._confirm([earliest])
             if ok:
                 break
+            self._dropped.add(earliest.row_id)
             group = ResultGroup(group.hit, tuple(h for h in group.reposts if h is not earliest))
         return group
 
-    async def _refill(self) -> bool:
+    async def _refill(self, turn: _Turn) -> bool:
         """Fetch more candidates; False when the store has nothing new to give."""
-        while not self._exhausted:
+        while not turn.exhausted:
             k = self._candidates
-            if self._fetched:
-                k = min(self._fetched * 2, self._max_candidates)
+            if turn.fetched:
+                k = min(turn.fetched * 2, self._max_candidates)
             hits = await self._fetch(k)
-            self._fetched = k
-            self._exhausted = len(hits) < k or k >= self._max_candidates
+            turn.fetched = self._candidates = k
+            turn.exhausted = len(hits) < k or k >= self._max_candidates
             fresh = [
                 group
                 for group in await self._arrange(hits)
-                if not any(h.row_id in self._placed for h in group.members)
+                if not any(h.row_id in turn.placed for h in group.members)
             ]
             for group in fresh:
-                self._placed.update(h.row_id for h in group.members)
-            self._pending.extend(fresh)
+                turn.placed.update(h.row_id for h in group.members)
+            turn.pending.extend(fresh)
             if fresh:
                 return True
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -12,6 +13,7 @@ from retrieval.search import (
     BadQuery,
     ResultGroup,
     ResultPager,
+    arranger,
     collapse_reposts,
     date_range,
     fit_query,
@@ -129,6 +131,65 @@ async def test_never_more_than_the_limit(limit):
     assert len(await pager.page(0)) == 5
     assert len(await pager.page(1)) == 2
     assert not pager.has_page(2)
+
+
+async def test_every_turn_searches_again_and_what_left_the_store_leaves_every_page():
+    index = Index(10)
+    pager = index.pager(3)
+    assert rows(await pager.page(0)) == [0, 1, 2] and pager.known_total == 10
+    assert rows(await pager.page(1)) == [3, 4, 5]
+    # Deleted, opted out, excluded or hidden since: the store no longer gives them.
+    index.hits = [h for h in index.hits if h.row_id not in {1, 4}]
+    assert rows(await pager.page(0)) == [0, 2, 3] and pager.known_total == 8
+    assert rows(await pager.page(1)) == [5, 6, 7]
+    assert index.fetches == [200] * 4
+
+
+async def test_a_page_turned_back_to_is_confirmed_again():
+    index = Index(10)
+    pager = index.pager(2)
+    await pager.page(0)
+    await pager.page(1)
+    index.confirmed.clear()
+    index.gone.add(0)  # deleted while the bot was away: only a confirmation can tell
+    assert rows(await pager.page(0)) == [1, 2]
+    assert index.confirmed[:2] == [0, 1]
+
+
+async def test_results_before_the_page_keep_their_places_unasked():
+    index = Index(20, gone={2})
+    pager = index.pager(4)
+    assert rows(await pager.page(0)) == [0, 1, 3, 4]
+    index.confirmed.clear()
+    # Row 2 failed on the first turn and stays dropped; 0, 1, 3, 4 were confirmed then.
+    assert rows(await pager.page(1)) == [5, 6, 7, 8]
+    assert index.confirmed == [5, 6, 7, 8]
+    index.hits.insert(1, hit(99, 0.9995))  # a new image ranking on page 0
+    index.confirmed.clear()
+    assert rows(await pager.page(1)) == [4, 5, 6, 7]
+    assert index.confirmed == [99, 4, 5, 6, 7]  # the newcomer first, so its place is known
+
+
+async def test_candidates_unchanged_since_the_last_turn_are_grouped_without_their_vectors():
+    hits = [hit(1, 0.9, content_hash="same"), hit(2, 0.8), hit(3, 0.7, content_hash="same")]
+
+    class Vectors:
+        calls = 0
+
+        async def vectors(self, row_ids, *, guild_id=None):
+            self.calls += 1
+            return {}
+
+    store = Vectors()
+    arrange = arranger(store, "relevance")
+    first = await arrange(hits)
+    again = await arrange([replace(h, filename="renamed.png") for h in hits])
+    assert [[h.row_id for h in g.members] for g in again] == [[1, 3], [2]]
+    assert [[h.row_id for h in g.members] for g in first] == [[1, 3], [2]]
+    assert again[0].hit.filename == "renamed.png"  # the fresh rows, grouped as before
+    assert store.calls == 1
+    await arrange(hits[:2])  # other candidates: grouped afresh
+    assert store.calls == 2
 
 
 # -- dates ---------------------------------------------------------------------------------

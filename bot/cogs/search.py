@@ -17,15 +17,15 @@ from retrieval.errors import FetchError
 from retrieval.images import ImageError
 from retrieval.search import (
     BadQuery,
+    Question,
     ResultPager,
     Sort,
     arranger,
     date_range,
     fit_query,
-    from_store,
     image_vector,
 )
-from retrieval.store import SearchScope
+from retrieval.store import SearchHit, SearchScope
 
 if TYPE_CHECKING:
     import numpy as np
@@ -234,26 +234,33 @@ class Search(commands.Cog):
     ) -> None:
         guild, member = interaction.guild, interaction.user
         assert guild is not None and isinstance(member, discord.Member)
+        asked = Question(
+            self.bot.store,
+            vector,
+            SearchScope(guild_id=guild.id, model_id=self.bot.encoder.model_id, **filters),
+        )
+
+        async def probe(seen: Visibility, threads: frozenset[int]) -> list[int]:
+            return await asked.channels_holding(seen.within(channel_id, among=threads))
+
         # A public answer is read by everyone who can view its channel, not only the asker.
-        where = interaction.channel
         viewpoint = Viewpoint(
             self.access,
-            guild=guild,
-            include_nsfw=asked_in_nsfw(where),
-            audience=(guild.get_channel_or_thread(interaction.channel_id or 0) or where)
-            if public
-            else None,
-        )
-        seen = await viewpoint.renew(member)
-        scope = SearchScope(
             guild_id=guild.id,
-            model_id=self.bot.encoder.model_id,
-            channel_ids=seen.within(channel_id) if channel_id else seen.channel_ids,
-            **filters,
+            include_nsfw=asked_in_nsfw(interaction.channel),
+            audience_id=interaction.channel_id if public else None,
+            probe=probe,
         )
+        seen = await viewpoint.renew(member, where=interaction.channel)
+
+        async def fetch(k: int) -> list[SearchHit]:
+            # The viewpoint as renewed by the latest press: every page is searched afresh.
+            assert viewpoint.seen is not None
+            return await asked.search(viewpoint.seen.within(channel_id), k)
+
         size = page_size or self.bot.settings.find_default_count
         pager = ResultPager(
-            fetch=from_store(self.bot.store, vector, scope),
+            fetch=fetch,
             confirm=viewpoint.confirm,
             screen=viewpoint.screen,
             arrange=arranger(self.bot.store, sort, self.bot.settings.find_duplicate_threshold),
@@ -262,7 +269,7 @@ class Search(commands.Cog):
         groups = await pager.page(0)
         if not groups:
             await interaction.followup.send(
-                await self._nothing(seen, scope, channel_id, public=public)
+                await self._nothing(seen, asked.scope, channel_id, public=public)
             )
             return
 
@@ -276,9 +283,8 @@ class Search(commands.Cog):
                 notes=notes,
             )
 
-        async def recheck(presser: discord.Member) -> None:
-            await viewpoint.renew(presser)
-            await pager.revise()
+        async def recheck(press: discord.Interaction) -> None:
+            await viewpoint.renew(press.user, where=press.channel)
 
         view = ResultsView(
             owner_id=member.id,
@@ -304,10 +310,9 @@ class Search(commands.Cog):
         if filtered or scope.exclude_message_id:
             return NO_MATCH_FILTERED if filtered else NO_MATCH
         # Counted in the channels the member surely reads: whether hidden ones (private
-        # threads whose membership was not confirmed among them) hold images is not theirs to learn.
-        readable = seen.channel_ids - seen.unconfirmed_threads.keys()
+        # threads whose membership was not confirmed) hold images is not theirs to learn.
         indexed = await self.bot.store.count(
-            guild_id=scope.guild_id, model_id=scope.model_id, channel_ids=readable
+            guild_id=scope.guild_id, model_id=scope.model_id, channel_ids=seen.channel_ids
         )
         return NO_MATCH if indexed else NOTHING_INDEXED
 

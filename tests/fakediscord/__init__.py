@@ -63,6 +63,7 @@ What the bot did
   `await inter.wait_acknowledged(timeout=)`, `inter.expire_token()`.
 - `fd.synced_commands` ({None: global, guild_id: [...]}), `fd.requests`
   (RecordedRequest(method, path, query, json, files)), `fd.identify_payloads`,
+  `fd.gateway.resume_payloads` (every RESUME; each is refused with INVALID_SESSION),
   `fd.identifies` (Identify(at=time.monotonic(), shard_id, shard_count) per accepted IDENTIFY),
   `fd.messages_in(channel)`, `await fd.wait_for_message(predicate, channel=, timeout=)`,
   `fd.cdn.hits` ((path, status) per CDN request), `fd.cdn.requests_for(url)` ((monotonic
@@ -79,7 +80,8 @@ Lifecycle (all async, all take `dispatch=False` for offline changes)
 content_type=, declared_length=, stall=, redirect_to=)`, `fd.cdn.go_down(status=503,
 retry_after=None)` (every CDN request fails until `fd.cdn.recover()`),
 `await fd.wait_ready(timeout=)`,
-`await fd.flush()`, `await fd.reconnect_clients()`.
+`await fd.flush()`, `await fd.reconnect_clients()` (op 7; the RESUME that follows is refused,
+so the client IDENTIFYs again and discord.py builds new guild objects: a new session).
 
 Discord behaviour reproduced on purpose
 ---------------------------------------

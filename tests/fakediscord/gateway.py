@@ -159,6 +159,7 @@ class Gateway:
         self.sessions: list[Session] = []
         self.identify_payloads: list[dict[str, Any]] = []
         self.identifies: list[Identify] = []  # the valid ones, in order of arrival
+        self.resume_payloads: list[dict[str, Any]] = []  # every RESUME, each refused
         self.ready_count = 0
         self.ready_changed = asyncio.Condition()
 
@@ -223,6 +224,7 @@ class Gateway:
             await self._identify(session, d or {})
         elif op == 6:
             # Sessions are not kept; the client re-IDENTIFYs, which is what Discord often says too.
+            self.resume_payloads.append(d or {})
             session.send(9, False)
         elif session.intents is None:
             await session.close(4003, "Not authenticated.")
