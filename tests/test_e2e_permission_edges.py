@@ -12,19 +12,12 @@ from bot.cogs.admin import NOT_YOURS
 from tests.e2e import settled
 from tests.fakediscord import Attachment, Overwrite, P
 from tests.search_helpers import find, picture, result_ids
+from tests.test_e2e_public_answers import mod_only, moderated
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EXCLUDE, INCLUDE = ("clipfind", "channels", "exclude"), ("clipfind", "channels", "include")
-
-
-def staff_only(guild, staff):
-    return [
-        Overwrite(guild.everyone, deny=P.VIEW_CHANNEL),
-        Overwrite(staff, allow=P.VIEW_CHANNEL),
-        Overwrite(guild.bot_role, allow=P.VIEW_CHANNEL),
-    ]
 
 
 async def test_a_doubled_bit_on_the_answers_channel_counts_its_viewers(world_on):
@@ -34,8 +27,8 @@ async def test_a_doubled_bit_on_the_answers_channel_counts_its_viewers(world_on)
     # Another bot gave the guests an overwrite that allows and denies View Channel: Discord
     # applies the deny, then the allow, so guests view the lounge.
     doubled = Overwrite(guests, allow=P.VIEW_CHANNEL, deny=P.VIEW_CHANNEL)
-    lounge = guild.add_text_channel("lounge", overwrites=[*staff_only(guild, mods), doubled])
-    secret = guild.add_text_channel("secret", overwrites=staff_only(guild, mods))
+    lounge = guild.add_text_channel("lounge", overwrites=[*mod_only(guild, mods), doubled])
+    secret = guild.add_text_channel("secret", overwrites=mod_only(guild, mods))
     alice, gus = guild.add_member("alice", roles=[mods]), guild.add_member("gus", roles=[guests])
     await fd.wait_ready()
     hidden = await fd.post_message(secret, alice, "", attachments=[picture("red", "star", 1)])
@@ -86,7 +79,7 @@ async def test_a_manager_acts_only_on_channels_they_can_read(world_on):
     managers = guild.add_role("managers", P.MANAGE_GUILD)
     mods = guild.add_role("mods")
     general = guild.add_text_channel("general")
-    secret = guild.add_text_channel("secret", overwrites=staff_only(guild, mods))
+    secret = guild.add_text_channel("secret", overwrites=mod_only(guild, mods))
     mia = guild.add_member("mia", roles=[managers])
     boss = guild.add_member("boss", roles=[managers, mods])
     await fd.wait_ready()
@@ -114,11 +107,8 @@ async def test_a_manager_acts_only_on_channels_they_can_read(world_on):
 
 async def test_a_query_picture_stored_in_a_private_channel_is_encoded_afresh(world_on):
     fd, bot = world_on
-    guild = fd.add_guild("Same file")
-    mods = guild.add_role("mods")
-    general = guild.add_text_channel("general")
-    secret = guild.add_text_channel("secret", overwrites=staff_only(guild, mods))
-    mod, ned = guild.add_member("mod", roles=[mods]), guild.add_member("ned")
+    guild, general, secret, mod = moderated(fd, "Same file", "mod")
+    ned = guild.add_member("ned")
     await fd.wait_ready()
     drawing = picture("purple", "triangle", 7)
     await fd.post_message(secret, mod, "", attachments=[drawing])

@@ -4,8 +4,6 @@ the sweep keeps them until the parent is recorded (then sweeps them if the paren
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 from sqlalchemy import select
 
@@ -17,6 +15,7 @@ from retrieval.store import SearchScope
 from retrieval.thread_parents import ThreadParents
 from tests.records import MODEL
 from tests.records import image_record as record
+from tests.test_jobs import ref
 
 GUILD = 1
 # Channel 10 holds thread 500; channel 20 holds no thread; 600 and 700 are threads of 10 whose
@@ -31,19 +30,7 @@ def vector(i: int) -> np.ndarray:
 
 
 def job(i: int, channel_id: int, parent_id: int | None = None) -> ImageRef:
-    return ImageRef(
-        guild_id=GUILD,
-        channel_id=channel_id,
-        parent_id=parent_id,
-        message_id=5000 + i,
-        image_key=i,
-        kind="attachment",
-        author_id=70,
-        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
-        url=f"https://cdn.example/{i}.png",
-        source_url=f"https://cdn.example/{i}.png",
-        filename=f"{i}.png",
-    )
+    return ref(i, guild_id=GUILD, channel_id=channel_id, parent_id=parent_id)
 
 
 async def parents(engine, table) -> dict[int, set[int | None]]:
