@@ -105,6 +105,26 @@ async def test_a_manager_acts_only_on_channels_they_can_read(world_on):
     assert bot.policy.is_excluded(secret.id)
 
 
+async def test_a_manager_excludes_a_private_thread_only_from_inside_it(world_on):
+    fd, bot = world_on
+    guild = fd.add_guild("Private thread")
+    managers = guild.add_role("managers", P.MANAGE_GUILD)
+    general = guild.add_text_channel("general")
+    ivy, joe = guild.add_member("ivy", roles=[managers]), guild.add_member("joe", roles=[managers])
+    thread = guild.add_thread(general, "plans", private=True, members=[ivy, guild.bot_member])
+    await fd.wait_ready()
+    await fd.post_message(thread, ivy, "", attachments=[picture("red", "square", 9)])
+    await settled(bot, fd)
+
+    asked = await fd.invoke_slash(guild, general, joe, EXCLUDE, {"channel": thread})
+    assert (await asked.wait_reply())["content"] == NOT_YOURS.format(channel=thread.mention)
+    assert await bot.store.count(guild_id=guild.id) == 1
+    # ivy is in it (Discord is asked, since she may not manage threads): she may.
+    asked = await fd.invoke_slash(guild, general, ivy, EXCLUDE, {"channel": thread})
+    assert "deleted 1 indexed image" in (await asked.wait_reply())["content"]
+    assert f"/channels/{thread.id}/thread-members/{ivy.id}" in {r.path for r in fd.requests}
+
+
 async def test_a_query_picture_stored_in_a_private_channel_is_encoded_afresh(world_on):
     fd, bot = world_on
     guild, general, secret, mod = moderated(fd, "Same file", "mod")
