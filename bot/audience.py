@@ -12,8 +12,10 @@ their roles' overwrites allowing it grants it; else any denying it removes it; e
 overwrite decides; else the base permissions of their roles. Each of those steps only asks whether
 the member's roles meet or avoid some set of roles, so "some member can view D but not read S" is
 a small satisfiability question over such sets, answered exactly here (property-tested against the
-stand-in's own implementation of Discord's algorithm). Members named in an overwrite of D or S are
-treated as holding any roles at all, which can only leave an image out, never let one in.
+stand-in's own implementation of Discord's algorithm, and against discord.py's `permissions_for`
+on the channels the bot gets, whose raw overwrites may allow and deny one bit). Members named in
+an overwrite of D or S are treated as holding any roles at all, which can only leave an image out,
+never let one in.
 """
 
 from __future__ import annotations

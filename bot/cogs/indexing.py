@@ -58,14 +58,15 @@ class Indexing(commands.Cog):
         await self._index(payload.message)
 
     async def _index(self, message: discord.Message) -> None:
-        if message.guild is None or not image_refs(message):
+        if message.guild is None or not (refs := image_refs(message)):
             return
         channel: object = message.channel
         if parent_of(channel) == UNKNOWN_PARENT:
             # A thread the cache does not hold: its channel decides whether it is excluded.
             channel = await self._resolved(message.guild, message.channel.id) or channel
+            refs = image_refs(message, channel=channel)
         if wanted(self.bot, message, channel=channel):
-            await self.bot.pipeline.submit(image_refs(message, channel=channel))
+            await self.bot.pipeline.submit(refs)
 
     async def _resolved(
         self, guild: discord.Guild, channel_id: int
