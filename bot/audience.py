@@ -2,7 +2,8 @@
 
 An ephemeral answer is read by the member who asked; a public one by everyone who can view the
 channel it is posted in. An image from channel S may appear in a public answer in channel D only
-if **every** member who can view D can also read S (View Channel and Read Message History).
+if **every** member who can view D can also read S (View Channel and Read Message History, and
+Connect for the text chat of a voice or stage channel).
 
 Members are not all cached (the members intent is not asked for), so this is decided from the
 permission overwrites of D and S and the server's roles alone, for every combination of roles a
@@ -11,8 +12,10 @@ their roles' overwrites allowing it grants it; else any denying it removes it; e
 overwrite decides; else the base permissions of their roles. Each of those steps only asks whether
 the member's roles meet or avoid some set of roles, so "some member can view D but not read S" is
 a small satisfiability question over such sets, answered exactly here (property-tested against the
-stand-in's own implementation of Discord's algorithm). Members named in an overwrite of D or S are
-treated as holding any roles at all, which can only leave an image out, never let one in.
+stand-in's own implementation of Discord's algorithm, and against discord.py's `permissions_for`
+on the channels the bot gets, whose raw overwrites may allow and deny one bit). Members named in
+an overwrite of D or S are treated as holding any roles at all, which can only leave an image out,
+never let one in.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import discord
 
 VIEW = 1 << 10  # View Channel
 HISTORY = 1 << 16  # Read Message History
+# A voice or stage channel's text chat is shown only to those who may join it (Discord's
+# permission documentation: lacking Connect there implicitly denies the rest).
+CONNECT = 1 << 20
 ADMINISTRATOR = 1 << 3
 
 Pair = tuple[int, int]  # (allow, deny)
@@ -104,8 +110,11 @@ def _satisfiable(clauses: Iterable[Clause], roles: Roles) -> bool:
     return all((g & existing) - avoid for g in groups)
 
 
-def reaches(audience: Rules, source: Rules, roles: Roles) -> bool:
-    """Whether everyone who can view the audience's channel can read the source channel."""
+def reaches(
+    audience: Rules, source: Rules, roles: Roles, *, reading: tuple[int, ...] = (VIEW, HISTORY)
+) -> bool:
+    """Whether everyone who can view the audience's channel holds every bit of ``reading`` (what
+    reading the source channel takes) there."""
     if roles.everyone & ADMINISTRATOR:
         return True
     named = set(audience.members) | set(source.members)
@@ -113,7 +122,7 @@ def reaches(audience: Rules, source: Rules, roles: Roles) -> bool:
     people += [(audience.members.get(m), source.members.get(m)) for m in named]
     for seen_there, seen_here in people:
         views = _grants(audience, roles, VIEW, seen_there)
-        for bit in (VIEW, HISTORY):
+        for bit in reading:
             for a, b in product(views, _withholds(source, roles, bit, seen_here)):
                 if _satisfiable((a, b), roles):
                     return False
@@ -124,20 +133,32 @@ def reaches(audience: Rules, source: Rules, roles: Roles) -> bool:
 
 
 def channel_rules(channel: discord.abc.GuildChannel) -> Rules:
+    """The overwrites as Discord sent them. Not ``channel.overwrites``: its PermissionOverwrite
+    lets deny win for a bit an overwrite both allows and denies (the API accepts one), where
+    Discord, and discord.py's own ``permissions_for``, apply the deny and then the allow."""
     everyone: Pair = (0, 0)
     by_role: dict[int, Pair] = {}
     by_member: dict[int, Pair] = {}
     guild_id = channel.guild.id
-    for target, overwrite in channel.overwrites.items():
-        allow, deny = overwrite.pair()
-        pair = (allow.value, deny.value)
-        if target.id == guild_id:
+    for overwrite in channel._overwrites:
+        pair = (overwrite.allow, overwrite.deny)
+        if overwrite.is_member():
+            by_member[overwrite.id] = pair
+        elif overwrite.id == guild_id:
             everyone = pair
-        elif isinstance(target, discord.Role) or getattr(target, "type", None) is discord.Role:
-            by_role[target.id] = pair
         else:
-            by_member[target.id] = pair
+            by_role[overwrite.id] = pair
     return Rules(everyone, by_role, by_member)
+
+
+def vocal(channel: object) -> bool:
+    """A voice or stage channel, whose text chat takes Connect to read."""
+    return isinstance(channel, discord.VoiceChannel | discord.StageChannel)
+
+
+def reading(channel: discord.abc.GuildChannel) -> tuple[int, ...]:
+    """The bits reading ``channel``'s messages takes."""
+    return (VIEW, HISTORY, CONNECT) if vocal(channel) else (VIEW, HISTORY)
 
 
 def server_roles(guild: discord.Guild) -> Roles:
@@ -186,7 +207,9 @@ def readable_by_all_readers(
             continue
         if base.id not in verdicts:
             # Even the answer's own channel is checked: its viewers may lack its history.
-            verdicts[base.id] = reaches(audience_rules, channel_rules(base), roles)
+            verdicts[base.id] = reaches(
+                audience_rules, channel_rules(base), roles, reading=reading(base)
+            )
         if verdicts[base.id]:
             shown.add(source.id)
     return frozenset(shown)

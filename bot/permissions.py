@@ -26,8 +26,8 @@ from typing import Generic, TypeVar
 
 import discord
 
-from bot.audience import readable_by_all_readers
-from bot.refs import image_keys
+from bot.audience import readable_by_all_readers, vocal
+from bot.refs import image_keys, image_refs
 from retrieval.store import SearchHit, VectorStore
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,15 @@ class Expiring(Generic[K, V]):
 
 
 def can_read(channel: discord.abc.GuildChannel | discord.Thread, member: discord.Member) -> bool:
-    """View Channel and Read Message History, from the member's roles and overwrites now."""
-    perms = channel.permissions_for(member)
-    return perms.view_channel and perms.read_message_history
+    """From the member's roles and overwrites now: View Channel and Read Message History, and
+    Connect for a voice or stage channel's text chat."""
+    return readable(channel.permissions_for(member), voice=vocal(channel))
+
+
+def readable(perms: discord.Permissions, *, voice: bool) -> bool:
+    """Whether these permissions read a channel's messages (``voice``: a voice or stage
+    channel's text chat, which Discord shows only to those who may also Connect)."""
+    return perms.view_channel and perms.read_message_history and (perms.connect or not voice)
 
 
 def needs_membership(channel: discord.abc.GuildChannel | discord.Thread, member: discord.Member):
@@ -163,7 +169,9 @@ class Access:
         self.store = store
         self._threads: Expiring[int, discord.Thread | bool] = Expiring(THREAD_TTL_S)
         self._members: Expiring[tuple[int, int], bool] = Expiring(MEMBERSHIP_TTL_S)
-        self._alive: Expiring[int, frozenset[int]] = Expiring(ALIVE_TTL_S)
+        # Per message seen alive: its images' keys, each with the URL of Discord's copy of a
+        # link preview's picture as the message shows it (None for an attachment).
+        self._alive: Expiring[int, Mapping[int, str | None]] = Expiring(ALIVE_TTL_S)
         self._indexed: Expiring[int, frozenset[int]] = Expiring(INDEXED_TTL_S, size=1000)
         self._rest = asyncio.Semaphore(REST_CONCURRENCY)
 
@@ -311,12 +319,28 @@ class Access:
         self._members.put(key, joined)
         return joined
 
+    def picture(self, hit: SearchHit) -> str | None:
+        """The URL to show a confirmed hit's image by. A link preview's picture is Discord's
+        proxied copy as its message carried it when confirmed, never the linked site's own URL,
+        whose picture the site may have changed since; None when that is not known."""
+        if hit.kind != "embed":
+            return hit.source_url
+        shown = self._alive.get(hit.message_id)
+        return shown.get(hit.image_key) if shown is not None else None
+
+    def _seen(self, message: discord.Message) -> Mapping[int, str | None]:
+        proxied = {ref.image_key: ref.url for ref in image_refs(message) if ref.kind == "embed"}
+        shown = {key: proxied.get(key) for key in image_keys(message)}
+        self._alive.put(message.id, shown)
+        return shown
+
     async def _image_keys(
         self, message_id: int, channel_id: int, guild_id: int, cached: discord.Message | None
-    ) -> frozenset[int] | None:
-        """The message's image keys as they are now; None when it is gone or unreadable."""
+    ) -> Mapping[int, str | None] | None:
+        """The message's image keys as they are now (see ``_alive``); None when it is gone or
+        unreadable."""
         if cached is not None:  # the gateway removes deleted messages from the cache
-            return image_keys(cached)
+            return self._seen(cached)
         if (known := self._alive.get(message_id)) is not None:
             return known
         channel = self.client.get_partial_messageable(channel_id, guild_id=guild_id)
@@ -330,11 +354,9 @@ class Access:
         except discord.HTTPException as exc:
             log.warning("cannot confirm message %s, hiding it this time: %s", message_id, exc)
             return None
-        keys = image_keys(message)
-        self._alive.put(message_id, keys)
-        return keys
+        return self._seen(message)
 
-    async def _still_there(self, hit: SearchHit, keys: frozenset[int] | None) -> bool:
+    async def _still_there(self, hit: SearchHit, keys: Mapping[int, str | None] | None) -> bool:
         if keys is None:
             return False
         if hit.image_key in keys:

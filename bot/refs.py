@@ -9,6 +9,7 @@ import discord
 import yarl
 
 from retrieval.indexing import ImageRef
+from retrieval.models import UNKNOWN_PARENT
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
@@ -30,8 +31,20 @@ def _looks_like_image(content_type: str | None, filename: str) -> bool:
     return posixpath.splitext(filename.lower())[1] in IMAGE_EXTENSIONS
 
 
-def image_refs(message: discord.Message) -> list[ImageRef]:
-    """The images of a guild message. The pipeline still sniffs the bytes before decoding."""
+def parent_of(channel: object) -> int | None:
+    """A thread's channel; None for a channel that is no thread; UNKNOWN_PARENT for a bare
+    channel (discord.py's PartialMessageable, for a thread its cache does not hold)."""
+    if isinstance(channel, discord.Thread):
+        return channel.parent_id
+    if isinstance(channel, discord.abc.GuildChannel):
+        return None
+    return UNKNOWN_PARENT
+
+
+def image_refs(message: discord.Message, *, channel: object = None) -> list[ImageRef]:
+    """The images of a guild message. The pipeline still sniffs the bytes before decoding.
+
+    ``channel``: the message's channel as resolved when the message came with a bare one."""
     if message.guild is None:
         return []
     common = dict(
@@ -40,7 +53,7 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
         message_id=message.id,
         author_id=message.author.id,
         posted_at=message.created_at,
-        parent_id=getattr(message.channel, "parent_id", None),
+        parent_id=parent_of(channel or message.channel),
     )
     refs = [
         ImageRef(

@@ -3,7 +3,7 @@ a jump link, and its reposts; plus the sentences for input the member can fix.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import discord
 
@@ -51,7 +51,11 @@ def _reposts_line(group: ResultGroup) -> str:
     return f"{line} · [earliest]({jump_url(earliest)}) <t:{int(earliest.posted_at.timestamp())}:d>"
 
 
-def result_embed(group: ResultGroup, rank: int) -> discord.Embed:
+# The URL to show a result's image by (None: show none); see Access.picture.
+Picture = Callable[[SearchHit], str | None]
+
+
+def result_embed(group: ResultGroup, rank: int, picture: Picture) -> discord.Embed:
     hit = group.hit
     link = jump_url(hit)
     lines = [
@@ -69,9 +73,11 @@ def result_embed(group: ResultGroup, rank: int) -> discord.Embed:
         timestamp=hit.posted_at,
         colour=EMBED_COLOUR,
     )
-    # The unsigned CDN URL: Discord signs and refreshes it itself when it renders an embed, so
-    # an answer never shows a link that expired.
-    embed.set_image(url=hit.source_url)
+    # An attachment's unsigned CDN URL: Discord signs and refreshes it itself when it renders an
+    # embed, so an answer never shows a link that expired. A link preview's picture: Discord's
+    # copy, not the linked site, which could have swapped it since it was indexed.
+    if (url := picture(hit)) is not None:
+        embed.set_image(url=url)
     return embed
 
 
@@ -83,13 +89,14 @@ def results_message(
     total: int | None = None,
     more: bool = False,
     notes: Sequence[str] = (),
+    picture: Picture,
 ) -> tuple[str, list[discord.Embed]]:
     """The text above the results (heading, range, notes) and one embed per result."""
     last = first_rank + len(groups) - 1
     shown = f"{first_rank}–{last}" if len(groups) > 1 else f"{first_rank}"
     count = f" of {total}{'+' if more else ''}" if total is not None else ""
     lines = [f"{heading} · {shown}{count}", *(f"-# {note}" for note in notes)]
-    embeds = [result_embed(g, rank) for rank, g in enumerate(groups, first_rank)]
+    embeds = [result_embed(g, rank, picture) for rank, g in enumerate(groups, first_rank)]
     return "\n".join(lines)[:2000], embeds
 
 

@@ -32,6 +32,12 @@ NAMING = {
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for Discord scale.
 RowId = BigInteger().with_variant(Integer, "sqlite")
 
+# ``parent_id`` of an image in a thread whose channel is not known yet (stored before revision
+# 0003, or whether its channel is a thread at all was not known when revision 0014 ran): the
+# policy treats it as excluded, refused and hidden, until the bot asks Discord and records the
+# parent. No Discord id is 0, and NULL keeps meaning "not in a thread".
+UNKNOWN_PARENT = 0
+
 
 class Embedding(TypeDecorator):
     """A float32 vector: raw bytes on SQLite, pgvector's `vector` on PostgreSQL."""
@@ -80,7 +86,8 @@ class IndexedImage(Base):
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     channel_id: Mapped[int] = mapped_column(BigInteger)
-    # A thread's channel (None outside threads): an exclusion of the channel covers its threads.
+    # A thread's channel (None outside threads, UNKNOWN_PARENT while it is not known): an
+    # exclusion of the channel covers its threads.
     parent_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     message_id: Mapped[int] = mapped_column(BigInteger)
     # The attachment id, or for an embed a stable 63-bit hash of its URL: with message_id, the

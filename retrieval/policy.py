@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from retrieval.errors import StoreUnavailable
-from retrieval.models import BotState, ExcludedChannel, OptOut
+from retrieval.models import UNKNOWN_PARENT, BotState, ExcludedChannel, OptOut
 from retrieval.store.reads import database_errors
 from retrieval.upsert import upsert
 
@@ -78,8 +78,9 @@ class IndexPolicy:
         await session.execute(upsert(_dialect(session), BotState, values))
 
     def allows(self, *, channel_id: int, author_id: int, parent_id: int | None = None) -> bool:
-        """May an image by ``author_id`` in this channel (or thread of ``parent_id``) be indexed?"""
-        if author_id in self._opted_out:
+        """May an image by ``author_id`` in this channel (or thread of ``parent_id``) be indexed?
+        Not from a thread whose channel is unknown (UNKNOWN_PARENT): it may be an excluded one."""
+        if author_id in self._opted_out or parent_id == UNKNOWN_PARENT:
             return False
         return channel_id not in self._excluded and parent_id not in self._excluded
 

@@ -12,7 +12,6 @@ of one picture are collapsed into one result.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -433,25 +432,14 @@ def fit_query(text: str, count_tokens: Callable[[str], int], limit: int) -> tupl
 
 
 async def image_vector(
-    data: bytes,
-    *,
-    encoder: EncoderService,
-    store: VectorStore,
-    spec: PreprocessSpec,
-    max_pixels: int,
-    guild_id: int | None = None,
+    data: bytes, *, encoder: EncoderService, spec: PreprocessSpec, max_pixels: int
 ) -> np.ndarray:
-    """A query picture's vector: the stored one for known bytes, else decoded and encoded
-    ahead of the indexing backlog. Raises the same typed image errors as indexing.
+    """A query picture's vector, decoded and encoded ahead of the indexing backlog. Raises the
+    same typed image errors as indexing.
 
-    With ``guild_id``, stored vectors are looked for in that server only: a member's command
-    is answered by the one machine holding the server on a database distributed by server."""
+    Always encoded, even for bytes the index holds: a stored vector would answer sooner, and
+    so tell the member that the same file was posted somewhere, private channels included."""
     if sniff_image_type(data[:64]) is None:
         raise NotAnImage("the bytes are no PNG, JPEG, WebP or GIF")
-    digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-    if (
-        known := await store.embedding_for(digest, encoder.model_id, guild_id=guild_id)
-    ) is not None:
-        return known
     pixels = await asyncio.to_thread(prepare, data, spec, max_pixels=max_pixels)
     return await encoder.encode_query_image(pixels)

@@ -47,6 +47,25 @@ async def world(tmp_path_factory):
         yield pair
 
 
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["sqlite", "postgres"])
+async def world_on(request, tmp_path_factory):
+    """(stand-in, running bot) as `world`, on SQLite and then on a fresh PostgreSQL database:
+    the tests of a module that takes it run on both."""
+    from tests.e2e import bot_settings, running_bot
+    from tests.fakediscord import FakeDiscord
+
+    async with contextlib.AsyncExitStack() as stack:
+        database = {}
+        if request.param == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            workers = request.getfixturevalue("citus_workers")
+            engine = await stack.enter_async_context(migrated_database(server, workers))
+            database["database_url"] = engine.url.render_as_string(hide_password=False)
+        fd = await stack.enter_async_context(FakeDiscord())
+        settings = bot_settings(fd, tmp_path_factory.mktemp("db"), **database)
+        yield fd, await stack.enter_async_context(running_bot(settings, fd))
+
+
 @contextlib.contextmanager
 def embedded_server(prefix: str, *, citus: bool):
     """An embedded PostgreSQL (with pgvector), with Citus preloaded when asked, deleted after."""
@@ -183,22 +202,27 @@ async def drop_database(admin, name: str, *, missing_ok: bool = False) -> None:
             await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def postgres_engine(postgres_server, citus_workers):
-    """A fresh database per test. Under CLIPFIND_TEST_CITUS, the tables Citus accepts are
-    distributed and the ones it refuses stay plain tables on the coordinator (with a warning
-    naming them), so the tests show what the queries make of both."""
+@contextlib.asynccontextmanager
+async def migrated_database(server, workers):
+    """A fresh database. Under CLIPFIND_TEST_CITUS, the tables Citus accepts are distributed and
+    the ones it refuses stay plain tables on the coordinator (with a warning naming them), so the
+    tests show what the queries make of both."""
     from retrieval.citus import distribute
     from retrieval.errors import DistributionRefused
 
-    async with fresh_database(
-        postgres_server, citus=citus_wanted(), workers=citus_workers
-    ) as engine:
+    async with fresh_database(server, citus=citus_wanted(), workers=workers) as engine:
         if citus_wanted():
             try:
                 await distribute(engine)
             except DistributionRefused as refused:
                 warnings.warn(str(refused), stacklevel=1)
+        yield engine
+
+
+@pytest.fixture
+async def postgres_engine(postgres_server, citus_workers):
+    """A fresh database per test (see `migrated_database`)."""
+    async with migrated_database(postgres_server, citus_workers) as engine:
         yield engine
 
 

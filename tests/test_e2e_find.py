@@ -76,7 +76,8 @@ async def test_images_from_two_channels_are_indexed_and_found(world):
 
     reply = await find(fd, guild, memes, bob, "a purple triangle", count=1)
     (only,) = reply["embeds"]
-    assert only["image"]["url"] == linked
+    # Discord's proxied copy of the picture, not the linked site's URL.
+    assert only["image"]["url"] == triangle.embeds[0]["thumbnail"]["proxy_url"]
     assert JUMP.search(only["description"]).group(3) == str(triangle.id)
 
     reply = await find(fd, guild, memes, alice, "a yellow cross")

@@ -20,6 +20,7 @@ from sqlalchemy import event, text
 
 from retrieval.indexing.jobs import ImageRef, JobQueue
 from retrieval.store import SearchScope, open_store
+from retrieval.thread_parents import ThreadParents
 from tests.plans import nodes as plan_nodes
 from tests.plans import plan_of
 from tests.records import MODEL
@@ -190,13 +191,23 @@ QUERIES = {
     "delete a server": lambda s: s.delete_guild(GUILD + 1),
     # every 5 minutes: what an opt-out or exclusion forbids
     "sweep forbidden rows": lambda s: s.delete_forbidden(),
+    # start-up: threads whose parent is unknown, and recording what Discord says of them
+    "threads without a known parent": lambda s: ThreadParents(s.engine).unknown(),
+    "record threads' parents": lambda s: ThreadParents(s.engine).record(
+        {100_007: 100_507, 100_008: None}, guild_id=GUILD
+    ),
 }
 
 
 # Work that spans servers by nature (start-up, indexing's look-up of bytes encoded anywhere,
-# the policy's sweep):
+# the policy's sweep, threads whose parent is unknown):
 # may ask every server's rows, through an index.
-UNROUTED = {"rows of other models", "bytes encoded before, anywhere", "sweep forbidden rows"}
+UNROUTED = {
+    "rows of other models",
+    "bytes encoded before, anywhere",
+    "sweep forbidden rows",
+    "threads without a known parent",
+}
 
 
 async def test_user_and_startup_queries_use_indexes(big, store_engine):

@@ -17,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.erasure import Eraser
+from bot.permissions import readable
 from bot.render import HELP
 from bot.sight import listed, unreadable_channels
 from bot.status import status_text
@@ -37,6 +38,14 @@ Indexable = (
     | app_commands.AppCommandThread
 )
 
+VOCAL = (discord.ChannelType.voice, discord.ChannelType.stage_voice)
+# Said, and nothing changed, when a manager names a channel they cannot read themselves (typed
+# as an id, Discord resolves one their channel list would not show): excluding it would tell
+# them how many images it held, and erase them.
+NOT_YOURS = (
+    "You can't read {channel} yourself, so you can't change whether I index it. Ask a manager "
+    "who can read it."
+)
 LIST_AT_MOST = 60  # mentions are ~22 characters; a message holds 2,000
 LOGGED_AT_MOST = 50  # unreadable channels named per server in the start-up log line
 NONE_EXCLUDED = "No channels are excluded: I index every channel and thread I can read."
@@ -74,13 +83,14 @@ class Admin(commands.Cog):
         """
         guild = interaction.guild
         assert guild is not None  # guild_only
-        if self.bot.policy.is_excluded(channel.id):
-            await interaction.response.send_message(
-                f"{channel.mention} is already excluded.", ephemeral=True
-            )
-            return
         # Finding archived threads may take a request each: answer Discord first.
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if not await self._reads(interaction, channel):
+            await interaction.followup.send(NOT_YOURS.format(channel=channel.mention))
+            return
+        if self.bot.policy.is_excluded(channel.id):
+            await interaction.followup.send(f"{channel.mention} is already excluded.")
+            return
         await self.bot.policy.exclude_channel(
             guild_id=guild.id, channel_id=channel.id, by=interaction.user.id
         )
@@ -118,10 +128,13 @@ class Admin(commands.Cog):
         channel
             The excluded channel or thread to index again
         """
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not await self._reads(interaction, channel):
+            await interaction.followup.send(NOT_YOURS.format(channel=channel.mention))
+            return
         if not self.bot.policy.is_excluded(channel.id):
-            await interaction.response.send_message(
-                f"{channel.mention} isn't excluded: I index it whenever I can read it.",
-                ephemeral=True,
+            await interaction.followup.send(
+                f"{channel.mention} isn't excluded: I index it whenever I can read it."
             )
             return
         await self.bot.policy.include_channel(channel.id)
@@ -130,11 +143,33 @@ class Admin(commands.Cog):
         backfill = self.bot.get_cog("Backfill")
         if resolved is not None and backfill is not None:
             backfill.schedule_channel(resolved)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"{channel.mention} is indexed again: new images as they are posted, and its history "
-            "is being read again.",
-            ephemeral=True,
+            "is being read again."
         )
+
+    async def _reads(self, interaction: discord.Interaction, channel: Indexable) -> bool:
+        """Whether the manager asking reads ``channel``: by the permissions Discord computed for
+        them there (sent with the command, on the option as resolved), and for a private thread,
+        as one of its members or one who may manage threads."""
+        perms = interaction.namespace.channel.permissions
+        if not readable(perms, voice=channel.type in VOCAL):
+            return False
+        if channel.type is not discord.ChannelType.private_thread or perms.manage_threads:
+            return True
+        try:
+            await self.bot.http.get_thread_member(channel.id, interaction.user.id)
+        except discord.NotFound:
+            return False
+        except discord.HTTPException as exc:
+            log.warning(
+                "cannot tell whether %s is in thread %s, refusing: %s",
+                interaction.user.id,
+                channel.id,
+                exc,
+            )
+            return False
+        return True
 
     @channels.command(name="list")
     @app_commands.checks.has_permissions(manage_guild=True)

@@ -28,10 +28,11 @@ from discord.ext import commands, tasks
 from bot.erasure import Eraser
 from bot.ownership import ownership
 from bot.refs import image_refs
-from bot.threads import survey
+from bot.threads import parents, survey
 from retrieval.backfill import BackfillCursors
 from retrieval.departures import Departures
 from retrieval.state import get_state, set_state
+from retrieval.thread_parents import ThreadParents
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -46,6 +47,7 @@ class Lifecycle(commands.Cog):
         self.bot = bot
         self.eraser = Eraser(bot.pipeline)
         self.departures = Departures(bot.engine)
+        self.thread_parents = ThreadParents(bot.engine)
         self._purging = asyncio.Lock()
         # A mass clean-up deletes channels by the dozen; one survey at a time per guild, each
         # finding less left to ask about.
@@ -180,8 +182,13 @@ class Lifecycle(commands.Cog):
         """Channels and threads deleted while the bot was offline sent no event: find them.
 
         After backfill's first pass, whose listings name every thread that still exists, so
-        Discord is asked only about the ids nothing else accounts for.
+        Discord is asked only about the ids nothing else accounts for. Before it, the threads
+        whose parent the index does not know are asked about: their images are hidden until then.
         """
+        try:
+            await self._learn_parents()
+        except Exception:
+            log.exception("could not look up the channels of threads stored without one")
         backfill = self.bot.get_cog("Backfill")
         if backfill is not None:
             await backfill.wait_idle()
@@ -198,6 +205,33 @@ class Lifecycle(commands.Cog):
                 log.exception(
                     "could not check guild %s for channels deleted while offline", guild.id
                 )
+
+    async def _learn_parents(self) -> None:
+        """Record the parent of each thread stored without one (this process's servers), then
+        sweep what an exclusion of the parent covers."""
+        shards = ownership(self.bot)
+        unknown = await self.thread_parents.unknown(shards=shards)
+        learnt = 0
+        for guild_id, channel_ids in unknown.items():
+            if (guild := self.bot.get_guild(guild_id)) is None:
+                continue  # a server the bot left: purged after its grace period
+            found = await parents(self.bot, guild, channel_ids)
+            learnt += await self.thread_parents.record(found, guild_id=guild_id)
+            if missing := len(channel_ids) - len(found):
+                log.warning(
+                    "Discord did not say which channel %d threads of guild %s belong to: their "
+                    "images stay hidden until it does (asked again at the next start)",
+                    missing,
+                    guild_id,
+                )
+        if learnt:
+            removed = await self.bot.store.delete_forbidden(shards=shards)
+            log.info(
+                "recorded the channel of %d images' threads; then swept %d images the policy "
+                "forbids (those of excluded channels among them)",
+                learnt,
+                removed,
+            )
 
     async def _index_is_ours(self) -> bool:
         """A database first filled by another application (a staging token pointed at the

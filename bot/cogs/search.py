@@ -137,9 +137,7 @@ class Search(commands.Cog):
         try:
             start, end = date_range(after, before, now=discord.utils.utcnow())
             if image is not None:
-                vector = await self._picture_vector(
-                    image.url, image.size, guild_id=interaction.guild_id
-                )
+                vector = await self._picture_vector(image.url, image.size)
                 heading = f"Images like your picture **{quoted(image.filename, 60)}**"
             else:
                 vector, text = await self._text_vector(text, notes)
@@ -180,9 +178,7 @@ class Search(commands.Cog):
                 )
             ).get(ref.image_key)
             if vector is None:
-                vector = await self._picture_vector(
-                    ref.url, ref.size, guild_id=interaction.guild_id
-                )
+                vector = await self._picture_vector(ref.url, ref.size)
         except _QUERY_PROBLEMS as exc:
             await interaction.followup.send(query_problem(exc) or str(exc))
             return
@@ -205,18 +201,14 @@ class Search(commands.Cog):
             )
         return await encoder.encode_text(fitted), fitted
 
-    async def _picture_vector(
-        self, url: str, size: int | None, *, guild_id: int | None
-    ) -> np.ndarray:
+    async def _picture_vector(self, url: str, size: int | None) -> np.ndarray:
         settings = self.bot.settings
         data = await self.bot.pipeline.fetcher.fetch(url, declared_size=size)
         return await image_vector(
             data,
             encoder=self.bot.encoder,
-            store=self.bot.store,
             spec=self.bot.pipeline.spec,
             max_pixels=settings.max_image_pixels,
-            guild_id=guild_id,
         )
 
     async def _answer(
@@ -281,6 +273,7 @@ class Search(commands.Cog):
                 total=pager.known_total,
                 more=pager.more_in_store,
                 notes=notes,
+                picture=self.access.picture,
             )
 
         async def recheck(press: discord.Interaction) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.models import IndexedImage, IndexFailure, IndexJob
-from retrieval.store.allowed import permitted
+from retrieval.store.allowed import known_parent, permitted
 from retrieval.store.reads import as_utc, database_errors
 
 log = logging.getLogger(__name__)
@@ -322,10 +322,13 @@ class JobQueue:
 
 
 def _claimable(now: datetime) -> list:
-    """Rows due (``retry_at`` passed) and not leased, or leased by a consumer that let go."""
+    """Rows due (``retry_at`` passed) and not leased, or leased by a consumer that let go. Not
+    rows of a thread whose channel is unknown (queued before revision 0014): their write would
+    be refused; they wait until the bot records the parent."""
     return [
         IndexJob.retry_at <= now,
         or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
+        known_parent(IndexJob.parent_id),
     ]
 
 

@@ -1,10 +1,11 @@
 """What may be kept, as SQL: members' opt-outs and excluded channels, checked by the database.
 
 Every write is one INSERT ... SELECT whose WHERE asks the policy tables, so an image of an
-opted-out member or from an excluded channel (or a thread of one) is refused by the statement
-itself, whatever a process remembers. Searches carry the same condition, so a row that slipped in
-anyway (two processes racing an opt-out, a crash between an opt-out and its deletion) is never
-shown, and `forbidden()` lets a sweep delete such rows, at every start and periodically.
+opted-out member or from an excluded channel (or a thread of one, or a thread whose channel is not
+known yet) is refused by the statement itself, whatever a process remembers. Searches carry the
+same condition, so a row that slipped in anyway (two processes racing an opt-out, a crash between
+an opt-out and its deletion) is never shown, and `forbidden()` lets a sweep delete such rows, at
+every start and periodically.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import Select
 
-from retrieval.models import ExcludedChannel, IndexedImage, IndexJob, OptOut
+from retrieval.models import UNKNOWN_PARENT, ExcludedChannel, IndexedImage, IndexJob, OptOut
 from retrieval.store.base import ImageRecord
 
 RECORD_COLUMNS: Sequence[str] = ImageRecord.__slots__
 KEY = ("message_id", "image_key", "guild_id")
+
+
+def known_parent(parent_id) -> ColumnElement[bool]:
+    """Not in a thread whose channel is unknown (UNKNOWN_PARENT): such an image is taken for
+    excluded, written nowhere and shown to no one, until its parent is recorded."""
+    return or_(parent_id.is_(None), parent_id != UNKNOWN_PARENT)
 
 
 def permitted(author_id, channel_id, parent_id, *, per_row: bool = False) -> ColumnElement[bool]:
@@ -49,6 +56,7 @@ def permitted(author_id, channel_id, parent_id, *, per_row: bool = False) -> Col
         absent(OptOut, OptOut.user_id == author_id),
         absent(ExcludedChannel, ExcludedChannel.channel_id == channel_id),
         absent(ExcludedChannel, ExcludedChannel.channel_id == parent_id),
+        known_parent(parent_id),
     )
 
 
@@ -61,6 +69,7 @@ def permitted_in_batch(author_id, channel_id, parent_id) -> ColumnElement[bool]:
         author_id.not_in(select(OptOut.user_id).scalar_subquery()),
         channel_id.not_in(excluded),
         or_(parent_id.is_(None), parent_id.not_in(excluded)),
+        known_parent(parent_id),
     )
 
 
@@ -84,6 +93,9 @@ def forbidden(*, arrays: bool = False) -> list[Callable[[type], ColumnElement[bo
     An excluded channel's rows are matched by guild and channel, which the images table's
     channel index leads with; as arrays, the guilds and the channels each (a channel lies in
     one guild, so no other row matches both).
+
+    Rows in a thread whose parent is unknown are not among them: hidden and refused, but kept
+    until the bot learns the parent (bot/threads.py), and swept then if it is excluded.
     """
 
     def ids(column) -> ColumnElement:
@@ -138,4 +150,12 @@ def guarded_rows() -> Select:
     )
 
 
-__all__ = ["KEY", "RECORD_COLUMNS", "forbidden", "guarded_rows", "permitted", "stored_permitted"]
+__all__ = [
+    "KEY",
+    "RECORD_COLUMNS",
+    "forbidden",
+    "guarded_rows",
+    "known_parent",
+    "permitted",
+    "stored_permitted",
+]

@@ -45,6 +45,8 @@ Members acting
 - `fd.host_external_image(name, data, content_type) -> url`; `fd.image_embed(url, rich=False,
   proxied=True)` (`proxied=False`: no `proxy_url`). The external host shares the CDN's origin
   `fd.cdn_origin` (what a client is told media may come from), so it counts as Discord's.
+  `fd.rehost_external_image(url, data, content_type)`: the site swaps its picture; an embed's
+  `proxy_url` keeps serving the copy made when it was unfurled.
 - `await fd.invoke_slash(guild, channel, member, "find" | ("clipfind", "channels", "exclude"),
   {"query": "a red circle", "count": 3}) -> FakeInteraction`; option values may be
   str/int/float/bool, Member/User, Channel, Role, Attachment.

@@ -77,6 +77,8 @@ class Cdn:
         self.files: dict[tuple[int, int], StoredAttachment] = {}
         self.external: dict[str, tuple[bytes, str]] = {}
         self._proxied_urls: dict[str, str] = {}  # images-ext proxy token -> external path
+        # The copy the proxy made of a picture hosted here when its link was unfurled.
+        self._proxied_copies: dict[str, tuple[bytes, str]] = {}
         self.faults: dict[str, Fault] = {}
         self.hits: list[tuple[str, int]] = []  # (path, status) for every CDN request
         self.hit_times: list[float] = []  # time.monotonic() of each of `hits`
@@ -144,9 +146,18 @@ class Cdn:
         self.external[key] = (data, content_type)
         return self.base + quote(key)
 
+    def rehost(self, url: str, data: bytes, content_type: str) -> None:
+        """The site behind a hosted picture's URL serves other bytes from now on."""
+        self.external[unquote(urlsplit(url).path)] = (data, content_type)
+
     def external_proxy_url(self, url: str) -> str:
+        """Discord's proxied copy of a linked picture: it keeps serving the picture as it was
+        when the link was unfurled, whatever the site serves since (`rehost`)."""
         token = secrets.token_hex(8)
-        self._proxied_urls[token] = unquote(urlsplit(url).path)
+        path = unquote(urlsplit(url).path)
+        self._proxied_urls[token] = path
+        if (hosted := self.external.get(path)) is not None:
+            self._proxied_copies[token] = hosted
         return f"{self.base}/external/{token}"
 
     # -- faults ------------------------------------------------------------------------
@@ -229,13 +240,14 @@ class Cdn:
         return await self._serve(request, *found)
 
     async def _proxied(self, request: web.Request) -> web.StreamResponse:
-        target = self._proxied_urls.get(request.match_info["token"], "")
+        token = request.match_info["token"]
+        target = self._proxied_urls.get(token, "")
         if (down := self._down(request, target)) is not None:
             return down
         fault = self.faults.get(target)
         if fault is not None and fault.redirect_to:  # the picture need not be hosted here
             return self._redirect(target, fault)
-        found = self.external.get(target)
+        found = self._proxied_copies.get(token) or self.external.get(target)
         if found is None:
             return self._gone(request)
         # Faults set on the original URL apply to its proxy too.

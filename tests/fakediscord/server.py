@@ -293,6 +293,11 @@ class FakeDiscord(Lifecycle, MemberActions):
         """Serve bytes from a non-Discord host on this server; returns its URL."""
         return self.cdn.host(name, data, content_type)
 
+    def rehost_external_image(self, url: str, data: bytes, content_type: str) -> None:
+        """The linked site swaps its picture: its URL serves ``data`` from now on, while
+        Discord's proxied copy (an embed's `proxy_url`) keeps the picture it unfurled."""
+        self.cdn.rehost(url, data, content_type)
+
     def set_cdn_fault(self, url: str, **spec: Any) -> Fault:
         """Make one URL misbehave; see `cdn.Fault` (delay, fail_first, content_type, ...)."""
         return self.cdn.set_fault(url, **spec)
