@@ -29,6 +29,7 @@ from retrieval.encoding import EncoderService
 from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
+from retrieval.indexing.arrivals import Arrivals
 from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
 from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import SignedUrls
@@ -123,6 +124,9 @@ class IndexingPipeline:
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
         self._submissions = Submissions(jobs, written=self._rows_written)
+        # Images read from Discord and not yet rows: what a deletion cannot reach yet. Callers
+        # that read before they submit (backfill) carry theirs from the first read.
+        self.arrivals = Arrivals()
         self._waves = RetryWaves(jobs)
         # Its ``refresh`` is connected by the Discord adapter; without it URLs are used as queued.
         self.signed_urls = SignedUrls()
@@ -187,7 +191,8 @@ class IndexingPipeline:
         if not refs:
             return
         self.counters.submitted += len(refs)
-        await self._submissions.write(refs, priority)
+        with self.arrivals.carrying():
+            await self._submissions.write(refs, priority)
 
     async def join(self) -> None:
         """Wait until nothing is due: every job that can be done now is done (jobs waiting to be
