@@ -74,6 +74,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     encoder=indexing.service,
                     pipeline=indexing.pipeline,
                     policy=policy,
+                    database=database,
                 )
                 model_id = indexing.encoder.model_id
                 bot.reindexing = await adopt_model(engine, indexing.store, model_id)
