@@ -35,6 +35,12 @@ def ref(url: str, *, kind: str = "attachment") -> ImageRef:
     )
 
 
+async def renew(links: SignedUrls, urls: list[str]) -> dict[str, str | None]:
+    """What downloads asking for ``urls`` at the same moment are given."""
+    answers = await asyncio.gather(*(links.fresh(url) for url in urls))
+    return dict(zip(urls, answers, strict=True))
+
+
 class FakeDiscord:
     """Answers like `POST /attachments/refresh-urls`; `gone` URLs come back unchanged."""
 
@@ -80,7 +86,7 @@ def test_only_signed_attachment_urls_past_or_near_their_expiry_are_stale():
 async def test_urls_are_refreshed_fifty_per_request_and_gone_ones_are_told_apart():
     discord = FakeDiscord(gone=frozenset({signed(NOW, path=f"{CDN}7")}))
     wanted = [signed(NOW, path=f"{CDN}{i}") for i in range(120)]
-    fresh = await SignedUrls(discord).renew([*wanted, wanted[0]])  # a repeat is asked once
+    fresh = await renew(SignedUrls(discord), [*wanted, wanted[0]])  # a repeat is asked once
     assert [len(call) for call in discord.calls] == [50, 50, 20]
     assert [url for call in discord.calls for url in call] == wanted
     assert fresh[wanted[7]] is None
@@ -92,7 +98,7 @@ async def test_a_url_left_out_of_the_answer_counts_as_gone():
     async def forgetful(urls):
         return {}
 
-    assert await SignedUrls(forgetful).renew([signed(NOW)]) == {signed(NOW): None}
+    assert await renew(SignedUrls(forgetful), [signed(NOW)]) == {signed(NOW): None}
 
 
 async def test_a_failed_refresh_is_a_transient_failure():
@@ -100,7 +106,7 @@ async def test_a_failed_refresh_is_a_transient_failure():
         raise ConnectionResetError("reset by peer")
 
     with pytest.raises(FetchError) as caught:
-        await SignedUrls(broken).renew([signed(NOW)])
+        await renew(SignedUrls(broken), [signed(NOW)])
     assert caught.value.retryable and caught.value.reason == "refresh_failed"
 
 
@@ -161,3 +167,17 @@ async def test_a_download_waits_for_its_link_no_longer_than_the_cap():
     answered.set()  # the answer still comes, and the next attempt takes it
     urls.wait_s = 30.0
     assert await urls.fresh(signed(NOW)) == signed(NOW) + "fresh=1"
+
+
+async def test_closing_stops_the_refresher_and_tells_the_downloads_still_waiting():
+    async def stuck(wanted):
+        await asyncio.Event().wait()
+
+    urls = SignedUrls(stuck, clock=lambda: NOW)
+    urls.prefetch([ref(signed(NOW))])  # in flight
+    waiting = asyncio.create_task(urls.fresh(signed(NOW)))
+    await asyncio.sleep(0)  # the download is waiting for it
+    await urls.close()
+    with pytest.raises(FetchError) as caught:
+        await waiting
+    assert caught.value.retryable

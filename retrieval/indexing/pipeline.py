@@ -172,6 +172,7 @@ class IndexingPipeline:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self._submissions.close()
+        await self.signed_urls.close()
         if self._held:
             try:
                 released = await self.jobs.release(list(self._held))

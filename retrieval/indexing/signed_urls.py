@@ -23,6 +23,7 @@ Discord's client. Link-preview proxy URLs are not signed attachments and are nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -152,14 +153,15 @@ class SignedUrls:
                 )
         return fresh
 
-    async def renew(self, urls: Sequence[str]) -> dict[str, str | None]:
-        """A fresh URL for each of ``urls`` (see `fresh`), asked for together."""
-        for url in urls:
-            if self.refresh is not None and self._paused() is None:
-                self._ask(url)
-        wanted = list(dict.fromkeys(urls))
-        answers = await asyncio.gather(*(self.fresh(url) for url in wanted))
-        return dict(zip(wanted, answers, strict=True))
+    async def close(self) -> None:
+        """Stop the refresher; the downloads still waiting are told to try again later."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        closing = FetchError("stopping", reason="refresh_failed", retryable=True)
+        for url in [url for url, (answer, _) in self._asked.items() if not answer.done()]:
+            self._answer(url, error=closing)
 
     # -- the refresher ------------------------------------------------------------------------
 
