@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 SORRY = "Something went wrong on my side; the bot's operators can see what in the logs."
 NOT_SAVED = (
     "That could not be saved: the index's database was lost while I was running, so the change "
-    "is not kept. I'm stopping until the bot's operators restore it; please try again then."
+    "is not kept. I'll stop shortly for the bot's operators to restore it; please try again "
+    "once I'm back."
 )
 
 
