@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import discord
 
 from bot.client import ClipfindBot
-from bot.signed_urls import url_refresher
+from bot.signed_urls import rest_refresher
 from bot.startup import (
     INTENT_REFUSED,
     SHARD_REFUSED,
@@ -61,9 +61,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                 await database.record(engine)
             policy = IndexPolicy(engine)
             await policy.load()
-            async with open_indexing(
-                settings, engine=engine, consume=settings.encode_images
-            ) as indexing:
+            async with (
+                rest_refresher(settings) as refresh,
+                open_indexing(
+                    settings, engine=engine, consume=settings.encode_images, refresh=refresh
+                ) as indexing,
+            ):
                 bot = ClipfindBot(
                     settings=settings,
                     engine=engine,
@@ -71,8 +74,8 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     encoder=indexing.service,
                     pipeline=indexing.pipeline,
                     policy=policy,
+                    database=database,
                 )
-                indexing.pipeline.signed_urls.refresh = url_refresher(bot.http)
                 model_id = indexing.encoder.model_id
                 bot.reindexing = await adopt_model(engine, indexing.store, model_id)
                 async with (

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from retrieval.backfill import BackfillProgress
     from retrieval.config import Settings
+    from retrieval.dbfile import DatabaseFile
     from retrieval.encoding import EncoderService
     from retrieval.indexing import IndexingPipeline
     from retrieval.policy import IndexPolicy
@@ -74,6 +75,7 @@ class ClipfindBot(commands.AutoShardedBot):
         encoder: EncoderService,
         pipeline: IndexingPipeline,
         policy: IndexPolicy,
+        database: DatabaseFile | None = None,
         **options,
     ) -> None:
         super().__init__(
@@ -92,12 +94,19 @@ class ClipfindBot(commands.AutoShardedBot):
         self.encoder = encoder
         self.pipeline = pipeline
         self.policy = policy
+        self._database = database  # the SQLite file; None on PostgreSQL
         # Set by the backfill cog while it runs; read by the status command.
         self.backfill_progress: BackfillProgress | None = None
         # Rows per other model left from before a model switch (see retrieval/reindex.py).
         self.reindexing: dict[str, int] = {}
         # What `python -m bot` exits with once the bot stops; set by whatever stopped it.
         self.exit_status = 0
+
+    async def confirm_saved(self) -> None:
+        """Before telling someone a change is done: raise DatabaseLost if it was written into a
+        SQLite file deleted or replaced under the running bot (see retrieval/dbfile.py)."""
+        if self._database is not None:
+            await self._database.confirm()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

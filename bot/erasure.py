@@ -2,16 +2,17 @@
 
 A deletion takes the queued jobs it covers in its own transaction, and a job whose row is gone
 is never stored (see retrieval/store/deletes.py), so images already in the jobs table (waiting,
-downloading, in a batch) are covered. Images submitted before the deletion but written as rows
-after it are not: a burst waiting for its transaction, or a backfill page read before the
-deletion and queued after it (backfill waits for room in the queue in between). So every
-deletion also runs a second time, once the pipeline has drained.
+downloading, in a batch) are covered. Images read before the deletion but written as rows after
+it are not: a burst waiting for its transaction, or a backfill page read before the deletion and
+queued after it (backfill waits for room in the queue in between). So a deletion that started
+while such images were on their way runs a second time once they have landed
+(retrieval/indexing/arrivals.py): a statement more for those, none for the others, and no
+polling whatever the load.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -25,28 +26,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Under a sustained flood the pipeline may never be idle; by then the images that were in
-# flight at the deletion are long written, so sweep anyway.
-DRAIN_PATIENCE_S = 600.0
-
 Delete = Callable[[], Awaitable[int]]
 
 
 class Eraser:
     def __init__(self, pipeline: IndexingPipeline) -> None:
-        self._pipeline = pipeline
+        self._arrivals = pipeline.arrivals
         self._sweeps: set[asyncio.Task] = set()
 
     async def erase(
         self, delete: Delete, *, what: str, still: Callable[[], bool] | None = None
     ) -> int:
-        """Run ``delete`` now, and once more after the pipeline drains if ``still()`` holds then
-        (the member is still opted out, say). Returns what the first run removed; a database
-        outage is raised, for a command to report."""
+        """Run ``delete`` now, and once more when the images on their way as it started have
+        landed, if ``still()`` holds then (the member is still opted out, say). Returns what the
+        first run removed; a database outage is raised, for a command to report."""
+        # Asked before the deletion: an arrival landing while it runs may land after its read.
+        on_their_way = self._arrivals.open()
         removed = await delete()
-        sweep = asyncio.create_task(self._again(delete, what, still), name=f"sweep {what}")
-        self._sweeps.add(sweep)
-        sweep.add_done_callback(self._sweeps.discard)
+        if on_their_way:
+            sweep = asyncio.create_task(
+                self._again(delete, what, still, after=on_their_way), name=f"sweep {what}"
+            )
+            self._sweeps.add(sweep)
+            sweep.add_done_callback(self._sweeps.discard)
         return removed
 
     async def erase_patiently(
@@ -61,9 +63,15 @@ class Eraser:
             functools.partial(self.erase, delete, what=what, still=still), waiting=waiting
         )
 
-    async def _again(self, delete: Delete, what: str, still: Callable[[], bool] | None) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pipeline.join(), DRAIN_PATIENCE_S)
+    async def _again(
+        self,
+        delete: Delete,
+        what: str,
+        still: Callable[[], bool] | None,
+        *,
+        after: list[asyncio.Future[None]],
+    ) -> None:
+        await asyncio.wait(after)
         if still is not None and not still():
             return
         try:
@@ -73,6 +81,10 @@ class Eraser:
             return
         if late:
             log.info("removed %d images of %s that were indexed as it was deleted", late, what)
+
+    async def idle(self) -> None:
+        """Wait until the second runs started so far are done."""
+        await asyncio.gather(*self._sweeps, return_exceptions=True)
 
     def close(self) -> None:
         for sweep in self._sweeps:

@@ -7,11 +7,16 @@ import logging
 import discord
 from discord import app_commands
 
-from retrieval.errors import ModelUnavailable, StoreUnavailable
+from retrieval.errors import DatabaseLost, ModelUnavailable, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 SORRY = "Something went wrong on my side; the bot's operators can see what in the logs."
+NOT_SAVED = (
+    "That could not be saved: the index's database was lost while I was running, so the change "
+    "is not kept. I'll stop shortly for the bot's operators to restore it; please try again "
+    "once I'm back."
+)
 
 
 def user_message(error: Exception) -> str:
@@ -19,6 +24,8 @@ def user_message(error: Exception) -> str:
         error = error.original
     if isinstance(error, StoreUnavailable):
         return "The image index is unavailable right now. Please try again in a minute."
+    if isinstance(error, DatabaseLost):
+        return NOT_SAVED
     if isinstance(error, ModelUnavailable):
         return "The image model is not loaded right now. Please try again later."
     if isinstance(error, app_commands.NoPrivateMessage):
@@ -37,7 +44,7 @@ async def on_app_command_error(
 ) -> None:
     original = getattr(error, "original", error)
     name = interaction.command.qualified_name if interaction.command else "?"
-    if isinstance(original, StoreUnavailable | ModelUnavailable):
+    if isinstance(original, StoreUnavailable | ModelUnavailable | DatabaseLost):
         log.error("/%s failed: %s", name, original)
     elif isinstance(error, app_commands.CheckFailure):
         log.info("/%s refused for user %s: %s", name, interaction.user.id, error)
@@ -51,7 +58,7 @@ async def on_view_error(
 ) -> None:
     """The same for buttons and menus (a view's ``on_error``)."""
     what = getattr(item, "label", None) or getattr(item, "custom_id", "?")
-    if isinstance(error, StoreUnavailable | ModelUnavailable):
+    if isinstance(error, StoreUnavailable | ModelUnavailable | DatabaseLost):
         log.error("button %r failed: %s", what, error)
     else:
         log.error("button %r failed", what, exc_info=error)

@@ -16,6 +16,7 @@ from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
 from retrieval.indexing import IndexingPipeline, JobQueue
+from retrieval.indexing.signed_urls import RefreshUrls
 from retrieval.store import VectorStore, open_store
 
 if TYPE_CHECKING:
@@ -39,13 +40,15 @@ async def open_indexing(
     engine: AsyncEngine,
     consume: bool = True,
     loaded: Callable[[Encoder], Awaitable[None]] | None = None,
+    refresh: RefreshUrls | None = None,
 ) -> AsyncIterator[Indexing]:
     """Everything started; on the way out, batches being encoded get SHUTDOWN_DEADLINE_S to
     finish and the rest of the claimed jobs go back to the table.
 
     ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
     model is still loaded, for search queries, but no job is taken from the table. ``loaded``
-    is awaited with the model before any job is: it may refuse it by raising.
+    is awaited with the model before any job is: it may refuse it by raising. ``refresh``
+    exchanges expired attachment links (Discord's, passed in by the caller).
     """
     encoder = await asyncio.to_thread(
         Encoder.load,
@@ -94,6 +97,7 @@ async def open_indexing(
                 fetch_workers=settings.fetch_concurrency,
                 decode_threads=settings.decode_threads,
                 consume=consume,
+                refresh=refresh,
             )
             await pipeline.start()
             try:

@@ -3,9 +3,10 @@ encodes images, with its throughput.
 
 Each consumer (a bot process that encodes, an encoder worker) reports itself every ~15 s in
 ``index_consumers`` (`ConsumerReport`); a row not seen for ``STALE_S`` is a process that died: it
-is left out of the figures and deleted by the next report. `read_figures` reads everything in one
-transaction, from the jobs table's ``ix_index_jobs_age`` index and two small tables, so it stays
-cheap however large the backlog.
+is left out of the figures and deleted by the next report. "Seen" and "waiting since" are the
+database's clock (`retrieval/clock.py`): a process whose own clock is ahead must not take the
+others for dead. `read_figures` reads everything in one transaction, from the jobs table's
+``ix_index_jobs_age`` index and two small tables, so it stays cheap however large the backlog.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from retrieval.clock import moment
 from retrieval.models import IndexConsumer, IndexFailure, IndexJob
 from retrieval.store.reads import as_utc, database_errors
 
@@ -78,14 +81,10 @@ class ClusterFigures:
         return COUNT_CAP in (self.waiting, self.retrying)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def read_figures(
     engine: AsyncEngine, *, now: datetime | None = None, stale_s: float = STALE_S
 ) -> ClusterFigures:
-    now = now or _now()
+    """The figures as of the database's clock (or of ``now``, a moment the caller chose)."""
     first_try = IndexJob.attempts == 0
 
     def capped_count(*where) -> object:
@@ -96,14 +95,15 @@ async def read_figures(
         capped_count(first_try),
         capped_count(IndexJob.attempts > 0),
         select(func.min(IndexJob.created_at)).where(first_try).scalar_subquery(),
+        moment(now),
     )
-    alive = select(IndexConsumer).where(IndexConsumer.seen_at >= now - timedelta(seconds=stale_s))
+    alive = select(IndexConsumer).where(IndexConsumer.seen_at >= moment(now, after_s=-stale_s))
     failures = select(IndexFailure.reason, func.sum(IndexFailure.count)).group_by(
         IndexFailure.reason
     )
     with database_errors():
         async with engine.connect() as conn:
-            waiting, retrying, oldest = (await conn.execute(queue)).one()
+            waiting, retrying, oldest, now = (await conn.execute(queue)).one()
             consumers = [_consumer(row) for row in await conn.execute(alive)]
             failed = {reason: int(n) for reason, n in await conn.execute(failures)}
     consumers.sort(key=lambda consumer: (consumer.role, consumer.host, consumer.started_at))
@@ -111,7 +111,7 @@ async def read_figures(
         waiting=int(waiting),
         retrying=int(retrying),
         claimed=sum(consumer.in_hand for consumer in consumers),
-        oldest_waiting_s=None if oldest is None else (now - as_utc(oldest)).total_seconds(),
+        oldest_waiting_s=None if oldest is None else (as_utc(now) - as_utc(oldest)).total_seconds(),
         consumers=consumers,
         failed=failed,
     )
@@ -159,20 +159,21 @@ class ConsumerReport:
         self.device = device
         self.stale_s = stale_s
         self._stored, self._in_hand, self._shards = stored, in_hand, shards
-        self.started_at = _now()
-        self._last: tuple[datetime, int] | None = None  # (when, images stored) at the last report
+        # (when, images stored) at the last report: this process's own seconds, as only their
+        # difference counts.
+        self._last: tuple[float, int] | None = None
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._upsert = _upsert(dialect.insert)
 
-    def _rate(self, stored: int, now: datetime) -> float:
-        last, self._last = self._last, (now, stored)
-        if last is None or now <= last[0]:
+    def _rate(self, stored: int, at: float) -> float:
+        last, self._last = self._last, (at, stored)
+        if last is None or at <= last[0]:
             return 0.0
-        return max(stored - last[1], 0) / (now - last[0]).total_seconds()
+        return max(stored - last[1], 0) / (at - last[0])
 
     async def report(self, *, now: datetime | None = None) -> None:
-        """Write this process's row, and delete the rows of consumers gone silent."""
-        now = now or _now()
+        """Write this process's row, and delete the rows of consumers gone silent; as of the
+        database's clock (or of ``now``, a moment the caller chose)."""
         stored = self._stored()
         row = {
             "key": self.key,
@@ -181,16 +182,17 @@ class ConsumerReport:
             "shards": (self._shards() or "")[:100] or None,
             "model_id": self.model_id[:200],
             "device": self.device[:32],
-            "started_at": self.started_at,
-            "seen_at": now,
+            # Kept from the first report on (see _upsert).
+            "started_at": moment(now),
+            "seen_at": moment(now),
             "images_stored": stored,
-            "rate": self._rate(stored, now),
+            "rate": self._rate(stored, time.monotonic() if now is None else now.timestamp()),
             "in_hand": self._in_hand(),
         }
-        stale = now - timedelta(seconds=self.stale_s)
+        stale = moment(now, after_s=-self.stale_s)
         with database_errors():
             async with self.engine.begin() as conn:
-                await conn.execute(self._upsert, row)
+                await conn.execute(self._upsert.values(row))
                 await conn.execute(delete(IndexConsumer).where(IndexConsumer.seen_at < stale))
 
     async def leave(self) -> None:
@@ -201,10 +203,7 @@ class ConsumerReport:
 
 
 def _upsert(insert):
-    table = IndexConsumer.__table__
-    stmt = insert(IndexConsumer).values(
-        {column.name: bindparam(column.name, type_=column.type) for column in table.columns}
-    )
+    stmt = insert(IndexConsumer)
     changing = ("shards", "seen_at", "images_stored", "rate", "in_hand")
     return stmt.on_conflict_do_update(
         index_elements=["key"], set_={name: stmt.excluded[name] for name in changing}

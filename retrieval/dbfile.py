@@ -5,7 +5,9 @@ under it. Either way the bot would later run on an empty index that has forgotte
 and excluded channel. So each installation gets an id, stored inside the database (`bot_state`)
 and in a marker file next to it (and, if the operator sets it, in `INSTALLATION_ID`): a start
 that finds the marker or the setting but not the matching database refuses, and a watchdog stops
-the running bot when the file at the path is no longer the one it opened.
+the running bot when the file at the path is no longer the one it opened. Between two looks of the
+watchdog, a change a member or a manager is told is done (an opt-out, an exclusion) is first
+confirmed to be in that file (`confirm`): a write into a deleted file is no promise kept.
 
 SQLite also serves one process only (the jobs table, the caches and the start-up bookkeeping all
 count on it), so the process running on the file holds an exclusive lock on a file next to it,
@@ -232,6 +234,13 @@ class DatabaseFile:
             found = f"installation {stored}" if stored else "no installation id"
             return f"the database file {self.path} was overwritten (it now holds {found})"
         return None
+
+    async def confirm(self) -> None:
+        """Raise DatabaseLost if what was just written went into a file that is no longer the
+        database at the path (deleted, replaced or overwritten since it was opened)."""
+        problem = await asyncio.to_thread(self.problem)
+        if problem is not None:
+            raise DatabaseLost(f"{problem}; what was just written there is not kept")
 
     async def watch(self, *, interval_s: float) -> str:
         """Look at the file every `interval_s` seconds; returns what happened once it changed."""

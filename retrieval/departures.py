@@ -1,7 +1,8 @@
 """Servers the bot has left, waiting out the grace period before their index is purged.
 
 A row is written when the bot leaves and removed when it is re-added or the purge is done, so a
-purge that fell due while the bot was down still happens at the next start.
+purge that fell due while the bot was down still happens at the next start. The time is the
+database's (`retrieval/clock.py`): the process that purges may not be the one that noticed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from retrieval.clock import moment
 from retrieval.models import BackfillCursor, GuildDeparture
 from retrieval.upsert import upsert
 
@@ -19,13 +21,14 @@ class Departures:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def record(self, guild_id: int, *, at: datetime) -> None:
-        """Note the departure; a second notice (e.g. at the next start) keeps the first time.
+    async def record(self, guild_id: int, *, at: datetime | None = None) -> None:
+        """Note the departure, as of the database's clock (or ``at``); a second notice (e.g. at
+        the next start) keeps the first time.
 
         One statement, since two processes may notice it at once: while the shard count
         changes, a server briefly belongs to a process of the old count and one of the new."""
         async with self._sessions.begin() as session:
-            values = {"guild_id": guild_id, "left_at": at}
+            values = {"guild_id": guild_id, "left_at": moment(at)}
             await session.execute(
                 upsert(session.bind.dialect.name, GuildDeparture, values, keep=True)
             )

@@ -1,11 +1,17 @@
 """Downloads image bytes: only from allowed origins, capped in size, bounded in time, polite per
-host, retried on blips."""
+host, retried on blips.
+
+A host that answers 429 (or 5xx) with Retry-After is left alone for that long by every download
+of the process, not only by the one that asked: the others fail at once as if it had answered
+them, and their jobs are retried once the pause is over.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from collections import defaultdict
 
 import aiohttp
@@ -45,6 +51,8 @@ class Fetcher:
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(per_host)
         )
+        # host:port -> (time.monotonic() when its Retry-After ends, the answer that asked for it)
+        self._paused: dict[str, tuple[float, FetchError]] = {}
 
     async def fetch(self, url: str, *, declared_size: int | None = None) -> bytes:
         """The body of ``url``; raises FetchError with a reason after the retries are spent.
@@ -92,6 +100,47 @@ class Fetcher:
 
     async def _get_once(self, url: yarl.URL) -> bytes | yarl.URL:
         """The body, or the URL a redirect points to (already checked against the origins)."""
+        host = f"{url.host}:{url.port}"  # a server, whatever its paths
+        self._check_paused(host)
+        try:
+            return await self._request(url)
+        except FetchError as exc:
+            if exc.retry_after:
+                self._pause(host, exc)
+            raise
+
+    def _check_paused(self, host: str) -> None:
+        paused = self._paused.get(host)
+        if paused is None:
+            return
+        until, cause = paused
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._paused[host]
+            return
+        raise FetchError(
+            f"{host} asked for a pause ({cause}); {left:.1f} s left",
+            reason=cause.reason,
+            retryable=True,
+            retry_after=left,
+        )
+
+    def _pause(self, host: str, cause: FetchError) -> None:
+        now = time.monotonic()
+        until = now + (cause.retry_after or 0.0)
+        current = self._paused.get(host, (0.0, cause))[0]
+        if until <= current:
+            return
+        if current <= now:
+            log.warning(
+                "%s answered %s with Retry-After %.0f s: no download from it until then",
+                host,
+                cause,
+                cause.retry_after,
+            )
+        self._paused[host] = (until, cause)
+
+    async def _request(self, url: yarl.URL) -> bytes | yarl.URL:
         try:
             async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
                 if resp.status in _REDIRECTS:

@@ -62,12 +62,11 @@ async def run_worker(settings: Settings, *, refresh: RefreshUrls | None = None) 
                 return 0
             loaded = functools.partial(_refuse_another_model, engine)
             async with (
-                open_indexing(settings, engine=engine, loaded=loaded) as indexing,
+                open_indexing(settings, engine=engine, loaded=loaded, refresh=refresh) as indexing,
                 operator_view(
                     engine=engine, role="worker", pipeline=indexing.pipeline, settings=settings
                 ),
             ):
-                indexing.pipeline.signed_urls.refresh = refresh
                 # torch and open_clip leave hundreds of thousands of long-lived objects that every
                 # full collection would scan again, with the event loop stopped.
                 gc.collect()

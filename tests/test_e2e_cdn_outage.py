@@ -118,3 +118,39 @@ async def test_a_429_retry_after_is_honoured(tmp_path, database_url):
             gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
             assert min(gaps) >= 2.0 - 0.05, gaps
             assert await bot.pipeline.jobs.backlog(guild.id) == Backlog(0, 0, {})
+
+
+async def test_a_429_with_retry_after_pauses_the_cdn_for_every_download(tmp_path, database_url):
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Paused")
+        general = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        pause_s = 3.0
+        fd.cdn.go_down(status=429, retry_after=pause_s)
+        settings = bot_settings(fd, tmp_path, database_url=database_url, **QUICK_BACKOFF)
+        async with running_bot(settings, fd) as bot:
+            first = await fd.post_message(
+                general, alice, "", attachments=[picture("red", "circle", 1)]
+            )
+
+            async def told() -> bool:  # its download got the 429 and handed the job back
+                return (await bot.pipeline.jobs.backlog(guild.id)).retrying == 1
+
+            await eventually(told)
+            told_at = fd.cdn.requests_for(first.attachments[0].url)[0][0]
+            # Posted after the 429, each on a download worker of its own: none of them asks
+            # the CDN before the Retry-After has passed.
+            later = [
+                await fd.post_message(general, alice, "", attachments=[picture(c, "star", n)])
+                for n, c in enumerate(("blue", "green", "yellow"), start=2)
+            ]
+            urls = [m.attachments[0].url for m in later]
+            await tried(fd, urls, 1)
+            asked = [at for url in urls for at, _ in fd.cdn.requests_for(url)]
+            assert min(asked) >= told_at + pause_s - 0.05, (min(asked) - told_at, pause_s)
+            fd.cdn.recover()
+
+            async def all_in() -> bool:
+                return await bot.store.count(guild_id=guild.id) == 4
+
+            await eventually(all_in, within=30)

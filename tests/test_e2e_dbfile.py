@@ -7,16 +7,18 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from bot.app import DATABASE_LOST_STATUS, open_bot, run
+from bot.errors import NOT_SAVED
 from retrieval.dbfile import marker_path
 from retrieval.errors import DatabaseLost
 from tests.e2e import bot_settings, running_bot, settled
-from tests.fakediscord import FakeDiscord
+from tests.fakediscord import FakeDiscord, P
 from tests.search_helpers import picture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,3 +117,44 @@ async def test_the_process_really_exits_when_its_database_is_deleted(tmp_path):
     log = re.sub(r"\x1b\[[0-9;]*m", "", (await stderr).decode())  # colour codes on some terminals
     (line,) = [line for line in log.splitlines() if " CRITICAL " in line]
     assert f"bot.app stopping: the database file {db} was deleted" in line
+
+
+async def test_a_change_written_into_a_deleted_database_is_not_confirmed(tmp_path, caplog):
+    """Between two looks of the watchdog, an exclusion or an opt-out written into the deleted
+    file is answered as not saved, never as done."""
+    data = tmp_path / "data"
+    async with FakeDiscord() as fd:
+        # The watchdog looks at its slowest: the commands come between two of its looks.
+        settings = bot_settings(fd, data, database_check_interval_s=60)
+        guild = fd.add_guild("Photos")
+        general, memes = guild.add_text_channel("general"), guild.add_text_channel("memes")
+        mod = guild.add_member("mod", roles=[guild.add_role("mods", permissions=P.MANAGE_GUILD)])
+        ana = guild.add_member("ana")
+        async with running_bot(settings, fd) as bot:
+            for seed in (1, 2):
+                await fd.post_message(memes, ana, "", attachments=[picture("red", "cross", seed)])
+            await fd.post_message(general, ana, "", attachments=[picture("blue", "star", 3)])
+            await settled(bot, fd)
+            assert await bot.store.count(guild_id=guild.id) == 3
+
+            shutil.rmtree(data)  # the database folder, under the running bot
+            excluded = await fd.invoke_slash(
+                guild, general, mod, "clipfind channels exclude", {"channel": memes}
+            )
+            answer = (await excluded.wait_reply(timeout=30))["content"]
+            assert answer == NOT_SAVED
+            assert "deleted 2 indexed images" not in answer
+
+            opted_out = await fd.invoke_slash(guild, general, ana, "privacy opt-out")
+            asked = await opted_out.wait_reply(timeout=30)
+            button = next(
+                item["custom_id"]
+                for row in asked["components"]
+                for item in row["components"]
+                if item.get("label", "").startswith("Opt out")
+            )
+            pressed = await fd.click(asked, button, ana)
+            told = await pressed.wait_reply(timeout=30, predicate=lambda m: m["content"] != "")
+            assert told["content"] == NOT_SAVED
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(f"the database folder {data} was deleted" in line for line in lines), lines

@@ -8,7 +8,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
+from retrieval.clock import database_now
+from retrieval.db import create_engine
+from retrieval.models import GuildDeparture
 from tests import search_helpers
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
@@ -196,8 +200,7 @@ async def test_readding_the_bot_in_time_cancels_the_purge(world, grace_hour):
 
 async def test_purges_due_while_the_bot_was_down_happen_at_the_next_start(tmp_path):
     async with FakeDiscord() as fd:
-        # About a second of grace: long enough to stop the bot before it passes.
-        settings = bot_settings(fd, tmp_path, guild_purge_grace_hours=0.0003)
+        settings = bot_settings(fd, tmp_path, guild_purge_grace_hours=1.0)
         guilds = {}
         async with running_bot(settings, fd) as bot:
             for name in ("left", "kicked offline", "kept"):
@@ -208,8 +211,9 @@ async def test_purges_due_while_the_bot_was_down_happen_at_the_next_start(tmp_pa
             await fd.remove_bot_from_guild(guilds["left"])
             await settled(bot, fd)
             assert await bot.store.count(guild_id=guilds["left"].id) == 1  # not yet due
+            assert guilds["left"].id in await bot.get_cog("Lifecycle").departures.pending()
         await fd.remove_bot_from_guild(guilds["kicked offline"], dispatch=False)
-        await asyncio.sleep(1.2)
+        await grace_passes(settings, hours=2)  # while the bot is down
 
         async with running_bot(settings, fd) as bot:
             await count_is(bot, guilds["left"].id, 0)
@@ -217,10 +221,22 @@ async def test_purges_due_while_the_bot_was_down_happen_at_the_next_start(tmp_pa
             lifecycle = bot.get_cog("Lifecycle")
             assert guilds["kicked offline"].id in await lifecycle.departures.pending()
             assert await bot.store.count(guild_id=guilds["kicked offline"].id) == 1
-            later = datetime.now(UTC) + timedelta(seconds=5)
+            later = await database_now(bot.engine) + timedelta(hours=1, seconds=5)
             assert await lifecycle.purge_due(now=later) == [guilds["kicked offline"].id]
             assert await bot.store.count(guild_id=guilds["kept"].id) == 1
             assert await bot.store.guild_ids() == {guilds["kept"].id}
+
+
+async def grace_passes(settings, *, hours: float) -> None:
+    """Time passes for the stopped bot's departures: each is moved that much into the past (by
+    the database's clock, which they are written and compared with)."""
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            earlier = await database_now(conn) - timedelta(hours=hours)
+            await conn.execute(update(GuildDeparture).values(left_at=earlier))
+    finally:
+        await engine.dispose()
 
 
 # Last with the other test that runs its own stand-in: starting a bot points discord.py's

@@ -1,59 +1,82 @@
-"""The eraser deletes again once the pipeline drains, so images in flight stay deleted."""
+"""The eraser deletes again once the images on their way at the deletion have landed, so images
+in flight stay deleted; with nothing on its way, a deletion is one pass."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
 
 from bot.erasure import Eraser
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing import LIVE, ImageRef, JobQueue
+from retrieval.indexing.arrivals import Arrivals
 from retrieval.indexing.submit import Submissions
+from tests.e2e import eventually
 from tests.records import MODEL, image_record
 
 
-class Pipeline:
-    def __init__(self) -> None:
-        self.drained = asyncio.Event()
-
-    async def join(self) -> None:
-        await self.drained.wait()
+def pipeline() -> SimpleNamespace:
+    """What the eraser uses of the pipeline: its arrivals."""
+    return SimpleNamespace(arrivals=Arrivals())
 
 
-async def test_deletes_again_after_the_pipeline_drains_unless_undone():
-    pipeline = Pipeline()
-    eraser = Eraser(pipeline)
-    calls = {"message": 0, "member": 0}
-    results = iter([2, 1])  # the second run finds an image written while it was in flight
+class Counting:
+    """A deletion that counts its runs and removes ``results`` in turn."""
 
-    async def delete_message() -> int:
-        calls["message"] += 1
-        return next(results)
+    def __init__(self, *results: int) -> None:
+        self.runs = 0
+        self._results = iter(results)
 
-    async def delete_member() -> int:
-        calls["member"] += 1
-        return 0
+    async def __call__(self) -> int:
+        self.runs += 1
+        return next(self._results, 0)
 
+
+async def test_deletes_again_once_what_was_on_its_way_has_landed_unless_undone():
+    pipe = pipeline()
+    eraser = Eraser(pipe)
+    landed = asyncio.Event()
+
+    async def arriving() -> None:
+        with pipe.arrivals.carrying():
+            await landed.wait()
+
+    carried = asyncio.create_task(arriving())
+    await asyncio.sleep(0)  # it is on its way
+    message, member = Counting(2, 1), Counting()
     opted_out = True
-    assert await eraser.erase(delete_message, what="message 1") == 2
-    await eraser.erase(delete_member, what="member 7", still=lambda: opted_out)
-    await asyncio.sleep(0.01)
-    assert calls == {"message": 1, "member": 1}  # nothing more while images are in flight
+    assert await eraser.erase(message, what="message 1") == 2
+    await eraser.erase(member, what="member 7", still=lambda: opted_out)
+    later = Counting(3)
+    assert (message.runs, member.runs) == (1, 1)
 
     opted_out = False  # opted back in before the sweep: their new images must stay
-    pipeline.drained.set()
-    await asyncio.sleep(0.01)
-    assert calls == {"message": 2, "member": 1}
+    landed.set()
+    await carried
+    await eraser.idle()
+    # A deletion after the arrival landed has nothing to wait for: one run.
+    assert await eraser.erase(later, what="message 2") == 3
+    await eraser.idle()
+    assert (message.runs, member.runs, later.runs) == (2, 1, 1)
+    eraser.close()
+
+
+async def test_with_nothing_on_its_way_a_deletion_runs_once():
+    eraser = Eraser(pipeline())
+    deletions = [Counting(1) for _ in range(50)]
+    for n, delete in enumerate(deletions):
+        assert await eraser.erase(delete, what=f"message {n}") == 1
+    await eraser.idle()
+    assert [delete.runs for delete in deletions] == [1] * 50
     eraser.close()
 
 
 async def test_patient_erase_waits_out_a_database_outage(monkeypatch):
     monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
-    pipeline = Pipeline()
-    pipeline.drained.set()
-    eraser = Eraser(pipeline)
+    eraser = Eraser(pipeline())
     outcomes = iter([StoreUnavailable("down"), StoreUnavailable("down"), 3, 0])
 
     async def delete() -> int:
@@ -66,9 +89,10 @@ async def test_patient_erase_waits_out_a_database_outage(monkeypatch):
     eraser.close()
 
 
-async def test_an_image_queued_only_after_its_deletion_is_swept_once_indexed(store):
+async def test_an_image_queued_only_after_its_deletion_is_taken_as_it_lands(store):
     """Why the second run is needed although a deletion takes the jobs it covers: a job row
-    written after the deletion (submitted before it) is out of that deletion's reach."""
+    written after the deletion (submitted before it) is out of that deletion's reach. The second
+    run, once the row is written, takes it before any consumer stores it, or the vector after."""
     jobs = JobQueue(store.engine, model_id=MODEL)
     written_late = asyncio.Event()
     enqueue = jobs.enqueue
@@ -79,6 +103,7 @@ async def test_an_image_queued_only_after_its_deletion_is_swept_once_indexed(sto
 
     jobs.enqueue = enqueue_late
     submissions = Submissions(jobs, written=lambda: None)
+    pipe = pipeline()
     ref = ImageRef(
         guild_id=1,
         channel_id=10,
@@ -91,20 +116,26 @@ async def test_an_image_queued_only_after_its_deletion_is_swept_once_indexed(sto
         source_url="u",
         filename="img0.png",
     )
-    submitted = asyncio.create_task(submissions.write([ref], LIVE))
+
+    async def submit() -> None:  # as IndexingPipeline.submit carries it
+        with pipe.arrivals.carrying():
+            await submissions.write([ref], LIVE)
+
+    submitted = asyncio.create_task(submit())
     await asyncio.sleep(0.01)
-    pipeline = Pipeline()
-    eraser = Eraser(pipeline)
+    eraser = Eraser(pipe)
     assert await eraser.erase(lambda: store.delete_messages([1000]), what="message 1000") == 0
 
     written_late.set()
     await submitted
-    (job,) = await jobs.claim(1)  # the pipeline indexes it: nothing had deleted its job
-    assert await store.upsert([image_record(0, np.ones(4, np.float32))], job_ids=[job.id]) == 1
-    pipeline.drained.set()
-    for _ in range(100):
-        if not await store.known_keys(1000):
-            break
-        await asyncio.sleep(0.02)
-    assert await store.known_keys(1000) == set()
+    # A consumer racing the second run: either it finds its job gone and stores nothing, or
+    # the second run deletes what it stored.
+    claimed = await jobs.claim(1)
+    vector = np.ones(4, np.float32)
+    await store.upsert([image_record(0, vector)], job_ids=[job.id for job in claimed])
+
+    async def gone() -> bool:
+        return not await store.known_keys(1000) and not await jobs.waiting(at_most=1)
+
+    await eventually(gone)
     eraser.close()

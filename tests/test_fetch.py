@@ -24,6 +24,7 @@ class Host:
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
         self.redirects: dict[str, str] = {}
+        self.busy: dict[str, str] = {}  # path -> Retry-After of its 429
         self.port = 0
 
     def url(self, path: str, *, host: str = "127.0.0.1") -> str:
@@ -31,6 +32,8 @@ class Host:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
+        if request.path in self.busy:
+            return web.Response(status=429, headers={"Retry-After": self.busy[request.path]})
         if request.path in self.redirects:
             return web.Response(status=302, headers={"Location": self.redirects[request.path]})
         if request.path.startswith("/loop/"):
@@ -148,3 +151,20 @@ async def test_too_many_redirects_are_a_permanent_failure(hosts, http):
     fetch = fetcher(http, cdn.url(""))
     assert (await refused(fetch, cdn.url("/loop/0"))).reason == "too_many_redirects"
     assert sorted(cdn.hits) == ["/loop/0", "/loop/1", "/loop/2", "/loop/3"]  # 3 hops, no retry
+
+
+async def test_a_429_with_retry_after_pauses_its_host_for_every_download(hosts, http):
+    cdn, other = hosts
+    cdn.busy["/img/busy.png"] = "30"
+    fetch = fetcher(http, f"{cdn.url('')},{other.url('')}")
+    with pytest.raises(FetchError) as first:
+        await fetch.fetch(cdn.url("/img/busy.png"))
+    assert first.value.retry_after == 30 and first.value.reason == "http_429"
+    for n in range(3):  # the other downloads from that host are not sent, and say for how long
+        with pytest.raises(FetchError) as paused:
+            await fetch.fetch(cdn.url(f"/img/{n}.png"))
+        assert paused.value.retryable and paused.value.reason == "http_429"
+        assert 25 < paused.value.retry_after <= 30
+    assert cdn.hits == {"/img/busy.png": 1}
+    # Another host is not held up.
+    assert await fetch.fetch(other.url("/img/a.png")) == BODY

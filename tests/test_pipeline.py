@@ -542,7 +542,10 @@ async def test_a_404_on_a_signed_url_is_refreshed_and_only_a_gone_one_is_permane
     assert not await store.known_keys(62) and not await store.known_keys(63)
     assert pipeline.counters.failed == {"http_404": 2}
     assert sorted(url for call in refresher.calls for url in call) == sorted([rotated, deleted])
-    assert host.hits == {"rotated.png": 1, "resigned.png": 1, "deleted.png": 1, "preview.png": 1}
+    # The deleted one's link is tried, unless the rotated one's refresh came first: its link,
+    # issued with the rotated one, was then taken for dead and refreshed (to no avail) first.
+    assert host.hits.pop("deleted.png", 0) <= 1
+    assert host.hits == {"rotated.png": 1, "resigned.png": 1, "preview.png": 1}
     assert (await pipeline.jobs.backlog()).waiting == 0
 
 

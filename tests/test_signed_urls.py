@@ -1,7 +1,9 @@
-"""Signed attachment URLs: reading their expiry, and refreshing them in batches of 50."""
+"""Signed attachment URLs: reading their expiry, and refreshing them in batches of 50, by one
+refresher whose waits are capped and which a rate limit pauses for everyone."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -31,6 +33,12 @@ def ref(url: str, *, kind: str = "attachment") -> ImageRef:
         source_url=url.split("?")[0],
         filename="cat.png",
     )
+
+
+async def renew(links: SignedUrls, urls: list[str]) -> dict[str, str | None]:
+    """What downloads asking for ``urls`` at the same moment are given."""
+    answers = await asyncio.gather(*(links.fresh(url) for url in urls))
+    return dict(zip(urls, answers, strict=True))
 
 
 class FakeDiscord:
@@ -78,7 +86,7 @@ def test_only_signed_attachment_urls_past_or_near_their_expiry_are_stale():
 async def test_urls_are_refreshed_fifty_per_request_and_gone_ones_are_told_apart():
     discord = FakeDiscord(gone=frozenset({signed(NOW, path=f"{CDN}7")}))
     wanted = [signed(NOW, path=f"{CDN}{i}") for i in range(120)]
-    fresh = await SignedUrls(discord).renew([*wanted, wanted[0]])  # a repeat is asked once
+    fresh = await renew(SignedUrls(discord), [*wanted, wanted[0]])  # a repeat is asked once
     assert [len(call) for call in discord.calls] == [50, 50, 20]
     assert [url for call in discord.calls for url in call] == wanted
     assert fresh[wanted[7]] is None
@@ -90,7 +98,7 @@ async def test_a_url_left_out_of_the_answer_counts_as_gone():
     async def forgetful(urls):
         return {}
 
-    assert await SignedUrls(forgetful).renew([signed(NOW)]) == {signed(NOW): None}
+    assert await renew(SignedUrls(forgetful), [signed(NOW)]) == {signed(NOW): None}
 
 
 async def test_a_failed_refresh_is_a_transient_failure():
@@ -98,5 +106,78 @@ async def test_a_failed_refresh_is_a_transient_failure():
         raise ConnectionResetError("reset by peer")
 
     with pytest.raises(FetchError) as caught:
-        await SignedUrls(broken).renew([signed(NOW)])
+        await renew(SignedUrls(broken), [signed(NOW)])
     assert caught.value.retryable and caught.value.reason == "refresh_failed"
+
+
+async def test_downloads_asking_at_once_share_requests_and_a_prefetch():
+    discord = FakeDiscord()
+    urls = SignedUrls(discord, clock=lambda: NOW)
+    expired = [signed(NOW - 10, path=f"{CDN}{i}") for i in range(60)]
+    urls.prefetch(ref(url) for url in expired[:40])  # claimed together: asked at once
+    answers = await asyncio.gather(*(urls.fresh(url) for url in expired))
+    assert answers == [url + "fresh=1" for url in expired]
+    assert sum(len(call) for call in discord.calls) == 60  # each link asked for once
+    assert len(discord.calls) <= 3
+    assert await urls.fresh(expired[0]) == expired[0] + "fresh=1"  # kept: no request more
+    assert sum(len(call) for call in discord.calls) == 60
+
+
+async def test_a_link_refreshed_after_a_404_dates_the_dead_ones():
+    urls = SignedUrls(FakeDiscord(), clock=lambda: NOW)
+    issued = NOW - 3600  # valid for 23 hours more by its expiry...
+    dead = f"{CDN}?ex={int(issued + 86400):x}&is={int(issued):x}&hm=x&"
+    older = f"{CDN}2?ex={int(issued + 86390):x}&is={int(issued - 10):x}&hm=x&"
+    newer = f"{CDN}3?ex={int(issued + 86410):x}&is={int(issued + 10):x}&hm=x&"
+    assert not urls.expired(ref(older))
+    assert await urls.fresh(dead, dead=True) == dead + "fresh=1"  # ...but the CDN said 404
+    assert urls.expired(ref(older)) and not urls.expired(ref(newer))
+
+
+async def test_a_long_rate_limit_pauses_every_refresh_for_its_retry_after():
+    calls = []
+
+    async def limited(wanted):
+        calls.append(list(wanted))
+        raise FetchError("429", reason="refresh_rate_limited", retryable=True, retry_after=3600)
+
+    urls = SignedUrls(limited, clock=lambda: NOW)
+    with pytest.raises(FetchError) as first:
+        await urls.fresh(signed(NOW))
+    assert first.value.retry_after == 3600
+    for n in range(5):  # the others are told at once, without a request
+        with pytest.raises(FetchError) as later:
+            await urls.fresh(signed(NOW, path=f"{CDN}{n}"))
+        assert later.value.retryable and 3500 < later.value.retry_after <= 3600
+    urls.prefetch([ref(signed(NOW - 10, path=f"{CDN}9"))])
+    assert len(calls) == 1
+
+
+async def test_a_download_waits_for_its_link_no_longer_than_the_cap():
+    answered = asyncio.Event()
+
+    async def stuck(wanted):
+        await answered.wait()
+        return {url: url + "fresh=1" for url in wanted}
+
+    urls = SignedUrls(stuck, wait_s=0.05, clock=lambda: NOW)
+    with pytest.raises(FetchError) as caught:
+        await urls.fresh(signed(NOW))
+    assert caught.value.retryable and caught.value.reason == "refresh_slow"
+    answered.set()  # the answer still comes, and the next attempt takes it
+    urls.wait_s = 30.0
+    assert await urls.fresh(signed(NOW)) == signed(NOW) + "fresh=1"
+
+
+async def test_closing_stops_the_refresher_and_tells_the_downloads_still_waiting():
+    async def stuck(wanted):
+        await asyncio.Event().wait()
+
+    urls = SignedUrls(stuck, clock=lambda: NOW)
+    urls.prefetch([ref(signed(NOW))])  # in flight
+    waiting = asyncio.create_task(urls.fresh(signed(NOW)))
+    await asyncio.sleep(0)  # the download is waiting for it
+    await urls.close()
+    with pytest.raises(FetchError) as caught:
+        await waiting
+    assert caught.value.retryable

@@ -105,6 +105,7 @@ class Admin(commands.Cog):
             what=f"excluded channel {channel.id}",
             still=lambda: self.bot.policy.is_excluded(channel.id),
         )
+        await self.bot.confirm_saved()
         log.info(
             "user %s excluded channel %s in guild %s: %d images deleted",
             interaction.user.id,
@@ -138,6 +139,7 @@ class Admin(commands.Cog):
             )
             return
         await self.bot.policy.include_channel(channel.id)
+        await self.bot.confirm_saved()
         log.info("user %s included channel %s again", interaction.user.id, channel.id)
         resolved = interaction.guild and interaction.guild.get_channel_or_thread(channel.id)
         backfill = self.bot.get_cog("Backfill")

@@ -246,7 +246,9 @@ class Backfill(commands.Cog):
             channel = walk.channel
             finished = True
             try:
-                finished = await self._turn(walk)
+                # The pages read are in memory until queued: a deletion meanwhile waits for them.
+                with self.bot.pipeline.arrivals.carrying():
+                    finished = await self._turn(walk)
             except _Stop as exc:
                 log.info("backfill: stopped reading %s: %s", _where(channel), exc)
             except discord.NotFound:

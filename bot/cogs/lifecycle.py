@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import discord
@@ -30,6 +30,7 @@ from bot.ownership import ownership
 from bot.refs import image_refs
 from bot.threads import parents, survey
 from retrieval.backfill import BackfillCursors
+from retrieval.clock import database_now
 from retrieval.departures import Departures
 from retrieval.state import get_state, set_state
 from retrieval.thread_parents import ThreadParents
@@ -139,7 +140,7 @@ class Lifecycle(commands.Cog):
 
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
-        await self.departures.record(guild.id, at=datetime.now(UTC))
+        await self.departures.record(guild.id)
         grace = self.bot.settings.guild_purge_grace_hours
         log.info("removed from guild %s (%s); its index is purged in %g h", guild.id, guild, grace)
         await self.purge_due()
@@ -166,14 +167,13 @@ class Lifecycle(commands.Cog):
             async with self._purging:
                 shards = ownership(self.bot)
                 present = {guild.id for guild in self.bot.guilds}
-                now = datetime.now(UTC)
                 pending = await self.departures.pending()
                 stored = await self.bot.store.guild_ids()
                 for guild_id in stored - present - pending.keys():
                     if not shards.owns(guild_id):
                         continue
                     log.info("guild %s removed the bot while it was offline", guild_id)
-                    await self.departures.record(guild_id, at=now)
+                    await self.departures.record(guild_id)
         await self.purge_due()
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep(), name="lifecycle-sweep")
@@ -263,9 +263,9 @@ class Lifecycle(commands.Cog):
 
     async def purge_due(self, *, now: datetime | None = None) -> list[int]:
         """Purge the index of every server of this process's shards left more than the grace
-        period ago (before ``now``); cancel the departures of servers the bot is back in.
-        Returns the purged."""
-        now = now or datetime.now(UTC)
+        period ago (before ``now``, by default the database's clock, the one departures are
+        written with); cancel the departures of servers the bot is back in. Returns the purged."""
+        now = now or await database_now(self.bot.engine)
         grace = timedelta(hours=self.bot.settings.guild_purge_grace_hours)
         purged = []
         async with self._purging:

@@ -113,6 +113,7 @@ class Privacy(commands.Cog):
             what=f"member {user_id}'s images",
             still=lambda: self.bot.policy.is_opted_out(user_id),
         )
+        await self.bot.confirm_saved()
         log.info("user %s opted out; %d images deleted", user_id, removed)
         return removed
 
@@ -138,6 +139,7 @@ class Privacy(commands.Cog):
             await interaction.response.send_message(NOT_OUT, ephemeral=True)
             return
         await self.bot.policy.opt_in(user_id)
+        await self.bot.confirm_saved()
         log.info("user %s opted back in", user_id)
         await interaction.response.send_message(OPTED_IN, ephemeral=True)
 

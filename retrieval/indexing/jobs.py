@@ -9,8 +9,10 @@ future with exponential backoff and jitter, honouring Retry-After, for as long a
 their rows in the same transaction as their vectors (the stores do both).
 
 Claims are leases: a consumer that dies just lets them run out, and on PostgreSQL several
-consumers claim side by side with ``FOR UPDATE SKIP LOCKED``. Enqueueing is guarded like a store
-write (`retrieval/store/allowed.py`), and skips images the current model has already encoded.
+consumers claim side by side with ``FOR UPDATE SKIP LOCKED``. Leases, retry times and queue ages
+are the database's clock (`retrieval/clock.py`), whichever process writes or reads them.
+Enqueueing is guarded like a store write (`retrieval/store/allowed.py`), and skips images the
+current model has already encoded.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import logging
 import random
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from retrieval.clock import db_now
 from retrieval.models import IndexedImage, IndexFailure, IndexJob
 from retrieval.store.allowed import known_parent, permitted
 from retrieval.store.reads import as_utc, database_errors
@@ -105,10 +108,6 @@ class Backlog:
     failed: dict[str, int] = field(default_factory=dict)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class JobQueue:
     def __init__(
         self,
@@ -139,7 +138,6 @@ class JobQueue:
         tables are left out by the statement itself."""
         if not refs:
             return
-        now = _now()
         priorities = [priority] * len(refs) if isinstance(priority, int) else list(priority)
         rows = [
             {
@@ -148,7 +146,6 @@ class JobQueue:
                 "filename": ref.filename[:255],
                 "content_type": ref.content_type[:64],
                 "priority": rank,
-                "now": now,
                 "model_id": self.model_id,
             }
             for ref, rank in zip(refs, priorities, strict=True)
@@ -164,10 +161,9 @@ class JobQueue:
         """Up to ``limit`` due rows, oldest first within a priority, leased to this consumer."""
         if limit <= 0:
             return []
-        now = _now()
         due = (
             select(IndexJob.id)
-            .where(*_claimable(now))
+            .where(*_claimable())
             .order_by(IndexJob.priority, IndexJob.retry_at, IndexJob.id)
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL: consumers never wait on each other
@@ -175,7 +171,7 @@ class JobQueue:
         stmt = (
             update(IndexJob)
             .where(IndexJob.id.in_(due.scalar_subquery()))
-            .values(claimed_until=now + timedelta(seconds=self.lease_s))
+            .values(claimed_until=db_now(self.lease_s))
             .returning(IndexJob)
         )
         async with self._transaction() as conn:
@@ -188,7 +184,7 @@ class JobQueue:
         """Extend the lease of rows still being worked on."""
         if not job_ids:
             return
-        until = _now() + timedelta(seconds=self.lease_s)
+        until = db_now(self.lease_s)
         async with self._transaction() as conn:
             await conn.execute(
                 update(IndexJob).where(IndexJob.id.in_(list(job_ids))).values(claimed_until=until)
@@ -233,12 +229,16 @@ class JobQueue:
         """A transient failure: try again later. Returns the delay, or None when the image has
         been failing for too long and was given up (counted as failed for good)."""
         async with self._transaction() as conn:
-            created = await conn.scalar(select(IndexJob.created_at).where(IndexJob.id == job.id))
-            if created is None:  # deleted meanwhile (message deleted, opt-out...)
+            row = (
+                await conn.execute(
+                    select(IndexJob.created_at, db_now()).where(IndexJob.id == job.id)
+                )
+            ).first()
+            if row is None:  # deleted meanwhile (message deleted, opt-out...)
                 return None
+            created, now = (as_utc(moment) for moment in row)
             delay = self.retry_policy.delay(job.attempts + 1, retry_after)
-            now = _now()
-            if (now - as_utc(created)).total_seconds() + delay > self.retry_policy.give_up_after_s:
+            if (now - created).total_seconds() + delay > self.retry_policy.give_up_after_s:
                 await self._fail(conn, [job], f"gave_up_{reason}"[:40])
                 return None
             await conn.execute(
@@ -246,7 +246,7 @@ class JobQueue:
                 .where(IndexJob.id == job.id)
                 .values(
                     attempts=IndexJob.attempts + 1,
-                    retry_at=now + timedelta(seconds=delay),
+                    retry_at=db_now(delay),
                     claimed_until=None,
                     last_error=f"{reason}: {error}"[:200],
                 )
@@ -269,10 +269,9 @@ class JobQueue:
         per_guild: dict[int, int] = {}
         for (guild_id,) in gone:
             per_guild[guild_id] = per_guild.get(guild_id, 0) + 1
-        now = _now()
         for guild_id, n in per_guild.items():
             await conn.execute(
-                _count_failures(conn), {"guild_id": guild_id, "reason": reason, "n": n, "now": now}
+                _count_failures(conn), {"guild_id": guild_id, "reason": reason, "n": n}
             )
 
     async def backlog(self, guild_id: int | None = None) -> Backlog:
@@ -296,15 +295,14 @@ class JobQueue:
 
     async def due(self, at_most: int) -> int:
         """How many rows could be claimed now, counting no further than ``at_most``."""
-        now = _now()
-        capped = select(IndexJob.id).where(*_claimable(now)).limit(at_most).subquery()
+        capped = select(IndexJob.id).where(*_claimable()).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 
     async def unfinished(self, at_most: int) -> int:
         """How many due rows wait or are being worked on by any consumer, counting no further
         than ``at_most`` (rows only claimed when due, so a claimed row is a due one)."""
-        capped = select(IndexJob.id).where(IndexJob.retry_at <= _now()).limit(at_most).subquery()
+        capped = select(IndexJob.id).where(IndexJob.retry_at <= db_now()).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 
@@ -321,10 +319,12 @@ class JobQueue:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 
 
-def _claimable(now: datetime) -> list:
-    """Rows due (``retry_at`` passed) and not leased, or leased by a consumer that let go. Not
-    rows of a thread whose channel is unknown (queued before revision 0014): their write would
-    be refused; they wait until the bot records the parent."""
+def _claimable() -> list:
+    """Rows due (``retry_at`` passed) and not leased, or leased by a consumer that let go, by
+    the database's clock: the writer's and the claimer's own clocks may disagree. Not rows of
+    a thread whose channel is unknown (queued before revision 0014): their write would be
+    refused; they wait until the bot records the parent."""
+    now = db_now()
     return [
         IndexJob.retry_at <= now,
         or_(IndexJob.claimed_until.is_(None), IndexJob.claimed_until < now),
@@ -337,7 +337,6 @@ def _guarded_enqueue(insert):
     already has its vector; an image already queued keeps its row."""
     job = IndexJob.__table__
     values = {name: bindparam(name, type_=job.c[name].type) for name in _REF_COLUMNS}
-    now = bindparam("now", type_=job.c.created_at.type)
     model = bindparam("model_id", type_=IndexedImage.__table__.c.model_id.type)
     encoded = exists().where(
         and_(
@@ -350,7 +349,7 @@ def _guarded_enqueue(insert):
     )
     columns = [*_REF_COLUMNS, "priority", "attempts", "retry_at", "created_at"]
     chosen = select(
-        *values.values(), bindparam("priority", type_=job.c.priority.type), 0, now, now
+        *values.values(), bindparam("priority", type_=job.c.priority.type), 0, db_now(), db_now()
     ).where(
         permitted(values["author_id"], values["channel_id"], values["parent_id"]),
         ~encoded,
@@ -365,7 +364,7 @@ def _count_failures(conn: AsyncConnection):
         guild_id=bindparam("guild_id"),
         reason=bindparam("reason"),
         count=bindparam("n"),
-        last_at=bindparam("now"),
+        last_at=db_now(),
     )
     return stmt.on_conflict_do_update(
         index_elements=["guild_id", "reason"],

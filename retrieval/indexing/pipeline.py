@@ -29,9 +29,10 @@ from retrieval.encoding import EncoderService
 from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
+from retrieval.indexing.arrivals import Arrivals
 from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
 from retrieval.indexing.reuse import ReuseLookups
-from retrieval.indexing.signed_urls import SignedUrls
+from retrieval.indexing.signed_urls import RefreshUrls, SignedUrls
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
 from retrieval.patience import patiently
@@ -91,6 +92,7 @@ class IndexingPipeline:
         fetch_workers: int = 8,
         decode_threads: int | None = None,
         consume: bool = True,
+        refresh: RefreshUrls | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -123,9 +125,12 @@ class IndexingPipeline:
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
         self._submissions = Submissions(jobs, written=self._rows_written)
+        # Images read from Discord and not yet rows: what a deletion cannot reach yet. Callers
+        # that read before they submit (backfill) carry theirs from the first read.
+        self.arrivals = Arrivals()
         self._waves = RetryWaves(jobs)
-        # Its ``refresh`` is connected by the Discord adapter; without it URLs are used as queued.
-        self.signed_urls = SignedUrls()
+        # ``refresh`` is the Discord adapter's; without it URLs are used as queued.
+        self.signed_urls = SignedUrls(refresh)
         self._reuse = ReuseLookups(store, encoder.model_id)
         self._closing = False
         # False: this process only queues images; other processes (workers) take them.
@@ -167,6 +172,7 @@ class IndexingPipeline:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self._submissions.close()
+        await self.signed_urls.close()
         if self._held:
             try:
                 released = await self.jobs.release(list(self._held))
@@ -187,7 +193,8 @@ class IndexingPipeline:
         if not refs:
             return
         self.counters.submitted += len(refs)
-        await self._submissions.write(refs, priority)
+        with self.arrivals.carrying():
+            await self._submissions.write(refs, priority)
 
     async def join(self) -> None:
         """Wait until nothing is due: every job that can be done now is done (jobs waiting to be
@@ -228,9 +235,9 @@ class IndexingPipeline:
                     continue
                 if len(claimed) == room:
                     self._more = True
+                # Expired links are refreshed together, off this loop; downloads wait for them.
+                self.signed_urls.prefetch(job.ref for job in claimed)
                 for job in claimed:
-                    self._held[job.id] = job
-                for job in await self._with_fresh_urls(claimed):
                     self._held[job.id] = job
                     self._intake.put_nowait(job)
             if not self._more:
@@ -255,24 +262,6 @@ class IndexingPipeline:
             return await self.jobs.claim(room)
         finally:
             self._claiming = False
-
-    async def _with_fresh_urls(self, jobs: list[Job]) -> list[Job]:
-        """The jobs, those whose signed URL expired with a fresh one (kept on their rows); one
-        request per 50 of them. Gone attachments, and a refresh that fails, are left to the
-        download, which decides."""
-        stale = [job for job in jobs if self.signed_urls.expired(job.ref)]
-        if not stale:
-            return jobs
-        try:
-            fresh = await self.signed_urls.renew([job.ref.url for job in stale])
-        except FetchError as exc:
-            log.warning("could not refresh %d expired attachment URLs: %s", len(stale), exc)
-            return jobs
-        urls = {job.id: url for job in stale if (url := fresh[job.ref.url]) is not None}
-        with contextlib.suppress(StoreUnavailable):  # this attempt has them anyway
-            await self.jobs.set_urls(urls)
-        log.debug("refreshed %d of %d expired attachment URLs", len(urls), len(stale))
-        return [_with_url(job, urls[job.id]) if job.id in urls else job for job in jobs]
 
     def _finished(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
@@ -333,18 +322,34 @@ class IndexingPipeline:
 
     async def _download(self, job: Job) -> bytes:
         ref = job.ref
+        if self.signed_urls.expired(ref):
+            url = await self._fresh_url(job)
+            if url is None:
+                raise FetchError("Discord did not refresh its expired link", reason="http_404")
+            return await self.fetcher.fetch(url, declared_size=ref.size)
         try:
             return await self.fetcher.fetch(ref.url, declared_size=ref.size)
         except FetchError as exc:
             # An expired link answers like a deleted attachment: only a refresh tells them apart.
             if exc.reason not in _EXPIRED_LINK or not self.signed_urls.applies(ref):
                 raise
-            fresh = (await self.signed_urls.renew([ref.url]))[ref.url]
+            fresh = await self._fresh_url(job, dead=True)
             if fresh is None:
                 raise  # Discord did not refresh it: the attachment is gone
-        with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
-            await self.jobs.set_urls({job.id: fresh})
+        # Links issued with this one are dead too: the ones in hand are refreshed together now.
+        self.signed_urls.prefetch(held.ref for held in self._held.values())
         return await self.fetcher.fetch(fresh, declared_size=ref.size)
+
+    async def _fresh_url(self, job: Job, *, dead: bool = False) -> str | None:
+        """A fresh link for the job's, kept on its row for later attempts; None when Discord
+        did not refresh it (the attachment is gone)."""
+        fresh = await self.signed_urls.fresh(job.ref.url, dead=dead)
+        if fresh is not None:
+            if job.id in self._held:  # not refreshed again with the ones in hand
+                self._held[job.id] = _with_url(job, fresh)
+            with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
+                await self.jobs.set_urls({job.id: fresh})
+        return fresh
 
     async def _failed(
         self, job: Job, error: Exception, *, transient: bool, reason: str | None = None

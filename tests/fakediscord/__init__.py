@@ -81,6 +81,8 @@ Lifecycle (all async, all take `dispatch=False` for offline changes)
 `advance_clock(seconds)`, `set_cdn_fault(url, delay=, fail_first=, fail_status=,
 content_type=, declared_length=, stall=, redirect_to=)`, `fd.cdn.go_down(status=503,
 retry_after=None)` (every CDN request fails until `fd.cdn.recover()`),
+`fd.rate_limit(method, path_regex, retry_after=)` (matching REST calls answer 429, as Discord
+does, until `fd.lift_rate_limits()`),
 `await fd.wait_ready(timeout=)`,
 `await fd.flush()`, `await fd.reconnect_clients()` (op 7; the RESUME that follows is refused,
 so the client IDENTIFYs again and discord.py builds new guild objects: a new session).

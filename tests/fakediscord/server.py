@@ -64,6 +64,31 @@ class RecordedRequest:
 RECORD = web.RequestKey("record", RecordedRequest)
 
 
+@dataclass
+class RateLimit:
+    """REST calls matching a route answered 429 with ``retry_after`` (seconds) until lifted."""
+
+    method: str
+    path: re.Pattern[str]
+    retry_after: float
+    answered: int = 0  # 429s sent so far
+
+    def response(self) -> web.Response:
+        # As Discord sends it: the body discord.py reads, and the Via header it takes for proof
+        # that the 429 is Discord's rather than Cloudflare's.
+        self.answered += 1
+        body = {"message": "You are being rate limited.", "retry_after": self.retry_after}
+        response = r.ok({**body, "global": False}, 429)
+        response.headers.update(
+            {
+                "Retry-After": f"{self.retry_after:g}",
+                "X-RateLimit-Scope": "user",
+                "Via": "1.1 google",
+            }
+        )
+        return response
+
+
 class FakeDiscord(Lifecycle, MemberActions):
     def __init__(
         self,
@@ -106,6 +131,7 @@ class FakeDiscord(Lifecycle, MemberActions):
         self.interactions_by_token: dict[str, FakeInteraction] = {}
         self.requests: list[RecordedRequest] = []
         self._slow: list[tuple[str, re.Pattern[str], float]] = []
+        self.rate_limits: list[RateLimit] = []
         self.unknown_routes: list[str] = []
         self.cdn = Cdn(self.clock, self.ids)
         self.gateway = Gateway(self)
@@ -165,6 +191,9 @@ class FakeDiscord(Lifecycle, MemberActions):
             for method, path, seconds in self._slow:
                 if method == request.method and path.fullmatch(record.path):
                     await asyncio.sleep(seconds)
+            for limit in self.rate_limits:
+                if limit.method == request.method and limit.path.fullmatch(record.path):
+                    return limit.response()
             auth = request.headers.get("Authorization")
             if not _WEBHOOK_PATH.match(request.path) and auth != f"Bot {self.token}":
                 return r.error(r.UNAUTHORIZED)
@@ -284,6 +313,16 @@ class FakeDiscord(Lifecycle, MemberActions):
     def slow_down(self, method: str, path: str, seconds: float) -> None:
         """REST calls matching `method` and the regex `path` (after /api/v10) answer late."""
         self._slow.append((method, re.compile(path), seconds))
+
+    def rate_limit(self, method: str, path: str, *, retry_after: float) -> RateLimit:
+        """REST calls matching `method` and the regex `path` (after /api/v10) answer 429 with
+        `retry_after` until `lift_rate_limits()`; the returned rule counts its 429s."""
+        limit = RateLimit(method, re.compile(path), retry_after)
+        self.rate_limits.append(limit)
+        return limit
+
+    def lift_rate_limits(self) -> None:
+        self.rate_limits.clear()
 
     def advance_clock(self, seconds: float) -> None:
         """Move the stand-in's clock (interaction tokens and attachment links expire by it)."""
