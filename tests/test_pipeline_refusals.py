@@ -29,19 +29,24 @@ def flat_png(colour: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
+def nan_for_flat(batch: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """The vectors, NaN for each picture of one colour: as a model in half precision can
+    overflow on some input."""
+    vectors = np.array(vectors)
+    flat = np.ptp(batch.reshape(len(batch), batch.shape[1], -1), axis=2).max(axis=1) == 0
+    vectors[flat] = np.nan
+    return vectors
+
+
 class NaNForFlatPictures:
-    """The tiny model, answering NaN for a picture of one colour (as a model in half precision
-    can overflow on some input)."""
+    """The tiny model, answering NaN for pictures of one colour."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
         self.model_id, self.dim, self.spec = inner.model_id, inner.dim, inner.spec
 
     def encode_images(self, batch):
-        vectors = np.array(self.inner.encode_images(batch))
-        flat = np.ptp(batch.reshape(len(batch), batch.shape[1], -1), axis=2).max(axis=1) == 0
-        vectors[flat] = np.nan
-        return vectors
+        return nan_for_flat(batch, self.inner.encode_images(batch))
 
     def encode_texts(self, texts):
         return self.inner.encode_texts(texts)
