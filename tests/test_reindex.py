@@ -13,13 +13,13 @@ from sqlalchemy import text
 from retrieval.backfill import BackfillCursors, Cursor
 from retrieval.db import create_engine
 from retrieval.errors import ModelSwitched
-from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.indexing.jobs import JobQueue
 from retrieval.reindex import INDEX_MODEL_KEY, adopt_model
 from retrieval.state import get_state
 from retrieval.store import SearchScope, open_store
 from retrieval.store.allowed import check_model
 from tests.e2e import eventually
-from tests.records import MODEL
+from tests.records import MODEL, job_ref
 from tests.records import image_record as record
 from tests.test_store import unit
 
@@ -89,7 +89,7 @@ async def test_an_image_still_queued_keeps_its_old_vector_until_the_new_one_repl
     old = [record(i, unit(rng), channel_id=10) for i in range(3)]  # messages 1000…1002
     await store.upsert(old)
     waiting = old[1]
-    await JobQueue(store_engine, model_id=NEW).enqueue([_ref_of(waiting)])
+    await JobQueue(store_engine, model_id=NEW).enqueue([job_ref(waiting)])
     assert await store.delete_other_models(10, NEW, guild_id=1) == 2
     assert await store.known_keys(waiting.message_id, MODEL) == {waiting.image_key}
     assert await store.model_counts() == {MODEL: 1}
@@ -127,7 +127,7 @@ async def test_vectors_of_a_model_the_index_left_are_never_stored(store, store_e
     await adopt_model(store_engine, store, MODEL)
     queue = JobQueue(store_engine, model_id=MODEL)
     old = record(0, unit(np.random.default_rng(5)), channel_id=10)
-    await queue.enqueue([_ref_of(old)])
+    await queue.enqueue([job_ref(old)])
     (job,) = await queue.claim(1)
     assert await adopt_model(store_engine, store, NEW) == {}  # switched while it encoded
 
@@ -166,19 +166,3 @@ async def _lock_waits(engine) -> bool:
             text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         )
     return waiting > 0
-
-
-def _ref_of(r) -> ImageRef:
-    """The queued job of a record's image."""
-    return ImageRef(
-        guild_id=r.guild_id,
-        channel_id=r.channel_id,
-        message_id=r.message_id,
-        image_key=r.image_key,
-        kind=r.kind,
-        author_id=r.author_id,
-        posted_at=r.posted_at,
-        url=r.source_url,
-        source_url=r.source_url,
-        filename=r.filename,
-    )
