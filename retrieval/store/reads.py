@@ -71,7 +71,7 @@ def database_error(exc: BaseException) -> StoreUnavailable | None:
         if code.startswith(_OUTAGE_CLASSES) or code == "55P03":
             return StoreUnavailable(f"database error: {exc}")
         return _refused(code, exc)
-    if (name := _sqlite_error_name(exc)) is not None:
+    if (name := _told(exc, "sqlite_errorname")) is not None:
         if name.startswith(_SQLITE_OUTAGES):
             return StoreUnavailable(f"database error: {exc}")
         return _refused(name, exc)
@@ -126,18 +126,15 @@ _SQLITE_OUTAGES = (
 
 def sqlstate(exc: BaseException) -> str | None:
     """The PostgreSQL error code behind a driver error, if there is one (SQLite has none)."""
-    for candidate in _causes(exc):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str) and code:
-            return code
-    return None
+    return _told(exc, "sqlstate")
 
 
-def _sqlite_error_name(exc: BaseException) -> str | None:
+def _told(exc: BaseException, attribute: str) -> str | None:
+    """What the first error in ``exc``'s chain that has ``attribute`` says there."""
     for candidate in _causes(exc):
-        name = getattr(candidate, "sqlite_errorname", None)
-        if isinstance(name, str) and name:
-            return name
+        value = getattr(candidate, attribute, None)
+        if isinstance(value, str) and value:
+            return value
     return None
 
 
