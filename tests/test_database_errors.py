@@ -104,3 +104,10 @@ async def test_a_busy_sqlite_database_is_an_outage(tmp_path):
         await other.dispose()
         await engine.dispose()
     assert busy.value.refused is None
+
+
+def test_an_error_of_the_callers_own_is_neither():
+    """A bug in the code inside a transaction is not the database's refusal: it stays itself,
+    and is not recorded as a row the database refused."""
+    with pytest.raises(ValueError, match="zip"), database_errors():
+        raise ValueError("zip() argument 2 is shorter than argument 1")

@@ -76,15 +76,18 @@ def database_error(exc: BaseException) -> StoreUnavailable | None:
             return StoreUnavailable(f"database error: {exc}")
         return _refused(name, exc)
     if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
-        # A value SQLAlchemy could not hand to the driver.
+        # A value SQLAlchemy could not hand to the driver (its type's processing refused it).
+        if isinstance(exc.orig, ValueError | TypeError):
+            return _refused(type(exc.orig).__name__, exc)
         return database_error(exc.orig) if exc.orig is not None else None
     if isinstance(exc, IntegrityError | DataError | ProgrammingError | NotSupportedError):
         return _refused(type(exc.orig or exc).__name__, exc)
     if isinstance(exc, DBAPIError | OSError):
         return StoreUnavailable(f"database error: {exc}")
-    if isinstance(exc, ValueError | OverflowError | struct.error):
+    if isinstance(exc, UnicodeError | OverflowError | struct.error):
         # The driver could not encode a value of the row (text that is not UTF-8, an integer
-        # out of range): the database never saw it, and never will.
+        # out of range): the database never saw it, and never will. (Other errors raised in a
+        # transaction are left as they are: a bug in the caller is no refusal.)
         return _refused(type(exc).__name__, exc)
     return None
 
