@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot import refs as message_refs
 from retrieval.backfill import BackfillCursors
+from retrieval.db import create_engine, ensure_schema
 from tests.e2e import backfilled, bot_settings, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.refusing import refuse_rows
@@ -119,11 +120,18 @@ def _scope(guild_id: int, model_id: str):
     return SearchScope(guild_id=guild_id, model_id=model_id)
 
 
-async def test_a_link_preview_whose_link_does_not_parse_is_passed_by_the_history_walk(
+async def test_a_link_that_does_not_parse_and_a_refused_row_are_passed_by_the_history_walk(
     tmp_path, database_url, caplog
 ):
     """A port above 65535 used to stop the channel's walk for good, before its cursor moved:
-    every start failed at the same page and the re-index clean-up never ran."""
+    every start failed at the same page and the re-index clean-up never ran. A job row the
+    database refused held up the page's submission, and every later one, forever."""
+    engine = create_engine(database_url)
+    try:
+        await ensure_schema(engine)
+        refused = f"refused:{await refuse_rows(engine, 'index_jobs', filename='poison.png')}"
+    finally:
+        await engine.dispose()
     async with FakeDiscord() as fd:
         guild = fd.add_guild("Old links")
         general = guild.add_text_channel("general")
@@ -135,6 +143,8 @@ async def test_a_link_preview_whose_link_does_not_parse_is_passed_by_the_history
         bad = fd.add_history_message(
             general, alice, bad_url, embeds=[fd.image_embed(bad_url)], at=LONG_AGO
         )
+        poison = named("poison.png", "green", "star", 3)
+        fd.add_history_message(general, alice, "", attachments=[poison], at=LONG_AGO)
         last = fd.add_history_message(
             general, alice, "", attachments=[picture("blue", "square", 2)], at=LONG_AGO
         )
@@ -144,7 +154,8 @@ async def test_a_link_preview_whose_link_does_not_parse_is_passed_by_the_history
             await backfilled(bot)
             assert await bot.store.known_keys(first.id, guild_id=guild.id)
             assert await bot.store.known_keys(last.id, guild_id=guild.id)
-            assert (await bot.pipeline.jobs.backlog(guild.id)).failed == {"invalid_url": 1}
+            failed = (await bot.pipeline.jobs.backlog(guild.id)).failed
+            assert failed == {"invalid_url": 1, refused: 1}
             cursor = await BackfillCursors(bot.engine).get(general.id)
             assert cursor.complete and cursor.newest_id == last.id
         assert f"of message {bad.id}" in caplog.text and "invalid_url" in caplog.text

@@ -187,7 +187,8 @@ class IndexingPipeline:
         self._rows_written()
 
     async def submit(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
-        """Queue images durably: returns once they are rows in the jobs table."""
+        """Queue images durably: returns once they are rows in the jobs table (or counted as
+        failed, those that cannot be stored: see `JobQueue.enqueue`)."""
         if not refs:
             return
         self.counters.submitted += len(refs)
