@@ -1,4 +1,9 @@
-"""Discord messages → ImageRefs: which attachments and embeds are images worth indexing."""
+"""Discord messages → ImageRefs: which attachments and embeds are images worth indexing.
+
+Everything here comes from members (file names, links), so every ref is cleaned before it goes
+anywhere (retrieval/inputs.py), and reading a message never fails on what a member wrote: a link
+that does not parse still makes a ref, which the jobs queue counts as failed (``invalid_url``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import discord
 import yarl
 
 from retrieval.indexing import ImageRef
+from retrieval.inputs import clean_ref
 from retrieval.models import UNKNOWN_PARENT
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
@@ -17,12 +23,26 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
 
 def embed_key(url: str) -> int:
     """A stable positive 63-bit key for an embed's picture (embeds have no ids)."""
-    return int.from_bytes(hashlib.sha256(url.encode()).digest()[:8], "big") >> 1
+    # surrogatepass: a link may hold a lone surrogate, which UTF-8 cannot encode.
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def unsigned(url: str) -> str:
     """Discord's CDN links carry expiring signature parameters; keep the stable part."""
-    return str(yarl.URL(url).with_query(None))
+    try:
+        return str(yarl.URL(url).with_query(None))
+    except ValueError:  # not a link at all: kept as it is, for the queue to refuse
+        return url
+
+
+def _file_name(url: str) -> str:
+    """The last part of a picture link's path, as its file name."""
+    try:
+        path = yarl.URL(url).path
+    except ValueError:  # e.g. a port above 65535
+        return "image"
+    return posixpath.basename(path) or "image"
 
 
 def _looks_like_image(content_type: str | None, filename: str) -> bool:
@@ -56,7 +76,7 @@ def image_refs(message: discord.Message, *, channel: object = None) -> list[Imag
         parent_id=parent_of(channel or message.channel),
     )
     refs = [
-        ImageRef(
+        _cleaned(
             **common,
             image_key=a.id,
             kind="attachment",
@@ -71,16 +91,20 @@ def image_refs(message: discord.Message, *, channel: object = None) -> list[Imag
     ]
     for url, fetch_url in _embed_pictures(message):
         refs.append(
-            ImageRef(
+            _cleaned(
                 **common,
                 image_key=embed_key(url),
                 kind="embed",
                 url=fetch_url,
                 source_url=url,
-                filename=posixpath.basename(yarl.URL(url).path) or "image",
+                filename=_file_name(url),
             )
         )
     return refs
+
+
+def _cleaned(**values) -> ImageRef:
+    return clean_ref(ImageRef(**values))
 
 
 def image_keys(message: discord.Message) -> frozenset[int]:

@@ -136,11 +136,13 @@ class BackfillProgress:
     messages_scanned: int = 0
     images_submitted: int = 0
     running: bool = False
+    messages_skipped: int = 0  # read, but could not be handled (each one logged)
 
     def __str__(self) -> str:
         state = "running" if self.running else "idle"
+        skipped = f" ({self.messages_skipped:,} skipped)" if self.messages_skipped else ""
         return (
             f"{self.channels_done}/{self.channels_total} channels, "
-            f"{self.messages_scanned:,} messages read, {self.images_submitted:,} images "
+            f"{self.messages_scanned:,} messages read{skipped}, {self.images_submitted:,} images "
             f"submitted ({state})"
         )

@@ -48,6 +48,19 @@ class StoreUnavailable(ClipfindError):
         self.refused = refused
 
 
+class ModelSwitched(ClipfindError):
+    """Vectors of a model the index is no longer built with were about to be stored: they could
+    never be found, and the switch's clean-up would delete them (retrieval/reindex.py). Nothing
+    was written; the images go back to the queue for a process with the index's model."""
+
+    reason = "model_switched"
+
+    def __init__(self, *, recorded: str, ours: str) -> None:
+        super().__init__(f"the index is now built with the model {recorded}, not {ours}")
+        self.recorded = recorded
+        self.ours = ours
+
+
 class FetchError(ClipfindError):
     """Downloading an image failed; ``reason`` says how (``http_404``, ``timeout`` …)."""
 

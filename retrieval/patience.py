@@ -1,5 +1,9 @@
 """Waiting out a database outage: the one backoff every caller uses that must not drop the work
-in its hands (a vector to store, a deletion Discord announced once, images to queue)."""
+in its hands (a vector to store, a deletion Discord announced once, images to queue).
+
+Only an outage is waited out. A statement the database refused (``StoreUnavailable.refused``)
+would be refused again however long the caller waited: it is raised at once, for the caller to
+record and move past (see retrieval/refusals.py)."""
 
 from __future__ import annotations
 
@@ -24,14 +28,15 @@ async def patiently(
 ) -> T:
     """``call()`` until the database takes it, waiting ``first_s`` doubling up to ``max_s``
     between tries; ``waiting(error, delay)`` is told before each wait (the caller logs it in its
-    own words). The outage is raised at once when ``give_up()`` holds (shutting down)."""
+    own words). The outage is raised at once when ``give_up()`` holds (shutting down), and a
+    refusal always is."""
     delay = FIRST_S if first_s is None else first_s
     ceiling = MAX_S if max_s is None else max_s
     while True:
         try:
             return await call()
         except StoreUnavailable as exc:
-            if give_up():
+            if exc.refused or give_up():
                 raise
             waiting(exc, delay)
             await asyncio.sleep(delay)

@@ -16,11 +16,10 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from retrieval.models import BackfillCursor, BotState
+from retrieval.store.allowed import INDEX_MODEL_KEY, MODEL_LOCK
 from retrieval.store.base import VectorStore
 
 log = logging.getLogger(__name__)
-
-INDEX_MODEL_KEY = "index_model"
 
 
 async def adopt_model(engine: AsyncEngine, store: VectorStore, model_id: str) -> dict[str, int]:
@@ -60,10 +59,11 @@ async def adopt_model(engine: AsyncEngine, store: VectorStore, model_id: str) ->
 
 
 async def _one_at_a_time(session: AsyncSession) -> None:
-    """Until the transaction ends, other processes adopting a model wait. (SQLite has one
-    process, and one writer at a time anyway.)"""
+    """Until the transaction ends, other processes adopting a model wait, and so do writes of
+    vectors, which check the model they store against it (retrieval/store/allowed.py). (SQLite
+    has one process, and one writer at a time anyway.)"""
     if session.bind.dialect.name == "postgresql":
         await session.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
-            {"name": "clipfind:" + INDEX_MODEL_KEY},
+            {"name": MODEL_LOCK},
         )

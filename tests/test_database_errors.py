@@ -1,15 +1,18 @@
-"""A statement the database refuses is told apart from a database that is away: both keep the
-work (the caller waits and tries again), but the operator's log must not call a refusal an
-outage."""
+"""A statement the database refuses is told apart from a database that is away: an outage is
+waited out with the work kept, a refusal is never retried as it was (see retrieval/refusals.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from retrieval.db import create_engine
 from retrieval.errors import StoreUnavailable
+from retrieval.store import open_store
 from retrieval.store.reads import database_errors
+from tests.records import image_record as record
 
 
 async def test_a_refused_statement_carries_its_sqlstate(postgres_engine):
@@ -40,3 +43,71 @@ async def test_a_lock_that_is_not_available_is_an_outage(postgres_engine):
         with pytest.raises(StoreUnavailable) as busy, database_errors():
             await waiter.execute(text("SELECT * FROM bot_state"))
         assert busy.value.refused is None
+
+
+async def test_a_pool_timeout_is_an_outage(postgres_engine):
+    """Every connection busy for longer than the pool waits (a VACUUM FULL, a long purge): the
+    work waits, the task that asked does not end."""
+    url = postgres_engine.url.render_as_string(hide_password=False)
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.05)
+    try:
+        async with engine.connect():
+            with pytest.raises(StoreUnavailable) as busy, database_errors():
+                async with engine.connect():
+                    pass
+    finally:
+        await engine.dispose()
+    assert busy.value.refused is None
+    assert "connection" in str(busy.value)
+
+
+async def test_a_row_postgresql_refuses_in_a_bulk_copy_is_a_refusal(postgres_engine):
+    """A batch large enough to be copied in binary reaches the server through the driver's own
+    connection: its refusal is told apart all the same."""
+    store = open_store(postgres_engine)
+    vector = np.ones(8, dtype=np.float32) / 8**0.5
+    batch = [record(i, vector) for i in range(9)] + [record(9, vector, filename="a\x00.png")]
+    try:
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.upsert(batch)
+    finally:
+        await store.close()
+    assert refused.value.refused == "22021"
+
+
+async def test_what_sqlite_and_its_driver_refuse_is_a_refusal(sqlite_engine):
+    async with sqlite_engine.connect() as conn:
+        with pytest.raises(StoreUnavailable) as null, database_errors():
+            await conn.execute(text("INSERT INTO bot_state (key, value) VALUES ('k', NULL)"))
+        with pytest.raises(StoreUnavailable) as surrogate, database_errors():
+            await conn.execute(text("SELECT :v"), {"v": "a\ud800"})
+        with pytest.raises(StoreUnavailable) as too_large, database_errors():
+            await conn.execute(text("SELECT :v"), {"v": 2**64})
+    assert null.value.refused == "SQLITE_CONSTRAINT_NOTNULL"
+    assert surrogate.value.refused == "UnicodeEncodeError"
+    assert too_large.value.refused == "OverflowError"
+
+
+async def test_a_busy_sqlite_database_is_an_outage(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/busy.db")
+    other = create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path}/busy.db", connect_args={"timeout": 0}
+    )
+    try:
+        async with engine.begin() as holder:
+            await holder.execute(text("CREATE TABLE t (x INTEGER)"))
+            await holder.execute(text("INSERT INTO t VALUES (1)"))
+            with pytest.raises(StoreUnavailable) as busy, database_errors():
+                async with other.begin() as conn:
+                    await conn.execute(text("INSERT INTO t VALUES (2)"))
+    finally:
+        await other.dispose()
+        await engine.dispose()
+    assert busy.value.refused is None
+
+
+def test_an_error_of_the_callers_own_is_neither():
+    """A bug in the code inside a transaction is not the database's refusal: it stays itself,
+    and is not recorded as a row the database refused."""
+    with pytest.raises(ValueError, match="zip"), database_errors():
+        raise ValueError("zip() argument 2 is shorter than argument 1")

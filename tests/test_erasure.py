@@ -112,8 +112,8 @@ async def test_an_image_queued_only_after_its_deletion_is_taken_as_it_lands(stor
         kind="attachment",
         author_id=70,
         posted_at=datetime(2026, 1, 1, tzinfo=UTC),
-        url="u",
-        source_url="u",
+        url="https://cdn.example/u",
+        source_url="https://cdn.example/u",
         filename="img0.png",
     )
 

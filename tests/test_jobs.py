@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from retrieval.indexing.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
+from retrieval.indexing.submit import Submissions
 from retrieval.policy import IndexPolicy
 from retrieval.store import open_store
 from tests.records import MODEL
 from tests.records import image_record as record
+from tests.refusing import refuse_rows
 
 
 def ref(i: int, **overrides) -> ImageRef:
@@ -54,6 +56,53 @@ async def test_enqueue_is_idempotent_guarded_and_skips_what_is_encoded(queue, st
     jobs = await queue.claim(100)
     assert sorted(job.ref.image_key for job in jobs) == [0, 1, 2, 4]
     assert jobs[0].ref == ref(jobs[0].ref.image_key)  # everything needed to index it comes back
+
+
+async def test_text_is_cleaned_and_what_cannot_be_stored_is_counted(queue):
+    """Whoever queues (the bot, a worker, a script), the rows are valid for both databases."""
+    await queue.enqueue(
+        [
+            ref(0, filename="a\x00b.png", source_url="https://cdn.example/a\ud800.png"),
+            ref(1, filename="x" * 10_000),
+            ref(2, message_id=2**64),
+            ref(3, source_url="https://poster.example:99999/a.png"),
+            ref(4, posted_at=datetime(1, 1, 1, tzinfo=UTC)),
+            ref(5),
+        ]
+    )
+    queued = {job.ref.image_key: job.ref for job in await queue.claim(10)}
+    assert sorted(queued) == [0, 1, 5]
+    assert queued[0].filename == "ab.png"
+    assert queued[0].source_url == "https://cdn.example/a.png"
+    assert queued[1].filename == "x" * 255
+    assert (await queue.backlog(guild_id=1)).failed == {"invalid_id": 1, "invalid_time": 1}
+    assert (await queue.backlog(guild_id=2)).failed == {"invalid_url": 1}
+
+
+async def test_a_row_the_database_refuses_is_counted_and_the_rest_are_queued(queue, store_engine):
+    code = await refuse_rows(store_engine, "index_jobs", filename="poison.png")
+    await queue.enqueue([ref(i) for i in range(6)] + [ref(7, filename="poison.png")])
+    assert sorted(job.ref.image_key for job in await queue.claim(10)) == list(range(6))
+    assert (await queue.backlog(guild_id=2)).failed == {f"refused:{code}": 1}
+    assert (await queue.backlog(guild_id=1)).failed == {}
+
+
+async def test_a_refused_submission_holds_up_neither_its_caller_nor_later_ones(queue, store_engine):
+    """Callers waiting on the same write as a refused image return (the image is counted), and
+    what comes after is written."""
+    await refuse_rows(store_engine, "index_jobs", filename="poison.png")
+    submissions = Submissions(queue, written=lambda: None)
+    try:
+        together = asyncio.gather(
+            submissions.write([ref(1), ref(3, filename="poison.png")], HISTORY),
+            submissions.write([ref(2)], LIVE),
+        )
+        await asyncio.wait_for(together, 30)  # a guard: the old code waited forever here
+        await asyncio.wait_for(submissions.write([ref(4)], LIVE), 30)
+    finally:
+        await submissions.close()
+    assert sorted(job.ref.image_key for job in await queue.claim(10)) == [1, 2, 4]
+    assert sum((await queue.backlog()).failed.values()) == 1
 
 
 async def test_a_lease_keeps_others_off_until_it_runs_out_or_is_released(queue, store_engine):

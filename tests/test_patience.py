@@ -76,3 +76,19 @@ async def test_images_submitted_during_an_outage_are_queued_together_once_it_end
     assert database.calls[-1] == ((["a", "b", "c"],), {"priority": [0, 0, 1]})
     assert "database unavailable, cannot queue 2 images yet" in caplog.text
     assert "cannot queue 3 images yet" in caplog.text
+
+
+async def test_a_refusal_is_raised_at_once_never_waited_out(monkeypatch):
+    """The database refused the statement: trying it again as it was would never end."""
+    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.001)
+    calls = []
+
+    async def refused():
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreUnavailable("invalid byte sequence", refused="22021")
+        return "stored"
+
+    with pytest.raises(StoreUnavailable) as raised:
+        await patiently(refused, waiting=lambda exc, delay: None)
+    assert raised.value.refused == "22021" and len(calls) == 1

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import numpy as np
+import pytest
+from sqlalchemy import text
 
 from retrieval.backfill import BackfillCursors, Cursor
 from retrieval.db import create_engine
-from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.errors import ModelSwitched
+from retrieval.indexing.jobs import JobQueue
 from retrieval.reindex import INDEX_MODEL_KEY, adopt_model
 from retrieval.state import get_state
 from retrieval.store import SearchScope, open_store
-from tests.records import MODEL
+from retrieval.store.allowed import check_model
+from tests.e2e import eventually
+from tests.records import MODEL, job_ref
 from tests.records import image_record as record
 from tests.test_store import unit
 
@@ -83,22 +89,7 @@ async def test_an_image_still_queued_keeps_its_old_vector_until_the_new_one_repl
     old = [record(i, unit(rng), channel_id=10) for i in range(3)]  # messages 1000…1002
     await store.upsert(old)
     waiting = old[1]
-    await JobQueue(store_engine, model_id=NEW).enqueue(
-        [
-            ImageRef(
-                guild_id=1,
-                channel_id=10,
-                message_id=waiting.message_id,
-                image_key=waiting.image_key,
-                kind="attachment",
-                author_id=waiting.author_id,
-                posted_at=waiting.posted_at,
-                url=waiting.source_url,
-                source_url=waiting.source_url,
-                filename=waiting.filename,
-            )
-        ]
-    )
+    await JobQueue(store_engine, model_id=NEW).enqueue([job_ref(waiting)])
     assert await store.delete_other_models(10, NEW, guild_id=1) == 2
     assert await store.known_keys(waiting.message_id, MODEL) == {waiting.image_key}
     assert await store.model_counts() == {MODEL: 1}
@@ -128,3 +119,50 @@ async def test_processes_starting_together_switch_models_once(postgres_engine, c
             await store.close()
         for engine in engines[1:]:
             await engine.dispose()
+
+
+async def test_vectors_of_a_model_the_index_left_are_never_stored(store, store_engine):
+    """A consumer that encoded an image before the switch and stores it after: nothing is
+    stored, and the job stays for a consumer with the index's model."""
+    await adopt_model(store_engine, store, MODEL)
+    queue = JobQueue(store_engine, model_id=MODEL)
+    old = record(0, unit(np.random.default_rng(5)), channel_id=10)
+    await queue.enqueue([job_ref(old)])
+    (job,) = await queue.claim(1)
+    assert await adopt_model(store_engine, store, NEW) == {}  # switched while it encoded
+
+    with pytest.raises(ModelSwitched) as refused:
+        await store.upsert([old], job_ids=[job.id])
+    assert (refused.value.recorded, refused.value.ours) == (NEW, MODEL)
+    assert await store.model_counts() == {}
+    assert await queue.waiting(at_most=10) == 1
+    fresh = dataclasses.replace(old, model_id=NEW, embedding=unit(np.random.default_rng(6)))
+    assert await store.upsert([fresh], job_ids=[job.id]) == 1
+    assert await store.model_counts() == {NEW: 1} and await queue.waiting(at_most=10) == 0
+
+
+async def test_a_model_switch_waits_for_writes_already_under_way(postgres_engine):
+    """A write checks the model first and holds that check until it commits: a switch cannot
+    slip in between, where the write would store the old model's vector after the switch."""
+    store = open_store(postgres_engine)
+    try:
+        await adopt_model(postgres_engine, store, MODEL)
+        async with postgres_engine.connect() as writing:
+            await writing.begin()
+            await check_model(writing, [record(0, unit(np.random.default_rng(7)))])
+            switching = asyncio.create_task(adopt_model(postgres_engine, store, NEW))
+            await eventually(lambda: _lock_waits(postgres_engine))
+            assert not switching.done()
+            await writing.commit()
+        await asyncio.wait_for(switching, 30)
+        assert await get_state(postgres_engine, INDEX_MODEL_KEY) == NEW
+    finally:
+        await store.close()
+
+
+async def _lock_waits(engine) -> bool:
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        )
+    return waiting > 0

@@ -29,7 +29,7 @@ from discord.ext import commands
 from bot.cogs.indexing import wanted
 from bot.refs import image_refs
 from retrieval.backfill import BackfillCursors, BackfillProgress, Cursor, snowflake_at
-from retrieval.indexing import HISTORY
+from retrieval.indexing import HISTORY, ImageRef
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -83,6 +83,7 @@ class Backfill(commands.Cog):
         self._guild_of: dict[int, int] = {}
         self._scanned: Counter[int] = Counter()
         self._submitted: Counter[int] = Counter()
+        self._skipped: Counter[int] = Counter()
         self._idle = asyncio.Event()  # cleared until the first pass is over
         self._since = time.monotonic()
         self._tasks: list[asyncio.Task] = []
@@ -127,6 +128,7 @@ class Backfill(commands.Cog):
             messages_scanned=self._scanned[guild_id],
             images_submitted=self._submitted[guild_id],
             running=not mine.isdisjoint(self._listing | self._walking.keys()),
+            messages_skipped=self._skipped[guild_id],
         )
 
     async def wait_idle(self) -> None:
@@ -342,8 +344,8 @@ class Backfill(commands.Cog):
         refs = [
             ref
             for message in page
-            if (floor is None or message.id >= floor) and wanted(self.bot, message)
-            for ref in image_refs(message)
+            if floor is None or message.id >= floor
+            for ref in self._images(walk, message)
         ]
         if not refs:
             return
@@ -352,6 +354,23 @@ class Backfill(commands.Cog):
         walk.submitted += len(refs)
         self.progress.images_submitted += len(refs)
         self._submitted[walk.channel.guild.id] += len(refs)
+
+    def _images(self, walk: _Walk, message: discord.Message) -> list[ImageRef]:
+        """The message's images to index. One that cannot be read is skipped and counted: it
+        must not stop its channel's walk before the cursor moves past it, at every start."""
+        try:
+            return image_refs(message) if wanted(self.bot, message) else []
+        except Exception as exc:
+            self.progress.messages_skipped += 1
+            self._skipped[walk.channel.guild.id] += 1
+            log.warning(
+                "backfill: skipped message %d in %s, which could not be read: %s: %s",
+                message.id,
+                _where(walk.channel),
+                type(exc).__name__,
+                exc,
+            )
+            return []
 
     async def _room(self) -> None:
         """Wait while the queue holds a large backlog: history can wait in Discord, and a

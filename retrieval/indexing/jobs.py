@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.clock import db_now
+from retrieval.inputs import clean_ref, clean_text, ref_problem, valid_id
 from retrieval.models import IndexedImage, IndexFailure, IndexJob
+from retrieval.refusals import isolating, refusal_reason
 from retrieval.store.allowed import known_parent, permitted
 from retrieval.store.reads import as_utc, database_errors
 
@@ -133,29 +136,51 @@ class JobQueue:
     async def enqueue(
         self, refs: Sequence[ImageRef], *, priority: int | Sequence[int] = LIVE
     ) -> None:
-        """Queue images, all in one transaction (``priority`` for all, or one per image).
-        Those already queued, already encoded by the current model, or refused by the policy
-        tables are left out by the statement itself."""
+        """Queue images (``priority`` for all, or one per image), in one transaction unless the
+        database refuses a row. Those already queued, already encoded by the current model, or
+        refused by the policy tables are left out by the statement itself.
+
+        Text is cleaned first (retrieval/inputs.py). An image that cannot be stored as it is
+        (an id out of range, a link that does not parse), or whose row the database refuses
+        (retrieval/refusals.py), is counted as failed for good, and the others are queued."""
         if not refs:
             return
         priorities = [priority] * len(refs) if isinstance(priority, int) else list(priority)
-        rows = [
-            {
-                **{name: getattr(ref, name) for name in _REF_COLUMNS},
-                "posted_at": as_utc(ref.posted_at),
-                "filename": ref.filename[:255],
-                "content_type": ref.content_type[:64],
-                "priority": rank,
-                "model_id": self.model_id,
-            }
-            for ref, rank in zip(refs, priorities, strict=True)
-        ]
+        rows: list[tuple[ImageRef, dict]] = []
+        failed: list[tuple[ImageRef, str, str]] = []  # the image, the reason, what went wrong
+        for ref, rank in zip(refs, priorities, strict=True):
+            ref = clean_ref(ref)
+            if (problem := ref_problem(ref)) is not None:
+                failed.append((ref, problem, "it cannot be stored as it is"))
+                continue
+            values = {name: getattr(ref, name) for name in _REF_COLUMNS}
+            values |= {"posted_at": as_utc(ref.posted_at), "priority": rank}
+            rows.append((ref, values | {"model_id": self.model_id}))
+        _, refused = await isolating(rows, self._insert_rows)
+        failed += [(ref, refusal_reason(exc), str(exc)) for (ref, _), exc in refused]
+        if failed:
+            await self._count_not_queued(failed)
+
+    async def _insert_rows(self, rows: Sequence[tuple[ImageRef, dict]]) -> None:
         async with self._transaction() as conn:
-            await conn.execute(self._insert, rows)
+            await conn.execute(self._insert, [values for _, values in rows])
             if conn.dialect.name == "postgresql":
                 # Sent at commit: consumers in other processes look at once, not at their next
                 # poll (see retrieval/worker.py).
                 await conn.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+
+    async def _count_not_queued(self, failed: Sequence[tuple[ImageRef, str, str]]) -> None:
+        counts: Counter[tuple[int, str]] = Counter()
+        for ref, reason, why in failed:
+            where = f"{ref.filename!r} of message {ref.message_id} (guild {ref.guild_id})"
+            log.warning("not queued: image %s: %s: %s", where, reason, why)
+            if valid_id(ref.guild_id):  # else no server to count it for: only the log says it
+                counts[ref.guild_id, reason] += 1
+        if counts:
+            async with self._transaction() as conn:
+                for (guild_id, reason), n in counts.items():
+                    values = {"guild_id": guild_id, "reason": reason, "n": n}
+                    await conn.execute(_count_failures(conn), values)
 
     async def claim(self, limit: int) -> list[Job]:
         """Up to ``limit`` due rows, oldest first within a priority, leased to this consumer."""
@@ -248,7 +273,7 @@ class JobQueue:
                     attempts=IndexJob.attempts + 1,
                     retry_at=db_now(delay),
                     claimed_until=None,
-                    last_error=f"{reason}: {error}"[:200],
+                    last_error=clean_text(f"{reason}: {error}", limit=200),
                 )
             )
         return delay

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from retrieval.encoding import EncoderService
-from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
+from retrieval.errors import ClipfindError, FetchError, ModelSwitched, StoreUnavailable
 from retrieval.fetch import Fetcher
 from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
 from retrieval.indexing.arrivals import Arrivals
@@ -35,7 +35,9 @@ from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import RefreshUrls, SignedUrls
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
+from retrieval.inputs import NON_FINITE, finite
 from retrieval.patience import patiently
+from retrieval.refusals import isolating, refusal_reason
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,8 @@ class IndexingPipeline:
         self.signed_urls = SignedUrls(refresh)
         self._reuse = ReuseLookups(store, encoder.model_id)
         self._closing = False
+        # Set once a write found the index built with another model: nothing more is claimed.
+        self._switched: ModelSwitched | None = None
         # False: this process only queues images; other processes (workers) take them.
         self.consumes = consume
 
@@ -189,7 +193,8 @@ class IndexingPipeline:
         self._rows_written()
 
     async def submit(self, refs: Sequence[ImageRef], *, priority: int = LIVE) -> None:
-        """Queue images durably: returns once they are rows in the jobs table."""
+        """Queue images durably: returns once they are rows in the jobs table (or counted as
+        failed, those that cannot be stored: see `JobQueue.enqueue`)."""
         if not refs:
             return
         self.counters.submitted += len(refs)
@@ -257,6 +262,8 @@ class IndexingPipeline:
                 await self.jobs.renew(list(self._held))
 
     async def _claim(self, room: int) -> list[Job]:
+        if self._switched is not None:  # whatever it encoded could not be stored
+            return []
         self._claiming = True  # join() must not take these rows for done while they come
         try:
             return await self.jobs.claim(room)
@@ -284,8 +291,12 @@ class IndexingPipeline:
                 await self._failed(job, exc, transient=exc.retryable)
             except (ClipfindError, ImageError) as exc:
                 await self._failed(job, exc, transient=False)
-            except StoreUnavailable as exc:  # the job stays claimed; its lease brings it back
-                log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
+            except StoreUnavailable as exc:
+                if exc.refused:  # would be refused again each time its lease brought it back
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._failed(job, exc, transient=False, reason=refusal_reason(exc))
+                else:  # the job stays claimed; its lease brings it back
+                    log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
             except Exception as exc:  # a bug must not kill the worker; say so loudly
                 log.exception(
                     "unexpected error indexing %s of message %s",
@@ -465,23 +476,60 @@ class IndexingPipeline:
 
     async def _write(self, records: list[ImageRecord], jobs: list[Job]) -> int:
         """Store the records and delete their jobs in one transaction; returns how many the
-        database took (not those whose job was deleted meanwhile, nor what its policy forbids)."""
-        written = await self._with_store(
-            functools.partial(self.store.upsert, records, job_ids=[job.id for job in jobs])
-        )
-        self.counters.discarded += len(records) - written
+        database took (not those whose job was deleted meanwhile, nor what its policy forbids).
+
+        A vector that is not finite is failed for good before the write, and a row the database
+        refuses is found by splitting the batch (retrieval/refusals.py) and failed for good: the
+        rest is stored. When the index is built with another model by now, nothing is stored
+        and the jobs go back to the queue."""
+        pairs = []
+        for record, job in zip(records, jobs, strict=True):
+            if finite(record.embedding):
+                pairs.append((record, job))
+            else:
+                error = ValueError("the model gave a vector with NaN or infinity")
+                await self._failed(job, error, transient=False, reason=NON_FINITE)
+        try:
+            written, refused = await isolating(pairs, self._store_pairs)
+        except ModelSwitched as switched:
+            await self._hand_back([job for _, job in pairs], switched)
+            return 0
+        for (_, job), exc in refused:
+            await self._failed(job, exc, transient=False, reason=refusal_reason(exc))
+        stored = sum(written)
+        self.counters.discarded += len(pairs) - len(refused) - stored
         if any(job.attempts for job in jobs):
             self._waves.recovered()
-        return written
+        return stored
+
+    async def _store_pairs(self, pairs: Sequence[tuple[ImageRecord, Job]]) -> int:
+        records, job_ids = [record for record, _ in pairs], [job.id for _, job in pairs]
+        return await self._with_store(
+            functools.partial(self.store.upsert, records, job_ids=job_ids)
+        )
+
+    async def _hand_back(self, jobs: list[Job], switched: ModelSwitched) -> None:
+        """Give the jobs back unfinished, for a consumer with the index's model, and claim no
+        more: this process's model is not the index's any longer."""
+        first = self._switched is None
+        self._switched = switched
+        with contextlib.suppress(StoreUnavailable):  # else their lease runs out
+            await self.jobs.release([job.id for job in jobs])
+        log.log(
+            logging.ERROR if first else logging.INFO,
+            "%s (this process's): %d images handed back to the queue for a process with the "
+            "index's model%s",
+            switched,
+            len(jobs),
+            "; this one takes no more images" if first else "",
+        )
 
     async def _with_store(self, call, *args):
-        """Call the store, waiting out an outage instead of dropping the work in hand."""
+        """Call the store, waiting out an outage instead of dropping the work in hand (a
+        refusal is raised: see `_write`)."""
 
         def waiting(exc: StoreUnavailable, delay: float) -> None:
-            if exc.refused:  # kept and tried again: a fix or an upgrade may let it through
-                log.error("not an outage, %s; retrying in %.1fs", exc, delay)
-            else:
-                log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
+            log.error("database unavailable, retrying in %.1fs: %s", delay, exc)
 
         return await patiently(
             functools.partial(call, *args), waiting=waiting, give_up=lambda: self._closing

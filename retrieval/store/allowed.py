@@ -26,11 +26,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import Select
 
-from retrieval.models import UNKNOWN_PARENT, ExcludedChannel, IndexedImage, IndexJob, OptOut
+from retrieval.errors import ModelSwitched
+from retrieval.models import (
+    UNKNOWN_PARENT,
+    BotState,
+    ExcludedChannel,
+    IndexedImage,
+    IndexJob,
+    OptOut,
+)
 from retrieval.store.base import ImageRecord
 
 RECORD_COLUMNS: Sequence[str] = ImageRecord.__slots__
 KEY = ("message_id", "image_key", "guild_id")
+# Where bot_state keeps the model the index is built with (see retrieval/reindex.py), and the
+# advisory lock (PostgreSQL) that adopting another model holds alone and every write shares.
+INDEX_MODEL_KEY = "index_model"
+MODEL_LOCK = "clipfind:" + INDEX_MODEL_KEY
 
 
 def known_parent(parent_id) -> ColumnElement[bool]:
@@ -122,6 +134,25 @@ def forbidden(*, arrays: bool = False) -> list[Callable[[type], ColumnElement[bo
     ]
 
 
+async def check_model(conn, records: Sequence[ImageRecord]) -> None:
+    """Raise ModelSwitched unless every record is of the model the index is built with (any,
+    before a model was recorded). First in the writing transaction: a model switch then either
+    waits for the write to commit, and its re-index sees what was written and does it again, or
+    commits first, and the write sees it and stores nothing. Without this, a worker still on the
+    old model stores vectors of it for the re-index's jobs, and the channel's clean-up deletes
+    them as stale once its walk ends: those images would leave the index."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(func.pg_advisory_xact_lock_shared(func.hashtextextended(MODEL_LOCK, 0)))
+        )
+    recorded = await conn.scalar(select(BotState.value).where(BotState.key == INDEX_MODEL_KEY))
+    if recorded is None:
+        return
+    for model_id in {record.model_id for record in records}:
+        if model_id != recorded:
+            raise ModelSwitched(recorded=recorded, ours=model_id)
+
+
 async def take_jobs(conn, job_ids: Sequence[int | None]) -> set[int]:
     """Delete the jobs of records about to be stored and return those that still existed: a
     record whose job is gone (its message deleted, its author opted out...) is not stored.
@@ -151,8 +182,11 @@ def guarded_rows() -> Select:
 
 
 __all__ = [
+    "INDEX_MODEL_KEY",
     "KEY",
+    "MODEL_LOCK",
     "RECORD_COLUMNS",
+    "check_model",
     "forbidden",
     "guarded_rows",
     "known_parent",

@@ -54,6 +54,7 @@ from retrieval.store import authors
 from retrieval.store.allowed import (
     KEY,
     RECORD_COLUMNS,
+    check_model,
     permitted_in_batch,
     still_wanted,
     stored_permitted,
@@ -353,6 +354,7 @@ class PgVectorStore(SharedReads, SharedDeletes):
         if not records:
             return 0
         async with self._transaction() as conn:
+            await check_model(conn, records)
             taken = await take_jobs(conn, job_ids) if job_ids is not None else set()
             # One statement may not touch a row twice; the last record for a key wins, as it
             # would one at a time.

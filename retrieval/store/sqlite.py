@@ -29,6 +29,7 @@ from sqlalchemy.types import NullType
 from retrieval.models import IndexedImage, IndexJob
 from retrieval.store import authors
 from retrieval.store.allowed import (
+    check_model,
     still_wanted,
     stored_permitted,
     take_jobs,
@@ -107,6 +108,7 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
         if not records:
             return 0
         async with self._transaction() as conn:
+            await check_model(conn, records)
             taken = await take_jobs(conn, job_ids) if job_ids is not None else set()
             # The last record for a key wins, as it would one at a time.
             wanted = list(

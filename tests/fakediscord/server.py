@@ -155,7 +155,10 @@ class FakeDiscord(Lifecycle, MemberActions):
         for part in (self.cdn, WebhookRoutes(self), CoreRoutes(self), ChannelRoutes(self)):
             app.add_routes(part.routes())
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        # Long request lines: an attachment's link holds its file name, which may be long.
+        self._runner = web.AppRunner(
+            app, shutdown_timeout=1.0, access_log=None, max_line_size=65536
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
