@@ -100,36 +100,54 @@ def _truth(sample: TextSample) -> str:
 
 
 def score(samples: list[TextSample], read: list[list], threshold: float) -> dict:
-    """Recall@1/@5 (exact and fuzzy) per (script, band) for one confidence threshold."""
+    """One confidence threshold: ``tally`` maps (script, band, style, background) to [queries,
+    exact@1, exact@5, fuzzy@1, fuzzy@5]; ``junk`` counts kept lines that share under half their
+    trigrams with the caption (terminals left out: their other lines are real text), ``kept`` all
+    kept lines of those pictures; ``precision`` is the share of exact matches that are right."""
     docs = [normalise(" ".join(t for t, c in lines if c >= threshold)) for lines in read]
     doc_grams = [_trigrams(d) if d else set() for d in docs]
     truths = [_truth(s) for s in samples]
-    tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    kept = junk = matched = right = 0
+    for sample, lines, truth in zip(samples, read, truths, strict=True):
+        if sample.style == "terminal":
+            continue
+        truth_grams = _trigrams(truth)
+        for text, confidence in lines:
+            if confidence >= threshold:
+                kept += 1
+                grams = _trigrams(text)
+                junk += len(grams & truth_grams) < 0.5 * len(grams)
+    tally: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for sample in samples:
         for query in sample.queries:
             q = normalise_query(query)
             relevant = {i for i, t in enumerate(truths) if q in t}
             exact = [i for i, d in enumerate(docs) if q in d]
+            matched += len(exact)
+            right += len(relevant.intersection(exact))
             grams = _trigrams(q)
             fuzzy = [len(grams & g) / len(grams) for g in doc_grams]
             best = max((fuzzy[i] for i in relevant), default=0.0)
             # Pessimistic ties: every other picture scoring as high ranks ahead.
             fuzzy_rank = 1 + sum(1 for i, f in enumerate(fuzzy) if f >= best and i not in relevant)
             exact_rank = next((r for r, i in enumerate(exact, 1) if i in relevant), None)
-            row = tally[(sample.script, sample.band)]
+            row = tally[(sample.script, sample.band, sample.style, sample.background)]
             row[0] += 1
             row[1] += exact_rank == 1
             row[2] += exact_rank is not None and exact_rank <= 5
             row[3] += best > 0 and fuzzy_rank == 1
             row[4] += best > 0 and fuzzy_rank <= 5
-    return tally
+    return {"tally": tally, "kept": kept, "junk": junk, "precision": right / max(matched, 1)}
 
 
-def _merge(tally: dict, keys) -> list[int]:
+def _merge(tally: dict, **match: object) -> list[int]:
+    """Sum of the rows matching script=, band=, style=, background= (a value or a tuple)."""
+    names = ("script", "band", "style", "background")
     out = [0, 0, 0, 0, 0]
-    for key in keys:
-        for j, v in enumerate(tally.get(key, [0] * 5)):
-            out[j] += v
+    for key, row in tally.items():
+        fields = dict(zip(names, key, strict=True))
+        if all(fields[k] in (v if isinstance(v, tuple) else (v,)) for k, v in match.items()):
+            out = [a + b for a, b in zip(out, row, strict=True)]
     return out
 
 
@@ -149,21 +167,31 @@ def report(samples: list[TextSample], run: dict, thresholds: tuple[float, ...]) 
         f"p50 {run['wall_p50_s'] * 1000:.0f} ms, p95 {run['wall_p95_s'] * 1000:.0f} ms per picture"
     )
     bands = [f"{lo}-{hi} px" for lo, hi in SIZE_BANDS]
-    latin_16 = [("latin", b) for b in bands[1:]]
-    print("threshold  English >=16 px exact@1 @5 fuzzy@1 @5 | Chinese >=16 px | all")
-    tallies = {t: score(samples, run["lines"], t) for t in thresholds}
-    for t, tally in tallies.items():
+    large = tuple(bands[1:])
+    print(
+        "threshold | English >=16 px: queries exact@1 @5 fuzzy@1 @5 | Chinese >=16 px | all"
+        " | exact precision, junk lines / kept"
+    )
+    scores = {t: score(samples, run["lines"], t) for t in thresholds}
+    for t, scored in scores.items():
+        tally = scored["tally"]
         print(
-            f"  {t:4.2f}   {_cells(_merge(tally, latin_16))} | "
-            f"{_cells(_merge(tally, [('han', b) for b in bands[1:]]))} | "
-            f"{_cells(_merge(tally, list(tally)))}"
+            f"  {t:4.2f}   {_cells(_merge(tally, script='latin', band=large))} | "
+            f"{_cells(_merge(tally, script='han', band=large))} | {_cells(_merge(tally))} | "
+            f"{scored['precision']:.3f}, {scored['junk']}/{scored['kept']}"
         )
-    chosen = MIN_CONFIDENCE if MIN_CONFIDENCE in tallies else thresholds[0]
-    print(f"at threshold {chosen}: queries  exact@1  exact@5  fuzzy@1  fuzzy@5")
-    tally = tallies[chosen]
+    chosen = MIN_CONFIDENCE if MIN_CONFIDENCE in scores else thresholds[0]
+    tally = scores[chosen]["tally"]
+    print(f"at threshold {chosen}:      queries exact@1 exact@5 fuzzy@1 fuzzy@5")
     for script in ("latin", "han"):
         for band in bands:
-            print(f"  {script:5} {band:9} {_cells(_merge(tally, [(script, band)]))}")
+            print(f"  {script:5} {band:9}        {_cells(_merge(tally, script=script, band=band))}")
+    print("  English >=16 px by kind:")
+    for style in ("plain", "meme", "terminal"):
+        for background in ("plain", "noisy", "photo", "terminal"):
+            row = _merge(tally, script="latin", band=large, style=style, background=background)
+            if row[0]:
+                print(f"    {style:8} on {background:8}  {_cells(row)}")
 
 
 def main(argv: list[str] | None = None) -> None:
