@@ -19,6 +19,7 @@ then run on onnxruntime's CUDA execution provider, with its CPU provider as fall
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,17 +59,16 @@ class OcrModels:
 
     @classmethod
     def bundled(cls) -> OcrModels:
-        """The models the rapidocr wheel carries: PP-OCRv6 small."""
-        try:
-            import rapidocr
-        except ImportError as exc:
-            raise ModelUnavailable(f"OCR needs the rapidocr package: {exc}") from exc
-        models = Path(rapidocr.__file__).resolve().parent / "models"
+        """The models the rapidocr wheel carries: PP-OCRv6 small (found without importing it)."""
+        spec = importlib.util.find_spec("rapidocr")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable("OCR needs the rapidocr package (pip install rapidocr)")
+        models = Path(spec.submodule_search_locations[0]) / "models"
         return cls(
             detect=models / "PP-OCRv6_det_small.onnx",
             recognise=models / "PP-OCRv6_rec_small.onnx",
             orientation=models / "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
-            name=f"rapidocr-{_version('rapidocr')}/PP-OCRv6-small",
+            name=f"rapidocr-{importlib.metadata.version('rapidocr')}/PP-OCRv6-small",
         )
 
 
@@ -108,10 +108,8 @@ def text_resolution(image: Image.Image, *, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def _resolve_device(device: str) -> bool:
+def _use_cuda(device: str) -> bool:
     """Whether to ask onnxruntime for its CUDA execution provider."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
     if device == "cpu":
         return False
     import onnxruntime
@@ -148,8 +146,11 @@ class OcrEngine:
             raise ValueError(f"threads must be >= 1, not {threads}")
         if not 32 <= detect_side <= read_side:
             raise ValueError(f"need 32 <= detect_side <= read_side, not {detect_side}, {read_side}")
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be in [0, 1], not {min_confidence}")
+        if not (0.0 <= min_confidence <= 1.0 and 0.0 < box_threshold <= 1.0):
+            raise ValueError(
+                f"need min_confidence in [0, 1] and box_threshold in (0, 1], not "
+                f"{min_confidence}, {box_threshold}"
+            )
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
         self.threads = threads
@@ -178,10 +179,10 @@ class OcrEngine:
         except ImportError as exc:
             raise ModelUnavailable(f"OCR needs the rapidocr package: {exc}") from exc
         models = self.models
-        use_cuda = _resolve_device(self.device)
+        use_cuda = _use_cuda(self.device)
         params = {
             "Global.log_level": "critical",  # its own stderr handler; our errors are typed
-            "Global.text_score": self.min_confidence,
+            "Global.text_score": 0.0,  # _lines drops what is under min_confidence
             "Global.use_cls": self.use_orientation,
             # Our own resize (text_resolution) already capped the picture; theirs is off.
             "Global.max_side_len": self.read_side,
@@ -253,10 +254,3 @@ def _lines(
         corners = tuple((float(x) * scale, float(y) * scale) for x, y in box)
         lines.append(TextLine(text=text, raw=raw, confidence=float(score), box=corners))
     return lines
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "missing"

@@ -128,13 +128,14 @@ def test_settings_are_checked_when_the_engine_is_made():
         {"detect_side": 16},
         {"detect_side": 2000, "read_side": 1000},
         {"min_confidence": 1.5},
+        {"box_threshold": 0.0},
         {"device": "tpu"},
     ):
         with pytest.raises(ValueError):
             OcrEngine(**bad)
 
 
-def test_reading_needs_no_network(tmp_path):
+def test_the_engine_loads_lazily_and_reads_without_network():
     # Any socket use (a model or font download) fails this child process loudly.
     script = textwrap.dedent(
         """
@@ -153,7 +154,10 @@ def test_reading_needs_no_network(tmp_path):
         from retrieval.ocr import OcrEngine
         from tests.textimages import caption_sample
 
-        picture = OcrEngine().read_bytes(caption_sample(["offline reading works"], size=24).data)
+        engine = OcrEngine()
+        # Made, not loaded: a process that never reads pays nothing for OCR.
+        assert not {"rapidocr", "onnxruntime", "cv2"} & set(sys.modules), sys.modules.keys()
+        picture = engine.read_bytes(caption_sample(["offline reading works"], size=24).data)
         assert "offline reading works" in picture.text, picture
         print("ok")
         """
