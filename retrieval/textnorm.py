@@ -87,3 +87,10 @@ def normalise_query(query: str) -> str:
     both sides cannot drift apart. Quotes and a leading ``-`` are kept for the query parser.
     """
     return normalise(query)
+
+
+def compact(text: str) -> str:
+    """Letters and digits only, of the normal form: what still matches when OCR lost a space or
+    read a speck as punctuation (``winterjelly``, ``coffee.violin``). A looser second tier for
+    search, never the form shown to people."""
+    return "".join(ch for ch in normalise(text) if ch.isalnum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.textnorm import normalise, normalise_query
+from retrieval.textnorm import compact, normalise, normalise_query
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,10 @@ def test_a_query_typed_differently_finds_the_text_read_from_a_picture():
         assert normalise_query(query) in read
     assert normalise_query("部署 失败") in normalise("周五部署失败了")
     assert normalise_query('"deploy failed" -friday') == '"deploy failed" -friday'
+
+
+def test_the_compact_form_keeps_only_letters_and_digits():
+    assert compact("Winter jelly, ARMY!") == "winterjellyarmy"
+    assert compact("coffee.violin gold") == compact("Coffee violin  gold")
+    assert compact("部署 失败：周五") == "部署失败周五"
+    assert compact("v1.2 — ok") == "v12ok"
