@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import textwrap
@@ -167,3 +168,15 @@ def test_the_engine_loads_lazily_and_reads_without_network():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_only_the_ocr_module_imports_the_ocr_engine():
+    # As only retrieval/encoder.py imports torch: the engine's packages stay behind one module.
+    engine_import = re.compile(r"^\s*(from|import)\s+(rapidocr|onnxruntime|cv2)\b", re.MULTILINE)
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("retrieval", "bot")
+        for path in (ROOT / folder).rglob("*.py")
+        if engine_import.search(path.read_text())
+    )
+    assert importers == ["retrieval/ocr.py"]
