@@ -8,8 +8,10 @@ reading works offline from the first start and never reaches rapidocr's download
 Detection runs at the resolution text needs, not CLIP's 224 px: the picture goes to the text
 detector with its long side capped at ``detect_side``, and each line it finds is cut for the
 recognizer from the picture at up to ``read_side``, so small text keeps the pixels it has.
-Reading is CPU-heavy (a second or so per picture on one core); ``threads`` says how many cores
-one reading may use, so OCR beside the CLIP encoder on a small machine takes one core, not all.
+Reading is CPU-heavy (half a second of CPU per picture on average, seconds for a screen full of
+text: recognition runs per line); ``threads`` says how many cores one reading may use, so OCR
+beside the CLIP encoder on a small machine takes one core, not all. OpenCV's thread count is
+process-wide: loading the engine sets it to ``threads`` (nothing else here uses OpenCV).
 
 On a GPU: install ``onnxruntime-gpu`` instead of ``onnxruntime`` (they provide the same module
 and must not be installed together) and pass ``device="cuda"`` (or ``"auto"``): the sessions
