@@ -7,6 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=""
 [ "${1:-}" = "test" ] && extra="test"
+# The OCR tests render captions in Debian's DejaVu and WenQuanYi Zen Hei (Chinese) fonts. Checked
+# before the stamp, so a machine that lost them gets them back; where apt cannot run (not root,
+# not Debian, offline) the tests that need them skip and say why.
+if [ -n "$extra" ] && { [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+  || [ ! -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends fonts-dejavu-core fonts-wqy-zenhei > /dev/null; } \
+      || echo "setup: could not install fonts-dejavu-core fonts-wqy-zenhei; OCR tests will skip" >&2
+  else
+    echo "setup: install fonts-dejavu-core fonts-wqy-zenhei for the OCR tests (needs root)" >&2
+  fi
+fi
 digest=$({ cat pyproject.toml scripts/setup.sh; python3 --version; } \
   | python3 -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 # One stamp per extra; the test install includes the plain one, so it writes both.
