@@ -40,3 +40,19 @@ async def test_a_lock_that_is_not_available_is_an_outage(postgres_engine):
         with pytest.raises(StoreUnavailable) as busy, database_errors():
             await waiter.execute(text("SELECT * FROM bot_state"))
         assert busy.value.refused is None
+
+
+async def test_no_free_connection_in_the_pool_is_an_outage(database_url):
+    """A pool whose connections are all busy (a long lock, a VACUUM FULL) is waited out like
+    a database that is away, never taken for a bug."""
+    engine = create_engine(database_url, pool_max=1, pool_timeout_s=0.05)
+    try:
+        async with engine.connect() as busy:
+            await busy.execute(text("SELECT 1"))
+            with pytest.raises(StoreUnavailable) as full, database_errors():
+                async with engine.connect():
+                    pass
+    finally:
+        await engine.dispose()
+    assert full.value.refused is None
+    assert "QueuePool limit of size 1 overflow 0 reached" in str(full.value)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from retrieval.errors import StoreUnavailable
 from retrieval.models import IndexedImage
@@ -51,6 +52,8 @@ def database_errors() -> Iterator[None]:
                 f"the database refused the statement (SQLSTATE {code}): {exc}", refused=code
             ) from exc
         raise StoreUnavailable(f"database error: {exc}") from exc
+    except PoolTimeout as exc:  # every connection busy (a long lock, a VACUUM FULL): wait
+        raise StoreUnavailable(f"no free database connection: {exc}") from exc
 
 
 # SQLSTATE classes of a database that is away or busy rather than refusing: connection (08),
