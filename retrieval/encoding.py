@@ -67,6 +67,10 @@ class EncoderService:
             if job is _STOP:
                 return
             fn, future, loop = job
+            # Its caller was cancelled (a stop): nobody waits for the answer. A plain read of
+            # the future's state from this thread; at worst one batch is encoded for nothing.
+            if future.cancelled():
+                continue
             try:
                 result = fn()
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -121,9 +125,12 @@ class EncoderService:
             observe(seconds)
         return vectors
 
-    async def close(self) -> None:
+    async def close(self, *, within_s: float | None = None) -> None:
+        """Stop the model's thread once the work queued before is done, waiting at most
+        ``within_s`` (a batch still running then ends with the process: the thread is a
+        daemon)."""
         self._jobs.put((_BATCH + 1, next(self._order), _STOP))
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._thread.join, within_s)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
