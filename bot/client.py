@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from retrieval.indexing import IndexingPipeline
     from retrieval.policy import IndexPolicy
     from retrieval.store import VectorStore
+    from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ClipfindBot(commands.AutoShardedBot):
         encoder: EncoderService,
         pipeline: IndexingPipeline,
         policy: IndexPolicy,
+        supervisor: Supervisor,
         **options,
     ) -> None:
         super().__init__(
@@ -92,6 +94,8 @@ class ClipfindBot(commands.AutoShardedBot):
         self.encoder = encoder
         self.pipeline = pipeline
         self.policy = policy
+        # Runs every long-lived task of the process (the cogs' loops too), restarting a failed one.
+        self.supervisor = supervisor
         # Set by the backfill cog while it runs; read by the status command.
         self.backfill_progress: BackfillProgress | None = None
         # Rows per other model left from before a model switch (see retrieval/reindex.py).

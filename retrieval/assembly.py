@@ -4,24 +4,35 @@ here, so a worker runs with exactly the bot's settings and code path."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from retrieval.db import CLOSE_S
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
 from retrieval.indexing import IndexingPipeline, JobQueue
+from retrieval.signals import abandonable
 from retrieval.store import VectorStore, open_store
+from retrieval.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from retrieval.config import Settings
+
+
+# A batch the model runs when the stop comes is not waited for longer than this: its caller was
+# cancelled, and the model's thread ends with the process.
+_ENCODER_STOP_S = 0.5
+# Of the stop's deadline, what the steps after the pipeline's close keep: the model's thread,
+# the database's connections, and the interpreter's own exit.
+_AFTER_PIPELINE_S = _ENCODER_STOP_S + CLOSE_S + 1.0
 
 
 @dataclass(frozen=True)
@@ -39,25 +50,31 @@ async def open_indexing(
     engine: AsyncEngine,
     consume: bool = True,
     loaded: Callable[[Encoder], Awaitable[None]] | None = None,
+    supervisor: Supervisor | None = None,
+    stop_left: Callable[[], float] | None = None,
 ) -> AsyncIterator[Indexing]:
-    """Everything started; on the way out, batches being encoded get SHUTDOWN_DEADLINE_S to
-    finish and the rest of the claimed jobs go back to the table.
+    """Everything started; on the way out, batches being encoded finish and the rest of the
+    claimed jobs go back to the table within what ``stop_left()`` says is left of the stop's
+    deadline (SHUTDOWN_DEADLINE_S when not given).
 
     ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
     model is still loaded, for search queries, but no job is taken from the table. ``loaded``
-    is awaited with the model before any job is: it may refuse it by raising.
+    is awaited with the model before any job is: it may refuse it by raising. The pipeline's
+    and the store's tasks run under ``supervisor`` (the process's).
     """
-    encoder = await asyncio.to_thread(
+    load = functools.partial(
         Encoder.load,
         model=settings.clip_model,
         pretrained=settings.clip_pretrained,
         device=settings.clip_device,
         precision=settings.clip_precision,
     )
+    encoder = await abandonable(load, name="clip-model-load")
     if loaded is not None:
         await loaded(encoder)
     service = EncoderService(encoder)
-    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb)
+    supervisor = supervisor or Supervisor()
+    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor)
     connector = aiohttp.TCPConnector(
         limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
     )
@@ -94,12 +111,14 @@ async def open_indexing(
                 fetch_workers=settings.fetch_concurrency,
                 decode_threads=settings.decode_threads,
                 consume=consume,
+                supervisor=supervisor,
             )
             await pipeline.start()
             try:
                 yield Indexing(encoder=encoder, service=service, store=store, pipeline=pipeline)
             finally:
-                await pipeline.close(deadline_s=settings.shutdown_deadline_s)
+                left = stop_left() if stop_left else settings.shutdown_deadline_s
+                await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
     finally:
-        await service.close()
+        await service.close(within_s=_ENCODER_STOP_S)
         await store.close()

@@ -287,3 +287,5 @@ class IndexConsumer(Base):
     # Jobs claimed and not finished: summed, the cluster's claimed jobs, with no scan of the
     # jobs table.
     in_hand: Mapped[int] = mapped_column(Integer, default=0)
+    # Why the process is unhealthy (a task of it keeps failing); None while it is healthy.
+    problem: Mapped[str | None] = mapped_column(String(500), nullable=True)

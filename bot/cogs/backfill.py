@@ -95,10 +95,11 @@ class Backfill(commands.Cog):
             self._idle.set()
             return
         self.bot.backfill_progress = self.progress
-        self._tasks = [asyncio.create_task(self._list_loop(), name="backfill-list")]
+        start = self.bot.supervisor.start
+        self._tasks = [start("backfill-list", self._list_loop)]
         self._tasks += [
-            asyncio.create_task(self._walk_loop(), name=f"backfill-walk-{i}")
-            for i in range(self.bot.settings.backfill_channels_at_once)
+            start("backfill-walk", self._walk_loop)
+            for _ in range(self.bot.settings.backfill_channels_at_once)
         ]
         if self.bot.is_ready():  # loaded into a running bot: on_ready has passed
             self._schedule_guilds(self.bot.guilds)
