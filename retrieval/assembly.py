@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,13 +27,11 @@ if TYPE_CHECKING:
 
     from retrieval.config import Settings
 
+log = logging.getLogger(__name__)
 
-# A batch the model runs when the stop comes is not waited for longer than this: its caller was
-# cancelled, and the model's thread ends with the process.
-_ENCODER_STOP_S = 0.5
-# Of the stop's deadline, what the steps after the pipeline's close keep: the model's thread,
-# the database's connections, and the interpreter's own exit.
-_AFTER_PIPELINE_S = _ENCODER_STOP_S + CLOSE_S + 1.0
+# Of the stop's deadline, what the steps after the pipeline's close keep: closing the
+# database's connections, and the interpreter's own exit.
+_AFTER_PIPELINE_S = CLOSE_S + 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ async def open_indexing(
         device=settings.clip_device,
         precision=settings.clip_precision,
     )
+    log.info("loading the CLIP model %s (%s)", settings.clip_model, settings.clip_pretrained)
     encoder = await abandonable(load, name="clip-model-load")
     if loaded is not None:
         await loaded(encoder)
@@ -120,5 +120,5 @@ async def open_indexing(
                 left = stop_left() if stop_left else settings.shutdown_deadline_s
                 await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
     finally:
-        await service.close(within_s=_ENCODER_STOP_S)
+        await service.close()
         await store.close()

@@ -125,12 +125,12 @@ class EncoderService:
             observe(seconds)
         return vectors
 
-    async def close(self, *, within_s: float | None = None) -> None:
-        """Stop the model's thread once the work queued before is done, waiting at most
-        ``within_s`` (a batch still running then ends with the process: the thread is a
-        daemon)."""
+    async def close(self) -> None:
+        """Stop the model's thread once the work queued before is done (batches whose callers
+        were cancelled are skipped). A batch in the model is waited for: torch aborts the
+        process when it exits under a running one."""
         self._jobs.put((_BATCH + 1, next(self._order), _STOP))
-        await asyncio.to_thread(self._thread.join, within_s)
+        await asyncio.to_thread(self._thread.join)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

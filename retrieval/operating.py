@@ -20,7 +20,7 @@ from retrieval.cluster import COUNT_CAP, ClusterFigures, ConsumerReport, read_fi
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.health import serve, stop_serving, with_health
 from retrieval.metrics import Metrics
-from retrieval.supervisor import Supervisor
+from retrieval.supervisor import Supervisor, settle
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -205,9 +205,7 @@ async def operator_view(
     try:
         yield view
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await settle([task])
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
         if health is not None:

@@ -134,16 +134,25 @@ def _abandon_after(deadline_s: float) -> None:
             "this process held come back when their leases run out",
             deadline_s,
         )
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_now(0)
 
     timer = threading.Timer(deadline_s, abandon)
     timer.daemon = True
     timer.name = "clipfind-stop-deadline"
     timer.start()
+
+
+def exit_now(status: int) -> None:
+    """End the process with ``status`` once its logs are written, skipping the interpreter's
+    teardown: after an orderly stop there is nothing left for it but waiting (thread pools still
+    decoding, torch's threads) or aborting (under a model still loading on its thread)."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 async def abandonable(work: Callable[[], _T], *, name: str) -> _T:

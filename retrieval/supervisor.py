@@ -18,10 +18,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits for a cancelled task to end by default.
+SETTLE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +145,13 @@ class Supervisor:
                 "task %s keeps failing: this process reports itself unhealthy until it runs again",
                 watched.name,
             )
+
+
+async def settle(tasks: Collection[asyncio.Task], *, within_s: float = SETTLE_S) -> None:
+    """Cancel the tasks and let them end, waiting at most ``within_s``: one still waiting for a
+    database that does not answer (SQLite's busy wait, a host gone silent) is left behind, as
+    the process is stopping."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=within_s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from retrieval.supervisor import Backoff, Supervisor
+from retrieval.supervisor import Backoff, Supervisor, settle
 
 
 class Clock:
@@ -119,3 +119,25 @@ async def test_tasks_sharing_a_name_are_counted_together_and_named_once():
     for task in started:
         task.cancel()
     await asyncio.gather(*started, return_exceptions=True)
+
+
+async def test_settling_waits_for_cancelled_tasks_only_so_long():
+    stuck = asyncio.Event()
+
+    async def deaf() -> None:  # a statement the database never answers, shielded from cancel
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stuck.set()
+            await asyncio.Event().wait()
+
+    async def polite() -> None:
+        await asyncio.Event().wait()
+
+    tasks = [asyncio.create_task(deaf()), asyncio.create_task(polite())]
+    await asyncio.sleep(0)
+    await settle(tasks, within_s=0.05)
+    assert stuck.is_set() and not tasks[0].done()
+    assert tasks[1].cancelled()
+    tasks[0].cancel()  # the test's own clean-up: cancelled again, it ends
+    await asyncio.gather(tasks[0], return_exceptions=True)

@@ -33,6 +33,7 @@ from retrieval.backfill import BackfillCursors
 from retrieval.departures import Departures
 from retrieval.errors import StoreUnavailable
 from retrieval.state import get_state, set_state
+from retrieval.supervisor import settle
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -63,10 +64,7 @@ class Lifecycle(commands.Cog):
 
     async def cog_unload(self) -> None:
         tasks = (self._purger, self._sweeper)
-        unfinished = [*self._on_ready, *(task for task in tasks if task is not None)]
-        for task in unfinished:
-            task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
+        await settle([*self._on_ready, *(task for task in tasks if task is not None)])
         self.eraser.close()
 
     # -- messages ------------------------------------------------------------------------

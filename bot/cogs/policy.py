@@ -23,6 +23,7 @@ from discord.ext import commands
 
 from bot.ownership import ownership
 from retrieval.errors import StoreUnavailable
+from retrieval.supervisor import settle
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -45,9 +46,7 @@ class Policy(commands.Cog):
         ]
 
     async def cog_unload(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await settle(self._tasks)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -36,7 +36,7 @@ from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
 from retrieval.patience import patiently
 from retrieval.store.base import ImageRecord, VectorStore
-from retrieval.supervisor import Supervisor
+from retrieval.supervisor import Supervisor, settle
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ _GIVE_BACK_S = 1.5
 # ... and at least this, however little of the deadline is left: a job handed back is taken at
 # once by the next consumer, one left to its lease waits JOB_LEASE_S.
 _GIVE_BACK_FLOOR_S = 0.5
+# What a cancelled task is given to end, however little of the deadline is left.
+_SETTLE_S = 0.2
 # The tasks that take the jobs waiting in the window's queues: while none of them runs (each
 # failed and waits to be started again), those jobs are not renewed for this process.
 _FETCH, _BATCH = "clip-fetch", "clip-batch"
@@ -171,20 +173,18 @@ class IndexingPipeline:
         job back to the table for the next consumer, all within ``deadline_s``."""
         self._closing = True
         deadline = time.monotonic() + deadline_s
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+        def left() -> float:  # what is left after it is for handing the rest back
+            return max(deadline - time.monotonic() - _GIVE_BACK_S, _SETTLE_S)
+
+        await settle(self._tasks, within_s=left())
         self._tasks.clear()
         if self._batches:
-            # What is left after them is for handing the rest back.
-            encoding_s = max(deadline - time.monotonic() - _GIVE_BACK_S, 0.0)
-            _, late = await asyncio.wait(self._batches, timeout=encoding_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        await self._submissions.close()
+            _, late = await asyncio.wait(self._batches, timeout=left())
+            await settle(late, within_s=left())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left()):
+                await self._submissions.close()
         if self._held:
             within_s = min(_GIVE_BACK_S, max(deadline - time.monotonic(), _GIVE_BACK_FLOOR_S))
             if released := await self._give_back(list(self._held), within_s=within_s):
