@@ -76,7 +76,8 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
     problem = bot.supervisor.problem()
     lines = [
         f"**Whole bot** (only you, its owner, see this; {_servers(bot)}):",
-        f"**This process:** {'healthy' if problem is None else f'unhealthy: {cut(problem, 300)}'}",
+        f"**Health of this process:** "
+        f"{'healthy' if problem is None else f'unhealthy: {cut(problem, 300)}'}",
         f"**Waiting to be indexed, all servers:** {_waiting(backlog)}",
         (
             f"**This process since start:** {pipeline.indexed} encoded, {pipeline.reused} "

@@ -8,8 +8,10 @@ import asyncio
 import logging
 
 import aiohttp
+from sqlalchemy import select
 
 from retrieval.indexing import JobQueue, RetryPolicy
+from retrieval.models import IndexConsumer
 from retrieval.operating import operator_view
 from retrieval.supervisor import Backoff, Supervisor
 from tests.e2e import eventually
@@ -132,6 +134,7 @@ async def test_healthz_turns_503_while_a_task_keeps_failing_and_200_once_it_reco
             pipeline=pipe,
             settings=options,
             supervisor=supervisor,
+            report_every_s=0.05,
         ),
         aiohttp.ClientSession() as http,
     ):
@@ -143,6 +146,8 @@ async def test_healthz_turns_503_while_a_task_keeps_failing_and_200_once_it_reco
         figures = await _get(http, f"http://127.0.0.1:{metrics}/metrics")
         assert "clipfind_healthy 0.0" in figures
         assert _restarts(figures, "clip-feed") >= 3
+        # The heartbeat row says so too, for the other processes' operators.
+        await eventually(lambda: _problem_is_reported(store.engine, "task clip-feed keeps"))
 
         jobs.claims_broken = False
         for port in (health, metrics):
@@ -154,8 +159,15 @@ async def test_healthz_turns_503_while_a_task_keeps_failing_and_200_once_it_reco
         assert await store.count(guild_id=1) == 2
         figures = await _get(http, f"http://127.0.0.1:{metrics}/metrics")
         assert "clipfind_healthy 1.0" in figures
+        await eventually(lambda: _problem_is_reported(store.engine, None))
         assert _restarts(figures, "clip-feed") == supervisor.restarts["clip-feed"]
         assert set(supervisor.restarts) == {"clip-feed"}
+
+
+async def _problem_is_reported(engine, start: str | None) -> bool:
+    async with engine.connect() as conn:
+        (problem,) = (await conn.execute(select(IndexConsumer.problem))).one()
+    return problem is None if start is None else (problem or "").startswith(start)
 
 
 async def _is(value: bool) -> bool:
