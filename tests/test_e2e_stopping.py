@@ -53,42 +53,40 @@ def bot_env(fd: FakeDiscord, database_url: str, **settings: str) -> dict[str, st
     )
 
 
+async def stopped_before_start(fd: FakeDiscord, env: dict, workdir, *, once: str) -> str:
+    """Start `python -m bot`, send SIGTERM once its log says ``once``: it must exit 0 before
+    its deadline without having started. Returns its log."""
+    bot = await Process.start(workdir, env)
+    try:
+        await bot.logged(once)
+        status, took = await bot.stop()
+    finally:
+        await bot.ensure_gone()
+    log = bot.log()
+    assert status == 0, log
+    assert took < DEADLINE_S + SLACK_S, log
+    assert "stopped before starting" in log
+    assert ABANDONED not in log
+    assert not fd.identifies, "it never connected to the gateway"
+    return log
+
+
 async def test_a_stop_while_the_model_loads_exits_0_without_starting(database_url, tmp_path):
     async with FakeDiscord() as fd:
         fd.add_guild("Never joined")
         # A full-size model built from scratch: seconds of loading to be stopped in.
         env = bot_env(fd, database_url, CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="")
-        bot = await Process.start(tmp_path, env)
-        try:
-            await bot.logged("loading the CLIP model ViT-B-32")
-            status, took = await bot.stop()
-        finally:
-            await bot.ensure_gone()
-        log = bot.log()
-        assert status == 0, log
-        assert took < DEADLINE_S + SLACK_S, log
-        assert "stopped before starting" in log
-        assert "loaded CLIP model" not in log  # stopped during the load, not after it
-        assert ABANDONED not in log
-        assert not fd.identifies, "it never connected to the gateway"
+        log = await stopped_before_start(fd, env, tmp_path, once="loading the CLIP model")
+    assert "loaded CLIP model" not in log  # stopped during the load, not after it
 
 
 async def test_a_stop_while_the_schema_is_created_exits_0_with_the_schema_whole(
     empty_database, tmp_path
 ):
     async with FakeDiscord() as fd:
-        bot = await Process.start(tmp_path, bot_env(fd, empty_database))
-        try:
-            await bot.logged("Running upgrade")
-            status, took = await bot.stop()
-        finally:
-            await bot.ensure_gone()
-        log = bot.log()
-        assert status == 0, log
-        assert took < DEADLINE_S + SLACK_S, log
-        assert "stopped before starting" in log
-        assert "loading the CLIP model" not in log
-        assert not fd.identifies
+        env = bot_env(fd, empty_database)
+        log = await stopped_before_start(fd, env, tmp_path, once="Running upgrade")
+    assert "loading the CLIP model" not in log
     # The schema was finished, not left half-made: the next start runs on it as it is.
     engine = create_engine(empty_database)
     try:
