@@ -1,5 +1,10 @@
-import sys
+# First, before discord.py, torch and the model load: a stop asked for meanwhile exits 0.
+from retrieval.signals import exit_now, exit_on_signals
 
-from bot.cli import main
+exit_on_signals()
 
-sys.exit(main())
+from bot.cli import main  # noqa: E402
+
+# Closed in order by now: the interpreter's own teardown would only wait (threads still decoding,
+# torch's) or abort (a model still loading on its thread).
+exit_now(main())

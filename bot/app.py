@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import discord
 
@@ -22,13 +23,14 @@ from bot.startup import (
 )
 from retrieval.assembly import open_indexing
 from retrieval.config import Settings
-from retrieval.db import create_engine, ensure_schema
+from retrieval.db import close_engine, create_engine, ensure_schema
 from retrieval.dbfile import DatabaseFile, check_sole_process, sole_process
 from retrieval.errors import ConfigError
 from retrieval.operating import operator_view
 from retrieval.policy import IndexPolicy
 from retrieval.reindex import adopt_model
-from retrieval.signals import stopped_by_signals
+from retrieval.signals import Stop, stoppable
+from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,12 @@ DATABASE_LOST_STATUS = 3
 
 
 @contextlib.asynccontextmanager
-async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
-    """The bot with its database, model, HTTP session and pipeline; not yet connected."""
+async def open_bot(
+    settings: Settings, *, stop_left: Callable[[], float] | None = None
+) -> AsyncIterator[ClipfindBot]:
+    """The bot with its database, model, HTTP session and pipeline; not yet connected.
+
+    ``stop_left`` tells, on the way out, how much of SHUTDOWN_DEADLINE_S the stop has left."""
     if problem := settings.encoding_problem():
         raise ConfigError(problem)
     apply_endpoints(settings)
@@ -53,8 +59,10 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
         if database:
             database.create_if_new()
         engine = create_engine(
-            database.engine_url(settings.database_url) if database else settings.database_url
+            database.engine_url(settings.database_url) if database else settings.database_url,
+            **settings.engine_options(),
         )
+        supervisor = Supervisor()
         try:
             await ensure_schema(engine)
             if database:
@@ -64,7 +72,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
             async with (
                 rest_refresher(settings) as refresh,
                 open_indexing(
-                    settings, engine=engine, consume=settings.encode_images, refresh=refresh
+                    settings,
+                    engine=engine,
+                    consume=settings.encode_images,
+                    refresh=refresh,
+                    supervisor=supervisor,
+                    stop_left=stop_left,
                 ) as indexing,
             ):
                 bot = ClipfindBot(
@@ -75,6 +88,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                     pipeline=indexing.pipeline,
                     policy=policy,
                     database=database,
+                    supervisor=supervisor,
                 )
                 model_id = indexing.encoder.model_id
                 bot.reindexing = await adopt_model(engine, indexing.store, model_id)
@@ -89,12 +103,13 @@ async def open_bot(settings: Settings) -> AsyncIterator[ClipfindBot]:
                         # A process that only queues is no consumer: it would show as a stalled one.
                         pipeline=indexing.pipeline if indexing.pipeline.consumes else None,
                         settings=settings,
+                        supervisor=supervisor,
                         shards=lambda: shards_of(bot),
                     ),
                 ):
                     yield bot
         finally:
-            await engine.dispose()
+            await close_engine(engine)
 
 
 def shards_of(bot: discord.Client) -> str | None:
@@ -139,8 +154,15 @@ async def run(settings: Settings) -> int:
     """Run until stopped; returns the process exit status.
 
     The token is checked, then tried with Discord, before the database and the model are
-    touched: a wrong token or a refused intent costs seconds, not a model download.
+    touched: a wrong token or a refused intent costs seconds, not a model download. A signal
+    before the bot starts cancels all that, and the process exits 0 without starting.
     """
+    return await stoppable(
+        functools.partial(_run, settings), deadline_s=settings.shutdown_deadline_s
+    )
+
+
+async def _run(settings: Settings, stop: Stop) -> int:
     token = token_of(settings)
     if problem := settings.encoding_problem():
         raise ConfigError(problem)
@@ -159,21 +181,21 @@ async def run(settings: Settings) -> int:
         app.name,
         app.application_id,
     )
-    async with open_bot(settings) as bot:
-        # Leaving open_bot then lets the batches being encoded finish (SHUTDOWN_DEADLINE_S) and
-        # hands the rest of the claimed work back to the jobs table; the process exits 0.
-        with stopped_by_signals(lambda: asyncio.get_running_loop().create_task(bot.close())):
-            try:
-                await bot.start(token)
-            except discord.PrivilegedIntentsRequired:
-                log.critical(INTENT_REFUSED)
-                return 2
-            except discord.LoginFailure:
-                log.critical(TOKEN_REFUSED)
-                return 2
-            except discord.ConnectionClosed as exc:
-                if exc.code not in SHARD_REFUSED:
-                    raise
-                log.critical(SHARD_REFUSED[exc.code])
-                return 2
+    async with open_bot(settings, stop_left=stop.left) as bot:
+        # Leaving open_bot then lets the batches being encoded finish and hands the rest of the
+        # claimed work back to the jobs table, within SHUTDOWN_DEADLINE_S; the process exits 0.
+        stop.started(lambda: asyncio.get_running_loop().create_task(bot.close()))
+        try:
+            await bot.start(token)
+        except discord.PrivilegedIntentsRequired:
+            log.critical(INTENT_REFUSED)
+            return 2
+        except discord.LoginFailure:
+            log.critical(TOKEN_REFUSED)
+            return 2
+        except discord.ConnectionClosed as exc:
+            if exc.code not in SHARD_REFUSED:
+                raise
+            log.critical(SHARD_REFUSED[exc.code])
+            return 2
     return bot.exit_status

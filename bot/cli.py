@@ -15,6 +15,7 @@ import discord
 
 from retrieval.config import Settings, load_settings
 from retrieval.errors import ClipfindError, DatabaseInUse, SchemaError
+from retrieval.signals import die_on_signals
 
 log = logging.getLogger("clipfind")
 
@@ -115,19 +116,26 @@ async def _worker(settings: Settings) -> int:
     attachment links; a refused token stops it as it stops the bot."""
     from bot.signed_urls import worker_refresher
     from bot.startup import DiscordRefused
+    from retrieval.signals import Stop, stoppable
     from retrieval.worker import check_worker_settings, run_worker
 
     check_worker_settings(settings)  # a worker on SQLite is told so before Discord is asked
-    try:
-        async with worker_refresher(settings) as refresh:
-            return await run_worker(settings, refresh=refresh)
-    except DiscordRefused as exc:
-        log.critical("%s", exc)
-        return 2
+
+    async def work(stop: Stop) -> int:
+        try:
+            async with worker_refresher(settings) as refresh:
+                return await run_worker(settings, refresh=refresh, stop=stop)
+        except DiscordRefused as exc:
+            log.critical("%s", exc)
+            return 2
+
+    return await stoppable(work, deadline_s=settings.shutdown_deadline_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command not in (None, "worker"):
+        die_on_signals()  # a one-off command stopped midway did not do its job
     if args.command == "check":
         return _check()
     try:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from retrieval.indexing import IndexingPipeline
     from retrieval.policy import IndexPolicy
     from retrieval.store import VectorStore
+    from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class ClipfindBot(commands.AutoShardedBot):
         pipeline: IndexingPipeline,
         policy: IndexPolicy,
         database: DatabaseFile | None = None,
+        supervisor: Supervisor,
         **options,
     ) -> None:
         super().__init__(
@@ -95,6 +97,8 @@ class ClipfindBot(commands.AutoShardedBot):
         self.pipeline = pipeline
         self.policy = policy
         self._database = database  # the SQLite file; None on PostgreSQL
+        # Runs every long-lived task of the process (the cogs' loops too), restarting a failed one.
+        self.supervisor = supervisor
         # Set by the backfill cog while it runs; read by the status command.
         self.backfill_progress: BackfillProgress | None = None
         # Rows per other model left from before a model switch (see retrieval/reindex.py).

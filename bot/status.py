@@ -73,8 +73,11 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
     pipeline = bot.pipeline.counters
     encoder = bot.encoder.counters
     backlog = await bot.pipeline.jobs.backlog()
+    problem = bot.supervisor.problem()
     lines = [
         f"**Whole bot** (only you, its owner, see this; {_servers(bot)}):",
+        f"**Health of this process:** "
+        f"{'healthy' if problem is None else f'unhealthy: {cut(problem, 300)}'}",
         f"**Waiting to be indexed, all servers:** {_waiting(backlog)}",
         (
             f"**This process since start:** {pipeline.indexed} encoded, {pipeline.reused} "
@@ -116,6 +119,7 @@ def _cluster_lines(figures: ClusterFigures) -> list[str]:
     consumers = [
         f"{c.role} on {c.host}{f' (shards {c.shards})' if c.shards else ''}: {c.rate:.1f}/s, "
         f"{c.images_stored:,} stored, {c.in_hand} in hand"
+        f"{f', UNHEALTHY: {cut(c.problem, 120)}' if c.problem else ''}"
         for c in figures.consumers[:CONSUMERS_SHOWN]
     ]
     if (more := len(figures.consumers) - CONSUMERS_SHOWN) > 0:
@@ -125,6 +129,11 @@ def _cluster_lines(figures: ClusterFigures) -> list[str]:
         f"{len(figures.consumers)} process{'' if len(figures.consumers) == 1 else 'es'}"
     )
     return [queue, encoders + (f" ({'; '.join(consumers)})" if consumers else "")]
+
+
+def cut(text: str, at_most: int) -> str:
+    """A message holds 2,000 characters: a long reason is shortened, its start kept."""
+    return text if len(text) <= at_most else text[: at_most - 1] + "…"
 
 
 def _waiting(backlog: Backlog) -> str:

@@ -4,25 +4,35 @@ here, so a worker runs with exactly the bot's settings and code path."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from retrieval.db import CLOSE_S
 from retrieval.encoder import Encoder
 from retrieval.encoding import EncoderService
 from retrieval.fetch import Fetcher
 from retrieval.indexing import IndexingPipeline, JobQueue
 from retrieval.indexing.signed_urls import RefreshUrls
+from retrieval.signals import abandonable
 from retrieval.store import VectorStore, open_store
+from retrieval.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from retrieval.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Of the stop's deadline, what the steps after the pipeline's close keep: closing the
+# database's connections, and the interpreter's own exit.
+_AFTER_PIPELINE_S = CLOSE_S + 1.0
 
 
 @dataclass(frozen=True)
@@ -41,26 +51,33 @@ async def open_indexing(
     consume: bool = True,
     loaded: Callable[[Encoder], Awaitable[None]] | None = None,
     refresh: RefreshUrls | None = None,
+    supervisor: Supervisor | None = None,
+    stop_left: Callable[[], float] | None = None,
 ) -> AsyncIterator[Indexing]:
-    """Everything started; on the way out, batches being encoded get SHUTDOWN_DEADLINE_S to
-    finish and the rest of the claimed jobs go back to the table.
+    """Everything started; on the way out, batches being encoded finish and the rest of the
+    claimed jobs go back to the table within what ``stop_left()`` says is left of the stop's
+    deadline (SHUTDOWN_DEADLINE_S when not given).
 
     ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
     model is still loaded, for search queries, but no job is taken from the table. ``loaded``
     is awaited with the model before any job is: it may refuse it by raising. ``refresh``
-    exchanges expired attachment links (Discord's, passed in by the caller).
+    exchanges expired attachment links (Discord's, passed in by the caller). The pipeline's
+    and the store's tasks run under ``supervisor`` (the process's).
     """
-    encoder = await asyncio.to_thread(
+    load = functools.partial(
         Encoder.load,
         model=settings.clip_model,
         pretrained=settings.clip_pretrained,
         device=settings.clip_device,
         precision=settings.clip_precision,
     )
+    log.info("loading the CLIP model %s (%s)", settings.clip_model, settings.clip_pretrained)
+    encoder = await abandonable(load, name="clip-model-load")
     if loaded is not None:
         await loaded(encoder)
     service = EncoderService(encoder)
-    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb)
+    supervisor = supervisor or Supervisor()
+    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor)
     connector = aiohttp.TCPConnector(
         limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
     )
@@ -98,12 +115,14 @@ async def open_indexing(
                 decode_threads=settings.decode_threads,
                 consume=consume,
                 refresh=refresh,
+                supervisor=supervisor,
             )
             await pipeline.start()
             try:
                 yield Indexing(encoder=encoder, service=service, store=store, pipeline=pipeline)
             finally:
-                await pipeline.close(deadline_s=settings.shutdown_deadline_s)
+                left = stop_left() if stop_left else settings.shutdown_deadline_s
+                await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
     finally:
         await service.close()
         await store.close()

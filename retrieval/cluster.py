@@ -49,6 +49,7 @@ class Consumer:
     images_stored: int
     rate: float  # images stored per second, lately
     in_hand: int
+    problem: str | None = None  # why it is unhealthy; None while it is healthy
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,15 @@ def _consumer(row) -> Consumer:
         images_stored=row.images_stored,
         rate=row.rate,
         in_hand=row.in_hand,
+        problem=row.problem,
     )
 
 
 class ConsumerReport:
     """This process's row in ``index_consumers``: call `report()` every ~15 s, `leave()` at a
     clean stop. ``stored`` and ``in_hand`` read the pipeline's counters; ``shards`` says which
-    gateway shards the process runs (None for a worker or an unsharded bot)."""
+    gateway shards the process runs (None for a worker or an unsharded bot); ``problem`` why the
+    process is unhealthy (None while it is healthy)."""
 
     def __init__(
         self,
@@ -148,6 +151,7 @@ class ConsumerReport:
         stored: Callable[[], int],
         in_hand: Callable[[], int],
         shards: Callable[[], str | None] = lambda: None,
+        problem: Callable[[], str | None] = lambda: None,
         stale_s: float = STALE_S,
     ) -> None:
         self.engine = engine
@@ -159,6 +163,7 @@ class ConsumerReport:
         self.device = device
         self.stale_s = stale_s
         self._stored, self._in_hand, self._shards = stored, in_hand, shards
+        self._problem = problem
         # (when, images stored) at the last report: this process's own seconds, as only their
         # difference counts.
         self._last: tuple[float, int] | None = None
@@ -188,6 +193,7 @@ class ConsumerReport:
             "images_stored": stored,
             "rate": self._rate(stored, time.monotonic() if now is None else now.timestamp()),
             "in_hand": self._in_hand(),
+            "problem": (self._problem() or "")[:500] or None,
         }
         stale = moment(now, after_s=-self.stale_s)
         with database_errors():
@@ -204,7 +210,7 @@ class ConsumerReport:
 
 def _upsert(insert):
     stmt = insert(IndexConsumer)
-    changing = ("shards", "seen_at", "images_stored", "rate", "in_hand")
+    changing = ("shards", "seen_at", "images_stored", "rate", "in_hand", "problem")
     return stmt.on_conflict_do_update(
         index_elements=["key"], set_={name: stmt.excluded[name] for name in changing}
     )

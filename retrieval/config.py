@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     installation_id: str | None = None
     # SQLite: how often the running bot checks that its database file is still there and the same.
     database_check_interval_s: float = Field(default=15.0, gt=0, le=60)
+    # The most connections this process opens to the database, and how long a statement waits
+    # for one while all are busy before it counts as an outage (waited out, never a failure).
+    database_pool_max: int = Field(default=15, ge=1, le=1000)
+    database_pool_timeout_s: float = Field(default=30.0, gt=0)
 
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "laion2b_s34b_b79k"
@@ -69,9 +73,9 @@ class Settings(BaseSettings):
     retry_for_hours: float = Field(default=48.0, gt=0)
     # How long a claimed image is reserved for one process; a process that dies lets it go then.
     job_lease_s: float = Field(default=300.0, ge=1)
-    # On SIGTERM/SIGINT: how long batches being encoded may take to finish before the rest is
-    # handed back to the queue.
-    shutdown_deadline_s: float = Field(default=10.0, ge=0)
+    # On SIGTERM/SIGINT: how long the whole stop may take, batches being encoded finishing
+    # included; the rest is handed back to the queue. Below Docker's default 10 s grace.
+    shutdown_deadline_s: float = Field(default=7.0, ge=0)
 
     backfill: bool = True
     backfill_channels_at_once: int = Field(default=2, ge=1, le=16)
@@ -98,12 +102,31 @@ class Settings(BaseSettings):
     # Serve Prometheus figures on http://METRICS_ADDR:METRICS_PORT/metrics; None: no server.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_addr: str = "0.0.0.0"
+    # Serve GET /healthz (200, or 503 with the reason) on http://METRICS_ADDR:HEALTH_PORT; the
+    # metrics server serves it too. None: only there.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
 
-    @field_validator("metrics_port", mode="before")
+    @field_validator("metrics_port", "health_port", mode="before")
     @classmethod
     def _metrics_port(cls, value: object) -> object:
         # `METRICS_PORT=` in .env means off, like an absent one.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.health_port is not None and self.health_port == self.metrics_port:
+            raise ValueError(
+                "HEALTH_PORT is METRICS_PORT: the metrics server serves /healthz already; leave "
+                "HEALTH_PORT unset, or give it another port"
+            )
+        return self
+
+    def engine_options(self) -> dict[str, float]:
+        """The connection pool's limits, for `retrieval.db.create_engine`."""
+        return {
+            "pool_max": self.database_pool_max,
+            "pool_timeout_s": self.database_pool_timeout_s,
+        }
 
     @field_validator("discord_token", mode="before")
     @classmethod

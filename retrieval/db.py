@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -22,16 +23,42 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 UPGRADE_HINT = "python -m bot db upgrade"
 
 
-def create_engine(url: str) -> AsyncEngine:
+# SQLAlchemy's own defaults: 5 connections kept open, up to 15 at busy times.
+POOL_KEPT = 5
+# The most a stop waits to close the database's connections.
+CLOSE_S = 1.0
+
+
+def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0) -> AsyncEngine:
+    """An engine that opens at most ``pool_max`` connections; a statement that finds them all
+    busy for ``pool_timeout_s`` fails as an outage (see `database_errors`)."""
+    pool = {
+        "pool_size": min(POOL_KEPT, pool_max),
+        "max_overflow": pool_max - min(POOL_KEPT, pool_max),
+        "pool_timeout": pool_timeout_s,
+    }
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
         # A `file:` URI names a file that must exist already (see retrieval/dbfile.py).
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        if not path or path == ":memory:":
+            pool = {}  # one connection held for the process: no pool to size
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, **pool)
+
+
+async def close_engine(engine: AsyncEngine, *, within_s: float = CLOSE_S) -> None:
+    """Close the engine's connections, waiting at most ``within_s``: with the database away
+    (a host that does not answer), closing alone could wait for a connect timeout; the
+    process's end closes the sockets anyway."""
+    try:
+        async with asyncio.timeout(within_s):
+            await engine.dispose()
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        log.warning("could not close the database connections cleanly: %s", exc or "no answer")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -124,7 +151,14 @@ async def ensure_schema(engine: AsyncEngine) -> None:
     """
     if await check_schema(engine) is None:
         log.info("creating the clipfind schema in a new database")
-        await upgrade(engine)
+        # Finished even when a stop comes meanwhile (it takes a second or so): a schema left
+        # half-made would keep the next start from running, as only an empty one is created.
+        creating = asyncio.ensure_future(upgrade(engine))
+        try:
+            await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            await creating
+            raise
 
 
 def _known_revision(url: str, revision: str) -> bool:

@@ -67,6 +67,10 @@ class EncoderService:
             if job is _STOP:
                 return
             fn, future, loop = job
+            # Its caller was cancelled (a stop): nobody waits for the answer. A plain read of
+            # the future's state from this thread; at worst one batch is encoded for nothing.
+            if future.cancelled():
+                continue
             try:
                 result = fn()
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -122,6 +126,9 @@ class EncoderService:
         return vectors
 
     async def close(self) -> None:
+        """Stop the model's thread once the work queued before is done (batches whose callers
+        were cancelled are skipped). A batch in the model is waited for: torch aborts the
+        process when it exits under a running one."""
         self._jobs.put((_BATCH + 1, next(self._order), _STOP))
         await asyncio.to_thread(self._thread.join)
 

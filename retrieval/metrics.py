@@ -12,15 +12,18 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from retrieval.health import serve, stop_serving, with_health
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from retrieval.cluster import ClusterFigures
     from retrieval.indexing import IndexingPipeline
+    from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,40 @@ class _PipelineCollector(Collector):
         )
 
 
-class Metrics:
-    """The figures one process exposes; `serve()` starts the client's HTTP server."""
+class _SupervisorCollector(Collector):
+    """Restarts of this process's tasks, and its health, read at scrape time."""
 
-    def __init__(self, *, pipeline: IndexingPipeline | None) -> None:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator:
+        restarts = CounterMetricFamily(
+            "clipfind_task_restarts",
+            "Times a task of this process failed and was started again, by task.",
+            labels=["task"],
+        )
+        for task, n in dict(self.supervisor.restarts).items():
+            restarts.add_metric([task], n)
+        yield restarts
+        yield GaugeMetricFamily(
+            "clipfind_healthy",
+            "1 while this process is healthy, 0 while a task of it keeps failing (/healthz).",
+            value=0 if self.supervisor.problem() else 1,
+        )
+
+
+class Metrics:
+    """The figures one process exposes; `serve()` starts the HTTP server (with /healthz)."""
+
+    def __init__(
+        self, *, pipeline: IndexingPipeline | None, supervisor: Supervisor | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self._server: WSGIServer | None = None
+        self._supervisor = supervisor
         self.port: int | None = None
+        if supervisor is not None:
+            self.registry.register(_SupervisorCollector(supervisor))
         if pipeline is not None:
             self.registry.register(_PipelineCollector(pipeline))
             encode = Histogram(
@@ -146,12 +176,14 @@ class Metrics:
         self.refreshed.set_to_current_time()
 
     def serve(self, *, port: int, addr: str) -> None:
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        app = make_wsgi_app(self.registry)
+        if (supervisor := self._supervisor) is not None:
+            app = with_health(supervisor.problem, app)
+        self._server = serve(app, port=port, addr=addr)
         self.port = self._server.server_port
         log.info("Prometheus metrics on http://%s:%d/metrics", addr, self.port)
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_serving(self._server)
             self._server = None

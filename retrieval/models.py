@@ -33,7 +33,7 @@ NAMING = {
 RowId = BigInteger().with_variant(Integer, "sqlite")
 
 # ``parent_id`` of an image in a thread whose channel is not known yet (stored before revision
-# 0003, or whether its channel is a thread at all was not known when revision 0014 ran): the
+# 0003, or whether its channel is a thread at all was not known when revision 0012 ran): the
 # policy treats it as excluded, refused and hidden, until the bot asks Discord and records the
 # parent. No Discord id is 0, and NULL keeps meaning "not in a thread".
 UNKNOWN_PARENT = 0
@@ -294,3 +294,5 @@ class IndexConsumer(Base):
     # Jobs claimed and not finished: summed, the cluster's claimed jobs, with no scan of the
     # jobs table.
     in_hand: Mapped[int] = mapped_column(Integer, default=0)
+    # Why the process is unhealthy (a task of it keeps failing); None while it is healthy.
+    problem: Mapped[str | None] = mapped_column(String(500), nullable=True)

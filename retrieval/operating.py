@@ -1,9 +1,10 @@
 """What an operator watches, run alongside any process (a bot, an encoder worker): its heartbeat
-in ``index_consumers``, a log line every minute while the queue has a backlog (and one when it
-drains), and, with ``METRICS_PORT`` set, Prometheus figures on ``/metrics``.
+in ``index_consumers`` (with its health), a log line every minute while the queue has a backlog
+(and one when it drains), with ``METRICS_PORT`` set Prometheus figures on ``/metrics``, and
+``/healthz`` there or on ``HEALTH_PORT``.
 
-Everything runs in one background task; the database is read every ~15 s there, never on a
-scrape or a command. A database outage costs a warning, never the process.
+Everything runs in one supervised background task; the database is read every ~15 s there,
+never on a scrape, a probe or a command. A database outage costs a warning, never the process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from retrieval.cluster import COUNT_CAP, ClusterFigures, ConsumerReport, read_figures
 from retrieval.errors import ConfigError, StoreUnavailable
+from retrieval.health import serve, stop_serving, with_health
 from retrieval.metrics import Metrics
+from retrieval.supervisor import Supervisor, settle
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 15.0
 LOG_EVERY_S = 60.0
+# A clean stop's last word to the database waits no longer: with the database away, the row
+# simply goes stale.
+_LEAVE_S = 1.0
 
 
 class OperatorView:
@@ -54,11 +60,8 @@ class OperatorView:
         self._failing = False
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # a bug here must not stop the figures for good; say so loudly
-                log.exception("could not report or read the cluster's figures")
+        while True:  # a bug in here is the supervisor's to log, count and restart
+            await self.tick()
             await asyncio.sleep(self._report_every_s)
 
     async def tick(self) -> None:
@@ -139,16 +142,19 @@ async def operator_view(
     role: str,
     pipeline: IndexingPipeline | None,
     settings: Settings,
+    supervisor: Supervisor | None = None,
     shards: Callable[[], str | None] = lambda: None,
     report_every_s: float = REPORT_EVERY_S,
     log_every_s: float = LOG_EVERY_S,
 ) -> AsyncIterator[OperatorView]:
-    """Heartbeat, backlog log line and metrics server for one process, stopped on exit.
+    """Heartbeat, backlog log line, metrics and health servers for one process, stopped on exit.
 
     ``role`` is "bot" or "worker"; ``pipeline`` is the process's indexing pipeline, or None for
     one that encodes no images (it then writes no heartbeat, but still logs and serves the
-    cluster's figures); ``shards`` names the gateway shards the process runs, when it has any.
+    cluster's figures); ``supervisor`` runs the process's tasks, and its health is the
+    process's; ``shards`` names the gateway shards the process runs, when it has any.
     """
+    supervisor = supervisor or Supervisor()
     report = None
     if pipeline is not None:
         counters = pipeline.counters
@@ -160,10 +166,11 @@ async def operator_view(
             stored=lambda: counters.indexed + counters.reused,
             in_hand=lambda: pipeline.queued,
             shards=shards,
+            problem=supervisor.problem,
         )
     metrics = None
     if settings.metrics_port is not None:
-        metrics = Metrics(pipeline=pipeline)
+        metrics = Metrics(pipeline=pipeline, supervisor=supervisor)
         try:
             metrics.serve(port=settings.metrics_port, addr=settings.metrics_addr)
         except OSError as exc:
@@ -171,6 +178,22 @@ async def operator_view(
                 f"METRICS_PORT: cannot serve metrics on {settings.metrics_addr}:"
                 f"{settings.metrics_port}: {exc.strerror or exc}"
             ) from None
+    health = None
+    if settings.health_port is not None:
+        try:
+            health = serve(
+                with_health(supervisor.problem),
+                port=settings.health_port,
+                addr=settings.metrics_addr,
+            )
+        except OSError as exc:
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
+            raise ConfigError(
+                f"HEALTH_PORT: cannot serve /healthz on {settings.metrics_addr}:"
+                f"{settings.health_port}: {exc.strerror or exc}"
+            ) from None
+        log.info("health on http://%s:%d/healthz", settings.metrics_addr, health.server_port)
     view = OperatorView(
         engine=engine,
         report=report,
@@ -178,15 +201,16 @@ async def operator_view(
         report_every_s=report_every_s,
         log_every_s=log_every_s,
     )
-    task = asyncio.create_task(view.run(), name="clipfind-operator-view")
+    task = supervisor.start("clipfind-operator-view", view.run)
     try:
         yield view
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await settle([task])
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
+        if health is not None:
+            await asyncio.to_thread(stop_serving, health)
         if report is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await report.leave()
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                async with asyncio.timeout(_LEAVE_S):
+                    await report.leave()

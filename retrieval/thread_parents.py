@@ -1,6 +1,6 @@
 """Threads whose parent channel the index does not know, and recording it once Discord says.
 
-Images stored before revision 0003 carry no ``parent_id``, and revision 0014 could not tell
+Images stored before revision 0003 carry no ``parent_id``, and revision 0012 could not tell
 every such channel from a thread: those rows hold UNKNOWN_PARENT, so the policy hides and refuses
 them (retrieval/store/allowed.py), and their queued jobs wait. The bot asks Discord what each of
 these channels is at start (bot/threads.py) and records the answer here, images and jobs alike;

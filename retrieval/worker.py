@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.assembly import Indexing, open_indexing
 from retrieval.config import Settings
-from retrieval.db import UPGRADE_HINT, check_schema, create_engine
+from retrieval.db import UPGRADE_HINT, check_schema, close_engine, create_engine
 from retrieval.encoder import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import IndexingPipeline
@@ -29,9 +29,10 @@ from retrieval.indexing.jobs import JOBS_CHANNEL
 from retrieval.indexing.signed_urls import RefreshUrls
 from retrieval.operating import operator_view
 from retrieval.reindex import INDEX_MODEL_KEY
-from retrieval.signals import stopped_by_signals
+from retrieval.signals import Stop
 from retrieval.state import get_state
 from retrieval.store.reads import database_errors
+from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -46,65 +47,83 @@ _WAIT_FIRST_S, _WAIT_MAX_S = 1.0, 30.0
 _LISTEN_CHECK_S = 10.0
 
 
-async def run_worker(settings: Settings, *, refresh: RefreshUrls | None = None) -> int:
-    """Drain the jobs table until SIGTERM/SIGINT; returns the process exit status: 0, or 2
-    once the bot switched the index to another model (1 after an internal error).
+async def run_worker(
+    settings: Settings, *, refresh: RefreshUrls | None = None, stop: Stop | None = None
+) -> int:
+    """Drain the jobs table until stopped; returns the process exit status: 0, or 2 once the
+    bot switched the index to another model (1 after an internal error).
 
     ``refresh`` exchanges expired signed attachment URLs for fresh ones (Discord's, passed in by
-    the caller); without it an image whose link expired is dropped as gone."""
+    the caller); without it an image whose link expired is dropped as gone. ``stop`` is the
+    process's (SIGTERM, SIGINT): told once the worker runs, it stops it from then on."""
     check_worker_settings(settings)
-    stop = asyncio.Event()
+    stopping = asyncio.Event()
     status = 0
-    with stopped_by_signals(stop.set):
-        engine = create_engine(settings.database_url)
-        try:
-            if not await _schema_ready(engine, stop=stop):
-                return 0
-            loaded = functools.partial(_refuse_another_model, engine)
-            async with (
-                open_indexing(settings, engine=engine, loaded=loaded, refresh=refresh) as indexing,
-                operator_view(
-                    engine=engine, role="worker", pipeline=indexing.pipeline, settings=settings
-                ),
-            ):
-                # torch and open_clip leave hundreds of thousands of long-lived objects that every
-                # full collection would scan again, with the event loop stopped.
-                gc.collect()
-                gc.freeze()
-                log.info(
-                    "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
-                    "encoding queued images until stopped",
-                    indexing.encoder.model_id,
-                    indexing.encoder.device,
-                    indexing.encoder.precision,
-                    indexing.pipeline.batch_size,
-                    database_name(engine),
-                )
-                switched = asyncio.create_task(
-                    _model_switched(engine, indexing.encoder.model_id), name="worker-model"
-                )
-                tasks = [
-                    asyncio.create_task(_report(indexing), name="worker-report"),
-                    asyncio.create_task(_woken(engine, indexing.pipeline), name="worker-listen"),
-                    switched,
-                    asyncio.create_task(stop.wait(), name="worker-stop"),
-                ]
-                try:
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                for task in done:
-                    if task.exception() is not None:  # a bug: say where, and stop
-                        error = task.exception()
-                        log.critical("stopping: %s failed", task.get_name(), exc_info=error)
-                        status = 1
-                    elif task is switched:
-                        log.critical("stopping: %s", switched.result())
-                        status = 2
-        finally:
-            await engine.dispose()
+    supervisor = Supervisor()
+    engine = create_engine(settings.database_url, **settings.engine_options())
+    try:
+        if not await _schema_ready(engine, stop=stopping):
+            return 0
+        loaded = functools.partial(_refuse_another_model, engine)
+        async with (
+            open_indexing(
+                settings,
+                engine=engine,
+                loaded=loaded,
+                refresh=refresh,
+                supervisor=supervisor,
+                stop_left=stop.left if stop is not None else None,
+            ) as indexing,
+            operator_view(
+                engine=engine,
+                role="worker",
+                pipeline=indexing.pipeline,
+                settings=settings,
+                supervisor=supervisor,
+            ),
+        ):
+            # torch and open_clip leave hundreds of thousands of long-lived objects that every
+            # full collection would scan again, with the event loop stopped.
+            gc.collect()
+            gc.freeze()
+            log.info(
+                "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
+                "encoding queued images until stopped",
+                indexing.encoder.model_id,
+                indexing.encoder.device,
+                indexing.encoder.precision,
+                indexing.pipeline.batch_size,
+                database_name(engine),
+            )
+            if stop is not None:
+                stop.started(stopping.set)
+            start = supervisor.start
+            switched = start(
+                "worker-model",
+                functools.partial(_model_switched, engine, indexing.encoder.model_id),
+            )
+            tasks = [
+                start("worker-report", functools.partial(_report, indexing)),
+                start("worker-listen", functools.partial(_woken, engine, indexing.pipeline)),
+                switched,
+                asyncio.create_task(stopping.wait(), name="worker-stop"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if task.exception() is not None:  # a bug: say where, and stop
+                    error = task.exception()
+                    log.critical("stopping: %s failed", task.get_name(), exc_info=error)
+                    status = 1
+                elif task is switched:
+                    log.critical("stopping: %s", switched.result())
+                    status = 2
+    finally:
+        await close_engine(engine)
     log.info("encoder worker stopped")
     return status
 

@@ -4,6 +4,7 @@ bot's figures. The same channels are named in a log line at start."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -19,7 +20,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MANAGE_SERVER = int(P.MANAGE_GUILD)
 # Lines only the owner sees: what the whole process does, across servers.
-PROCESS_WIDE = ("Whole bot", "This process", "Searches", "all servers", "in hand", "cluster")
+PROCESS_WIDE = (
+    "Whole bot",
+    "This process",
+    "Health of this process",
+    "Searches",
+    "all servers",
+    "in hand",
+    "cluster",
+)
 
 
 async def status(fd, guild, channel, member) -> str:
@@ -133,6 +142,34 @@ async def test_managers_see_the_channels_the_bot_cannot_read(world):
 
 # Tests that start a bot of their own come last: starting one points discord.py (a global
 # setting) at its own stand-in, away from the module's shared world.
+async def test_the_owner_sees_whether_this_process_is_healthy(world):
+    fd, bot = world
+    guild = fd.add_guild("Status health")
+    general = guild.add_text_channel("general")
+    owner = guild.add_existing_user(fd.owner_user)
+    await fd.wait_ready()
+    healthy = await status(fd, guild, general, owner)
+    assert line(healthy, "Health") == "**Health of this process:** healthy"
+
+    async def broken() -> None:  # a task of the process that fails each time it starts
+        raise RuntimeError("a bug in a background task")
+
+    task = bot.supervisor.start("broken-task", broken)
+    try:
+        await eventually(lambda: _holds(bot.supervisor.problem() is not None))
+        sick = line(await status(fd, guild, general, owner), "Health")
+        assert sick.startswith("**Health of this process:** unhealthy: task broken-task keeps")
+        assert sick.endswith("RuntimeError: a bug in a background task")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert bot.supervisor.problem() is None  # a task stopped is no longer the process's
+
+
+async def _holds(value: bool) -> bool:
+    return value
+
+
 async def test_the_channels_the_bot_cannot_read_are_logged_at_start(tmp_path, caplog):
     async with FakeDiscord() as fd:
         guild = fd.add_guild("Logged sight")

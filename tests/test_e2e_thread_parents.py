@@ -77,7 +77,7 @@ async def test_thread_images_stored_without_their_channel_follow_its_exclusion(
         # then #secret excluded by another process, whose survey missed the archived thread.
         engine = create_engine(settings.database_url)
         try:
-            await downgrade(engine, "0010")
+            await downgrade(engine, "0011")
             async with engine.begin() as conn:
                 await conn.execute(update(IndexedImage).values(parent_id=None))
             elsewhere = IndexPolicy(engine)

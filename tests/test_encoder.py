@@ -125,6 +125,27 @@ async def test_queries_jump_the_image_backlog(random_tiny):
         await service.close()
 
 
+async def test_batches_whose_callers_were_cancelled_are_not_encoded(random_tiny):
+    """A stop cancels the batches waiting for the model: their images go back to the queue, so
+    encoding them would only delay the exit."""
+    gated = _Gated(random_tiny)
+    service = EncoderService(gated)
+    try:
+        running = asyncio.create_task(service.encode_images(pixels(random_tiny, 2, 0)))
+        queued = [
+            asyncio.create_task(service.encode_images(pixels(random_tiny, 3, s))) for s in (1, 2)
+        ]
+        await asyncio.sleep(0)  # each task queues its batch before it waits for the answer
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+        gated.gate.set()
+        assert (await running).shape == (2, random_tiny.dim)
+    finally:
+        await service.close()
+    assert gated.sizes == [2]
+
+
 async def test_repeated_query_skips_the_model(random_tiny):
     service = EncoderService(random_tiny)
     try:

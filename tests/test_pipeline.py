@@ -72,7 +72,7 @@ def job_queue(store, model_id: str, **options) -> JobQueue:
 
 @contextlib.asynccontextmanager
 async def running_pipeline(
-    encoder, store, *, origins: str, jobs: JobQueue | None = None, window: int = 4
+    encoder, store, *, origins: str, jobs: JobQueue | None = None, window: int = 4, **options
 ):
     service = EncoderService(encoder)
     async with aiohttp.ClientSession() as http:
@@ -94,7 +94,7 @@ async def running_pipeline(
             batch_size=4,
             batch_deadline_s=0.02,
             queue_size=window,
-            fetch_workers=3,
+            **{"fetch_workers": 3, **options},
         )
         await pipe.start()
         try:

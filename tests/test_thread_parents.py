@@ -1,4 +1,4 @@
-"""Images in threads whose parent channel is unknown, on both databases: revision 0014 fills what
+"""Images in threads whose parent channel is unknown, on both databases: revision 0012 fills what
 the rows tell and marks the rest unknown; the policy hides and refuses them, their jobs wait, and
 the sweep keeps them until the parent is recorded (then sweeps them if the parent is excluded)."""
 
@@ -43,8 +43,8 @@ async def parents(engine, table) -> dict[int, set[int | None]]:
 
 
 async def legacy_index(store, engine) -> None:
-    """Rows as they were before revision 0014: parents only where the cache knew the thread."""
-    await downgrade(engine, "0010")
+    """Rows as they were before revision 0012: parents only where the cache knew the thread."""
+    await downgrade(engine, "0011")
     await store.upsert(
         [
             record(0, vector(0), channel_id=CHANNEL),
@@ -76,7 +76,7 @@ async def test_the_upgrade_fills_known_parents_and_marks_the_rest_unknown(store,
     }
     assert await ThreadParents(store_engine).unknown() == {GUILD: {LONE, OLD_THREAD, QUEUED_THREAD}}
 
-    await downgrade(store_engine, "0010")
+    await downgrade(store_engine, "0011")
     assert await parents(store_engine, IndexedImage) == {
         CHANNEL: {None},
         THREAD: {CHANNEL},

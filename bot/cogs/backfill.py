@@ -15,7 +15,6 @@ its gateway connection lists and sends events of, which is all this cog goes by.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from bot.cogs.indexing import wanted
 from bot.refs import image_refs
 from retrieval.backfill import BackfillCursors, BackfillProgress, Cursor, snowflake_at
 from retrieval.indexing import HISTORY, ImageRef
+from retrieval.supervisor import settle
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -96,20 +96,17 @@ class Backfill(commands.Cog):
             self._idle.set()
             return
         self.bot.backfill_progress = self.progress
-        self._tasks = [asyncio.create_task(self._list_loop(), name="backfill-list")]
+        start = self.bot.supervisor.start
+        self._tasks = [start("backfill-list", self._list_loop)]
         self._tasks += [
-            asyncio.create_task(self._walk_loop(), name=f"backfill-walk-{i}")
-            for i in range(self.bot.settings.backfill_channels_at_once)
+            start("backfill-walk", self._walk_loop)
+            for _ in range(self.bot.settings.backfill_channels_at_once)
         ]
         if self.bot.is_ready():  # loaded into a running bot: on_ready has passed
             self._schedule_guilds(self.bot.guilds)
 
     async def cog_unload(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await settle(self._tasks)
         self._tasks.clear()
         self.progress.running = False
         self.bot.backfill_progress = None

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import discord
-from discord.ext import commands, tasks
+from discord.ext import commands
 
 from bot.erasure import Eraser
 from bot.ownership import ownership
@@ -32,7 +32,9 @@ from bot.threads import parents, survey
 from retrieval.backfill import BackfillCursors
 from retrieval.clock import database_now
 from retrieval.departures import Departures
+from retrieval.errors import StoreUnavailable
 from retrieval.state import get_state, set_state
+from retrieval.supervisor import settle
 from retrieval.thread_parents import ThreadParents
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INDEX_OWNER = "index_application_id"
+PURGE_MINUTES = 5
 
 
 class Lifecycle(commands.Cog):
@@ -54,19 +57,17 @@ class Lifecycle(commands.Cog):
         # finding less left to ask about.
         self._surveys: dict[int, asyncio.Lock] = {}
         self._sweeper: asyncio.Task | None = None
+        self._purger: asyncio.Task | None = None
         # on_ready's work, which discord.py runs in tasks of its own: a stop cancels and awaits
         # it before the database is closed (a query left running would hold a connection).
         self._on_ready: set[asyncio.Task] = set()
 
     async def cog_load(self) -> None:
-        self.purge_loop.start()
+        self._purger = self.bot.supervisor.start("lifecycle-purge", self._purge_loop)
 
     async def cog_unload(self) -> None:
-        self.purge_loop.cancel()
-        unfinished = [*self._on_ready, *([self._sweeper] if self._sweeper is not None else [])]
-        for task in unfinished:
-            task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
+        tasks = (self._purger, self._sweeper)
+        await settle([*self._on_ready, *(task for task in tasks if task is not None)])
         self.eraser.close()
 
     # -- messages ------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class Lifecycle(commands.Cog):
                     await self.departures.record(guild_id)
         await self.purge_due()
         if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.create_task(self._sweep(), name="lifecycle-sweep")
+            self._sweeper = self.bot.supervisor.start("lifecycle-sweep", self._sweep)
 
     async def _sweep(self) -> None:
         """Channels and threads deleted while the bot was offline sent no event: find them.
@@ -250,16 +251,14 @@ class Lifecycle(commands.Cog):
             return False
         return True
 
-    @tasks.loop(minutes=5)
-    async def purge_loop(self) -> None:
-        try:
-            await self.purge_due()
-        except Exception:  # an unhandled error would stop the loop for good
-            log.exception("purging the index of departed guilds failed; trying again later")
-
-    @purge_loop.before_loop
-    async def _wait_until_ready(self) -> None:
+    async def _purge_loop(self) -> None:
         await self.bot.wait_until_ready()
+        while True:
+            try:
+                await self.purge_due()
+            except StoreUnavailable as exc:  # the next round tries again
+                log.warning("could not purge the index of departed guilds: %s", exc)
+            await asyncio.sleep(PURGE_MINUTES * 60)
 
     async def purge_due(self, *, now: datetime | None = None) -> list[int]:
         """Purge the index of every server of this process's shards left more than the grace

@@ -1,5 +1,6 @@
 """Policy upkeep: the opt-out and exclusion hint follows other processes' changes, and rows the
-policy forbids are swept away at start and every few minutes.
+policy forbids are swept away at start and every few minutes; both as tasks of the process's
+supervisor, which restarts them should they fail.
 
 Such rows can only appear when two processes race an opt-out or an exclusion, or when a process
 died between recording one and deleting what it covers; searches never show them meanwhile (the
@@ -18,10 +19,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from discord.ext import commands, tasks
+from discord.ext import commands
 
 from bot.ownership import ownership
 from retrieval.errors import StoreUnavailable
+from retrieval.supervisor import settle
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -34,26 +36,28 @@ SWEEP_MINUTES = 5
 class Policy(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
-        self._watch: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     async def cog_load(self) -> None:
-        self._watch = asyncio.create_task(self.bot.policy.watch(), name="policy-watch")
-        self.sweep_loop.start()
+        start = self.bot.supervisor.start
+        self._tasks = [
+            start("policy-watch", self.bot.policy.watch),
+            start("policy-sweep", self._sweep_loop),
+        ]
 
     async def cog_unload(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-        self.sweep_loop.cancel()
+        await settle(self._tasks)
 
-    @tasks.loop(minutes=SWEEP_MINUTES)
-    async def sweep_loop(self) -> None:
+    async def _sweep_loop(self) -> None:
+        while True:
+            await self.sweep()
+            await asyncio.sleep(SWEEP_MINUTES * 60)
+
+    async def sweep(self) -> None:
         try:
             removed = await self.bot.store.delete_forbidden(shards=ownership(self.bot))
-        except StoreUnavailable as exc:
+        except StoreUnavailable as exc:  # the next sweep tries again
             log.warning("could not sweep images the policy forbids: %s", exc)
-            return
-        except Exception:  # an unhandled error would stop the loop for good
-            log.exception("sweeping images the policy forbids failed; trying again later")
             return
         if removed:
             log.warning(

@@ -347,7 +347,7 @@ class JobQueue:
 def _claimable() -> list:
     """Rows due (``retry_at`` passed) and not leased, or leased by a consumer that let go, by
     the database's clock: the writer's and the claimer's own clocks may disagree. Not rows of
-    a thread whose channel is unknown (queued before revision 0014): their write would be
+    a thread whose channel is unknown (queued before revision 0012): their write would be
     refused; they wait until the bot records the parent."""
     now = db_now()
     return [

@@ -39,6 +39,7 @@ from retrieval.inputs import NON_FINITE, finite
 from retrieval.patience import patiently
 from retrieval.refusals import isolating, refusal_reason
 from retrieval.store.base import ImageRecord, VectorStore
+from retrieval.supervisor import Supervisor, settle
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ _BATCHES_IN_FLIGHT = 2
 _FEED_POLL_S = 1.0
 # What a signed attachment URL answers once it has expired (or was re-signed).
 _EXPIRED_LINK = frozenset({"http_403", "http_404"})
+# The most a stop, or a task that failed, waits to hand jobs back: with the database away, their
+# leases bring them back instead (a connection attempt alone can take a minute).
+_GIVE_BACK_S = 1.5
+# ... and at least this, however little of the deadline is left: a job handed back is taken at
+# once by the next consumer, one left to its lease waits JOB_LEASE_S.
+_GIVE_BACK_FLOOR_S = 0.5
+# What a cancelled task is given to end, however little of the deadline is left.
+_SETTLE_S = 0.2
+# The tasks that take the jobs waiting in the window's queues: while none of them runs (each
+# failed and waits to be started again), those jobs are not renewed for this process.
+_FETCH, _BATCH = "clip-fetch", "clip-batch"
 
 
 @dataclass
@@ -95,6 +107,7 @@ class IndexingPipeline:
         decode_threads: int | None = None,
         consume: bool = True,
         refresh: RefreshUrls | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -109,6 +122,8 @@ class IndexingPipeline:
         self._intake: asyncio.Queue[Job] = asyncio.Queue()
         self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._held: dict[int, Job] = {}  # claimed and not finished: the window onto the table
+        # Held jobs waiting in a queue, and the task name that takes them from it.
+        self._queued: dict[int, str] = {}
         self._claiming = False
         self._wake = asyncio.Event()
         # Whether the table may hold due rows the last claim left behind: it filled the room,
@@ -121,12 +136,16 @@ class IndexingPipeline:
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
+        self.supervisor = supervisor or Supervisor()
         self._tasks: list[asyncio.Task] = []
         self._batches: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
         self._encoding = 0
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
-        self._submissions = Submissions(jobs, written=self._rows_written)
+        self._submissions = Submissions(
+            jobs, written=self._rows_written, start=self.supervisor.start
+        )
         # Images read from Discord and not yet rows: what a deletion cannot reach yet. Callers
         # that read before they submit (backfill) carry theirs from the first read.
         self.arrivals = Arrivals()
@@ -152,41 +171,48 @@ class IndexingPipeline:
     async def start(self) -> None:
         if not self.consumes:
             return
-        self._tasks = [
-            asyncio.create_task(self._fetch_loop(), name=f"clip-fetch-{i}")
-            for i in range(self._fetch_workers)
-        ]
-        self._tasks.append(asyncio.create_task(self._batch_loop(), name="clip-batch"))
-        self._tasks.append(asyncio.create_task(self._feed_loop(), name="clip-feed"))
-        self._tasks.append(asyncio.create_task(self._renew_loop(), name="clip-lease"))
+        start = self.supervisor.start
+        self._tasks = [start(_FETCH, self._fetch_loop) for _ in range(self._fetch_workers)]
+        self._tasks.append(start(_BATCH, self._batch_loop))
+        self._tasks.append(start("clip-feed", self._feed_loop))
+        self._tasks.append(start("clip-lease", self._renew_loop))
 
     async def close(self, *, deadline_s: float = 10.0) -> None:
-        """Stop taking work; let the batches being encoded finish within ``deadline_s``; hand
-        every other claimed job back to the table for the next consumer."""
+        """Stop taking work; let the batches being encoded finish, and hand every other claimed
+        job back to the table for the next consumer, all within ``deadline_s``."""
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        deadline = time.monotonic() + deadline_s
+
+        def left() -> float:  # what is left after it is for handing the rest back
+            return max(deadline - time.monotonic() - _GIVE_BACK_S, _SETTLE_S)
+
+        await settle(self._tasks, within_s=left())
         self._tasks.clear()
         if self._batches:
-            _, late = await asyncio.wait(self._batches, timeout=deadline_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        await self._submissions.close()
+            _, late = await asyncio.wait(self._batches, timeout=left())
+            await settle(late, within_s=left())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left()):
+                await self._submissions.close()
         await self.signed_urls.close()
         if self._held:
-            try:
-                released = await self.jobs.release(list(self._held))
-            except StoreUnavailable as exc:
-                held = len(self._held)
-                log.warning("could not hand back %d jobs (their lease runs out): %s", held, exc)
-            else:
+            within_s = min(_GIVE_BACK_S, max(deadline - time.monotonic(), _GIVE_BACK_FLOOR_S))
+            if released := await self._give_back(list(self._held), within_s=within_s):
                 log.info("handed %d unfinished jobs back to the queue", released)
             self._held.clear()
+            self._queued.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _give_back(self, job_ids: list[int], *, within_s: float = _GIVE_BACK_S) -> int:
+        """Hand claimed jobs back to the table for the next consumer, waiting at most
+        ``within_s``; with the database away, their leases run out instead."""
+        try:
+            async with asyncio.timeout(within_s):
+                return await self.jobs.release(job_ids)
+        except (StoreUnavailable, TimeoutError) as exc:
+            why = exc if isinstance(exc, StoreUnavailable) else f"no answer in {within_s:g}s"
+            log.warning("could not hand back %d jobs (their lease runs out): %s", len(job_ids), why)
+            return 0
 
     def wake(self) -> None:
         """Look at the table now: another process queued work."""
@@ -235,6 +261,8 @@ class IndexingPipeline:
                     claimed = await self._claim(room)
                 except StoreUnavailable as exc:
                     self._more = True
+                    if exc.refused:  # waiting will not cure it: the supervisor says so
+                        raise
                     log.error("database unavailable, cannot take jobs: %s", exc)
                     await asyncio.sleep(_FEED_POLL_S * 2)
                     continue
@@ -244,6 +272,7 @@ class IndexingPipeline:
                 self.signed_urls.prefetch(job.ref for job in claimed)
                 for job in claimed:
                     self._held[job.id] = job
+                    self._queued[job.id] = _FETCH
                     self._intake.put_nowait(job)
             if not self._more:
                 await self._waves.check()
@@ -255,11 +284,23 @@ class IndexingPipeline:
         self._more = True
         self._wake.set()
 
+    async def _drop_unqueued(self, job_ids: list[int]) -> None:
+        """Jobs this task claimed and could not hand on: back to the table, as it fails."""
+        self._finished([self._held[i] for i in job_ids if i in self._held])
+        await self._give_back(job_ids)
+
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.jobs.lease_s / 3)
             with contextlib.suppress(StoreUnavailable):
-                await self.jobs.renew(list(self._held))
+                await self.jobs.renew(self._renewable())
+
+    def _renewable(self) -> list[int]:
+        """The held jobs whose holder runs: a job in hand, or one queued for a task that is not
+        waiting to be started again after a failure. The others' leases run out, and another
+        consumer takes them."""
+        alive = {name: self.supervisor.running(name) for name in (_FETCH, _BATCH)}
+        return [i for i in self._held if alive.get(self._queued.get(i, ""), True)]
 
     async def _claim(self, room: int) -> list[Job]:
         if self._switched is not None:  # whatever it encoded could not be stored
@@ -273,6 +314,7 @@ class IndexingPipeline:
     def _finished(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             self._held.pop(job.id, None)
+            self._queued.pop(job.id, None)
         self._wake.set()  # room in the window
 
     # -- fetch and decode --------------------------------------------------------------------
@@ -280,34 +322,42 @@ class IndexingPipeline:
     async def _fetch_loop(self) -> None:
         while True:
             job = await self._intake.get()
-            self.counters.in_flight += 1
-            handed_on = False
+            self._queued.pop(job.id, None)
             try:
-                handed_on = await self._fetch_one(job)
-            except asyncio.CancelledError:
-                handed_on = True  # shutting down: the job stays held, and close() hands it back
+                await self._fetch_job(job)
+            except Exception:  # this worker fails: its job goes back for the next try
+                await self._give_back([job.id])
                 raise
-            except FetchError as exc:
-                await self._failed(job, exc, transient=exc.retryable)
-            except (ClipfindError, ImageError) as exc:
-                await self._failed(job, exc, transient=False)
-            except StoreUnavailable as exc:
-                if exc.refused:  # would be refused again each time its lease brought it back
-                    with contextlib.suppress(StoreUnavailable):
-                        await self._failed(job, exc, transient=False, reason=refusal_reason(exc))
-                else:  # the job stays claimed; its lease brings it back
-                    log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
-            except Exception as exc:  # a bug must not kill the worker; say so loudly
-                log.exception(
-                    "unexpected error indexing %s of message %s",
-                    job.ref.filename,
-                    job.ref.message_id,
-                )
-                await self._failed(job, exc, transient=True, reason="internal")
-            finally:
-                self.counters.in_flight -= 1
-                if not handed_on:
-                    self._finished([job])
+
+    async def _fetch_job(self, job: Job) -> None:
+        self.counters.in_flight += 1
+        handed_on = False
+        try:
+            handed_on = await self._fetch_one(job)
+        except asyncio.CancelledError:
+            handed_on = True  # shutting down: the job stays held, and close() hands it back
+            raise
+        except FetchError as exc:
+            await self._failed(job, exc, transient=exc.retryable)
+        except (ClipfindError, ImageError) as exc:
+            await self._failed(job, exc, transient=False)
+        except StoreUnavailable as exc:
+            if exc.refused:  # would be refused again each time its lease brought it back
+                with contextlib.suppress(StoreUnavailable):
+                    await self._failed(job, exc, transient=False, reason=refusal_reason(exc))
+            else:  # the job stays claimed; its lease brings it back
+                log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
+        except Exception as exc:  # a bug must not kill the worker; say so loudly
+            log.exception(
+                "unexpected error indexing %s of message %s",
+                job.ref.filename,
+                job.ref.message_id,
+            )
+            await self._failed(job, exc, transient=True, reason="internal")
+        finally:
+            self.counters.in_flight -= 1
+            if not handed_on:
+                self._finished([job])
 
     async def _fetch_one(self, job: Job) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
@@ -329,6 +379,7 @@ class IndexingPipeline:
         # Raw bytes can be megabytes; drop them before waiting on the batcher.
         del data, work
         await self._prepared.put(_Prepared(job, content_hash, content_type, pixels))
+        self._queued[job.id] = _BATCH
         return True
 
     async def _download(self, job: Job) -> bytes:
@@ -389,21 +440,33 @@ class IndexingPipeline:
     # -- batch, encode, store ----------------------------------------------------------------
 
     async def _batch_loop(self) -> None:
-        slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+        slots = self._slots
         while True:
             await slots.acquire()
-            batch = await self._collect_batch()
-            task = asyncio.create_task(self._finish_batch(batch, slots), name="clip-batch-write")
+            batch: list[_Prepared] = []
+            try:
+                batch = await self._collect_batch(batch)
+                for item in batch:
+                    self._queued.pop(item.job.id, None)
+                task = asyncio.create_task(
+                    self._finish_batch(batch, slots), name="clip-batch-write"
+                )
+            except BaseException as exc:
+                slots.release()
+                if isinstance(exc, Exception):  # failing: what it collected goes back
+                    await self._drop_unqueued([item.job.id for item in batch])
+                raise
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
-    async def _collect_batch(self) -> list[_Prepared]:
-        """Up to a full batch; a partial one after the deadline, but only for an idle encoder.
+    async def _collect_batch(self, batch: list[_Prepared]) -> list[_Prepared]:
+        """Up to a full batch, collected into ``batch``; a partial one after the deadline, but
+        only for an idle encoder.
 
         A partial batch sent while the encoder is busy would only wait there, and small batches
         cost far more per image (4x at batch 4 than at 16 on CPU, benchmarks/RESULTS.md).
         """
-        batch = [await self._prepared.get()]
+        batch.append(await self._prepared.get())
         deadline = time.monotonic() + self.batch_deadline_s
         while len(batch) < self.batch_size:
             timeout = deadline - time.monotonic()

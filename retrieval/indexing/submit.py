@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing.jobs import ImageRef, JobQueue
@@ -17,10 +17,23 @@ from retrieval.patience import patiently
 log = logging.getLogger(__name__)
 
 
+Start = Callable[[str, Callable[[], Awaitable[object]]], asyncio.Task]
+
+
+def _unsupervised(name: str, run: Callable[[], Awaitable[object]]) -> asyncio.Task:
+    return asyncio.create_task(run(), name=name)
+
+
 class Submissions:
-    def __init__(self, jobs: JobQueue, *, written: Callable[[], None]) -> None:
+    """``start`` runs the flusher as a task (the process's supervisor restarts it should it
+    fail)."""
+
+    def __init__(
+        self, jobs: JobQueue, *, written: Callable[[], None], start: Start = _unsupervised
+    ) -> None:
         self._jobs = jobs
         self._written = written
+        self._start = start
         self._pending: list[tuple[Sequence[ImageRef], int, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task | None = None
 
@@ -28,7 +41,7 @@ class Submissions:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((refs, priority, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="clip-submit")
+            self._flusher = self._start("clip-submit", self._flush)
         await asyncio.shield(future)
 
     async def flushed(self) -> None:

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from retrieval.citus import CITUS_VERSION
 from retrieval.locks import AdvisoryLock, Purpose
 from retrieval.store.authors import every_guild
+from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,10 @@ class IndexKeeper:
         layout: Layout,
         changed: Callable[[int, str], None],
         sweep: bool = True,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.engine = engine
+        self._supervisor = supervisor or Supervisor()
         self.layout = layout
         self._changed = changed
         self._sweep = sweep
@@ -222,9 +225,7 @@ class IndexKeeper:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="clip-ann-indexes"
-            )
+            self._task = self._supervisor.start("clip-ann-indexes", self._run)
 
     async def _run(self) -> None:
         if self._sweep:

@@ -65,6 +65,7 @@ from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
+from retrieval.supervisor import Supervisor
 
 _IDS = ARRAY(BigInteger)
 
@@ -326,14 +327,21 @@ async def _stage(conn: AsyncConnection, records: Sequence[ImageRecord]) -> None:
 
 class PgVectorStore(SharedReads, SharedDeletes):
     def __init__(
-        self, engine: AsyncEngine, *, layout: Layout | None = None, sweep: bool = True
+        self,
+        engine: AsyncEngine,
+        *,
+        layout: Layout | None = None,
+        sweep: bool = True,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.engine = engine
         self.layout = layout or Layout()
         self._dims: dict[str, int] = {}
         # (guild, model) -> (index state or None, when looked up)
         self._states: dict[tuple[int, str], tuple[object, float]] = {}
-        self.indexes = IndexKeeper(engine, layout=self.layout, changed=self._forget, sweep=sweep)
+        self.indexes = IndexKeeper(
+            engine, layout=self.layout, changed=self._forget, sweep=sweep, supervisor=supervisor
+        )
         self._citus: bool | None = None
         # Searches that ran a second scan because the first fell short of k (target: none).
         self.two_scans = 0

@@ -13,9 +13,9 @@ the thread's channel then neither refused, hid nor swept them. For each channel 
 Images and queued jobs alike. The statements name each row's guild (one machine of a database
 distributed by it). The downgrade turns the unknown parents back into NULL.
 
-Revision ID: 0014
-Revises: 0010
-Create Date: 2026-12-08
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-07
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0010"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
