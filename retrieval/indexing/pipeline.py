@@ -384,16 +384,19 @@ class IndexingPipeline:
 
     async def _download(self, job: Job) -> bytes:
         ref = job.ref
+        url = ref.url
         if self.signed_urls.expired(ref):
-            url = await self._fresh_url(job)
-            if url is None:
-                raise FetchError("Discord did not refresh its expired link", reason="http_404")
-            return await self.fetcher.fetch(url, declared_size=ref.size)
+            # Expiry is read by this machine's clock, which can disagree with Discord's: a link
+            # Discord hands back unchanged is left to the download, which decides.
+            url = await self._fresh_url(job) or url
         try:
-            return await self.fetcher.fetch(ref.url, declared_size=ref.size)
+            return await self.fetcher.fetch(url, declared_size=ref.size)
         except FetchError as exc:
             # An expired link answers like a deleted attachment: only a refresh tells them apart.
+            # One refreshed just now and refused all the same is gone.
             if exc.reason not in _EXPIRED_LINK or not self.signed_urls.applies(ref):
+                raise
+            if url != ref.url:
                 raise
             fresh = await self._fresh_url(job, dead=True)
             if fresh is None:
