@@ -66,7 +66,7 @@ def database_errors() -> Iterator[None]:
 def database_error(exc: BaseException) -> StoreUnavailable | None:
     """The StoreUnavailable that ``exc`` stands for; None for an error of neither kind."""
     if isinstance(exc, PoolTimeout):
-        return StoreUnavailable(f"no database connection free in time: {exc}")
+        return StoreUnavailable(f"no free database connection in time: {exc}")
     if (code := sqlstate(exc)) is not None:
         if code.startswith(_OUTAGE_CLASSES) or code == "55P03":
             return StoreUnavailable(f"database error: {exc}")
