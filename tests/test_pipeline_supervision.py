@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import aiohttp
 from sqlalchemy import select
 
+from retrieval.errors import StoreUnavailable
 from retrieval.indexing import JobQueue, RetryPolicy
 from retrieval.models import IndexConsumer
 from retrieval.operating import operator_view
@@ -191,3 +193,41 @@ def _restarts(figures: str, task: str) -> float:
         if row.startswith(f'clipfind_task_restarts_total{{task="{task}"}}')
     )
     return float(line.split()[-1])
+
+
+class UnrenewableJobs(JobQueue):
+    """The real queue, whose lease renewals meet a database outage; counts the claims of each
+    job."""
+
+    def __init__(self, *args, **options) -> None:
+        super().__init__(*args, **options)
+        self.claims: Counter[int] = Counter()
+
+    async def claim(self, limit: int):
+        claimed = await super().claim(limit)
+        self.claims.update(job.id for job in claimed)
+        return claimed
+
+    async def renew(self, job_ids) -> None:
+        raise StoreUnavailable("database error: connection refused")
+
+
+async def test_a_job_whose_lease_ran_out_in_hand_is_not_taken_up_twice(
+    host,  # noqa: F811
+    store,
+    tiny_encoder,
+):
+    """Renewals fail (an outage) while a download hangs: the lease runs out, and the feeder's
+    next claim brings the job back. It is on its way already: one download, one row."""
+    (name,) = host_pictures(host, "held", 1, seed=960)
+    host.held.add(name)
+    jobs = UnrenewableJobs(store.engine, model_id=tiny_encoder.model_id, lease_s=0.3)
+    async with running_pipeline(
+        tiny_encoder, store, origins=host.origin, jobs=jobs, fetch_workers=2
+    ) as pipe:
+        await pipe.submit([ref(host, name, 960)])
+        await eventually(lambda: _is(max(jobs.claims.values(), default=0) >= 2), within=30)
+        host.hold.set()
+        await pipe.join()
+    assert host.hits[name] == 1
+    assert await store.count(guild_id=1) == 1

@@ -271,6 +271,10 @@ class IndexingPipeline:
                 # Expired links are refreshed together, off this loop; downloads wait for them.
                 self.signed_urls.prefetch(job.ref for job in claimed)
                 for job in claimed:
+                    # A job of ours whose lease ran out (its renewal failed) comes back with the
+                    # claim: it is on its way already, and the claim renewed its lease.
+                    if job.id in self._held:
+                        continue
                     self._held[job.id] = job
                     self._queued[job.id] = _FETCH
                     self._intake.put_nowait(job)
