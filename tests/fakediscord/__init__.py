@@ -45,6 +45,12 @@ Members acting
 - `fd.host_external_image(name, data, content_type) -> url`; `fd.image_embed(url, rich=False,
   proxied=True)` (`proxied=False`: no `proxy_url`). The external host shares the CDN's origin
   `fd.cdn_origin` (what a client is told media may come from), so it counts as Discord's.
+- Media proxy: an attachment's `proxy_url` (`/media/...`) and a preview's (`/external/...`)
+  answer `?width=&height=` (`format=webp|png|jpeg`, `quality=1..100|lossless`, `animated=true`)
+  with a resized copy, as `media.discordapp.net` does (see `media.py`: aspect kept, never
+  larger, 415 without dimensions, first frame unless the format animates). Each variant is
+  made once (`fd.cdn.variants.made`); `fd.cdn.resized` lists (path, size) per resized answer.
+  Animated images carry Discord's IS_ANIMATED flag (`1 << 5`) in attachments and embeds.
 - `await fd.invoke_slash(guild, channel, member, "find" | ("clipfind", "channels", "exclude"),
   {"query": "a red circle", "count": 3}) -> FakeInteraction`; option values may be
   str/int/float/bool, Member/User, Channel, Role, Attachment.
