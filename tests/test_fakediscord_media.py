@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,9 +12,7 @@ import yarl
 from PIL import Image
 
 from tests.fakediscord import Attachment, FakeDiscord
-from tests.test_fakediscord import catch_messages, client_with, fd, running, world  # noqa: F401
-
-__all__ = ["fd", "world"]  # fixtures shared with test_fakediscord
+from tests.test_fakediscord import fd, received, world  # noqa: F401
 
 
 def photo(size: tuple[int, int] = (640, 480), fmt: str = "JPEG", **save: Any) -> bytes:
@@ -50,20 +47,12 @@ def opened(data: bytes) -> Image.Image:
 async def posted(fd: FakeDiscord, world: Any) -> AsyncIterator[dict[str, Any]]:  # noqa: F811
     """The attachments of one message, as the discord.py client received them."""
     guild, mods, memes, alice = world
-    client = client_with()
-    inbox = catch_messages(client)
-    async with running(client, fd):
-        await fd.post_message(
-            memes,
-            alice,
-            "files",
-            attachments=[
-                Attachment("photo.jpg", photo()),
-                Attachment("notes.txt", b"not a picture", "text/plain"),
-                Attachment("dance.gif", animated_gif()),
-            ],
-        )
-        msg = await asyncio.wait_for(inbox.get(), 5)
+    files = [
+        Attachment("photo.jpg", photo()),
+        Attachment("notes.txt", b"not a picture", "text/plain"),
+        Attachment("dance.gif", animated_gif()),
+    ]
+    async with received(fd, memes, alice, "files", attachments=files) as msg:
         yield {a.filename: a for a in msg.attachments}
 
 

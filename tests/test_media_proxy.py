@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from retrieval.media_proxy import (
 from retrieval.origins import MediaOrigins
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.fakediscord.media import Resize, fitted
-from tests.test_fakediscord import catch_messages, client_with, fd, running, world  # noqa: F401
+from tests.test_fakediscord import fd, received, world  # noqa: F401
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -178,21 +178,14 @@ def photo(name: str, size: tuple[int, int]) -> bytes:
 
 
 @pytest.fixture
-async def photo_message(fd: FakeDiscord, world: Any) -> Any:  # noqa: F811
+async def photo_message(fd: FakeDiscord, world: Any) -> AsyncIterator[discord.Message]:  # noqa: F811
     guild, mods, memes, alice = world
-    client = client_with()
-    inbox = catch_messages(client)
-    async with running(client, fd):
-        await fd.post_message(
-            memes,
-            alice,
-            "photos",
-            attachments=[
-                Attachment("coffee.jpg", photo("coffee", (2400, 1600))),
-                Attachment("notes.txt", b"not a picture", "text/plain"),
-            ],
-        )
-        yield await asyncio.wait_for(inbox.get(), 5)
+    files = [
+        Attachment("coffee.jpg", photo("coffee", (2400, 1600))),
+        Attachment("notes.txt", b"not a picture", "text/plain"),
+    ]
+    async with received(fd, memes, alice, "photos", attachments=files) as msg:
+        yield msg
 
 
 async def test_a_planned_request_through_the_stand_in(
