@@ -53,6 +53,8 @@ async def open_indexing(
         pretrained=settings.clip_pretrained,
         device=settings.clip_device,
         precision=settings.clip_precision,
+        batch_size=settings.batch_size,
+        calibration_cache=settings.precision_cache(),
     )
     if loaded is not None:
         await loaded(encoder)
