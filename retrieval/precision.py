@@ -88,22 +88,23 @@ def time_batches(
     run: Callable[[str], object],
     *,
     precisions: Sequence[str],
-    batches: int = 2,
+    batches: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Seconds per batch of each precision: the best of `batches` runs each.
 
-    One warm-up batch each first, not counted (first calls allocate and pick kernels). The runs
-    alternate, a b b a a b..., so that load from elsewhere weighs on both alike; the best run
-    is what the machine can do when nothing else gets in the way. Never decided on one round:
-    a burst of load elsewhere during one run would decide it.
+    One warm-up batch each first, not counted (first calls allocate and pick kernels). Then the
+    precisions take turns, a b a b a b: the best run of each is what the machine does when
+    nothing else gets in the way, and a burst of load from elsewhere would have to last through
+    all of one precision's turns, spread over the whole measurement, to decide it. (With only
+    two turns each, or with a b b a, one burst of a second or two on a shared machine made the
+    slower precision win.)
     """
     for precision in precisions:
         run(precision)
     best = {precision: float("inf") for precision in precisions}
-    for round_ in range(batches):
-        order = precisions if round_ % 2 == 0 else list(reversed(precisions))
-        for precision in order:
+    for _ in range(batches):
+        for precision in precisions:
             started = clock()
             run(precision)
             best[precision] = min(best[precision], clock() - started)
@@ -189,7 +190,7 @@ def calibrate(
     cache: CalibrationCache,
     run: Callable[[str], object],
     precisions: Sequence[str] = ("fp32", "bf16"),
-    batches: int = 2,
+    batches: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Calibration:
     """The cached calibration for `key`, or a new one measured with `run` (and cached)."""
