@@ -8,7 +8,10 @@
     python -m benchmarks.indexing [--images 48] [--model ViT-B-32] [--mix mixed|photos]
                                   [--precision all|auto|fp32|bf16|fp16] [--device cpu|cuda]
 
-On a GPU (`--device cuda`) the seed way runs there too, and "all" compares fp32 with fp16.
+On a CPU "all" measures fp32, bf16 and auto (which times both at load and keeps the faster,
+retrieval/precision.py; whether it picks right is measured side by side by
+`python -m benchmarks.precision`). On a GPU (`--device cuda`) the seed way runs there too, and
+"all" compares fp32 with fp16.
 
     python -m benchmarks.indexing --baseline REV [--baseline REV2] [--rounds 3] [--precision auto]
 
@@ -251,7 +254,7 @@ def main() -> None:
         "--precision",
         choices=("all", "auto", "fp32", "bf16", "fp16"),
         default="all",
-        help="clipfind's encoder; 'all' measures fp32 and bf16 side by side",
+        help="clipfind's encoder; 'all' measures fp32, bf16 and auto side by side",
     )
     parser.add_argument(
         "--baseline",
@@ -285,12 +288,20 @@ def main() -> None:
     seed = seed_way(seed_model, preprocess, images, args.device)
     del seed_model
     print(f"1. seed way (fp32, one by one, full decode): {seed:6.2f} img/s")
-    low = "fp16" if args.device.startswith("cuda") else "bf16"
-    precisions = ["fp32", low] if args.precision == "all" else [args.precision]
+    cuda = args.device.startswith("cuda")
+    # On a CPU "all" adds "auto": which of the two it picks, and what that is worth.
+    all_of = ["fp32", "fp16"] if cuda else ["fp32", "bf16", "auto"]
+    precisions = all_of if args.precision == "all" else [args.precision]
     for precision in precisions:
+        started = time.perf_counter()
         encoder = Encoder.load(
             model=args.model, pretrained=None, device=args.device, precision=precision
         )
+        if encoder.calibration is not None:
+            print(
+                f"auto: {encoder.calibration.describe()}; loading took "
+                f"{time.perf_counter() - started:.1f} s with the calibration"
+            )
         rates = ceiling(encoder, max(len(images), 512 if encoder.device.type == "cuda" else 64))
         piped, lag_ms, cpu_ms = asyncio.run(
             pipeline_way(encoder, images, encoder.default_batch_size)

@@ -70,6 +70,8 @@ async def open_indexing(
         pretrained=settings.clip_pretrained,
         device=settings.clip_device,
         precision=settings.clip_precision,
+        batch_size=settings.batch_size,
+        calibration_cache=settings.precision_cache(),
     )
     log.info("loading the CLIP model %s (%s)", settings.clip_model, settings.clip_pretrained)
     encoder = await abandonable(load, name="clip-model-load")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from retrieval.errors import ConfigError
 from retrieval.indexing.jobs import RetryPolicy
 from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
+from retrieval.precision import CACHE_FILE as PRECISION_CACHE_FILE
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -48,8 +50,12 @@ class Settings(BaseSettings):
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "laion2b_s34b_b79k"
     clip_device: str = "auto"
-    # auto: fp16 on CUDA, bf16 on CPUs with native bf16 instructions, fp32 otherwise.
+    # auto: fp16 on CUDA; on CPUs with native bf16 instructions the faster of bf16 and fp32,
+    # measured at the first start and remembered in CACHE_DIR; fp32 otherwise.
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # What clipfind measured about this machine (the precision "auto" chose). None:
+    # $XDG_CACHE_HOME/clipfind, or ~/.cache/clipfind.
+    cache_dir: Path | None = None
 
     index_bot_messages: bool = False
     max_image_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
@@ -136,6 +142,12 @@ class Settings(BaseSettings):
             return value.strip() or None
         return value
 
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _cache_dir(cls, value: object) -> object:
+        # `CACHE_DIR=` in .env means the default, like an absent one.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("shard_count", mode="before")
     @classmethod
     def _shard_count(cls, value: object) -> object:
@@ -203,6 +215,14 @@ class Settings(BaseSettings):
     def shard_id_list(self) -> list[int] | None:
         """The shards this process runs; None: every shard of the count."""
         return parse_shard_ids(self.shard_ids) if self.shard_ids else None
+
+    def precision_cache(self) -> Path:
+        """The file where "auto" remembers which precision was faster on this machine."""
+        if self.cache_dir is not None:
+            return self.cache_dir / PRECISION_CACHE_FILE
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        base = Path(xdg) if xdg else Path.home() / ".cache"
+        return base / "clipfind" / PRECISION_CACHE_FILE
 
     def media_origins(self) -> MediaOrigins:
         return MediaOrigins.parse(self.discord_media_origins)

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +24,13 @@ import torch
 
 from retrieval.errors import ModelUnavailable
 from retrieval.images import PreprocessSpec
+from retrieval.precision import (
+    Calibration,
+    CalibrationCache,
+    CalibrationKey,
+    calibrate,
+    cpu_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +68,12 @@ def _cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp16 on CUDA, bf16 on CPUs that compute it natively, fp32 otherwise.
+    """fp16 on CUDA, bf16 on CPUs that compute it natively, fp32 otherwise: what "auto" starts
+    from. On a CPU with native bf16, `Encoder.load` then measures both and keeps the faster
+    (retrieval/precision.py): on one such machine bf16 was 2.2x faster, on another 38% slower.
 
-    On this project's 2-core AVX-512 BF16 CPU, bf16 encodes ViT-B-32 2.2x faster than fp32 with
-    embeddings at cosine >= 0.997 to fp32 ones, so vectors of both mix in one index (same id).
+    bf16 embeddings are within cosine 0.997 of fp32 ones, so vectors of both mix in one index
+    (same model id).
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -245,6 +254,43 @@ def _unit(features: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
 
+def _calibrated(
+    build: Callable[[str], Encoder], *, model_id: str, batch_size: int, cache: CalibrationCache
+) -> Encoder:
+    """The model in whichever of fp32 and bf16 encodes a batch faster on this machine.
+
+    Both are built only when there is no cached answer for this machine and model: a few
+    batches of random pixels each (real preprocessing is not needed to time the model).
+    """
+    cpu, flags = cpu_identity()
+    key = CalibrationKey(
+        cpu=cpu,
+        cpu_flags=flags,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        model_id=model_id,
+        batch_size=batch_size,
+    )
+    built: dict[str, Encoder] = {}
+    pixels: list[np.ndarray] = []
+
+    def run(precision: str) -> None:
+        if precision not in built:
+            built[precision] = build(precision)
+        if not pixels:
+            size = built[precision].spec.size
+            rng = np.random.default_rng(0)
+            pixels.append(rng.standard_normal((batch_size, 3, size, size), dtype=np.float32))
+        built[precision].encode_images(pixels[0])
+
+    calibration = calibrate(key=key, cache=cache, run=run)
+    encoder = built.pop(calibration.choice, None) or build(calibration.choice)
+    built.clear()  # the slower copy goes now, not at the next collection
+    encoder.calibration = calibration
+    log.info("CLIP_PRECISION=auto on %s: %s", cpu, calibration.describe())
+    return encoder
+
+
 class Encoder:
     """A loaded CLIP model. Not thread-safe: one thread owns it (see retrieval/encoding.py)."""
 
@@ -266,14 +312,26 @@ class Encoder:
         self.spec = PreprocessSpec.from_open_clip(open_clip.get_model_preprocess_cfg(model))
         self.dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
         self.default_batch_size = _BATCH_SIZE["cuda" if device.type == "cuda" else "cpu"]
+        self.calibration: Calibration | None = None  # how "auto" chose the precision, if it did
 
     @classmethod
     def load(
-        cls, *, model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"
+        cls,
+        *,
+        model: str,
+        pretrained: str | None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+        calibration_cache: Path | None = None,
     ) -> Encoder:
+        """``precision="auto"`` on a CPU with native bf16 times fp32 against bf16 at
+        ``batch_size`` (the device's default when None) and keeps the faster; the result is
+        remembered in ``calibration_cache`` (a JSON file; None: measured at every load)."""
         weights = locate_weights(model=model, pretrained=pretrained)
         name = weights.name
         dev = resolve_device(device)
+        measure = precision == "auto" and dev.type == "cpu" and _cpu_has_native_bf16()
         precision = resolve_precision(precision, dev)
         if weights.source == "hub":
             log.info(
@@ -284,13 +342,48 @@ class Encoder:
                 megabytes(weights.size),
             )
             _show_download_progress()
+        model_id = f"{name}/{weights.identity}"
+
+        def build(precision: str) -> Encoder:
+            return cls._build(
+                name=name, pretrained=pretrained, device=dev, model_id=model_id, precision=precision
+            )
+
+        if measure:
+            encoder = _calibrated(
+                build,
+                model_id=model_id,
+                batch_size=batch_size or _BATCH_SIZE["cpu"],
+                cache=CalibrationCache(calibration_cache),
+            )
+        else:
+            encoder = build(precision)
+        log.info(
+            "loaded CLIP model %s on %s (%s, dim %d)",
+            encoder.model_id,
+            dev,
+            encoder.precision,
+            encoder.dim,
+        )
+        return encoder
+
+    @classmethod
+    def _build(
+        cls,
+        *,
+        name: str,
+        pretrained: str | None,
+        device: torch.device,
+        model_id: str,
+        precision: str,
+    ) -> Encoder:
         if not pretrained:
             torch.manual_seed(0)  # random init stays the same across restarts, so its id holds
         try:
             clip, _, _ = open_clip.create_model_and_transforms(
                 name,
                 pretrained=pretrained,
-                device=dev,
+                device=device,
                 precision=precision,
             )
         except (RuntimeError, OSError) as exc:
@@ -301,19 +394,12 @@ class Encoder:
         encoder = cls(
             model=clip,
             tokenizer=open_clip.get_tokenizer(name),
-            device=dev,
-            model_id=f"{name}/{weights.identity}",
+            device=device,
+            model_id=model_id,
             precision=precision,
         )
         if not encoder.dim:
             encoder.dim = int(encoder.encode_texts(["probe"]).shape[1])
-        log.info(
-            "loaded CLIP model %s on %s (%s, dim %d)",
-            encoder.model_id,
-            dev,
-            precision,
-            encoder.dim,
-        )
         return encoder
 
     @torch.inference_mode()

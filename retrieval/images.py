@@ -161,6 +161,13 @@ def _header_size(kind: str, data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of PNG, JPEG, WebP or GIF bytes, without decoding; None
+    when the bytes are none of these or the header does not say."""
+    kind = sniff_image_type(data[:16])
+    return None if kind is None else _header_size(kind, data)
+
+
 def _gif_size(data: bytes) -> tuple[int, int]:
     # Pillow grows the canvas when the first frame reaches past the logical screen, so the frame
     # descriptor counts too.

@@ -14,6 +14,11 @@ from pathlib import Path
 
 # Set before anything imports huggingface_hub: tests never reach for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# What a bot started by the tests measures about the machine (the precision "auto" picks) is
+# kept for this run only, not in the user's ~/.cache.
+if "CACHE_DIR" not in os.environ:
+    os.environ["CACHE_DIR"] = tempfile.mkdtemp(prefix="clipfind-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402

@@ -174,3 +174,28 @@ async def test_a_discord_that_never_answers_stops_in_bounded_time(
     (line,) = critical_lines(caplog)
     assert line.startswith(f"cannot reach Discord at {base}: no answer in 0.5 s")
     assert model_loads == []
+
+
+async def test_auto_precision_is_measured_at_the_first_start_only(tmp_path, monkeypatch, caplog):
+    """On a CPU with native bf16 the bot times both precisions at its first start and keeps
+    the answer in CACHE_DIR, keyed by the batch size it runs; the next start reads it back."""
+    import json
+
+    import retrieval.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "_cpu_has_native_bf16", lambda: True)
+    caplog.set_level(logging.INFO, logger="retrieval.encoder")
+    cache = tmp_path / "cache"
+    async with FakeDiscord() as fd:
+        settings = bot_settings(fd, tmp_path, cache_dir=cache, batch_size=4)
+        assert settings.precision_cache() == cache / "precision.json"
+        async with running_bot(settings, fd) as bot:
+            first = bot.encoder.encoder.precision
+        (entry,) = json.loads((cache / "precision.json").read_text())["entries"].values()
+        assert entry["key"]["batch_size"] == 4 and entry["choice"] == first
+        assert entry["key"]["model_id"].startswith("tiny-clip/")
+        assert "measured now" in caplog.text
+        caplog.clear()
+        async with running_bot(settings, fd) as bot:
+            assert bot.encoder.encoder.precision == first
+        assert "cached" in caplog.text and "measured now" not in caplog.text

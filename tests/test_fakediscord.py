@@ -72,6 +72,19 @@ def catch_messages(client: discord.Client) -> asyncio.Queue[discord.Message]:
     return queue
 
 
+@contextlib.asynccontextmanager
+async def received(
+    fd: FakeDiscord, channel: Any, member: Any, content: str = "", **message: Any
+) -> AsyncIterator[discord.Message]:
+    """A message a member posts, as a plain discord.py client receives it (the client runs
+    until the block ends, so the message's REST calls still work)."""
+    client = client_with()
+    inbox = catch_messages(client)
+    async with running(client, fd):
+        await fd.post_message(channel, member, content, **message)
+        yield await asyncio.wait_for(inbox.get(), 5)
+
+
 async def test_login_ready_and_guild_cache(fd: FakeDiscord, world: Any) -> None:
     guild, mods, memes, alice = world
     thread = guild.add_thread(memes, "cats", members=[alice])

@@ -459,3 +459,25 @@ async def test_the_sweep_drops_indexes_left_by_a_purge_that_never_finished(postg
     async with postgres_engine.connect() as conn:
         assert await index_state(conn, LARGE, MODEL) is None
     await restarted.close()
+
+
+async def test_catch_up_leaves_the_background_keeper_alive(postgres_engine):
+    """`benchmarks/store.py`'s way to a guild's index. The keeper looked at the guild at its
+    first write (too small then) and looks again only after its recheck interval, so settle()
+    returns with no index yet; catch_up() builds it in the caller's task. The keeper's own
+    task, woken by catch_up's sweep, must find the work taken and wait, not die on an empty
+    queue (it did, and the store's close() raised its KeyError)."""
+    layout = Layout(min_rows=1000, drop_below=250, exact_max_rows=100, recheck_s=60)
+    x = clustered(1200, DIM, np.random.default_rng(15))
+    store = PgVectorStore(postgres_engine, layout=layout, sweep=False)
+    await store.upsert([record(i, v) for i, v in enumerate(x[:100])])
+    await store.upsert([record(i, v) for i, v in enumerate(x[100:], start=100)])
+    await store.indexes.settle()
+    async with postgres_engine.connect() as conn:
+        assert await index_state(conn, LARGE, MODEL) is None  # what the benchmark timed
+    assert await store.indexes.catch_up() == {"built": 1}
+    hits = await store.search(x[7], scope=SearchScope(LARGE, MODEL), k=10)
+    assert hits[0].image_key == 7
+    await store.indexes.settle()
+    assert not store.indexes._task.done(), store.indexes._task
+    await store.close()

@@ -237,6 +237,7 @@ class IndexKeeper:
                 self.idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+                continue  # looked at again: catch_up() may have taken the work meanwhile
             if self._unwanted:
                 pattern = self._unwanted.pop()
                 with _logged(f"dropping the HNSW indexes named {pattern}"):

@@ -47,6 +47,12 @@ Members acting
   `fd.cdn_origin` (what a client is told media may come from), so it counts as Discord's.
   `fd.rehost_external_image(url, data, content_type)`: the site swaps its picture; an embed's
   `proxy_url` keeps serving the copy made when it was unfurled.
+- Media proxy: an attachment's `proxy_url` (`/media/...`) and a preview's (`/external/...`)
+  answer `?width=&height=` (`format=webp|png|jpeg`, `quality=1..100|lossless`, `animated=true`)
+  with a resized copy, as `media.discordapp.net` does (see `media.py`: aspect kept, never
+  larger, 415 without dimensions, first frame unless the format animates). Each variant is
+  made once (`fd.cdn.variants.made`); `fd.cdn.resized` lists (path, size) per resized answer.
+  Animated images carry Discord's IS_ANIMATED flag (`1 << 5`) in attachments and embeds.
 - `await fd.invoke_slash(guild, channel, member, "find" | ("clipfind", "channels", "exclude"),
   {"query": "a red circle", "count": 3}) -> FakeInteraction`; option values may be
   str/int/float/bool, Member/User, Channel, Role, Attachment.

@@ -5,6 +5,8 @@ Attachment URLs look like Discord's:
 A URL stops working when `ex` has passed (by the stand-in's clock), when
 `expire_attachment_links()` rotated the signing generation, or when the message was deleted;
 the answer is then 404 "This content is no longer available.", as Discord gives.
+Under `/media/` (an attachment's `proxy_url`) and `/external/` (a link preview's) the media
+proxy also answers `?width=&height=&format=&quality=` with resized copies (media.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
+from .media import BadResize, Resize, Variants, is_animated
 from .models import Attachment, StoredAttachment
 
 if TYPE_CHECKING:
@@ -84,6 +87,9 @@ class Cdn:
         self.hit_times: list[float] = []  # time.monotonic() of each of `hits`
         self.outage: Outage | None = None
         self.closing = asyncio.Event()
+        self.variants = Variants()
+        # (path, (width, height)) of every resized copy the media proxy answered
+        self.resized: list[tuple[str, tuple[int, int]]] = []
 
     # -- attachments -------------------------------------------------------------------
 
@@ -108,6 +114,7 @@ class Cdn:
             upload.description,
             self,
             ephemeral,
+            animated=width is not None and is_animated(upload.data),
         )
         self.files[(channel_id, att.id)] = att
         return att
@@ -214,7 +221,11 @@ class Cdn:
         att = self.files.get((int(m["channel"]), int(m["id"])))
         if att is None or unquote(m["filename"]) != att.filename or not self._valid(request):
             return self._gone(request)
-        return await self._serve(request, att.data, att.content_type or "application/octet-stream")
+        content_type = att.content_type or "application/octet-stream"
+        if not request.path.startswith("/media/"):
+            return await self._serve(request, att.data, content_type)
+        # The media proxy serves only what has dimensions (images and videos).
+        return await self._proxy(request, att.data, content_type, image=att.width is not None)
 
     def _valid(self, request: web.Request) -> bool:
         q = request.query
@@ -251,7 +262,34 @@ class Cdn:
         if found is None:
             return self._gone(request)
         # Faults set on the original URL apply to its proxy too.
-        return await self._serve(request, *found, path=target)
+        data, content_type = found
+        return await self._proxy(
+            request, data, content_type, image=probe_image(data)[1] is not None, path=target
+        )
+
+    async def _proxy(
+        self,
+        request: web.Request,
+        data: bytes,
+        content_type: str,
+        *,
+        image: bool,
+        path: str | None = None,
+    ) -> web.StreamResponse:
+        """The media proxy's answer: the bytes, a resized copy, or its refusals."""
+        path = path or _canonical(request.path)
+        if not image:
+            self._hit(path, 415)
+            return web.Response(status=415, text="Unsupported Media Type")
+        try:
+            resize = Resize.from_query(request.query)
+        except BadResize as exc:
+            self._hit(path, 400)
+            return web.Response(status=400, text=str(exc))
+        if resize is not None:
+            data, content_type, size = await self.variants.get(path, data, resize)
+            self.resized.append((path, size))
+        return await self._serve(request, data, content_type, path=path)
 
     async def _serve(
         self, request: web.Request, data: bytes, content_type: str, path: str | None = None

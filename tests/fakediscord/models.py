@@ -92,6 +92,7 @@ class StoredAttachment:
     description: str | None
     cdn: Cdn = field(repr=False)
     ephemeral: bool = False
+    animated: bool = False  # more than one frame: Discord's IS_ANIMATED attachment flag
 
     @property
     def size(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .ids import iso, snowflake_seconds
+from .media import IS_ANIMATED
 from .models import (
     CATEGORY,
     STAGE,
@@ -283,7 +284,7 @@ def attachment(a: StoredAttachment) -> dict[str, Any]:
         "url": url,
         "proxy_url": a.cdn.proxy_url(url),
         "content_type": a.content_type,
-        "flags": 0,
+        "flags": IS_ANIMATED if a.animated else 0,
     }
     if a.width is not None:
         data.update(

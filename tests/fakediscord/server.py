@@ -36,6 +36,7 @@ from .gateway import (
 from .ids import Clock, Snowflakes
 from .interactions import FakeInteraction
 from .lifecycle import Lifecycle
+from .media import IS_ANIMATED, is_animated
 from .messages import EPHEMERAL, Upload, read_body
 from .models import Channel, Guild, Message, User
 from .permissions import DEFAULT_BOT, bits, can_view
@@ -356,11 +357,18 @@ class FakeDiscord(Lifecycle, MemberActions):
         leaves it out, as for a picture Discord holds no copy of.
         """
         width = height = None
+        flags = 0
         path = url[len(self.base_url) :] if url.startswith(self.base_url) else None
         hosted = self.cdn.external.get(unquote(path)) if path else None
         if hosted is not None:
             _, width, height = probe_image(hosted[0])
-        media: dict[str, Any] = {"url": url, "width": width or 0, "height": height or 0, "flags": 0}
+            flags = IS_ANIMATED if is_animated(hosted[0]) else 0
+        media: dict[str, Any] = {
+            "url": url,
+            "width": width or 0,
+            "height": height or 0,
+            "flags": flags,
+        }
         if proxied:
             media["proxy_url"] = self.cdn.external_proxy_url(url)
         if rich:
