@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -38,7 +38,9 @@ def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0)
         "pool_timeout": pool_timeout_s,
     }
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        # Parsed, not split: a rendered `file:` URI reads `file%3A...`, which a split would
+        # take for a relative folder and create in the working directory.
+        path = make_url(url).database or ""
         # A `file:` URI names a file that must exist already (see retrieval/dbfile.py).
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
