@@ -8,8 +8,9 @@ with `/find`, opt out and back in; a share of the posts are hostile inputs (a NU
 or a link, a lone surrogate, a 10 kB file name, a corrupt picture, a link with port 99999).
 PostgreSQL is stopped and started again every few minutes (a fast stop and a crash in turn),
 and while it is down members make one of each change (an attachment edited out, a preview
-hidden, an attachment added, a deletion, posts); one of the workers is killed with SIGKILL now
-and then and started again (the other lives throughout, for its memory figures).
+hidden, an attachment added, a deletion, posts, an opt-out or opt-in); one of the workers is
+killed with SIGKILL now and then and started again (the other lives throughout, for its memory
+figures).
 
 At the end, once the queue has drained: every good picture still on the stand-in, not deleted
 and not by an opted-out member, is stored and found by a search for its own vector (lost: 0);
@@ -93,7 +94,7 @@ async def soak(options: Options) -> Report:
 async def _run(options: Options, report: Report, world: World, cluster: Cluster, engine) -> None:
     load = report.load = Load(world, rate=options.rate, hostile=options.hostile, seed=options.seed)
     stop = asyncio.Event()
-    started = time.monotonic()
+    started = report.started = time.monotonic()
     watching = asyncio.create_task(_watch(cluster, engine, report, every_s=options.sample_s))
     chaos = [
         asyncio.create_task(_postgres_restarts(cluster, load, options, stop)),
