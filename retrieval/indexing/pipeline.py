@@ -251,6 +251,10 @@ class IndexingPipeline:
         looked = float("-inf")  # the table may hold rows already (a previous run's)
         while True:
             room = self.window - len(self._held)
+            if not self._takers_run():
+                # What it claimed would sit out its lease here (a claim renews it) while another
+                # consumer could take it: no work is asked for until they run again.
+                room = 0
             # Rows come due unannounced (retries, leases of a consumer that died): once a poll
             # interval has passed, any room is worth a look, however often the feeder was woken.
             polled = time.monotonic() - looked >= _FEED_POLL_S
@@ -305,6 +309,10 @@ class IndexingPipeline:
         consumer takes them."""
         alive = {name: self.supervisor.running(name) for name in (_FETCH, _BATCH)}
         return [i for i in self._held if alive.get(self._queued.get(i, ""), True)]
+
+    def _takers_run(self) -> bool:
+        """Whether the tasks that take the window's jobs run (none waits to be started again)."""
+        return all(self.supervisor.running(name) for name in (_FETCH, _BATCH))
 
     async def _claim(self, room: int) -> list[Job]:
         if self._switched is not None:  # whatever it encoded could not be stored
