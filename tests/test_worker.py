@@ -169,7 +169,12 @@ async def test_a_worker_waits_for_its_database_then_stores_each_queued_image_onc
             queue = JobQueue(engine, model_id=tiny_encoder.model_id)
             await queue.enqueue([image_ref(i, u) for i, u in enumerate(urls)])
 
-            await eventually(lambda: _is(jobs(engine), 0), within=90)
+            try:
+                await eventually(lambda: _is(jobs(engine), 0), within=90)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"queue not drained; the worker's log:\n{worker.log()}"
+                ) from exc
             stored = await stored_per_image(engine)
             assert sorted(stored) == [(1_000 + i, i) for i in range(30)]
             assert set(stored.values()) == {1}
