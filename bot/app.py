@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import discord
 
 from bot.client import ClipfindBot
-from bot.signed_urls import rest_refresher
+from bot.link_refresh import rest_refresher
 from bot.startup import (
     INTENT_REFUSED,
     SHARD_REFUSED,
@@ -21,15 +21,19 @@ from bot.startup import (
     check_with_discord,
     token_of,
 )
-from retrieval.assembly import open_indexing
 from retrieval.config import Settings
-from retrieval.db import close_engine, create_engine, ensure_schema
-from retrieval.dbfile import DatabaseFile, check_sole_process, sole_process
+from retrieval.database import (
+    DatabaseFile,
+    check_sole_process,
+    close_engine,
+    create_engine,
+    ensure_schema,
+    sole_process,
+)
 from retrieval.errors import ConfigError
-from retrieval.operating import operator_view
+from retrieval.indexing import adopt_model
 from retrieval.policy import IndexPolicy
-from retrieval.reindex import adopt_model
-from retrieval.signals import Stop, stoppable
+from retrieval.runtime import Stop, open_indexing, operator_view, stoppable
 from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)

@@ -18,17 +18,15 @@ from discord.ext import commands
 from bot.errors import on_app_command_error
 from bot.identify import IdentifyGate
 from bot.startup import invite_url
-from retrieval.locks import Purpose, held, is_shared
-from retrieval.state import get_state, set_state
+from retrieval.database import Purpose, get_state, held, is_shared, set_state
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from retrieval.backfill import BackfillProgress
     from retrieval.config import Settings
-    from retrieval.dbfile import DatabaseFile
+    from retrieval.database import DatabaseFile
     from retrieval.encoding import EncoderService
-    from retrieval.indexing import IndexingPipeline
+    from retrieval.indexing import BackfillProgress, IndexingPipeline
     from retrieval.policy import IndexPolicy
     from retrieval.store import VectorStore
     from retrieval.supervisor import Supervisor
@@ -36,12 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (
-    "bot.cogs.indexing",
+    "bot.cogs.live",
     "bot.cogs.search",
     "bot.cogs.backfill",
     "bot.cogs.lifecycle",
     "bot.cogs.privacy",
-    "bot.cogs.policy",
+    "bot.cogs.upkeep",
     "bot.cogs.admin",
 )
 _COMMANDS_HASH = "commands_hash"
@@ -101,14 +99,16 @@ class ClipfindBot(commands.AutoShardedBot):
         self.supervisor = supervisor
         # Set by the backfill cog while it runs; read by the status command.
         self.backfill_progress: BackfillProgress | None = None
-        # Rows per other model left from before a model switch (see retrieval/reindex.py).
+        # Rows per other model left from before a model switch (see
+        # retrieval/indexing/model_switch.py).
         self.reindexing: dict[str, int] = {}
         # What `python -m bot` exits with once the bot stops; set by whatever stopped it.
         self.exit_status = 0
 
     async def confirm_saved(self) -> None:
         """Before telling someone a change is done: raise DatabaseLost if it was written into a
-        SQLite file deleted or replaced under the running bot (see retrieval/dbfile.py)."""
+        SQLite file deleted or replaced under the running bot (see
+        retrieval/database/sqlite_file.py)."""
         if self._database is not None:
             await self._database.confirm()
 

@@ -1,8 +1,8 @@
 """Discord messages → ImageRefs: which attachments and embeds are images worth indexing.
 
 Everything here comes from members (file names, links), so every ref is cleaned before it goes
-anywhere (retrieval/inputs.py), and reading a message never fails on what a member wrote: a link
-that does not parse still makes a ref, which the jobs queue counts as failed (``invalid_url``).
+anywhere (retrieval/indexing/inputs.py), and reading a message never fails on what a member wrote: a
+link that does not parse still makes a ref, which the jobs queue counts as failed (``invalid_url``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import posixpath
 import discord
 import yarl
 
-from retrieval.indexing import ImageRef
-from retrieval.inputs import clean_ref
-from retrieval.models import UNKNOWN_PARENT
+from retrieval.database import UNKNOWN_PARENT
+from retrieval.indexing import ImageRef, clean_ref
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}

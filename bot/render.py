@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import discord
 
 from retrieval.errors import FetchError
-from retrieval.images import ImageError, ImageTooLarge, NotAnImage
+from retrieval.pictures import ImageError, ImageTooLarge, NotAnImage
 from retrieval.search import BadQuery, ResultGroup
 from retrieval.store import SearchHit
 

@@ -9,13 +9,12 @@ import discord
 
 from bot.ownership import ownership
 from bot.sight import listed, unreadable_channels
-from retrieval.cluster import read_figures
-from retrieval.operating import age, counted
+from retrieval.runtime import age, counted, read_figures
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
-    from retrieval.cluster import ClusterFigures
     from retrieval.indexing import Backlog
+    from retrieval.runtime import ClusterFigures
 
 UNREADABLE_SHOWN = 25  # mentions with a reason are ~45 characters; a message holds 2,000
 CONSUMERS_SHOWN = 8  # one is ~90 characters

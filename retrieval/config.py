@@ -10,10 +10,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrieval.encoding.precision import CACHE_FILE as PRECISION_CACHE_FILE
 from retrieval.errors import ConfigError
 from retrieval.indexing.jobs import RetryPolicy
-from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
-from retrieval.precision import CACHE_FILE as PRECISION_CACHE_FILE
+from retrieval.pictures.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
     fetch_per_host: int = Field(default=4, ge=1, le=64)
     fetch_retries: int = Field(default=3, ge=0, le=10)
-    # None picks a size measured for the device (see retrieval/encoder.py).
+    # None picks a size measured for the device (see retrieval/encoding/clip.py).
     batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_deadline_ms: int = Field(default=50, ge=0, le=10_000)
     queue_size: int = Field(default=256, ge=1)
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # servers make way and are loaded again when searched.
     matrix_memory_mb: float = Field(default=DEFAULT_MATRIX_MEMORY_MB, gt=0)
 
-    # --- Operator view (retrieval/operating.py) ---
+    # --- Operator view (retrieval/runtime/operating.py) ---
     # Serve Prometheus figures on http://METRICS_ADDR:METRICS_PORT/metrics; None: no server.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_addr: str = "0.0.0.0"
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         return self
 
     def engine_options(self) -> dict[str, float]:
-        """The connection pool's limits, for `retrieval.db.create_engine`."""
+        """The connection pool's limits, for `retrieval.database.engine.create_engine`."""
         return {
             "pool_max": self.database_pool_max,
             "pool_timeout_s": self.database_pool_timeout_s,

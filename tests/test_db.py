@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from retrieval.db import UPGRADE_HINT, create_engine, current_revision, ensure_schema
+from retrieval.database.engine import UPGRADE_HINT, create_engine, current_revision, ensure_schema
 from retrieval.errors import SchemaError
 
 
@@ -42,12 +42,12 @@ async def test_foreign_tables_without_a_version_are_refused(engine):
 
 
 async def test_behind_schema_names_the_upgrade_command(engine, monkeypatch):
-    import retrieval.db
+    import retrieval.database.engine
 
     await ensure_schema(engine)
     current = await current_revision(engine)
     # Pretend the code moved on by one revision: the stored one is then behind.
-    monkeypatch.setattr(retrieval.db, "_head", lambda url: "9999_next")
+    monkeypatch.setattr(retrieval.database.engine, "_head", lambda url: "9999_next")
     with pytest.raises(SchemaError, match=UPGRADE_HINT) as info:
         await ensure_schema(engine)
     assert current in str(info.value)
@@ -76,7 +76,7 @@ async def _differences(engine) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from retrieval.models import Base
+    from retrieval.database.tables import Base
 
     async with engine.connect() as conn:
         return await conn.run_sync(

@@ -8,9 +8,9 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from bot.cogs.backfill import PAGE, PAGES_PER_TURN
-from retrieval.backfill import BackfillCursors
-from retrieval.db import create_engine, ensure_schema
-from retrieval.policy import IndexPolicy
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.indexing.cursors import BackfillCursors
+from retrieval.policy.index_policy import IndexPolicy
 from tests.e2e import backfilled, bot_settings, eventually, running_bot, settled
 from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
 from tests.search_helpers import picture, result_ids

@@ -9,8 +9,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from bot import refs as message_refs
-from retrieval.backfill import BackfillCursors
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.indexing.cursors import BackfillCursors
 from tests.e2e import backfilled, bot_settings, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.refusing import refuse_rows

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from retrieval.db import create_engine
-from retrieval.models import IndexConsumer
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexConsumer
 from tests.e2e import bot_settings, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.search_helpers import picture

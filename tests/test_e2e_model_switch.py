@@ -9,8 +9,8 @@ import logging
 
 from sqlalchemy import func, select
 
-from retrieval.assembly import open_indexing
-from retrieval.models import IndexJob
+from retrieval.database.tables import IndexJob
+from retrieval.runtime.services import open_indexing
 from tests.e2e import backfilled, bot_settings, eventually, running_bot
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids

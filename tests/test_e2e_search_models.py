@@ -13,8 +13,8 @@ import pytest
 
 from bot.render import HELP
 from retrieval.config import load_settings
-from retrieval.db import create_engine, ensure_schema
-from retrieval.encoder import Encoder
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.encoding.clip import Encoder
 from retrieval.errors import ModelUnavailable
 from retrieval.store import ImageRecord, open_store
 from tests.e2e import backfilled, bot_settings, running_bot, settled
@@ -58,7 +58,7 @@ async def test_vectors_of_another_model_are_never_searched_and_go_once_re_read(t
         finally:
             await engine.dispose()
 
-        caplog.set_level(logging.WARNING, logger="retrieval.reindex")
+        caplog.set_level(logging.WARNING, logger="retrieval.indexing.model_switch")
         async with running_bot(settings, fd) as bot:
             warned = [r.getMessage() for r in caplog.records if "re-indexing" in r.getMessage()]
             assert len(warned) == 1 and f"1 from {MULTILINGUAL_ID}" in warned[0]

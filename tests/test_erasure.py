@@ -75,7 +75,7 @@ async def test_with_nothing_on_its_way_a_deletion_runs_once():
 
 
 async def test_patient_erase_waits_out_a_database_outage(monkeypatch):
-    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
     eraser = Eraser(pipeline())
     outcomes = iter([StoreUnavailable("down"), StoreUnavailable("down"), 3, 0])
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from retrieval.encoding import EncoderService
-from retrieval.fetch import Fetcher
+from retrieval.encoding.service import EncoderService
 from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue, RetryPolicy
-from retrieval.origins import MediaOrigins
-from retrieval.policy import IndexPolicy
+from retrieval.pictures.fetch import Fetcher
+from retrieval.pictures.origins import MediaOrigins
+from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import SearchScope
 from tests.e2e import eventually
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
@@ -381,7 +381,7 @@ class _FlakyStore:
 
 
 async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
-    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
     pipeline.store = _FlakyStore(store, outages=3)
     for i in range(5):
         host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import event, text
 
 from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import SearchScope, open_store
-from retrieval.thread_parents import ThreadParents
 from tests.plans import nodes as plan_nodes
 from tests.plans import plan_of
 from tests.records import MODEL

@@ -5,8 +5,8 @@ every thread in the first three (active and archived), is read in pages of 100; 
 through the same checks as a live one into the same pipeline, which skips images it already has.
 Channels take turns of a few pages, so every channel's recent history is indexed before anyone's
 distant past. A page's images are rows in the jobs table before the channel's cursor
-(`retrieval/backfill.py`) moves past them: a restart re-reads at most a turn of each channel and
-never skips a message.
+(`retrieval/indexing/cursors.py`) moves past them: a restart re-reads at most a turn of each channel
+and never skips a message.
 
 Only the servers of this process's shards are read (`bot/ownership.py`): those are the servers
 its gateway connection lists and sends events of, which is all this cog goes by.
@@ -25,10 +25,16 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.cogs.indexing import wanted
+from bot.cogs.live import wanted
 from bot.refs import image_refs
-from retrieval.backfill import BackfillCursors, BackfillProgress, Cursor, snowflake_at
-from retrieval.indexing import HISTORY, ImageRef
+from retrieval.indexing import (
+    HISTORY,
+    BackfillCursors,
+    BackfillProgress,
+    Cursor,
+    ImageRef,
+    snowflake_at,
+)
 from retrieval.supervisor import settle
 
 if TYPE_CHECKING:

@@ -29,13 +29,11 @@ from bot.erasure import Eraser
 from bot.ownership import ownership
 from bot.refs import image_refs
 from bot.threads import parents, survey
-from retrieval.backfill import BackfillCursors
-from retrieval.clock import database_now
-from retrieval.departures import Departures
+from retrieval.database import database_now, get_state, set_state
 from retrieval.errors import StoreUnavailable
-from retrieval.state import get_state, set_state
+from retrieval.indexing import BackfillCursors
+from retrieval.policy import Departures, ThreadParents
 from retrieval.supervisor import settle
-from retrieval.thread_parents import ThreadParents
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot

@@ -14,7 +14,7 @@ from bot.refs import image_refs
 from bot.render import query_problem, quoted, results_message
 from bot.views import ResultsView
 from retrieval.errors import FetchError
-from retrieval.images import ImageError
+from retrieval.pictures import ImageError
 from retrieval.search import (
     BadQuery,
     Question,

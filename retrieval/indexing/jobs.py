@@ -10,7 +10,7 @@ their rows in the same transaction as their vectors (the stores do both).
 
 Claims are leases: a consumer that dies just lets them run out, and on PostgreSQL several
 consumers claim side by side with ``FOR UPDATE SKIP LOCKED``. Leases, retry times and queue ages
-are the database's clock (`retrieval/clock.py`), whichever process writes or reads them.
+are the database's clock (`retrieval/database/clock.py`), whichever process writes or reads them.
 Enqueueing is guarded like a store write (`retrieval/store/allowed.py`), and skips images the
 current model has already encoded.
 """
@@ -29,10 +29,10 @@ from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retrieval.clock import db_now
-from retrieval.inputs import clean_ref, clean_text, ref_problem, valid_id
-from retrieval.models import IndexedImage, IndexFailure, IndexJob
-from retrieval.refusals import isolating, refusal_reason
+from retrieval.database.clock import db_now
+from retrieval.database.refusals import isolating, refusal_reason
+from retrieval.database.tables import IndexedImage, IndexFailure, IndexJob
+from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem, valid_id
 from retrieval.store.allowed import known_parent, permitted
 from retrieval.store.reads import as_utc, database_errors
 
@@ -140,9 +140,10 @@ class JobQueue:
         database refuses a row. Those already queued, already encoded by the current model, or
         refused by the policy tables are left out by the statement itself.
 
-        Text is cleaned first (retrieval/inputs.py). An image that cannot be stored as it is
-        (an id out of range, a link that does not parse), or whose row the database refuses
-        (retrieval/refusals.py), is counted as failed for good, and the others are queued."""
+        Text is cleaned first (retrieval/indexing/inputs.py). An image that cannot be stored as it
+        is (an id out of range, a link that does not parse), or whose row the database refuses
+        (retrieval/database/refusals.py), is counted as failed for good, and the others are
+        queued."""
         if not refs:
             return
         priorities = [priority] * len(refs) if isinstance(priority, int) else list(priority)
@@ -166,7 +167,7 @@ class JobQueue:
             await conn.execute(self._insert, [values for _, values in rows])
             if conn.dialect.name == "postgresql":
                 # Sent at commit: consumers in other processes look at once, not at their next
-                # poll (see retrieval/worker.py).
+                # poll (see bot/worker.py).
                 await conn.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
 
     async def _count_not_queued(self, failed: Sequence[tuple[ImageRef, str, str]]) -> None:

@@ -25,19 +25,25 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from retrieval.encoding import EncoderService
+from retrieval.backoff import patiently
+from retrieval.database.refusals import isolating, refusal_reason
+from retrieval.encoding.service import EncoderService
 from retrieval.errors import ClipfindError, FetchError, ModelSwitched, StoreUnavailable
-from retrieval.fetch import Fetcher
-from retrieval.images import ImageError, NotAnImage, PreprocessSpec, prepare, sniff_image_type
 from retrieval.indexing.arrivals import Arrivals
+from retrieval.indexing.inputs import NON_FINITE, finite
 from retrieval.indexing.jobs import LIVE, ImageRef, Job, JobQueue
 from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import RefreshUrls, SignedUrls
 from retrieval.indexing.submit import Submissions
 from retrieval.indexing.waves import RetryWaves
-from retrieval.inputs import NON_FINITE, finite
-from retrieval.patience import patiently
-from retrieval.refusals import isolating, refusal_reason
+from retrieval.pictures.fetch import Fetcher
+from retrieval.pictures.images import (
+    ImageError,
+    NotAnImage,
+    PreprocessSpec,
+    prepare,
+    sniff_image_type,
+)
 from retrieval.store.base import ImageRecord, VectorStore
 from retrieval.supervisor import Supervisor, settle
 
@@ -549,9 +555,9 @@ class IndexingPipeline:
         database took (not those whose job was deleted meanwhile, nor what its policy forbids).
 
         A vector that is not finite is failed for good before the write, and a row the database
-        refuses is found by splitting the batch (retrieval/refusals.py) and failed for good: the
-        rest is stored. When the index is built with another model by now, nothing is stored
-        and the jobs go back to the queue."""
+        refuses is found by splitting the batch (retrieval/database/refusals.py) and failed for
+        good: the rest is stored. When the index is built with another model by now, nothing is
+        stored and the jobs go back to the queue."""
         pairs = []
         for record, job in zip(records, jobs, strict=True):
             if finite(record.embedding):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Sequence
 from sqlalchemy import ColumnElement, Executable, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.models import IndexedImage, IndexJob
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.shards import Shards
 from retrieval.store import authors
 from retrieval.store.allowed import forbidden

@@ -47,9 +47,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
-from retrieval.citus import CITUS_VERSION
+from retrieval.database.citus import CITUS_VERSION
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.errors import StoreUnavailable
-from retrieval.models import IndexedImage, IndexJob
 from retrieval.store import authors
 from retrieval.store.allowed import (
     KEY,

@@ -26,8 +26,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from retrieval.database.tables import IndexedImage
 from retrieval.errors import StoreUnavailable
-from retrieval.models import IndexedImage
 from retrieval.store import authors
 from retrieval.store.base import SearchHit
 from retrieval.store.deletes import routed

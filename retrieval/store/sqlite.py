@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.types import NullType
 
-from retrieval.models import IndexedImage, IndexJob
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.store import authors
 from retrieval.store.allowed import (
     check_model,

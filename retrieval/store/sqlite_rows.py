@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert
 
-from retrieval.models import IndexedImage
+from retrieval.database.tables import IndexedImage
 from retrieval.store.allowed import KEY, RECORD_COLUMNS, guarded_rows
 from retrieval.store.base import ImageRecord
 from retrieval.store.reads import as_utc

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from retrieval.models import BackfillCursor
+from retrieval.database.tables import BackfillCursor
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.errors import CitusUnavailable, DistributionRefused
+from retrieval.errors import CitusUnavailable, ClipfindError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,18 @@ class Distribution:
     local: list[str] = field(default_factory=list)  # coordinator tables now in Citus's metadata
     # Tables that already were as wanted (a second run changes nothing).
     unchanged: list[str] = field(default_factory=list)
+
+
+class DistributionRefused(ClipfindError):
+    """Citus refused to distribute some tables; the others are distributed already."""
+
+    reason = "citus_refused"
+
+    def __init__(self, refused: dict[str, str], *, done: Distribution) -> None:
+        self.refused = refused
+        self.done = done
+        lines = "; ".join(f"{table}: {why}" for table, why in refused.items())
+        super().__init__(f"Citus refused to distribute {len(refused)} table(s): {lines}")
 
 
 def plan() -> dict[str, str]:

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from retrieval.db import CLOSE_S
-from retrieval.encoder import Encoder
-from retrieval.encoding import EncoderService
-from retrieval.fetch import Fetcher
+from retrieval.database.engine import CLOSE_S
+from retrieval.encoding.service import EncoderService
 from retrieval.indexing import IndexingPipeline, JobQueue
 from retrieval.indexing.signed_urls import RefreshUrls
-from retrieval.signals import abandonable
+from retrieval.pictures.fetch import Fetcher
+from retrieval.runtime.signals import abandonable
 from retrieval.store import VectorStore, open_store
 from retrieval.supervisor import Supervisor
 
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from retrieval.config import Settings
+    from retrieval.encoding.clip import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ async def open_indexing(
     exchanges expired attachment links (Discord's, passed in by the caller). The pipeline's
     and the store's tasks run under ``supervisor`` (the process's).
     """
+    from retrieval.encoding.clip import Encoder  # torch: only where a model is opened
+
     load = functools.partial(
         Encoder.load,
         model=settings.clip_model,

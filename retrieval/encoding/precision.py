@@ -3,7 +3,7 @@
 A CPU flag says whether bf16 is native, not whether it is faster. On CPUs of one kind (AVX-512
 BF16, no AMX) bf16 encoded ViT-B-32 2.2x faster than fp32 on one machine and 38% slower on
 another. So on a CPU with native bf16, `CLIP_PRECISION=auto` times a few batches of each at
-start (retrieval/encoder.py runs them) and keeps the faster; the answer is stored in a small
+start (retrieval/encoding/clip.py runs them) and keeps the faster; the answer is stored in a small
 JSON file under the cache directory, keyed by what decides it (CPU model and flags, threads,
 torch version, model, batch size), so later starts of the same setup skip the measurement.
 

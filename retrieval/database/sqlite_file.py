@@ -31,8 +31,8 @@ from urllib.parse import quote
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from retrieval.database.state import get_state, set_state
 from retrieval.errors import DatabaseInUse, DatabaseLost
-from retrieval.state import get_state, set_state
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,16 @@ from retrieval.errors import SchemaError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations() -> Path:
+    """The Alembic history: the copy a wheel carries inside the package (`setup.py` maps the
+    checkout's top-level migrations/ there at build time), else the checkout's own."""
+    package = Path(__file__).resolve().parent.parent  # retrieval/
+    shipped = package / "migrations"
+    return shipped if shipped.is_dir() else package.parent / "migrations"
+
+
+MIGRATIONS = _migrations()
 UPGRADE_HINT = "python -m bot db upgrade"
 
 
@@ -39,7 +48,8 @@ def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0)
     }
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
-        # A `file:` URI names a file that must exist already (see retrieval/dbfile.py).
+        # A `file:` URI names a file that must exist already (see
+        # retrieval/database/sqlite_file.py).
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         if not path or path == ":memory:":

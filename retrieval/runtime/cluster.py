@@ -4,8 +4,8 @@ encodes images, with its throughput.
 Each consumer (a bot process that encodes, an encoder worker) reports itself every ~15 s in
 ``index_consumers`` (`ConsumerReport`); a row not seen for ``STALE_S`` is a process that died: it
 is left out of the figures and deleted by the next report. "Seen" and "waiting since" are the
-database's clock (`retrieval/clock.py`): a process whose own clock is ahead must not take the
-others for dead. `read_figures` reads everything in one transaction, from the jobs table's
+database's clock (`retrieval/database/clock.py`): a process whose own clock is ahead must not take
+the others for dead. `read_figures` reads everything in one transaction, from the jobs table's
 ``ix_index_jobs_age`` index and two small tables, so it stays cheap however large the backlog.
 """
 
@@ -23,8 +23,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.clock import moment
-from retrieval.models import IndexConsumer, IndexFailure, IndexJob
+from retrieval.database.clock import moment
+from retrieval.database.tables import IndexConsumer, IndexFailure, IndexJob
 from retrieval.store.reads import as_utc, database_errors
 
 # A consumer reports every ~15 s; one silent this long has died (or lost the database).

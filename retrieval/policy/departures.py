@@ -2,7 +2,7 @@
 
 A row is written when the bot leaves and removed when it is re-added or the purge is done, so a
 purge that fell due while the bot was down still happens at the next start. The time is the
-database's (`retrieval/clock.py`): the process that purges may not be the one that noticed.
+database's (`retrieval/database/clock.py`): the process that purges may not be the one that noticed.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from retrieval.clock import moment
-from retrieval.models import BackfillCursor, GuildDeparture
-from retrieval.upsert import upsert
+from retrieval.database.clock import moment
+from retrieval.database.tables import BackfillCursor, GuildDeparture
+from retrieval.database.upsert import upsert
 
 
 class Departures:

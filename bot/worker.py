@@ -19,18 +19,12 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.assembly import Indexing, open_indexing
 from retrieval.config import Settings
-from retrieval.db import UPGRADE_HINT, check_schema, close_engine, create_engine
-from retrieval.encoder import Encoder
+from retrieval.database import UPGRADE_HINT, check_schema, close_engine, create_engine, get_state
+from retrieval.encoding import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
-from retrieval.indexing import IndexingPipeline
-from retrieval.indexing.jobs import JOBS_CHANNEL
-from retrieval.indexing.signed_urls import RefreshUrls
-from retrieval.operating import operator_view
-from retrieval.reindex import INDEX_MODEL_KEY
-from retrieval.signals import Stop
-from retrieval.state import get_state
+from retrieval.indexing import INDEX_MODEL_KEY, JOBS_CHANNEL, IndexingPipeline, RefreshUrls
+from retrieval.runtime import Indexing, Stop, open_indexing, operator_view
 from retrieval.store.reads import database_errors
 from retrieval.supervisor import Supervisor
 

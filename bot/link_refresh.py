@@ -4,8 +4,8 @@ logged in with the bot's token (a bot's and an encoder worker's alike).
 
 Its own client, because discord.py sleeps through a 429 for as long as Discord asks, and the bot's
 client serves commands and history reads that must wait it out. This one waits out no rate limit
-longer than `WAIT_S` (discord.py's ``max_ratelimit_timeout``): a longer one pauses every refresh
-for its Retry-After (retrieval/indexing/signed_urls.py), and the jobs that needed one are
+longer than `REFRESH_WAIT_S` (discord.py's ``max_ratelimit_timeout``): a longer one pauses every
+refresh for its Retry-After (retrieval/indexing/signed_urls.py), and the jobs that needed one are
 retried after it."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from discord.http import HTTPClient, Route
 from bot.startup import apply_endpoints, logging_in, token_of
 from retrieval.config import Settings
 from retrieval.errors import FetchError
-from retrieval.indexing.signed_urls import WAIT_S, RefreshUrls
+from retrieval.indexing import REFRESH_WAIT_S, RefreshUrls
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def rest_refresher(settings: Settings) -> AsyncIterator[RefreshUrls]:
     with the bot's own sentences."""
     token = token_of(settings)
     apply_endpoints(settings)
-    http = HTTPClient(asyncio.get_running_loop(), max_ratelimit_timeout=WAIT_S)
+    http = HTTPClient(asyncio.get_running_loop(), max_ratelimit_timeout=REFRESH_WAIT_S)
     try:
         async with logging_in():
             await http.static_login(token)

@@ -16,10 +16,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from retrieval.cluster import COUNT_CAP, ClusterFigures, ConsumerReport, read_figures
 from retrieval.errors import ConfigError, StoreUnavailable
-from retrieval.health import serve, stop_serving, with_health
-from retrieval.metrics import Metrics
+from retrieval.runtime.cluster import COUNT_CAP, ClusterFigures, ConsumerReport, read_figures
+from retrieval.runtime.health import serve, stop_serving, with_health
+from retrieval.runtime.metrics import Metrics
 from retrieval.supervisor import Supervisor, settle
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from retrieval.models import BotState
-from retrieval.upsert import upsert
+from retrieval.database.tables import BotState
+from retrieval.database.upsert import upsert
 
 
 async def get_state(engine: AsyncEngine, key: str) -> str | None:

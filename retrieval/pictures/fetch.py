@@ -18,7 +18,7 @@ import aiohttp
 import yarl
 
 from retrieval.errors import FetchError
-from retrieval.origins import MediaOrigins, origin_of
+from retrieval.pictures.origins import MediaOrigins, origin_of
 
 log = logging.getLogger(__name__)
 

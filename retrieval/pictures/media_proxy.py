@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from retrieval.images import PreprocessSpec
+from retrieval.pictures.images import PreprocessSpec
 
 # The side the model's resize reads (the shortest for CLIP's usual resize and crop), in model
 # input sizes: 1.5 is 336 px for a 224 px model. At 2x a JPEG copy is decoded at half scale
-# (retrieval/images.py drafts to the input size) and loses more than it saves.
+# (retrieval/pictures/images.py drafts to the input size) and loses more than it saves.
 SCALE = 1.5
 QUALITY: int | str = 90  # 1..100, or "lossless" (webp only)
 _RESIZE_PARAMETERS = frozenset({"width", "height", "format", "quality", "animated"})

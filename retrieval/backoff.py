@@ -3,7 +3,7 @@ in its hands (a vector to store, a deletion Discord announced once, images to qu
 
 Only an outage is waited out. A statement the database refused (``StoreUnavailable.refused``)
 would be refused again however long the caller waited: it is raised at once, for the caller to
-record and move past (see retrieval/refusals.py)."""
+record and move past (see retrieval/database/refusals.py)."""
 
 from __future__ import annotations
 

@@ -16,13 +16,13 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retrieval.health import serve, stop_serving, with_health
+from retrieval.runtime.health import serve, stop_serving, with_health
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from retrieval.cluster import ClusterFigures
     from retrieval.indexing import IndexingPipeline
+    from retrieval.runtime.cluster import ClusterFigures
     from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)

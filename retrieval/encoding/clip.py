@@ -22,15 +22,15 @@ import numpy as np
 import open_clip
 import torch
 
-from retrieval.errors import ModelUnavailable
-from retrieval.images import PreprocessSpec
-from retrieval.precision import (
+from retrieval.encoding.precision import (
     Calibration,
     CalibrationCache,
     CalibrationKey,
     calibrate,
     cpu_identity,
 )
+from retrieval.errors import ModelUnavailable
+from retrieval.pictures.images import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def _cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """fp16 on CUDA, bf16 on CPUs that compute it natively, fp32 otherwise: what "auto" starts
     from. On a CPU with native bf16, `Encoder.load` then measures both and keeps the faster
-    (retrieval/precision.py): on one such machine bf16 was 2.2x faster, on another 38% slower.
+    (retrieval/encoding/precision.py): on one such machine bf16 was 2.2x faster, on another 38%
+    slower.
 
     bf16 embeddings are within cosine 0.997 of fp32 ones, so vectors of both mix in one index
     (same model id).
@@ -292,7 +293,8 @@ def _calibrated(
 
 
 class Encoder:
-    """A loaded CLIP model. Not thread-safe: one thread owns it (see retrieval/encoding.py)."""
+    """A loaded CLIP model. Not thread-safe: one thread owns it (see
+    retrieval/encoding/service.py)."""
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.models import UNKNOWN_PARENT, IndexedImage, IndexJob
+from retrieval.database.tables import UNKNOWN_PARENT, IndexedImage, IndexJob
 from retrieval.shards import Shards
 from retrieval.store.reads import database_errors
 

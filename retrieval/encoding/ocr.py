@@ -1,7 +1,7 @@
 """Words read from pictures: RapidOCR's PP-OCR models on onnxruntime.
 
-The only module that imports rapidocr and onnxruntime, as `retrieval/encoder.py` is the only one
-that imports torch. The models ship inside the ``rapidocr`` wheel (PP-OCRv6 small detection and
+The only module that imports rapidocr and onnxruntime, as `retrieval/encoding/clip.py` is the only
+one that imports torch. The models ship inside the ``rapidocr`` wheel (PP-OCRv6 small detection and
 recognition, the PP-OCR text orientation classifier) and are loaded from there by path, so
 reading works offline from the first start and never reaches rapidocr's download code.
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from retrieval.encoding.textnorm import normalise
 from retrieval.errors import ClipfindError, ModelUnavailable
-from retrieval.images import decode_image
-from retrieval.textnorm import normalise
+from retrieval.pictures.images import decode_image
 
 # Chosen on benchmarks/ocr_quality.py's generated set (benchmarks/RESULTS.md, "Words inside
 # pictures"). The detector finds more text at 960 px than at 1280 or 1600, for 0.76x the CPU of
@@ -81,7 +81,7 @@ class OcrModels:
 class TextLine:
     """One line of text found in a picture."""
 
-    text: str  # normalised (retrieval/textnorm.py); what is stored and searched
+    text: str  # normalised (retrieval/encoding/textnorm.py); what is stored and searched
     raw: str  # as the recognizer read it
     confidence: float  # the recognizer's, 0..1
     box: tuple[tuple[float, float], ...]  # four corners, in the upright picture's pixels
@@ -235,7 +235,7 @@ class OcrEngine:
     ) -> PictureText:
         """Decode image bytes (as the CLIP path does: caps, EXIF, first frame) and read them.
 
-        Raises the typed errors of `retrieval.images` (`ImageTooLarge`, `ImageDecodeError`,
+        Raises the typed errors of `retrieval.pictures.images` (`ImageTooLarge`, `ImageDecodeError`,
         `NotAnImage`) for bytes that are not a picture we take, `OcrError` for a reading failure.
         """
         image = decode_image(

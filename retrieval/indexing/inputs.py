@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yarl
 
-from retrieval.backfill import DISCORD_EPOCH_MS
+from retrieval.indexing.cursors import DISCORD_EPOCH_MS
 
 if TYPE_CHECKING:
     from retrieval.indexing.jobs import ImageRef
 
-# The lengths of the columns these land in (retrieval/models.py).
+# The lengths of the columns these land in (retrieval/database/tables.py).
 MAX_FILENAME = 255
 MAX_CONTENT_TYPE = 64
 # A link is not cut (a shorter one leads elsewhere): a longer one is refused. Discord's own links

@@ -15,7 +15,7 @@ import logging
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from retrieval.models import BackfillCursor, BotState
+from retrieval.database.tables import BackfillCursor, BotState
 from retrieval.store.allowed import INDEX_MODEL_KEY, MODEL_LOCK
 from retrieval.store.base import VectorStore
 

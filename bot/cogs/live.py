@@ -11,7 +11,7 @@ from discord.ext import commands
 from bot.permissions import Expiring
 from bot.refs import image_refs, parent_of
 from bot.threads import described
-from retrieval.models import UNKNOWN_PARENT
+from retrieval.database import UNKNOWN_PARENT
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
