@@ -20,12 +20,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.config import Settings
-from retrieval.database import UPGRADE_HINT, check_schema, close_engine, create_engine, get_state
+from retrieval.database import (
+    UPGRADE_HINT,
+    check_schema,
+    close_engine,
+    create_engine,
+    database_errors,
+    get_state,
+)
 from retrieval.encoding import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import INDEX_MODEL_KEY, JOBS_CHANNEL, IndexingPipeline, RefreshUrls
 from retrieval.runtime import Indexing, Stop, open_indexing, operator_view
-from retrieval.store.reads import database_errors
 from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)

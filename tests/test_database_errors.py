@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from retrieval.database.engine import create_engine
+from retrieval.database.errors import database_errors
 from retrieval.errors import StoreUnavailable
 from retrieval.store import open_store
-from retrieval.store.reads import database_errors
 from tests.records import image_record as record
 
 

@@ -17,6 +17,7 @@ from retrieval.database.engine import (
     ensure_schema,
     upgrade,
 )
+from retrieval.database.errors import database_errors
 from retrieval.database.locks import AdvisoryLock, Purpose, held, is_shared
 from retrieval.database.sqlite_file import DatabaseFile, check_sole_process, sole_process
 from retrieval.database.state import get_state, set_state
@@ -36,6 +37,7 @@ __all__ = [
     "close_engine",
     "create_engine",
     "current_revision",
+    "database_errors",
     "database_now",
     "db_now",
     "distribute",

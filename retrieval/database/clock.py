@@ -9,27 +9,28 @@ and compared in SQL with `db_now()` and never computed from ``datetime.now()``.
 
 On PostgreSQL that is ``now()`` (the transaction's start). SQLite's ``'now'`` is formatted here
 the way SQLAlchemy stores datetimes there ('YYYY-MM-DD HH:MM:SS.ffffff', UTC), so that it
-compares, as text, with every value already in the tables and reads back through `as_utc`.
+compares, as text, with every value already in the tables (`tables.sqlite_text`) and reads back
+as UTC through `tables.UTCDateTime`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Float, literal, select
+from sqlalchemy import Float, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from retrieval.store.reads import as_utc
+from retrieval.database.tables import UTCDateTime
 
 
 class db_now(FunctionElement):  # noqa: N801 - a SQL function, named like `func.now`
     """The database's current time, ``after_s`` seconds on (negative: ago): a number, or an
     expression of the statement."""
 
-    type = DateTime(timezone=True)
+    type = UTCDateTime()
     inherit_cache = True
     name = "db_now"
 
@@ -57,7 +58,7 @@ def moment(at: datetime | None, *, after_s: float = 0.0) -> ColumnElement[dateti
     database's clock: the default of every function that takes an optional ``now``."""
     if at is None:
         return db_now(after_s)
-    return literal(at + timedelta(seconds=after_s), DateTime(timezone=True))
+    return literal(at + timedelta(seconds=after_s), UTCDateTime())
 
 
 async def database_now(conn: AsyncConnection | AsyncEngine) -> datetime:
@@ -65,4 +66,4 @@ async def database_now(conn: AsyncConnection | AsyncEngine) -> datetime:
     if isinstance(conn, AsyncEngine):
         async with conn.connect() as connection:
             return await database_now(connection)
-    return as_utc(await conn.scalar(select(db_now())))
+    return await conn.scalar(select(db_now()))

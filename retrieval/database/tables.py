@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import (
@@ -37,6 +37,33 @@ RowId = BigInteger().with_variant(Integer, "sqlite")
 # policy treats it as excluded, refused and hidden, until the bot asks Discord and records the
 # parent. No Discord id is 0, and NULL keeps meaning "not in a thread".
 UNKNOWN_PARENT = 0
+
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive one was written as UTC (SQLite keeps no zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def sqlite_text(moment: datetime) -> str:
+    """How a moment is kept in SQLite: UTC, without a zone, always with microseconds (SQLAlchemy's
+    own format, so values written by the driver directly and by SQLAlchemy compare as text)."""
+    return utc(moment).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+class UTCDateTime(TypeDecorator):
+    """A moment, always timezone-aware UTC in Python: ``timestamptz`` on PostgreSQL, and on SQLite
+    the text of `sqlite_text`, which SQLite hands back naive and this type reads as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        return utc(value).replace(tzinfo=None) if dialect.name == "sqlite" else utc(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else utc(value)
 
 
 class Embedding(TypeDecorator):
@@ -95,7 +122,7 @@ class IndexedImage(Base):
     image_key: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
     author_id: Mapped[int] = mapped_column(BigInteger)
-    posted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     filename: Mapped[str] = mapped_column(String(255))
     # Unsigned: Discord's signed attachment links expire, the ids and path do not.
     source_url: Mapped[str] = mapped_column(Text)
@@ -169,7 +196,7 @@ class IndexJob(Base):
     image_key: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
     author_id: Mapped[int] = mapped_column(BigInteger)
-    posted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # What to download (may be signed and expire) and what to keep.
     url: Mapped[str] = mapped_column(Text)
     source_url: Mapped[str] = mapped_column(Text)
@@ -180,10 +207,10 @@ class IndexJob(Base):
     # backfill of years.
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    retry_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retry_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         UniqueConstraint("message_id", "image_key"),
@@ -211,7 +238,7 @@ class IndexFailure(Base):
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     reason: Mapped[str] = mapped_column(String(40), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
-    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class BotState(Base):
@@ -229,7 +256,7 @@ class OptOut(Base):
     __tablename__ = "opt_outs"
 
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    opted_out_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    opted_out_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ExcludedChannel(Base):
@@ -240,7 +267,7 @@ class ExcludedChannel(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
     excluded_by: Mapped[int] = mapped_column(BigInteger)
-    excluded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    excluded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class BackfillCursor(Base):
@@ -257,7 +284,7 @@ class BackfillCursor(Base):
     oldest_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     newest_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     complete: Mapped[bool] = mapped_column(default=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class GuildDeparture(Base):
@@ -266,7 +293,7 @@ class GuildDeparture(Base):
     __tablename__ = "guild_departures"
 
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    left_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    left_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class IndexConsumer(Base):
@@ -286,8 +313,8 @@ class IndexConsumer(Base):
     shards: Mapped[str | None] = mapped_column(String(100), nullable=True)
     model_id: Mapped[str] = mapped_column(String(200))
     device: Mapped[str] = mapped_column(String(32))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     images_stored: Mapped[int] = mapped_column(BigInteger, default=0)
     # Images stored per second over the last report interval.
     rate: Mapped[float] = mapped_column(Float, default=0.0)

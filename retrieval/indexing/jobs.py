@@ -30,11 +30,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retrieval.database.clock import db_now
+from retrieval.database.errors import database_errors
 from retrieval.database.refusals import isolating, refusal_reason
+from retrieval.database.rows import record
 from retrieval.database.tables import IndexedImage, IndexFailure, IndexJob
 from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem, valid_id
 from retrieval.store.allowed import known_parent, permitted
-from retrieval.store.reads import as_utc, database_errors
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class JobQueue:
                 failed.append((ref, problem, "it cannot be stored as it is"))
                 continue
             values = {name: getattr(ref, name) for name in _REF_COLUMNS}
-            values |= {"posted_at": as_utc(ref.posted_at), "priority": rank}
+            values["priority"] = rank
             rows.append((ref, values | {"model_id": self.model_id}))
         _, refused = await isolating(rows, self._insert_rows)
         failed += [(ref, refusal_reason(exc), str(exc)) for (ref, _), exc in refused]
@@ -203,7 +204,7 @@ class JobQueue:
         async with self._transaction() as conn:
             rows = (await conn.execute(stmt)).all()
         # RETURNING keeps no order: put it back.
-        rows.sort(key=lambda row: (row.priority, as_utc(row.retry_at), row.id))
+        rows.sort(key=lambda row: (row.priority, row.retry_at, row.id))
         return [Job(row.id, _ref(row), row.attempts) for row in rows]
 
     async def renew(self, job_ids: Collection[int]) -> None:
@@ -262,7 +263,7 @@ class JobQueue:
             ).first()
             if row is None:  # deleted meanwhile (message deleted, opt-out...)
                 return None
-            created, now = (as_utc(moment) for moment in row)
+            created, now = row
             delay = self.retry_policy.delay(job.attempts + 1, retry_after)
             if (now - created).total_seconds() + delay > self.retry_policy.give_up_after_s:
                 await self._fail(conn, [job], f"gave_up_{reason}"[:40])
@@ -402,18 +403,4 @@ def _count_failures(conn: AsyncConnection):
 
 
 def _ref(row) -> ImageRef:
-    return ImageRef(
-        guild_id=row.guild_id,
-        channel_id=row.channel_id,
-        parent_id=row.parent_id,
-        message_id=row.message_id,
-        image_key=row.image_key,
-        kind=row.kind,
-        author_id=row.author_id,
-        posted_at=as_utc(row.posted_at),
-        url=row.url,
-        source_url=row.source_url,
-        filename=row.filename,
-        content_type=row.content_type,
-        size=row.size,
-    )
+    return record(ImageRef, row)

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from retrieval.database.errors import database_errors
 from retrieval.database.tables import UNKNOWN_PARENT, BotState, ExcludedChannel, OptOut
 from retrieval.database.upsert import upsert
 from retrieval.errors import StoreUnavailable
-from retrieval.store.reads import database_errors
 
 log = logging.getLogger(__name__)
 

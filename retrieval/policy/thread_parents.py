@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from retrieval.database.errors import database_errors
 from retrieval.database.tables import UNKNOWN_PARENT, IndexedImage, IndexJob
 from retrieval.shards import Shards
-from retrieval.store.reads import database_errors
 
 TABLES = (IndexedImage, IndexJob)
 

@@ -24,8 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retrieval.database.clock import moment
+from retrieval.database.errors import database_errors
+from retrieval.database.rows import record
 from retrieval.database.tables import IndexConsumer, IndexFailure, IndexJob
-from retrieval.store.reads import as_utc, database_errors
 
 # A consumer reports every ~15 s; one silent this long has died (or lost the database).
 STALE_S = 180.0
@@ -105,33 +106,16 @@ async def read_figures(
     with database_errors():
         async with engine.connect() as conn:
             waiting, retrying, oldest, now = (await conn.execute(queue)).one()
-            consumers = [_consumer(row) for row in await conn.execute(alive)]
+            consumers = [record(Consumer, row) for row in await conn.execute(alive)]
             failed = {reason: int(n) for reason, n in await conn.execute(failures)}
     consumers.sort(key=lambda consumer: (consumer.role, consumer.host, consumer.started_at))
     return ClusterFigures(
         waiting=int(waiting),
         retrying=int(retrying),
         claimed=sum(consumer.in_hand for consumer in consumers),
-        oldest_waiting_s=None if oldest is None else (as_utc(now) - as_utc(oldest)).total_seconds(),
+        oldest_waiting_s=None if oldest is None else (now - oldest).total_seconds(),
         consumers=consumers,
         failed=failed,
-    )
-
-
-def _consumer(row) -> Consumer:
-    return Consumer(
-        key=row.key,
-        role=row.role,
-        host=row.host,
-        shards=row.shards,
-        model_id=row.model_id,
-        device=row.device,
-        started_at=as_utc(row.started_at),
-        seen_at=as_utc(row.seen_at),
-        images_stored=row.images_stored,
-        rate=row.rate,
-        in_hand=row.in_hand,
-        problem=row.problem,
     )
 
 

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
 from retrieval.database.citus import CITUS_VERSION
+from retrieval.database.errors import database_errors
 from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.errors import StoreUnavailable
 from retrieval.store import authors
@@ -64,7 +65,7 @@ from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit, in_guild
 from retrieval.supervisor import Supervisor
 
 _IDS = ARRAY(BigInteger)
