@@ -32,9 +32,7 @@ from retrieval.database import (
 )
 from retrieval.errors import ConfigError
 from retrieval.indexing import adopt_model
-from retrieval.policy import IndexPolicy
-from retrieval.runtime import Stop, open_indexing, operator_view, stoppable
-from retrieval.supervisor import Supervisor
+from retrieval.runtime import Stop, open_services, operator_view, stoppable
 
 log = logging.getLogger(__name__)
 
@@ -66,36 +64,25 @@ async def open_bot(
             database.engine_url(settings.database_url) if database else settings.database_url,
             **settings.engine_options(),
         )
-        supervisor = Supervisor()
         try:
             await ensure_schema(engine)
             if database:
                 await database.record(engine)
-            policy = IndexPolicy(engine)
-            await policy.load()
             async with (
                 rest_refresher(settings) as refresh,
-                open_indexing(
+                open_services(
                     settings,
                     engine=engine,
                     consume=settings.encode_images,
                     refresh=refresh,
-                    supervisor=supervisor,
                     stop_left=stop_left,
-                ) as indexing,
+                ) as services,
             ):
                 bot = ClipfindBot(
-                    settings=settings,
-                    engine=engine,
-                    store=indexing.store,
-                    encoder=indexing.service,
-                    pipeline=indexing.pipeline,
-                    policy=policy,
+                    services=services,
                     database=database,
-                    supervisor=supervisor,
+                    reindexing=await adopt_model(engine, services.store, services.model.model_id),
                 )
-                model_id = indexing.encoder.model_id
-                bot.reindexing = await adopt_model(engine, indexing.store, model_id)
                 async with (
                     bot,
                     _stop_if_lost(
@@ -105,9 +92,9 @@ async def open_bot(
                         engine=engine,
                         role="bot",
                         # A process that only queues is no consumer: it would show as a stalled one.
-                        pipeline=indexing.pipeline if indexing.pipeline.consumes else None,
+                        pipeline=services.pipeline if services.pipeline.consumes else None,
                         settings=settings,
-                        supervisor=supervisor,
+                        supervisor=services.supervisor,
                         shards=lambda: shards_of(bot),
                     ),
                 ):

@@ -6,7 +6,6 @@ processes sharing one PostgreSQL database.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -15,21 +14,18 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from bot.backfill import BackfillScheduler
+from bot.erasure import Eraser
 from bot.errors import on_app_command_error
 from bot.identify import IdentifyGate
 from bot.startup import invite_url
 from retrieval.database import Purpose, get_state, held, is_shared, set_state
+from retrieval.runtime import freeze_heap
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from retrieval.config import Settings
     from retrieval.database import DatabaseFile
-    from retrieval.encoding import EncoderService
-    from retrieval.indexing import BackfillProgress, IndexingPipeline
-    from retrieval.policy import IndexPolicy
-    from retrieval.store import VectorStore
-    from retrieval.supervisor import Supervisor
+    from retrieval.indexing import BackfillProgress
+    from retrieval.runtime import Services
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +41,6 @@ EXTENSIONS = (
 _COMMANDS_HASH = "commands_hash"
 
 
-def freeze_heap() -> None:
-    """Take what start-up built out of the garbage collector's sight.
-
-    The model, torch, open_clip and discord.py leave some 440,000 objects that live as long as
-    the process. A full collection scans them all, about 0.3 s with the event loop stopped,
-    and a busy stretch (a large guild's matrix loading, a flood of images) sets off several.
-    Frozen, they are skipped; collections then scan only what came later.
-    """
-    gc.collect()  # garbage left now would never be collected once frozen
-    gc.freeze()
-
-
 def intents() -> discord.Intents:
     # Without message content Discord sends guild messages without attachments or embeds.
     wanted = discord.Intents.default()
@@ -65,19 +49,18 @@ def intents() -> discord.Intents:
 
 
 class ClipfindBot(commands.AutoShardedBot):
+    """Handed its services whole (`retrieval.runtime.Services`); owns what is Discord's: the
+    backfill scheduler and the eraser, which every cog reaches through the bot."""
+
     def __init__(
         self,
         *,
-        settings: Settings,
-        engine: AsyncEngine,
-        store: VectorStore,
-        encoder: EncoderService,
-        pipeline: IndexingPipeline,
-        policy: IndexPolicy,
+        services: Services,
         database: DatabaseFile | None = None,
-        supervisor: Supervisor,
+        reindexing: dict[str, int] | None = None,
         **options,
     ) -> None:
+        settings = services.settings
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents(),
@@ -87,23 +70,33 @@ class ClipfindBot(commands.AutoShardedBot):
             shard_ids=settings.shard_id_list(),
             **options,
         )
+        self.services = services
         self.settings = settings
-        self.identify_gate = IdentifyGate(engine)
-        self.engine = engine
-        self.store = store
-        self.encoder = encoder
-        self.pipeline = pipeline
-        self.policy = policy
-        self._database = database  # the SQLite file; None on PostgreSQL
+        self.engine = services.engine
+        self.store = services.store
+        self.encoder = services.encoder
+        self.pipeline = services.pipeline
+        self.jobs = services.jobs
+        self.fetcher = services.fetcher
+        self.policy = services.policy
+        self.cursors = services.cursors
         # Runs every long-lived task of the process (the cogs' loops too), restarting a failed one.
-        self.supervisor = supervisor
-        # Set by the backfill cog while it runs; read by the status command.
-        self.backfill_progress: BackfillProgress | None = None
+        self.supervisor = services.supervisor
+        self.identify_gate = IdentifyGate(self.engine)
+        self._database = database  # the SQLite file; None on PostgreSQL
         # Rows per other model left from before a model switch (see
         # retrieval/indexing/model_switch.py).
-        self.reindexing: dict[str, int] = {}
+        self.reindexing: dict[str, int] = reindexing or {}
+        self.backfill = BackfillScheduler(self)
+        # Every deletion goes through it, so that it stays deleted (bot/erasure.py).
+        self.eraser = Eraser(self.pipeline)
         # What `python -m bot` exits with once the bot stops; set by whatever stopped it.
         self.exit_status = 0
+
+    @property
+    def backfill_progress(self) -> BackfillProgress | None:
+        """Backfill's counters while it runs in this process (BACKFILL=true); None otherwise."""
+        return self.backfill.progress if self.backfill.started else None
 
     async def confirm_saved(self) -> None:
         """Before telling someone a change is done: raise DatabaseLost if it was written into a
@@ -117,6 +110,7 @@ class ClipfindBot(commands.AutoShardedBot):
             await self.load_extension(extension)
         self.tree.on_error = on_app_command_error
         await self._sync_commands_if_changed()
+        await self.backfill.start()
         freeze_heap()  # the model and every cog are loaded: what follows comes and goes
 
     async def _sync_commands_if_changed(self) -> None:
@@ -166,7 +160,9 @@ class ClipfindBot(commands.AutoShardedBot):
             await super().before_identify_hook(shard_id, initial=initial)
 
     async def close(self) -> None:
+        await self.backfill.stop()
         await super().close()
+        self.eraser.close()
         await self.identify_gate.close()
 
     def _shard_text(self) -> str:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+from typing import TYPE_CHECKING
 
 import discord
 import yarl
 
 from retrieval.database import UNKNOWN_PARENT
 from retrieval.indexing import ImageRef, clean_ref
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
@@ -140,3 +144,19 @@ def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
     if not media.url or not media.proxy_url:
         return None
     return media.url, media.proxy_url
+
+
+def wanted(bot: ClipfindBot, message: discord.Message, *, channel: object = None) -> bool:
+    """May this message's images be indexed? Live messages and backfill ask the same question.
+    ``channel``: the message's channel as resolved when it came with a bare one."""
+    if message.guild is None:
+        return False
+    if message.author.id == (bot.user and bot.user.id):
+        return False
+    if message.author.bot and not bot.settings.index_bot_messages:
+        return False
+    return bot.policy.allows(
+        channel_id=message.channel.id,
+        author_id=message.author.id,
+        parent_id=parent_of(channel or message.channel),
+    )

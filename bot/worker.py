@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import time
 
@@ -31,8 +30,7 @@ from retrieval.database import (
 from retrieval.encoding import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import INDEX_MODEL_KEY, JOBS_CHANNEL, IndexingPipeline, RefreshUrls
-from retrieval.runtime import Indexing, Stop, open_indexing, operator_view
-from retrieval.supervisor import Supervisor
+from retrieval.runtime import Services, Stop, freeze_heap, open_services, operator_view
 
 log = logging.getLogger(__name__)
 
@@ -59,52 +57,47 @@ async def run_worker(
     check_worker_settings(settings)
     stopping = asyncio.Event()
     status = 0
-    supervisor = Supervisor()
     engine = create_engine(settings.database_url, **settings.engine_options())
     try:
         if not await _schema_ready(engine, stop=stopping):
             return 0
         loaded = functools.partial(_refuse_another_model, engine)
         async with (
-            open_indexing(
+            open_services(
                 settings,
                 engine=engine,
                 loaded=loaded,
                 refresh=refresh,
-                supervisor=supervisor,
                 stop_left=stop.left if stop is not None else None,
-            ) as indexing,
+            ) as services,
             operator_view(
                 engine=engine,
                 role="worker",
-                pipeline=indexing.pipeline,
+                pipeline=services.pipeline,
                 settings=settings,
-                supervisor=supervisor,
+                supervisor=services.supervisor,
             ),
         ):
-            # torch and open_clip leave hundreds of thousands of long-lived objects that every
-            # full collection would scan again, with the event loop stopped.
-            gc.collect()
-            gc.freeze()
+            freeze_heap()
             log.info(
                 "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
                 "encoding queued images until stopped",
-                indexing.encoder.model_id,
-                indexing.encoder.device,
-                indexing.encoder.precision,
-                indexing.pipeline.batch_size,
+                services.model.model_id,
+                services.model.device,
+                services.model.precision,
+                services.pipeline.batch_size,
                 database_name(engine),
             )
             if stop is not None:
                 stop.started(stopping.set)
-            start = supervisor.start
+            start = services.supervisor.start
             switched = start(
                 "worker-model",
-                functools.partial(_model_switched, engine, indexing.encoder.model_id),
+                functools.partial(_model_switched, engine, services.model.model_id),
             )
             tasks = [
-                start("worker-report", functools.partial(_report, indexing)),
-                start("worker-listen", functools.partial(_woken, engine, indexing.pipeline)),
+                start("worker-report", functools.partial(_report, services)),
+                start("worker-listen", functools.partial(_woken, engine, services.pipeline)),
                 switched,
                 asyncio.create_task(stopping.wait(), name="worker-stop"),
             ]
@@ -229,10 +222,10 @@ async def _model_switched(engine: AsyncEngine, model_id: str) -> str:
             )
 
 
-async def _report(indexing: Indexing) -> None:
+async def _report(services: Services) -> None:
     """Every minute that saw work: this worker's own throughput (the operator view logs the
     cluster's backlog)."""
-    pipeline = indexing.pipeline
+    pipeline = services.pipeline
     before, since = _done(pipeline), time.monotonic()
     while True:
         await asyncio.sleep(REPORT_EVERY_S)

@@ -1,4 +1,4 @@
-"""Indexing: every image posted (or unfurled into an embed) in a guild goes to the pipeline."""
+"""Live indexing: every image posted (or unfurled into an embed) in a guild goes to the pipeline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import discord
 from discord.ext import commands
 
 from bot.permissions import Expiring
-from bot.refs import image_refs, parent_of
+from bot.refs import image_refs, parent_of, wanted
 from bot.threads import described
 from retrieval.database import UNKNOWN_PARENT
 
@@ -23,23 +23,7 @@ log = logging.getLogger(__name__)
 PARENT_TTL_S = 24 * 3600.0
 
 
-def wanted(bot: ClipfindBot, message: discord.Message, *, channel: object = None) -> bool:
-    """May this message's images be indexed? Live messages and backfill ask the same question.
-    ``channel``: the message's channel as resolved when it came with a bare one."""
-    if message.guild is None:
-        return False
-    if message.author.id == (bot.user and bot.user.id):
-        return False
-    if message.author.bot and not bot.settings.index_bot_messages:
-        return False
-    return bot.policy.allows(
-        channel_id=message.channel.id,
-        author_id=message.author.id,
-        parent_id=parent_of(channel or message.channel),
-    )
-
-
-class Indexing(commands.Cog):
+class Live(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
         # Threads the cache lacked, as Discord described them: only their parent is read.
@@ -87,4 +71,4 @@ class Indexing(commands.Cog):
 
 
 async def setup(bot: ClipfindBot) -> None:
-    await bot.add_cog(Indexing(bot))
+    await bot.add_cog(Live(bot))

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SWEEP_MINUTES = 5
 
 
-class Policy(commands.Cog):
+class Upkeep(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
         self._tasks: list[asyncio.Task] = []
@@ -68,4 +68,4 @@ class Policy(commands.Cog):
 
 
 async def setup(bot: ClipfindBot) -> None:
-    await bot.add_cog(Policy(bot))
+    await bot.add_cog(Upkeep(bot))

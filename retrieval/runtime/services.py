@@ -1,6 +1,7 @@
-"""Opening what indexes images and encodes queries: the model, the HTTP fetcher, the store, the
-jobs queue and the pipeline that drains it. The bot and `python -m bot worker` both open them
-here, so a worker runs with exactly the bot's settings and code path."""
+"""The composition root: opening what indexes images and encodes queries (the policy, the model,
+the HTTP fetcher, the store, the jobs queue and the pipeline that drains it) as one `Services`.
+The bot and `python -m bot worker` both open them here, so a worker runs with exactly the bot's
+settings and code path."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import aiohttp
 
 from retrieval.database.engine import CLOSE_S
 from retrieval.encoding.service import EncoderService
-from retrieval.indexing import IndexingPipeline, JobQueue
-from retrieval.indexing.signed_urls import RefreshUrls
+from retrieval.indexing import BackfillCursors, IndexingPipeline, JobQueue, RefreshUrls
 from retrieval.pictures.fetch import Fetcher
+from retrieval.policy import IndexPolicy
 from retrieval.runtime.signals import abandonable
 from retrieval.store import VectorStore, open_store
 from retrieval.supervisor import Supervisor
@@ -36,15 +37,25 @@ _AFTER_PIPELINE_S = CLOSE_S + 1.0
 
 
 @dataclass(frozen=True)
-class Indexing:
-    encoder: Encoder
-    service: EncoderService  # the one thread that runs the model, queries first
+class Services:
+    """What a process indexes and searches with, opened together by `open_services` and handed
+    whole to the bot (`bot.client.ClipfindBot`) and to the worker (`bot.worker`)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    supervisor: Supervisor  # runs every long-lived task of the process, restarting a failed one
+    model: Encoder  # the loaded CLIP model
+    encoder: EncoderService  # the one thread that runs it, queries first
     store: VectorStore
+    fetcher: Fetcher
+    jobs: JobQueue
     pipeline: IndexingPipeline
+    policy: IndexPolicy  # loaded; a process that writes policy keeps it current (`watch`)
+    cursors: BackfillCursors
 
 
 @contextlib.asynccontextmanager
-async def open_indexing(
+async def open_services(
     settings: Settings,
     *,
     engine: AsyncEngine,
@@ -53,11 +64,12 @@ async def open_indexing(
     refresh: RefreshUrls | None = None,
     supervisor: Supervisor | None = None,
     stop_left: Callable[[], float] | None = None,
-) -> AsyncIterator[Indexing]:
+) -> AsyncIterator[Services]:
     """Everything started; on the way out, batches being encoded finish and the rest of the
     claimed jobs go back to the table within what ``stop_left()`` says is left of the stop's
     deadline (SHUTDOWN_DEADLINE_S when not given).
 
+    The policy is read first: a database that refuses is told before the model is loaded.
     ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
     model is still loaded, for search queries, but no job is taken from the table. ``loaded``
     is awaited with the model before any job is: it may refuse it by raising. ``refresh``
@@ -66,6 +78,8 @@ async def open_indexing(
     """
     from retrieval.encoding.clip import Encoder  # torch: only where a model is opened
 
+    policy = IndexPolicy(engine)
+    await policy.load()
     load = functools.partial(
         Encoder.load,
         model=settings.clip_model,
@@ -76,10 +90,10 @@ async def open_indexing(
         calibration_cache=settings.precision_cache(),
     )
     log.info("loading the CLIP model %s (%s)", settings.clip_model, settings.clip_pretrained)
-    encoder = await abandonable(load, name="clip-model-load")
+    model = await abandonable(load, name="clip-model-load")
     if loaded is not None:
-        await loaded(encoder)
-    service = EncoderService(encoder)
+        await loaded(model)
+    encoder = EncoderService(model)
     supervisor = supervisor or Supervisor()
     store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor)
     connector = aiohttp.TCPConnector(
@@ -97,7 +111,7 @@ async def open_indexing(
             )
             jobs = JobQueue(
                 engine,
-                model_id=encoder.model_id,
+                model_id=model.model_id,
                 lease_s=settings.job_lease_s,
                 retry=settings.retry_policy(),
             )
@@ -107,12 +121,12 @@ async def open_indexing(
                 await jobs.release()
             pipeline = IndexingPipeline(
                 fetcher=fetcher,
-                encoder=service,
+                encoder=encoder,
                 store=store,
                 jobs=jobs,
-                spec=encoder.spec,
+                spec=model.spec,
                 max_pixels=settings.max_image_pixels,
-                batch_size=settings.batch_size or encoder.default_batch_size,
+                batch_size=settings.batch_size or model.default_batch_size,
                 batch_deadline_s=settings.batch_deadline_ms / 1000,
                 queue_size=settings.queue_size,
                 fetch_workers=settings.fetch_concurrency,
@@ -123,10 +137,22 @@ async def open_indexing(
             )
             await pipeline.start()
             try:
-                yield Indexing(encoder=encoder, service=service, store=store, pipeline=pipeline)
+                yield Services(
+                    settings=settings,
+                    engine=engine,
+                    supervisor=supervisor,
+                    model=model,
+                    encoder=encoder,
+                    store=store,
+                    fetcher=fetcher,
+                    jobs=jobs,
+                    pipeline=pipeline,
+                    policy=policy,
+                    cursors=BackfillCursors(engine),
+                )
             finally:
                 left = stop_left() if stop_left else settings.shutdown_deadline_s
                 await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
     finally:
-        await service.close()
+        await encoder.close()
         await store.close()
