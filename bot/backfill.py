@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.refs import image_refs, wanted
+from bot import refs as message_refs
 from retrieval.indexing import (
     HISTORY,
     BackfillProgress,
@@ -363,7 +363,8 @@ class BackfillScheduler:
         """The message's images to index. One that cannot be read is skipped and counted: it
         must not stop its channel's walk before the cursor moves past it, at every start."""
         try:
-            return image_refs(message) if wanted(self.bot, message) else []
+            wanted = message_refs.wanted(self.bot, message)
+            return message_refs.image_refs(message) if wanted else []
         except Exception as exc:
             self.progress.messages_skipped += 1
             self._skipped[walk.channel.guild.id] += 1
