@@ -317,7 +317,7 @@ async def test_a_backlog_within_the_window_is_claimed_at_once(host, store, tiny_
     assert pipe.counters.indexed == 24
     assert 24 in claimed
     # At start (nothing yet), the submission, and one per poll.
-    polls = int(elapsed / retrieval.indexing.pipeline._FEED_POLL_S) + 1
+    polls = int(elapsed / retrieval.indexing.window._FEED_POLL_S) + 1
     assert len(claimed) <= 2 + polls, (claimed, elapsed)
 
 

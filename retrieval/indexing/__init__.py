@@ -17,7 +17,8 @@ from retrieval.indexing.jobs import (
     RetryPolicy,
 )
 from retrieval.indexing.model_switch import INDEX_MODEL_KEY, adopt_model
-from retrieval.indexing.pipeline import IndexingPipeline, PipelineCounters
+from retrieval.indexing.outcomes import PipelineCounters
+from retrieval.indexing.pipeline import IndexingPipeline
 from retrieval.indexing.signed_urls import WAIT_S as REFRESH_WAIT_S
 from retrieval.indexing.signed_urls import RefreshUrls
 
