@@ -33,6 +33,7 @@ from retrieval.database import (
 from retrieval.errors import ConfigError
 from retrieval.indexing import adopt_model
 from retrieval.runtime import Stop, open_services, operator_view, stoppable
+from retrieval.shards import listed
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,8 @@ def shards_of(bot: discord.Client) -> str | None:
     """The gateway shards this process runs, as "0, 1 of 4"; None when it runs unsharded."""
     if not bot.shard_count:
         return None
-    ids = getattr(bot, "shard_ids", None) or [bot.shard_id]
-    listed = ", ".join(str(i) for i in sorted(i for i in ids if i is not None))
-    return f"{listed or '?'} of {bot.shard_count}"
+    ids = [i for i in getattr(bot, "shard_ids", None) or [bot.shard_id] if i is not None]
+    return listed(ids, bot.shard_count) if ids else f"? of {bot.shard_count}"
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ from bot.identify import IdentifyGate
 from bot.startup import invite_url
 from retrieval.database import Purpose, get_state, held, is_shared, set_state
 from retrieval.runtime import freeze_heap
+from retrieval.shards import listed
 
 if TYPE_CHECKING:
     from retrieval.database import DatabaseFile
@@ -166,9 +167,9 @@ class ClipfindBot(commands.AutoShardedBot):
         await self.identify_gate.close()
 
     def _shard_text(self) -> str:
-        ids = sorted(self.shards)
-        listed = ",".join(map(str, ids)) if len(ids) <= 16 else f"{len(ids)} shards"
-        return f"shards {listed} of {self.shard_count}"
+        if len(self.shards) > 16:
+            return f"{len(self.shards)} shards of {self.shard_count}"
+        return f"shards {listed(self.shards, self.shard_count)}"
 
     async def on_shard_ready(self, shard_id: int) -> None:
         guilds = sum(1 for g in self.guilds if g.shard_id == shard_id)

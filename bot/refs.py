@@ -16,6 +16,7 @@ import yarl
 
 from retrieval.database import UNKNOWN_PARENT
 from retrieval.indexing import ImageRef, clean_ref
+from retrieval.pictures import unsigned
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -29,14 +30,6 @@ def embed_key(url: str) -> int:
     # surrogatepass: a link may hold a lone surrogate, which UTF-8 cannot encode.
     digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
-
-
-def unsigned(url: str) -> str:
-    """Discord's CDN links carry expiring signature parameters; keep the stable part."""
-    try:
-        return str(yarl.URL(url).with_query(None))
-    except ValueError:  # not a link at all: kept as it is, for the queue to refuse
-        return url
 
 
 def _file_name(url: str) -> str:

@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -46,8 +47,8 @@ def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0)
         "max_overflow": pool_max - min(POOL_KEPT, pool_max),
         "pool_timeout": pool_timeout_s,
     }
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+    if make_url(url).get_backend_name() == "sqlite":
+        path = make_url(url).database or ""
         # A `file:` URI names a file that must exist already (see
         # retrieval/database/sqlite_file.py).
         if path and path != ":memory:" and not path.startswith("file:"):

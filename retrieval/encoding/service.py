@@ -12,12 +12,12 @@ import itertools
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from cachetools import LRUCache
 
 _QUERY, _BATCH = 0, 1
 _STOP = object()
@@ -52,8 +52,7 @@ class EncoderService:
         self.batch_observers: list[Callable[[float], None]] = []
         self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._text_cache_size = text_cache_size
+        self._text_cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=text_cache_size)
         self._thread = threading.Thread(target=self._work, name="clip-encoder", daemon=True)
         self._thread.start()
 
@@ -90,12 +89,9 @@ class EncoderService:
         cached = self._text_cache.get(text)
         if cached is not None:
             self.counters.text_cache_hits += 1
-            self._text_cache.move_to_end(text)
             return cached
         vector = (await self._run(_QUERY, lambda: self.encoder.encode_texts([text])))[0]
         self._text_cache[text] = vector
-        if len(self._text_cache) > self._text_cache_size:
-            self._text_cache.popitem(last=False)
         return vector
 
     async def encode_query_image(self, pixels: np.ndarray) -> np.ndarray:

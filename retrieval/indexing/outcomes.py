@@ -143,9 +143,7 @@ class Outcomes:
 
     async def _store_pairs(self, pairs: Sequence[tuple[ImageRecord, Job]]) -> int:
         records, job_ids = [stored for stored, _ in pairs], [job.id for _, job in pairs]
-        return await self.with_store(
-            functools.partial(self.store.upsert, records, job_ids=job_ids)
-        )
+        return await self.with_store(functools.partial(self.store.upsert, records, job_ids=job_ids))
 
     async def _hand_back(self, jobs: list[Job], switched: ModelSwitched) -> None:
         """Give the jobs back unfinished, for a consumer with the index's model, and claim no

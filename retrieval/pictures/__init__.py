@@ -13,7 +13,7 @@ from retrieval.pictures.images import (
     prepare,
     sniff_image_type,
 )
-from retrieval.pictures.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
+from retrieval.pictures.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins, unsigned
 
 __all__ = [
     "DISCORD_MEDIA_ORIGINS",
@@ -26,4 +26,5 @@ __all__ = [
     "PreprocessSpec",
     "prepare",
     "sniff_image_type",
+    "unsigned",
 ]

@@ -18,7 +18,7 @@ import aiohttp
 import yarl
 
 from retrieval.errors import FetchError
-from retrieval.pictures.origins import MediaOrigins, origin_of
+from retrieval.pictures.origins import MediaOrigins, origin_of, unsigned
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Fetcher:
                     raise
                 attempt += 1
                 delay = self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 2)
-                log.debug("retrying %s in %.2fs (%s)", _safe(url), delay, exc.reason)
+                log.debug("retrying %s in %.2fs (%s)", unsigned(url), delay, exc.reason)
                 await asyncio.sleep(delay)
 
     def _check_origin(self, url: str | yarl.URL, *, what: str) -> None:
@@ -190,11 +190,6 @@ class Fetcher:
                     f"body grew past the {self.max_bytes}-byte cap", reason="too_large"
                 )
         return bytes(body)
-
-
-def _safe(url: str) -> str:
-    """The URL without its query: Discord's signature parameters don't belong in logs."""
-    return str(yarl.URL(url).with_query(None))
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -100,3 +100,12 @@ def origin_of(url: str | yarl.URL) -> str:
         return str(yarl.URL(url).origin())
     except (TypeError, ValueError):
         return "an invalid URL"
+
+
+def unsigned(url: str) -> str:
+    """A link without its query: Discord's CDN links carry expiring signature parameters,
+    which neither belong in the index nor in logs."""
+    try:
+        return str(yarl.URL(url).with_query(None))
+    except ValueError:  # not a link at all: kept as it is, for the queue to refuse
+        return url
