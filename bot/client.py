@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.backfill import BackfillScheduler
@@ -49,6 +50,13 @@ def intents() -> discord.Intents:
     return wanted
 
 
+class ClipfindTree(app_commands.CommandTree):
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await on_app_command_error(interaction, error)
+
+
 class ClipfindBot(commands.AutoShardedBot):
     """Handed its services whole (`retrieval.runtime.Services`); owns what is Discord's: the
     backfill scheduler and the eraser, which every cog reaches through the bot."""
@@ -69,6 +77,7 @@ class ClipfindBot(commands.AutoShardedBot):
             allowed_mentions=discord.AllowedMentions.none(),
             shard_count=settings.shard_count,
             shard_ids=settings.shard_id_list(),
+            tree_cls=ClipfindTree,
             **options,
         )
         self.services = services
@@ -109,7 +118,6 @@ class ClipfindBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.tree.on_error = on_app_command_error
         await self._sync_commands_if_changed()
         await self.backfill.start()
         freeze_heap()  # the model and every cog are loaded: what follows comes and goes

@@ -148,8 +148,7 @@ class Outcomes:
     async def _hand_back(self, jobs: list[Job], switched: ModelSwitched) -> None:
         """Give the jobs back unfinished, for a consumer with the index's model, and claim no
         more: this process's model is not the index's any longer."""
-        first = self._window.switched is None
-        self._window.switched = switched
+        first = self._window.stop_claiming(switched)
         with contextlib.suppress(StoreUnavailable):  # else their lease runs out
             await self._jobs.release([job.id for job in jobs])
         log.log(

@@ -64,6 +64,12 @@ class Window:
         # Set once a write found the index built with another model: nothing more is claimed.
         self.switched: ModelSwitched | None = None
 
+    def stop_claiming(self, switched: ModelSwitched) -> bool:
+        """The index is built with another model now: claim nothing more. True the first time."""
+        first = self.switched is None
+        self.switched = switched
+        return first
+
     def __len__(self) -> int:
         return len(self.held)
 
