@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+import aiohttp
 import discord
 
 from bot.errors import on_view_error
@@ -92,13 +93,16 @@ class ResultsView(discord.ui.View):
             await interaction.edit_original_response(content=content, embeds=embeds, view=self)
 
     async def on_timeout(self) -> None:
+        if self._latest.client.is_closed():
+            return  # stopping: the HTTP session is closed or closing, and the answer outlives us
         for item in self.children:
             if isinstance(item, discord.ui.Button):
                 item.disabled = True
         try:
             await self._latest.edit_original_response(view=self)
-        except discord.HTTPException as exc:
-            # The answer was dismissed or deleted; nothing is left to disable.
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            # The answer was dismissed or deleted, or the stop closed the session meanwhile;
+            # nothing is left to disable.
             log.debug("could not disable the result buttons: %s", exc)
 
     async def on_error(

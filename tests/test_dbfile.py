@@ -200,6 +200,22 @@ async def test_the_engine_never_creates_a_lost_file_again(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd #1 50%"]
 
 
+async def test_opening_the_file_creates_no_folder_where_the_process_runs(tmp_path, monkeypatch):
+    """The engine's URL names the file as a `file:` URI, which SQLAlchemy renders escaped
+    (`file%3A/...`): read as a plain path it made that folder in the working directory."""
+    db = tmp_path / "data" / "clipfind.db"
+    database = await start(db)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    engine = create_engine(database.engine_url(f"sqlite+aiosqlite:///{db}"))
+    try:
+        assert await get_state(engine, INSTALLATION_KEY) == database.installation_id
+    finally:
+        await engine.dispose()
+    assert list(cwd.iterdir()) == []
+
+
 async def test_the_watchdog_check_notices_a_link_pointed_elsewhere(tmp_path):
     real, other = tmp_path / "a.db", tmp_path / "b.db"
     link = tmp_path / "clipfind.db"

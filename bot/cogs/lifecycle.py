@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,17 @@ _INDEX_OWNER = "index_application_id"
 PURGE_MINUTES = 5
 
 
+class _Shown:
+    """The image keys a message shows by its latest edit, shared by the deletions its edits
+    started: one that runs late (after an outage, or again once images on their way landed)
+    keeps what a later edit added. Lives as long as one of them may still run."""
+
+    __slots__ = ("keys", "__weakref__")
+
+    def __init__(self) -> None:
+        self.keys: frozenset[int] = frozenset()
+
+
 class Lifecycle(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
@@ -51,6 +63,7 @@ class Lifecycle(commands.Cog):
         # A mass clean-up deletes channels by the dozen; one survey at a time per guild, each
         # finding less left to ask about.
         self._surveys: dict[int, asyncio.Lock] = {}
+        self._shown: weakref.WeakValueDictionary[int, _Shown] = weakref.WeakValueDictionary()
         self._sweeper: asyncio.Task | None = None
         self._purger: asyncio.Task | None = None
         # on_ready's work, which discord.py runs in tasks of its own: a stop cancels and awaits
@@ -92,9 +105,14 @@ class Lifecycle(commands.Cog):
         # partial form) cannot tell what was removed.
         if message.guild is None or not {"attachments", "embeds"} <= payload.data.keys():
             return
-        keep = {ref.image_key for ref in image_refs(message)}
-        # Not swept again after the pipeline drains: a later edit may add an image by then.
-        removed = await self.bot.store.delete_images(message.id, keep, guild_id=message.guild.id)
+        shown = self._shown.setdefault(message.id, _Shown())
+        shown.keys = frozenset(ref.image_key for ref in image_refs(message))
+        guild_id = message.guild.id
+        # Discord says this once: an outage is waited out, as for a deleted message.
+        removed = await self.bot.eraser.erase_patiently(
+            lambda: self.bot.store.delete_images(message.id, shown.keys, guild_id=guild_id),
+            what=f"the images edited out of message {message.id}",
+        )
         if removed:
             log.info("message %s was edited: %d of its images removed", message.id, removed)
 

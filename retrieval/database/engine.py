@@ -48,6 +48,8 @@ def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0)
         "pool_timeout": pool_timeout_s,
     }
     if make_url(url).get_backend_name() == "sqlite":
+        # Parsed, not split: a rendered `file:` URI reads `file%3A...`, which a split would
+        # take for a relative folder and create in the working directory.
         path = make_url(url).database or ""
         # A `file:` URI names a file that must exist already (see
         # retrieval/database/sqlite_file.py).

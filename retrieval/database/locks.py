@@ -72,12 +72,19 @@ class AdvisoryLock:
         return True
 
     async def release(self) -> None:
+        """Give the lock back. Never fails for the database: an unlock that fails (the server
+        restarted, the session was ended) closes the session, and the lock goes with it."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
             await conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), self._params)
             await conn.commit()
+        except Exception as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("could not release an advisory lock (its session is closed): %s", why)
+            await _discard(conn)
+            return
         except BaseException:
             await _discard(conn)
             raise

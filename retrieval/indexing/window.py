@@ -82,6 +82,10 @@ class Window:
         looked = float("-inf")  # the table may hold rows already (a previous run's)
         while True:
             room = self.size - len(self.held)
+            if not self._takers_run():
+                # What it claimed would sit out its lease here (a claim renews it) while another
+                # consumer could take it: no work is asked for until they run again.
+                room = 0
             # Rows come due unannounced (retries, leases of a consumer that died): once a poll
             # interval has passed, any room is worth a look, however often the feeder was woken.
             polled = time.monotonic() - looked >= _FEED_POLL_S
@@ -136,6 +140,10 @@ class Window:
         consumer takes them."""
         alive = {name: self._supervisor.running(name) for name in (FETCH, BATCH)}
         return [i for i in self.held if alive.get(self.queued.get(i, ""), True)]
+
+    def _takers_run(self) -> bool:
+        """Whether the tasks that take the window's jobs run (none waits to be started again)."""
+        return all(self._supervisor.running(name) for name in (FETCH, BATCH))
 
     def taken(self, job_id: int, by: str | None = None) -> None:
         """A held job left its queue: in hand now, or (``by``) queued for that task."""
