@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from bot.backfill import BackfillScheduler
 from bot.erasure import Eraser
-from bot.errors import on_app_command_error
+from bot.error_replies import on_app_command_error
 from bot.identify import IdentifyGate
 from bot.startup import invite_url
 from retrieval.database import Purpose, get_state, held, is_shared, set_state
@@ -25,9 +25,17 @@ from retrieval.runtime import freeze_heap
 from retrieval.shards import listed
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from retrieval.config import Settings
     from retrieval.database import DatabaseFile
-    from retrieval.indexing import BackfillProgress
+    from retrieval.encoding import EncoderService
+    from retrieval.indexing import BackfillCursors, BackfillProgress, IndexingPipeline, JobQueue
+    from retrieval.pictures import Fetcher
+    from retrieval.policy import IndexPolicy
     from retrieval.runtime import Services
+    from retrieval.store import VectorStore
+    from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +88,73 @@ class ClipfindBot(commands.AutoShardedBot):
             tree_cls=ClipfindTree,
             **options,
         )
-        self.services = services
-        self.settings = settings
-        self.engine = services.engine
-        self.store = services.store
-        self.encoder = services.encoder
-        self.pipeline = services.pipeline
-        self.jobs = services.jobs
-        self.fetcher = services.fetcher
-        self.policy = services.policy
-        self.cursors = services.cursors
-        # Runs every long-lived task of the process (the cogs' loops too), restarting a failed one.
-        self.supervisor = services.supervisor
-        self.identify_gate = IdentifyGate(self.engine)
+        self._services = services
+        self.identify_gate = IdentifyGate(services.engine)
         self._database = database  # the SQLite file; None on PostgreSQL
         # Rows per other model left from before a model switch (see
         # retrieval/indexing/model_switch.py).
         self.reindexing: dict[str, int] = reindexing or {}
-        self.backfill = BackfillScheduler(self)
+        self._backfill = BackfillScheduler(self)
         # Every deletion goes through it, so that it stays deleted (bot/erasure.py).
-        self.eraser = Eraser(self.pipeline)
+        self._eraser = Eraser(services.pipeline)
         # What `python -m bot` exits with once the bot stops; set by whatever stopped it.
         self.exit_status = 0
+
+    # What the cogs reach through the bot: read-only, each of one type, set once above.
+
+    @property
+    def services(self) -> Services:
+        return self._services
+
+    @property
+    def settings(self) -> Settings:
+        return self._services.settings
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._services.engine
+
+    @property
+    def store(self) -> VectorStore:
+        return self._services.store
+
+    @property
+    def encoder(self) -> EncoderService:
+        return self._services.encoder
+
+    @property
+    def pipeline(self) -> IndexingPipeline:
+        return self._services.pipeline
+
+    @property
+    def jobs(self) -> JobQueue:
+        return self._services.jobs
+
+    @property
+    def fetcher(self) -> Fetcher:
+        return self._services.fetcher
+
+    @property
+    def policy(self) -> IndexPolicy:
+        return self._services.policy
+
+    @property
+    def cursors(self) -> BackfillCursors:
+        return self._services.cursors
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """Runs every long-lived task of the process (the cogs' loops too), restarting a failed
+        one."""
+        return self._services.supervisor
+
+    @property
+    def backfill(self) -> BackfillScheduler:
+        return self._backfill
+
+    @property
+    def eraser(self) -> Eraser:
+        return self._eraser
 
     @property
     def backfill_progress(self) -> BackfillProgress | None:

@@ -380,15 +380,18 @@ class _FlakyStore:
         return await self.inner.upsert(records, job_ids=job_ids)
 
 
-async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
+async def test_a_database_outage_loses_nothing(host, store, tiny_encoder, caplog, monkeypatch):
     monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
-    pipeline.store = _FlakyStore(store, outages=3)
+    flaky = _FlakyStore(store, outages=3)
     for i in range(5):
         host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")
     caplog.set_level(logging.ERROR, logger="retrieval.indexing.pipeline")
-    await pipeline.submit([ref(host, f"o{i}.png", 300 + i) for i in range(5)])
-    await pipeline.join()
-    assert pipeline.store.outages == 0
+    async with running_pipeline(
+        tiny_encoder, flaky, origins=host.origin, jobs=job_queue(store, tiny_encoder.model_id)
+    ) as pipeline:
+        await pipeline.submit([ref(host, f"o{i}.png", 300 + i) for i in range(5)])
+        await pipeline.join()
+    assert flaky.outages == 0
     assert "database unavailable" in caplog.text and "database is locked" in caplog.text
     assert await store.count(guild_id=1) == 5
     assert not pipeline.counters.failed

@@ -132,10 +132,6 @@ class IndexingPipeline:
         """Where vectors are written."""
         return self._outcomes.store
 
-    @store.setter
-    def store(self, store: VectorStore) -> None:
-        self._outcomes.store = store
-
     @property
     def model_id(self) -> str:
         return self.encoder.model_id
