@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 import discord
 
-from bot.errors import on_view_error
+from bot.error_replies import on_view_error
 from retrieval.search import ResultGroup, ResultPager
 
 log = logging.getLogger(__name__)

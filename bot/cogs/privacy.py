@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import on_view_error
+from bot.error_replies import on_view_error
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
