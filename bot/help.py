@@ -59,7 +59,7 @@ FIND_OPTIONS = (
 )
 SIMILAR = Entry(
     command="Find similar images",
-    does="images that look like a message's image",
+    does="images that look like a message's (first) image",
     example="right-click (or long-press) a message with an image → Apps → Find similar images",
     menu=True,
 )
