@@ -82,3 +82,22 @@ def test_every_benchmark_the_docs_name_exists():
         named |= {Path(p).stem for p in re.findall(r"benchmarks/(\w+)\.py", text)}
     missing = sorted(n for n in named if not (ROOT / "benchmarks" / f"{n}.py").exists())
     assert not missing
+
+
+# A path of the project in backticks: `retrieval/store/allowed.py`, `bot/cogs/`, `tests/unit/`.
+_PATH = re.compile(r"`((?:bot|retrieval|tests|scripts|migrations|benchmarks)/[\w./-]*)`")
+# A row of a table whose first cell is a folder; the files it names in backticks live there.
+_FOLDER_ROW = re.compile(r"^\| `((?:bot|retrieval)/[\w/]*/)` \|(.*)$", re.MULTILINE)
+
+
+def test_every_path_the_docs_cite_exists():
+    cited: dict[str, set[str]] = {}
+    for page in (README, *DOCS):
+        text = page.read_text(encoding="utf-8")
+        for path in _PATH.findall(text):
+            cited.setdefault(path, set()).add(page.name)
+        for folder, rest in _FOLDER_ROW.findall(text):
+            for name in re.findall(r"`(\w+\.py)`", rest):
+                cited.setdefault(folder + name, set()).add(page.name)
+    missing = {path: sorted(pages) for path, pages in cited.items() if not (ROOT / path).exists()}
+    assert not missing, f"the docs cite paths that do not exist: {missing}"
