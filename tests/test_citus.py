@@ -1,5 +1,5 @@
 """The schema on Citus: images distributed by guild_id, the policy copied to every node, the
-jobs queue on the coordinator (README, "Running on Citus").
+jobs queue on the coordinator (docs/scaling.md, "Running on Citus").
 
 Needs Citus built into the embedded PostgreSQL (`scripts/build-citus.sh`); skipped otherwise,
 except the refusal on plain PostgreSQL, which runs everywhere.

@@ -16,8 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.help import help_text
 from bot.permissions import readable
-from bot.render import HELP
 from bot.sight import listed, unreadable_channels
 from bot.status import status_text
 from bot.threads import survey
@@ -231,7 +231,7 @@ class Admin(commands.Cog):
     @clipfind.command(name="help")
     async def help(self, interaction: discord.Interaction) -> None:
         """How to search: /find's options and Find similar images, with examples."""
-        await interaction.response.send_message(HELP, ephemeral=True)
+        await interaction.response.send_message(help_text(), ephemeral=True)
 
 
 async def setup(bot: ClipfindBot) -> None:
