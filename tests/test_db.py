@@ -91,3 +91,54 @@ async def test_migrations_match_the_models(engine):
 
 async def test_migrations_match_the_models_on_postgresql(postgres_engine):
     assert await _differences(postgres_engine) == []
+
+
+async def test_a_schema_another_process_is_migrating_is_waited_for_not_refused(
+    postgres_server, monkeypatch
+):
+    """A worker or a second gateway started beside the bot that creates a new database reads
+    the revisions in between (Alembic commits one at a time): it waits for the run to end
+    instead of stopping with 'run db upgrade'."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+    from alembic import command
+
+    import retrieval.database.engine
+    from retrieval.database.engine import check_schema, upgrade
+    from retrieval.database.locks import AdvisoryLock, Purpose
+    from tests.conftest import postgres_url
+
+    name = f"test_{uuid.uuid4().hex}"
+    host = str(postgres_server.get_postmaster_info().socket_dir)
+    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    engine = create_engine(postgres_url(postgres_server, name))
+    try:
+        await upgrade(engine, "0003")
+        migrating = AdvisoryLock(engine, purpose=Purpose.SCHEMA)  # the other process's run
+        await migrating.acquire()
+        tried = asyncio.Event()
+        try_acquire = AdvisoryLock.try_acquire
+
+        async def noted(lock):
+            tried.set()
+            return await try_acquire(lock)
+
+        monkeypatch.setattr(AdvisoryLock, "try_acquire", noted)
+        try:
+            checking = asyncio.create_task(check_schema(engine))
+            waiting = asyncio.create_task(tried.wait())
+            await asyncio.wait([checking, waiting], return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            assert not checking.done(), "the schema in between was judged, not waited for"
+            await retrieval.database.engine._alembic(engine, command.upgrade, "head")
+            await migrating.release()
+            assert await checking == await current_revision(engine)
+        finally:
+            await migrating.release()
+    finally:
+        await engine.dispose()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

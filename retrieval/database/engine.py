@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from retrieval.database.locks import Purpose, held, is_shared
 from retrieval.errors import SchemaError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ UPGRADE_HINT = "python -m bot db upgrade"
 POOL_KEPT = 5
 # The most a stop waits to close the database's connections.
 CLOSE_S = 1.0
+
+
+# How often a process waiting for another's migrations looks whether they are done.
+SCHEMA_POLL_S = 0.5
 
 
 def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0) -> AsyncEngine:
@@ -107,7 +112,9 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    await _alembic(engine, command.upgrade, revision)
+    """Migrate to ``revision``; one process at a time, and `check_schema` waits for the run."""
+    async with held(engine, purpose=Purpose.SCHEMA, poll_s=SCHEMA_POLL_S):
+        await _alembic(engine, command.upgrade, revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
@@ -137,6 +144,15 @@ async def check_schema(engine: AsyncEngine) -> str | None:
     """
     url = engine.url.render_as_string(hide_password=False)
     head, current = _head(url), await current_revision(engine)
+    if current is not None and current != head and is_shared(engine):
+        # Another process may be migrating it now: Alembic commits one revision at a time, so a
+        # new database shows the revisions in between while the bot creates it. Wait for that
+        # run to end, then look again; with none running the lock is free at once.
+        try:
+            async with held(engine, purpose=Purpose.SCHEMA, poll_s=SCHEMA_POLL_S):
+                current = await current_revision(engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"cannot reach the database: {exc}") from exc
     if current == head:
         return current
     if current is None:

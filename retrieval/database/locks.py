@@ -5,6 +5,7 @@ SQLite serves one process, which needs no lock across processes: there every loc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ class Purpose(IntEnum):
     IDENTIFY = 1  # the key's low half: the max_concurrency bucket
     COMMAND_SYNC = 2
     INDEX_BUILD = 3  # one HNSW index build at a time across the cluster (store/pgindex.py)
+    SCHEMA = 4  # one migration run at a time; readers of a schema behind wait for it (engine.py)
 
 
 def is_shared(engine: AsyncEngine) -> bool:
@@ -100,13 +102,24 @@ async def _discard(conn: AsyncConnection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def held(engine: AsyncEngine, *, purpose: Purpose, key: int = 0) -> AsyncIterator[None]:
-    """One process at a time across the cluster; free on SQLite (one process only)."""
+async def held(
+    engine: AsyncEngine, *, purpose: Purpose, key: int = 0, poll_s: float | None = None
+) -> AsyncIterator[None]:
+    """One process at a time across the cluster; free on SQLite (one process only).
+
+    With ``poll_s`` the turn is waited for by trying again every ``poll_s`` seconds, not in a
+    blocked statement: a session blocked in pg_advisory_lock keeps a snapshot open, and a
+    CREATE INDEX CONCURRENTLY run while the lock is held would wait for that snapshot forever.
+    """
     if not is_shared(engine):
         yield
         return
     lock = AdvisoryLock(engine, purpose=purpose, key=key)
-    await lock.acquire()
+    if poll_s is None:
+        await lock.acquire()
+    else:
+        while not await lock.try_acquire():  # noqa: ASYNC110 (the lock is in another process)
+            await asyncio.sleep(poll_s)
     try:
         yield
     finally:
