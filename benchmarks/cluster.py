@@ -39,11 +39,11 @@ from sqlalchemy import delete, func, select  # noqa: E402
 from benchmarks.harness import percentile, refs  # noqa: E402
 from benchmarks.indexing import make_images  # noqa: E402
 from benchmarks.store import postgres  # noqa: E402
-from retrieval.assembly import open_indexing  # noqa: E402
 from retrieval.config import Settings, load_settings  # noqa: E402
-from retrieval.db import create_engine, ensure_schema  # noqa: E402
+from retrieval.database.engine import create_engine, ensure_schema  # noqa: E402
+from retrieval.database.tables import IndexedImage, IndexJob  # noqa: E402
 from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue  # noqa: E402
-from retrieval.models import IndexedImage, IndexJob  # noqa: E402
+from retrieval.runtime.services import open_services  # noqa: E402
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,7 +255,7 @@ async def main(args: argparse.Namespace) -> None:
             made = refs(base, count)
             return [ImageRef(**{**_fields(r), "message_id": r.message_id + offset}) for r in made]
 
-        async with open_indexing(settings, engine=engine) as indexing:
+        async with open_services(settings, engine=engine) as indexing:
             gc.collect()
             gc.freeze()  # as the bot and the worker do once loaded
             pipeline: IndexingPipeline = indexing.pipeline

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy import text
 
 from benchmarks.tenants import DAY0, MODEL, load
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.store import SearchScope
 from retrieval.store.pgindex import Layout
 from retrieval.store.postgres import _matching, search_settings, search_statement

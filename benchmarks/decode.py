@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieval.images import PreprocessSpec, prepare  # noqa: E402
+from retrieval.pictures.images import PreprocessSpec, prepare  # noqa: E402
 
 SPEC = PreprocessSpec(
     size=224,

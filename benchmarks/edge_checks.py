@@ -24,10 +24,10 @@ import numpy as np
 import retrieval.store.postgres as pg_store
 import retrieval.store.sqlite as sqlite_store
 from benchmarks.store import postgres
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.indexing import ImageRef, JobQueue
-from retrieval.inputs import clean_ref, ref_problem
-from retrieval.reindex import adopt_model
+from retrieval.indexing.inputs import clean_ref, ref_problem
+from retrieval.indexing.model_switch import adopt_model
 from retrieval.store import open_store
 from tests.records import MODEL, image_record, job_ref
 

@@ -64,9 +64,9 @@ async def sqlite_pipeline(
     encoder: Any, *, source: str, batch_size: int, decode_threads: int | None = None
 ) -> AsyncIterator[Any]:
     """A pipeline that may download from ``source``'s origin (the image server's base URL)."""
-    from retrieval.db import create_engine, ensure_schema
-    from retrieval.encoding import EncoderService
-    from retrieval.fetch import Fetcher
+    from retrieval.database.engine import create_engine, ensure_schema
+    from retrieval.encoding.service import EncoderService
+    from retrieval.pictures.fetch import Fetcher
     from retrieval.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +78,7 @@ async def sqlite_pipeline(
             options: dict[str, Any] = {}
             if has_jobs_table():
                 from retrieval.indexing import IndexingPipeline, JobQueue
-                from retrieval.origins import MediaOrigins
+                from retrieval.pictures.origins import MediaOrigins
 
                 fetch_options["allowed"] = MediaOrigins.parse(str(yarl.URL(source).origin()))
                 options["jobs"] = JobQueue(engine, model_id=encoder.model_id)
@@ -237,7 +237,7 @@ def raw_sqlite(path: Path) -> sqlite3.Connection:
     """A new clipfind SQLite database at ``path``, opened for writing rows as fast as SQLite
     takes them (``RAW_INSERT`` with executemany): a large instance is set up in seconds rather
     than through the store."""
-    from retrieval.db import create_engine, ensure_schema
+    from retrieval.database.engine import create_engine, ensure_schema
 
     async def schema() -> None:
         engine = create_engine(f"sqlite+aiosqlite:///{path}")

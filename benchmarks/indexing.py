@@ -9,7 +9,7 @@
                                   [--precision all|auto|fp32|bf16|fp16] [--device cpu|cuda]
 
 On a CPU "all" measures fp32, bf16 and auto (which times both at load and keeps the faster,
-retrieval/precision.py; whether it picks right is measured side by side by
+retrieval/encoding/precision.py; whether it picks right is measured side by side by
 `python -m benchmarks.precision`). On a GPU (`--device cuda`) the seed way runs there too, and
 "all" compares fp32 with fp16.
 
@@ -57,7 +57,7 @@ from benchmarks.harness import (  # noqa: E402
     sqlite_pipeline,
     thread_cpu_s,
 )
-from retrieval.encoder import Encoder  # noqa: E402
+from retrieval.encoding.clip import Encoder  # noqa: E402
 
 # (megapixels, format): a mix of phone photos, screenshots and small memes; or phone photos only.
 MIXES = {

@@ -119,7 +119,7 @@ def bot_heap() -> None:
 
 async def measure(path: str, query: np.ndarray) -> dict:
     import retrieval
-    from retrieval.db import create_engine
+    from retrieval.database.engine import create_engine
     from retrieval.search import ResultPager, arranger, collapse_reposts, from_store, ordered
     from retrieval.store import SearchScope, open_store
 

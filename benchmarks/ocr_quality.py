@@ -2,14 +2,14 @@
 
 Reads every picture of `tests.textimages` (made from a seed: English and Chinese, 12-48 px, up to
 10 degrees, plain / noisy / photographic backgrounds, memes, terminal screenshots) with
-`retrieval.ocr.OcrEngine` on one thread, then ranks all pictures for each query (2-4 consecutive
-words of one caption line) by a plain text match of the normalised query against each picture's
-normalised text:
+`retrieval.encoding.ocr.OcrEngine` on one thread, then ranks all pictures for each query (2-4
+consecutive words of one caption line) by a plain text match of the normalised query against each
+picture's normalised text:
 
 - exact: pictures whose text contains the query (what a quoted phrase, FTS5's trigram index or
   ``LIKE`` find), in a stable order; a hit is the picture ranked first among them;
-- compact: the same on letters and digits only (`retrieval.textnorm.compact`), which forgives a
-  lost space or a speck read as punctuation;
+- compact: the same on letters and digits only (`retrieval.encoding.textnorm.compact`), which
+  forgives a lost space or a speck read as punctuation;
 - fuzzy: all pictures by the share of the query's character trigrams found in their text (what
   ``pg_trgm``'s word similarity ranks by), ties counted against us.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieval.ocr import (
+from retrieval.encoding.ocr import (
     BOX_THRESHOLD,
     DETECT_SIDE,
     MIN_CONFIDENCE,
@@ -44,7 +44,7 @@ from retrieval.ocr import (
     OcrEngine,
     OcrModels,
 )  # noqa: E402
-from retrieval.textnorm import compact, normalise, normalise_query  # noqa: E402
+from retrieval.encoding.textnorm import compact, normalise, normalise_query  # noqa: E402
 from tests.textimages import SIZE_BANDS, TextSample, make_set  # noqa: E402
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)

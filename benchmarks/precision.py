@@ -4,9 +4,9 @@ side-by-side measurement of both, in one process.
 fp32 and bf16 encoders of the model (random weights: speed does not depend on them) are loaded
 once. The reference: batches at the batch size, alternating between the two (a b b a ...),
 `--rounds` of each in all; the median seconds per batch of each. The calibration `Encoder.load`
-runs (`retrieval.precision.calibrate`, without its cache) is tried `--trials` times, between
-slices of the reference so that both see the same load; for each trial, the reference speed of
-what it chose against the faster one's. Auto is within 5% when every trial's choice is.
+runs (`retrieval.encoding.precision.calibrate`, without its cache) is tried `--trials` times,
+between slices of the reference so that both see the same load; for each trial, the reference speed
+of what it chose against the faster one's. Auto is within 5% when every trial's choice is.
 
     python -m benchmarks.precision [--model ViT-B-32] [--batch 16] [--rounds 12] [--trials 4]
 """
@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from retrieval.encoder import Encoder  # noqa: E402
-from retrieval.precision import (  # noqa: E402
+from retrieval.encoding.clip import Encoder  # noqa: E402
+from retrieval.encoding.precision import (  # noqa: E402
     CalibrationCache,
     CalibrationKey,
     calibrate,

@@ -3,10 +3,11 @@
 For each picture of the indexing benchmark's photo mix (`benchmarks/indexing.py`: JPEGs of 12,
 3, 1 and 0.3 MP and PNGs of 2 and 0.5 MP made from the photos in scikit-image and matplotlib),
 the stand-in's media proxy (`tests/fakediscord/media.py`: Pillow, Lanczos like Discord's image
-library) makes the copy `retrieval/media_proxy.py` would ask for, with the short side at 224,
-336 or 448 px (1, 1.5 and 2x ViT-B-32's input; the tiny model, 64 px, gets copies at the same
+library) makes the copy `retrieval/pictures/media_proxy.py` would ask for, with the short side at
+224, 336 or 448 px (1, 1.5 and 2x ViT-B-32's input; the tiny model, 64 px, gets copies at the same
 scale of its own input) in several formats. Each copy goes through the real preprocessing
-(`retrieval.images.prepare` with the model's spec) and is compared with what the original gives:
+(`retrieval.pictures.images.prepare` with the model's spec) and is compared with what the original
+gives:
 
 - PSNR and max abs difference of ViT-B-32's input tensor, in 8-bit levels (the tensor is
   un-normalised first, so one level is one step of a pixel value);
@@ -43,9 +44,9 @@ from open_clip.transform import image_transform  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.indexing import make_images  # noqa: E402
-from retrieval.encoder import Encoder  # noqa: E402
-from retrieval.images import PreprocessSpec, prepare  # noqa: E402
-from retrieval.media_proxy import QUALITY, SCALE, proxy_format, request_size  # noqa: E402
+from retrieval.encoding.clip import Encoder  # noqa: E402
+from retrieval.pictures.images import PreprocessSpec, prepare  # noqa: E402
+from retrieval.pictures.media_proxy import QUALITY, SCALE, proxy_format, request_size  # noqa: E402
 from tests.fakediscord.media import FORMATS, Resize, render  # noqa: E402
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
@@ -58,7 +59,11 @@ FORMAT_CHOICES = (
     ("webp lossless", "webp", "lossless"),
     ("jpeg q80", "jpeg", 80),
     ("jpeg q90", "jpeg", 90),
-    ("by source q90", "by source", 90),  # what retrieval/media_proxy.py asks: jpeg for a JPEG
+    (
+        "by source q90",
+        "by source",
+        90,
+    ),  # what retrieval/pictures/media_proxy.py asks: jpeg for a JPEG
 )
 
 

@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.decode import SPEC, encode, mosaic, photos  # noqa: E402
-from retrieval.db import create_engine, ensure_schema  # noqa: E402
-from retrieval.encoder import Encoder  # noqa: E402
-from retrieval.encoding import EncoderService  # noqa: E402
+from retrieval.database.engine import create_engine, ensure_schema  # noqa: E402
+from retrieval.encoding.clip import Encoder  # noqa: E402
+from retrieval.encoding.service import EncoderService  # noqa: E402
 from retrieval.search import image_vector  # noqa: E402
 from retrieval.store import open_store  # noqa: E402
 from tests.records import image_record  # noqa: E402

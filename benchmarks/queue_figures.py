@@ -18,8 +18,8 @@ import time
 from sqlalchemy import text
 
 from benchmarks.store import postgres
-from retrieval.cluster import COUNT_CAP, read_figures
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.runtime.cluster import COUNT_CAP, read_figures
 
 FILL = """
 INSERT INTO index_jobs (guild_id, channel_id, message_id, image_key, kind, author_id, posted_at,

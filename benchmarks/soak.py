@@ -46,8 +46,8 @@ from benchmarks.soak_cluster import Cluster, Role  # noqa: E402
 from benchmarks.soak_load import Load  # noqa: E402
 from benchmarks.soak_report import Options, Report, print_report  # noqa: E402
 from benchmarks.soak_world import KEEP, World  # noqa: E402
-from retrieval.db import create_engine, ensure_schema  # noqa: E402
-from retrieval.models import IndexedImage, IndexFailure, IndexJob  # noqa: E402
+from retrieval.database.engine import create_engine, ensure_schema  # noqa: E402
+from retrieval.database.tables import IndexedImage, IndexFailure, IndexJob  # noqa: E402
 from retrieval.store import SearchScope, open_store  # noqa: E402
 from tests.conftest import embedded_server, postgres_url  # noqa: E402
 from tests.fakediscord import FakeDiscord  # noqa: E402

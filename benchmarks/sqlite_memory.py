@@ -121,7 +121,7 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
 async def run_matrix(
     path: str, args: argparse.Namespace, *, half: bool, streamed: bool = False
 ) -> dict:
-    from retrieval.db import create_engine
+    from retrieval.database.engine import create_engine
     from retrieval.store import SearchScope
     from retrieval.store.matrix import matrix_bytes
     from retrieval.store.sqlite import SqliteVectorStore

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import text
 
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.store import ImageRecord, SearchScope, VectorStore, open_store
 from retrieval.store.postgres import (
     EF_SEARCH,

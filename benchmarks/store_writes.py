@@ -62,7 +62,7 @@ async def queued(engine, jobs, refs) -> list[int]:
     """Queue the images as jobs; their ids, in the order of ``refs``."""
     from sqlalchemy import select
 
-    from retrieval.models import IndexJob
+    from retrieval.database.tables import IndexJob
 
     for start in range(0, len(refs), QUEUE_CHUNK):
         await jobs.enqueue(refs[start : start + QUEUE_CHUNK], priority=1)
@@ -74,7 +74,7 @@ async def queued(engine, jobs, refs) -> list[int]:
 
 async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool, writers: int = 1) -> dict:
     """One database, one batch size: rows/s written and deleted, ms per live write."""
-    from retrieval.db import create_engine, ensure_schema
+    from retrieval.database.engine import create_engine, ensure_schema
     from retrieval.indexing import JobQueue
     from retrieval.store import SearchScope, open_store
     from tests.records import clustered

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from sqlalchemy import text
 
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.store import ImageRecord, SearchScope
 from retrieval.store.allowed import RECORD_COLUMNS
 from retrieval.store.pgcopy import copy_payload

@@ -27,7 +27,7 @@ import numpy as np
 from sqlalchemy import text
 
 from benchmarks.tenants import MODEL, load
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
 from tests.records import near
 
 LAYOUTS = {

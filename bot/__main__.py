@@ -1,5 +1,5 @@
 # First, before discord.py, torch and the model load: a stop asked for meanwhile exits 0.
-from retrieval.signals import exit_now, exit_on_signals
+from retrieval.runtime import exit_now, exit_on_signals
 
 exit_on_signals()
 

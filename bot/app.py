@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import discord
 
 from bot.client import ClipfindBot
-from bot.signed_urls import rest_refresher
+from bot.link_refresh import rest_refresher
 from bot.startup import (
     INTENT_REFUSED,
     SHARD_REFUSED,
@@ -21,16 +21,19 @@ from bot.startup import (
     check_with_discord,
     token_of,
 )
-from retrieval.assembly import open_indexing
 from retrieval.config import Settings
-from retrieval.db import close_engine, create_engine, ensure_schema
-from retrieval.dbfile import DatabaseFile, check_sole_process, sole_process
+from retrieval.database import (
+    DatabaseFile,
+    check_sole_process,
+    close_engine,
+    create_engine,
+    ensure_schema,
+    sole_process,
+)
 from retrieval.errors import ConfigError
-from retrieval.operating import operator_view
-from retrieval.policy import IndexPolicy
-from retrieval.reindex import adopt_model
-from retrieval.signals import Stop, stoppable
-from retrieval.supervisor import Supervisor
+from retrieval.indexing import adopt_model
+from retrieval.runtime import Stop, open_services, operator_view, stoppable
+from retrieval.shards import listed
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +65,25 @@ async def open_bot(
             database.engine_url(settings.database_url) if database else settings.database_url,
             **settings.engine_options(),
         )
-        supervisor = Supervisor()
         try:
             await ensure_schema(engine)
             if database:
                 await database.record(engine)
-            policy = IndexPolicy(engine)
-            await policy.load()
             async with (
                 rest_refresher(settings) as refresh,
-                open_indexing(
+                open_services(
                     settings,
                     engine=engine,
                     consume=settings.encode_images,
                     refresh=refresh,
-                    supervisor=supervisor,
                     stop_left=stop_left,
-                ) as indexing,
+                ) as services,
             ):
                 bot = ClipfindBot(
-                    settings=settings,
-                    engine=engine,
-                    store=indexing.store,
-                    encoder=indexing.service,
-                    pipeline=indexing.pipeline,
-                    policy=policy,
+                    services=services,
                     database=database,
-                    supervisor=supervisor,
+                    reindexing=await adopt_model(engine, services.store, services.model.model_id),
                 )
-                model_id = indexing.encoder.model_id
-                bot.reindexing = await adopt_model(engine, indexing.store, model_id)
                 async with (
                     bot,
                     _stop_if_lost(
@@ -101,9 +93,9 @@ async def open_bot(
                         engine=engine,
                         role="bot",
                         # A process that only queues is no consumer: it would show as a stalled one.
-                        pipeline=indexing.pipeline if indexing.pipeline.consumes else None,
+                        pipeline=services.pipeline if services.pipeline.consumes else None,
                         settings=settings,
-                        supervisor=supervisor,
+                        supervisor=services.supervisor,
                         shards=lambda: shards_of(bot),
                     ),
                 ):
@@ -116,9 +108,8 @@ def shards_of(bot: discord.Client) -> str | None:
     """The gateway shards this process runs, as "0, 1 of 4"; None when it runs unsharded."""
     if not bot.shard_count:
         return None
-    ids = getattr(bot, "shard_ids", None) or [bot.shard_id]
-    listed = ", ".join(str(i) for i in sorted(i for i in ids if i is not None))
-    return f"{listed or '?'} of {bot.shard_count}"
+    ids = [i for i in getattr(bot, "shard_ids", None) or [bot.shard_id] if i is not None]
+    return listed(ids, bot.shard_count) if ids else f"? of {bot.shard_count}"
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot.startup import check_with_discord, token_of
 from retrieval.config import Settings
-from retrieval.db import UPGRADE_HINT, check_schema, create_engine
+from retrieval.database import UPGRADE_HINT, check_schema, create_engine
 from retrieval.errors import ClipfindError, ConfigError, StoreUnavailable
 
 
@@ -51,7 +51,7 @@ async def _database(settings: Settings) -> str:
 
 
 async def _model(settings: Settings) -> str:
-    from retrieval.encoder import locate_weights, resolve_device, resolve_precision
+    from retrieval.encoding import locate_weights, resolve_device, resolve_precision
 
     def locate() -> str:
         weights = locate_weights(model=settings.clip_model, pretrained=settings.clip_pretrained)

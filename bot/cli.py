@@ -15,7 +15,7 @@ import discord
 
 from retrieval.config import Settings, load_settings
 from retrieval.errors import ClipfindError, DatabaseInUse, SchemaError
-from retrieval.signals import die_on_signals
+from retrieval.runtime import die_on_signals
 
 log = logging.getLogger("clipfind")
 
@@ -57,7 +57,7 @@ def _check() -> int:
 
 
 async def _db(action: str, settings: Settings) -> None:
-    from retrieval.db import create_engine, current_revision
+    from retrieval.database import create_engine, current_revision
 
     engine = create_engine(settings.database_url)
     try:
@@ -69,8 +69,7 @@ async def _db(action: str, settings: Settings) -> None:
 
 
 async def _citus_distribute(settings: Settings) -> None:
-    from retrieval.citus import distribute
-    from retrieval.db import UPGRADE_HINT, check_schema, create_engine
+    from retrieval.database import UPGRADE_HINT, check_schema, create_engine, distribute
 
     engine = create_engine(settings.database_url)
     try:
@@ -94,8 +93,7 @@ async def _upgrade(engine, *, sqlite_path: Path | None) -> None:
     """Reading the revision never waits for the bot; changing the schema of a SQLite database
     the bot runs on is refused (the bot checked it once, at its start), and taking its lock
     meanwhile keeps the bot from starting on a half-migrated file."""
-    from retrieval.db import check_schema, upgrade
-    from retrieval.dbfile import sole_process
+    from retrieval.database import check_schema, sole_process, upgrade
 
     if sqlite_path is None:
         await upgrade(engine)
@@ -114,10 +112,10 @@ async def _upgrade(engine, *, sqlite_path: Path | None) -> None:
 async def _worker(settings: Settings) -> int:
     """An encoder worker, with a REST-only Discord login (when given the token) to renew expired
     attachment links; a refused token stops it as it stops the bot."""
-    from bot.signed_urls import worker_refresher
+    from bot.link_refresh import worker_refresher
     from bot.startup import DiscordRefused
-    from retrieval.signals import Stop, stoppable
-    from retrieval.worker import check_worker_settings, run_worker
+    from bot.worker import check_worker_settings, run_worker
+    from retrieval.runtime import Stop, stoppable
 
     check_worker_settings(settings)  # a worker on SQLite is told so before Discord is asked
 

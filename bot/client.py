@@ -6,57 +6,49 @@ processes sharing one PostgreSQL database.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
 from typing import TYPE_CHECKING
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import on_app_command_error
+from bot.backfill import BackfillScheduler
+from bot.erasure import Eraser
+from bot.error_replies import on_app_command_error
 from bot.identify import IdentifyGate
 from bot.startup import invite_url
-from retrieval.locks import Purpose, held, is_shared
-from retrieval.state import get_state, set_state
+from retrieval.database import Purpose, get_state, held, is_shared, set_state
+from retrieval.runtime import freeze_heap
+from retrieval.shards import listed
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from retrieval.backfill import BackfillProgress
     from retrieval.config import Settings
-    from retrieval.dbfile import DatabaseFile
+    from retrieval.database import DatabaseFile
     from retrieval.encoding import EncoderService
-    from retrieval.indexing import IndexingPipeline
+    from retrieval.indexing import BackfillCursors, BackfillProgress, IndexingPipeline, JobQueue
+    from retrieval.pictures import Fetcher
     from retrieval.policy import IndexPolicy
+    from retrieval.runtime import Services
     from retrieval.store import VectorStore
     from retrieval.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (
-    "bot.cogs.indexing",
+    "bot.cogs.live",
     "bot.cogs.search",
     "bot.cogs.backfill",
     "bot.cogs.lifecycle",
     "bot.cogs.privacy",
-    "bot.cogs.policy",
+    "bot.cogs.upkeep",
     "bot.cogs.admin",
 )
 _COMMANDS_HASH = "commands_hash"
-
-
-def freeze_heap() -> None:
-    """Take what start-up built out of the garbage collector's sight.
-
-    The model, torch, open_clip and discord.py leave some 440,000 objects that live as long as
-    the process. A full collection scans them all, about 0.3 s with the event loop stopped,
-    and a busy stretch (a large guild's matrix loading, a flood of images) sets off several.
-    Frozen, they are skipped; collections then scan only what came later.
-    """
-    gc.collect()  # garbage left now would never be collected once frozen
-    gc.freeze()
 
 
 def intents() -> discord.Intents:
@@ -66,20 +58,26 @@ def intents() -> discord.Intents:
     return wanted
 
 
+class ClipfindTree(app_commands.CommandTree):
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await on_app_command_error(interaction, error)
+
+
 class ClipfindBot(commands.AutoShardedBot):
+    """Handed its services whole (`retrieval.runtime.Services`); owns what is Discord's: the
+    backfill scheduler and the eraser, which every cog reaches through the bot."""
+
     def __init__(
         self,
         *,
-        settings: Settings,
-        engine: AsyncEngine,
-        store: VectorStore,
-        encoder: EncoderService,
-        pipeline: IndexingPipeline,
-        policy: IndexPolicy,
+        services: Services,
         database: DatabaseFile | None = None,
-        supervisor: Supervisor,
+        reindexing: dict[str, int] | None = None,
         **options,
     ) -> None:
+        settings = services.settings
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents(),
@@ -87,36 +85,94 @@ class ClipfindBot(commands.AutoShardedBot):
             allowed_mentions=discord.AllowedMentions.none(),
             shard_count=settings.shard_count,
             shard_ids=settings.shard_id_list(),
+            tree_cls=ClipfindTree,
             **options,
         )
-        self.settings = settings
-        self.identify_gate = IdentifyGate(engine)
-        self.engine = engine
-        self.store = store
-        self.encoder = encoder
-        self.pipeline = pipeline
-        self.policy = policy
+        self._services = services
+        self.identify_gate = IdentifyGate(services.engine)
         self._database = database  # the SQLite file; None on PostgreSQL
-        # Runs every long-lived task of the process (the cogs' loops too), restarting a failed one.
-        self.supervisor = supervisor
-        # Set by the backfill cog while it runs; read by the status command.
-        self.backfill_progress: BackfillProgress | None = None
-        # Rows per other model left from before a model switch (see retrieval/reindex.py).
-        self.reindexing: dict[str, int] = {}
+        # Rows per other model left from before a model switch (see
+        # retrieval/indexing/model_switch.py).
+        self.reindexing: dict[str, int] = reindexing or {}
+        self._backfill = BackfillScheduler(self)
+        # Every deletion goes through it, so that it stays deleted (bot/erasure.py).
+        self._eraser = Eraser(services.pipeline)
         # What `python -m bot` exits with once the bot stops; set by whatever stopped it.
         self.exit_status = 0
 
+    # What the cogs reach through the bot: read-only, each of one type, set once above.
+
+    @property
+    def services(self) -> Services:
+        return self._services
+
+    @property
+    def settings(self) -> Settings:
+        return self._services.settings
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._services.engine
+
+    @property
+    def store(self) -> VectorStore:
+        return self._services.store
+
+    @property
+    def encoder(self) -> EncoderService:
+        return self._services.encoder
+
+    @property
+    def pipeline(self) -> IndexingPipeline:
+        return self._services.pipeline
+
+    @property
+    def jobs(self) -> JobQueue:
+        return self._services.jobs
+
+    @property
+    def fetcher(self) -> Fetcher:
+        return self._services.fetcher
+
+    @property
+    def policy(self) -> IndexPolicy:
+        return self._services.policy
+
+    @property
+    def cursors(self) -> BackfillCursors:
+        return self._services.cursors
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """Runs every long-lived task of the process (the cogs' loops too), restarting a failed
+        one."""
+        return self._services.supervisor
+
+    @property
+    def backfill(self) -> BackfillScheduler:
+        return self._backfill
+
+    @property
+    def eraser(self) -> Eraser:
+        return self._eraser
+
+    @property
+    def backfill_progress(self) -> BackfillProgress | None:
+        """Backfill's counters while it runs in this process (BACKFILL=true); None otherwise."""
+        return self.backfill.progress if self.backfill.started else None
+
     async def confirm_saved(self) -> None:
         """Before telling someone a change is done: raise DatabaseLost if it was written into a
-        SQLite file deleted or replaced under the running bot (see retrieval/dbfile.py)."""
+        SQLite file deleted or replaced under the running bot (see
+        retrieval/database/sqlite_file.py)."""
         if self._database is not None:
             await self._database.confirm()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.tree.on_error = on_app_command_error
         await self._sync_commands_if_changed()
+        await self.backfill.start()
         freeze_heap()  # the model and every cog are loaded: what follows comes and goes
 
     async def _sync_commands_if_changed(self) -> None:
@@ -166,13 +222,15 @@ class ClipfindBot(commands.AutoShardedBot):
             await super().before_identify_hook(shard_id, initial=initial)
 
     async def close(self) -> None:
+        await self.backfill.stop()
         await super().close()
+        self.eraser.close()
         await self.identify_gate.close()
 
     def _shard_text(self) -> str:
-        ids = sorted(self.shards)
-        listed = ",".join(map(str, ids)) if len(ids) <= 16 else f"{len(ids)} shards"
-        return f"shards {listed} of {self.shard_count}"
+        if len(self.shards) > 16:
+            return f"{len(self.shards)} shards of {self.shard_count}"
+        return f"shards {listed(self.shards, self.shard_count)}"
 
     async def on_shard_ready(self, shard_id: int) -> None:
         guilds = sum(1 for g in self.guilds if g.shard_id == shard_id)

@@ -18,8 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from retrieval.backoff import patiently
 from retrieval.errors import StoreUnavailable
-from retrieval.patience import patiently
 
 if TYPE_CHECKING:
     from retrieval.indexing import IndexingPipeline

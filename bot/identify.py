@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from retrieval.locks import AdvisoryLock, Purpose
+from retrieval.database import AdvisoryLock, Purpose
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -19,12 +19,12 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import discord
+from cachetools import TTLCache
 
 from bot.audience import readable_by_all_readers, vocal
 from bot.refs import image_keys, image_refs
@@ -54,39 +54,19 @@ MEMBERSHIP_ROUNDS = 3
 REST_CONCURRENCY = 4
 
 
-class Expiring(Generic[K, V]):
-    """A small LRU map whose entries expire; ``get`` gives None for missing or expired."""
+class Expiring(TTLCache[K, V]):
+    """A small LRU map whose entries expire (cachetools' TTLCache on the monotonic clock);
+    ``get`` gives None for missing or expired."""
 
     def __init__(self, ttl_s: float, size: int = 10_000) -> None:
-        self.ttl_s = ttl_s
-        self.size = size
-        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        found = self._items.get(key)
-        if found is None:
-            return None
-        if found[0] < time.monotonic():
-            del self._items[key]
-            return None
-        self._items.move_to_end(key)
-        return found[1]
+        super().__init__(maxsize=size, ttl=ttl_s, timer=time.monotonic)
 
     def put(self, key: K, value: V) -> None:
-        self._items[key] = (time.monotonic() + self.ttl_s, value)
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._items.pop(key, None)
+        self[key] = value
 
     def drop(self, matching: Callable[[K], bool]) -> None:
-        for key in [key for key in self._items if matching(key)]:
-            del self._items[key]
-
-    def clear(self) -> None:
-        self._items.clear()
+        for key in [key for key in self if matching(key)]:
+            self.pop(key, None)
 
 
 def can_read(channel: discord.abc.GuildChannel | discord.Thread, member: discord.Member) -> bool:
@@ -176,7 +156,7 @@ class Access:
         self._rest = asyncio.Semaphore(REST_CONCURRENCY)
 
     def forget_message(self, message_id: int) -> None:
-        self._alive.pop(message_id)
+        self._alive.pop(message_id, None)
 
     def forget_all(self) -> None:
         """After a new gateway session, deletions may have been missed, and the threads looked

@@ -1,21 +1,25 @@
 """Discord messages → ImageRefs: which attachments and embeds are images worth indexing.
 
 Everything here comes from members (file names, links), so every ref is cleaned before it goes
-anywhere (retrieval/inputs.py), and reading a message never fails on what a member wrote: a link
-that does not parse still makes a ref, which the jobs queue counts as failed (``invalid_url``).
+anywhere (retrieval/indexing/inputs.py), and reading a message never fails on what a member wrote: a
+link that does not parse still makes a ref, which the jobs queue counts as failed (``invalid_url``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+from typing import TYPE_CHECKING
 
 import discord
 import yarl
 
-from retrieval.indexing import ImageRef
-from retrieval.inputs import clean_ref
-from retrieval.models import UNKNOWN_PARENT
+from retrieval.database import UNKNOWN_PARENT
+from retrieval.indexing import ImageRef, clean_ref
+from retrieval.pictures import unsigned
+
+if TYPE_CHECKING:
+    from bot.client import ClipfindBot
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
@@ -26,14 +30,6 @@ def embed_key(url: str) -> int:
     # surrogatepass: a link may hold a lone surrogate, which UTF-8 cannot encode.
     digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
-
-
-def unsigned(url: str) -> str:
-    """Discord's CDN links carry expiring signature parameters; keep the stable part."""
-    try:
-        return str(yarl.URL(url).with_query(None))
-    except ValueError:  # not a link at all: kept as it is, for the queue to refuse
-        return url
 
 
 def _file_name(url: str) -> str:
@@ -141,3 +137,19 @@ def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
     if not media.url or not media.proxy_url:
         return None
     return media.url, media.proxy_url
+
+
+def wanted(bot: ClipfindBot, message: discord.Message, *, channel: object = None) -> bool:
+    """May this message's images be indexed? Live messages and backfill ask the same question.
+    ``channel``: the message's channel as resolved when it came with a bare one."""
+    if message.guild is None:
+        return False
+    if message.author.id == (bot.user and bot.user.id):
+        return False
+    if message.author.bot and not bot.settings.index_bot_messages:
+        return False
+    return bot.policy.allows(
+        channel_id=message.channel.id,
+        author_id=message.author.id,
+        parent_id=parent_of(channel or message.channel),
+    )

@@ -8,34 +8,11 @@ from collections.abc import Callable, Sequence
 import discord
 
 from retrieval.errors import FetchError
-from retrieval.images import ImageError, ImageTooLarge, NotAnImage
+from retrieval.pictures import ImageError, ImageTooLarge, NotAnImage
 from retrieval.search import BadQuery, ResultGroup
 from retrieval.store import SearchHit
 
 EMBED_COLOUR = discord.Colour(0x5865F2)
-
-HELP = """\
-**clipfind** finds the images posted in this server by what they show.
-
-**/find** `query:` what the picture shows, e.g. `/find query: a dog asleep on a sofa`
-- `channel:` only one channel, category or thread (a channel includes its threads)
-- `author:` only the images one member posted
-- `after:` / `before:` a date (`2025-03-01`, UTC) or how long ago: `7d`, `2w`, `3mo`, `yesterday`
-- `sort:` `relevance` (best match first), `newest` or `oldest` (by date, among the good matches)
-- `count:` results per page, up to 10; ◀️ ▶️ page through up to 100
-- `image:` search with a picture instead of words
-- `public:` post the answer in the channel (otherwise only you see it)
-Example: `/find query: whiteboard sketch channel: #design after: 2w sort: newest`
-
-**Find similar images**: right-click (or long-press) a message with an image → Apps → \
-Find similar images.
-
-You only see images from channels and threads you can read right now, and images from \
-age-restricted channels only when you search in one. A picture posted several times shows once, \
-marked "+N reposts" with a link to the earliest.
-
-**/privacy** `opt-out` keeps your images out of the index (and deletes them); `status` says \
-what is stored. Managers choose indexed channels with `/clipfind channels`."""
 
 
 def jump_url(hit: SearchHit) -> str:

@@ -9,13 +9,12 @@ import discord
 
 from bot.ownership import ownership
 from bot.sight import listed, unreadable_channels
-from retrieval.cluster import read_figures
-from retrieval.operating import age, counted
+from retrieval.runtime import age, counted, read_figures
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
-    from retrieval.cluster import ClusterFigures
     from retrieval.indexing import Backlog
+    from retrieval.runtime import ClusterFigures
 
 UNREADABLE_SHOWN = 25  # mentions with a reason are ~45 characters; a message holds 2,000
 CONSUMERS_SHOWN = 8  # one is ~90 characters
@@ -34,7 +33,7 @@ async def status_text(bot: ClipfindBot, *, guild: discord.Guild, manager: bool, 
 
 async def _server_lines(bot: ClipfindBot, guild_id: int) -> list[str]:
     indexed_here = await bot.store.count(guild_id=guild_id, model_id=bot.encoder.model_id)
-    backlog = await bot.pipeline.jobs.backlog(guild_id)
+    backlog = await bot.jobs.backlog(guild_id)
     lines = [
         f"**Images indexed in this server:** {indexed_here}",
         f"**Model:** `{bot.encoder.model_id}`{_runs_on(bot)}",
@@ -53,9 +52,8 @@ async def _server_lines(bot: ClipfindBot, guild_id: int) -> list[str]:
                 # Backfill does not read that far back, so these wait for a wider window.
                 line += f" (those older than {days} days are not read again)"
             lines.append(line)
-    backfill = bot.get_cog("Backfill")
-    if bot.backfill_progress is not None and backfill is not None:
-        lines.append(f"**History backfill here:** {backfill.progress_in(guild_id)}")
+    if bot.backfill_progress is not None:
+        lines.append(f"**History backfill here:** {bot.backfill.progress_in(guild_id)}")
     return lines
 
 
@@ -72,7 +70,7 @@ def _unreadable_line(bot: ClipfindBot, guild: discord.Guild) -> str:
 async def _process_lines(bot: ClipfindBot) -> list[str]:
     pipeline = bot.pipeline.counters
     encoder = bot.encoder.counters
-    backlog = await bot.pipeline.jobs.backlog()
+    backlog = await bot.jobs.backlog()
     problem = bot.supervisor.problem()
     lines = [
         f"**Whole bot** (only you, its owner, see this; {_servers(bot)}):",
@@ -151,6 +149,6 @@ def _reasons(failed: dict[str, int]) -> str:
 
 
 def _runs_on(bot: ClipfindBot) -> str:
-    encoder = bot.encoder.encoder
-    precision, device = getattr(encoder, "precision", None), getattr(encoder, "device", None)
+    model = bot.services.model
+    precision, device = getattr(model, "precision", None), getattr(model, "device", None)
     return f" ({precision} on {device})" if precision and device else ""

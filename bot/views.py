@@ -9,15 +9,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 import discord
 
-from bot.errors import on_view_error
+from bot.error_replies import on_view_error
 from retrieval.search import ResultGroup, ResultPager
 
 log = logging.getLogger(__name__)
 
-# An interaction token lives 15 minutes, and editing an ephemeral answer needs one. Every press
-# brings a fresh token and restarts this timer, so the buttons are always disabled with a token
-# that still works.
-PAGE_TIMEOUT_S = 14 * 60
 NOTHING_LEFT = "None of these results can be shown here any more. Run `/find` again to search."
 NOT_YOURS = "Only the member who searched can turn these pages. Run `/find` to search yourself."
 
@@ -31,7 +27,9 @@ class ResultsView(discord.ui.View):
 
     Each press is checked again (``recheck``): roles, channels and threads change while an
     answer stays open, and the page is worked out afresh, back as well as forward. Presses are
-    taken one at a time, so two quick ones never interleave.
+    taken one at a time, so two quick ones never interleave. ``timeout`` (FIND_PAGE_TIMEOUT_S)
+    restarts at every press, which brings a fresh interaction token: the buttons are disabled
+    with a token that still works.
     """
 
     def __init__(
@@ -42,7 +40,7 @@ class ResultsView(discord.ui.View):
         render: Render,
         recheck: Recheck,
         origin: discord.Interaction,
-        timeout: float = PAGE_TIMEOUT_S,
+        timeout: float,
     ) -> None:
         super().__init__(timeout=timeout)
         self.owner_id = owner_id

@@ -8,7 +8,7 @@ import logging.config
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from retrieval.models import Base
+from retrieval.database.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -33,7 +33,7 @@ def _configure(connection: Connection) -> None:
 
 
 async def _run_with_new_engine(url: str) -> None:
-    from retrieval.db import create_engine
+    from retrieval.database.engine import create_engine
 
     engine = create_engine(url)
     async with engine.connect() as conn:  # Alembic begins and commits (see _configure)

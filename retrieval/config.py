@@ -9,11 +9,13 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
+from retrieval.encoding.precision import CACHE_FILE as PRECISION_CACHE_FILE
 from retrieval.errors import ConfigError
 from retrieval.indexing.jobs import RetryPolicy
-from retrieval.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
-from retrieval.precision import CACHE_FILE as PRECISION_CACHE_FILE
+from retrieval.pictures.origins import DISCORD_MEDIA_ORIGINS, MediaOrigins
+from retrieval.search.ranking import DUPLICATE_SIMILARITY
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
     fetch_per_host: int = Field(default=4, ge=1, le=64)
     fetch_retries: int = Field(default=3, ge=0, le=10)
-    # None picks a size measured for the device (see retrieval/encoder.py).
+    # None picks a size measured for the device (see retrieval/encoding/clip.py).
     batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_deadline_ms: int = Field(default=50, ge=0, le=10_000)
     queue_size: int = Field(default=256, ge=1)
@@ -93,7 +95,7 @@ class Settings(BaseSettings):
     # minutes and disabling the buttons needs one, so at most 14.
     find_page_timeout_s: float = Field(default=840.0, gt=0, le=840)
     # Cosine similarity above which two images count as one reposted picture (model dependent).
-    find_duplicate_threshold: float = Field(default=0.995, gt=0, le=1)
+    find_duplicate_threshold: float = Field(default=DUPLICATE_SIMILARITY, gt=0, le=1)
 
     # How long a server's vectors are kept after the bot leaves it; 0 purges at once.
     guild_purge_grace_hours: float = Field(default=0, ge=0, le=24 * 365)
@@ -104,19 +106,13 @@ class Settings(BaseSettings):
     # servers make way and are loaded again when searched.
     matrix_memory_mb: float = Field(default=DEFAULT_MATRIX_MEMORY_MB, gt=0)
 
-    # --- Operator view (retrieval/operating.py) ---
+    # --- Operator view (retrieval/runtime/operating.py) ---
     # Serve Prometheus figures on http://METRICS_ADDR:METRICS_PORT/metrics; None: no server.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_addr: str = "0.0.0.0"
     # Serve GET /healthz (200, or 503 with the reason) on http://METRICS_ADDR:HEALTH_PORT; the
     # metrics server serves it too. None: only there.
     health_port: int | None = Field(default=None, ge=1, le=65535)
-
-    @field_validator("metrics_port", "health_port", mode="before")
-    @classmethod
-    def _metrics_port(cls, value: object) -> object:
-        # `METRICS_PORT=` in .env means off, like an absent one.
-        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
@@ -128,31 +124,34 @@ class Settings(BaseSettings):
         return self
 
     def engine_options(self) -> dict[str, float]:
-        """The connection pool's limits, for `retrieval.db.create_engine`."""
+        """The connection pool's limits, for `retrieval.database.engine.create_engine`."""
         return {
             "pool_max": self.database_pool_max,
             "pool_timeout_s": self.database_pool_timeout_s,
         }
 
-    @field_validator("discord_token", mode="before")
+    @field_validator(
+        "discord_token",
+        "installation_id",
+        "metrics_port",
+        "health_port",
+        "cache_dir",
+        "shard_count",
+        mode="before",
+    )
     @classmethod
-    def _token(cls, value: object) -> object:
-        # `.env.example` ships `DISCORD_TOKEN=`: empty means not set, not a token to try.
-        if isinstance(value, str):
-            return value.strip() or None
+    def _blank_is_unset(cls, value: object) -> object:
+        # `METRICS_PORT=` in .env (as `.env.example` ships them) means not set, like an absent
+        # one: no token to try, the default folder, Discord's shard count, no metrics server.
+        # (Not pydantic-settings' env_ignore_empty: an empty CLIP_PRETRAINED means random init.)
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
-    @field_validator("cache_dir", mode="before")
+    @field_validator("discord_token", "installation_id", mode="before")
     @classmethod
-    def _cache_dir(cls, value: object) -> object:
-        # `CACHE_DIR=` in .env means the default, like an absent one.
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("shard_count", mode="before")
-    @classmethod
-    def _shard_count(cls, value: object) -> object:
-        # An empty value in .env means unset: Discord's recommendation.
-        return None if isinstance(value, str) and not value.strip() else value
+    def _stripped(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("shard_ids")
     @classmethod
@@ -200,12 +199,6 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with one of {', '.join(_DATABASES)}")
         return value
 
-    @field_validator("installation_id")
-    @classmethod
-    def _installation(cls, value: str | None) -> str | None:
-        # An empty value in .env means unset, like an absent one.
-        return (value or "").strip() or None
-
     @field_validator("clip_pretrained")
     @classmethod
     def _pretrained(cls, value: str | None) -> str | None:
@@ -235,11 +228,10 @@ class Settings(BaseSettings):
         )
 
     def sqlite_path(self) -> Path | None:
-        prefix = "sqlite+aiosqlite:///"
-        if not self.database_url.startswith(prefix):
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite":
             return None
-        rest = self.database_url[len(prefix) :].split("?", 1)[0]
-        return None if rest in ("", ":memory:") else Path(rest)
+        return None if url.database in (None, "", ":memory:") else Path(url.database)
 
     # --- Several processes: gateway processes and encoder workers (`python -m bot worker`) ---
     # false: this process only queues images (and encodes the text of searches); workers take

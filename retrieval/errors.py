@@ -6,11 +6,6 @@ written for an operator. The bot turns them into one polite sentence for the use
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from retrieval.citus import Distribution
-
 
 class ClipfindError(Exception):
     reason = "error"
@@ -50,8 +45,9 @@ class StoreUnavailable(ClipfindError):
 
 class ModelSwitched(ClipfindError):
     """Vectors of a model the index is no longer built with were about to be stored: they could
-    never be found, and the switch's clean-up would delete them (retrieval/reindex.py). Nothing
-    was written; the images go back to the queue for a process with the index's model."""
+    never be found, and the switch's clean-up would delete them
+    (retrieval/indexing/model_switch.py). Nothing was written; the images go back to the queue for a
+    process with the index's model."""
 
     reason = "model_switched"
 
@@ -95,15 +91,3 @@ class CitusUnavailable(ClipfindError):
     """The database is not a Citus coordinator (the extension is missing or not preloaded)."""
 
     reason = "citus_unavailable"
-
-
-class DistributionRefused(ClipfindError):
-    """Citus refused to distribute some tables; the others are distributed already."""
-
-    reason = "citus_refused"
-
-    def __init__(self, refused: dict[str, str], *, done: Distribution) -> None:
-        self.refused = refused
-        self.done = done
-        lines = "; ".join(f"{table}: {why}" for table, why in refused.items())
-        super().__init__(f"Citus refused to distribute {len(refused)} table(s): {lines}")

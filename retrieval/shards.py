@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, literal, true
 
 
+def listed(ids: Iterable[int], count: int) -> str:
+    """Shards as an operator reads them: "1, 3 of 4"."""
+    return f"{', '.join(map(str, sorted(ids)))} of {count}"
+
+
 def shard_of(guild_id: int, shard_count: int) -> int:
     """The shard Discord sends a server's events to (the top bits of its id: its creation time)."""
     return (guild_id >> 22) % shard_count
@@ -53,4 +58,4 @@ class Shards:
     def __str__(self) -> str:
         if self.count is None:
             return "every shard"
-        return f"shards {', '.join(map(str, sorted(self.ids)))} of {self.count}"
+        return f"shards {listed(self.ids, self.count)}"

@@ -8,7 +8,7 @@ task that failed ``failing_after`` times in a row, and has not since run for as 
 waited, makes the process unhealthy: the heartbeat row, `/clipfind status` and ``/healthz`` say
 which task and why, so an orchestrator can restart the process. A task that returns is done.
 
-Outages are not failures: the tasks wait those out themselves (`retrieval/patience.py`). What
+Outages are not failures: the tasks wait those out themselves (`retrieval/backoff.py`). What
 reaches the supervisor is what nobody expected.
 """
 

@@ -38,7 +38,7 @@ from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """The trained tiny model, loaded through the same code path as a user's local checkpoint."""
-    from retrieval.encoder import Encoder
+    from retrieval.encoding.clip import Encoder
 
     return Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
 
@@ -156,7 +156,7 @@ async def fresh_database(server, *, citus: bool, workers=()):
     same database is then made on each, dropped after too)."""
     import asyncpg
 
-    from retrieval.db import create_engine, ensure_schema
+    from retrieval.database.engine import create_engine, ensure_schema
 
     name = f"test_{uuid.uuid4().hex}"
     info = server.get_postmaster_info()
@@ -212,8 +212,7 @@ async def migrated_database(server, workers):
     """A fresh database. Under CLIPFIND_TEST_CITUS, the tables Citus accepts are distributed and
     the ones it refuses stay plain tables on the coordinator (with a warning naming them), so the
     tests show what the queries make of both."""
-    from retrieval.citus import distribute
-    from retrieval.errors import DistributionRefused
+    from retrieval.database.citus import DistributionRefused, distribute
 
     async with fresh_database(server, citus=citus_wanted(), workers=workers) as engine:
         if citus_wanted():
@@ -242,8 +241,8 @@ async def citus_database(citus_server, citus_workers):
 @pytest.fixture
 async def citus_engine(citus_database):
     """The clipfind schema on Citus, distributed as an operator does it
-    (`python -m bot citus-distribute`): see retrieval/citus.py."""
-    from retrieval.citus import distribute
+    (`python -m bot citus-distribute`): see retrieval/database/citus.py."""
+    from retrieval.database.citus import distribute
 
     await distribute(citus_database)
     return citus_database
@@ -251,7 +250,7 @@ async def citus_engine(citus_database):
 
 @pytest.fixture
 async def sqlite_engine(tmp_path):
-    from retrieval.db import create_engine, ensure_schema
+    from retrieval.database.engine import create_engine, ensure_schema
 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/clipfind.db")
     await ensure_schema(engine)

@@ -102,5 +102,5 @@ async def settled(bot: ClipfindBot, fd: FakeDiscord) -> None:
 
 async def backfilled(bot: ClipfindBot, within: float = 30.0) -> None:
     """History is read (every page's images queued) and what was queued is indexed."""
-    await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), within)
+    await asyncio.wait_for(bot.backfill.wait_idle(), within)
     await asyncio.wait_for(bot.pipeline.join(), within)

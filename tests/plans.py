@@ -17,7 +17,7 @@ from datetime import date, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retrieval.citus import CITUS_VERSION
+from retrieval.database.citus import CITUS_VERSION
 
 _PLACEHOLDER = re.compile(r"\$(\d+)\b")
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from retrieval.backfill import BackfillCursors, BackfillProgress, Cursor, snowflake_at
+from retrieval.indexing.cursors import BackfillCursors, BackfillProgress, Cursor, snowflake_at
 
 FULL, SHORT = True, False
 

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from bot.check import run_checks
 from bot.cli import main
 from bot.startup import INTENT_REFUSED, TOKEN_REFUSED, TOKEN_REQUIRED
-from retrieval.db import UPGRADE_HINT, alembic_config, create_engine, upgrade
+from retrieval.database.engine import UPGRADE_HINT, alembic_config, create_engine, upgrade
 from tests.e2e import bot_settings
 from tests.fakediscord import FakeDiscord
 from tests.hubcache import cache_weights

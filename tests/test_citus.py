@@ -1,5 +1,5 @@
 """The schema on Citus: images distributed by guild_id, the policy copied to every node, the
-jobs queue on the coordinator (README, "Running on Citus").
+jobs queue on the coordinator (docs/scaling.md, "Running on Citus").
 
 Needs Citus built into the embedded PostgreSQL (`scripts/build-citus.sh`); skipped otherwise,
 except the refusal on plain PostgreSQL, which runs everywhere.
@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from retrieval.citus import (
+from retrieval.database.citus import (
     COORDINATOR,
     DISTRIBUTED,
     PLAIN,
     REFERENCE,
+    DistributionRefused,
     distribute,
     plan,
     table_kinds,
 )
-from retrieval.errors import CitusUnavailable, DistributionRefused
-from retrieval.models import Base
+from retrieval.database.tables import Base
+from retrieval.errors import CitusUnavailable
 from retrieval.store import SearchScope, open_store
 from tests.citus import citus_wanted, citus_worker_count
 from tests.plans import nodes, plan_of

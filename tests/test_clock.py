@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from retrieval.clock import database_now
-from retrieval.cluster import ConsumerReport, read_figures
-from retrieval.db import create_engine
-from retrieval.departures import Departures
+from retrieval.database.clock import database_now
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexConsumer
 from retrieval.indexing.jobs import JobQueue
-from retrieval.models import IndexConsumer
+from retrieval.policy.departures import Departures
+from retrieval.runtime.cluster import ConsumerReport, read_figures
 from tests.records import MODEL
 from tests.test_jobs import ref
 
@@ -134,8 +134,8 @@ async def test_a_departure_is_dated_by_the_database(store_engine, skew):
 
 def test_the_skew_reaches_the_modules_that_read_the_clock():
     """The harness itself: what the product reads while it is on is the moved clock."""
-    import retrieval.departures
+    import retrieval.policy.departures
 
     with process_clock(timedelta(hours=-5)):
-        moved = retrieval.departures.datetime.now(UTC)
+        moved = retrieval.policy.departures.datetime.now(UTC)
     assert datetime.now(UTC) - moved > timedelta(hours=4)

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
-import retrieval.cluster
-from retrieval.cluster import STALE_S, ConsumerReport, read_figures
-from retrieval.db import create_engine
-from retrieval.models import IndexConsumer, IndexFailure, IndexJob
+import retrieval.runtime.cluster
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexConsumer, IndexFailure, IndexJob
+from retrieval.runtime.cluster import STALE_S, ConsumerReport, read_figures
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -134,7 +134,7 @@ async def test_the_queue_is_counted_by_state_with_its_oldest_first_try(store_eng
     assert figures.consumers == [] and figures.claimed == 0 and figures.rate == 0.0
 
     # Past the cap the count stops: a floor, flagged as such.
-    monkeypatch.setattr(retrieval.cluster, "COUNT_CAP", 2)
+    monkeypatch.setattr(retrieval.runtime.cluster, "COUNT_CAP", 2)
     capped = await read_figures(store_engine, now=now)
     assert (capped.waiting, capped.retrying, capped.capped) == (2, 2, True)
     assert capped.oldest_waiting_s == 90.0

@@ -1,5 +1,6 @@
 """A statement the database refuses is told apart from a database that is away: an outage is
-waited out with the work kept, a refusal is never retried as it was (see retrieval/refusals.py)."""
+waited out with the work kept, a refusal is never retried as it was (see
+retrieval/database/refusals.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from retrieval.db import create_engine
+from retrieval.database.engine import create_engine
+from retrieval.database.errors import database_errors
 from retrieval.errors import StoreUnavailable
 from retrieval.store import open_store
-from retrieval.store.reads import database_errors
 from tests.records import image_record as record
 
 

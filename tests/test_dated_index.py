@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import inspect, text
 
-from retrieval.db import current_revision, downgrade, upgrade
+from retrieval.database.engine import current_revision, downgrade, upgrade
 
 DATED, UNDATED = "ix_images_guild_model_posted", "ix_images_guild_model"
 _INSERT = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from retrieval.db import UPGRADE_HINT, create_engine, current_revision, ensure_schema
+from retrieval.database.engine import UPGRADE_HINT, create_engine, current_revision, ensure_schema
 from retrieval.errors import SchemaError
 
 
@@ -42,12 +42,12 @@ async def test_foreign_tables_without_a_version_are_refused(engine):
 
 
 async def test_behind_schema_names_the_upgrade_command(engine, monkeypatch):
-    import retrieval.db
+    import retrieval.database.engine
 
     await ensure_schema(engine)
     current = await current_revision(engine)
     # Pretend the code moved on by one revision: the stored one is then behind.
-    monkeypatch.setattr(retrieval.db, "_head", lambda url: "9999_next")
+    monkeypatch.setattr(retrieval.database.engine, "_head", lambda url: "9999_next")
     with pytest.raises(SchemaError, match=UPGRADE_HINT) as info:
         await ensure_schema(engine)
     assert current in str(info.value)
@@ -76,7 +76,7 @@ async def _differences(engine) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from retrieval.models import Base
+    from retrieval.database.tables import Base
 
     async with engine.connect() as conn:
         return await conn.run_sync(
@@ -105,9 +105,9 @@ async def test_a_schema_another_process_is_migrating_is_waited_for_not_refused(
     import asyncpg
     from alembic import command
 
-    import retrieval.db
-    from retrieval.db import check_schema, upgrade
-    from retrieval.locks import AdvisoryLock, Purpose
+    import retrieval.database.engine
+    from retrieval.database.engine import check_schema, upgrade
+    from retrieval.database.locks import AdvisoryLock, Purpose
     from tests.conftest import postgres_url
 
     name = f"test_{uuid.uuid4().hex}"
@@ -133,7 +133,7 @@ async def test_a_schema_another_process_is_migrating_is_waited_for_not_refused(
             await asyncio.wait([checking, waiting], return_when=asyncio.FIRST_COMPLETED)
             waiting.cancel()
             assert not checking.done(), "the schema in between was judged, not waited for"
-            await retrieval.db._alembic(engine, command.upgrade, "head")
+            await retrieval.database.engine._alembic(engine, command.upgrade, "head")
             await migrating.release()
             assert await checking == await current_revision(engine)
         finally:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
 
-from retrieval.db import create_engine, ensure_schema
-from retrieval.dbfile import INSTALLATION_KEY, DatabaseFile, marker_path, read_marker
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.database.sqlite_file import INSTALLATION_KEY, DatabaseFile, marker_path, read_marker
+from retrieval.database.state import get_state, set_state
 from retrieval.errors import DatabaseLost
-from retrieval.state import get_state, set_state
 
 
 async def start(path: Path, *, required_id: str | None = None) -> DatabaseFile:
@@ -230,14 +230,14 @@ async def test_the_watchdog_check_notices_a_link_pointed_elsewhere(tmp_path):
 
 
 async def test_a_check_that_may_pass_does_not_stop_the_bot(db, monkeypatch, caplog):
-    import retrieval.dbfile
+    import retrieval.database.sqlite_file
 
     database = await start(db)
 
     def no_handles(path):
         raise sqlite3.OperationalError("unable to open database file")
 
-    monkeypatch.setattr(retrieval.dbfile, "stored_installation", no_handles)
+    monkeypatch.setattr(retrieval.database.sqlite_file, "stored_installation", no_handles)
     assert database.problem() is None
     assert "could not check the database file" in caplog.text
     db.unlink()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from retrieval.departures import Departures
-from retrieval.models import BackfillCursor
+from retrieval.database.tables import BackfillCursor
+from retrieval.policy.departures import Departures
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 
-from bot.cogs.backfill import PAGE, PAGES_PER_TURN
-from retrieval.backfill import BackfillCursors
-from retrieval.db import create_engine, ensure_schema
-from retrieval.policy import IndexPolicy
+from bot.backfill import PAGE, PAGES_PER_TURN
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.indexing.cursors import BackfillCursors
+from retrieval.policy.index_policy import IndexPolicy
 from tests.e2e import backfilled, bot_settings, eventually, running_bot, settled
 from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
 from tests.search_helpers import picture, result_ids
@@ -238,11 +238,11 @@ async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog)
             )
             await backfilled(bot)
             assert bot.backfill_progress.channels_done == 2
-            cursors = bot.get_cog("Backfill").cursors
+            cursors = bot.backfill.cursors
             assert await cursors.get(doomed.id) is None, "a deleted channel's cursor is dropped"
             kept = await cursors.get(closing.id)
             assert kept is not None and not kept.complete, "resumes if it becomes readable"
-        ours = [r for r in caplog.records if r.name == "bot.cogs.backfill"]
+        ours = [r for r in caplog.records if r.name == "bot.backfill"]
         assert all(r.levelno < logging.WARNING for r in ours)
         assert any("#doomed" in r.getMessage() and "deleted" in r.getMessage() for r in ours)
         assert any("#closing" in r.getMessage() and "no longer" in r.getMessage() for r in ours)

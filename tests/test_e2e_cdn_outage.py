@@ -59,7 +59,7 @@ async def test_images_posted_and_read_from_history_during_a_cdn_outage_are_all_i
         fd.cdn.go_down(status=503)
         settings = bot_settings(fd, tmp_path, database_url=database_url, **QUICK_BACKOFF)
         async with running_bot(settings, fd) as bot:
-            await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
+            await asyncio.wait_for(bot.backfill.wait_idle(), 30)
             stars = [picture("green", "star", 2), picture("yellow", "star", 3)]
             live = [await fd.post_message(general, alice, "", attachments=[p]) for p in stars]
             linked = fd.host_external_image(

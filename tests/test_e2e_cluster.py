@@ -25,8 +25,8 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 
-from retrieval.db import create_engine, ensure_schema
-from retrieval.models import IndexedImage, IndexJob
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.database.tables import IndexedImage, IndexJob
 from tests.conftest import postgres_url
 from tests.e2e import bot_settings, eventually
 from tests.fakediscord import FakeDiscord

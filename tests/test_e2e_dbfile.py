@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bot.app import DATABASE_LOST_STATUS, open_bot, run
-from bot.errors import NOT_SAVED
-from retrieval.dbfile import marker_path
+from bot.error_replies import NOT_SAVED
+from retrieval.database.sqlite_file import marker_path
 from retrieval.errors import DatabaseLost
 from tests.e2e import bot_settings, running_bot, settled
 from tests.fakediscord import FakeDiscord, P

@@ -9,8 +9,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from bot import refs as message_refs
-from retrieval.backfill import BackfillCursors
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.indexing.cursors import BackfillCursors
 from tests.e2e import backfilled, bot_settings, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.refusing import refuse_rows
@@ -189,7 +189,7 @@ async def test_a_message_the_walk_cannot_handle_is_skipped_counted_and_passed(
         real = message_refs.image_refs
         # Before the bot starts: its cogs import it as they load.
         monkeypatch.setattr(message_refs, "image_refs", image_refs)
-        caplog.set_level(logging.WARNING, logger="bot.cogs.backfill")
+        caplog.set_level(logging.WARNING, logger="bot.backfill")
         async with running_bot(bot_settings(fd, tmp_path), fd) as bot:
             await backfilled(bot)
             assert await bot.store.count(guild_id=guild.id) == 2

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from retrieval.clock import database_now
-from retrieval.db import create_engine
-from retrieval.models import GuildDeparture
+from retrieval.database.clock import database_now
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import GuildDeparture
 from tests import search_helpers
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from retrieval.db import create_engine
-from retrieval.models import IndexConsumer
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexConsumer
 from tests.e2e import bot_settings, running_bot, settled
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.search_helpers import picture
@@ -42,7 +42,7 @@ async def test_metrics_show_the_images_a_running_bot_stored(tmp_path):
         async with running_bot(settings, fd) as bot:
             # History read first: a failure leaves no row behind, so a backfill reading these
             # posts would try the broken one again (and count it twice).
-            await asyncio.wait_for(bot.get_cog("Backfill").wait_idle(), 30)
+            await asyncio.wait_for(bot.backfill.wait_idle(), 30)
             before = await scrape(port)
             assert value(before, "clipfind_images_stored_total") == 0
             assert value(before, "clipfind_queue_window_size") == settings.queue_size

@@ -9,8 +9,8 @@ import logging
 
 from sqlalchemy import func, select
 
-from retrieval.assembly import open_indexing
-from retrieval.models import IndexJob
+from retrieval.database.tables import IndexJob
+from retrieval.runtime.services import open_services
 from tests.e2e import backfilled, bot_settings, eventually, running_bot
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
@@ -55,16 +55,16 @@ async def test_a_worker_left_on_the_old_model_loses_no_image_in_a_switch(
         )
         caplog.set_level(logging.ERROR, logger="retrieval.indexing.pipeline")
         # A worker on the old model, still running as the bot restarts with the new one.
-        async with open_indexing(old, engine=postgres_engine) as stale:
+        async with open_services(old, engine=postgres_engine) as stale:
             async with running_bot(new, fd) as bot:
                 new_model = bot.encoder.model_id
                 assert new_model != old_model and bot.reindexing == {old_model: len(posts)}
                 # The walk queues every image again and ends (its clean-up ran); the old worker
                 # is the only consumer and takes them.
-                await bot.get_cog("Backfill").wait_idle()
+                await bot.backfill.wait_idle()
                 await eventually(lambda: _done_with(stale.pipeline, caplog), within=60)
 
-                async with open_indexing(new, engine=postgres_engine):  # a worker on the new one
+                async with open_services(new, engine=postgres_engine):  # a worker on the new one
                     await backfilled(bot)
                 assert await bot.store.model_counts() == {new_model: len(on_discord)}
                 for post, (colour, shape) in zip(on_discord, PICTURES, strict=False):

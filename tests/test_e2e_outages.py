@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url
 
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
 from tests.conftest import embedded_server, postgres_url
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
@@ -187,7 +187,7 @@ async def _post(fd: FakeDiscord, channel, member, numbers: range) -> None:
 async def _rows_at_least(engine, n: int) -> bool:
     from sqlalchemy import func, select
 
-    from retrieval.models import IndexedImage
+    from retrieval.database.tables import IndexedImage
 
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(IndexedImage))) >= n
@@ -219,7 +219,7 @@ async def _rows_are(url: str, expected: int) -> bool:
     """Counted on a connection of the test's own: the bot's pool may still be busy."""
     from sqlalchemy import func, select
 
-    from retrieval.models import IndexedImage
+    from retrieval.database.tables import IndexedImage
 
     engine = create_engine(url)
     try:

@@ -16,8 +16,8 @@ import pytest
 from bot.client import ClipfindBot
 from bot.ownership import shard_of
 from retrieval.config import Settings
-from retrieval.db import create_engine
-from retrieval.policy import IndexPolicy
+from retrieval.database.engine import create_engine
+from retrieval.policy.index_policy import IndexPolicy
 from tests.e2e import backfilled, bot_settings, eventually, running_bot
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.models import Guild, Member, User

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from retrieval.db import create_engine
-from retrieval.models import IndexedImage
-from retrieval.policy import IndexPolicy
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexedImage
+from retrieval.policy.index_policy import IndexPolicy
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from retrieval.db import create_engine
-from retrieval.models import IndexJob
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexJob
 from tests.e2e import bot_settings, eventually, running_bot
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import picture

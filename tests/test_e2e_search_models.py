@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from bot.render import HELP
+from bot.help import COMMANDS, help_text
 from retrieval.config import load_settings
-from retrieval.db import create_engine, ensure_schema
-from retrieval.encoder import Encoder
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.encoding.clip import Encoder
 from retrieval.errors import ModelUnavailable
 from retrieval.store import ImageRecord, open_store
 from tests.e2e import backfilled, bot_settings, running_bot, settled
@@ -58,7 +58,7 @@ async def test_vectors_of_another_model_are_never_searched_and_go_once_re_read(t
         finally:
             await engine.dispose()
 
-        caplog.set_level(logging.WARNING, logger="retrieval.reindex")
+        caplog.set_level(logging.WARNING, logger="retrieval.indexing.model_switch")
         async with running_bot(settings, fd) as bot:
             warned = [r.getMessage() for r in caplog.records if "re-indexing" in r.getMessage()]
             assert len(warned) == 1 and f"1 from {MULTILINGUAL_ID}" in warned[0]
@@ -211,7 +211,7 @@ async def test_help_and_every_description_explain_the_commands(tmp_path):
         async with running_bot(bot_settings(fd, tmp_path), fd):
             asked = await fd.invoke_slash(guild, general, mo, ("clipfind", "help"))
             reply = await asked.wait_reply()
-    assert reply["content"] == HELP and reply["flags"] & 64
+    assert reply["content"] == help_text() and reply["flags"] & 64
     for needed in ("/find", "channel:", "after:", "7d", "sort:", "image:", "Find similar images"):
         assert needed in reply["content"]
 
@@ -226,3 +226,16 @@ async def test_help_and_every_description_explain_the_commands(tmp_path):
     missing = [f"/{c['name']}" for c in slash if not c.get("description")]
     missing += [m for c in slash for m in undescribed(c.get("options", []), f"/{c['name']}")]
     assert not missing
+
+    def invoked(command, prefix):
+        # Options of type 1 and 2 are subcommands and groups: what a member types is their path.
+        name = f"{prefix}{command['name']}"
+        subs = [o for o in command.get("options", []) if o.get("type") in (1, 2)]
+        if not subs:
+            yield name
+        for sub in subs:
+            yield from invoked(sub, f"{name} ")
+
+    registered = {name for c in slash for name in invoked(c, "/")}
+    registered |= {c["name"] for c in fd.synced_commands[None] if c.get("type") == 3}
+    assert registered == {entry.command for entry in COMMANDS}, "bot/help.py lists other commands"

@@ -14,7 +14,7 @@ from tests.e2e import backfilled, bot_settings, eventually, running_bot, running
 from tests.fakediscord import FakeDiscord
 from tests.search_helpers import find, picture, result_ids
 
-CONNECTED = re.compile(r"connected as .*; shards ([\d,]+) of (\d+); (\d+) guilds")
+CONNECTED = re.compile(r"connected as .*; shards ([\d, ]+) of (\d+); (\d+) guilds")
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange")
 
 
@@ -62,7 +62,7 @@ async def test_one_process_runs_every_recommended_shard(tmp_path, caplog):
     # discord.py's own pacing in one process (SQLite): the second IDENTIFY 5 s after the first.
     assert [i.shard_id for i in fd.identifies] == [0, 1]
     assert fd.identifies[1].at - fd.identifies[0].at >= 5.0
-    assert connected_lines(caplog) == [("0,1", 2, 4)]
+    assert connected_lines(caplog) == [("0, 1", 2, 4)]
     assert command_syncs(fd) == 1
 
 

@@ -24,7 +24,7 @@ from bot.startup import (
     TOKEN_REFUSED,
     TOKEN_REQUIRED,
 )
-from retrieval.encoder import Encoder
+from retrieval.encoding.clip import Encoder
 from tests.e2e import bot_settings, running_bot
 from tests.fakediscord import FakeDiscord
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
@@ -181,10 +181,10 @@ async def test_auto_precision_is_measured_at_the_first_start_only(tmp_path, monk
     the answer in CACHE_DIR, keyed by the batch size it runs; the next start reads it back."""
     import json
 
-    import retrieval.encoder as encoder_module
+    import retrieval.encoding.clip as encoder_module
 
     monkeypatch.setattr(encoder_module, "_cpu_has_native_bf16", lambda: True)
-    caplog.set_level(logging.INFO, logger="retrieval.encoder")
+    caplog.set_level(logging.INFO, logger="retrieval.encoding.clip")
     cache = tmp_path / "cache"
     async with FakeDiscord() as fd:
         settings = bot_settings(fd, tmp_path, cache_dir=cache, batch_size=4)

@@ -12,7 +12,7 @@ import uuid
 import asyncpg
 import pytest
 
-from retrieval.db import check_schema, create_engine
+from retrieval.database.engine import check_schema, create_engine
 from tests.conftest import postgres_url
 from tests.e2e import eventually
 from tests.fakediscord import FakeDiscord

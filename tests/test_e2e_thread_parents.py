@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
-from retrieval.db import create_engine, downgrade, upgrade
-from retrieval.models import IndexedImage
-from retrieval.policy import IndexPolicy
+from retrieval.database.engine import create_engine, downgrade, upgrade
+from retrieval.database.tables import IndexedImage
+from retrieval.policy.index_policy import IndexPolicy
 from tests.e2e import backfilled, bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord, P
 from tests.search_helpers import find, picture, result_ids

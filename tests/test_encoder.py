@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from retrieval.encoder import Encoder, locate_weights
-from retrieval.encoding import EncoderService
+from retrieval.encoding.clip import Encoder, locate_weights
+from retrieval.encoding.service import EncoderService
 from retrieval.errors import ModelUnavailable
 from tests.hubcache import cache_weights, fake_hub
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
@@ -185,7 +185,7 @@ def test_weights_are_located_without_loading_them(monkeypatch, tmp_path):
 
 
 def test_a_download_is_announced_with_its_size(monkeypatch, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="retrieval.encoder")
+    caplog.set_level(logging.INFO, logger="retrieval.encoding.clip")
     with fake_hub(monkeypatch, tmp_path) as size:
         found = locate_weights(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
         assert (found.source, found.size) == ("hub", size)
@@ -193,7 +193,7 @@ def test_a_download_is_announced_with_its_size(monkeypatch, tmp_path, caplog):
         # This hub has no file to give, so the load fails, after saying what it was fetching.
         with pytest.raises(ModelUnavailable):
             Encoder.load(model="ViT-B-32", pretrained="laion2b_s34b_b79k", device="cpu")
-    said = [r.getMessage() for r in caplog.records if r.name == "retrieval.encoder"]
+    said = [r.getMessage() for r in caplog.records if r.name == "retrieval.encoding.clip"]
     assert said[0] == (
         "downloading the ViT-B-32 weights laion2b_s34b_b79k from the Hugging Face Hub (605 MB); "
         "later starts use the cache"

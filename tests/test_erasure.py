@@ -75,7 +75,7 @@ async def test_with_nothing_on_its_way_a_deletion_runs_once():
 
 
 async def test_patient_erase_waits_out_a_database_outage(monkeypatch):
-    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
     eraser = Eraser(pipeline())
     outcomes = iter([StoreUnavailable("down"), StoreUnavailable("down"), 3, 0])
 
@@ -131,8 +131,9 @@ async def test_an_image_queued_only_after_its_deletion_is_taken_as_it_lands(stor
     # A consumer racing the second run: either it finds its job gone and stores nothing, or
     # the second run deletes what it stored.
     claimed = await jobs.claim(1)
-    vector = np.ones(4, np.float32)
-    await store.upsert([image_record(0, vector)], job_ids=[job.id for job in claimed])
+    if claimed:  # else the second run took the job before any consumer could
+        vector = np.ones(4, np.float32)
+        await store.upsert([image_record(0, vector)], job_ids=[claimed[0].id])
 
     async def gone() -> bool:
         return not await store.known_keys(1000) and not await jobs.waiting(at_most=1)

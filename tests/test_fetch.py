@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from retrieval.errors import FetchError
-from retrieval.fetch import Fetcher
-from retrieval.origins import MediaOrigins
+from retrieval.pictures.fetch import Fetcher
+from retrieval.pictures.origins import MediaOrigins
 
 BODY = b"picture bytes"
 

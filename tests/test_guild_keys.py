@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, select, text
 
-from retrieval.citus import CITUS_VERSION
-from retrieval.db import check_schema, current_revision, downgrade, upgrade
-from retrieval.models import AuthorGuild
+from retrieval.database.citus import CITUS_VERSION
+from retrieval.database.engine import check_schema, current_revision, downgrade, upgrade
+from retrieval.database.tables import AuthorGuild
 from retrieval.store import open_store
 from tests.records import MODEL
 from tests.records import image_record as record
@@ -147,7 +147,7 @@ async def test_writes_list_each_members_servers(store):
 
 
 async def test_an_opted_out_member_gets_no_pair(store, store_engine):
-    from retrieval.policy import IndexPolicy
+    from retrieval.policy.index_policy import IndexPolicy
 
     await IndexPolicy(store_engine).opt_out(70)
     await store.upsert([record(i, np.ones(4, np.float32), author_id=70) for i in range(2)])

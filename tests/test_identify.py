@@ -7,8 +7,8 @@ import logging
 import time
 
 from bot.identify import IdentifyGate
-from retrieval.db import create_engine
-from retrieval.locks import Purpose, held
+from retrieval.database.engine import create_engine
+from retrieval.database.locks import Purpose, held
 
 
 async def test_a_bucket_is_held_for_the_window_after_each_turn(postgres_engine):

@@ -1,4 +1,4 @@
-"""retrieval/images.py on real photos (from installed wheels) and on hostile input.
+"""retrieval/pictures/images.py on real photos (from installed wheels) and on hostile input.
 
 The reference is open_clip's own val transform on the same PIL image; the fast JPEG path is held
 to the reference through a real (randomly initialised) ViT-B-32.
@@ -26,7 +26,7 @@ from open_clip.transform import image_transform
 from PIL import Image
 
 from retrieval.errors import ClipfindError
-from retrieval.images import (
+from retrieval.pictures.images import (
     SUPPORTED_TYPES,
     ImageDecodeError,
     ImageError,
@@ -552,7 +552,7 @@ def test_spec_from_open_clip_configs() -> None:
 
 def test_module_does_not_import_torch() -> None:
     banned = "{'torch', 'open_clip', 'discord'}"
-    code = f"import sys, retrieval.images; print(sorted({banned} & set(sys.modules)))"
+    code = f"import sys, retrieval.pictures.images; print(sorted({banned} & set(sys.modules)))"
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retrieval.indexing import ImageRef
-from retrieval.inputs import MAX_URL, clean_ref, clean_text, finite, ref_problem
+from retrieval.indexing.inputs import MAX_URL, clean_ref, clean_text, finite, ref_problem
 
 
 def ref(**overrides) -> ImageRef:

@@ -11,7 +11,7 @@ import pytest
 
 from retrieval.indexing.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
 from retrieval.indexing.submit import Submissions
-from retrieval.policy import IndexPolicy
+from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import open_store
 from tests.records import MODEL
 from tests.records import image_record as record

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from retrieval.db import create_engine
-from retrieval.locks import AdvisoryLock, Purpose, held
+from retrieval.database.engine import create_engine
+from retrieval.database.locks import AdvisoryLock, Purpose, held
 
 
 async def test_one_holder_at_a_time_per_key(postgres_engine):

@@ -1,4 +1,5 @@
-"""retrieval/media_proxy.py: what to ask Discord's media proxy for, and what its answer is worth."""
+"""retrieval/pictures/media_proxy.py: what to ask Discord's media proxy for, and what its answer is
+worth."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 import skimage
 from PIL import Image
 
-from retrieval.fetch import Fetcher
-from retrieval.images import PreprocessSpec, image_size, prepare, sniff_image_type
-from retrieval.media_proxy import (
+from retrieval.pictures.fetch import Fetcher
+from retrieval.pictures.images import PreprocessSpec, image_size, prepare, sniff_image_type
+from retrieval.pictures.media_proxy import (
     SCALE,
     Answer,
     check_answer,
@@ -26,7 +27,7 @@ from retrieval.media_proxy import (
     proxy_request_url,
     request_size,
 )
-from retrieval.origins import MediaOrigins
+from retrieval.pictures.origins import MediaOrigins
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.fakediscord.media import Resize, fitted
 from tests.test_fakediscord import fd, received, world  # noqa: F401

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from retrieval.images import ImageDecodeError, ImageTooLarge, NotAnImage
-from retrieval.ocr import OcrEngine, PictureText, text_resolution
+from retrieval.encoding.ocr import OcrEngine, PictureText, text_resolution
+from retrieval.pictures.images import ImageDecodeError, ImageTooLarge, NotAnImage
 from tests.textimages import caption_sample, load_font, missing_fonts, terminal_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +152,7 @@ def test_the_engine_loads_lazily_and_reads_without_network():
                 raise RuntimeError(f"network used: {event} {args}")
 
         sys.addaudithook(no_network)
-        from retrieval.ocr import OcrEngine
+        from retrieval.encoding.ocr import OcrEngine
         from tests.textimages import caption_sample
 
         engine = OcrEngine()
@@ -171,7 +171,8 @@ def test_the_engine_loads_lazily_and_reads_without_network():
 
 
 def test_only_the_ocr_module_imports_the_ocr_engine():
-    # As only retrieval/encoder.py imports torch: the engine's packages stay behind one module.
+    # As only retrieval/encoding/clip.py imports torch: the engine's packages stay behind one
+    # module.
     engine_import = re.compile(r"^\s*(from|import)\s+(rapidocr|onnxruntime|cv2)\b", re.MULTILINE)
     importers = sorted(
         str(path.relative_to(ROOT))
@@ -179,4 +180,4 @@ def test_only_the_ocr_module_imports_the_ocr_engine():
         for path in (ROOT / folder).rglob("*.py")
         if engine_import.search(path.read_text())
     )
-    assert importers == ["retrieval/ocr.py"]
+    assert importers == ["retrieval/encoding/ocr.py"]

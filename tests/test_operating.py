@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import delete, insert
 
 from retrieval.config import load_settings
+from retrieval.database.tables import IndexFailure, IndexJob
 from retrieval.errors import ConfigError
-from retrieval.models import IndexFailure, IndexJob
-from retrieval.operating import OperatorView, operator_view
+from retrieval.runtime.operating import OperatorView, operator_view
 from tests.test_cluster import job
 
 
@@ -48,7 +48,7 @@ def backlog_lines(caplog) -> list[str]:
 
 
 async def test_the_backlog_is_logged_each_interval_and_once_when_it_drains(sqlite_engine, caplog):
-    caplog.set_level(logging.INFO, logger="retrieval.operating")
+    caplog.set_level(logging.INFO, logger="retrieval.runtime.operating")
     view = OperatorView(
         engine=sqlite_engine, report=None, metrics=None, report_every_s=15, log_every_s=0
     )
@@ -73,7 +73,7 @@ async def test_the_backlog_is_logged_each_interval_and_once_when_it_drains(sqlit
 
 
 async def test_the_backlog_line_waits_for_its_interval(sqlite_engine, caplog):
-    caplog.set_level(logging.INFO, logger="retrieval.operating")
+    caplog.set_level(logging.INFO, logger="retrieval.runtime.operating")
     await add_jobs(sqlite_engine, 1)
     view = OperatorView(
         engine=sqlite_engine, report=None, metrics=None, report_every_s=15, log_every_s=60

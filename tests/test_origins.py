@@ -6,7 +6,7 @@ import pytest
 
 from retrieval.config import load_settings
 from retrieval.errors import ConfigError
-from retrieval.origins import MediaOrigins
+from retrieval.pictures.origins import MediaOrigins
 
 
 def test_the_default_allows_discords_cdn_and_media_proxy_only():

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.ownership import Shards, ownership, shard_of
-from retrieval.db import create_engine
-from retrieval.models import IndexedImage
-from retrieval.policy import IndexPolicy
+from retrieval.database.engine import create_engine
+from retrieval.database.tables import IndexedImage
+from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import open_store
 from tests.records import image_record as record
 from tests.test_store_policy import vectors

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
+from retrieval.backoff import patiently
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing.submit import Submissions
-from retrieval.patience import patiently
 
 
 class Database:
@@ -60,7 +60,7 @@ async def test_other_errors_are_not_waited_out():
 async def test_images_submitted_during_an_outage_are_queued_together_once_it_ends(
     monkeypatch, caplog
 ):
-    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
     database = Database(outages=2)
 
     class Jobs:
@@ -80,7 +80,7 @@ async def test_images_submitted_during_an_outage_are_queued_together_once_it_end
 
 async def test_a_refusal_is_raised_at_once_never_waited_out(monkeypatch):
     """The database refused the statement: trying it again as it was would never end."""
-    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.001)
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.001)
     calls = []
 
     async def refused():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from retrieval.encoding import EncoderService
-from retrieval.fetch import Fetcher
+from retrieval.encoding.service import EncoderService
 from retrieval.indexing import ImageRef, IndexingPipeline, JobQueue, RetryPolicy
-from retrieval.origins import MediaOrigins
-from retrieval.policy import IndexPolicy
+from retrieval.pictures.fetch import Fetcher
+from retrieval.pictures.origins import MediaOrigins
+from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import SearchScope
 from tests.e2e import eventually
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
@@ -317,7 +317,7 @@ async def test_a_backlog_within_the_window_is_claimed_at_once(host, store, tiny_
     assert pipe.counters.indexed == 24
     assert 24 in claimed
     # At start (nothing yet), the submission, and one per poll.
-    polls = int(elapsed / retrieval.indexing.pipeline._FEED_POLL_S) + 1
+    polls = int(elapsed / retrieval.indexing.window._FEED_POLL_S) + 1
     assert len(claimed) <= 2 + polls, (claimed, elapsed)
 
 
@@ -380,15 +380,18 @@ class _FlakyStore:
         return await self.inner.upsert(records, job_ids=job_ids)
 
 
-async def test_a_database_outage_loses_nothing(host, pipeline, store, caplog, monkeypatch):
-    monkeypatch.setattr("retrieval.patience.FIRST_S", 0.01)
-    pipeline.store = _FlakyStore(store, outages=3)
+async def test_a_database_outage_loses_nothing(host, store, tiny_encoder, caplog, monkeypatch):
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
+    flaky = _FlakyStore(store, outages=3)
     for i in range(5):
         host.files[f"o{i}.png"] = (png_bytes(draw("red", "square", rng=200 + i)), "image/png")
     caplog.set_level(logging.ERROR, logger="retrieval.indexing.pipeline")
-    await pipeline.submit([ref(host, f"o{i}.png", 300 + i) for i in range(5)])
-    await pipeline.join()
-    assert pipeline.store.outages == 0
+    async with running_pipeline(
+        tiny_encoder, flaky, origins=host.origin, jobs=job_queue(store, tiny_encoder.model_id)
+    ) as pipeline:
+        await pipeline.submit([ref(host, f"o{i}.png", 300 + i) for i in range(5)])
+        await pipeline.join()
+    assert flaky.outages == 0
     assert "database unavailable" in caplog.text and "database is locked" in caplog.text
     assert await store.count(guild_id=1) == 5
     assert not pipeline.counters.failed

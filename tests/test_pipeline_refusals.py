@@ -11,7 +11,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from retrieval.reindex import adopt_model
+from retrieval.indexing.model_switch import adopt_model
 from tests import test_pipeline
 from tests.e2e import eventually
 from tests.refusing import refuse_rows

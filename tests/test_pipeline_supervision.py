@@ -11,10 +11,10 @@ from collections import Counter
 import aiohttp
 from sqlalchemy import select
 
+from retrieval.database.tables import IndexConsumer
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing import JobQueue, RetryPolicy
-from retrieval.models import IndexConsumer
-from retrieval.operating import operator_view
+from retrieval.runtime.operating import operator_view
 from retrieval.supervisor import Backoff, Supervisor
 from tests.e2e import eventually
 from tests.test_operating import free_port, settings

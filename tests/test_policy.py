@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrieval.policy import IndexPolicy
+from retrieval.policy.index_policy import IndexPolicy
 
 
 async def test_policy_persists_and_covers_threads(sqlite_engine):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.encoder import Encoder, _cpu_has_native_bf16, resolve_precision
+from retrieval.encoding.clip import Encoder, _cpu_has_native_bf16, resolve_precision
+from retrieval.encoding.precision import CalibrationCache, CalibrationKey, calibrate, cpu_identity
 from retrieval.errors import ModelUnavailable
-from retrieval.precision import CalibrationCache, CalibrationKey, calibrate, cpu_identity
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 from tests.tinyclip.evaluate import CAPTIONS, CLASSES, sample
 
@@ -38,7 +38,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, native):
 
 
 def test_auto_precision_per_device(monkeypatch):
-    import retrieval.encoder as encoder_module
+    import retrieval.encoding.clip as encoder_module
 
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
     for native, expected in ((True, "bf16"), (False, "fp32")):
@@ -58,7 +58,7 @@ def tiny_by_precision():
 
 
 def _pictures(encoder: Encoder, seed: int) -> np.ndarray:
-    from retrieval.images import to_model_input
+    from retrieval.pictures.images import to_model_input
 
     rng = np.random.default_rng(seed)
     return np.stack([to_model_input(sample(c, s, rng), encoder.spec) for c, s in CLASSES])
@@ -100,7 +100,7 @@ def test_bf16_finds_what_fp32_finds(tiny_by_precision):
 
 def test_bf16_vit_b_32_stays_close_to_fp32_on_photos():
     """The default architecture (random weights: no pretrained ones can be downloaded here)."""
-    from retrieval.images import prepare
+    from retrieval.pictures.images import prepare
     from tests.test_images import GRACE_HOPPER, SKIMAGE_DATA
 
     encoders = {
@@ -118,7 +118,7 @@ def test_bf16_vit_b_32_stays_close_to_fp32_on_photos():
     assert (alone * bf16).sum(axis=1).min() >= 0.999
 
 
-# -- "auto" on a CPU with native bf16: measured, not guessed (retrieval/precision.py) -----------
+# -- "auto" on a CPU with native bf16: measured, not guessed (retrieval/encoding/precision.py) ---
 
 
 class FakeMachine:
@@ -192,7 +192,7 @@ def test_the_calibration_is_remembered_per_key(tmp_path, caplog):
 
     # A broken file is measured over and replaced, not fatal.
     path.write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="retrieval.precision"):
+    with caplog.at_level(logging.WARNING, logger="retrieval.encoding.precision"):
         broken = FakeMachine(fp32=[0.5], bf16=[0.2])
         assert calibrate(key=key(), cache=cache, run=broken.run, clock=broken.clock).choice == (
             "bf16"
@@ -205,7 +205,7 @@ def test_an_unwritable_cache_costs_a_measurement_not_the_start(tmp_path, caplog)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     cache = CalibrationCache(blocker / "precision.json")
-    with caplog.at_level(logging.WARNING, logger="retrieval.precision"):
+    with caplog.at_level(logging.WARNING, logger="retrieval.encoding.precision"):
         machine = FakeMachine(fp32=[0.5], bf16=[0.2])
         assert calibrate(key=key(), cache=cache, run=machine.run, clock=machine.clock).choice == (
             "bf16"
@@ -225,8 +225,8 @@ def test_cpu_identity(tmp_path):
 
 
 def test_auto_measures_the_tiny_model_once_per_machine(tmp_path, monkeypatch, caplog):
-    import retrieval.encoder as encoder_module
-    import retrieval.precision as precision_module
+    import retrieval.encoding.clip as encoder_module
+    import retrieval.encoding.precision as precision_module
 
     monkeypatch.setattr(encoder_module, "_cpu_has_native_bf16", lambda: True)
     builds: list[str] = []
@@ -246,7 +246,7 @@ def test_auto_measures_the_tiny_model_once_per_machine(tmp_path, monkeypatch, ca
         batch_size=4,
         calibration_cache=cache,
     )
-    with caplog.at_level(logging.INFO, logger="retrieval.encoder"):
+    with caplog.at_level(logging.INFO, logger="retrieval.encoding.clip"):
         first = Encoder.load(**load)
     assert first.precision in ("fp32", "bf16") and sorted(builds) == ["bf16", "fp32"]
     assert first.calibration is not None and first.calibration.choice == first.precision
@@ -268,7 +268,7 @@ def test_auto_measures_the_tiny_model_once_per_machine(tmp_path, monkeypatch, ca
 
 
 def test_auto_measures_nothing_where_the_answer_is_known(monkeypatch):
-    import retrieval.encoder as encoder_module
+    import retrieval.encoding.clip as encoder_module
 
     monkeypatch.setattr(encoder_module, "_cpu_has_native_bf16", lambda: False)
     tiny = dict(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")

@@ -4,7 +4,7 @@ analyzed): the statements the store really sends are captured and EXPLAINed.
 
 PostgreSQL: no Seq Scan of `images`, `author_guilds` or `index_jobs` in `EXPLAIN (FORMAT JSON)`,
 and an index in every plan. SQLite: no full `SCAN` of them in `EXPLAIN QUERY PLAN`. And what a
-member causes names its server, as a database distributed by server needs (see the README's
+member causes names its server, as a database distributed by server needs (see docs/scaling.md,
 "Running on Citus"). A large server's date-filtered search reads only the rows of its dates.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import event, text
 
 from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import SearchScope, open_store
-from retrieval.thread_parents import ThreadParents
 from tests.plans import nodes as plan_nodes
 from tests.plans import plan_of
 from tests.records import MODEL

@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from retrieval.database.refusals import isolating, refusal_reason
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing.jobs import JobQueue
-from retrieval.refusals import isolating, refusal_reason
 from tests.records import MODEL
 from tests.records import image_record as record
 from tests.test_jobs import ref

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from retrieval.backfill import BackfillCursors, Cursor
-from retrieval.db import create_engine
+from retrieval.database.engine import create_engine
+from retrieval.database.state import get_state
 from retrieval.errors import ModelSwitched
+from retrieval.indexing.cursors import BackfillCursors, Cursor
 from retrieval.indexing.jobs import JobQueue
-from retrieval.reindex import INDEX_MODEL_KEY, adopt_model
-from retrieval.state import get_state
+from retrieval.indexing.model_switch import INDEX_MODEL_KEY, adopt_model
 from retrieval.store import SearchScope, open_store
 from retrieval.store.allowed import check_model
 from tests.e2e import eventually
@@ -37,7 +37,7 @@ async def test_switching_models_restarts_backfill_once(store, store_engine, capl
     assert await adopt_model(store_engine, store, MODEL) == {}  # same model again
     assert await cursors.get(10) == done
 
-    caplog.set_level(logging.WARNING, logger="retrieval.reindex")
+    caplog.set_level(logging.WARNING, logger="retrieval.indexing.model_switch")
     assert await adopt_model(store_engine, store, NEW) == {MODEL: 3}
     assert await cursors.get(10) is None  # every channel is read again
     assert "re-indexing 3 images" in caplog.text
@@ -106,7 +106,7 @@ async def test_processes_starting_together_switch_models_once(postgres_engine, c
         await stores[0].upsert([record(i, unit(np.random.default_rng(4))) for i in range(3)])
         await BackfillCursors(postgres_engine).save(Cursor(10, 1, 1, 9, complete=True))
 
-        caplog.set_level(logging.INFO, logger="retrieval.reindex")
+        caplog.set_level(logging.INFO, logger="retrieval.indexing.model_switch")
         starts = zip(engines, stores, strict=True)
         seen = await asyncio.gather(*(adopt_model(e, s, NEW) for e, s in starts))
         assert seen == [{MODEL: 3}] * 4  # each process knows to re-index

@@ -14,8 +14,8 @@ import threading
 import numpy as np
 import pytest
 
-from retrieval.encoding import EncoderService
-from retrieval.images import prepare
+from retrieval.encoding.service import EncoderService
+from retrieval.pictures.images import prepare
 from retrieval.search import DUPLICATE_SIMILARITY, RELEVANCE_FLOOR, relevance_floor
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, pairs, png_bytes
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.db import create_engine
-from retrieval.departures import Departures
-from retrieval.policy import IndexPolicy
-from retrieval.state import get_state, set_state
+from retrieval.database.engine import create_engine
+from retrieval.database.state import get_state, set_state
+from retrieval.policy.departures import Departures
+from retrieval.policy.index_policy import IndexPolicy
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 

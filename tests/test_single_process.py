@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from bot.cli import main
-from retrieval.dbfile import lock_path, sole_process
+from retrieval.database.sqlite_file import lock_path, sole_process
 from retrieval.errors import DatabaseInUse
 from tests.e2e import bot_settings
 from tests.fakediscord import FakeDiscord

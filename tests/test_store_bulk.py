@@ -10,9 +10,9 @@ from datetime import UTC
 import numpy as np
 from sqlalchemy import select
 
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.indexing import JobQueue
-from retrieval.models import IndexedImage, IndexJob
-from retrieval.policy import IndexPolicy
+from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import SearchScope
 from tests.records import MODEL, job_ref
 from tests.records import image_record as record

@@ -9,8 +9,8 @@ import contextlib
 import numpy as np
 import pytest
 
-from retrieval.db import create_engine
-from retrieval.policy import IndexPolicy
+from retrieval.database.engine import create_engine
+from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import SearchScope
 from tests.records import MODEL
 from tests.records import image_record as record

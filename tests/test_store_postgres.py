@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from retrieval.citus import CITUS_VERSION
-from retrieval.db import create_engine
+from retrieval.database.citus import CITUS_VERSION
+from retrieval.database.engine import create_engine
 from retrieval.errors import StoreUnavailable
 from retrieval.store import ImageRecord, SearchScope
 from retrieval.store.pgindex import (
@@ -317,7 +317,7 @@ async def test_upgrade_drops_the_old_index_per_model(postgres_server):
 
     import asyncpg
 
-    from retrieval.db import upgrade
+    from retrieval.database.engine import upgrade
     from tests.conftest import postgres_url
 
     name = f"test_{uuid.uuid4().hex}"
@@ -343,7 +343,7 @@ async def test_upgrade_drops_the_old_index_per_model(postgres_server):
         await store.close()
         async with engine.connect() as conn:
             assert (await index_state(conn, LARGE, MODEL)).valid
-        from retrieval.db import downgrade
+        from retrieval.database.engine import downgrade
 
         await downgrade(engine, "0005")
         async with engine.connect() as conn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.textnorm import compact, normalise, normalise_query
+from retrieval.encoding.textnorm import compact, normalise, normalise_query
 
 
 @pytest.mark.parametrize(

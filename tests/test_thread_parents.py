@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 from sqlalchemy import select
 
-from retrieval.db import downgrade, upgrade
+from retrieval.database.engine import downgrade, upgrade
+from retrieval.database.tables import UNKNOWN_PARENT, IndexedImage, IndexJob
 from retrieval.indexing.jobs import ImageRef, JobQueue
-from retrieval.models import UNKNOWN_PARENT, IndexedImage, IndexJob
-from retrieval.policy import IndexPolicy
+from retrieval.policy.index_policy import IndexPolicy
+from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import SearchScope
-from retrieval.thread_parents import ThreadParents
 from tests.records import MODEL
 from tests.records import image_record as record
 from tests.test_jobs import ref

@@ -19,13 +19,13 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy import func, select
 
-from bot.signed_urls import NO_TOKEN_FOR_WORKER
+from bot.link_refresh import NO_TOKEN_FOR_WORKER
 from bot.startup import TOKEN_REFUSED
-from retrieval.db import create_engine, ensure_schema
+from retrieval.database.engine import create_engine, ensure_schema
+from retrieval.database.state import set_state
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.indexing import ImageRef, JobQueue
-from retrieval.models import IndexedImage, IndexJob
-from retrieval.reindex import INDEX_MODEL_KEY
-from retrieval.state import set_state
+from retrieval.indexing.model_switch import INDEX_MODEL_KEY
 from tests.conftest import postgres_url
 from tests.e2e import bot_settings, eventually, running_bot, settled
 from tests.fakediscord import FakeDiscord
@@ -409,14 +409,14 @@ async def test_a_busy_worker_logs_its_throughput_and_an_idle_one_keeps_quiet(
 ):
     from types import SimpleNamespace
 
-    from retrieval import worker
+    from bot import worker
     from retrieval.indexing import PipelineCounters
 
     monkeypatch.setattr(worker, "REPORT_EVERY_S", 0.2)
     queue = JobQueue(postgres_engine, model_id=tiny_encoder.model_id)
     await queue.enqueue([image_ref(i, f"http://x/p{i}.png") for i in range(3)])
     pipeline = SimpleNamespace(counters=PipelineCounters(), jobs=queue, queued=2)
-    caplog.set_level(logging.INFO, logger="retrieval.worker")
+    caplog.set_level(logging.INFO, logger="bot.worker")
     reporter = asyncio.create_task(worker._report(SimpleNamespace(pipeline=pipeline)))
     try:
         await asyncio.sleep(0.5)  # idle: nothing to say
@@ -436,7 +436,7 @@ async def _any(records) -> bool:
 
 
 async def test_a_running_worker_notices_that_the_bot_switched_models(postgres_engine, monkeypatch):
-    from retrieval import worker
+    from bot import worker
 
     monkeypatch.setattr(worker, "MODEL_CHECK_S", 0.05)
     await set_state(postgres_engine, INDEX_MODEL_KEY, "tiny")
@@ -451,7 +451,7 @@ async def test_a_running_worker_notices_that_the_bot_switched_models(postgres_en
 async def test_a_worker_is_woken_when_jobs_are_queued_not_at_its_next_poll(postgres_engine):
     from types import SimpleNamespace
 
-    from retrieval import worker
+    from bot import worker
 
     woken = asyncio.Event()
     pipeline = SimpleNamespace(wake=woken.set)

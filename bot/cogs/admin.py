@@ -16,9 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.erasure import Eraser
+from bot.help import help_text
 from bot.permissions import readable
-from bot.render import HELP
 from bot.sight import listed, unreadable_channels
 from bot.status import status_text
 from bot.threads import survey
@@ -65,11 +64,7 @@ class Admin(commands.Cog):
 
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
-        self.eraser = Eraser(bot.pipeline)
         self._reported = False
-
-    async def cog_unload(self) -> None:
-        self.eraser.close()
 
     @channels.command(name="exclude")
     @app_commands.checks.has_permissions(manage_guild=True)
@@ -97,10 +92,9 @@ class Admin(commands.Cog):
         doomed = {channel.id}
         if not isinstance(channel, app_commands.AppCommandThread):
             doomed |= (await survey(self.bot, guild)).threads_of(channel.id)
-        if (backfill := self.bot.get_cog("Backfill")) is not None:
-            # Its history was erased with it: an include reads it again from the start.
-            await backfill.cursors.forget(list(doomed))
-        removed = await self.eraser.erase(
+        # Its history was erased with it: an include reads it again from the start.
+        await self.bot.cursors.forget(list(doomed))
+        removed = await self.bot.eraser.erase(
             lambda: self.bot.store.delete_channels(doomed, guild_id=guild.id),
             what=f"excluded channel {channel.id}",
             still=lambda: self.bot.policy.is_excluded(channel.id),
@@ -142,9 +136,8 @@ class Admin(commands.Cog):
         await self.bot.confirm_saved()
         log.info("user %s included channel %s again", interaction.user.id, channel.id)
         resolved = interaction.guild and interaction.guild.get_channel_or_thread(channel.id)
-        backfill = self.bot.get_cog("Backfill")
-        if resolved is not None and backfill is not None:
-            backfill.schedule_channel(resolved)
+        if resolved is not None:
+            self.bot.backfill.schedule_channel(resolved)
         await interaction.followup.send(
             f"{channel.mention} is indexed again: new images as they are posted, and its history "
             "is being read again."
@@ -238,7 +231,7 @@ class Admin(commands.Cog):
     @clipfind.command(name="help")
     async def help(self, interaction: discord.Interaction) -> None:
         """How to search: /find's options and Find similar images, with examples."""
-        await interaction.response.send_message(HELP, ephemeral=True)
+        await interaction.response.send_message(help_text(), ephemeral=True)
 
 
 async def setup(bot: ClipfindBot) -> None:

@@ -26,17 +26,13 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.erasure import Eraser
 from bot.ownership import ownership
 from bot.refs import image_refs
 from bot.threads import parents, survey
-from retrieval.backfill import BackfillCursors
-from retrieval.clock import database_now
-from retrieval.departures import Departures
+from retrieval.database import database_now, get_state, set_state
 from retrieval.errors import StoreUnavailable
-from retrieval.state import get_state, set_state
+from retrieval.policy import Departures, ThreadParents
 from retrieval.supervisor import settle
-from retrieval.thread_parents import ThreadParents
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -61,7 +57,6 @@ class _Shown:
 class Lifecycle(commands.Cog):
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
-        self.eraser = Eraser(bot.pipeline)
         self.departures = Departures(bot.engine)
         self.thread_parents = ThreadParents(bot.engine)
         self._purging = asyncio.Lock()
@@ -81,7 +76,6 @@ class Lifecycle(commands.Cog):
     async def cog_unload(self) -> None:
         tasks = (self._purger, self._sweeper)
         await settle([*self._on_ready, *(task for task in tasks if task is not None)])
-        self.eraser.close()
 
     # -- messages ------------------------------------------------------------------------
 
@@ -89,7 +83,7 @@ class Lifecycle(commands.Cog):
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         if payload.guild_id is None:
             return
-        await self.eraser.erase_patiently(
+        await self.bot.eraser.erase_patiently(
             lambda: self.bot.store.delete_messages([payload.message_id], guild_id=payload.guild_id),
             what=f"message {payload.message_id}",
         )
@@ -99,7 +93,7 @@ class Lifecycle(commands.Cog):
         if payload.guild_id is None:
             return
         ids = set(payload.message_ids)
-        await self.eraser.erase_patiently(
+        await self.bot.eraser.erase_patiently(
             lambda: self.bot.store.delete_messages(ids, guild_id=payload.guild_id),
             what=f"{len(ids)} messages in channel {payload.channel_id}",
         )
@@ -115,7 +109,7 @@ class Lifecycle(commands.Cog):
         shown.keys = frozenset(ref.image_key for ref in image_refs(message))
         guild_id = message.guild.id
         # Discord says this once: an outage is waited out, as for a deleted message.
-        removed = await self.eraser.erase_patiently(
+        removed = await self.bot.eraser.erase_patiently(
             lambda: self.bot.store.delete_images(message.id, shown.keys, guild_id=guild_id),
             what=f"the images edited out of message {message.id}",
         )
@@ -146,7 +140,7 @@ class Lifecycle(commands.Cog):
         )
 
     async def _forget_channels(self, channel_ids: set[int], *, guild_id: int, what: str) -> None:
-        removed = await self.eraser.erase_patiently(
+        removed = await self.bot.eraser.erase_patiently(
             lambda: self.bot.store.delete_channels(channel_ids, guild_id=guild_id), what=what
         )
         for channel_id in channel_ids:
@@ -208,10 +202,8 @@ class Lifecycle(commands.Cog):
             await self._learn_parents()
         except Exception:
             log.exception("could not look up the channels of threads stored without one")
-        backfill = self.bot.get_cog("Backfill")
-        if backfill is not None:
-            await backfill.wait_idle()
-        exists = backfill.seen_channels if backfill is not None else frozenset()
+        await self.bot.backfill.wait_idle()
+        exists = self.bot.backfill.seen_channels
         for guild in list(self.bot.guilds):  # the servers of this process's shards
             try:
                 async with self._surveys.setdefault(guild.id, asyncio.Lock()):
@@ -219,7 +211,7 @@ class Lifecycle(commands.Cog):
                 if found.gone:
                     what = f"{len(found.gone)} channels or threads of {guild.id} (while offline)"
                     await self._forget_channels(found.gone, guild_id=guild.id, what=what)
-                    await BackfillCursors(self.bot.engine).forget(found.gone)
+                    await self.bot.cursors.forget(found.gone)
             except Exception:
                 log.exception(
                     "could not check guild %s for channels deleted while offline", guild.id
@@ -298,7 +290,7 @@ class Lifecycle(commands.Cog):
         return purged
 
     async def _purge(self, guild_id: int, left_at: datetime) -> None:
-        removed = await self.eraser.erase(
+        removed = await self.bot.eraser.erase(
             lambda: self.bot.store.delete_guild(guild_id),
             what=f"guild {guild_id}",
             still=lambda: self.bot.get_guild(guild_id) is None,

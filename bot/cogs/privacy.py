@@ -10,8 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.erasure import Eraser
-from bot.errors import on_view_error
+from bot.error_replies import on_view_error
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -99,16 +98,12 @@ class Privacy(commands.Cog):
 
     def __init__(self, bot: ClipfindBot) -> None:
         self.bot = bot
-        self.eraser = Eraser(bot.pipeline)
         self.confirm_timeout_s = CONFIRM_TIMEOUT_S
-
-    async def cog_unload(self) -> None:
-        self.eraser.close()
 
     async def opt_out(self, user_id: int) -> int:
         """Stop indexing the member first, so nothing new slips in, then erase everywhere."""
         await self.bot.policy.opt_out(user_id)
-        removed = await self.eraser.erase(
+        removed = await self.bot.eraser.erase(
             lambda: self.bot.store.delete_author(guild_id=None, author_id=user_id),
             what=f"member {user_id}'s images",
             still=lambda: self.bot.policy.is_opted_out(user_id),

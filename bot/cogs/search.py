@@ -14,7 +14,7 @@ from bot.refs import image_refs
 from bot.render import query_problem, quoted, results_message
 from bot.views import ResultsView
 from retrieval.errors import FetchError
-from retrieval.images import ImageError
+from retrieval.pictures import ImageError
 from retrieval.search import (
     BadQuery,
     Question,
@@ -203,11 +203,11 @@ class Search(commands.Cog):
 
     async def _picture_vector(self, url: str, size: int | None) -> np.ndarray:
         settings = self.bot.settings
-        data = await self.bot.pipeline.fetcher.fetch(url, declared_size=size)
+        data = await self.bot.fetcher.fetch(url, declared_size=size)
         return await image_vector(
             data,
             encoder=self.bot.encoder,
-            spec=self.bot.pipeline.spec,
+            spec=self.bot.services.model.spec,
             max_pixels=settings.max_image_pixels,
         )
 

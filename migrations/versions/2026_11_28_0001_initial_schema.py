@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from retrieval.models import Embedding, RowId
+from retrieval.database.tables import Embedding, RowId
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -6,8 +6,8 @@ rows and, when few match, reads them: through the old index both read every row 
 and tested each one's date. The new index reads the date range alone, and serves everything the
 old one did (its first two columns are the old index).
 
-PostgreSQL builds the new index and drops the old one CONCURRENTLY (retrieval/online_ddl.py):
-writes go on, and the bot may keep running.
+PostgreSQL builds the new index and drops the old one CONCURRENTLY
+(retrieval/database/online_ddl.py): writes go on, and the bot may keep running.
 
 Revision ID: 0009
 Revises: 0008
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from retrieval.online_ddl import replace_index
+from retrieval.database.online_ddl import replace_index
 
 revision: str = "0009"
 down_revision: str | None = "0008"

@@ -10,8 +10,8 @@ the guild first in the channel's index, 7.6 ms (benchmarks/RESULTS.md, "Many gui
 query on a channel's rows names its guild (a database distributed by guild needs that too), and
 the policy sweep matches excluded channels by (guild, channel).
 
-PostgreSQL builds the new index and drops the old one CONCURRENTLY (retrieval/online_ddl.py):
-writes go on meanwhile.
+PostgreSQL builds the new index and drops the old one CONCURRENTLY
+(retrieval/database/online_ddl.py): writes go on meanwhile.
 
 Revision ID: 0010
 Revises: 0009
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from retrieval.online_ddl import replace_index
+from retrieval.database.online_ddl import replace_index
 
 revision: str = "0010"
 down_revision: str | None = "0009"

@@ -6,9 +6,10 @@ the thread's channel then neither refused, hid nor swept them. For each channel 
 
 - another row of the same channel names its parent: that parent is filled in;
 - the channel is itself the parent of some thread: it is no thread, and NULL stays;
-- otherwise it may be either: ``parent_id`` becomes 0 (``retrieval.models.UNKNOWN_PARENT``),
-  which the policy treats as excluded (hidden, refused, its queued jobs waiting) until the bot
-  asks Discord at its next start and records the answer (retrieval/thread_parents.py).
+- otherwise it may be either: ``parent_id`` becomes 0
+  (``retrieval.database.tables.UNKNOWN_PARENT``), which the policy treats as excluded (hidden,
+  refused, its queued jobs waiting) until the bot asks Discord at its next start and records the
+  answer (retrieval/policy/thread_parents.py).
 
 Images and queued jobs alike. The statements name each row's guild (one machine of a database
 distributed by it). The downgrade turns the unknown parents back into NULL.
@@ -31,7 +32,7 @@ down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UNKNOWN_PARENT = 0  # retrieval.models.UNKNOWN_PARENT, as of this revision
+UNKNOWN_PARENT = 0  # retrieval.database.tables.UNKNOWN_PARENT, as of this revision
 BATCH = 500  # channel ids per UPDATE
 
 

@@ -10,7 +10,7 @@ their rows in the same transaction as their vectors (the stores do both).
 
 Claims are leases: a consumer that dies just lets them run out, and on PostgreSQL several
 consumers claim side by side with ``FOR UPDATE SKIP LOCKED``. Leases, retry times and queue ages
-are the database's clock (`retrieval/clock.py`), whichever process writes or reads them.
+are the database's clock (`retrieval/database/clock.py`), whichever process writes or reads them.
 Enqueueing is guarded like a store write (`retrieval/store/allowed.py`), and skips images the
 current model has already encoded.
 """
@@ -29,12 +29,13 @@ from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retrieval.clock import db_now
-from retrieval.inputs import clean_ref, clean_text, ref_problem, valid_id
-from retrieval.models import IndexedImage, IndexFailure, IndexJob
-from retrieval.refusals import isolating, refusal_reason
+from retrieval.database.clock import db_now
+from retrieval.database.errors import database_errors
+from retrieval.database.refusals import isolating, refusal_reason
+from retrieval.database.rows import record
+from retrieval.database.tables import IndexedImage, IndexFailure, IndexJob
+from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem, valid_id
 from retrieval.store.allowed import known_parent, permitted
-from retrieval.store.reads import as_utc, database_errors
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,10 @@ class JobQueue:
         database refuses a row. Those already queued, already encoded by the current model, or
         refused by the policy tables are left out by the statement itself.
 
-        Text is cleaned first (retrieval/inputs.py). An image that cannot be stored as it is
-        (an id out of range, a link that does not parse), or whose row the database refuses
-        (retrieval/refusals.py), is counted as failed for good, and the others are queued."""
+        Text is cleaned first (retrieval/indexing/inputs.py). An image that cannot be stored as it
+        is (an id out of range, a link that does not parse), or whose row the database refuses
+        (retrieval/database/refusals.py), is counted as failed for good, and the others are
+        queued."""
         if not refs:
             return
         priorities = [priority] * len(refs) if isinstance(priority, int) else list(priority)
@@ -154,7 +156,7 @@ class JobQueue:
                 failed.append((ref, problem, "it cannot be stored as it is"))
                 continue
             values = {name: getattr(ref, name) for name in _REF_COLUMNS}
-            values |= {"posted_at": as_utc(ref.posted_at), "priority": rank}
+            values["priority"] = rank
             rows.append((ref, values | {"model_id": self.model_id}))
         _, refused = await isolating(rows, self._insert_rows)
         failed += [(ref, refusal_reason(exc), str(exc)) for (ref, _), exc in refused]
@@ -166,7 +168,7 @@ class JobQueue:
             await conn.execute(self._insert, [values for _, values in rows])
             if conn.dialect.name == "postgresql":
                 # Sent at commit: consumers in other processes look at once, not at their next
-                # poll (see retrieval/worker.py).
+                # poll (see bot/worker.py).
                 await conn.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
 
     async def _count_not_queued(self, failed: Sequence[tuple[ImageRef, str, str]]) -> None:
@@ -202,7 +204,7 @@ class JobQueue:
         async with self._transaction() as conn:
             rows = (await conn.execute(stmt)).all()
         # RETURNING keeps no order: put it back.
-        rows.sort(key=lambda row: (row.priority, as_utc(row.retry_at), row.id))
+        rows.sort(key=lambda row: (row.priority, row.retry_at, row.id))
         return [Job(row.id, _ref(row), row.attempts) for row in rows]
 
     async def renew(self, job_ids: Collection[int]) -> None:
@@ -261,7 +263,7 @@ class JobQueue:
             ).first()
             if row is None:  # deleted meanwhile (message deleted, opt-out...)
                 return None
-            created, now = (as_utc(moment) for moment in row)
+            created, now = row
             delay = self.retry_policy.delay(job.attempts + 1, retry_after)
             if (now - created).total_seconds() + delay > self.retry_policy.give_up_after_s:
                 await self._fail(conn, [job], f"gave_up_{reason}"[:40])
@@ -401,18 +403,4 @@ def _count_failures(conn: AsyncConnection):
 
 
 def _ref(row) -> ImageRef:
-    return ImageRef(
-        guild_id=row.guild_id,
-        channel_id=row.channel_id,
-        parent_id=row.parent_id,
-        message_id=row.message_id,
-        image_key=row.image_key,
-        kind=row.kind,
-        author_id=row.author_id,
-        posted_at=as_utc(row.posted_at),
-        url=row.url,
-        source_url=row.source_url,
-        filename=row.filename,
-        content_type=row.content_type,
-        size=row.size,
-    )
+    return record(ImageRef, row)

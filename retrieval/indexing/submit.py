@@ -10,9 +10,9 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from retrieval.backoff import patiently
 from retrieval.errors import StoreUnavailable
 from retrieval.indexing.jobs import ImageRef, JobQueue
-from retrieval.patience import patiently
 
 log = logging.getLogger(__name__)
 

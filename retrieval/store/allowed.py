@@ -26,8 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import Select
 
-from retrieval.errors import ModelSwitched
-from retrieval.models import (
+from retrieval.database.tables import (
     UNKNOWN_PARENT,
     BotState,
     ExcludedChannel,
@@ -35,12 +34,13 @@ from retrieval.models import (
     IndexJob,
     OptOut,
 )
+from retrieval.errors import ModelSwitched
 from retrieval.store.base import ImageRecord
 
 RECORD_COLUMNS: Sequence[str] = ImageRecord.__slots__
 KEY = ("message_id", "image_key", "guild_id")
-# Where bot_state keeps the model the index is built with (see retrieval/reindex.py), and the
-# advisory lock (PostgreSQL) that adopting another model holds alone and every write shares.
+# Where bot_state keeps the model the index is built with (see retrieval/indexing/model_switch.py),
+# and the advisory lock (PostgreSQL) that adopting another model holds alone and every write shares.
 INDEX_MODEL_KEY = "index_model"
 MODEL_LOCK = "clipfind:" + INDEX_MODEL_KEY
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from sqlalchemy import BigInteger, bindparam, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from retrieval.models import AuthorGuild, OptOut
+from retrieval.database.tables import AuthorGuild, OptOut
 
 
 def pairs(records: Iterable) -> list[tuple[int, int]]:

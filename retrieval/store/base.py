@@ -1,15 +1,21 @@
-"""The vector store interface shared by the SQLite and PostgreSQL implementations."""
+"""The vector store: one abstract base that the SQLite and PostgreSQL stores implement, with the
+reads and deletions both share (`reads.SharedReads`, `deletes.SharedDeletes`) written once on top
+of three hooks each store gives (`_reader`, `_delete`, `_delete_in`)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Executable
+
     from retrieval.shards import Shards
 
 
@@ -69,7 +75,8 @@ class SearchScope:
     exclude_message_id: int | None = None
 
 
-class VectorStore(Protocol):
+class VectorStore(ABC):
+    @abstractmethod
     async def upsert(
         self, records: Sequence[ImageRecord], *, job_ids: Sequence[int | None] | None = None
     ) -> int:
@@ -78,6 +85,7 @@ class VectorStore(Protocol):
         None for none), each record's queued job is deleted in the same transaction, and a
         record whose job no longer exists is not written (what it covered was deleted)."""
 
+    @abstractmethod
     async def known_keys(
         self, message_id: int, model_id: str | None = None, *, guild_id: int | None = None
     ) -> set[int]:
@@ -89,34 +97,41 @@ class VectorStore(Protocol):
         are looked in (through the same index), which a distributed PostgreSQL answers on every
         machine."""
 
+    @abstractmethod
     async def embedding_for(
         self, content_hash: str, model_id: str, *, guild_id: int | None = None
     ) -> np.ndarray | None:
         """A stored vector of the same bytes under the same model, so they are encoded once
         (in any guild, or in ``guild_id``'s)."""
 
+    @abstractmethod
     async def embeddings_for(
         self, content_hashes: Collection[str], model_id: str
     ) -> dict[str, np.ndarray]:
         """`embedding_for` of many hashes in one query: those found, by hash."""
 
+    @abstractmethod
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         """The k best hits by cosine similarity, filters applied inside the search."""
 
+    @abstractmethod
     async def vectors(
         self, row_ids: Collection[int], *, guild_id: int | None = None
     ) -> dict[int, np.ndarray]:
         """Stored vectors by row id (to tell near-identical results apart from similar ones)."""
 
+    @abstractmethod
     async def message_vectors(
         self, message_id: int, model_id: str, *, guild_id: int | None = None
     ) -> dict[int, np.ndarray]:
         """A message's vectors by image key: a query by an indexed image skips the model."""
 
+    @abstractmethod
     async def model_counts(self, *, other_than: str | None = None) -> dict[str, int]:
         """Stored vectors per model id (vectors of another model are never searched), leaving
         ``other_than`` out (the configured model: nearly every row, not counted)."""
 
+    @abstractmethod
     async def count(
         self,
         *,
@@ -126,33 +141,43 @@ class VectorStore(Protocol):
     ) -> int:
         """Stored images of a guild, of one model and in some channels where given."""
 
+    @abstractmethod
     async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
         """Images of one author, in one guild or (None) in every guild listed for them in
         `author_guilds`: what a member asks about."""
 
+    @abstractmethod
     async def author_guild_ids(self, author_id: int) -> list[int]:
         """The guilds where ``author_id`` may have images stored (a superset)."""
 
+    @abstractmethod
     async def channel_ids(self, *, guild_id: int) -> set[int]:
         """Channels and threads of a guild that have stored images (to find orphaned threads)."""
 
+    @abstractmethod
     async def guild_ids(self) -> set[int]:
         """Guilds that have stored images (to notice servers the bot left while offline), from
         `author_guilds`: may include a guild whose images were all deleted one by one."""
 
+    @abstractmethod
     async def delete_messages(
         self, message_ids: Collection[int], *, guild_id: int | None = None
-    ) -> int: ...
+    ) -> int:
+        """Remove the messages' images (and queued jobs)."""
 
+    @abstractmethod
     async def delete_images(
         self, message_id: int, keep_keys: Collection[int], *, guild_id: int | None = None
     ) -> int:
         """Remove a message's images whose keys are not in ``keep_keys`` (an edit removed them)."""
 
+    @abstractmethod
     async def delete_channels(
         self, channel_ids: Collection[int], *, guild_id: int | None = None
-    ) -> int: ...
+    ) -> int:
+        """Remove the channels' and threads' images (and queued jobs)."""
 
+    @abstractmethod
     async def delete_other_models(
         self,
         channel_id: int,
@@ -164,15 +189,47 @@ class VectorStore(Protocol):
         """A channel's rows of models other than ``model_id`` (after its re-index); with
         ``since_message_id``, only those of messages from that id on (what the re-index read)."""
 
-    async def delete_guild(self, guild_id: int) -> int: ...
+    @abstractmethod
+    async def delete_guild(self, guild_id: int) -> int:
+        """Remove everything of a server (the bot left it for good)."""
 
+    @abstractmethod
     async def delete_forbidden(self, *, shards: Shards | None = None) -> int:
         """Rows the policy tables forbid (opted-out authors, excluded channels and their threads)
         that got in before the policy did: a race between processes, or a crash. With
         ``shards``, only those of the servers they cover."""
 
+    @abstractmethod
     async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
         """A member's images (and queued jobs) in one guild, or (None) in every guild, guild by
         guild."""
 
-    async def close(self) -> None: ...
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop the store's own tasks (PostgreSQL's index keeper)."""
+
+    # -- the hooks the shared reads and deletions stand on --------------------------------
+
+    @abstractmethod
+    def _reader(self) -> AbstractAsyncContextManager:
+        """Yields a session or connection (anything with ``execute``) whose database errors are
+        already `StoreUnavailable`."""
+
+    @abstractmethod
+    async def _delete(
+        self,
+        where: Callable[[type], list[ColumnElement[bool]]],
+        *,
+        jobs: bool = True,
+        images: bool = True,
+        also: Sequence[Executable] = (),
+    ) -> int:
+        """Run ``where(table)`` (conditions on the images table, or on the jobs table, which has
+        the same id columns) as deletions, then the statements ``also``, in one transaction;
+        returns the images deleted."""
+
+    @abstractmethod
+    async def _delete_in(
+        self, name: str, values: Collection[int], *, guild_id: int | None = None
+    ) -> int:
+        """Delete the rows whose column ``name`` is one of ``values`` (long id lists)."""

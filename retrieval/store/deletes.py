@@ -6,10 +6,7 @@ Jobs go first: a consumer storing a vector deletes its job row first in its own 
 waits for the other; a deletion that waits then sees the vector stored and deletes it too, and a
 consumer that waits finds its job gone and stores nothing.
 
-A store gives `_delete(where, jobs=..., images=..., also=...)`, running ``where(table)``
-(conditions on the images table, or on the jobs table, which has the same id columns) and then
-the statements ``also`` in one transaction, and `_delete_in(name, values, guild_id=...)` for long
-id lists.
+They stand on the store's `_delete` and `_delete_in` (see `VectorStore`).
 
 Every deletion a member can cause names its server (``guild_id``): the bot always knows it, and
 on a PostgreSQL distributed by guild (Citus) it sends the statement to the one machine holding
@@ -19,15 +16,16 @@ listed for them in `author_guilds` (retrieval/store/authors.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 
-from sqlalchemy import ColumnElement, Executable, exists, select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retrieval.models import IndexedImage, IndexJob
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.shards import Shards
 from retrieval.store import authors
 from retrieval.store.allowed import forbidden
+from retrieval.store.base import VectorStore
 
 Where = Callable[[type], list[ColumnElement[bool]]]
 
@@ -37,26 +35,8 @@ def routed(t, guild_id: int | None) -> list[ColumnElement[bool]]:
     return [] if guild_id is None else [t.guild_id == guild_id]
 
 
-class SharedDeletes:
+class SharedDeletes(VectorStore):
     engine: AsyncEngine
-
-    async def _delete(
-        self,
-        where: Where,
-        *,
-        jobs: bool = True,
-        images: bool = True,
-        also: Sequence[Executable] = (),
-    ) -> int:
-        raise NotImplementedError
-
-    async def _delete_in(
-        self, name: str, values: Collection[int], *, guild_id: int | None = None
-    ) -> int:
-        raise NotImplementedError
-
-    async def author_guild_ids(self, author_id: int) -> list[int]:
-        raise NotImplementedError
 
     async def delete_messages(
         self, message_ids: Collection[int], *, guild_id: int | None = None

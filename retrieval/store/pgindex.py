@@ -44,8 +44,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retrieval.citus import CITUS_VERSION
-from retrieval.locks import AdvisoryLock, Purpose
+from retrieval.database.citus import CITUS_VERSION
+from retrieval.database.locks import AdvisoryLock, Purpose
 from retrieval.store.authors import every_guild
 from retrieval.supervisor import Supervisor
 

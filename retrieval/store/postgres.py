@@ -47,9 +47,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
-from retrieval.citus import CITUS_VERSION
+from retrieval.database.citus import CITUS_VERSION
+from retrieval.database.errors import database_errors
+from retrieval.database.tables import IndexedImage, IndexJob
 from retrieval.errors import StoreUnavailable
-from retrieval.models import IndexedImage, IndexJob
 from retrieval.store import authors
 from retrieval.store.allowed import (
     KEY,
@@ -64,7 +65,7 @@ from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit, in_guild
 from retrieval.supervisor import Supervisor
 
 _IDS = ARRAY(BigInteger)

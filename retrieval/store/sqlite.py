@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.types import NullType
 
-from retrieval.models import IndexedImage, IndexJob
+from retrieval.database.errors import database_errors
+from retrieval.database.tables import IndexedImage, IndexJob, sqlite_text
 from retrieval.store import authors
 from retrieval.store.allowed import (
     check_model,
@@ -38,13 +39,12 @@ from retrieval.store.base import ImageRecord, SearchHit, SearchScope
 from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.matrix import GuildMatrix, MatrixFilter, MatrixRow, matrix_bytes
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB, Key, MatrixBudget
-from retrieval.store.reads import HIT_COLUMNS, SharedReads, database_errors, hit, in_guild
+from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit, in_guild
 from retrieval.store.sqlite_rows import (
     DRIVER_SQL,
     RETURNING,
     driver_row,
     record_values,
-    sqlite_time,
     stored_row,
 )
 
@@ -421,7 +421,7 @@ _SLACK = timedelta(milliseconds=1)
 
 
 def _stored_time(ts: float, shift: timedelta) -> str:
-    return sqlite_time(datetime.fromtimestamp(ts, UTC) + shift)
+    return sqlite_text(datetime.fromtimestamp(ts, UTC) + shift)
 
 
 def _in_guild(key: Key) -> tuple:

@@ -8,16 +8,14 @@ processing and a round trip through the driver's thread per row were most of a w
 from __future__ import annotations
 
 import operator
-from datetime import datetime
 
 import numpy as np
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert
 
-from retrieval.models import IndexedImage
+from retrieval.database.tables import IndexedImage, sqlite_text
 from retrieval.store.allowed import KEY, RECORD_COLUMNS, guarded_rows
 from retrieval.store.base import ImageRecord
-from retrieval.store.reads import as_utc
 
 
 def _guarded_upsert():
@@ -41,20 +39,13 @@ _POSTED, _EMBEDDING = RECORD_COLUMNS.index("posted_at"), RECORD_COLUMNS.index("e
 
 
 def record_values(record: ImageRecord) -> dict:
-    values = {name: getattr(record, name) for name in ImageRecord.__slots__}
-    values["posted_at"] = as_utc(record.posted_at)
-    return values
-
-
-def sqlite_time(moment: datetime) -> str:
-    # How SQLAlchemy keeps a datetime in SQLite: UTC, naive, always with microseconds.
-    return as_utc(moment).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return {name: getattr(record, name) for name in ImageRecord.__slots__}
 
 
 def driver_row(record: ImageRecord) -> tuple:
     """A record as the driver's parameters for `DRIVER_SQL` (tens of thousands a second)."""
     values = [getattr(record, name) for name in RECORD_COLUMNS]
-    values[_POSTED] = sqlite_time(record.posted_at)
+    values[_POSTED] = sqlite_text(record.posted_at)
     values[_EMBEDDING] = np.asarray(record.embedding, dtype=np.float32).tobytes()
     values.extend(value for _, value in _CONSTANTS)
     return _ORDER(values)
@@ -69,7 +60,7 @@ def stored_row(row_id: int, record: ImageRecord) -> tuple:
         row_id,
         record.channel_id,
         record.author_id,
-        sqlite_time(record.posted_at),
+        sqlite_text(record.posted_at),
         np.asarray(record.embedding, dtype=np.float32).tobytes(),
     )
 

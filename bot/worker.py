@@ -1,0 +1,253 @@
+"""An encoder worker: no Discord connection, it takes image jobs from the database queue,
+downloads, decodes and encodes them in batches on its GPU or CPU, and stores the vectors.
+
+Gateway processes queue the images (`ENCODE_IMAGES=false` leaves all encoding to workers); any
+number of workers drain the one queue side by side on PostgreSQL, each claiming rows for a lease.
+A worker that dies loses nothing: its claims run out and another worker takes them again, and a
+vector is stored in the transaction that deletes its job, so each image is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from retrieval.config import Settings
+from retrieval.database import (
+    UPGRADE_HINT,
+    check_schema,
+    close_engine,
+    create_engine,
+    database_errors,
+    get_state,
+)
+from retrieval.encoding import Encoder
+from retrieval.errors import ConfigError, StoreUnavailable
+from retrieval.indexing import INDEX_MODEL_KEY, JOBS_CHANNEL, IndexingPipeline, RefreshUrls
+from retrieval.runtime import Services, Stop, freeze_heap, open_services, operator_view
+
+log = logging.getLogger(__name__)
+
+NEEDS_POSTGRES = (
+    "a worker is a process of its own next to the bot, and SQLite serves one process only: run "
+    "the bot and its workers on PostgreSQL (DATABASE_URL=postgresql+asyncpg://...). A single bot "
+    "on SQLite encodes its images itself and needs no worker"
+)
+REPORT_EVERY_S = 60.0
+MODEL_CHECK_S = 30.0
+_WAIT_FIRST_S, _WAIT_MAX_S = 1.0, 30.0
+_LISTEN_CHECK_S = 10.0
+
+
+async def run_worker(
+    settings: Settings, *, refresh: RefreshUrls | None = None, stop: Stop | None = None
+) -> int:
+    """Drain the jobs table until stopped; returns the process exit status: 0, or 2 once the
+    bot switched the index to another model (1 after an internal error).
+
+    ``refresh`` exchanges expired signed attachment URLs for fresh ones (Discord's, passed in by
+    the caller); without it an image whose link expired is dropped as gone. ``stop`` is the
+    process's (SIGTERM, SIGINT): told once the worker runs, it stops it from then on."""
+    check_worker_settings(settings)
+    stopping = asyncio.Event()
+    status = 0
+    engine = create_engine(settings.database_url, **settings.engine_options())
+    try:
+        if not await _schema_ready(engine, stop=stopping):
+            return 0
+        loaded = functools.partial(_refuse_another_model, engine)
+        async with (
+            open_services(
+                settings,
+                engine=engine,
+                loaded=loaded,
+                refresh=refresh,
+                stop_left=stop.left if stop is not None else None,
+            ) as services,
+            operator_view(
+                engine=engine,
+                role="worker",
+                pipeline=services.pipeline,
+                settings=settings,
+                supervisor=services.supervisor,
+            ),
+        ):
+            freeze_heap()
+            log.info(
+                "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
+                "encoding queued images until stopped",
+                services.model.model_id,
+                services.model.device,
+                services.model.precision,
+                services.pipeline.batch_size,
+                database_name(engine),
+            )
+            if stop is not None:
+                stop.started(stopping.set)
+            start = services.supervisor.start
+            switched = start(
+                "worker-model",
+                functools.partial(_model_switched, engine, services.model.model_id),
+            )
+            tasks = [
+                start("worker-report", functools.partial(_report, services)),
+                start("worker-listen", functools.partial(_woken, engine, services.pipeline)),
+                switched,
+                asyncio.create_task(stopping.wait(), name="worker-stop"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if task.exception() is not None:  # a bug: say where, and stop
+                    error = task.exception()
+                    log.critical("stopping: %s failed", task.get_name(), exc_info=error)
+                    status = 1
+                elif task is switched:
+                    log.critical("stopping: %s", switched.result())
+                    status = 2
+    finally:
+        await close_engine(engine)
+    log.info("encoder worker stopped")
+    return status
+
+
+def check_worker_settings(settings: Settings) -> None:
+    """Refuse at once what no worker can run with (ConfigError), before anything is opened."""
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError(NEEDS_POSTGRES)
+
+
+def database_name(engine: AsyncEngine) -> str:
+    """host/database, without the password; a unix socket's folder stands for the host."""
+    url = engine.url
+    host = url.host or url.query.get("host") or "localhost"
+    return f"{host}/{url.database or ''}"
+
+
+async def _schema_ready(engine: AsyncEngine, *, stop: asyncio.Event) -> bool:
+    """Wait for a database at this code's schema; False when stopped meanwhile.
+
+    A database that is away (not up yet, restarting) or still empty is waited for: the bot
+    creates the schema, and two processes creating it at once would collide. A schema behind or
+    ahead of this code raises SchemaError, as it stops the bot.
+    """
+    delay = _WAIT_FIRST_S
+    while True:
+        try:
+            if await check_schema(engine) is not None:
+                return True
+            log.warning(
+                "the database %s has no clipfind schema yet; waiting for the bot to create it "
+                "(or run `%s`), trying again in %.0fs",
+                database_name(engine),
+                UPGRADE_HINT,
+                delay,
+            )
+        except StoreUnavailable as exc:
+            log.error(
+                "cannot reach the database %s, trying again in %.0fs: %s",
+                database_name(engine),
+                delay,
+                exc,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return False
+        delay = min(delay * 2, _WAIT_MAX_S)
+
+
+async def _refuse_another_model(engine: AsyncEngine, encoder: Encoder) -> None:
+    """The index is searched with the bot's model: vectors of another are never found."""
+    with database_errors():
+        recorded = await get_state(engine, INDEX_MODEL_KEY)
+    if recorded is not None and recorded != encoder.model_id:
+        raise ConfigError(
+            f"the index is built with the model {recorded}, and this worker loaded "
+            f"{encoder.model_id}: give it the bot's CLIP_MODEL and CLIP_PRETRAINED (after a "
+            "model switch, start the bot first)"
+        )
+
+
+async def _woken(engine: AsyncEngine, pipeline: IndexingPipeline) -> None:
+    """Wake the pipeline whenever a process queues jobs (PostgreSQL NOTIFY), so an image posted
+    is taken at once rather than at the pipeline's next look at the table (once a second)."""
+    import asyncpg
+
+    def wake(*_: object) -> None:
+        pipeline.wake()
+
+    while True:
+        try:
+            async with engine.connect() as conn:
+                listening = (await conn.get_raw_connection()).driver_connection
+                await listening.add_listener(JOBS_CHANNEL, wake)
+                try:
+                    pipeline.wake()  # whatever was queued while no one listened
+                    while True:  # a lost connection shows here; the pipeline polls meanwhile
+                        await asyncio.sleep(_LISTEN_CHECK_S)
+                        await listening.execute("SELECT 1")
+                finally:
+                    with contextlib.suppress(Exception):  # going back to the pool, or gone
+                        await listening.remove_listener(JOBS_CHANNEL, wake)
+        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("not listening for queued jobs (polling meanwhile): %s", exc)
+        await asyncio.sleep(_LISTEN_CHECK_S)
+
+
+async def _model_switched(engine: AsyncEngine, model_id: str) -> str:
+    """Returns once the bot records another model for the index (a model switch while this
+    worker runs): what it would encode from then on could never be found."""
+    while True:
+        await asyncio.sleep(MODEL_CHECK_S)
+        try:
+            with database_errors():
+                recorded = await get_state(engine, INDEX_MODEL_KEY)
+        except StoreUnavailable:
+            continue  # the pipeline says so and waits; this looks again next time
+        if recorded is not None and recorded != model_id:
+            return (
+                f"the index is now built with the model {recorded}, and this worker encodes "
+                f"with {model_id}: restart it with the bot's CLIP_MODEL and CLIP_PRETRAINED"
+            )
+
+
+async def _report(services: Services) -> None:
+    """Every minute that saw work: this worker's own throughput (the operator view logs the
+    cluster's backlog)."""
+    pipeline = services.pipeline
+    before, since = _done(pipeline), time.monotonic()
+    while True:
+        await asyncio.sleep(REPORT_EVERY_S)
+        done, now = _done(pipeline), time.monotonic()
+        if done == before:
+            since = now
+            continue
+        counters = pipeline.counters
+        log.info(
+            "encoder worker: %d images in the last %.0fs (%.1f/s); since start %d encoded, %d "
+            "reposts reused, %d skipped; %d in hand",
+            done - before,
+            now - since,
+            (done - before) / (now - since),
+            counters.indexed,
+            counters.reused,
+            sum(counters.failed.values()),
+            pipeline.queued,
+        )
+        before, since = done, now
+
+
+def _done(pipeline: IndexingPipeline) -> int:
+    counters = pipeline.counters
+    return counters.indexed + counters.reused + sum(counters.failed.values())

@@ -1,0 +1,158 @@
+"""The composition root: opening what indexes images and encodes queries (the policy, the model,
+the HTTP fetcher, the store, the jobs queue and the pipeline that drains it) as one `Services`.
+The bot and `python -m bot worker` both open them here, so a worker runs with exactly the bot's
+settings and code path."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from retrieval.database.engine import CLOSE_S
+from retrieval.encoding.service import EncoderService
+from retrieval.indexing import BackfillCursors, IndexingPipeline, JobQueue, RefreshUrls
+from retrieval.pictures.fetch import Fetcher
+from retrieval.policy import IndexPolicy
+from retrieval.runtime.signals import abandonable
+from retrieval.store import VectorStore, open_store
+from retrieval.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from retrieval.config import Settings
+    from retrieval.encoding.clip import Encoder
+
+log = logging.getLogger(__name__)
+
+# Of the stop's deadline, what the steps after the pipeline's close keep: closing the
+# database's connections, and the interpreter's own exit.
+_AFTER_PIPELINE_S = CLOSE_S + 1.0
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a process indexes and searches with, opened together by `open_services` and handed
+    whole to the bot (`bot.client.ClipfindBot`) and to the worker (`bot.worker`)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    supervisor: Supervisor  # runs every long-lived task of the process, restarting a failed one
+    model: Encoder  # the loaded CLIP model
+    encoder: EncoderService  # the one thread that runs it, queries first
+    store: VectorStore
+    fetcher: Fetcher
+    jobs: JobQueue
+    pipeline: IndexingPipeline
+    policy: IndexPolicy  # loaded; a process that writes policy keeps it current (`watch`)
+    cursors: BackfillCursors
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    engine: AsyncEngine,
+    consume: bool = True,
+    loaded: Callable[[Encoder], Awaitable[None]] | None = None,
+    refresh: RefreshUrls | None = None,
+    supervisor: Supervisor | None = None,
+    stop_left: Callable[[], float] | None = None,
+) -> AsyncIterator[Services]:
+    """Everything started; on the way out, batches being encoded finish and the rest of the
+    claimed jobs go back to the table within what ``stop_left()`` says is left of the stop's
+    deadline (SHUTDOWN_DEADLINE_S when not given).
+
+    The policy is read first: a database that refuses is told before the model is loaded.
+    ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
+    model is still loaded, for search queries, but no job is taken from the table. ``loaded``
+    is awaited with the model before any job is: it may refuse it by raising. ``refresh``
+    exchanges expired attachment links (Discord's, passed in by the caller). The pipeline's
+    and the store's tasks run under ``supervisor`` (the process's).
+    """
+    from retrieval.encoding.clip import Encoder  # torch: only where a model is opened
+
+    policy = IndexPolicy(engine)
+    await policy.load()
+    load = functools.partial(
+        Encoder.load,
+        model=settings.clip_model,
+        pretrained=settings.clip_pretrained,
+        device=settings.clip_device,
+        precision=settings.clip_precision,
+        batch_size=settings.batch_size,
+        calibration_cache=settings.precision_cache(),
+    )
+    log.info("loading the CLIP model %s (%s)", settings.clip_model, settings.clip_pretrained)
+    model = await abandonable(load, name="clip-model-load")
+    if loaded is not None:
+        await loaded(model)
+    encoder = EncoderService(model)
+    supervisor = supervisor or Supervisor()
+    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor)
+    connector = aiohttp.TCPConnector(
+        limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
+    )
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            fetcher = Fetcher(
+                http,
+                allowed=settings.media_origins(),
+                max_bytes=settings.max_image_bytes,
+                timeout_s=settings.fetch_timeout_s,
+                per_host=settings.fetch_per_host,
+                retries=settings.fetch_retries,
+            )
+            jobs = JobQueue(
+                engine,
+                model_id=model.model_id,
+                lease_s=settings.job_lease_s,
+                retry=settings.retry_policy(),
+            )
+            if consume and engine.dialect.name == "sqlite":
+                # One process per SQLite file (a lock next to it says so): any claim left is a
+                # dead process's.
+                await jobs.release()
+            pipeline = IndexingPipeline(
+                fetcher=fetcher,
+                encoder=encoder,
+                store=store,
+                jobs=jobs,
+                spec=model.spec,
+                max_pixels=settings.max_image_pixels,
+                batch_size=settings.batch_size or model.default_batch_size,
+                batch_deadline_s=settings.batch_deadline_ms / 1000,
+                queue_size=settings.queue_size,
+                fetch_workers=settings.fetch_concurrency,
+                decode_threads=settings.decode_threads,
+                consume=consume,
+                refresh=refresh,
+                supervisor=supervisor,
+            )
+            await pipeline.start()
+            try:
+                yield Services(
+                    settings=settings,
+                    engine=engine,
+                    supervisor=supervisor,
+                    model=model,
+                    encoder=encoder,
+                    store=store,
+                    fetcher=fetcher,
+                    jobs=jobs,
+                    pipeline=pipeline,
+                    policy=policy,
+                    cursors=BackfillCursors(engine),
+                )
+            finally:
+                left = stop_left() if stop_left else settings.shutdown_deadline_s
+                await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
+    finally:
+        await encoder.close()
+        await store.close()
