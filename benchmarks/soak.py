@@ -101,7 +101,11 @@ async def _run(options: Options, report: Report, world: World, cluster: Cluster,
         asyncio.create_task(_worker_kills(cluster, options, stop)),
     ]
     try:
-        await load.run(seconds=options.minutes * 60)
+        await load.run(
+            seconds=options.minutes * 60,
+            until=lambda: _chaos_seen(options, cluster, load),
+            most_s=options.overtime_s,
+        )
         report.load_s = time.monotonic() - started
         stop.set()
         await asyncio.gather(*chaos)  # the restart under way ends with its process up
@@ -130,6 +134,15 @@ async def _run(options: Options, report: Report, world: World, cluster: Cluster,
             select(IndexFailure.reason, func.sum(IndexFailure.count)).group_by(IndexFailure.reason)
         )
         report.refused = Counter({reason: int(n) for reason, n in failures})
+
+
+def _chaos_seen(options: Options, cluster: Cluster, load: Load) -> bool:
+    """Whether the restarts and kills the run must see have happened, each restart's burst of
+    changes made while the database was away included."""
+    return (
+        load.tally.actions["outage bursts"] >= options.least_postgres_restarts
+        and len(cluster.killed_worker.lives) > options.least_kills
+    )
 
 
 def _memory(role: Role, *, since: float) -> tuple[float, float] | None:

@@ -10,6 +10,7 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.soak_world import (
@@ -76,11 +77,16 @@ class Load:
         """PostgreSQL has just been stopped: the next thing done is an ``outage_burst``."""
         self._bursts += 1
 
-    async def run(self, *, seconds: float) -> None:
-        """Act at ``rate`` actions per second for ``seconds`` (late actions are not skipped)."""
+    async def run(
+        self, *, seconds: float, until: Callable[[], bool] = lambda: True, most_s: float = 0.0
+    ) -> None:
+        """Act at ``rate`` actions per second for ``seconds`` (late actions are not skipped), and
+        on until ``until()`` holds, for at most ``most_s`` seconds more."""
         started = time.monotonic()
         n = 0
-        while (now := time.monotonic()) - started < seconds:
+        while (now := time.monotonic()) - started < seconds or (
+            not until() and now - started < seconds + most_s
+        ):
             await asyncio.sleep(max(0.0, started + n / self.rate - now))
             n += 1
             while self._bursts:

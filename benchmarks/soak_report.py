@@ -23,6 +23,11 @@ class Options:
     postgres_down_s: float = 5.0
     kill_every_s: float = 150.0
     kill_down_s: float = 3.0
+    # Chaos the run must have seen before its load ends, however slow the machine: the load goes
+    # on past ``minutes`` (at most ``overtime_s``) until it has.
+    least_postgres_restarts: int = 0
+    least_kills: int = 0
+    overtime_s: float = 300.0
     # Share of the load time before memory is compared: the gateway's caches fill for a quarter
     # of an hour (answers' buttons live 14 minutes, discord.py keeps the last 1,000 messages).
     warmup: float = 0.5

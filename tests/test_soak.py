@@ -29,6 +29,8 @@ async def test_a_short_soak_keeps_every_promise(tmp_path):
         postgres_down_s=3.0,
         kill_every_s=14.0,
         kill_down_s=1.0,
+        least_postgres_restarts=2,  # however slow a loaded machine makes the 30 s
+        least_kills=1,
         warmup=0.3,
         sample_s=1.0,
         drain_s=120.0,
