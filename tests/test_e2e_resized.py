@@ -29,12 +29,17 @@ def statuses(fd: FakeDiscord, url: str) -> list[int]:
     return [status for _, status in fd.cdn.requests_for(url)]
 
 
+async def server(fd: FakeDiscord, name: str):
+    """(a new server, its #general, its member alice), once the bot knows them."""
+    guild = fd.add_guild(name)
+    general, alice = guild.add_text_channel("general"), guild.add_member("alice")
+    await fd.wait_ready()
+    return guild, general, alice
+
+
 async def test_an_attachment_is_read_from_a_copy_the_size_the_model_needs(world):
     fd, bot = world
-    guild = fd.add_guild("Copies")
-    general = guild.add_text_channel("general")
-    alice = guild.add_member("alice")
-    await fd.wait_ready()
+    guild, general, alice = await server(fd, "Copies")
     original = big("red", "circle", 1)
     posted = await fd.post_message(
         general, alice, "", attachments=[Attachment("circle.png", original, "image/png")]
@@ -51,10 +56,7 @@ async def test_an_attachment_is_read_from_a_copy_the_size_the_model_needs(world)
 
 async def test_a_refused_copy_falls_back_to_the_original(world):
     fd, bot = world
-    guild = fd.add_guild("Refused")
-    general = guild.add_text_channel("general")
-    alice = guild.add_member("alice")
-    await fd.wait_ready()
+    guild, general, alice = await server(fd, "Refused")
     before = bot.pipeline.counters.resize_fallbacks["http_415"]
     original = big("blue", "square", 2)
     fd.cdn.refuse_resizing = 415
@@ -77,10 +79,7 @@ async def test_a_picture_without_dimensions_is_downloaded_whole(world):
     """Discord gives no size for a picture it could not measure, and its proxy refuses those:
     the bot does not ask."""
     fd, bot = world
-    guild = fd.add_guild("Unmeasured")
-    general = guild.add_text_channel("general")
-    alice = guild.add_member("alice")
-    await fd.wait_ready()
+    guild, general, alice = await server(fd, "Unmeasured")
     original = big("yellow", "triangle", 3)
     upload = Attachment("triangle.png", original, "image/png", measured=False)
     posted = await fd.post_message(general, alice, "", attachments=[upload])
@@ -96,10 +95,7 @@ async def test_an_animated_gif_is_read_from_a_still_copy_of_its_first_frame(worl
     """Asked as WebP without `animated=true`, the proxy answers with the first frame, still: the
     frame the pipeline reads of an original GIF too. The later frames never count."""
     fd, bot = world
-    guild = fd.add_guild("Animated")
-    general = guild.add_text_channel("general")
-    alice = guild.add_member("alice")
-    await fd.wait_ready()
+    guild, general, alice = await server(fd, "Animated")
     frames = [draw("green", "star", size=SIDE, rng=4), draw("blue", "square", size=SIDE, rng=5)]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=200, loop=0)
@@ -128,10 +124,7 @@ async def test_an_animated_gif_is_read_from_a_still_copy_of_its_first_frame(worl
 
 async def test_link_previews_are_read_from_a_copy_when_the_preview_gives_a_size(world):
     fd, bot = world
-    guild = fd.add_guild("Previews")
-    general = guild.add_text_channel("general")
-    alice = guild.add_member("alice")
-    await fd.wait_ready()
+    guild, general, alice = await server(fd, "Previews")
     sized = big("purple", "cross", 7)
     linked = fd.host_external_image("cross.png", sized, "image/png")
     shown = await fd.post_message(general, alice, linked, embeds=[fd.image_embed(linked)])
@@ -207,3 +200,24 @@ async def test_a_picture_indexed_whole_before_and_reposted_as_a_copy_shows_once(
             reply = await find(fd, guild, general, alice, "a green cross")
     assert len(reply["embeds"]) == 1 and "+1 repost" in reply["embeds"][0]["description"]
     assert result_ids(reply)[0] in (before.id, after.id)
+
+
+async def test_the_size_cap_holds_for_what_is_downloaded(tmp_path):
+    """MAX_IMAGE_BYTES caps the bytes the bot reads: an original over it is indexed from its
+    copy, and skipped when only the original could be read."""
+    original = big("blue", "circle", 11)
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Capped")
+        general, alice = guild.add_text_channel("general"), guild.add_member("alice")
+        settings = bot_settings(fd, tmp_path, max_image_bytes=len(original) // 2)
+        async with running_bot(settings, fd) as bot:
+            copied = await fd.post_message(
+                general, alice, "", attachments=[Attachment("a.png", original)]
+            )
+            unsized = Attachment("b.png", big("red", "cross", 12), measured=False)
+            skipped = await fd.post_message(general, alice, "", attachments=[unsized])
+            await settled(bot, fd)
+            assert await bot.store.known_keys(copied.id) == {copied.attachments[0].id}
+            assert await bot.store.known_keys(skipped.id) == set()
+            assert (await bot.pipeline.jobs.backlog(guild.id)).failed == {"too_large": 1}
+    assert statuses(fd, skipped.attachments[0].url) == []  # refused by its declared size
