@@ -64,8 +64,8 @@ def image_bytes(i: int, size: int = 256) -> bytes:
 async def flood(encoder: Encoder, count: int) -> dict:
     images = [(image_bytes(i), "image/jpeg") for i in range(count)]
     async with (
-        image_server(images) as base,
-        sqlite_pipeline(encoder, source=base, batch_size=32) as pipe,
+        image_server(images) as server,
+        sqlite_pipeline(encoder, source=server.base, batch_size=32) as pipe,
     ):
         baseline = rss_mb()
         peak = {"rss": baseline, "queue": 0}
@@ -77,7 +77,7 @@ async def flood(encoder: Encoder, count: int) -> dict:
         async with loop_lag(probe) as lags:
             started = time.perf_counter()
             # One submitter per image, as one event handler per MESSAGE_CREATE would be.
-            await asyncio.gather(*(pipe.submit([ref]) for ref in refs(base, count)))
+            await asyncio.gather(*(pipe.submit([ref]) for ref in refs(server.base, count)))
             await pipe.join()
             elapsed = time.perf_counter() - started
         return dict(

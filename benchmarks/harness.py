@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import io
 import json
 import os
 import sqlite3
@@ -30,22 +32,55 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextlib.asynccontextmanager
-async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[str]:
-    """Serves images[i] at <base>/i; yields the base URL."""
+class ImageServer:
+    """Serves images[i] at <base>/i, and answers the media proxy's resize parameters there as
+    the Discord stand-in does (tests/fakediscord/media.py: Pillow, each copy made once and
+    cached); `prepare` makes the copies before a measurement, so their making is not timed.
+    Counts the bytes of the bodies it sends."""
 
-    async def serve(request: web.Request) -> web.Response:
-        body, content_type = images[int(request.match_info["i"])]
+    def __init__(self, images: Sequence[tuple[bytes, str]]) -> None:
+        from tests.fakediscord.media import Variants
+
+        self.images = images
+        self.base = ""
+        self.served = 0
+        self._variants = Variants()
+
+    async def _body(self, i: int, query: Any) -> tuple[bytes, str]:
+        from tests.fakediscord.media import Resize
+
+        data, content_type = self.images[i]
+        resize = Resize.from_query(query)
+        if resize is None:
+            return data, content_type
+        copy, copy_type, _ = await self._variants.get(str(i), data, resize)
+        return copy, copy_type
+
+    async def serve(self, request: web.Request) -> web.Response:
+        body, content_type = await self._body(int(request.match_info["i"]), request.query)
+        self.served += len(body)
         return web.Response(body=body, content_type=content_type)
 
+    async def prepare(self, urls: Sequence[str]) -> None:
+        """Make the copies these URLs ask for (those with resize parameters)."""
+        for url in urls:
+            parsed = yarl.URL(url)
+            await self._body(int(parsed.name), parsed.query)
+
+
+@contextlib.asynccontextmanager
+async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[ImageServer]:
+    """An `ImageServer` on loopback, its base URL set."""
+    server = ImageServer(images)
     app = web.Application()
-    app.router.add_get("/img/{i}", serve)
+    app.router.add_get("/img/{i}", server.serve)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    server.base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/img"
     try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/img"
+        yield server
     finally:
         await runner.cleanup()
 
@@ -61,9 +96,15 @@ def has_jobs_table() -> bool:
 
 @contextlib.asynccontextmanager
 async def sqlite_pipeline(
-    encoder: Any, *, source: str, batch_size: int, decode_threads: int | None = None
+    encoder: Any,
+    *,
+    source: str,
+    batch_size: int,
+    decode_threads: int | None = None,
+    fetch_resized: bool | None = None,
 ) -> AsyncIterator[Any]:
-    """A pipeline that may download from ``source``'s origin (the image server's base URL)."""
+    """A pipeline that may download from ``source``'s origin (the image server's base URL).
+    ``fetch_resized``: FETCH_RESIZED on or off (None: the code's default, for older code)."""
     from retrieval.database.engine import create_engine, ensure_schema
     from retrieval.encoding.service import EncoderService
     from retrieval.pictures.fetch import Fetcher
@@ -84,6 +125,8 @@ async def sqlite_pipeline(
                 options["jobs"] = JobQueue(engine, model_id=encoder.model_id)
             else:  # before the jobs table: an in-memory queue, any origin
                 from retrieval.pipeline import IndexingPipeline
+            if fetch_resized is not None:
+                options["fetch_resized"] = fetch_resized
             pipeline = IndexingPipeline(
                 fetcher=Fetcher(http, **fetch_options),
                 encoder=service,
@@ -104,14 +147,18 @@ async def sqlite_pipeline(
                 await engine.dispose()
 
 
-def refs(base_url: str, count: int) -> list:
+def refs(base_url: str, count: int, images: Sequence[tuple[bytes, str]] = ()) -> list:
+    """Refs to <base_url>/i; with ``images`` (and code that knows them), each gives its type,
+    size and a proxy link as Discord's payloads do (the image server is its own media proxy)."""
     if has_jobs_table():
         from retrieval.indexing import ImageRef
     else:
         from retrieval.pipeline import ImageRef
     now = datetime.now(UTC)
+    sized = bool(images) and "proxy_url" in {f.name for f in dataclasses.fields(ImageRef)}
     return [
         ImageRef(
+            **(_payload_sizes(images[i], f"{base_url}/{i}") if sized else {}),
             guild_id=1,
             channel_id=1,
             message_id=i + 1,
@@ -150,6 +197,14 @@ async def loop_lag(
         stop.set()
         await watcher
         lags.sort()
+
+
+def _payload_sizes(image: tuple[bytes, str], url: str) -> dict[str, Any]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image[0])) as picture:
+        width, height = picture.size
+    return dict(proxy_url=url, width=width, height=height, content_type=image[1])
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -3,7 +3,12 @@
 1. the seed's way: per image, full PIL decode, open_clip preprocess, encode_image one by one;
 2. the encoder alone on pre-decoded tensors at its best batch size (the ceiling);
 3. the clipfind pipeline end to end: bytes from a loopback HTTP server → fetch → decode →
-   micro-batch → encode → SQLite store, with the event-loop lag measured throughout.
+   micro-batch → encode → SQLite store, with the event-loop lag measured throughout; twice,
+   side by side (A B B A): downloading the originals (FETCH_RESIZED=off) and the copies the
+   media proxy makes (on, the default; the server answers the proxy's resize parameters as the
+   Discord stand-in does, its copies made before the timing starts). Bytes downloaded per image,
+   CPU ms per image by role, and the cores a GPU indexer would need per 1,000 images/s for all
+   but the model. `--profile` adds one pass under cProfile on the event loop's thread.
 
     python -m benchmarks.indexing [--images 48] [--model ViT-B-32] [--mix mixed|photos]
                                   [--precision all|auto|fp32|bf16|fp16] [--device cpu|cuda]
@@ -15,7 +20,8 @@ retrieval/encoding/precision.py; whether it picks right is measured side by side
 
     python -m benchmarks.indexing --baseline REV [--baseline REV2] [--rounds 3] [--precision auto]
 
-measures only (3), the pipeline, with this checkout's code and with revision REV's (exported with
+measures only (3), the pipeline (`--fetch originals|resized` for all; by default each code's own
+way), with this checkout's code and with revision REV's (exported with
 ``git archive``), each in a fresh process, alternating over the rounds (A B, B A, A B...) so that
 what else runs on the machine weighs on all alike; ratios are against the first REV. Each
 process warms the model up with one pipeline pass, then measures a second one: images/s, and the
@@ -88,7 +94,10 @@ def make_images(count: int, mix: str = "mixed") -> list[tuple[bytes, str]]:
         scale = (megapixels * 1e6 / (photo.width * photo.height)) ** 0.5
         size = (int(photo.width * scale), int(photo.height * scale))
         picture = photo.resize(size, Image.Resampling.BILINEAR)
-        picture.putpixel((i % size[0], 0), (i % 256, 0, 0))
+        # A mark of its own, large enough to outlive the media proxy's copy (a pixel does not:
+        # copies of two originals one pixel apart are the same bytes, encoded once).
+        side = max(8, size[0] // 48)
+        picture.paste((i * 37 % 256, i * 91 % 256, i * 13 % 256), (0, 0, side, side))
         buf = io.BytesIO()
         picture.save(buf, fmt, quality=90) if fmt == "JPEG" else picture.save(buf, fmt)
         out.append((buf.getvalue(), "image/jpeg" if fmt == "JPEG" else "image/png"))
@@ -105,12 +114,12 @@ def seed_way(model: torch.nn.Module, preprocess, images, device: str = "cpu") ->
     return len(images) / (time.perf_counter() - started)
 
 
-def ceiling(encoder: Encoder, count: int) -> dict[int, float]:
+def ceiling(encoder: Encoder, count: int, sizes: tuple[int, ...] = ()) -> dict[int, float]:
     """Images/s of the encoder alone on pre-decoded pixels, per batch size."""
     rng = np.random.default_rng(0)
     pixels = rng.normal(size=(count, 3, encoder.spec.size, encoder.spec.size)).astype(np.float32)
     rates = {}
-    sizes = (1, 4, 8, 16, 32) + ((64, 128, 256) if encoder.device.type == "cuda" else ())
+    sizes = sizes or (1, 4, 8, 16, 32) + ((64, 128, 256) if encoder.device.type == "cuda" else ())
     for batch in sizes:
         encoder.encode_images(pixels[:batch])  # warm-up at this shape
         started = time.perf_counter()
@@ -120,39 +129,119 @@ def ceiling(encoder: Encoder, count: int) -> dict[int, float]:
     return rates
 
 
-async def pipeline_way(encoder: Encoder, images, batch_size: int):
-    """(images/s, sorted loop lags in ms, CPU ms per image by role)."""
+def proxy_urls(encoder: Encoder, base: str, images) -> list[str]:
+    """The copies this checkout's pipeline asks the media proxy for; none for older code."""
+    try:
+        from retrieval.pictures.media_proxy import plan_request
+    except ImportError:
+        return []
+    urls = []
+    for i, (data, content_type) in enumerate(images):
+        width, height = Image.open(io.BytesIO(data)).size
+        plan = plan_request(
+            proxy_url=f"{base}/{i}",
+            width=width,
+            height=height,
+            content_type=content_type,
+            spec=encoder.spec,
+        )
+        if plan is not None:
+            urls.append(plan.url)
+    return urls
+
+
+async def pipeline_way(
+    encoder: Encoder, images, batch_size: int, *, fetch_resized: bool | None = None, profile=None
+):
+    """(images/s, sorted loop lags in ms, CPU ms per image by role, bytes served per image).
+    ``fetch_resized``: FETCH_RESIZED on or off (None: the code's default); ``profile``: a
+    cProfile.Profile enabled on the event loop's thread for the measured part."""
     async with (
-        image_server(images) as base,
-        sqlite_pipeline(encoder, source=base, batch_size=batch_size) as pipe,
+        image_server(images) as server,
+        sqlite_pipeline(
+            encoder, source=server.base, batch_size=batch_size, fetch_resized=fetch_resized
+        ) as pipe,
     ):
+        if fetch_resized is not False:  # the stand-in's resizing is Discord's work, not ours
+            await server.prepare(proxy_urls(encoder, server.base, images))
+        served_before = server.served
         async with loop_lag() as lags:
             cpu_before = thread_cpu_s()
             loop_before = time.thread_time()  # this thread runs the event loop
             started = time.perf_counter()
-            await pipe.submit(refs(base, len(images)))
+            if profile is not None:
+                profile.enable()
+            await pipe.submit(refs(server.base, len(images), images))
             await pipe.join()
+            if profile is not None:
+                profile.disable()
             elapsed = time.perf_counter() - started
             loop_s = time.thread_time() - loop_before
             cpu_after = thread_cpu_s()
         assert pipe.counters.indexed == len(images), pipe.counters
+        served = (server.served - served_before) / len(images)
     cpu_ms = {
         role: (spent - cpu_before.get(role, 0.0)) * 1000 / len(images)
         for role, spent in cpu_after.items()
     }
     # /proc counts in clock ticks (10 ms); the loop's own clock is exact.
     cpu_ms["event loop"] = loop_s * 1000 / len(images)
-    return len(images) / elapsed, lags, cpu_ms
+    return len(images) / elapsed, lags, cpu_ms, served
 
 
 def report_cpu(cpu_ms: dict[str, float], ceiling_rate: float) -> None:
-    """Where the pipeline's CPU went, and the best any overlap of that work could do here."""
+    """Where the pipeline's CPU went, the best any overlap of that work could do here, and the
+    cores a GPU indexer would need besides its GPU: everything but the model, per image."""
     if not cpu_ms:
         return
     parts = ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(cpu_ms.items()) if ms >= 0.05)
     bound = (os.cpu_count() or 1) * 1000 / sum(cpu_ms.values())
     print(f"   CPU ms per image: {parts}")
     print(f"   all cores busy with that work: {bound:.1f} img/s = {bound / ceiling_rate:.2f}x (2)")
+    outside = sum(ms for role, ms in cpu_ms.items() if role != "model")
+    print(f"   cores per 1,000 img/s outside the model: {outside:.1f}")
+
+
+FETCHES = {"originals": False, "resized copies": True}
+
+
+def fetch_side_by_side(encoder: Encoder, images, best_batch: int) -> None:
+    """(3) with FETCH_RESIZED off and on, alternating (A B B A) so load weighs on both alike,
+    each pass right after a measure of (2) at its best batch: on a shared machine the ceiling
+    moves with the load, so each pass is read against the ceiling measured beside it."""
+    batch = encoder.default_batch_size
+    count = max(len(images), 64)
+    runs: dict[str, list] = {name: [] for name in FETCHES}
+    for name in [*FETCHES, *reversed(FETCHES)]:
+        beside = ceiling(encoder, count, sizes=(best_batch,))[best_batch]
+        result = asyncio.run(pipeline_way(encoder, images, batch, fetch_resized=FETCHES[name]))
+        runs[name].append((*result, beside))
+    summary = {}
+    for name, results in runs.items():
+        rate = statistics.median(r[0] for r in results)
+        ratio = statistics.median(r[0] / r[4] for r in results)
+        lags = sorted(lag for r in results for lag in r[1])
+        roles = {role for r in results for role in r[2]}
+        cpu_ms = {role: statistics.median(r[2].get(role, 0.0) for r in results) for role in roles}
+        served = statistics.median(r[3] for r in results)
+        top = statistics.median(r[4] for r in results)
+        summary[name] = (rate, cpu_ms, served)
+        print(
+            f"3. pipeline end to end, {name}: {rate:6.2f} img/s (batch {batch}) = {ratio:.2f}x "
+            f"the ceiling measured beside each pass ({', '.join(f'{r[4]:.1f}' for r in results)})"
+        )
+        print(
+            f"   {served / 1000:.1f} kB downloaded per image; event-loop lag p99 "
+            f"{percentile(lags, 0.99):.1f} ms, max {lags[-1]:.1f} ms"
+        )
+        report_cpu(cpu_ms, top)
+    (rate0, cpu0, bytes0), (rate1, cpu1, bytes1) = summary.values()
+    print(
+        f"   copies against originals: {bytes0 / bytes1:.1f}x fewer bytes, decode "
+        f"{cpu0.get('decode', 0) / max(cpu1.get('decode', 0), 1e-9):.1f}x cheaper, "
+        f"event loop {cpu0['event loop'] / cpu1['event loop']:.2f}x cheaper, "
+        f"throughput {rate1 / rate0:.2f}x"
+    )
 
 
 # -- this checkout against a baseline revision ---------------------------------------------------
@@ -167,9 +256,14 @@ def measure_version(args: argparse.Namespace) -> dict:
     )
     images = make_images(args.images, args.mix)
     batch = encoder.default_batch_size
-    asyncio.run(pipeline_way(encoder, images[: batch * 2], batch))  # every batch shape once
-    rate, lags, cpu_ms = asyncio.run(pipeline_way(encoder, images, batch))
+    fetch = {"default": None, "originals": False, "resized": True}[args.fetch]
+    warm = images[: batch * 2]  # every batch shape once
+    asyncio.run(pipeline_way(encoder, warm, batch, fetch_resized=fetch))
+    rate, lags, cpu_ms, served = asyncio.run(
+        pipeline_way(encoder, images, batch, fetch_resized=fetch)
+    )
     return {
+        "bytes": served,
         "code": str(Path(retrieval.__file__).parent.parent),
         "precision": encoder.precision,
         "batch": batch,
@@ -188,6 +282,7 @@ def compare(args: argparse.Namespace) -> None:
         f"--mix={args.mix}",
         f"--device={args.device}",
         f"--precision={'auto' if args.precision == 'all' else args.precision}",
+        f"--fetch={args.fetch}",
     ]
     tmp = Path(tempfile.mkdtemp(prefix="clipfind-indexing-", dir="/tmp"))
     try:
@@ -228,7 +323,7 @@ def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> 
         )
         return f"{mid} ({low}–{high})"
 
-    rows = {"pipeline img/s": lambda r: r["rate"]}
+    rows = {"pipeline img/s": lambda r: r["rate"], "kB downloaded/img": lambda r: r["bytes"] / 1000}
     for role in roles:
         rows[f"CPU ms/img, {role}"] = lambda r, x=role: r["cpu_ms"].get(x, 0.0)
     names = list(runs)
@@ -242,6 +337,36 @@ def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> 
         print(f"{label:28}" + "".join(f"{cell(c, digits):>26}" for c in columns) + f"{ratio:>8}")
     for name, results in runs.items():
         print(f"{name}: {results[0]['code']}")
+
+
+def profile_loop(encoder: Encoder, images, top: int = 25) -> None:
+    """One pass with resized copies under cProfile on the event loop's thread: where the loop's
+    time per image goes."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile(time.thread_time)  # CPU time: waiting in epoll is not work
+    asyncio.run(
+        pipeline_way(
+            encoder, images, encoder.default_batch_size, fetch_resized=True, profile=profile
+        )
+    )
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    print(f"   the event loop's thread, resized copies ({len(images)} images), by own time:")
+    stats.sort_stats("tottime").print_stats(top)
+    print(_indented(out))
+    print("   and clipfind's own functions, by time including what they call:")
+    stats.sort_stats("cumulative").print_stats(r"retrieval/", top)
+    print(_indented(out))
+
+
+def _indented(out: io.StringIO) -> str:
+    text = out.getvalue()
+    out.seek(0)
+    out.truncate()
+    # The header repeats the totals; keep the table.
+    return "\n".join("   " + line for line in text.splitlines() if line.strip())
 
 
 def main() -> None:
@@ -262,6 +387,16 @@ def main() -> None:
         help="a git revision: measure only the pipeline, side by side with it (repeatable)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline")
+    parser.add_argument(
+        "--fetch",
+        choices=("default", "originals", "resized"),
+        default="default",
+        help="with --baseline: FETCH_RESIZED off or on for every revision (default: each code's "
+        "own default; an older revision knows only originals)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile the event loop over one pass"
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -303,23 +438,14 @@ def main() -> None:
                 f"{time.perf_counter() - started:.1f} s with the calibration"
             )
         rates = ceiling(encoder, max(len(images), 512 if encoder.device.type == "cuda" else 64))
-        piped, lag_ms, cpu_ms = asyncio.run(
-            pipeline_way(encoder, images, encoder.default_batch_size)
-        )
         best_batch = max(rates, key=rates.get)
         top = rates[best_batch]
-        batch = encoder.default_batch_size
         print(f"clipfind encoder in {encoder.precision} on {encoder.device}:")
         print(f"2. encoder ceiling (batch {best_batch}):        {top:6.2f} img/s")
         print("   by batch size: " + ", ".join(f"{b}: {r:.1f}" for b, r in rates.items()))
-        print(f"3. clipfind pipeline end to end:       {piped:6.2f} img/s (batch {batch})")
-        print(f"   (3)/(1) = {piped / seed:.2f}x   (3)/(2) = {piped / top:.2f}x")
-        print(
-            f"   event-loop lag during (3): p50 {statistics.median(lag_ms):.1f} ms, "
-            f"p99 {percentile(lag_ms, 0.99):.1f} ms, max {lag_ms[-1]:.1f} ms "
-            f"({len(lag_ms)} samples)"
-        )
-        report_cpu(cpu_ms, top)
+        fetch_side_by_side(encoder, images, best_batch)
+        if args.profile:
+            profile_loop(encoder, images)
         del encoder
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import discord
 import yarl
@@ -81,19 +81,25 @@ def image_refs(message: discord.Message, *, channel: object = None) -> list[Imag
             filename=a.filename,
             content_type=a.content_type or "",
             size=a.size,
+            proxy_url=a.proxy_url,
+            width=a.width,
+            height=a.height,
         )
         for a in message.attachments
         if _looks_like_image(a.content_type, a.filename)
     ]
-    for url, fetch_url in _embed_pictures(message):
+    for picture in _embed_pictures(message):
         refs.append(
             _cleaned(
                 **common,
-                image_key=embed_key(url),
+                image_key=embed_key(picture.url),
                 kind="embed",
-                url=fetch_url,
-                source_url=url,
-                filename=_file_name(url),
+                url=picture.proxy_url,
+                source_url=picture.url,
+                filename=_file_name(picture.url),
+                proxy_url=picture.proxy_url,
+                width=picture.width,
+                height=picture.height,
             )
         )
     return refs
@@ -105,26 +111,34 @@ def _cleaned(**values) -> ImageRef:
 
 def image_keys(message: discord.Message) -> frozenset[int]:
     """The keys of the images the message shows now: what an indexed row must still match."""
-    embeds = frozenset(embed_key(url) for url, _ in _embed_pictures(message))
+    embeds = frozenset(embed_key(picture.url) for picture in _embed_pictures(message))
     return frozenset(a.id for a in message.attachments) | embeds
 
 
-def _embed_pictures(message: discord.Message) -> list[tuple[str, str]]:
-    """One (picture URL, download URL) per distinct embed picture the message shows."""
+class EmbedPicture(NamedTuple):
+    """A link preview's picture: its own URL, Discord's proxied copy (what is downloaded), and
+    its size as the preview gives it (None where it does not)."""
+
+    url: str
+    proxy_url: str
+    width: int | None
+    height: int | None
+
+
+def _embed_pictures(message: discord.Message) -> list[EmbedPicture]:
+    """One picture per distinct embed picture URL the message shows."""
     if message.flags.suppress_embeds:  # a hidden preview is not shown, whatever the list says
         return []
-    pictures: dict[str, str] = {}
+    pictures: dict[str, EmbedPicture] = {}
     for embed in message.embeds:
         picture = _embed_picture(embed)
         if picture is not None:
-            pictures.setdefault(*picture)
-    return list(pictures.items())
+            pictures.setdefault(picture.url, picture)
+    return list(pictures.values())
 
 
-def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
-    """(the picture's own URL, Discord's proxied copy to download) for embeds that show a still
-    picture Discord proxies.
-    """
+def _embed_picture(embed: discord.Embed) -> EmbedPicture | None:
+    """The picture of an embed that shows a still picture Discord proxies."""
     if embed.type == "image":
         media = embed.thumbnail if embed.thumbnail.url else embed.image
     elif embed.type in ("rich", "article") and embed.image.url:
@@ -136,7 +150,7 @@ def _embed_picture(embed: discord.Embed) -> tuple[str, str] | None:
     # message. Such a picture is left out, not downloaded from there.
     if not media.url or not media.proxy_url:
         return None
-    return media.url, media.proxy_url
+    return EmbedPicture(media.url, media.proxy_url, media.width, media.height)
 
 
 def wanted(bot: ClipfindBot, message: discord.Message, *, channel: object = None) -> bool:

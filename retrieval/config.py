@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
     fetch_per_host: int = Field(default=4, ge=1, le=64)
     fetch_retries: int = Field(default=3, ge=0, le=10)
+    # Ask Discord's media proxy for a copy the size the model needs (off: the original always).
+    fetch_resized: bool = True
     # None picks a size measured for the device (see retrieval/encoding/clip.py).
     batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_deadline_ms: int = Field(default=50, ge=0, le=10_000)

@@ -61,6 +61,12 @@ async def test_metrics_show_the_images_a_running_bot_stored(tmp_path):
             after = await scrape(port)
             assert value(after, "clipfind_images_stored_total") == 3
             assert value(after, 'clipfind_images_failed_total{reason="not_an_image"}') == 1
+            # Each picture read from the media proxy's copy, the broken one from its original
+            # (the proxy refuses what has no dimensions: the bot does not ask it).
+            assert value(after, "clipfind_images_resized_total") == 3
+            assert value(after, "clipfind_downloaded_bytes_total") == sum(
+                fd.cdn.served_bytes.values()
+            )
             batches = value(after, "clipfind_image_batches_total")
             assert batches >= 1
             assert value(after, "clipfind_encode_seconds_count") == batches

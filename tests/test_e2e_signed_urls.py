@@ -58,6 +58,9 @@ async def test_a_job_whose_url_expired_while_the_bot_was_down_is_indexed(tmp_pat
             # The deleted one is gone for good, not retried forever; the kept one is not lost.
             assert (await bot.pipeline.jobs.backlog(guild.id)).failed == {"http_404": 1}
             assert sorted(refreshed(fd)) == sorted(unsigned(url) for url in old_urls)
+            # The fresh link's signature opened the media proxy's copy too: no original read.
+            assert fd.cdn.copies_of(kept.attachments[0].url) == [(96, 96)]
+            assert fd.cdn.served_for(kept.attachments[0].url) < len(star.data) / 4
             reply = await find(fd, guild, general, alice, "a red star")
             assert result_ids(reply) == [kept.id]
 

@@ -57,6 +57,23 @@ def test_a_ref_is_cleaned_field_by_field():
     assert clean_ref(ref(size=-1)).size is None
 
 
+def test_what_asks_for_a_smaller_copy_is_left_out_when_it_cannot_be_used():
+    """A bad proxy link or size costs only bytes: the picture is downloaded as it is."""
+    good = dict(proxy_url="https://media.example/attachments/1/2/a.png?ex=1", width=640, height=480)
+    assert clean_ref(ref(**good)) == ref(**good)
+    assert (
+        clean_ref(ref(**good | {"proxy_url": "https://media.example:99999/a.png"})).proxy_url
+        is None
+    )
+    assert clean_ref(ref(**good | {"proxy_url": "https://media.example/a\x00.png"})).proxy_url == (
+        "https://media.example/a.png"
+    )
+    for width, height in [(0, 480), (640, None), (2**31, 480), (640, -1)]:
+        cleaned = clean_ref(ref(**good | {"width": width, "height": height}))
+        assert (cleaned.width, cleaned.height) == (None, None)
+        assert ref_problem(cleaned) is None
+
+
 @pytest.mark.parametrize(
     ("overrides", "problem"),
     [

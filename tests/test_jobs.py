@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from retrieval.indexing.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
 from retrieval.indexing.submit import Submissions
@@ -56,6 +57,29 @@ async def test_enqueue_is_idempotent_guarded_and_skips_what_is_encoded(queue, st
     jobs = await queue.claim(100)
     assert sorted(job.ref.image_key for job in jobs) == [0, 1, 2, 4]
     assert jobs[0].ref == ref(jobs[0].ref.image_key)  # everything needed to index it comes back
+
+
+async def test_what_asks_for_a_smaller_copy_travels_with_the_job(queue, store_engine):
+    """The proxy link and the picture's size come back with the claimed job; a row queued
+    before they were kept (revision 0014) comes back without them, to be downloaded as it is."""
+    proxied = ref(
+        1, proxy_url="https://media.example/attachments/1.png?ex=1", width=4032, height=3024
+    )
+    await queue.enqueue([proxied])
+    async with store_engine.begin() as conn:  # as an older release queued it
+        await conn.execute(
+            text(
+                "INSERT INTO index_jobs (guild_id, channel_id, message_id, image_key, kind,"
+                " author_id, posted_at, url, source_url, filename, content_type, priority,"
+                " attempts, retry_at, created_at) SELECT guild_id, channel_id, 1002, 2, kind,"
+                " author_id, posted_at, url, source_url, filename, content_type, priority,"
+                " attempts, retry_at, created_at FROM index_jobs"
+            )
+        )
+    jobs = {job.ref.image_key: job.ref for job in await queue.claim(10)}
+    assert jobs[1] == proxied
+    assert (jobs[2].proxy_url, jobs[2].width, jobs[2].height) == (None, None, None)
+    assert jobs[2].url == proxied.url
 
 
 async def test_text_is_cleaned_and_what_cannot_be_stored_is_counted(queue):

@@ -29,7 +29,7 @@ from retrieval.pictures.media_proxy import (
 )
 from retrieval.pictures.origins import MediaOrigins
 from tests.fakediscord import Attachment, FakeDiscord
-from tests.fakediscord.media import Resize, fitted
+from tests.fakediscord.media import Resize, fitted, render
 from tests.test_fakediscord import fd, received, world  # noqa: F401
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -234,3 +234,40 @@ async def test_a_planned_request_through_the_stand_in(
         )
         is None
     )
+
+
+def test_an_animated_gifs_copy_is_the_first_frame_the_pipeline_reads_of_the_original() -> None:
+    """A GIF is asked as WebP without `animated=true`: the proxy's still copy gives the model
+    the input it gets from the original's first frame, not a later frame's."""
+    rng = np.random.default_rng(3)
+    frames = [
+        # Blocks of flat colour, as GIFs hold (a palette's worth, so no dithering).
+        Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+            (672, 504), Image.Resampling.NEAREST
+        )
+        for _ in range(2)
+    ]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    gif = buf.getvalue()
+    planned = plan_request(
+        proxy_url=SIGNED, width=672, height=504, content_type="image/gif", spec=CLIP
+    )
+    assert planned is not None and "format=webp" in planned.url and "animated" not in planned.url
+    copy, content_type, _ = render(gif, Resize(planned.width, planned.height, "WEBP", 90))
+    with Image.open(io.BytesIO(copy)) as still:
+        assert content_type == "image/webp" and not getattr(still, "is_animated", False)
+
+    def levels(data: bytes) -> np.ndarray:
+        return prepare(data, CLIP) * np.asarray(STD)[:, None, None] * 255
+
+    first, second = (levels(png(frame)) for frame in frames)
+    assert np.abs(levels(copy) - levels(gif)).mean() < 3
+    assert np.abs(levels(gif) - first).mean() < 3  # the original's input is its first frame's
+    assert np.abs(levels(copy) - second).mean() > 20
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()

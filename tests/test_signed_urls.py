@@ -10,7 +10,7 @@ import pytest
 
 from retrieval.errors import FetchError
 from retrieval.indexing import ImageRef
-from retrieval.indexing.signed_urls import SignedUrls, expires_at
+from retrieval.indexing.signed_urls import SignedUrls, expires_at, signed_like
 
 NOW = 1_800_000_000.0
 CDN = "https://cdn.discordapp.com/attachments/1/2/cat.png"
@@ -69,6 +69,17 @@ def test_the_expiry_is_read_from_a_signed_url():
 )
 def test_other_urls_have_no_expiry(url):
     assert expires_at(url) is None
+
+
+def test_a_proxy_link_takes_the_signature_of_its_refreshed_cdn_link():
+    proxy = "https://media.example/attachments/1/2/a%20b.png?ex=10&is=01&hm=old&format=webp&"
+    fresh = "https://cdn.example/attachments/1/2/a%20b.png?ex=ff&is=0e&hm=new&"
+    assert signed_like(proxy, fresh) == (
+        "https://media.example/attachments/1/2/a%20b.png?ex=ff&is=0e&hm=new&format=webp&"
+    )
+    assert signed_like(proxy, "https://cdn.example/a.png") == proxy  # nothing to take
+    unsigned = "https://media.example/external/abc/x.png?width=96"
+    assert signed_like(unsigned, fresh) == unsigned  # a preview's link is never signed
 
 
 def test_only_signed_attachment_urls_past_or_near_their_expiry_are_stale():

@@ -203,6 +203,11 @@ class IndexJob(Base):
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(64))
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Where a smaller copy can be asked for, and the picture's size in the message (revision
+    # 0014); NULL: the picture is downloaded from ``url`` as it is.
+    proxy_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # 0 for images posted now, 1 for history and re-indexing: live posts never wait behind a
     # backfill of years.
     priority: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,6 +1,15 @@
 """The fetch workers: each takes a held job, downloads its picture (a signed link that expired is
-refreshed first), and either stores the vector already held for the same bytes or decodes the
-picture, in a thread, for the batcher."""
+refreshed first; a smaller copy from the media proxy where one can be asked for: `resized.py`),
+and either stores the vector already held for the same bytes or decodes the picture, in a
+thread, for the batcher.
+
+A picture is known by the SHA-256 of the bytes the model read: equal bytes give an equal vector,
+so the vector of bytes seen before is reused, and searches show such pictures as one with its
+reposts. The proxy's copy of one original at one size is the same bytes each time, so reposts
+read through the proxy share a hash as reposts of originals do. A picture indexed from its
+original (before the proxy was used, or after a fallback) and a repost read as a copy hash
+differently: the repost is encoded once more, and searches group the two by their vectors
+(`retrieval/search/ranking.py`), which differ by far less than that threshold."""
 
 from __future__ import annotations
 
@@ -17,12 +26,12 @@ import numpy as np
 from retrieval.database.refusals import refusal_reason
 from retrieval.encoding.service import EncoderService
 from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
-from retrieval.indexing.jobs import Job
+from retrieval.indexing.jobs import ImageRef, Job
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters, record
+from retrieval.indexing.resized import Downloads, Picture
 from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.window import BATCH, Window
-from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.images import (
     ImageError,
     NotAnImage,
@@ -35,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # What a signed attachment URL answers once it has expired (or was re-signed).
 _EXPIRED_LINK = frozenset({"http_403", "http_404"})
+_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 
 @dataclass(slots=True)
@@ -52,7 +62,7 @@ class Fetching:
         self,
         *,
         window: Window,
-        fetcher: Fetcher,
+        downloads: Downloads,
         signed_urls: SignedUrls,
         reuse: ReuseLookups,
         outcomes: Outcomes,
@@ -64,7 +74,7 @@ class Fetching:
         prepared: asyncio.Queue[Prepared],
     ) -> None:
         self._window = window
-        self._fetcher = fetcher
+        self._downloads = downloads
         self._signed_urls = signed_urls
         self._reuse = reuse
         self._outcomes = outcomes
@@ -119,12 +129,14 @@ class Fetching:
     async def _one(self, job: Job) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
         ref = job.ref
-        data = await self._download(job)
+        picture = await self._download(job)
+        data, resized = picture.data, picture.resized
+        del picture  # the bytes can be megabytes: only `data` holds them, dropped below
         loop = asyncio.get_running_loop()
         kind = sniff_image_type(data[:64])
         if kind is None:
             raise NotAnImage(f"declared {ref.content_type or 'unknown type'}, bytes are no image")
-        content_type = f"image/{kind}"
+        content_type = _content_type(ref, kind, resized=resized)
         content_hash = await loop.run_in_executor(self._pool, _sha256, data)
         reused = await self._outcomes.with_store(self._reuse.embedding_for, content_hash)
         if reused is not None:
@@ -145,7 +157,7 @@ class Fetching:
         self._window.taken(job.id, by=BATCH)
         return True
 
-    async def _download(self, job: Job) -> bytes:
+    async def _download(self, job: Job) -> Picture:
         ref = job.ref
         url = ref.url
         if self._signed_urls.expired(ref):
@@ -153,7 +165,7 @@ class Fetching:
             # Discord hands back unchanged is left to the download, which decides.
             url = await self._fresh_url(job) or url
         try:
-            return await self._fetcher.fetch(url, declared_size=ref.size)
+            return await self._downloads.picture(ref, url)
         except FetchError as exc:
             # An expired link answers like a deleted attachment: only a refresh tells them apart.
             # One refreshed just now and refused all the same is gone.
@@ -166,7 +178,7 @@ class Fetching:
                 raise  # Discord did not refresh it: the attachment is gone
         # Links issued with this one are dead too: the ones in hand are refreshed together now.
         self._signed_urls.prefetch(self._window.refs())
-        return await self._fetcher.fetch(fresh, declared_size=ref.size)
+        return await self._downloads.picture(ref, fresh)
 
     async def _fresh_url(self, job: Job, *, dead: bool = False) -> str | None:
         """A fresh link for the job's, kept on its row for later attempts; None when Discord
@@ -177,6 +189,15 @@ class Fetching:
             with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
                 await self._window.jobs.set_urls({job.id: fresh})
         return fresh
+
+
+def _content_type(ref: ImageRef, kind: str, *, resized: bool) -> str:
+    """The picture's type: what its bytes are, but for a resized copy (a WebP or JPEG made by
+    the proxy) the original's, as declared."""
+    declared = ref.content_type.split(";", 1)[0].strip().lower()
+    if resized and declared in _IMAGE_TYPES:
+        return declared
+    return f"image/{kind}"
 
 
 def _sha256(data: bytes) -> str:

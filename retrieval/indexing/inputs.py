@@ -32,6 +32,8 @@ MAX_CONTENT_TYPE = 64
 MAX_URL = 16_384
 # Discord ids, and what a BIGINT holds: 63 bits, never negative.
 _ID_LIMIT = 2**63
+# What an INTEGER holds (a picture's width and height).
+_SIDE_LIMIT = 2**31
 # Discord's first moment, and the last a 63-bit snowflake can name (in 2084).
 _FIRST = datetime.fromtimestamp(DISCORD_EPOCH_MS / 1000, UTC)
 _LAST = _FIRST + timedelta(milliseconds=_ID_LIMIT >> 22)
@@ -52,14 +54,24 @@ def clean_text(value: str, *, limit: int | None = None) -> str:
 
 
 def clean_ref(ref: ImageRef) -> ImageRef:
-    """The image with every text cleaned and cut to its column; a size out of range unknown."""
+    """The image with every text cleaned and cut to its column; a size out of range unknown.
+
+    A proxy link that does not parse, or dimensions out of range, are left out: the picture is
+    then downloaded from its URL as it is, which loses nothing but bytes."""
     size = ref.size if ref.size is not None and 0 <= ref.size < _ID_LIMIT else None
+    proxy_url = clean_text(ref.proxy_url) if ref.proxy_url else None
+    sides = (ref.width, ref.height)
+    if not all(isinstance(side, int) and 0 < side < _SIDE_LIMIT for side in sides):
+        sides = (None, None)
     cleaned = dict(
         url=clean_text(ref.url),
         source_url=clean_text(ref.source_url),
         filename=clean_text(ref.filename, limit=MAX_FILENAME),
         content_type=clean_text(ref.content_type, limit=MAX_CONTENT_TYPE),
         size=size,
+        proxy_url=proxy_url if proxy_url and _valid_url(proxy_url) else None,
+        width=sides[0],
+        height=sides[1],
     )
     if all(getattr(ref, name) == value for name, value in cleaned.items()):
         return ref

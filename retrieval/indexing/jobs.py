@@ -56,6 +56,9 @@ _REF_COLUMNS = (
     "filename",
     "content_type",
     "size",
+    "proxy_url",
+    "width",
+    "height",
 )
 
 
@@ -76,6 +79,12 @@ class ImageRef:
     content_type: str = ""
     size: int | None = None
     parent_id: int | None = None  # the channel of a thread, for policies that cover threads
+    # Discord's media proxy copy of the picture and the picture's size, as the message gives
+    # them: what a smaller copy is asked for with (retrieval/pictures/media_proxy.py). None for
+    # images queued before revision 0014 and for previews without them: the URL is downloaded.
+    proxy_url: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,10 @@ class PipelineCounters:
     retried: int = 0
     in_flight: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    resized: int = 0  # read from the media proxy's smaller copy
+    # Why a copy was asked for but the original downloaded after all (an HTTP status, a verdict)
+    resize_fallbacks: Counter[str] = field(default_factory=Counter)
+    bytes_downloaded: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def images_per_s(self) -> float:

@@ -25,6 +25,7 @@ from retrieval.indexing.batching import Batching
 from retrieval.indexing.fetching import Fetching, Prepared
 from retrieval.indexing.jobs import LIVE, ImageRef, JobQueue
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters
+from retrieval.indexing.resized import Downloads
 from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import RefreshUrls, SignedUrls
 from retrieval.indexing.submit import Submissions
@@ -59,6 +60,7 @@ class IndexingPipeline:
         consume: bool = True,
         refresh: RefreshUrls | None = None,
         supervisor: Supervisor | None = None,
+        fetch_resized: bool = True,
     ) -> None:
         self.fetcher = fetcher
         self.encoder = encoder
@@ -106,7 +108,7 @@ class IndexingPipeline:
         prepared: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._fetching = Fetching(
             window=self._window,
-            fetcher=fetcher,
+            downloads=Downloads(fetcher, spec=spec, counters=self.counters, resized=fetch_resized),
             signed_urls=self.signed_urls,
             reuse=ReuseLookups(store, encoder.model_id),
             outcomes=self._outcomes,

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from retrieval.errors import FetchError
 from retrieval.indexing.jobs import ImageRef
@@ -50,9 +50,12 @@ _MARGIN_S = 60.0
 _KEEP_S = 600.0
 
 
+_SIGNED = ("ex", "is", "hm")
+
+
 def _signature(url: str) -> dict[str, list[str]] | None:
     query = parse_qs(urlsplit(url).query)
-    return query if all(query.get(name) for name in ("ex", "is", "hm")) else None
+    return query if all(query.get(name) for name in _SIGNED) else None
 
 
 def _hex_time(url: str, name: str) -> float | None:
@@ -63,6 +66,23 @@ def _hex_time(url: str, name: str) -> float | None:
         return float(int(query[name][0], 16))
     except ValueError:
         return None
+
+
+def signed_like(url: str, signed: str) -> str:
+    """``url`` with the signature of ``signed`` (its ``ex``, ``is`` and ``hm``) in place of its
+    own, everything else kept byte for byte: an attachment's media proxy link is signed like its
+    CDN link, so a refreshed CDN link refreshes it too. ``url`` unchanged when either is unsigned.
+    """
+    if _signature(url) is None or _signature(signed) is None:
+        return url
+    fresh = dict(pair.partition("=")[::2] for pair in urlsplit(signed).query.split("&"))
+    parts = urlsplit(url)
+    pairs = parts.query.split("&")
+    for i, pair in enumerate(pairs):
+        name = pair.partition("=")[0]
+        if name in _SIGNED:
+            pairs[i] = f"{name}={fresh[name]}"
+    return urlunsplit(parts._replace(query="&".join(pairs)))
 
 
 def expires_at(url: str) -> float | None:

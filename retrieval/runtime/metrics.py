@@ -59,6 +59,25 @@ class _PipelineCollector(Collector):
             value=counters.retried,
         )
         yield CounterMetricFamily(
+            "clipfind_images_resized",
+            "Images this process read from the media proxy's smaller copy (FETCH_RESIZED).",
+            value=counters.resized,
+        )
+        fallbacks = CounterMetricFamily(
+            "clipfind_resize_fallbacks",
+            "Copies asked of the media proxy for which the original was downloaded after all, "
+            "by reason (an HTTP status, or what was wrong with the copy).",
+            labels=["reason"],
+        )
+        for reason, n in dict(counters.resize_fallbacks).items():
+            fallbacks.add_metric([reason], n)
+        yield fallbacks
+        yield CounterMetricFamily(
+            "clipfind_downloaded_bytes",
+            "Bytes of pictures this process downloaded, copies and originals.",
+            value=counters.bytes_downloaded,
+        )
+        yield CounterMetricFamily(
             "clipfind_image_batches",
             "Image batches this process encoded.",
             value=encoder.image_batches,

@@ -134,6 +134,7 @@ async def open_services(
                 consume=consume,
                 refresh=refresh,
                 supervisor=supervisor,
+                fetch_resized=settings.fetch_resized,
             )
             await pipeline.start()
             try:

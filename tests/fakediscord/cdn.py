@@ -19,6 +19,7 @@ import logging
 import mimetypes
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
@@ -85,11 +86,16 @@ class Cdn:
         self.faults: dict[str, Fault] = {}
         self.hits: list[tuple[str, int]] = []  # (path, status) for every CDN request
         self.hit_times: list[float] = []  # time.monotonic() of each of `hits`
+        # Bytes of the bodies answered per path (original and proxy copies alike, as `hits`)
+        self.served_bytes: Counter[str] = Counter()
         self.outage: Outage | None = None
         self.closing = asyncio.Event()
         self.variants = Variants()
         # (path, (width, height)) of every resized copy the media proxy answered
         self.resized: list[tuple[str, tuple[int, int]]] = []
+        # The status the media proxy answers every resize request with (None: it resizes), as
+        # for a picture it cannot handle; the plain proxy URL still serves the bytes.
+        self.refuse_resizing: int | None = None
 
     # -- attachments -------------------------------------------------------------------
 
@@ -97,6 +103,8 @@ class Cdn:
         self, channel_id: int, upload: Attachment, *, ephemeral: bool = False
     ) -> StoredAttachment:
         sniffed, width, height = probe_image(upload.data)
+        if not upload.measured:
+            width = height = None
         content_type = (
             upload.content_type
             or sniffed
@@ -185,6 +193,16 @@ class Cdn:
             for (hit, status), at in zip(self.hits, self.hit_times, strict=True)
             if hit == path
         ]
+
+    def served_for(self, url: str) -> int:
+        """Bytes answered for one URL, its original and its proxy's copies, whatever the
+        signature."""
+        return self.served_bytes[_canonical(unquote(urlsplit(url).path))]
+
+    def copies_of(self, url: str) -> list[tuple[int, int]]:
+        """The sizes of the resized copies of one URL's picture the media proxy answered."""
+        path = _canonical(unquote(urlsplit(url).path))
+        return [size for resized, size in self.resized if resized == path]
 
     def set_fault(self, url: str, **spec: object) -> Fault:
         fault = Fault(**spec)  # type: ignore[arg-type]
@@ -286,6 +304,9 @@ class Cdn:
         except BadResize as exc:
             self._hit(path, 400)
             return web.Response(status=400, text=str(exc))
+        if resize is not None and self.refuse_resizing is not None:
+            self._hit(path, self.refuse_resizing)
+            return web.Response(status=self.refuse_resizing, text="cannot resize this")
         if resize is not None:
             data, content_type, size = await self.variants.get(path, data, resize)
             self.resized.append((path, size))
@@ -298,6 +319,7 @@ class Cdn:
         fault = self.faults.get(path)
         if fault is None:
             self._hit(path, 200)
+            self.served_bytes[path] += len(data)
             return web.Response(body=data, headers={"Content-Type": content_type})
         if fault.redirect_to:
             return self._redirect(path, fault)
@@ -316,10 +338,12 @@ class Cdn:
         await resp.prepare(request)
         if fault.stall:
             await resp.write(body[: len(body) // 2])
+            self.served_bytes[path] += len(body) // 2
             await self.closing.wait()
             return resp
         for start in range(0, len(body), 1 << 16):
             await resp.write(body[start : start + (1 << 16)])
+        self.served_bytes[path] += len(body)
         await resp.write_eof()
         return resp
 

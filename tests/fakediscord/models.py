@@ -78,6 +78,9 @@ class Attachment:
     data: bytes
     content_type: str | None = None
     description: str | None = None
+    # False: a picture Discord could not measure. Its payload has no width and height, and the
+    # media proxy refuses it (415), as it does any attachment without them.
+    measured: bool = True
 
 
 @dataclass(eq=False)
