@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Executable
 
     from retrieval.shards import Shards
+    from retrieval.store.words import PictureWords
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,38 @@ class VectorStore(ABC):
     async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
         """A member's images (and queued jobs) in one guild, or (None) in every guild, guild by
         guild."""
+
+    # -- the words read from pictures (retrieval/store/words.py) ----------------------------
+
+    @abstractmethod
+    async def store_words(self, readings: Sequence[PictureWords]) -> int:
+        """Keep what the OCR lane read, in each image's row; returns the images that took it."""
+
+    @abstractmethod
+    async def words_of(
+        self, row_ids: Collection[int], *, guild_id: int | None = None
+    ) -> dict[int, str]:
+        """The words kept for images, by row id (those with words only)."""
+
+    @abstractmethod
+    async def words_matching(
+        self,
+        *,
+        scope: SearchScope,
+        all_of: Sequence[str],
+        none_of: Sequence[str] = (),
+        k: int,
+    ) -> list[SearchHit]:
+        """Images in ``scope`` whose words hold every phrase of ``all_of`` and none of
+        ``none_of``: the text side of a search."""
+
+    @abstractmethod
+    async def count_words(self, *, author_id: int, guild_id: int | None = None) -> int:
+        """A member's images whose words are kept, in one server or every server."""
+
+    @abstractmethod
+    async def forget_words(self, *, guild_id: int) -> int:
+        """Drop the words read in one server (reading turned off)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -66,6 +66,7 @@ from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit, in_guild
+from retrieval.store.words import SharedWords
 from retrieval.supervisor import Supervisor
 
 _IDS = ARRAY(BigInteger)
@@ -326,7 +327,7 @@ async def _stage(conn: AsyncConnection, records: Sequence[ImageRecord]) -> None:
         raise StoreUnavailable(f"database error: {exc}") from exc
 
 
-class PgVectorStore(SharedReads, SharedDeletes):
+class PgVectorStore(SharedReads, SharedDeletes, SharedWords):
     def __init__(
         self,
         engine: AsyncEngine,

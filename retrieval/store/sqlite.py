@@ -47,6 +47,7 @@ from retrieval.store.sqlite_rows import (
     record_values,
     stored_row,
 )
+from retrieval.store.words import SharedWords
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
 # text, the vector as float32 bytes; `_append_rows` converts whole chunks at once.
@@ -65,7 +66,7 @@ _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
 log = logging.getLogger(__name__)
 
 
-class SqliteVectorStore(SharedReads, SharedDeletes):
+class SqliteVectorStore(SharedReads, SharedDeletes, SharedWords):
     def __init__(
         self,
         engine: AsyncEngine,
