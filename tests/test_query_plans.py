@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from sqlalchemy import event, text
 
+from retrieval.database.tables import OCR_LANE
 from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.indexing.reading_switch import queue_unread
 from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import PictureWords, SearchScope, open_store
 from tests.plans import nodes as plan_nodes
@@ -190,7 +192,16 @@ QUERIES = {
     "a message's keys": lambda s: s.known_keys(10_000_007, guild_id=GUILD),
     "a message's vectors": lambda s: s.message_vectors(10_000_007, MODEL, guild_id=GUILD),
     "vectors of results": lambda s: s.vectors([7, 507, 1007], guild_id=GUILD),
-    # the words read from pictures: kept, searched, shown, counted, forgotten (OCR turned off)
+    # the words read from pictures: queued, kept, searched, shown, counted, forgotten
+    "queue an image and its reading": lambda s: JobQueue(
+        s.engine, model_id=MODEL, read_words=True
+    ).enqueue([_posted()]),
+    "a server's reading backlog": lambda s: (
+        JobQueue(s.engine, model_id=MODEL).for_lane(OCR_LANE).backlog(GUILD)
+    ),
+    "is the picture stored, was it read": lambda s: s.words_source(
+        guild_id=GUILD, message_id=10_000_007, image_key=7, model="ocr"
+    ),
     "keep a picture's words": lambda s: s.store_words(
         [PictureWords(GUILD, 10_000_007, 7, words="deploy failed", model="ocr")]
     ),
@@ -209,6 +220,8 @@ QUERIES = {
     "delete a channel": lambda s: s.delete_channels([100_007], guild_id=GUILD),
     "delete a member everywhere": lambda s: s.delete_author(guild_id=None, author_id=AUTHOR),
     "delete a server": lambda s: s.delete_guild(GUILD + 1),
+    # start-up with reading turned on: every image not read yet gets a reading
+    "queue the unread images": lambda s: queue_unread(s.engine, batch=1_000),
     # every 5 minutes: what an opt-out or exclusion forbids
     "sweep forbidden rows": lambda s: s.delete_forbidden(),
     # start-up: threads whose parent is unknown, and recording what Discord says of them
@@ -223,6 +236,7 @@ QUERIES = {
 # the policy's sweep, threads whose parent is unknown):
 # may ask every server's rows, through an index.
 UNROUTED = {
+    "queue the unread images",
     "rows of other models",
     "bytes encoded before, anywhere",
     "sweep forbidden rows",

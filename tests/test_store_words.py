@@ -93,7 +93,7 @@ async def test_words_are_read_back_and_counted_for_their_member(read):
     hits = await read.search(vectors(10)[0], scope=SCOPE, k=10)
     row = {h.image_key: h.row_id for h in hits}
     words = await read.words_of([row[0], row[3], row[5], row[7]], guild_id=1)
-    assert words == {row[0]: SAYS[0], row[5]: SAYS[5]}  # 3 was read and says nothing, 7 unread
+    assert words == {row[0]: SAYS[0], row[3]: "", row[5]: SAYS[5]}  # 7 was not read
     assert await read.words_of([row[0]], guild_id=2) == {}
     assert await read.count_words(author_id=70) == 3  # even images: 0, 2 and 4
     assert await read.count_words(author_id=71, guild_id=1) == 2  # 1 and 5 (3 says nothing)
@@ -175,3 +175,22 @@ async def test_the_revision_goes_down_and_up_with_words_stored(read):
     assert await read.store_words([said(0)]) == 1
     assert await found(read, "deploy") == {0}
     await index_is_whole(read)
+
+
+async def test_words_filters_apply_inside_the_vector_search(read):
+    """Quoted words and -words narrow the CLIP search itself: k still fills from what passes."""
+    query = vectors(10)[0]
+
+    async def searched(**words) -> list[int]:
+        scope = SearchScope(guild_id=1, model_id=MODEL, **words)
+        return [h.image_key for h in await read.search(query, scope=scope, k=3)]
+
+    assert await searched(words_all=("deploy",)) in ([0, 5], [5, 0])
+    assert await searched(words_all=("deploy", "friday")) == [0]
+    assert await searched(words_all=("失败",)) == [2]  # too short for trigrams
+    assert await searched(words_all=("nowhere",)) == []
+    unfiltered = await searched()
+    kept = await searched(words_none=("deploy", "cat"))
+    assert len(kept) == 3 and not {0, 1, 5} & set(kept)
+    assert unfiltered[0] == 0 and kept != unfiltered
+    assert await searched(words_all=("deploy",), words_none=("fail",)) == [5]

@@ -20,6 +20,12 @@ The text index:
   images without words cost the index nothing), kept in step by three triggers. A later
   revision that rebuilds ``images`` (batch mode) must create the triggers again.
 
+Reading is a lane of the durable queue: ``index_jobs.lane`` says which (``clip``: the vector, the
+default of every row queued before; ``ocr``: the words), an image is queued once per lane (the
+unique key gains the lane), and a lane's due rows are claimed through ``(lane, priority,
+retry_at)``. The queue is small (rows leave it as they are done): its key and index are changed in
+place, the table rebuilt on SQLite.
+
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-07
@@ -55,6 +61,14 @@ _SQLITE_TEXT_INDEX = (
 
 def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
+    with op.batch_alter_table("index_jobs") as jobs:
+        jobs.add_column(
+            sa.Column("lane", sa.String(length=8), nullable=False, server_default="clip")
+        )
+        jobs.drop_constraint("uq_index_jobs_message_id", type_="unique")
+        jobs.create_unique_constraint("uq_index_jobs_lane", ["message_id", "image_key", "lane"])
+        jobs.drop_index("ix_index_jobs_due")
+        jobs.create_index("ix_index_jobs_due", ["lane", "priority", "retry_at"])
     with op.batch_alter_table("images", recreate="never") as images:
         images.add_column(sa.Column("words", sa.Text(), nullable=True))
         images.add_column(sa.Column("words_model", sa.String(length=200), nullable=True))
@@ -86,6 +100,13 @@ def downgrade() -> None:
         for trigger in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER IF EXISTS {FTS}_{trigger}")
         op.execute(f"DROP TABLE IF EXISTS {FTS}")
+    op.execute("DELETE FROM index_jobs WHERE lane <> 'clip'")
+    with op.batch_alter_table("index_jobs") as jobs:
+        jobs.drop_index("ix_index_jobs_due")
+        jobs.create_index("ix_index_jobs_due", ["priority", "retry_at"])
+        jobs.drop_constraint("uq_index_jobs_lane", type_="unique")
+        jobs.create_unique_constraint("uq_index_jobs_message_id", ["message_id", "image_key"])
+        jobs.drop_column("lane")
     with op.batch_alter_table("images", recreate="never") as images:
         images.drop_column("words_confidence")
         images.drop_column("words_model")

@@ -39,6 +39,10 @@ RowId = BigInteger().with_variant(Integer, "sqlite")
 UNKNOWN_PARENT = 0
 
 
+# The lanes of the jobs table: an image's vector, and the words read from it.
+CLIP_LANE, OCR_LANE = "clip", "ocr"
+LANES = (CLIP_LANE, OCR_LANE)
+
 # SQLite's text index over ``images.words``: an FTS5 table with the trigram tokenizer whose rowid is
 # the image's id, kept in step by triggers (migration 0013). No model: SQLAlchemy has none for it.
 WORDS_FTS = "images_words"
@@ -249,10 +253,12 @@ class IndexJob(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Which work: CLIP_LANE (the vector) or OCR_LANE (the words, read once no vector waits).
+    lane: Mapped[str] = mapped_column(String(8), default=CLIP_LANE, server_default=CLIP_LANE)
 
     __table_args__ = (
-        UniqueConstraint("message_id", "image_key"),
-        Index("ix_index_jobs_due", "priority", "retry_at"),
+        UniqueConstraint("message_id", "image_key", "lane", name="uq_index_jobs_lane"),
+        Index("ix_index_jobs_due", "lane", "priority", "retry_at"),
         Index("ix_index_jobs_guild", "guild_id"),
         Index("ix_index_jobs_channel", "channel_id"),
         Index(  # threads only, as ix_images_parent

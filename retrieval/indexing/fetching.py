@@ -1,6 +1,6 @@
-"""The fetch workers: each takes a held job, downloads its picture (a signed link that expired is
-refreshed first), and either stores the vector already held for the same bytes or decodes the
-picture, in a thread, for the batcher."""
+"""The fetch workers: each takes a held job, downloads its picture (`downloads.py`: a signed link
+that expired is refreshed first), and either stores the vector already held for the same bytes or
+decodes the picture, in a thread, for the batcher."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 from retrieval.database.refusals import refusal_reason
 from retrieval.encoding.service import EncoderService
 from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
+from retrieval.indexing.downloads import Downloads
 from retrieval.indexing.jobs import Job
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters, record
 from retrieval.indexing.reuse import ReuseLookups
@@ -32,9 +33,6 @@ from retrieval.pictures.images import (
 )
 
 log = logging.getLogger(__name__)
-
-# What a signed attachment URL answers once it has expired (or was re-signed).
-_EXPIRED_LINK = frozenset({"http_403", "http_404"})
 
 
 @dataclass(slots=True)
@@ -64,8 +62,7 @@ class Fetching:
         prepared: asyncio.Queue[Prepared],
     ) -> None:
         self._window = window
-        self._fetcher = fetcher
-        self._signed_urls = signed_urls
+        self._downloads = Downloads(window=window, fetcher=fetcher, signed_urls=signed_urls)
         self._reuse = reuse
         self._outcomes = outcomes
         self._counters = counters
@@ -119,7 +116,7 @@ class Fetching:
     async def _one(self, job: Job) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
         ref = job.ref
-        data = await self._download(job)
+        data = await self._downloads.bytes_of(job)
         loop = asyncio.get_running_loop()
         kind = sniff_image_type(data[:64])
         if kind is None:
@@ -144,39 +141,6 @@ class Fetching:
         await self._prepared.put(Prepared(job, content_hash, content_type, pixels))
         self._window.taken(job.id, by=BATCH)
         return True
-
-    async def _download(self, job: Job) -> bytes:
-        ref = job.ref
-        url = ref.url
-        if self._signed_urls.expired(ref):
-            # Expiry is read by this machine's clock, which can disagree with Discord's: a link
-            # Discord hands back unchanged is left to the download, which decides.
-            url = await self._fresh_url(job) or url
-        try:
-            return await self._fetcher.fetch(url, declared_size=ref.size)
-        except FetchError as exc:
-            # An expired link answers like a deleted attachment: only a refresh tells them apart.
-            # One refreshed just now and refused all the same is gone.
-            if exc.reason not in _EXPIRED_LINK or not self._signed_urls.applies(ref):
-                raise
-            if url != ref.url:
-                raise
-            fresh = await self._fresh_url(job, dead=True)
-            if fresh is None:
-                raise  # Discord did not refresh it: the attachment is gone
-        # Links issued with this one are dead too: the ones in hand are refreshed together now.
-        self._signed_urls.prefetch(self._window.refs())
-        return await self._fetcher.fetch(fresh, declared_size=ref.size)
-
-    async def _fresh_url(self, job: Job, *, dead: bool = False) -> str | None:
-        """A fresh link for the job's, kept on its row for later attempts; None when Discord
-        did not refresh it (the attachment is gone)."""
-        fresh = await self._signed_urls.fresh(job.ref.url, dead=dead)
-        if fresh is not None:
-            self._window.with_url(job, fresh)
-            with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
-                await self._window.jobs.set_urls({job.id: fresh})
-        return fresh
 
 
 def _sha256(data: bytes) -> str:

@@ -120,8 +120,15 @@ class Metrics:
             pipeline.encoder.batch_observers.append(encode.observe)
         self.jobs = Gauge(
             "clipfind_queue_jobs",
-            "Jobs in the queue across the cluster: waiting = never tried, retrying = failed "
-            "before and waiting for another try (each exact up to 100,000).",
+            "Jobs in the queue's CLIP lane across the cluster: waiting = never tried, retrying = "
+            "failed before and waiting for another try (each exact up to 100,000).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.reading = Gauge(
+            "clipfind_reading_jobs",
+            "Pictures in the queue's OCR lane across the cluster, to be read for their words: "
+            "waiting = never tried, retrying = failed before (each exact up to 100,000).",
             ["state"],
             registry=self.registry,
         )
@@ -162,6 +169,8 @@ class Metrics:
     def update(self, figures: ClusterFigures) -> None:
         self.jobs.labels("waiting").set(figures.waiting)
         self.jobs.labels("retrying").set(figures.retrying)
+        self.reading.labels("waiting").set(figures.reading_waiting)
+        self.reading.labels("retrying").set(figures.reading_retrying)
         self.claimed.set(figures.claimed)
         self.oldest.set(figures.oldest_waiting_s or 0.0)
         roles = {"bot": 0, "worker": 0}

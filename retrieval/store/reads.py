@@ -32,9 +32,9 @@ HIT_COLUMNS = (
 )
 
 
-def hit(row, score: float) -> SearchHit:
+def hit(row, score: float, *, says: str = "") -> SearchHit:
     """A row of HIT_COLUMNS as a result."""
-    return record(SearchHit, row, row_id=row.id, score=score)
+    return record(SearchHit, row, row_id=row.id, score=score, says=says)
 
 
 class SharedReads(VectorStore):

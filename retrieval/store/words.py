@@ -57,30 +57,50 @@ TRIGRAM = 3
 def contains(phrase: str, *, dialect: str) -> ColumnElement[bool]:
     """Images whose words hold ``phrase`` (already normalised) as a substring, through the text
     index where the phrase is long enough to have trigrams."""
-    if len(phrase) < TRIGRAM:
+    short = len(phrase) < TRIGRAM
+    value = phrase if short or dialect != "postgresql" else like_pattern(phrase)
+    return text_match(value, short=short, dialect=dialect)
+
+
+def text_match(value, *, short: bool, dialect: str) -> ColumnElement[bool]:
+    """`contains` for a value that may be a bound parameter (PostgreSQL's cached statements):
+    the phrase itself where ``short`` (tested row by row) or on SQLite, its `like_pattern` for
+    PostgreSQL's trigram index."""
+    if short:
         position = func.instr if dialect == "sqlite" else func.strpos
-        return position(IndexedImage.words, phrase) > 0
+        return position(IndexedImage.words, value) > 0
     if dialect == "postgresql":
         # The index's predicate, stated so the planner takes the partial index.
-        return and_(_NOT_EMPTY, IndexedImage.words.like(_like(phrase), escape="\\"))
+        return and_(_NOT_EMPTY, IndexedImage.words.like(value, escape="\\"))
     # An FTS5 string: the phrase's trigrams, in order (a substring), quotes doubled.
     fts = literal_column(WORDS_FTS)
     matching = (
         select(literal_column("rowid"))
         .select_from(text(WORDS_FTS))
-        .where(fts.op("MATCH")('"' + phrase.replace('"', '""') + '"'))
+        .where(fts.op("MATCH")('"' + value.replace('"', '""') + '"'))
     )
     return IndexedImage.id.in_(matching)
 
 
-def _like(phrase: str) -> str:
+@dataclass(frozen=True, slots=True)
+class WordsSource:
+    """What the OCR lane finds before it reads an image: whether its row is stored (no row: it
+    was deleted, or its vector failed for good, and there is nothing to read for), and the
+    words already read from the same bytes in the same server by the same OCR model."""
+
+    stored: bool
+    known: PictureWords | None = None
+
+
+def like_pattern(phrase: str) -> str:
+    """``phrase`` anywhere, as a LIKE pattern (its own wildcards taken literally)."""
     escaped = phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
-def lacks(phrase: str, *, dialect: str) -> ColumnElement[bool]:
-    """Images whose words do not hold ``phrase`` (those not read yet included): tested on each
-    row the other conditions keep, never a look-up in the whole index."""
+def lacks(phrase, *, dialect: str) -> ColumnElement[bool]:
+    """Images whose words do not hold ``phrase`` (a value or a bound parameter; those not read
+    yet included): tested on each row the other conditions keep, never through the index."""
     position = func.instr if dialect == "sqlite" else func.strpos
     return or_(IndexedImage.words.is_(None), position(IndexedImage.words, phrase) == 0)
 
@@ -90,7 +110,7 @@ def _has_words() -> list:
     return [_NOT_EMPTY]
 
 
-def in_scope(scope: SearchScope) -> list[ColumnElement[bool]]:
+def in_scope(scope: SearchScope, *, dialect: str) -> list[ColumnElement[bool]]:
     """The scope's server, model and filters as conditions on the images table."""
     conditions = [IndexedImage.guild_id == scope.guild_id, IndexedImage.model_id == scope.model_id]
     if scope.channel_ids is not None:
@@ -103,6 +123,8 @@ def in_scope(scope: SearchScope) -> list[ColumnElement[bool]]:
         conditions.append(IndexedImage.posted_at < scope.before)
     if scope.exclude_message_id is not None:
         conditions.append(IndexedImage.message_id != scope.exclude_message_id)
+    conditions += [contains(phrase, dialect=dialect) for phrase in scope.words_all]
+    conditions += [lacks(phrase, dialect=dialect) for phrase in scope.words_none]
     return conditions
 
 
@@ -155,16 +177,52 @@ class SharedWords(VectorStore):
                 written += max((await conn.execute(_STORE_WORDS, row)).rowcount, 0)
         return written
 
+    async def words_source(
+        self, *, guild_id: int, message_id: int, image_key: int, model: str
+    ) -> WordsSource:
+        """See `WordsSource`; both look-ups name the server."""
+        key = select(IndexedImage.content_hash).where(
+            IndexedImage.guild_id == guild_id,
+            IndexedImage.message_id == message_id,
+            IndexedImage.image_key == image_key,
+        )
+        async with self._words_transaction() as conn:
+            content_hash = (await conn.execute(key)).scalar_one_or_none()
+            if content_hash is None:
+                return WordsSource(stored=False)
+            same = (
+                select(IndexedImage.words, IndexedImage.words_confidence)
+                .where(
+                    IndexedImage.content_hash == content_hash,
+                    IndexedImage.guild_id == guild_id,
+                    IndexedImage.words_model == model,
+                    IndexedImage.words.is_not(None),
+                )
+                .limit(1)
+            )
+            row = (await conn.execute(same)).first()
+        if row is None:
+            return WordsSource(stored=True)
+        known = PictureWords(
+            guild_id=guild_id,
+            message_id=message_id,
+            image_key=image_key,
+            words=row.words,
+            model=model,
+            confidence=row.words_confidence,
+        )
+        return WordsSource(stored=True, known=known)
+
     async def words_of(
         self, row_ids: Collection[int], *, guild_id: int | None = None
     ) -> dict[int, str]:
-        """The words of images by row id, those read and not empty only."""
+        """The words of images by row id, of those read ('' for a picture without any)."""
         if not row_ids:
             return {}
         stmt = select(IndexedImage.id, IndexedImage.words).where(
             IndexedImage.id.in_(sorted(int(i) for i in row_ids)),
             *in_guild(guild_id),
-            *_has_words(),
+            IndexedImage.words.is_not(None),
         )
         async with self._words_transaction() as conn:
             return {row.id: row.words for row in await conn.execute(stmt)}
@@ -178,14 +236,15 @@ class SharedWords(VectorStore):
         k: int,
     ) -> list[SearchHit]:
         """Up to ``k`` images in ``scope`` whose words hold every phrase of ``all_of`` and none of
-        ``none_of`` (normalised phrases), newest first, under the policy; score 1.0 each."""
+        ``none_of`` (normalised phrases), newest first, under the policy; score 1.0 each, and
+        ``says`` their whole text (the search cuts it to what matched)."""
         if k <= 0 or not all_of:
             return []
         dialect = self.engine.dialect.name
         stmt = (
-            select(*HIT_COLUMNS)
+            select(*HIT_COLUMNS, IndexedImage.words)
             .where(
-                *in_scope(scope),
+                *in_scope(scope, dialect=dialect),
                 *(contains(phrase, dialect=dialect) for phrase in all_of),
                 *(lacks(phrase, dialect=dialect) for phrase in none_of),
                 stored_permitted(),
@@ -194,7 +253,24 @@ class SharedWords(VectorStore):
             .limit(k)
         )
         async with self._words_transaction() as conn:
-            return [hit(row, 1.0) for row in await conn.execute(stmt)]
+            return [hit(row, 1.0, says=row.words) for row in await conn.execute(stmt)]
+
+    async def rows_saying(
+        self, *, guild_id: int, model_id: str, all_of: Sequence[str] = (), any_of=()
+    ) -> frozenset[int]:
+        """Row ids of a server's images of a model whose words hold every phrase of ``all_of``
+        (when given) and any of ``any_of`` (when given), through the text index: how a search
+        that ranks in memory (SQLite's matrices) applies the words filters."""
+        dialect = self.engine.dialect.name
+        stmt = select(IndexedImage.id).where(
+            IndexedImage.guild_id == guild_id,
+            IndexedImage.model_id == model_id,
+            *(contains(phrase, dialect=dialect) for phrase in all_of),
+        )
+        if any_of:
+            stmt = stmt.where(or_(*(contains(phrase, dialect=dialect) for phrase in any_of)))
+        async with self._words_transaction() as conn:
+            return frozenset((await conn.execute(stmt)).scalars())
 
     async def count_words(self, *, author_id: int, guild_id: int | None = None) -> int:
         """Images of one author whose words are kept, in one server or in every server listed
@@ -226,4 +302,4 @@ class SharedWords(VectorStore):
             return max((await conn.execute(stmt)).rowcount, 0)
 
 
-__all__ = ["PictureWords", "SharedWords"]
+__all__ = ["PictureWords", "SharedWords", "WordsSource"]

@@ -1,0 +1,57 @@
+"""Downloading a held job's picture: a signed attachment link that expired is refreshed first
+(and kept on the job's row for later attempts), and one refused as expired is refreshed and tried
+once more. Both lanes of the queue download this way."""
+
+from __future__ import annotations
+
+import contextlib
+
+from retrieval.errors import FetchError, StoreUnavailable
+from retrieval.indexing.jobs import Job
+from retrieval.indexing.signed_urls import SignedUrls
+from retrieval.indexing.window import Window
+from retrieval.pictures.fetch import Fetcher
+
+# What a signed attachment URL answers once it has expired (or was re-signed).
+_EXPIRED_LINK = frozenset({"http_403", "http_404"})
+
+
+class Downloads:
+    def __init__(self, *, window: Window, fetcher: Fetcher, signed_urls: SignedUrls) -> None:
+        self._window = window
+        self._fetcher = fetcher
+        self._signed_urls = signed_urls
+
+    async def bytes_of(self, job: Job) -> bytes:
+        """The job's picture, through a fresh link where its own expired or was refused."""
+        ref = job.ref
+        url = ref.url
+        if self._signed_urls.expired(ref):
+            # Expiry is read by this machine's clock, which can disagree with Discord's: a link
+            # Discord hands back unchanged is left to the download, which decides.
+            url = await self._fresh_url(job) or url
+        try:
+            return await self._fetcher.fetch(url, declared_size=ref.size)
+        except FetchError as exc:
+            # An expired link answers like a deleted attachment: only a refresh tells them apart.
+            # One refreshed just now and refused all the same is gone.
+            if exc.reason not in _EXPIRED_LINK or not self._signed_urls.applies(ref):
+                raise
+            if url != ref.url:
+                raise
+            fresh = await self._fresh_url(job, dead=True)
+            if fresh is None:
+                raise  # Discord did not refresh it: the attachment is gone
+        # Links issued with this one are dead too: the ones in hand are refreshed together now.
+        self._signed_urls.prefetch(self._window.refs())
+        return await self._fetcher.fetch(fresh, declared_size=ref.size)
+
+    async def _fresh_url(self, job: Job, *, dead: bool = False) -> str | None:
+        """A fresh link for the job's, kept on its row for later attempts; None when Discord
+        did not refresh it (the attachment is gone)."""
+        fresh = await self._signed_urls.fresh(job.ref.url, dead=dead)
+        if fresh is not None:
+            self._window.with_url(job, fresh)
+            with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
+                await self._window.jobs.set_urls({job.id: fresh})
+        return fresh
