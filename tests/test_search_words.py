@@ -86,6 +86,8 @@ def test_the_snippet_is_the_text_around_what_matched():
     assert shown == "… then the deploy failed on friday…"
     assert snippet("deploy failed", ["deploy failed"]) == "deploy failed"
     assert snippet("nothing here", ["deploy"]) == ""
+    # A query of quoted words only types no other words: nothing empty is looked for.
+    assert snippet("x" * 50 + " deploy failed", ["", "failed"], around=7) == "…deploy failed"
 
 
 def test_the_text_ranking_wants_whole_words_and_puts_the_typed_order_first():

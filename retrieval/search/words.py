@@ -111,7 +111,7 @@ def snippet(words: str, phrases: Sequence[str], around: int = SNIPPET_AROUND) ->
     """The part of a picture's text around the first phrase found in it, one line."""
     flat = " ".join(words.split())
     for phrase in phrases:
-        at = flat.find(phrase)
+        at = flat.find(phrase) if phrase else -1
         if at < 0:
             continue
         start, end = max(at - around, 0), min(at + len(phrase) + around, len(flat))
