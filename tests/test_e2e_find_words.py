@@ -4,14 +4,12 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import pytest_asyncio
 
-from tests.conftest import migrated_database
-from tests.e2e import bot_settings, eventually, running_bot, settled
-from tests.fakediscord import Attachment, FakeDiscord
+from tests.conftest import bot_on
+from tests.e2e import eventually, settled
+from tests.fakediscord import Attachment
 from tests.search_helpers import find, picture, result_ids
 from tests.test_e2e_privacy_commands import opt_out, run
 from tests.textimages import caption_sample, missing_fonts, terminal_sample
@@ -48,25 +46,11 @@ def attachment(name: str, data: bytes) -> Attachment:
     return Attachment(f"{name}.{kind[:3]}", data, f"image/{kind}")
 
 
-@contextlib.asynccontextmanager
-async def reading_bot(request, tmp_path_factory, **options):
-    async with contextlib.AsyncExitStack() as stack:
-        database = {}
-        if request.param == "postgres":
-            server = request.getfixturevalue("postgres_server")
-            workers = request.getfixturevalue("citus_workers")
-            engine = await stack.enter_async_context(migrated_database(server, workers))
-            database["database_url"] = engine.url.render_as_string(hide_password=False)
-        fd = await stack.enter_async_context(FakeDiscord())
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"), ocr=True, **database, **options)
-        yield fd, await stack.enter_async_context(running_bot(settings, fd))
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module", params=["sqlite", "postgres"])
 async def posted(request, tmp_path_factory):
     """A server where the captioned pictures, three shapes and a captioned red circle were
     posted, indexed and read."""
-    async with reading_bot(request, tmp_path_factory) as (fd, bot):
+    async with bot_on(request, tmp_path_factory, ocr=True) as (fd, bot):
         guild = fd.add_guild("Screenshots")
         general = guild.add_text_channel("general")
         alice, bob = guild.add_member("alice"), guild.add_member("bob")
@@ -147,7 +131,7 @@ async def test_an_opt_out_deletes_the_words_read_from_the_members_pictures(poste
 async def vectors_only(request, tmp_path_factory):
     """A bot that reads words but takes only the CLIP lane (WORKER_LANES=clip): its readings
     wait for a process that takes the OCR lane."""
-    async with reading_bot(request, tmp_path_factory, worker_lanes="clip") as pair:
+    async with bot_on(request, tmp_path_factory, ocr=True, worker_lanes="clip") as pair:
         yield pair
 
 

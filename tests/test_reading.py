@@ -5,22 +5,26 @@ CDN failure, deleted with their image, never queued with reading off."""
 from __future__ import annotations
 
 import contextlib
+import signal
 from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from retrieval.database.tables import OCR_LANE
 from retrieval.encoding.ocr import OcrEngine
+from retrieval.indexing import JobQueue
 from retrieval.indexing.reading import ReadingLane
 from retrieval.indexing.reading_switch import apply_reading
 from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.origins import MediaOrigins
-from retrieval.store import SearchScope
+from retrieval.store import SearchScope, open_store
 from tests.e2e import eventually
+from tests.fakediscord import FakeDiscord
+from tests.records import image_record
 from tests.test_pipeline import ImageHost, job_queue, ref, running_pipeline
+from tests.test_worker import Worker, image_ref, jobs, url_of, worker_env
 from tests.textimages import caption_sample, missing_fonts
 
 pytestmark = pytest.mark.skipif(
@@ -35,17 +39,8 @@ NOWHERE = SimpleNamespace(base="https://cdn.discordapp.com/attachments/1/2")  # 
 @pytest.fixture
 async def host():
     """Pictures served on loopback, with test_pipeline's faults (`ImageHost`)."""
-    images = ImageHost()
-    app = web.Application()
-    app.router.add_get("/img/{name}", images.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    images.origin = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    images.base = f"{images.origin}/img"
-    yield images
-    await runner.cleanup()
+    async with ImageHost.served() as images:
+        yield images
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +200,59 @@ async def test_with_reading_off_nothing_is_queued_and_the_words_go_at_the_next_s
     assert await found(store, model, "deploy") == set()
     assert await store.count_words(author_id=5) == 0
     assert await readings(store) == 0
+
+
+async def test_a_reading_held_by_a_killed_worker_is_done_by_the_next(
+    postgres_engine, tiny_encoder, tmp_path
+):
+    """A worker that takes only the OCR lane dies holding a reading (its download hangs): the
+    reading outlives it, leased, and the next worker reads it once the lease runs out."""
+    store = open_store(postgres_engine)
+    said = caption_sample([SAYS["deploy.png"]], size=24, seed=1)
+    ocr_only = {"JOB_LEASE_S": "3", "OCR": "on", "WORKER_LANES": "ocr"}
+    try:
+        async with FakeDiscord() as fd:
+            link = fd.host_external_image("deploy.png", said.data, "image/png")
+            ref = image_ref(1, link)
+            vector = tiny_encoder.encode_texts(["anything"])[0]
+            stored = image_record(
+                0,
+                vector,
+                message_id=ref.message_id,
+                image_key=ref.image_key,
+                guild_id=ref.guild_id,
+                channel_id=ref.channel_id,
+                author_id=ref.author_id,
+                model_id=tiny_encoder.model_id,
+            )
+            await store.upsert([stored])
+            queue = JobQueue(postgres_engine, model_id=tiny_encoder.model_id, read_words=True)
+            await queue.enqueue([ref])  # its vector is stored: only its reading is queued
+            assert await jobs(postgres_engine) == 1
+            fd.set_cdn_fault(link, stall=True)
+            env = worker_env(url_of(postgres_engine), fd.cdn_origin, **ocr_only)
+            first = await Worker.start(tmp_path, env)
+            try:
+                await eventually(lambda: _leased(postgres_engine), within=90)
+                assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+            finally:
+                await first.ensure_gone()
+            assert await jobs(postgres_engine, leased=True) == 1
+            fd.cdn.faults.clear()
+            second = await Worker.start(tmp_path, env)
+            try:
+                await eventually(lambda: _no_jobs(postgres_engine), within=90)
+                assert await second.stop() == 0
+            finally:
+                await second.ensure_gone()
+        assert await found(store, tiny_encoder.model_id, "failed on friday") == {ref.message_id}
+    finally:
+        await store.close()
+
+
+async def _leased(engine) -> bool:
+    return await jobs(engine, leased=True) == 1
+
+
+async def _no_jobs(engine) -> bool:
+    return await jobs(engine) == 0

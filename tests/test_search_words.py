@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -18,25 +17,11 @@ from retrieval.search import (
     text_ranking,
 )
 from retrieval.store import SearchHit
+from tests.test_search_logic import hit as logic_hit
 
 
 def hit(row_id: int, score: float = 0.5, says: str = "", content_hash: str = "") -> SearchHit:
-    return SearchHit(
-        row_id=row_id,
-        score=score,
-        guild_id=1,
-        channel_id=10,
-        message_id=1000 + row_id,
-        image_key=row_id,
-        kind="attachment",
-        author_id=70,
-        posted_at=datetime(2026, 1, 1, tzinfo=UTC),
-        filename=f"{row_id}.png",
-        source_url=f"https://cdn.example/{row_id}.png",
-        content_type="image/png",
-        content_hash=content_hash or f"h{row_id}",
-        says=says,
-    )
+    return dataclasses.replace(logic_hit(row_id, score, content_hash=content_hash), says=says)
 
 
 @pytest.mark.parametrize(

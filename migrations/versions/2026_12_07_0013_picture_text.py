@@ -38,6 +38,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from retrieval.database.online_ddl import build_index
+
 revision: str = "0013"
 down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
@@ -79,17 +81,12 @@ def upgrade() -> None:
         return
     op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     op.execute("CREATE EXTENSION IF NOT EXISTS btree_gin")
-    with op.get_context().autocommit_block():
-        valid = op.get_bind().scalar(
-            sa.text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:name)"),
-            {"name": INDEX},
-        )
-        if valid is False:  # a failed concurrent build's leftover
-            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}")
-        op.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX} ON images "
-            "USING gin (guild_id, words gin_trgm_ops) WHERE words <> ''"
-        )
+    build_index(
+        op,
+        name=INDEX,
+        table="images",
+        definition="USING gin (guild_id, words gin_trgm_ops) WHERE words <> ''",
+    )
 
 
 def downgrade() -> None:

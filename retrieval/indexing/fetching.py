@@ -5,7 +5,6 @@ decodes the picture, in a thread, for the batcher."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -14,9 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.database.refusals import refusal_reason
 from retrieval.encoding.service import EncoderService
-from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.indexing.downloads import Downloads
 from retrieval.indexing.jobs import Job
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters, record
@@ -25,7 +22,6 @@ from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.window import BATCH, Window
 from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.images import (
-    ImageError,
     NotAnImage,
     PreprocessSpec,
     prepare,
@@ -85,29 +81,13 @@ class Fetching:
     async def _job(self, job: Job) -> None:
         self._counters.in_flight += 1
         handed_on = False
-        failed = self._outcomes.failed
         try:
             handed_on = await self._one(job)
         except asyncio.CancelledError:
             handed_on = True  # shutting down: the job stays held, and close() hands it back
             raise
-        except FetchError as exc:
-            await failed(job, exc, transient=exc.retryable)
-        except (ClipfindError, ImageError) as exc:
-            await failed(job, exc, transient=False)
-        except StoreUnavailable as exc:
-            if exc.refused:  # would be refused again each time its lease brought it back
-                with contextlib.suppress(StoreUnavailable):
-                    await failed(job, exc, transient=False, reason=refusal_reason(exc))
-            else:  # the job stays claimed; its lease brings it back
-                log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
-        except Exception as exc:  # a bug must not kill the worker; say so loudly
-            log.exception(
-                "unexpected error indexing %s of message %s",
-                job.ref.filename,
-                job.ref.message_id,
-            )
-            await failed(job, exc, transient=True, reason="internal")
+        except Exception as exc:  # a bug must not kill the worker: see Outcomes.failed_by
+            await self._outcomes.failed_by(job, exc, doing="indexing")
         finally:
             self._counters.in_flight -= 1
             if not handed_on:

@@ -19,16 +19,13 @@ The text is never logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from retrieval.database.refusals import refusal_reason
 from retrieval.encoding.ocr import OcrEngine, PictureText
-from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
 from retrieval.indexing.downloads import Downloads
 from retrieval.indexing.jobs import Job, JobQueue
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters
@@ -36,7 +33,6 @@ from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.waves import RetryWaves
 from retrieval.indexing.window import GIVE_BACK_S, Window
 from retrieval.pictures.fetch import Fetcher
-from retrieval.pictures.images import ImageError
 from retrieval.store.base import VectorStore
 from retrieval.store.words import PictureWords
 from retrieval.supervisor import Supervisor, settle
@@ -160,26 +156,14 @@ class ReadingLane:
                 raise
 
     async def _job(self, job: Job) -> None:
-        failed = self._outcomes.failed
         finished = True
         try:
             await self._read(job)
         except asyncio.CancelledError:
             finished = False  # stopping: close() hands it back
             raise
-        except FetchError as exc:
-            await failed(job, exc, transient=exc.retryable)
-        except (ClipfindError, ImageError) as exc:
-            await failed(job, exc, transient=False)
-        except StoreUnavailable as exc:
-            if exc.refused:
-                with contextlib.suppress(StoreUnavailable):
-                    await failed(job, exc, transient=False, reason=refusal_reason(exc))
-            else:  # the job stays claimed; its lease brings it back
-                log.error("database unavailable while reading an image: %s", exc)
-        except Exception as exc:  # a bug must not end the lane; say so loudly
-            log.exception("unexpected error reading image %s", job.ref.image_key)
-            await failed(job, exc, transient=True, reason="internal")
+        except Exception as exc:  # a bug must not end the lane: see Outcomes.failed_by
+            await self._outcomes.failed_by(job, exc, doing="reading")
         finally:
             if finished:
                 self._window.finished([job])

@@ -105,11 +105,6 @@ def lacks(phrase, *, dialect: str) -> ColumnElement[bool]:
     return or_(IndexedImage.words.is_(None), position(IndexedImage.words, phrase) == 0)
 
 
-def _has_words() -> list:
-    # `<> ''` also leaves NULL (not read yet) out, and is the predicate of PostgreSQL's index.
-    return [_NOT_EMPTY]
-
-
 def in_scope(scope: SearchScope, *, dialect: str) -> list[ColumnElement[bool]]:
     """The scope's server, model and filters as conditions on the images table."""
     conditions = [IndexedImage.guild_id == scope.guild_id, IndexedImage.model_id == scope.model_id]
@@ -271,24 +266,6 @@ class SharedWords(VectorStore):
             stmt = stmt.where(or_(*(contains(phrase, dialect=dialect) for phrase in any_of)))
         async with self._words_transaction() as conn:
             return frozenset((await conn.execute(stmt)).scalars())
-
-    async def count_words(self, *, author_id: int, guild_id: int | None = None) -> int:
-        """Images of one author whose words are kept, in one server or in every server listed
-        for them (what `/privacy status` tells a member)."""
-        guilds = [guild_id] if guild_id is not None else await self.author_guild_ids(author_id)
-        if not guilds:
-            return 0
-        stmt = (
-            select(func.count())
-            .select_from(IndexedImage)
-            .where(
-                IndexedImage.guild_id.in_(guilds),
-                IndexedImage.author_id == author_id,
-                *_has_words(),
-            )
-        )
-        async with self._words_transaction() as conn:
-            return int(await conn.scalar(stmt) or 0)
 
     async def forget_words(self, *, guild_id: int) -> int:
         """Drop every word read in one server (reading was turned off); returns images changed.
