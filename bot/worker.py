@@ -76,6 +76,7 @@ async def run_worker(
                 pipeline=services.pipeline,
                 settings=settings,
                 supervisor=services.supervisor,
+                reading=services.reading,
             ),
         ):
             freeze_heap()

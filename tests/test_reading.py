@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from retrieval.database.tables import OCR_LANE
 from retrieval.encoding.ocr import OcrEngine
@@ -19,6 +20,7 @@ from retrieval.indexing.reading_switch import apply_reading
 from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.origins import MediaOrigins
+from retrieval.runtime.metrics import Metrics
 from retrieval.store import SearchScope, open_store
 from tests.e2e import eventually
 from tests.fakediscord import FakeDiscord
@@ -108,6 +110,8 @@ async def test_vectors_come_first_then_the_words_are_read_and_found(host, store,
         async with reading_lane(host, store, ocr, jobs) as lane:
             await lane.join()
         assert lane.counters.indexed == 2 and not lane.counters.failed
+    figures = generate_latest(Metrics(pipeline=None, reading=lane).registry).decode()
+    assert "clipfind_pictures_read_total 2.0" in figures
     assert await found(store, model, "deploy failed on friday") == {1}
     assert await found(store, model, "trust a cat") == {2}
     assert await readings(store) == 0

@@ -96,6 +96,7 @@ class ReadingLane:
             clip_held=clip_held,
             size=WINDOW,
             refill=1,
+            tasks=(READ,),
             supervisor=self.supervisor,
             signed_urls=signed_urls,
             waves=waves,

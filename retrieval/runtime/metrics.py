@@ -21,7 +21,7 @@ from retrieval.runtime.health import serve, stop_serving, with_health
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from retrieval.indexing import IndexingPipeline
+    from retrieval.indexing import IndexingPipeline, ReadingLane
     from retrieval.runtime.cluster import ClusterFigures
     from retrieval.supervisor import Supervisor
 
@@ -75,6 +75,39 @@ class _PipelineCollector(Collector):
         )
 
 
+class _ReadingCollector(Collector):
+    """This process's OCR lane, read at scrape time."""
+
+    def __init__(self, reading: ReadingLane) -> None:
+        self.reading = reading
+
+    def collect(self) -> Iterator:
+        counters = self.reading.counters
+        yield CounterMetricFamily(
+            "clipfind_pictures_read",
+            "Pictures whose words this process stored (read, or copied from the same bytes).",
+            value=counters.indexed + counters.reused,
+        )
+        failed = CounterMetricFamily(
+            "clipfind_readings_failed",
+            "Pictures this process could not read for good, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in dict(counters.failed).items():
+            failed.add_metric([reason], n)
+        yield failed
+        yield CounterMetricFamily(
+            "clipfind_readings_retried",
+            "Readings this process sent back to the queue for a later try.",
+            value=counters.retried,
+        )
+        yield GaugeMetricFamily(
+            "clipfind_reading_window_jobs",
+            "Readings this process holds (claimed from the queue's OCR lane, not finished).",
+            value=self.reading.held,
+        )
+
+
 class _SupervisorCollector(Collector):
     """Restarts of this process's tasks, and its health, read at scrape time."""
 
@@ -101,7 +134,11 @@ class Metrics:
     """The figures one process exposes; `serve()` starts the HTTP server (with /healthz)."""
 
     def __init__(
-        self, *, pipeline: IndexingPipeline | None, supervisor: Supervisor | None = None
+        self,
+        *,
+        pipeline: IndexingPipeline | None,
+        supervisor: Supervisor | None = None,
+        reading: ReadingLane | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._server: WSGIServer | None = None
@@ -109,6 +146,8 @@ class Metrics:
         self.port: int | None = None
         if supervisor is not None:
             self.registry.register(_SupervisorCollector(supervisor))
+        if reading is not None:
+            self.registry.register(_ReadingCollector(reading))
         if pipeline is not None:
             self.registry.register(_PipelineCollector(pipeline))
             encode = Histogram(

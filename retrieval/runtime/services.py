@@ -152,8 +152,6 @@ async def open_services(
                 retry=settings.retry_policy(),
                 read_words=settings.ocr,
             )
-            # Every process: the stored words follow the setting (queued or deleted, once).
-            await apply_reading(on=settings.ocr, engine=engine, store=store)
             lanes = settings.lanes() if consume else frozenset()
             if consume and engine.dialect.name == "sqlite":
                 # One process per SQLite file (a lock next to it says so): any claim left is a
@@ -181,7 +179,18 @@ async def open_services(
                 reading = _reading_lane(
                     settings, jobs=jobs, pipeline=pipeline, fetcher=fetcher, store=store
                 )
-                await reading.start()
+                try:
+                    await reading.start()  # the OCR models load: ModelUnavailable says why not
+                except BaseException:
+                    await pipeline.close(deadline_s=settings.shutdown_deadline_s)
+                    raise
+            # Every process: the stored words follow the setting (the images stored before
+            # queued for reading, or every word deleted; once), in the background: on a large
+            # index it walks every row.
+            switch = supervisor.start(
+                "ocr-switch",
+                functools.partial(apply_reading, on=settings.ocr, engine=engine, store=store),
+            )
             try:
                 yield Services(
                     settings=settings,
@@ -198,6 +207,7 @@ async def open_services(
                     reading=reading,
                 )
             finally:
+                switch.cancel()  # idempotent: the next start does what is left
                 left = stop_left() if stop_left else settings.shutdown_deadline_s
                 if reading is not None:  # a reading in hand is abandoned, and handed back
                     await reading.close(deadline_s=min(max(left - _AFTER_PIPELINE_S, 0.0), 2.0))
