@@ -15,9 +15,11 @@ from retrieval.store import SearchHit
 EMBED_COLOUR = discord.Colour(0x5865F2)
 
 HELP = """\
-**clipfind** finds the images posted in this server by what they show.
+**clipfind** finds the images posted in this server by what they show and what they say.
 
-**/find** `query:` what the picture shows, e.g. `/find query: a dog asleep on a sofa`
+**/find** `query:` what the picture shows, e.g. `/find query: a dog asleep on a sofa`, or what \
+it says: `"quoted words"` must be in the picture's text, `-word` leaves out pictures that say \
+it, e.g. `/find query: "deploy failed" -staging`
 - `channel:` only one channel, category or thread (a channel includes its threads)
 - `author:` only the images one member posted
 - `after:` / `before:` a date (`2025-03-01`, UTC) or how long ago: `7d`, `2w`, `3mo`, `yesterday`

@@ -260,3 +260,15 @@ async def _leased(engine) -> bool:
 
 async def _no_jobs(engine) -> bool:
     return await jobs(engine) == 0
+
+
+def test_the_lanes_a_process_takes_are_set_and_checked():
+    from retrieval.config import load_settings
+    from retrieval.errors import ConfigError
+
+    assert load_settings(_env_file=None).lanes() == {"clip", "ocr"}
+    assert load_settings(_env_file=None, worker_lanes=" OCR ").lanes() == {"ocr"}
+    # Reading off: no process takes the OCR lane, whatever it was told.
+    assert load_settings(_env_file=None, ocr="off", worker_lanes="ocr").lanes() == set()
+    with pytest.raises(ConfigError, match="WORKER_LANES: .*gpu; the lanes are clip, ocr"):
+        load_settings(_env_file=None, worker_lanes="clip,gpu")

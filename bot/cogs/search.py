@@ -120,7 +120,7 @@ class Search(commands.Cog):
         Parameters
         ----------
         query
-            What the picture shows, e.g. "a cat asleep on a keyboard"
+            What the picture shows or says; "quoted words" must be in it, -word leaves out
         channel
             Only images from this channel, category or thread (a channel includes its threads)
         author
