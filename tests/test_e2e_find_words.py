@@ -8,8 +8,8 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import bot_on
-from tests.e2e import eventually, settled
-from tests.fakediscord import Attachment
+from tests.e2e import bot_settings, eventually, running_bot, settled
+from tests.fakediscord import Attachment, FakeDiscord
 from tests.search_helpers import find, picture, result_ids
 from tests.test_e2e_privacy_commands import opt_out, run
 from tests.textimages import caption_sample, missing_fonts, terminal_sample
@@ -162,3 +162,33 @@ async def _readings_are(bot, guild_id: int, n: int) -> bool:
     from retrieval.indexing import OCR_LANE
 
     return (await bot.jobs.for_lane(OCR_LANE).backlog(guild_id)).waiting == n
+
+
+async def test_pictures_stored_before_reading_was_on_are_read_at_the_next_start(tmp_path):
+    """Reading turned on later: what was indexed before is queued once, at the lowest priority,
+    and read through a fresh link (the row keeps Discord's link without its signature)."""
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Old posts")
+        general = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        english = CAPTIONS["english"][0]
+        async with running_bot(bot_settings(fd, tmp_path), fd) as bot:  # OCR off
+            said = await fd.post_message(
+                general, alice, "", attachments=[attachment("e", english.data)]
+            )
+            await settled(bot, fd)
+            assert await bot.store.count_words(author_id=alice.id) == 0
+        refreshed = _refreshes(fd)
+        async with running_bot(bot_settings(fd, tmp_path, ocr=True), fd) as bot:
+            await eventually(lambda: _words_of(bot, alice.id, 1), within=120)
+            reply = await find(fd, guild, general, alice, '"failed on friday"')
+            assert result_ids(reply) == [said.id]
+        assert _refreshes(fd) > refreshed  # its link, signed again by Discord
+
+
+def _refreshes(fd) -> int:
+    return sum(1 for r in fd.requests if r.path.endswith("/attachments/refresh-urls"))
+
+
+async def _words_of(bot, author_id: int, n: int) -> bool:
+    return await bot.store.count_words(author_id=author_id) == n

@@ -1,6 +1,7 @@
 """Downloading a held job's picture: a signed attachment link that expired is refreshed first
-(and kept on the job's row for later attempts), and one refused as expired is refreshed and tried
-once more. Both lanes of the queue download this way."""
+(and kept on the job's row for later attempts), one kept without its signature (a reading of an
+image stored before) is signed first, and one refused as expired is refreshed and tried once
+more. Both lanes of the queue download this way."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 
 from retrieval.errors import FetchError, StoreUnavailable
 from retrieval.indexing.jobs import Job
-from retrieval.indexing.signed_urls import SignedUrls
+from retrieval.indexing.signed_urls import SignedUrls, expires_at
 from retrieval.indexing.window import Window
 from retrieval.pictures.fetch import Fetcher
 
@@ -26,7 +27,11 @@ class Downloads:
         """The job's picture, through a fresh link where its own expired or was refused."""
         ref = job.ref
         url = ref.url
-        if self._signed_urls.expired(ref):
+        if self._unsigned(job):
+            # A link kept without its signature (an image stored before its words were read):
+            # Discord answers only a signed one, so it is signed first.
+            url = await self._fresh_url(job) or url
+        elif self._signed_urls.expired(ref):
             # Expiry is read by this machine's clock, which can disagree with Discord's: a link
             # Discord hands back unchanged is left to the download, which decides.
             url = await self._fresh_url(job) or url
@@ -45,6 +50,15 @@ class Downloads:
         # Links issued with this one are dead too: the ones in hand are refreshed together now.
         self._signed_urls.prefetch(self._window.refs())
         return await self._fetcher.fetch(fresh, declared_size=ref.size)
+
+    def _unsigned(self, job: Job) -> bool:
+        ref = job.ref
+        return (
+            self._signed_urls.refresh is not None
+            and ref.kind == "attachment"
+            and expires_at(ref.url) is None
+            and "/attachments/" in ref.url
+        )
 
     async def _fresh_url(self, job: Job, *, dead: bool = False) -> str | None:
         """A fresh link for the job's, kept on its row for later attempts; None when Discord
