@@ -11,6 +11,7 @@ from retrieval.search import (
     WordsQuery,
     collapse_reposts,
     fuse,
+    ordered,
     parse_words,
     push_away,
     snippet,
@@ -118,3 +119,14 @@ def test_pictures_that_look_alike_but_say_different_things_are_not_reposts():
     assert [[h.row_id for h in g.members] for g in groups] == [[1, 3, 4], [2]]
     same = [dataclasses.replace(h, content_hash="same") for h in hits[:2]]
     assert len(collapse_reposts(same, vectors, 0.995, words)) == 1  # the same bytes are one
+
+
+def test_date_order_keeps_what_the_text_found_and_what_clip_finds_close_enough():
+    """With the words searched too, the scores are fused ranks: a date sort keeps every picture
+    found by its words, and of the others those within the floor of CLIP's best similarity."""
+    clip = [hit(1, 0.9), hit(2, 0.5), hit(3, 0.88)]
+    text = [hit(4, 1.0, says="deploy failed")]
+    fused = fuse(clip, text)
+    assert {h.row_id for h in ordered(fused, "newest")} == {1, 3, 4}
+    # Without text hits, as before: the floor of the best score.
+    assert {h.row_id for h in ordered(clip, "newest")} == {1, 3}

@@ -64,8 +64,15 @@ def ordered(hits: Sequence[SearchHit], sort: Sort, ratio: float = RELEVANCE_FLOO
     by_score = sorted(hits, key=lambda h: -h.score)
     if sort == "relevance" or not by_score:
         return by_score
-    floor = relevance_floor(by_score[0].score, ratio)
-    kept = [h for h in by_score if h.score >= floor]
+    if any(h.says for h in by_score):
+        # The words were searched too: the scores are ranks fused (retrieval/search/words.py),
+        # not similarities. What the text found is relevant; the rest by CLIP's own floor.
+        similar = [h.similarity for h in by_score if h.similarity is not None]
+        floor = relevance_floor(max(similar), ratio) if similar else 0.0
+        kept = [h for h in by_score if h.says or (h.similarity or -1.0) >= floor]
+    else:
+        floor = relevance_floor(by_score[0].score, ratio)
+        kept = [h for h in by_score if h.score >= floor]
     return sorted(kept, key=lambda h: (h.posted_at, h.message_id), reverse=sort == "newest")
 
 
