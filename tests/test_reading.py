@@ -5,6 +5,7 @@ CDN failure, deleted with their image, never queued with reading off."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from types import SimpleNamespace
 
@@ -95,7 +96,10 @@ async def readings(store) -> int:
     return await job_queue(store, "m").for_lane(OCR_LANE).waiting(at_most=1000)
 
 
-async def test_vectors_come_first_then_the_words_are_read_and_found(host, store, tiny_encoder, ocr):
+async def test_vectors_come_first_then_the_words_are_read_and_found(
+    host, store, tiny_encoder, ocr, caplog
+):
+    caplog.set_level(logging.DEBUG)
     for name, words in SAYS.items():
         serve(host, name, words)
     jobs = job_queue(store, tiny_encoder.model_id, read_words=True)
@@ -115,6 +119,12 @@ async def test_vectors_come_first_then_the_words_are_read_and_found(host, store,
     assert await found(store, model, "deploy failed on friday") == {1}
     assert await found(store, model, "trust a cat") == {2}
     assert await readings(store) == 0
+    # What people posted stays out of clipfind's logs, at every level (and out of the
+    # database driver's: test_the_driver_never_logs_the_words_it_writes).
+    ours = [
+        r.getMessage().lower() for r in caplog.records if r.name.startswith(("retrieval", "bot"))
+    ]
+    assert ours and not [m for m in ours if "friday" in m or "trust" in m]
 
 
 async def test_a_reading_waits_for_its_image_and_for_every_due_vector(store):
@@ -272,3 +282,16 @@ def test_the_lanes_a_process_takes_are_set_and_checked():
     assert load_settings(_env_file=None, ocr="off", worker_lanes="ocr").lanes() == set()
     with pytest.raises(ConfigError, match="WORKER_LANES: .*gpu; the lanes are clip, ocr"):
         load_settings(_env_file=None, worker_lanes="clip,gpu")
+
+
+def test_the_driver_never_logs_the_words_it_writes(tmp_path, monkeypatch, isolated_logging):
+    """aiosqlite logs each statement with its values at DEBUG: the bot keeps it at INFO, so the
+    words read from pictures stay out of the logs even with LOG_LEVEL=DEBUG."""
+    from bot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    assert main(["db", "upgrade"]) == 0
+    assert logging.getLogger("clipfind").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger("aiosqlite").getEffectiveLevel() == logging.INFO
