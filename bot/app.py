@@ -97,6 +97,7 @@ async def open_bot(
                         settings=settings,
                         supervisor=services.supervisor,
                         shards=lambda: shards_of(bot),
+                        reading=services.reading,
                     ),
                 ):
                     yield bot

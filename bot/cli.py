@@ -142,9 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig()
         log.critical("%s", exc)
         return 2
-    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    discord.utils.setup_logging(level=level)
     # Alembic announces each of its plugins at INFO; the migrations it runs are what matters.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its values at DEBUG: among them the words read from
+    # pictures, which are never logged.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
     try:
         if args.command == "db":
             asyncio.run(_db(args.action, settings))

@@ -42,7 +42,12 @@ FIND = Entry(
     example="/find query: whiteboard sketch channel: #design after: 2w sort: newest",
 )
 FIND_OPTIONS = (
-    Option(("query",), "what the picture shows, e.g. `a dog asleep on a sofa`"),
+    Option(
+        ("query",),
+        "what the picture shows, e.g. `a dog asleep on a sofa`, or what it says: "
+        '`"quoted words"` must be in the picture\'s text, `-word` leaves out pictures that say it, '
+        'e.g. `"deploy failed" -staging`',
+    ),
     Option(("channel",), "only one channel, category or thread (a channel includes its threads)"),
     Option(("author",), "only the images one member posted"),
     Option(
@@ -116,7 +121,7 @@ def help_text() -> str:
     """`/clipfind help`, in one Discord message."""
     query, *options = FIND_OPTIONS
     lines = [
-        "**clipfind** finds the images posted in this server by what they show.",
+        "**clipfind** finds the images posted in this server by what they show and what they say.",
         "",
         f"**{FIND.command}** `query:` {query.does}",
         *(_option(option) for option in options),

@@ -35,11 +35,17 @@ Picture = Callable[[SearchHit], str | None]
 def result_embed(group: ResultGroup, rank: int, picture: Picture) -> discord.Embed:
     hit = group.hit
     link = jump_url(hit)
+    if hit.says and hit.similarity is None:
+        found = "Found by its words"
+    else:  # with words searched too, the score ranks both sides; the similarity is CLIP's
+        found = f"Similarity **{hit.score if hit.similarity is None else hit.similarity:.2f}**"
     lines = [
-        f"Similarity **{hit.score:.2f}** · by <@{hit.author_id}> in <#{hit.channel_id}> "
+        f"{found} · by <@{hit.author_id}> in <#{hit.channel_id}> "
         f"· <t:{int(hit.posted_at.timestamp())}:d>",
         f"[Jump to message]({link})",
     ]
+    if hit.says:  # found by the words inside it: what it says around them
+        lines.append(f"says: {quoted(hit.says, 120)}")
     if group.reposts:
         lines.append(_reposts_line(group))
     embed = discord.Embed(

@@ -9,6 +9,7 @@ import discord
 
 from bot.ownership import ownership
 from bot.sight import listed, unreadable_channels
+from retrieval.indexing import OCR_LANE
 from retrieval.runtime import age, counted, read_figures
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ async def _server_lines(bot: ClipfindBot, guild_id: int) -> list[str]:
     ]
     if backlog.failed:
         lines.append(f"**Could not be indexed here:** {_reasons(backlog.failed)}")
+    if bot.settings.ocr:
+        reading = await bot.jobs.for_lane(OCR_LANE).backlog(guild_id)
+        lines.append(f"**Pictures whose words are still to be read here:** {_waiting(reading)}")
+        if reading.failed:
+            lines.append(f"**Words that could not be read here:** {_reasons(reading.failed)}")
     if bot.reindexing:
         left = await bot.store.count(guild_id=guild_id) - indexed_here
         if left:
@@ -126,7 +132,12 @@ def _cluster_lines(figures: ClusterFigures) -> list[str]:
         f"**Encoding, whole cluster:** {figures.rate:.1f} images/s from "
         f"{len(figures.consumers)} process{'' if len(figures.consumers) == 1 else 'es'}"
     )
-    return [queue, encoders + (f" ({'; '.join(consumers)})" if consumers else "")]
+    reading = (
+        f"**Words to read, whole cluster:** {counted(figures.reading_waiting)} pictures waiting, "
+        f"{counted(figures.reading_retrying)} waiting for a retry (read once no image waits "
+        "for its vector)"
+    )
+    return [queue, encoders + (f" ({'; '.join(consumers)})" if consumers else ""), reading]
 
 
 def cut(text: str, at_most: int) -> str:

@@ -76,17 +76,19 @@ async def run_worker(
                 pipeline=services.pipeline,
                 settings=settings,
                 supervisor=services.supervisor,
+                reading=services.reading,
             ),
         ):
             freeze_heap()
             log.info(
-                "encoder worker started: model %s, on %s in %s, batches of %d, database %s; "
-                "encoding queued images until stopped",
+                "encoder worker started: model %s, on %s in %s, batches of %d, database %s, "
+                "lanes %s; taking queued images until stopped",
                 services.model.model_id,
                 services.model.device,
                 services.model.precision,
                 services.pipeline.batch_size,
                 database_name(engine),
+                ",".join(sorted(settings.lanes())) or "none",
             )
             if stop is not None:
                 stop.started(stopping.set)
@@ -97,7 +99,7 @@ async def run_worker(
             )
             tasks = [
                 start("worker-report", functools.partial(_report, services)),
-                start("worker-listen", functools.partial(_woken, engine, services.pipeline)),
+                start("worker-listen", functools.partial(_woken, engine, _Lanes(services))),
                 switched,
                 asyncio.create_task(stopping.wait(), name="worker-stop"),
             ]
@@ -179,13 +181,25 @@ async def _refuse_another_model(engine: AsyncEngine, encoder: Encoder) -> None:
         )
 
 
-async def _woken(engine: AsyncEngine, pipeline: IndexingPipeline) -> None:
-    """Wake the pipeline whenever a process queues jobs (PostgreSQL NOTIFY), so an image posted
-    is taken at once rather than at the pipeline's next look at the table (once a second)."""
+class _Lanes:
+    """Wakes every lane this worker takes: the vectors' pipeline, and the reading lane."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def wake(self) -> None:
+        self._services.pipeline.wake()
+        if self._services.reading is not None:
+            self._services.reading.wake()
+
+
+async def _woken(engine: AsyncEngine, lanes: IndexingPipeline | _Lanes) -> None:
+    """Wake the lanes whenever a process queues jobs (PostgreSQL NOTIFY), so an image posted
+    is taken at once rather than at the lanes' next look at the table (once a second)."""
     import asyncpg
 
     def wake(*_: object) -> None:
-        pipeline.wake()
+        lanes.wake()
 
     while True:
         try:
@@ -193,7 +207,7 @@ async def _woken(engine: AsyncEngine, pipeline: IndexingPipeline) -> None:
                 listening = (await conn.get_raw_connection()).driver_connection
                 await listening.add_listener(JOBS_CHANNEL, wake)
                 try:
-                    pipeline.wake()  # whatever was queued while no one listened
+                    lanes.wake()  # whatever was queued while no one listened
                     while True:  # a lost connection shows here; the pipeline polls meanwhile
                         await asyncio.sleep(_LISTEN_CHECK_S)
                         await listening.execute("SELECT 1")

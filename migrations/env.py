@@ -8,7 +8,7 @@ import logging.config
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from retrieval.database.tables import Base
+from retrieval.database.tables import Base, schema_filter
 
 config = context.config
 target_metadata = Base.metadata
@@ -24,6 +24,7 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=schema_filter(connection.dialect.name),
         # One transaction per revision: one that builds an index CONCURRENTLY commits what came
         # before it, so the revisions before it must be whole.
         transaction_per_migration=True,

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from retrieval.database.tables import LANES, OCR_LANE
 from retrieval.encoding.precision import CACHE_FILE as PRECISION_CACHE_FILE
 from retrieval.errors import ConfigError
 from retrieval.indexing.jobs import RetryPolicy
@@ -75,6 +76,17 @@ class Settings(BaseSettings):
     # None: one per core but one, left to the model (on 2 cores both decoding threads only
     # slowed the encoder; see benchmarks/RESULTS.md).
     decode_threads: int | None = Field(default=None, ge=1, le=64)
+
+    # --- Words inside pictures (retrieval/indexing/reading.py) ---
+    # Read the words in every picture (OCR), so /find finds them by what they say. off: nothing
+    # is read from then on, and the words stored are deleted at the next start.
+    ocr: bool = True
+    # Cores one reading may use, and where it runs (cuda needs onnxruntime-gpu).
+    ocr_threads: int = Field(default=1, ge=1, le=64)
+    ocr_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # The lanes of the queue this process takes, comma-separated: clip (vectors), ocr (words).
+    # A CPU box may read beside a GPU box that encodes: WORKER_LANES=ocr on one, clip on the other.
+    worker_lanes: str = "clip,ocr"
 
     # Images that fail for a while (CDN trouble) wait in the database and are retried with
     # exponential backoff from RETRY_FIRST_S up to RETRY_MAX_S, for RETRY_FOR_HOURS.
@@ -180,6 +192,22 @@ class Settings(BaseSettings):
                 f"{self.shard_count} shards run from 0 to {self.shard_count - 1}"
             )
         return self
+
+    @field_validator("worker_lanes")
+    @classmethod
+    def _lanes(cls, value: str) -> str:
+        lanes = [part.strip().lower() for part in value.split(",") if part.strip()]
+        unknown = [lane for lane in lanes if lane not in LANES]
+        if unknown or not lanes:
+            raise ValueError(
+                f"names lanes {', '.join(unknown) or '(none)'}; the lanes are {', '.join(LANES)}"
+            )
+        return ",".join(dict.fromkeys(lanes))
+
+    def lanes(self) -> frozenset[str]:
+        """The lanes of the queue this process takes: reading only while OCR is on."""
+        taken = frozenset(self.worker_lanes.split(","))
+        return taken if self.ocr else taken - {OCR_LANE}
 
     @field_validator("clip_device")
     @classmethod

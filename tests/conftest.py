@@ -56,6 +56,14 @@ async def world(tmp_path_factory):
 async def world_on(request, tmp_path_factory):
     """(stand-in, running bot) as `world`, on SQLite and then on a fresh PostgreSQL database:
     the tests of a module that takes it run on both."""
+    async with bot_on(request, tmp_path_factory) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def bot_on(request, tmp_path_factory, **options):
+    """(stand-in, running bot) on the database ``request.param`` names ("sqlite", "postgres"),
+    with the settings ``options`` changes."""
     from tests.e2e import bot_settings, running_bot
     from tests.fakediscord import FakeDiscord
 
@@ -67,7 +75,7 @@ async def world_on(request, tmp_path_factory):
             engine = await stack.enter_async_context(migrated_database(server, workers))
             database["database_url"] = engine.url.render_as_string(hide_password=False)
         fd = await stack.enter_async_context(FakeDiscord())
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"), **database)
+        settings = bot_settings(fd, tmp_path_factory.mktemp("db"), **database, **options)
         yield fd, await stack.enter_async_context(running_bot(settings, fd))
 
 

@@ -28,6 +28,9 @@ def bot_settings(fd: FakeDiscord, db_dir: Path, **overrides) -> Settings:
         clip_pretrained=str(CHECKPOINT_PATH),
         clip_device="cpu",
         batch_deadline_ms=10,
+        # Reading words is a lane of its own, tested where it is asked for (ocr=True): the
+        # other tests count downloads and jobs of the CLIP lane alone.
+        ocr=False,
     )
     values.update(overrides)
     return load_settings(**values)

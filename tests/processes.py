@@ -35,6 +35,7 @@ def clipfind_env(fd: FakeDiscord | None, database_url: str, **settings: str) -> 
         CLIP_PRETRAINED=str(CHECKPOINT_PATH),
         CLIP_DEVICE="cpu",
         BATCH_DEADLINE_MS="10",
+        OCR="off",  # see tests/e2e.py's bot_settings
     )
     if fd is not None:
         env.update(

@@ -76,12 +76,15 @@ async def _differences(engine) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from retrieval.database.tables import Base
+    from retrieval.database.tables import Base, schema_filter
+
+    def compare(sync):
+        include = schema_filter(sync.dialect.name)
+        context = MigrationContext.configure(sync, opts={"include_object": include})
+        return compare_metadata(context, Base.metadata)
 
     async with engine.connect() as conn:
-        return await conn.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
-        )
+        return await conn.run_sync(compare)
 
 
 async def test_migrations_match_the_models(engine):

@@ -99,6 +99,7 @@ async def test_the_process_really_exits_when_its_database_is_deleted(tmp_path):
             "CLIP_MODEL": settings.clip_model,
             "CLIP_PRETRAINED": settings.clip_pretrained,
             "CLIP_DEVICE": "cpu",
+            "OCR": "off",  # see tests/e2e.py's bot_settings
             "DATABASE_CHECK_INTERVAL_S": "0.2",
         }
         process = await asyncio.create_subprocess_exec(

@@ -35,6 +35,7 @@ def process_env(fd: FakeDiscord, settings) -> dict[str, str]:
         "CLIP_MODEL": settings.clip_model,
         "CLIP_PRETRAINED": settings.clip_pretrained,
         "CLIP_DEVICE": "cpu",
+        "OCR": "off",  # see tests/e2e.py's bot_settings
         "BACKFILL": "false",  # only the jobs table can bring the images back
         "SHUTDOWN_DEADLINE_S": "5",
         "JOB_LEASE_S": str(settings.job_lease_s),

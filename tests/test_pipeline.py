@@ -49,21 +49,30 @@ class ImageHost:
         body, content_type = self.files[name]
         return web.Response(body=body, content_type=content_type)
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def served(cls):
+        """A host serving on loopback until the block ends."""
+        images = cls()
+        app = web.Application()
+        app.router.add_get("/img/{name}", images.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        images.origin = f"http://127.0.0.1:{port}"
+        images.base = f"{images.origin}/img"
+        try:
+            yield images
+        finally:
+            await runner.cleanup()
+
 
 @pytest.fixture
 async def host():
-    images = ImageHost()
-    app = web.Application()
-    app.router.add_get("/img/{name}", images.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    images.origin = f"http://127.0.0.1:{port}"
-    images.base = f"{images.origin}/img"
-    yield images
-    await runner.cleanup()
+    async with ImageHost.served() as images:
+        yield images
 
 
 def job_queue(store, model_id: str, **options) -> JobQueue:

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from sqlalchemy import event, text
 
+from retrieval.database.tables import OCR_LANE
 from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.indexing.reading_switch import queue_unread
 from retrieval.policy.thread_parents import ThreadParents
-from retrieval.store import SearchScope, open_store
+from retrieval.store import PictureWords, SearchScope, open_store
 from tests.plans import nodes as plan_nodes
 from tests.plans import plan_of
 from tests.records import MODEL
@@ -76,6 +78,13 @@ async def _fill(engine) -> None:
                 "source_url, filename, content_type, 1, 0, posted_at, posted_at FROM images"
             ),
             {"n": ROWS},
+        )
+        # Words read from a third of the pictures (migration 0013's text index).
+        await conn.execute(
+            text(
+                "UPDATE images SET words = 'caption ' || id || ' deploy', words_model = 'ocr' "
+                "WHERE id % 3 = 0"
+            )
         )
         await conn.execute(text("ANALYZE"))
 
@@ -183,12 +192,36 @@ QUERIES = {
     "a message's keys": lambda s: s.known_keys(10_000_007, guild_id=GUILD),
     "a message's vectors": lambda s: s.message_vectors(10_000_007, MODEL, guild_id=GUILD),
     "vectors of results": lambda s: s.vectors([7, 507, 1007], guild_id=GUILD),
+    # the words read from pictures: queued, kept, searched, shown, counted, forgotten
+    "queue an image and its reading": lambda s: JobQueue(
+        s.engine, model_id=MODEL, read_words=True
+    ).enqueue([_posted()]),
+    "a server's reading backlog": lambda s: (
+        JobQueue(s.engine, model_id=MODEL).for_lane(OCR_LANE).backlog(GUILD)
+    ),
+    "is the picture stored, was it read": lambda s: s.words_source(
+        guild_id=GUILD, message_id=10_000_007, image_key=7, model="ocr"
+    ),
+    "keep a picture's words": lambda s: s.store_words(
+        [PictureWords(GUILD, 10_000_007, 7, words="deploy failed", model="ocr")]
+    ),
+    "search a server's words": lambda s: s.words_matching(
+        scope=SearchScope(GUILD, MODEL), all_of=["caption 1"], none_of=["friday"], k=50
+    ),
+    "search a channel's words": lambda s: s.words_matching(
+        scope=SearchScope(GUILD, MODEL, channel_ids=frozenset({100_007})), all_of=["dep"], k=50
+    ),
+    "words of results": lambda s: s.words_of([7, 507, 1007], guild_id=GUILD),
+    "count a member's words": lambda s: s.count_words(author_id=AUTHOR),
+    "forget a server's words": lambda s: s.forget_words(guild_id=GUILD),
     # deletions: a message, images edited out, a channel, an opt-out, a server
     "delete a message": lambda s: s.delete_messages([10_000_507], guild_id=GUILD),
     "delete edited-out images": lambda s: s.delete_images(10_001_007, [], guild_id=GUILD),
     "delete a channel": lambda s: s.delete_channels([100_007], guild_id=GUILD),
     "delete a member everywhere": lambda s: s.delete_author(guild_id=None, author_id=AUTHOR),
     "delete a server": lambda s: s.delete_guild(GUILD + 1),
+    # start-up with reading turned on: every image not read yet gets a reading
+    "queue the unread images": lambda s: queue_unread(s.engine, batch=1_000),
     # every 5 minutes: what an opt-out or exclusion forbids
     "sweep forbidden rows": lambda s: s.delete_forbidden(),
     # start-up: threads whose parent is unknown, and recording what Discord says of them
@@ -203,6 +236,7 @@ QUERIES = {
 # the policy's sweep, threads whose parent is unknown):
 # may ask every server's rows, through an index.
 UNROUTED = {
+    "queue the unread images",
     "rows of other models",
     "bytes encoded before, anywhere",
     "sweep forbidden rows",
@@ -313,3 +347,34 @@ async def test_a_date_only_search_of_a_large_server_reads_its_dates(big, store_e
     for statement, parameters in dated:
         read = await _rows_read(store_engine, statement, parameters)
         assert read <= 2 * matching, f"{read} rows read: {statement[:300]}"
+
+
+async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
+    """The text side of /find on a large server reads the trigram index (PostgreSQL's GIN over
+    guild and words, SQLite's FTS5 table), not the server's rows one by one."""
+    await _fill_large(store_engine)
+    async with store_engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"UPDATE images SET words = 'slide ' || id WHERE guild_id = {LARGE} AND id % 3 = 0"
+            )
+        )
+        await conn.execute(text("ANALYZE images"))
+    async with store_engine.connect() as conn:
+        wanted = await conn.scalar(
+            text(f"SELECT max(id) FROM images WHERE guild_id = {LARGE} AND words <> ''")
+        )
+    scope = SearchScope(LARGE, MODEL)
+    with _captured(store_engine) as sent:
+        hits = await big.words_matching(scope=scope, all_of=[f"slide {wanted}"], k=50)
+    assert [h.row_id for h in hits] == [wanted]
+    ((statement, parameters),) = sent
+    async with store_engine.connect() as conn:
+        if store_engine.dialect.name == "postgresql":
+            plan = await plan_of(conn, statement, parameters)
+            used = {n.get("Index Name") for n in plan_nodes(plan)}
+            assert "ix_images_words" in used, used
+        else:
+            explained = "EXPLAIN QUERY PLAN " + statement
+            details = [row[-1] for row in await conn.exec_driver_sql(explained, parameters)]
+            assert any(d.startswith("SCAN images_words VIRTUAL TABLE") for d in details), details

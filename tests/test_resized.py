@@ -9,7 +9,7 @@ import pytest
 
 from retrieval.errors import FetchError
 from retrieval.indexing import ImageRef, PipelineCounters
-from retrieval.indexing.resized import Downloads
+from retrieval.indexing.resized import ResizingFetcher
 from retrieval.pictures.images import PreprocessSpec
 from tests.tinyclip.shapes import draw, png_bytes
 
@@ -65,7 +65,7 @@ def picture(width: int, height: int) -> bytes:
 def downloads(answers: dict[str, bytes | FetchError], **options):
     """(Downloads through `Answers`, the `Answers`, the counters they count into)."""
     fetcher, counters = Answers(answers), PipelineCounters()
-    got = Downloads(fetcher, spec=SPEC, counters=counters, **options)  # type: ignore[arg-type]
+    got = ResizingFetcher(fetcher, spec=SPEC, counters=counters, **options)  # type: ignore[arg-type]
     return got, fetcher, counters
 
 

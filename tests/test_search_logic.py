@@ -180,6 +180,9 @@ async def test_candidates_unchanged_since_the_last_turn_are_grouped_without_thei
             self.calls += 1
             return {}
 
+        async def words_of(self, row_ids, *, guild_id=None):
+            return {}
+
     store = Vectors()
     arrange = arranger(store, "relevance")
     first = await arrange(hits)

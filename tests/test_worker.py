@@ -53,6 +53,7 @@ def worker_env(database_url: str, media_origin: str, **settings: str) -> dict[st
         "CLIP_PRETRAINED": str(CHECKPOINT_PATH),
         "CLIP_DEVICE": "cpu",
         "BATCH_DEADLINE_MS": "10",
+        "OCR": "off",  # see tests/e2e.py's bot_settings
         "FETCH_TIMEOUT_S": "120",  # a stalled download must outlast the test's kill
         **settings,
     }

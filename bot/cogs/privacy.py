@@ -152,6 +152,7 @@ class Privacy(commands.Cog):
             guild_id = interaction.guild.id
             here = await self.bot.store.count_author(author_id=user_id, guild_id=guild_id)
             where = f"across all servers, {here} of them in this one"
+        worded = await self.bot.store.count_words(author_id=user_id)
         if self.bot.policy.is_opted_out(user_id):
             state = "**You're opted out:** I don't index the images you post, in any server."
             hint = "`/privacy opt-in` undoes that."
@@ -162,7 +163,10 @@ class Privacy(commands.Cog):
             f"{state}\n**Stored:** {images(total)} of yours {where}. For each: the ids of the "
             "server, channel, message, image and you, when it was posted, its file name and link, "
             "a hash of its bytes and a vector the search compares; and which servers you have "
-            f"images in, so an opt-out looks there. Never the image itself.\n{hint}"
+            "images in, so an opt-out looks there. Never the image itself.\n"
+            f"**Words read from your pictures:** {images(worded)} of yours have text I read in "
+            "them (OCR), kept so a search finds them by what they say; deleted with the image."
+            f"\n{hint}"
         )
 
 

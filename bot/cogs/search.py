@@ -20,10 +20,13 @@ from retrieval.search import (
     Question,
     ResultPager,
     Sort,
+    WordsQuery,
     arranger,
     date_range,
     fit_query,
     image_vector,
+    parse_words,
+    push_away,
 )
 from retrieval.store import SearchHit, SearchScope
 
@@ -51,6 +54,14 @@ EMPTY_QUERY = (
     "`/find query: like this image: <file>`. `/clipfind help` explains every option."
 )
 NO_IMAGE = "That message has no image I can search with."
+ONLY_EXCLUDED = (
+    "Tell me what to look for as well as what to leave out, e.g. `/find query: a dog -cat`: "
+    'a word with `-` leaves out pictures that say it, `"quoted words"` must be in the picture.'
+)
+NOT_READING = (
+    "Words inside pictures are not read on this bot (OCR is off), so quotes and `-words` "
+    "only guide what the pictures look like."
+)
 SIMILAR = "Find similar images"
 _QUERY_PROBLEMS = (BadQuery, ImageError, FetchError)
 
@@ -109,7 +120,7 @@ class Search(commands.Cog):
         Parameters
         ----------
         query
-            What the picture shows, e.g. "a cat asleep on a keyboard"
+            What the picture shows or says; "quoted words" must be in it, -word leaves out
         channel
             Only images from this channel, category or thread (a channel includes its threads)
         author
@@ -134,14 +145,26 @@ class Search(commands.Cog):
             await interaction.followup.send(EMPTY_QUERY)
             return
         notes: list[str] = []
+        words: WordsQuery | None = None
         try:
             start, end = date_range(after, before, now=discord.utils.utcnow())
             if image is not None:
                 vector = await self._picture_vector(image.url, image.size)
                 heading = f"Images like your picture **{quoted(image.filename, 60)}**"
             else:
-                vector, text = await self._text_vector(text, notes)
-                heading = f"Images for **{quoted(text)}**"
+                words = parse_words(text)
+                if not words.clip_text:
+                    raise BadQuery(ONLY_EXCLUDED)
+                vector, fitted = await self._text_vector(words.clip_text, notes)
+                if words.excluded:  # and away from what the left-out words look like
+                    encode = self.bot.encoder.encode_text
+                    vector = push_away(vector, [await encode(w) for w in words.excluded])
+                # The words typed, unless the model read only a part of them (then that part).
+                heading = f"Images for **{quoted(text if fitted == words.clip_text else fitted)}**"
+                if not self.bot.settings.ocr:
+                    if not words.plain:
+                        notes.append(NOT_READING)
+                    words = None
         except _QUERY_PROBLEMS as exc:
             await interaction.followup.send(query_problem(exc) or str(exc))
             return
@@ -156,6 +179,7 @@ class Search(commands.Cog):
             page_size=count,
             public=public,
             channel_id=channel.id if channel else None,
+            words=words,
             author_id=author.id if author else None,
             after=start,
             before=end,
@@ -222,14 +246,18 @@ class Search(commands.Cog):
         page_size: int | None = None,
         public: bool = False,
         channel_id: int | None = None,
+        words: WordsQuery | None = None,
         **filters,
     ) -> None:
         guild, member = interaction.guild, interaction.user
         assert guild is not None and isinstance(member, discord.Member)
+        if words is not None:  # applied inside the store's search, as the other filters
+            filters |= {"words_all": words.phrases, "words_none": words.excluded}
         asked = Question(
             self.bot.store,
             vector,
             SearchScope(guild_id=guild.id, model_id=self.bot.encoder.model_id, **filters),
+            words=words,
         )
 
         async def probe(seen: Visibility, threads: frozenset[int]) -> list[int]:
@@ -300,6 +328,7 @@ class Search(commands.Cog):
         if public:
             return NO_MATCH_PUBLIC
         filtered = channel_id or scope.author_id or scope.after or scope.before
+        filtered = filtered or scope.words_all or scope.words_none
         if filtered or scope.exclude_message_id:
             return NO_MATCH_FILTERED if filtered else NO_MATCH
         # Counted in the channels the member surely reads: whether hidden ones (private

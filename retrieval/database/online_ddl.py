@@ -22,13 +22,20 @@ def replace_index(op, *, table: str, new: Index, old: Index) -> None:
         op.create_index(new_name, table, new_columns)
         op.drop_index(old_name, table_name=table)
         return
+    build_index(op, name=new_name, table=table, definition=f"({', '.join(new_columns)})")
+    with op.get_context().autocommit_block():
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {old_name}")
+
+
+def build_index(op, *, name: str, table: str, definition: str) -> None:
+    """PostgreSQL: build index ``name`` on ``table`` (``definition``: what follows ON table,
+    e.g. ``(a, b)`` or ``USING gin (...) WHERE ...``) CONCURRENTLY, first dropping what a failed
+    build left."""
     with op.get_context().autocommit_block():
         valid = op.get_bind().scalar(
             sa.text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:name)"),
-            {"name": new_name},
+            {"name": name},
         )
         if valid is False:  # a failed concurrent build's leftover
-            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {new_name}")
-        columns = ", ".join(new_columns)
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {new_name} ON {table} ({columns})")
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {old_name}")
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} {definition}")

@@ -39,6 +39,31 @@ RowId = BigInteger().with_variant(Integer, "sqlite")
 UNKNOWN_PARENT = 0
 
 
+# The lanes of the jobs table: an image's vector, and the words read from it.
+CLIP_LANE, OCR_LANE = "clip", "ocr"
+LANES = (CLIP_LANE, OCR_LANE)
+
+# SQLite's text index over ``images.words``: an FTS5 table with the trigram tokenizer whose rowid is
+# the image's id, kept in step by triggers (migration 0013). No model: SQLAlchemy has none for it.
+WORDS_FTS = "images_words"
+
+
+def schema_filter(dialect: str):
+    """Alembic's ``include_object`` for a database of ``dialect``: what autogenerate compares.
+    Leaves out SQLite's FTS5 table and its shadow tables (no model describes them), and the
+    indexes the models declare for another database only (``Index.ddl_if``)."""
+
+    def include(obj, name, type_, reflected, compare_to) -> bool:
+        if type_ == "table" and reflected and name and name.startswith(WORDS_FTS):
+            return False
+        if type_ == "index" and not reflected:
+            only = getattr(getattr(obj, "_ddl_if", None), "dialect", None)
+            return only is None or only == dialect
+        return True
+
+    return include
+
+
 def utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive one was written as UTC (SQLite keeps no zone)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -130,6 +155,13 @@ class IndexedImage(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     model_id: Mapped[str] = mapped_column(String(200))
     embedding: Mapped[np.ndarray] = mapped_column(Embedding)
+    # The words read from the picture by the OCR lane, normalised (retrieval/encoding/textnorm.py):
+    # NULL until read, empty when it has none. In the image's own row, so whatever deletes the
+    # image deletes its words (migration 0013, which also made the text index).
+    words: Mapped[str | None] = mapped_column(Text, nullable=True)
+    words_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The lowest confidence among the lines kept (lines below the threshold are not kept).
+    words_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
         # Message ids grow with time: live posts append to this index.
@@ -155,6 +187,16 @@ class IndexedImage(Base):
         # Which models the index holds, and how many rows each (a start-up after a model
         # switch), without reading every row.
         Index("ix_images_model", "model_id"),
+        # A server's pictures whose words hold a substring: trigrams (pg_trgm), guild first
+        # (btree_gin). PostgreSQL only: SQLite's text index is an FTS5 table, WORDS_FTS.
+        Index(
+            "ix_images_words",
+            "guild_id",
+            "words",
+            postgresql_using="gin",
+            postgresql_ops={"words": "gin_trgm_ops"},
+            postgresql_where=text("words <> ''"),
+        ).ddl_if(dialect="postgresql"),
     )
 
 
@@ -216,10 +258,12 @@ class IndexJob(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Which work: CLIP_LANE (the vector) or OCR_LANE (the words, read once no vector waits).
+    lane: Mapped[str] = mapped_column(String(8), default=CLIP_LANE, server_default=CLIP_LANE)
 
     __table_args__ = (
-        UniqueConstraint("message_id", "image_key"),
-        Index("ix_index_jobs_due", "priority", "retry_at"),
+        UniqueConstraint("message_id", "image_key", "lane", name="uq_index_jobs_lane"),
+        Index("ix_index_jobs_due", "lane", "priority", "retry_at"),
         Index("ix_index_jobs_guild", "guild_id"),
         Index("ix_index_jobs_channel", "channel_id"),
         Index(  # threads only, as ix_images_parent

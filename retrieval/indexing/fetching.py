@@ -1,5 +1,5 @@
-"""The fetch workers: each takes a held job, downloads its picture (a signed link that expired is
-refreshed first; a smaller copy from the media proxy where one can be asked for: `resized.py`),
+"""The fetch workers: each takes a held job, downloads its picture (`downloads.py`: a signed link
+that expired is refreshed first; a smaller copy from the media proxy where one can be asked for),
 and either stores the vector already held for the same bytes or decodes the picture, in a
 thread, for the batcher.
 
@@ -14,7 +14,6 @@ differently: the repost is encoded once more, and searches group the two by thei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -23,17 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.database.refusals import refusal_reason
 from retrieval.encoding.service import EncoderService
-from retrieval.errors import ClipfindError, FetchError, StoreUnavailable
+from retrieval.indexing.downloads import Downloads
 from retrieval.indexing.jobs import ImageRef, Job
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters, record
-from retrieval.indexing.resized import Downloads, Picture
 from retrieval.indexing.reuse import ReuseLookups
-from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.window import BATCH, Window
 from retrieval.pictures.images import (
-    ImageError,
     NotAnImage,
     PreprocessSpec,
     prepare,
@@ -42,8 +37,6 @@ from retrieval.pictures.images import (
 
 log = logging.getLogger(__name__)
 
-# What a signed attachment URL answers once it has expired (or was re-signed).
-_EXPIRED_LINK = frozenset({"http_403", "http_404"})
 _IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 
@@ -63,7 +56,6 @@ class Fetching:
         *,
         window: Window,
         downloads: Downloads,
-        signed_urls: SignedUrls,
         reuse: ReuseLookups,
         outcomes: Outcomes,
         counters: PipelineCounters,
@@ -75,7 +67,6 @@ class Fetching:
     ) -> None:
         self._window = window
         self._downloads = downloads
-        self._signed_urls = signed_urls
         self._reuse = reuse
         self._outcomes = outcomes
         self._counters = counters
@@ -98,29 +89,13 @@ class Fetching:
     async def _job(self, job: Job) -> None:
         self._counters.in_flight += 1
         handed_on = False
-        failed = self._outcomes.failed
         try:
             handed_on = await self._one(job)
         except asyncio.CancelledError:
             handed_on = True  # shutting down: the job stays held, and close() hands it back
             raise
-        except FetchError as exc:
-            await failed(job, exc, transient=exc.retryable)
-        except (ClipfindError, ImageError) as exc:
-            await failed(job, exc, transient=False)
-        except StoreUnavailable as exc:
-            if exc.refused:  # would be refused again each time its lease brought it back
-                with contextlib.suppress(StoreUnavailable):
-                    await failed(job, exc, transient=False, reason=refusal_reason(exc))
-            else:  # the job stays claimed; its lease brings it back
-                log.error("database unavailable while indexing %s: %s", job.ref.filename, exc)
-        except Exception as exc:  # a bug must not kill the worker; say so loudly
-            log.exception(
-                "unexpected error indexing %s of message %s",
-                job.ref.filename,
-                job.ref.message_id,
-            )
-            await failed(job, exc, transient=True, reason="internal")
+        except Exception as exc:  # a bug must not kill the worker: see Outcomes.failed_by
+            await self._outcomes.failed_by(job, exc, doing="indexing")
         finally:
             self._counters.in_flight -= 1
             if not handed_on:
@@ -129,7 +104,7 @@ class Fetching:
     async def _one(self, job: Job) -> bool:
         """Returns True when the image went on to the batcher (which then finishes it)."""
         ref = job.ref
-        picture = await self._download(job)
+        picture = await self._downloads.picture_of(job)
         data, resized = picture.data, picture.resized
         del picture  # the bytes can be megabytes: only `data` holds them, dropped below
         loop = asyncio.get_running_loop()
@@ -156,39 +131,6 @@ class Fetching:
         await self._prepared.put(Prepared(job, content_hash, content_type, pixels))
         self._window.taken(job.id, by=BATCH)
         return True
-
-    async def _download(self, job: Job) -> Picture:
-        ref = job.ref
-        url = ref.url
-        if self._signed_urls.expired(ref):
-            # Expiry is read by this machine's clock, which can disagree with Discord's: a link
-            # Discord hands back unchanged is left to the download, which decides.
-            url = await self._fresh_url(job) or url
-        try:
-            return await self._downloads.picture(ref, url)
-        except FetchError as exc:
-            # An expired link answers like a deleted attachment: only a refresh tells them apart.
-            # One refreshed just now and refused all the same is gone.
-            if exc.reason not in _EXPIRED_LINK or not self._signed_urls.applies(ref):
-                raise
-            if url != ref.url:
-                raise
-            fresh = await self._fresh_url(job, dead=True)
-            if fresh is None:
-                raise  # Discord did not refresh it: the attachment is gone
-        # Links issued with this one are dead too: the ones in hand are refreshed together now.
-        self._signed_urls.prefetch(self._window.refs())
-        return await self._downloads.picture(ref, fresh)
-
-    async def _fresh_url(self, job: Job, *, dead: bool = False) -> str | None:
-        """A fresh link for the job's, kept on its row for later attempts; None when Discord
-        did not refresh it (the attachment is gone)."""
-        fresh = await self._signed_urls.fresh(job.ref.url, dead=dead)
-        if fresh is not None:
-            self._window.with_url(job, fresh)
-            with contextlib.suppress(StoreUnavailable):  # this attempt has it anyway
-                await self._window.jobs.set_urls({job.id: fresh})
-        return fresh
 
 
 def _content_type(ref: ImageRef, kind: str, *, resized: bool) -> str:

@@ -25,15 +25,16 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, exists, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import aliased
 
 from retrieval.database.clock import db_now
 from retrieval.database.errors import database_errors
 from retrieval.database.refusals import isolating, refusal_reason
 from retrieval.database.rows import record
-from retrieval.database.tables import IndexedImage, IndexFailure, IndexJob
+from retrieval.database.tables import CLIP_LANE, OCR_LANE, IndexedImage, IndexFailure, IndexJob
 from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem, valid_id
 from retrieval.store.allowed import known_parent, permitted
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 # PostgreSQL's notification channel for "jobs were queued".
 JOBS_CHANNEL = "clipfind_jobs"
 LIVE, HISTORY = 0, 1  # priorities: live posts are claimed before backfill and re-indexing
+# The words of images stored before reading was on: after everything else.
+OLDEST = 2
 _REF_COLUMNS = (
     "guild_id",
     "channel_id",
@@ -122,6 +125,10 @@ class Backlog:
 
 
 class JobQueue:
+    """One lane of the queue (``lane``): what it claims, counts and fails. The CLIP lane's
+    `enqueue` also queues each image's reading (the OCR lane) when ``read_words``; `for_lane`
+    gives the other lane's view of the same table."""
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -129,13 +136,36 @@ class JobQueue:
         model_id: str,
         lease_s: float = 300.0,
         retry: RetryPolicy | None = None,
+        lane: str = CLIP_LANE,
+        read_words: bool = False,
     ) -> None:
         self.engine = engine
         self.model_id = model_id
         self.lease_s = lease_s
         self.retry_policy = retry or RetryPolicy()
+        self.lane = lane
+        self.read_words = read_words
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        self._insert = _guarded_enqueue(dialect.insert)
+        self._insert = _guarded_enqueue(dialect.insert, lane=CLIP_LANE)
+        self._insert_reading = _guarded_enqueue(dialect.insert, lane=OCR_LANE)
+
+    def for_lane(self, lane: str) -> JobQueue:
+        """The same queue, seen from ``lane``."""
+        return JobQueue(
+            self.engine,
+            model_id=self.model_id,
+            lease_s=self.lease_s,
+            retry=self.retry_policy,
+            lane=lane,
+            read_words=self.read_words,
+        )
+
+    def _in_lane(self) -> list:
+        return [IndexJob.lane == self.lane]
+
+    def _reason(self, reason: str) -> str:
+        """A failure's reason as counted: the OCR lane's carry its name (``ocr_not_an_image``)."""
+        return reason if self.lane == CLIP_LANE else f"{self.lane}_{reason}"[:40]
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -175,6 +205,8 @@ class JobQueue:
     async def _insert_rows(self, rows: Sequence[tuple[ImageRef, dict]]) -> None:
         async with self._transaction() as conn:
             await conn.execute(self._insert, [values for _, values in rows])
+            if self.read_words:  # and its reading, claimed once no vector waits
+                await conn.execute(self._insert_reading, [values for _, values in rows])
             if conn.dialect.name == "postgresql":
                 # Sent at commit: consumers in other processes look at once, not at their next
                 # poll (see bot/worker.py).
@@ -199,7 +231,7 @@ class JobQueue:
             return []
         due = (
             select(IndexJob.id)
-            .where(*_claimable())
+            .where(*self._in_lane(), *_claimable(), *self._after_vector())
             .order_by(IndexJob.priority, IndexJob.retry_at, IndexJob.id)
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL: consumers never wait on each other
@@ -215,6 +247,20 @@ class JobQueue:
         # RETURNING keeps no order: put it back.
         rows.sort(key=lambda row: (row.priority, row.retry_at, row.id))
         return [Job(row.id, _ref(row), row.attempts) for row in rows]
+
+    def _after_vector(self) -> list:
+        """A reading waits for its image's vector: the words are kept in the image's row,
+        which its CLIP job makes (or, failing for good, never makes)."""
+        if self.lane == CLIP_LANE:
+            return []
+        vector = aliased(IndexJob)
+        return [
+            ~exists().where(
+                vector.message_id == IndexJob.message_id,
+                vector.image_key == IndexJob.image_key,
+                vector.lane == CLIP_LANE,
+            )
+        ]
 
     async def renew(self, job_ids: Collection[int]) -> None:
         """Extend the lease of rows still being worked on."""
@@ -275,7 +321,7 @@ class JobQueue:
             created, now = row
             delay = self.retry_policy.delay(job.attempts + 1, retry_after)
             if (now - created).total_seconds() + delay > self.retry_policy.give_up_after_s:
-                await self._fail(conn, [job], f"gave_up_{reason}"[:40])
+                await self._fail(conn, [job], f"gave_up_{reason}")
                 return None
             await conn.execute(
                 update(IndexJob)
@@ -297,6 +343,7 @@ class JobQueue:
                 await self._fail(conn, jobs, reason)
 
     async def _fail(self, conn: AsyncConnection, jobs: Sequence[Job], reason: str) -> None:
+        reason = self._reason(reason)[:40]
         gone = await conn.execute(
             delete(IndexJob)
             .where(IndexJob.id.in_([job.id for job in jobs]))
@@ -311,7 +358,7 @@ class JobQueue:
             )
 
     async def backlog(self, guild_id: int | None = None) -> Backlog:
-        where = [] if guild_id is None else [IndexJob.guild_id == guild_id]
+        where = self._in_lane() + ([] if guild_id is None else [IndexJob.guild_id == guild_id])
         retrying = IndexJob.attempts > 0
         async with self._transaction() as conn:
             row = (
@@ -326,33 +373,48 @@ class JobQueue:
             )
             if guild_id is not None:
                 failures = failures.where(IndexFailure.guild_id == guild_id)
-            failed = {reason: int(n) for reason, n in await conn.execute(failures)}
+            failed = {
+                reason: int(n)
+                for reason, n in await conn.execute(failures)
+                if _lane_of(reason) == self.lane
+            }
         return Backlog(int(row[0]), int(row[1]), failed)
 
     async def due(self, at_most: int) -> int:
         """How many rows could be claimed now, counting no further than ``at_most``."""
-        capped = select(IndexJob.id).where(*_claimable()).limit(at_most).subquery()
+        where = [*self._in_lane(), *_claimable(), *self._after_vector()]
+        capped = select(IndexJob.id).where(*where).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 
     async def unfinished(self, at_most: int) -> int:
         """How many due rows wait or are being worked on by any consumer, counting no further
         than ``at_most`` (rows only claimed when due, so a claimed row is a due one)."""
-        capped = select(IndexJob.id).where(IndexJob.retry_at <= db_now()).limit(at_most).subquery()
+        due = [*self._in_lane(), IndexJob.retry_at <= db_now()]
+        capped = select(IndexJob.id).where(*due).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
 
     async def retrying(self) -> int:
         """Rows waiting for a retry after a transient failure, in every server."""
         async with self._transaction() as conn:
-            stmt = select(func.count()).select_from(IndexJob).where(IndexJob.attempts > 0)
+            stmt = (
+                select(func.count())
+                .select_from(IndexJob)
+                .where(*self._in_lane(), IndexJob.attempts > 0)
+            )
             return int(await conn.scalar(stmt))
 
     async def waiting(self, *, at_most: int) -> int:
         """How many rows are queued, counting no further than ``at_most`` (cheap on any size)."""
-        capped = select(IndexJob.id).limit(at_most).subquery()
+        capped = select(IndexJob.id).where(*self._in_lane()).limit(at_most).subquery()
         async with self._transaction() as conn:
             return int(await conn.scalar(select(func.count()).select_from(capped)))
+
+
+def _lane_of(reason: str) -> str:
+    """The lane whose failure a counted reason is (see `JobQueue._reason`)."""
+    return OCR_LANE if reason.startswith(f"{OCR_LANE}_") else CLIP_LANE
 
 
 def _claimable() -> list:
@@ -368,30 +430,38 @@ def _claimable() -> list:
     ]
 
 
-def _guarded_enqueue(insert):
-    """INSERT ... SELECT one row per image, unless the policy refuses it or the current model
-    already has its vector; an image already queued keeps its row."""
+def _guarded_enqueue(insert, *, lane: str):
+    """INSERT ... SELECT one row per image for ``lane``, unless the policy refuses it or the
+    work is done already (the current model has its vector; its words were read); an image
+    already queued in the lane keeps its row."""
     job = IndexJob.__table__
     values = {name: bindparam(name, type_=job.c[name].type) for name in _REF_COLUMNS}
-    model = bindparam("model_id", type_=IndexedImage.__table__.c.model_id.type)
-    encoded = exists().where(
-        and_(
-            IndexedImage.message_id == values["message_id"],
-            IndexedImage.image_key == values["image_key"],
-            # The images table's key, and on Citus the one machine holding the guild's rows.
-            IndexedImage.guild_id == values["guild_id"],
-            IndexedImage.model_id == model,
-        )
-    )
-    columns = [*_REF_COLUMNS, "priority", "attempts", "retry_at", "created_at"]
+    stored = [
+        IndexedImage.message_id == values["message_id"],
+        IndexedImage.image_key == values["image_key"],
+        # The images table's key, and on Citus the one machine holding the guild's rows.
+        IndexedImage.guild_id == values["guild_id"],
+    ]
+    if lane == CLIP_LANE:
+        model = bindparam("model_id", type_=IndexedImage.__table__.c.model_id.type)
+        stored.append(IndexedImage.model_id == model)
+    else:
+        stored.append(IndexedImage.words.is_not(None))
+    done = exists().where(and_(*stored))
+    columns = [*_REF_COLUMNS, "priority", "attempts", "retry_at", "created_at", "lane"]
     chosen = select(
-        *values.values(), bindparam("priority", type_=job.c.priority.type), 0, db_now(), db_now()
+        *values.values(),
+        bindparam("priority", type_=job.c.priority.type),
+        0,
+        db_now(),
+        db_now(),
+        literal(lane),
     ).where(
         permitted(values["author_id"], values["channel_id"], values["parent_id"]),
-        ~encoded,
+        ~done,
     )
     stmt = insert(IndexJob).from_select(columns, chosen)
-    return stmt.on_conflict_do_nothing(index_elements=["message_id", "image_key"])
+    return stmt.on_conflict_do_nothing(index_elements=["message_id", "image_key", "lane"])
 
 
 def _count_failures(conn: AsyncConnection):

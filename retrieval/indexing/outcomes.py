@@ -18,11 +18,12 @@ import numpy as np
 
 from retrieval.backoff import patiently
 from retrieval.database.refusals import isolating, refusal_reason
-from retrieval.errors import ModelSwitched, StoreUnavailable
+from retrieval.errors import ClipfindError, FetchError, ModelSwitched, StoreUnavailable
 from retrieval.indexing.inputs import NON_FINITE, finite
 from retrieval.indexing.jobs import ImageRef, Job, JobQueue
 from retrieval.indexing.waves import RetryWaves
 from retrieval.indexing.window import Window
+from retrieval.pictures.images import ImageError
 from retrieval.store.base import ImageRecord, VectorStore
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,29 @@ class Outcomes:
             await self.with_store(self._jobs.fail, [job], reason)
         self._counters.failed[reason] += 1
         log.warning("skipped image %s: %s: %s", where, reason, error)
+
+    async def failed_by(self, job: Job, error: Exception, *, doing: str) -> None:
+        """What becomes of a job whose work (``doing``: "indexing", "reading") raised: a
+        download that may work later is retried, a picture that never will is failed for good,
+        the database being away leaves the job claimed (its lease brings it back), a refusal is
+        failed for good, and anything else is a bug, logged with its traceback and retried."""
+        ref = job.ref
+        if isinstance(error, FetchError):
+            await self.failed(job, error, transient=error.retryable)
+        elif isinstance(error, ClipfindError | ImageError):
+            await self.failed(job, error, transient=False)
+        elif isinstance(error, StoreUnavailable):
+            if error.refused:  # would be refused again each time its lease brought it back
+                with contextlib.suppress(StoreUnavailable):
+                    reason = refusal_reason(error)
+                    await self.failed(job, error, transient=False, reason=reason)
+            else:
+                log.error("database unavailable while %s %s: %s", doing, ref.filename, error)
+        else:
+            log.exception(
+                "unexpected error %s %s of message %s", doing, ref.filename, ref.message_id
+            )
+            await self.failed(job, error, transient=True, reason="internal")
 
     async def write(self, records: list[ImageRecord], jobs: list[Job]) -> int:
         """Store the records and delete their jobs in one transaction; returns how many the

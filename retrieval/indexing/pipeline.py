@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from retrieval.encoding.service import EncoderService
 from retrieval.indexing.arrivals import Arrivals
 from retrieval.indexing.batching import Batching
+from retrieval.indexing.downloads import Downloads
 from retrieval.indexing.fetching import Fetching, Prepared
 from retrieval.indexing.jobs import LIVE, ImageRef, JobQueue
 from retrieval.indexing.outcomes import Outcomes, PipelineCounters
-from retrieval.indexing.resized import Downloads
+from retrieval.indexing.resized import ResizingFetcher
 from retrieval.indexing.reuse import ReuseLookups
 from retrieval.indexing.signed_urls import RefreshUrls, SignedUrls
 from retrieval.indexing.submit import Submissions
@@ -108,8 +109,14 @@ class IndexingPipeline:
         prepared: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=batch_size * 2)
         self._fetching = Fetching(
             window=self._window,
-            downloads=Downloads(fetcher, spec=spec, counters=self.counters, resized=fetch_resized),
-            signed_urls=self.signed_urls,
+            downloads=Downloads(
+                window=self._window,
+                fetcher=fetcher,
+                signed_urls=self.signed_urls,
+                resizing=ResizingFetcher(
+                    fetcher, spec=spec, counters=self.counters, resized=fetch_resized
+                ),
+            ),
             reuse=ReuseLookups(store, encoder.model_id),
             outcomes=self._outcomes,
             counters=self.counters,

@@ -43,7 +43,7 @@ class Picture:
     resized: bool
 
 
-class Downloads:
+class ResizingFetcher:
     """``resized`` False downloads every picture as it is (FETCH_RESIZED=off)."""
 
     def __init__(

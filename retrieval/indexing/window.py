@@ -43,8 +43,11 @@ class Window:
         supervisor: Supervisor,
         signed_urls: SignedUrls,
         waves: RetryWaves,
+        tasks: tuple[str, ...] = (FETCH, BATCH),
     ) -> None:
         self.jobs = jobs
+        # The tasks that take this window's jobs, the first from its intake.
+        self._tasks = tasks
         self.size = size
         self.held: dict[int, Job] = {}  # claimed and not finished
         # Held jobs waiting in a queue, and the task name that takes them from it.
@@ -111,7 +114,7 @@ class Window:
                     if job.id in self.held:
                         continue
                     self.held[job.id] = job
-                    self.queued[job.id] = FETCH
+                    self.queued[job.id] = self._tasks[0]
                     self.intake.put_nowait(job)
             if not self._more:
                 await self._waves.check()
@@ -138,7 +141,7 @@ class Window:
         """The held jobs whose holder runs: a job in hand, or one queued for a task that is not
         waiting to be started again after a failure. The others' leases run out, and another
         consumer takes them."""
-        alive = {name: self._supervisor.running(name) for name in (FETCH, BATCH)}
+        alive = {name: self._supervisor.running(name) for name in self._tasks}
         return [i for i in self.held if alive.get(self.queued.get(i, ""), True)]
 
     def _takers_run(self) -> bool:

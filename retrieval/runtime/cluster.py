@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from retrieval.database.clock import moment
 from retrieval.database.errors import database_errors
 from retrieval.database.rows import record
-from retrieval.database.tables import IndexConsumer, IndexFailure, IndexJob
+from retrieval.database.tables import CLIP_LANE, OCR_LANE, IndexConsumer, IndexFailure, IndexJob
 
 # A consumer reports every ~15 s; one silent this long has died (or lost the database).
 STALE_S = 180.0
@@ -68,6 +68,9 @@ class ClusterFigures:
     oldest_waiting_s: float | None = None  # age of the oldest job never tried, None when none
     consumers: list[Consumer] = field(default_factory=list)
     failed: dict[str, int] = field(default_factory=dict)  # failed for good, by reason
+    # The OCR lane's jobs (the figures above are the CLIP lane's), each exact up to COUNT_CAP.
+    reading_waiting: int = 0
+    reading_retrying: int = 0
 
     @property
     def rate(self) -> float:
@@ -88,16 +91,19 @@ async def read_figures(
 ) -> ClusterFigures:
     """The figures as of the database's clock (or of ``now``, a moment the caller chose)."""
     first_try = IndexJob.attempts == 0
+    vectors, words = IndexJob.lane == CLIP_LANE, IndexJob.lane == OCR_LANE
 
     def capped_count(*where) -> object:
         rows = select(IndexJob.id).where(*where).limit(COUNT_CAP).subquery()
         return select(func.count()).select_from(rows).scalar_subquery()
 
     queue = select(
-        capped_count(first_try),
-        capped_count(IndexJob.attempts > 0),
-        select(func.min(IndexJob.created_at)).where(first_try).scalar_subquery(),
+        capped_count(vectors, first_try),
+        capped_count(vectors, IndexJob.attempts > 0),
+        select(func.min(IndexJob.created_at)).where(vectors, first_try).scalar_subquery(),
         moment(now),
+        capped_count(words, first_try),
+        capped_count(words, IndexJob.attempts > 0),
     )
     alive = select(IndexConsumer).where(IndexConsumer.seen_at >= moment(now, after_s=-stale_s))
     failures = select(IndexFailure.reason, func.sum(IndexFailure.count)).group_by(
@@ -105,7 +111,7 @@ async def read_figures(
     )
     with database_errors():
         async with engine.connect() as conn:
-            waiting, retrying, oldest, now = (await conn.execute(queue)).one()
+            waiting, retrying, oldest, now, reading, rereading = (await conn.execute(queue)).one()
             consumers = [record(Consumer, row) for row in await conn.execute(alive)]
             failed = {reason: int(n) for reason, n in await conn.execute(failures)}
     consumers.sort(key=lambda consumer: (consumer.role, consumer.host, consumer.started_at))
@@ -116,6 +122,8 @@ async def read_figures(
         oldest_waiting_s=None if oldest is None else (now - oldest).total_seconds(),
         consumers=consumers,
         failed=failed,
+        reading_waiting=int(reading),
+        reading_retrying=int(rereading),
     )
 
 

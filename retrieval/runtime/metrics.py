@@ -21,7 +21,7 @@ from retrieval.runtime.health import serve, stop_serving, with_health
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from retrieval.indexing import IndexingPipeline
+    from retrieval.indexing import IndexingPipeline, ReadingLane
     from retrieval.runtime.cluster import ClusterFigures
     from retrieval.supervisor import Supervisor
 
@@ -94,6 +94,39 @@ class _PipelineCollector(Collector):
         )
 
 
+class _ReadingCollector(Collector):
+    """This process's OCR lane, read at scrape time."""
+
+    def __init__(self, reading: ReadingLane) -> None:
+        self.reading = reading
+
+    def collect(self) -> Iterator:
+        counters = self.reading.counters
+        yield CounterMetricFamily(
+            "clipfind_pictures_read",
+            "Pictures whose words this process stored (read, or copied from the same bytes).",
+            value=counters.indexed + counters.reused,
+        )
+        failed = CounterMetricFamily(
+            "clipfind_readings_failed",
+            "Pictures this process could not read for good, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in dict(counters.failed).items():
+            failed.add_metric([reason], n)
+        yield failed
+        yield CounterMetricFamily(
+            "clipfind_readings_retried",
+            "Readings this process sent back to the queue for a later try.",
+            value=counters.retried,
+        )
+        yield GaugeMetricFamily(
+            "clipfind_reading_window_jobs",
+            "Readings this process holds (claimed from the queue's OCR lane, not finished).",
+            value=self.reading.held,
+        )
+
+
 class _SupervisorCollector(Collector):
     """Restarts of this process's tasks, and its health, read at scrape time."""
 
@@ -120,7 +153,11 @@ class Metrics:
     """The figures one process exposes; `serve()` starts the HTTP server (with /healthz)."""
 
     def __init__(
-        self, *, pipeline: IndexingPipeline | None, supervisor: Supervisor | None = None
+        self,
+        *,
+        pipeline: IndexingPipeline | None,
+        supervisor: Supervisor | None = None,
+        reading: ReadingLane | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._server: WSGIServer | None = None
@@ -128,6 +165,8 @@ class Metrics:
         self.port: int | None = None
         if supervisor is not None:
             self.registry.register(_SupervisorCollector(supervisor))
+        if reading is not None:
+            self.registry.register(_ReadingCollector(reading))
         if pipeline is not None:
             self.registry.register(_PipelineCollector(pipeline))
             encode = Histogram(
@@ -139,8 +178,15 @@ class Metrics:
             pipeline.encoder.batch_observers.append(encode.observe)
         self.jobs = Gauge(
             "clipfind_queue_jobs",
-            "Jobs in the queue across the cluster: waiting = never tried, retrying = failed "
-            "before and waiting for another try (each exact up to 100,000).",
+            "Jobs in the queue's CLIP lane across the cluster: waiting = never tried, retrying = "
+            "failed before and waiting for another try (each exact up to 100,000).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.reading = Gauge(
+            "clipfind_reading_jobs",
+            "Pictures in the queue's OCR lane across the cluster, to be read for their words: "
+            "waiting = never tried, retrying = failed before (each exact up to 100,000).",
             ["state"],
             registry=self.registry,
         )
@@ -181,6 +227,8 @@ class Metrics:
     def update(self, figures: ClusterFigures) -> None:
         self.jobs.labels("waiting").set(figures.waiting)
         self.jobs.labels("retrying").set(figures.retrying)
+        self.reading.labels("waiting").set(figures.reading_waiting)
+        self.reading.labels("retrying").set(figures.reading_retrying)
         self.claimed.set(figures.claimed)
         self.oldest.set(figures.oldest_waiting_s or 0.0)
         roles = {"bot": 0, "worker": 0}

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from retrieval.config import Settings
-    from retrieval.indexing import IndexingPipeline
+    from retrieval.indexing import IndexingPipeline, ReadingLane
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ async def operator_view(
     settings: Settings,
     supervisor: Supervisor | None = None,
     shards: Callable[[], str | None] = lambda: None,
+    reading: ReadingLane | None = None,
     report_every_s: float = REPORT_EVERY_S,
     log_every_s: float = LOG_EVERY_S,
 ) -> AsyncIterator[OperatorView]:
@@ -152,7 +153,8 @@ async def operator_view(
     ``role`` is "bot" or "worker"; ``pipeline`` is the process's indexing pipeline, or None for
     one that encodes no images (it then writes no heartbeat, but still logs and serves the
     cluster's figures); ``supervisor`` runs the process's tasks, and its health is the
-    process's; ``shards`` names the gateway shards the process runs, when it has any.
+    process's; ``shards`` names the gateway shards the process runs, when it has any;
+    ``reading`` is the process's OCR lane, when it reads the words in pictures.
     """
     supervisor = supervisor or Supervisor()
     report = None
@@ -170,7 +172,7 @@ async def operator_view(
         )
     metrics = None
     if settings.metrics_port is not None:
-        metrics = Metrics(pipeline=pipeline, supervisor=supervisor)
+        metrics = Metrics(pipeline=pipeline, supervisor=supervisor, reading=reading)
         try:
             metrics.serve(port=settings.metrics_port, addr=settings.metrics_addr)
         except OSError as exc:

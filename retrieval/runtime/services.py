@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from retrieval.database.engine import CLOSE_S
+from retrieval.database.tables import CLIP_LANE, OCR_LANE
 from retrieval.encoding.service import EncoderService
-from retrieval.indexing import BackfillCursors, IndexingPipeline, JobQueue, RefreshUrls
+from retrieval.indexing import (
+    BackfillCursors,
+    IndexingPipeline,
+    JobQueue,
+    ReadingLane,
+    RefreshUrls,
+    apply_reading,
+)
 from retrieval.pictures.fetch import Fetcher
 from retrieval.policy import IndexPolicy
 from retrieval.runtime.signals import abandonable
@@ -52,6 +60,34 @@ class Services:
     pipeline: IndexingPipeline
     policy: IndexPolicy  # loaded; a process that writes policy keeps it current (`watch`)
     cursors: BackfillCursors
+    # The OCR lane, where this process reads the words in pictures (OCR on, "ocr" among
+    # WORKER_LANES, and taking jobs at all); None elsewhere.
+    reading: ReadingLane | None = None
+
+
+def _reading_lane(
+    settings: Settings,
+    *,
+    jobs: JobQueue,
+    pipeline: IndexingPipeline,
+    fetcher: Fetcher,
+    store: VectorStore,
+) -> ReadingLane:
+    from retrieval.encoding.ocr import OcrEngine
+
+    return ReadingLane(
+        jobs=jobs.for_lane(OCR_LANE),
+        clip_jobs=jobs,
+        # The vectors this process holds come first too.
+        clip_held=lambda: pipeline.queued,
+        engine=OcrEngine(threads=settings.ocr_threads, device=settings.ocr_device),
+        fetcher=fetcher,
+        store=store,
+        signed_urls=pipeline.signed_urls,  # one refresher of Discord's links for both lanes
+        max_pixels=settings.max_image_pixels,
+        max_bytes=settings.max_image_bytes,
+        supervisor=pipeline.supervisor,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -114,7 +150,9 @@ async def open_services(
                 model_id=model.model_id,
                 lease_s=settings.job_lease_s,
                 retry=settings.retry_policy(),
+                read_words=settings.ocr,
             )
+            lanes = settings.lanes() if consume else frozenset()
             if consume and engine.dialect.name == "sqlite":
                 # One process per SQLite file (a lock next to it says so): any claim left is a
                 # dead process's.
@@ -131,12 +169,29 @@ async def open_services(
                 queue_size=settings.queue_size,
                 fetch_workers=settings.fetch_concurrency,
                 decode_threads=settings.decode_threads,
-                consume=consume,
+                consume=CLIP_LANE in lanes,
                 refresh=refresh,
                 supervisor=supervisor,
                 fetch_resized=settings.fetch_resized,
             )
             await pipeline.start()
+            reading = None
+            if OCR_LANE in lanes:
+                reading = _reading_lane(
+                    settings, jobs=jobs, pipeline=pipeline, fetcher=fetcher, store=store
+                )
+                try:
+                    await reading.start()  # the OCR models load: ModelUnavailable says why not
+                except BaseException:
+                    await pipeline.close(deadline_s=settings.shutdown_deadline_s)
+                    raise
+            # Every process: the stored words follow the setting (the images stored before
+            # queued for reading, or every word deleted; once), in the background: on a large
+            # index it walks every row.
+            switch = supervisor.start(
+                "ocr-switch",
+                functools.partial(apply_reading, on=settings.ocr, engine=engine, store=store),
+            )
             try:
                 yield Services(
                     settings=settings,
@@ -150,9 +205,14 @@ async def open_services(
                     pipeline=pipeline,
                     policy=policy,
                     cursors=BackfillCursors(engine),
+                    reading=reading,
                 )
             finally:
+                switch.cancel()  # idempotent: the next start does what is left
                 left = stop_left() if stop_left else settings.shutdown_deadline_s
+                if reading is not None:  # a reading in hand is abandoned, and handed back
+                    await reading.close(deadline_s=min(max(left - _AFTER_PIPELINE_S, 0.0), 2.0))
+                    left = stop_left() if stop_left else left
                 await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
     finally:
         await encoder.close()

@@ -1,6 +1,6 @@
 """What a search returns, in which order, and how it is paged, with no Discord in sight: the
 pager (`pager`), the order and the grouping of reposts (`ranking`), and reading what the member
-typed (`query`)."""
+typed (`query`), and the words inside pictures beside CLIP (`words`)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,24 @@ from retrieval.search.ranking import (
     ordered,
     relevance_floor,
 )
+from retrieval.search.words import (
+    RRF_K,
+    WordsQuery,
+    fuse,
+    parse_words,
+    push_away,
+    snippet,
+    text_ranking,
+)
 
 __all__ = [
+    "RRF_K",
+    "WordsQuery",
+    "fuse",
+    "parse_words",
+    "push_away",
+    "snippet",
+    "text_ranking",
     "CANDIDATES",
     "DATE_HELP",
     "DUPLICATE_SIMILARITY",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from retrieval.search.ranking import Arrange, ResultGroup, one_per_hit
+from retrieval.search.words import WordsQuery, fuse, text_ranking
 from retrieval.store.base import SearchHit, SearchScope, VectorStore
 
 # Discord shows at most 10 embeds per message; 100 results is ten full pages, and more is noise.
@@ -43,15 +44,24 @@ def from_store(store: VectorStore, query: np.ndarray, scope: SearchScope) -> Fet
 @dataclass(frozen=True, slots=True)
 class Question:
     """What was asked, apart from where it may look: asked of the store again each time the
-    channels the member may read are worked out again (every page turn)."""
+    channels the member may read are worked out again (every page turn).
+
+    With ``words`` (a typed query), the words are also looked for in the pictures' text, and
+    both rankings are fused (retrieval/search/words.py); its quoted phrases and exclusions are
+    in ``scope`` (``words_all``, ``words_none``), applied to both sides inside the store."""
 
     store: VectorStore
     query: np.ndarray
     scope: SearchScope  # the filters; the channels are given per search
+    words: WordsQuery | None = None
 
     async def search(self, channel_ids: Collection[int], k: int) -> list[SearchHit]:
         scope = replace(self.scope, channel_ids=frozenset(channel_ids))
-        return await self.store.search(self.query, scope=scope, k=k)
+        found = await self.store.search(self.query, scope=scope, k=k)
+        if self.words is None or not self.words.looked_for:
+            return found
+        said = await self.store.words_matching(scope=scope, all_of=self.words.looked_for, k=k)
+        return fuse(found, text_ranking(said, self.words))
 
     async def channels_holding(
         self, channel_ids: Collection[int], k: int = CANDIDATES

@@ -64,8 +64,15 @@ def ordered(hits: Sequence[SearchHit], sort: Sort, ratio: float = RELEVANCE_FLOO
     by_score = sorted(hits, key=lambda h: -h.score)
     if sort == "relevance" or not by_score:
         return by_score
-    floor = relevance_floor(by_score[0].score, ratio)
-    kept = [h for h in by_score if h.score >= floor]
+    if any(h.says for h in by_score):
+        # The words were searched too: the scores are ranks fused (retrieval/search/words.py),
+        # not similarities. What the text found is relevant; the rest by CLIP's own floor.
+        similar = [h.similarity for h in by_score if h.similarity is not None]
+        floor = relevance_floor(max(similar), ratio) if similar else 0.0
+        kept = [h for h in by_score if h.says or (h.similarity or -1.0) >= floor]
+    else:
+        floor = relevance_floor(by_score[0].score, ratio)
+        kept = [h for h in by_score if h.score >= floor]
     return sorted(kept, key=lambda h: (h.posted_at, h.message_id), reverse=sort == "newest")
 
 
@@ -73,8 +80,13 @@ def collapse_reposts(
     hits: Sequence[SearchHit],
     vectors: Mapping[int, np.ndarray],
     threshold: float = DUPLICATE_SIMILARITY,
+    words: Mapping[int, str] | None = None,
 ) -> list[ResultGroup]:
     """Group copies of one picture (same bytes, or vectors above ``threshold``), keeping order.
+
+    Two pictures whose words were read and differ are never copies, however alike they look:
+    screenshots of one app, memes on one template. ``words`` holds the words of those read
+    (`VectorStore.words_of`).
 
     Each group is shown where its first member ranks; the others become its reposts. CPU work
     that grows with the square of the candidates (800 of them: tens of milliseconds), so the
@@ -93,6 +105,8 @@ def collapse_reposts(
             similarity = heads[: len(head_groups)] @ vector
             best = int(np.argmax(similarity))
             at = head_groups[best] if similarity[best] >= threshold else None
+            if at is not None and not _same_words(words, hit, groups[at][0]):
+                at = None
         if at is None:
             at = len(groups)
             groups.append([])
@@ -105,6 +119,14 @@ def collapse_reposts(
         if hit.content_hash:
             by_hash.setdefault(hit.content_hash, at)
     return [ResultGroup(group[0], tuple(group[1:])) for group in groups]
+
+
+def _same_words(words: Mapping[int, str] | None, a: SearchHit, b: SearchHit) -> bool:
+    """Whether two pictures may be one as far as their words tell (unread ones may)."""
+    if not words:
+        return True
+    said_a, said_b = words.get(a.row_id), words.get(b.row_id)
+    return said_a is None or said_b is None or said_a == said_b
 
 
 def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILARITY) -> Arrange:
@@ -125,10 +147,10 @@ def arranger(store: VectorStore, sort: Sort, threshold: float = DUPLICATE_SIMILA
             by_id = {h.row_id: h for h in ranked}
             return [ResultGroup(by_id[g[0]], tuple(by_id[r] for r in g[1:])) for g in last[1]]
         guilds = {h.guild_id for h in ranked}
-        vectors = await store.vectors(
-            [h.row_id for h in ranked], guild_id=guilds.pop() if len(guilds) == 1 else None
-        )
-        groups = await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold)
+        ids, guild_id = [h.row_id for h in ranked], guilds.pop() if len(guilds) == 1 else None
+        vectors = await store.vectors(ids, guild_id=guild_id)
+        words = await store.words_of(ids, guild_id=guild_id)
+        groups = await asyncio.to_thread(collapse_reposts, ranked, vectors, threshold, words)
         last = (key, [tuple(h.row_id for h in g.members) for g in groups])
         return groups
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from retrieval.store.base import ImageRecord, SearchHit, SearchScope, VectorStore
 from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 from retrieval.store.sqlite import SqliteVectorStore
+from retrieval.store.words import PictureWords
 
 if TYPE_CHECKING:
     from retrieval.supervisor import Supervisor
@@ -31,6 +32,7 @@ def open_store(
 
 __all__ = [
     "ImageRecord",
+    "PictureWords",
     "SearchHit",
     "SearchScope",
     "VectorStore",

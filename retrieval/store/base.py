@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Executable
 
     from retrieval.shards import Shards
+    from retrieval.store.words import PictureWords, WordsSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,11 @@ class SearchHit:
     content_type: str
     # Equal hashes mean the same bytes: a repost, shown once in results.
     content_hash: str = ""
+    # What the picture says around the words a search found in it ("" when not found by them).
+    says: str = ""
+    # With the words searched too, ``score`` ranks both sides fused; this is CLIP's cosine
+    # (None: found by its words alone).
+    similarity: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,10 @@ class SearchScope:
     before: datetime | None = None
     # "Find similar" leaves the message it started from out of its own results.
     exclude_message_id: int | None = None
+    # Phrases the words read from a picture must hold, and phrases they must not (normalised:
+    # retrieval/encoding/textnorm.py); applied inside the search, as the other filters.
+    words_all: tuple[str, ...] = ()
+    words_none: tuple[str, ...] = ()
 
 
 class VectorStore(ABC):
@@ -203,6 +213,44 @@ class VectorStore(ABC):
     async def delete_author(self, *, guild_id: int | None, author_id: int) -> int:
         """A member's images (and queued jobs) in one guild, or (None) in every guild, guild by
         guild."""
+
+    # -- the words read from pictures (retrieval/store/words.py) ----------------------------
+
+    @abstractmethod
+    async def store_words(self, readings: Sequence[PictureWords]) -> int:
+        """Keep what the OCR lane read, in each image's row; returns the images that took it."""
+
+    @abstractmethod
+    async def words_source(
+        self, *, guild_id: int, message_id: int, image_key: int, model: str
+    ) -> WordsSource:
+        """Whether an image is stored, and words read before from the same bytes."""
+
+    @abstractmethod
+    async def words_of(
+        self, row_ids: Collection[int], *, guild_id: int | None = None
+    ) -> dict[int, str]:
+        """The words kept for images, by row id (those read; '' for none in the picture)."""
+
+    @abstractmethod
+    async def words_matching(
+        self,
+        *,
+        scope: SearchScope,
+        all_of: Sequence[str],
+        none_of: Sequence[str] = (),
+        k: int,
+    ) -> list[SearchHit]:
+        """Images in ``scope`` whose words hold every phrase of ``all_of`` and none of
+        ``none_of``: the text side of a search."""
+
+    @abstractmethod
+    async def count_words(self, *, author_id: int, guild_id: int | None = None) -> int:
+        """A member's images whose words are kept, in one server or every server."""
+
+    @abstractmethod
+    async def forget_words(self, *, guild_id: int) -> int:
+        """Drop the words read in one server (reading turned off)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -41,6 +41,8 @@ class MatrixFilter:
     after_ts: float | None = None
     before_ts: float | None = None
     exclude_row_ids: frozenset[int] = frozenset()
+    # None: any row; else only these (the rows whose words hold a searched phrase).
+    only_row_ids: frozenset[int] | None = None
 
 
 def matrix_bytes(*, rows: int, dim: int, half: bool) -> int:
@@ -189,6 +191,9 @@ class GuildMatrix:
         if where.exclude_row_ids:
             excluded = np.fromiter(where.exclude_row_ids, dtype=np.int64)
             narrow(~np.isin(self._ids[:n], excluded))
+        if where.only_row_ids is not None:
+            only = np.fromiter(where.only_row_ids, dtype=np.int64, count=len(where.only_row_ids))
+            narrow(np.isin(self._ids[:n], only))
         return mask
 
     def _scores(self, query: np.ndarray, rows: np.ndarray | None) -> np.ndarray:

@@ -66,6 +66,7 @@ from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit, in_guild
+from retrieval.store.words import TRIGRAM, SharedWords, lacks, like_pattern, text_match
 from retrieval.supervisor import Supervisor
 
 _IDS = ARRAY(BigInteger)
@@ -128,6 +129,10 @@ class _Shape:
     exclude: bool
     guild_id: int | None  # None: exact; a guild: through its HNSW index
     halfvec: bool = True
+    # The words filters: per phrase the text must hold, whether it is too short for trigrams;
+    # how many phrases it must not hold.
+    words_all: tuple[bool, ...] = ()
+    words_none: int = 0
 
 
 def _filters(shape: _Shape, *, policy: bool = True) -> list:
@@ -149,6 +154,12 @@ def _filters(shape: _Shape, *, policy: bool = True) -> list:
         conditions.append(IndexedImage.posted_at < bindparam("before"))
     if shape.exclude:
         conditions.append(IndexedImage.message_id != bindparam("exclude_message_id"))
+    for i, short in enumerate(shape.words_all):
+        value = bindparam(f"words_all_{i}", type_=Text)
+        conditions.append(text_match(value, short=short, dialect="postgresql"))
+    for i in range(shape.words_none):
+        value = bindparam(f"words_none_{i}", type_=Text)
+        conditions.append(lacks(value, dialect="postgresql"))
     return conditions
 
 
@@ -175,7 +186,7 @@ def _statement(shape: _Shape):
 
 def _filtered(scope: SearchScope) -> bool:
     """Whether the scope narrows the guild enough to matter (one excluded message does not)."""
-    return any(
+    return bool(scope.words_all or scope.words_none) or any(
         value is not None
         for value in (scope.channel_ids, scope.author_id, scope.after, scope.before)
     )
@@ -193,6 +204,7 @@ def _search(query: np.ndarray, scope: SearchScope, k: int, *, indexed: bool, hal
         exclude=scope.exclude_message_id is not None,
         guild_id=scope.guild_id if indexed else None,
         halfvec=halfvec,
+        **_words_shape(scope),
     )
     params = {"query": np.asarray(query, dtype=np.float32), "k": k}
     if indexed:
@@ -237,6 +249,7 @@ def _matching(scope: SearchScope, cap: int):
         before=scope.before is not None,
         exclude=False,
         guild_id=None,
+        **_words_shape(scope),
     )
     conditions = _filters(shape, policy=False)
     inner = select(literal_column("1")).select_from(IndexedImage).where(*conditions).limit(cap)
@@ -255,7 +268,18 @@ def _filter_params(scope: SearchScope) -> dict:
         params["after"] = scope.after
     if scope.before is not None:
         params["before"] = scope.before
+    for i, phrase in enumerate(scope.words_all):
+        params[f"words_all_{i}"] = phrase if len(phrase) < TRIGRAM else like_pattern(phrase)
+    for i, phrase in enumerate(scope.words_none):
+        params[f"words_none_{i}"] = phrase
     return params
+
+
+def _words_shape(scope: SearchScope) -> dict:
+    return {
+        "words_all": tuple(len(phrase) < TRIGRAM for phrase in scope.words_all),
+        "words_none": len(scope.words_none),
+    }
 
 
 def _scan_tuples(*, candidates: int, guild_rows: float, matching: int) -> int:
@@ -326,7 +350,7 @@ async def _stage(conn: AsyncConnection, records: Sequence[ImageRecord]) -> None:
         raise StoreUnavailable(f"database error: {exc}") from exc
 
 
-class PgVectorStore(SharedReads, SharedDeletes):
+class PgVectorStore(SharedReads, SharedDeletes, SharedWords):
     def __init__(
         self,
         engine: AsyncEngine,

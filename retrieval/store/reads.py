@@ -32,9 +32,9 @@ HIT_COLUMNS = (
 )
 
 
-def hit(row, score: float) -> SearchHit:
+def hit(row, score: float, *, says: str = "") -> SearchHit:
     """A row of HIT_COLUMNS as a result."""
-    return record(SearchHit, row, row_id=row.id, score=score)
+    return record(SearchHit, row, row_id=row.id, score=score, says=says)
 
 
 class SharedReads(VectorStore):
@@ -133,6 +133,13 @@ class SharedReads(VectorStore):
         return sorted(row.guild_id for row in await self._rows(authors.guilds_of(author_id)))
 
     async def count_author(self, *, author_id: int, guild_id: int | None = None) -> int:
+        return await self._count_of_author(author_id, guild_id)
+
+    async def count_words(self, *, author_id: int, guild_id: int | None = None) -> int:
+        # `<> ''` leaves out those not read (NULL) and those without words alike.
+        return await self._count_of_author(author_id, guild_id, IndexedImage.words != "")
+
+    async def _count_of_author(self, author_id: int, guild_id: int | None, *where) -> int:
         guilds = [guild_id] if guild_id is not None else await self.author_guild_ids(author_id)
         if not guilds:
             return 0
@@ -140,7 +147,7 @@ class SharedReads(VectorStore):
         stmt = (
             select(func.count())
             .select_from(IndexedImage)
-            .where(IndexedImage.guild_id.in_(guilds), IndexedImage.author_id == author_id)
+            .where(IndexedImage.guild_id.in_(guilds), IndexedImage.author_id == author_id, *where)
         )
         return int(await self._scalar(stmt))
 

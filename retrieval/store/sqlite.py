@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,7 @@ from retrieval.store.sqlite_rows import (
     record_values,
     stored_row,
 )
+from retrieval.store.words import SharedWords
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
 # text, the vector as float32 bytes; `_append_rows` converts whole chunks at once.
@@ -65,7 +67,7 @@ _DELETE_CHUNK = 500  # stays under SQLite's bound-parameter limit
 log = logging.getLogger(__name__)
 
 
-class SqliteVectorStore(SharedReads, SharedDeletes):
+class SqliteVectorStore(SharedReads, SharedDeletes, SharedWords):
     def __init__(
         self,
         engine: AsyncEngine,
@@ -282,12 +284,25 @@ class SqliteVectorStore(SharedReads, SharedDeletes):
 
     async def search(self, query: np.ndarray, *, scope: SearchScope, k: int) -> list[SearchHit]:
         key = (scope.guild_id, scope.model_id)
+        excluded = await self._row_ids(scope.exclude_message_id)
+        only = None
+        if scope.words_all or scope.words_none:  # through the text index, before the ranking
+            rows = functools.partial(
+                self.rows_saying, guild_id=scope.guild_id, model_id=scope.model_id
+            )
+            if scope.words_all:
+                only = await rows(all_of=scope.words_all)
+                if not only:
+                    return []
+            if scope.words_none:
+                excluded |= await rows(any_of=scope.words_none)
         where = MatrixFilter(
             channel_ids=scope.channel_ids,
             author_id=scope.author_id,
             after_ts=scope.after.timestamp() if scope.after else None,
             before_ts=scope.before.timestamp() if scope.before else None,
-            exclude_row_ids=await self._row_ids(scope.exclude_message_id),
+            exclude_row_ids=excluded,
+            only_row_ids=only,
         )
         want = k
         while True:

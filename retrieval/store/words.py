@@ -1,0 +1,282 @@
+"""The words read from pictures, kept in their image's row (``images.words``, migration 0013).
+
+Both stores share these statements. The words live and die with their image: every deletion of
+an image row (a message, a channel, an opt-out, a purge, the policy's sweep) takes them along, so
+no deletion needs to know about them. Writing words is an UPDATE of the image's row, by its key
+and its server: an image deleted meanwhile (or never stored) takes no words, and a deletion that
+comes second finds the words in the row it deletes. Each statement names its server.
+
+The text is never logged: it is what people posted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from retrieval.database.errors import database_errors
+from retrieval.database.tables import WORDS_FTS, IndexedImage
+from retrieval.store.allowed import stored_permitted
+from retrieval.store.base import SearchHit, SearchScope, VectorStore
+from retrieval.store.reads import HIT_COLUMNS, hit, in_guild
+
+
+@dataclass(frozen=True, slots=True)
+class PictureWords:
+    """What the OCR lane read from one image: normalised lines joined by newlines ('' for none),
+    the model that read them, and the lowest confidence among them (None without lines)."""
+
+    guild_id: int
+    message_id: int
+    image_key: int
+    words: str
+    model: str
+    confidence: float | None = None
+
+
+# A literal, not a parameter: PostgreSQL matches it with its partial index's predicate.
+_NOT_EMPTY = IndexedImage.words != literal_column("''")
+# Trigrams: a substring of fewer characters has none to look up, and is tested row by row.
+TRIGRAM = 3
+
+
+def contains(phrase: str, *, dialect: str) -> ColumnElement[bool]:
+    """Images whose words hold ``phrase`` (already normalised) as a substring, through the text
+    index where the phrase is long enough to have trigrams."""
+    short = len(phrase) < TRIGRAM
+    value = phrase if short or dialect != "postgresql" else like_pattern(phrase)
+    return text_match(value, short=short, dialect=dialect)
+
+
+def text_match(value, *, short: bool, dialect: str) -> ColumnElement[bool]:
+    """`contains` for a value that may be a bound parameter (PostgreSQL's cached statements):
+    the phrase itself where ``short`` (tested row by row) or on SQLite, its `like_pattern` for
+    PostgreSQL's trigram index."""
+    if short:
+        position = func.instr if dialect == "sqlite" else func.strpos
+        return position(IndexedImage.words, value) > 0
+    if dialect == "postgresql":
+        # The index's predicate, stated so the planner takes the partial index.
+        return and_(_NOT_EMPTY, IndexedImage.words.like(value, escape="\\"))
+    # An FTS5 string: the phrase's trigrams, in order (a substring), quotes doubled.
+    fts = literal_column(WORDS_FTS)
+    matching = (
+        select(literal_column("rowid"))
+        .select_from(text(WORDS_FTS))
+        .where(fts.op("MATCH")('"' + value.replace('"', '""') + '"'))
+    )
+    return IndexedImage.id.in_(matching)
+
+
+@dataclass(frozen=True, slots=True)
+class WordsSource:
+    """What the OCR lane finds before it reads an image: whether its row is stored (no row: it
+    was deleted, or its vector failed for good, and there is nothing to read for), and the
+    words already read from the same bytes in the same server by the same OCR model."""
+
+    stored: bool
+    known: PictureWords | None = None
+
+
+def like_pattern(phrase: str) -> str:
+    """``phrase`` anywhere, as a LIKE pattern (its own wildcards taken literally)."""
+    escaped = phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def lacks(phrase, *, dialect: str) -> ColumnElement[bool]:
+    """Images whose words do not hold ``phrase`` (a value or a bound parameter; those not read
+    yet included): tested on each row the other conditions keep, never through the index."""
+    position = func.instr if dialect == "sqlite" else func.strpos
+    return or_(IndexedImage.words.is_(None), position(IndexedImage.words, phrase) == 0)
+
+
+def in_scope(scope: SearchScope, *, dialect: str) -> list[ColumnElement[bool]]:
+    """The scope's server, model and filters as conditions on the images table."""
+    conditions = [IndexedImage.guild_id == scope.guild_id, IndexedImage.model_id == scope.model_id]
+    if scope.channel_ids is not None:
+        conditions.append(IndexedImage.channel_id.in_(sorted(scope.channel_ids)))
+    if scope.author_id is not None:
+        conditions.append(IndexedImage.author_id == scope.author_id)
+    if scope.after is not None:
+        conditions.append(IndexedImage.posted_at >= scope.after)
+    if scope.before is not None:
+        conditions.append(IndexedImage.posted_at < scope.before)
+    if scope.exclude_message_id is not None:
+        conditions.append(IndexedImage.message_id != scope.exclude_message_id)
+    conditions += [contains(phrase, dialect=dialect) for phrase in scope.words_all]
+    conditions += [lacks(phrase, dialect=dialect) for phrase in scope.words_none]
+    return conditions
+
+
+_STORE_WORDS = (
+    update(IndexedImage)
+    .where(
+        IndexedImage.guild_id == bindparam("g"),
+        IndexedImage.message_id == bindparam("m"),
+        IndexedImage.image_key == bindparam("k"),
+        # As every write: nothing for what the policy forbids (a row awaiting its sweep).
+        stored_permitted(),
+    )
+    .values(
+        words=bindparam("words"),
+        words_model=bindparam("model"),
+        words_confidence=bindparam("confidence"),
+    )
+)
+
+
+class SharedWords(VectorStore):
+    engine: AsyncEngine
+
+    @contextlib.asynccontextmanager
+    async def _words_transaction(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors():
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def store_words(self, readings: Sequence[PictureWords]) -> int:
+        """Keep what was read in each image's row; returns how many images took it (one deleted
+        or forbidden meanwhile takes none)."""
+        if not readings:
+            return 0
+        rows = [
+            {
+                "g": r.guild_id,
+                "m": r.message_id,
+                "k": r.image_key,
+                "words": r.words,
+                "model": r.model,
+                "confidence": r.confidence,
+            }
+            for r in readings
+        ]
+        written = 0
+        async with self._words_transaction() as conn:
+            # One statement per image: executemany's row count is not reliable on every driver.
+            for row in rows:
+                written += max((await conn.execute(_STORE_WORDS, row)).rowcount, 0)
+        return written
+
+    async def words_source(
+        self, *, guild_id: int, message_id: int, image_key: int, model: str
+    ) -> WordsSource:
+        """See `WordsSource`; both look-ups name the server."""
+        key = select(IndexedImage.content_hash).where(
+            IndexedImage.guild_id == guild_id,
+            IndexedImage.message_id == message_id,
+            IndexedImage.image_key == image_key,
+        )
+        async with self._words_transaction() as conn:
+            content_hash = (await conn.execute(key)).scalar_one_or_none()
+            if content_hash is None:
+                return WordsSource(stored=False)
+            same = (
+                select(IndexedImage.words, IndexedImage.words_confidence)
+                .where(
+                    IndexedImage.content_hash == content_hash,
+                    IndexedImage.guild_id == guild_id,
+                    IndexedImage.words_model == model,
+                    IndexedImage.words.is_not(None),
+                )
+                .limit(1)
+            )
+            row = (await conn.execute(same)).first()
+        if row is None:
+            return WordsSource(stored=True)
+        known = PictureWords(
+            guild_id=guild_id,
+            message_id=message_id,
+            image_key=image_key,
+            words=row.words,
+            model=model,
+            confidence=row.words_confidence,
+        )
+        return WordsSource(stored=True, known=known)
+
+    async def words_of(
+        self, row_ids: Collection[int], *, guild_id: int | None = None
+    ) -> dict[int, str]:
+        """The words of images by row id, of those read ('' for a picture without any)."""
+        if not row_ids:
+            return {}
+        stmt = select(IndexedImage.id, IndexedImage.words).where(
+            IndexedImage.id.in_(sorted(int(i) for i in row_ids)),
+            *in_guild(guild_id),
+            IndexedImage.words.is_not(None),
+        )
+        async with self._words_transaction() as conn:
+            return {row.id: row.words for row in await conn.execute(stmt)}
+
+    async def words_matching(
+        self,
+        *,
+        scope: SearchScope,
+        all_of: Sequence[str],
+        none_of: Sequence[str] = (),
+        k: int,
+    ) -> list[SearchHit]:
+        """Up to ``k`` images in ``scope`` whose words hold every phrase of ``all_of`` and none of
+        ``none_of`` (normalised phrases), newest first, under the policy; score 1.0 each, and
+        ``says`` their whole text (the search cuts it to what matched)."""
+        if k <= 0 or not all_of:
+            return []
+        dialect = self.engine.dialect.name
+        stmt = (
+            select(*HIT_COLUMNS, IndexedImage.words)
+            .where(
+                *in_scope(scope, dialect=dialect),
+                *(contains(phrase, dialect=dialect) for phrase in all_of),
+                *(lacks(phrase, dialect=dialect) for phrase in none_of),
+                stored_permitted(),
+            )
+            .order_by(IndexedImage.posted_at.desc(), IndexedImage.id.desc())
+            .limit(k)
+        )
+        async with self._words_transaction() as conn:
+            return [hit(row, 1.0, says=row.words) for row in await conn.execute(stmt)]
+
+    async def rows_saying(
+        self, *, guild_id: int, model_id: str, all_of: Sequence[str] = (), any_of=()
+    ) -> frozenset[int]:
+        """Row ids of a server's images of a model whose words hold every phrase of ``all_of``
+        (when given) and any of ``any_of`` (when given), through the text index: how a search
+        that ranks in memory (SQLite's matrices) applies the words filters."""
+        dialect = self.engine.dialect.name
+        stmt = select(IndexedImage.id).where(
+            IndexedImage.guild_id == guild_id,
+            IndexedImage.model_id == model_id,
+            *(contains(phrase, dialect=dialect) for phrase in all_of),
+        )
+        if any_of:
+            stmt = stmt.where(or_(*(contains(phrase, dialect=dialect) for phrase in any_of)))
+        async with self._words_transaction() as conn:
+            return frozenset((await conn.execute(stmt)).scalars())
+
+    async def forget_words(self, *, guild_id: int) -> int:
+        """Drop every word read in one server (reading was turned off); returns images changed.
+        Their pictures become unread, so turning reading on again reads them anew."""
+        stmt = (
+            update(IndexedImage)
+            .where(IndexedImage.guild_id == guild_id, IndexedImage.words.is_not(None))
+            .values(words=None, words_model=None, words_confidence=None)
+        )
+        async with self._words_transaction() as conn:
+            return max((await conn.execute(stmt)).rowcount, 0)
+
+
+__all__ = ["PictureWords", "SharedWords", "WordsSource"]
