@@ -44,9 +44,8 @@ FIND = Entry(
 FIND_OPTIONS = (
     Option(
         ("query",),
-        "what the picture shows, e.g. `a dog asleep on a sofa`, or what it says: "
-        '`"quoted words"` must be in the picture\'s text, `-word` leaves out pictures that say it, '
-        'e.g. `"deploy failed" -staging`',
+        'what the picture shows or says, e.g. `a dog asleep on a sofa`; `"quoted words"` must be '
+        "in its text, `-word` leaves out those that say it",
     ),
     Option(("channel",), "only one channel, category or thread (a channel includes its threads)"),
     Option(("author",), "only the images one member posted"),
