@@ -120,7 +120,7 @@ def help_text() -> str:
     """`/clipfind help`, in one Discord message."""
     query, *options = FIND_OPTIONS
     lines = [
-        "**clipfind** finds the images posted in this server by what they show and what they say.",
+        "**clipfind** finds the images posted in this server by what they show and say.",
         "",
         f"**{FIND.command}** `query:` {query.does}",
         *(_option(option) for option in options),
