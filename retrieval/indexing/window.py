@@ -146,7 +146,7 @@ class Window:
 
     def _takers_run(self) -> bool:
         """Whether the tasks that take the window's jobs run (none waits to be started again)."""
-        return all(self._supervisor.running(name) for name in (FETCH, BATCH))
+        return all(self._supervisor.running(name) for name in self._tasks)
 
     def taken(self, job_id: int, by: str | None = None) -> None:
         """A held job left its queue: in hand now, or (``by``) queued for that task."""
