@@ -21,7 +21,6 @@ if "CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
-import pytest_asyncio  # noqa: E402
 
 from tests.citus import (  # noqa: E402
     CITUS_ENV,
@@ -34,41 +33,12 @@ from tests.citus import (  # noqa: E402
 )
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
-
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """The trained tiny model, loaded through the same code path as a user's local checkpoint."""
     from retrieval.encoding.clip import Encoder
 
     return Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(tmp_path_factory):
-    """(stand-in, running bot), shared by the tests of one end-to-end module."""
-    from tests.e2e import bot_world
-
-    async with bot_world(tmp_path_factory.mktemp("db")) as pair:
-        yield pair
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["sqlite", "postgres"])
-async def world_on(request, tmp_path_factory):
-    """(stand-in, running bot) as `world`, on SQLite and then on a fresh PostgreSQL database:
-    the tests of a module that takes it run on both."""
-    from tests.e2e import bot_settings, running_bot
-    from tests.fakediscord import FakeDiscord
-
-    async with contextlib.AsyncExitStack() as stack:
-        database = {}
-        if request.param == "postgres":
-            server = request.getfixturevalue("postgres_server")
-            workers = request.getfixturevalue("citus_workers")
-            engine = await stack.enter_async_context(migrated_database(server, workers))
-            database["database_url"] = engine.url.render_as_string(hide_password=False)
-        fd = await stack.enter_async_context(FakeDiscord())
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"), **database)
-        yield fd, await stack.enter_async_context(running_bot(settings, fd))
 
 
 @contextlib.contextmanager
