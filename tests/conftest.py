@@ -33,6 +33,25 @@ from tests.citus import (  # noqa: E402
 )
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
+TESTS = Path(__file__).resolve().parent
+# A test's folder says what it needs, and its marker lets a run pick by that: `-m unit` needs
+# nothing, `-m db` the real databases, `-m e2e` a bot against the stand-in or real processes,
+# `-m standin` the stand-in alone (its own tests).
+FOLDER_MARKERS = {"unit": "unit", "db": "db", "e2e": "e2e", "fakediscord": "standin"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        if folder not in FOLDER_MARKERS:
+            raise pytest.UsageError(
+                f"{item.path.relative_to(TESTS.parent)} is not in a test folder: move it to "
+                "tests/unit/ (no database, no bot), tests/db/ (a real database) or tests/e2e/ "
+                "(a bot against the stand-in, or real processes)"
+            )
+        item.add_marker(FOLDER_MARKERS[folder])
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """The trained tiny model, loaded through the same code path as a user's local checkpoint."""
