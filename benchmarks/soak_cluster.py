@@ -17,8 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.db.test_operating import free_port
 from tests.fakediscord import FakeDiscord
+from tests.helpers import free_port
 from tests.pgserver import Restartable
 from tests.processes import Process, clipfind_env
 

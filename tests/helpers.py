@@ -1,19 +1,25 @@
-"""Harness for end-to-end tests: the real bot, started as `python -m bot` starts it, against the
-Discord stand-in, with the tiny CLIP model and a fresh SQLite database."""
+"""What tests share: the real bot, started as `python -m bot` starts it, against the Discord
+stand-in with the tiny CLIP model and a fresh SQLite database; waiting for a condition; asking
+`/find` and reading its answers; pictures to post; loopback HTTP servers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from aiohttp import web
+
 from bot.app import open_bot
 from bot.client import ClipfindBot
 from retrieval.config import Settings, load_settings
-from tests.fakediscord import FakeDiscord
+from tests.fakediscord import Attachment, FakeDiscord
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
+from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
 
 
 def bot_settings(fd: FakeDiscord, db_dir: Path, **overrides) -> Settings:
@@ -104,3 +110,72 @@ async def backfilled(bot: ClipfindBot, within: float = 30.0) -> None:
     """History is read (every page's images queued) and what was queued is indexed."""
     await asyncio.wait_for(bot.backfill.wait_idle(), within)
     await asyncio.wait_for(bot.pipeline.join(), within)
+
+
+async def count_is(bot: ClipfindBot, guild_id: int, n: int, within: float = 20.0) -> None:
+    """Wait until the server has ``n`` images stored."""
+
+    async def check() -> bool:
+        return await bot.store.count(guild_id=guild_id) == n
+
+    await eventually(check, within)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def loopback_server(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]], *, route: str = "/{tail:.*}"
+) -> AsyncIterator[int]:
+    """An HTTP server on 127.0.0.1 answering GETs of ``route`` with ``handle``; yields its port."""
+    app = web.Application()
+    app.router.add_get(route, handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
+MESSAGE_GET = re.compile(r"^/channels/\d+/messages/\d+$")
+
+
+def picture(colour: str, shape: str, seed: int, *, jpeg: bool = False, size: int = 160):
+    image = draw(colour, shape, size=size, rng=seed)
+    if jpeg:
+        return Attachment(f"{colour}-{shape}.jpg", jpeg_bytes(image), "image/jpeg")
+    return Attachment(f"{colour}-{shape}.png", png_bytes(image), "image/png")
+
+
+async def find(fd, guild, where, member, query: str, **options) -> dict:
+    """The answer ``member`` sees to `/find` asked in channel ``where``."""
+    interaction = await fd.invoke_slash(guild, where, member, "find", {"query": query, **options})
+    return await interaction.wait_reply(timeout=30)
+
+
+def result_ids(reply: dict) -> list[int]:
+    """Message ids of the results, in the order shown (the first jump link of each embed)."""
+    return [int(JUMP.search(e["description"]).group(3)) for e in reply["embeds"]]
+
+
+def message_fetches(fd) -> int:
+    """REST reads of single messages so far (what confirming a result costs)."""
+    return sum(1 for r in fd.requests if r.method == "GET" and MESSAGE_GET.match(r.path))
+
+
+def buttons(reply: dict) -> dict[str, bool]:
+    """custom_id -> enabled, for every button on the answer."""
+    return {
+        item["custom_id"]: not item.get("disabled", False)
+        for row in reply.get("components", [])
+        for item in row.get("components", [])
+    }

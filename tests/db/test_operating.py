@@ -16,12 +16,7 @@ from retrieval.database.tables import IndexFailure, IndexJob
 from retrieval.errors import ConfigError
 from retrieval.runtime.operating import OperatorView, operator_view
 from tests.db.test_cluster import job
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.helpers import free_port
 
 
 async def scrape(port: int) -> str:

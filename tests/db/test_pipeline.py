@@ -19,7 +19,7 @@ from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.origins import MediaOrigins
 from retrieval.policy.index_policy import IndexPolicy
 from retrieval.store import SearchScope
-from tests.helpers import eventually
+from tests.helpers import eventually, loopback_server
 from tests.tinyclip.shapes import caption, draw, jpeg_bytes, png_bytes
 
 
@@ -53,17 +53,10 @@ class ImageHost:
 @pytest.fixture
 async def host():
     images = ImageHost()
-    app = web.Application()
-    app.router.add_get("/img/{name}", images.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    images.origin = f"http://127.0.0.1:{port}"
-    images.base = f"{images.origin}/img"
-    yield images
-    await runner.cleanup()
+    async with loopback_server(images.handle, route="/img/{name}") as port:
+        images.origin = f"http://127.0.0.1:{port}"
+        images.base = f"{images.origin}/img"
+        yield images
 
 
 def job_queue(store, model_id: str, **options) -> JobQueue:

@@ -16,9 +16,9 @@ from retrieval.errors import StoreUnavailable
 from retrieval.indexing import JobQueue, RetryPolicy
 from retrieval.runtime.operating import operator_view
 from retrieval.supervisor import Backoff, Supervisor
-from tests.db.test_operating import free_port, settings
+from tests.db.test_operating import settings
 from tests.db.test_pipeline import host, ref, running_pipeline  # noqa: F401 - host: a fixture
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.tinyclip.shapes import draw, png_bytes
 
 

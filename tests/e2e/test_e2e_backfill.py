@@ -12,8 +12,17 @@ from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.indexing.cursors import BackfillCursors
 from retrieval.policy.index_policy import IndexPolicy
 from tests.fakediscord import DEFAULT_BOT, Attachment, FakeDiscord, Overwrite, P
-from tests.helpers import backfilled, bot_settings, eventually, running_bot, settled
-from tests.search_helpers import picture, result_ids
+from tests.helpers import (
+    backfilled,
+    bot_settings,
+    count_is,
+    eventually,
+    find,
+    picture,
+    result_ids,
+    running_bot,
+    settled,
+)
 from tests.tinyclip.shapes import draw, png_bytes
 
 JUMP = re.compile(r"https://discord\.com/channels/(\d+)/(\d+)/(\d+)")
@@ -81,11 +90,6 @@ async def test_history_in_channels_and_threads_is_indexed_and_found(tmp_path):
             assert JUMP.search(reply["embeds"][0]["description"]).group(3) == str(circle.id)
             reply = await find(fd, guild, memes, bob, "a purple triangle", count=1)
             assert JUMP.search(reply["embeds"][0]["description"]).group(3) == str(triangle.id)
-
-
-async def find(fd, guild, channel, member, query: str, **options) -> dict:
-    interaction = await fd.invoke_slash(guild, channel, member, "find", {"query": query, **options})
-    return await interaction.wait_reply(timeout=30)
 
 
 async def test_long_history_is_read_completely_and_offline_posts_are_caught_up(tmp_path):
@@ -207,13 +211,9 @@ async def test_opted_out_excluded_hidden_and_bot_messages_are_not_backfilled(tmp
 
             # Once the bot may read a channel, its history is read.
             await fd.update_channel_overwrites(hidden, [])
-            await eventually(lambda: _count_is(bot, guild.id, 2))
+            await count_is(bot, guild.id, 2)
             await backfilled(bot)
             assert bot.backfill_progress.channels_total == 2
-
-
-async def _count_is(bot, guild_id: int, n: int) -> bool:
-    return await bot.store.count(guild_id=guild_id) == n
 
 
 async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog):

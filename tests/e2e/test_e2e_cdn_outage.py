@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from retrieval.indexing import Backlog
 from tests.fakediscord import FakeDiscord
-from tests.helpers import bot_settings, eventually, running_bot
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import bot_settings, eventually, find, picture, result_ids, running_bot
 from tests.tinyclip.shapes import draw, png_bytes
 
 # fetch_retries=0: no quick retries inside one attempt, every failure goes back to the table.

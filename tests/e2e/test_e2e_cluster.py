@@ -35,8 +35,7 @@ from tests.e2e.test_e2e_status import line, status
 from tests.e2e.test_worker import worker_env
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.models import Channel, Guild, Member
-from tests.helpers import bot_settings, eventually
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import bot_settings, eventually, find, free_port, picture, result_ids
 from tests.tinyclip.shapes import caption, pairs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -140,14 +139,6 @@ def scrape(port: int) -> dict[str, float]:
         m[1]: float(m[2])
         for m in re.finditer(r"^(clipfind_[a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)
     }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

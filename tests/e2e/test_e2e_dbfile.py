@@ -18,8 +18,7 @@ from bot.error_replies import NOT_SAVED
 from retrieval.database.sqlite_file import marker_path
 from retrieval.errors import DatabaseLost
 from tests.fakediscord import FakeDiscord, P
-from tests.helpers import bot_settings, running_bot, settled
-from tests.search_helpers import picture
+from tests.helpers import bot_settings, picture, running_bot, settled
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from sqlalchemy import event
 
 from tests.fakediscord import FakeDiscord
-from tests.helpers import bot_settings, eventually, running_bot
-from tests.search_helpers import picture
+from tests.helpers import bot_settings, eventually, picture, running_bot
 
 DELETIONS = 1_000
 # What one message deletion costs: its jobs and its images, in one transaction; and the same

@@ -11,8 +11,7 @@ import pytest
 from bot.app import INTENT_REFUSED, run
 from bot.cogs.search import NOTHING_INDEXED
 from tests.fakediscord import FakeDiscord, Overwrite, P
-from tests.helpers import bot_settings, eventually, settled
-from tests.search_helpers import JUMP, picture
+from tests.helpers import JUMP, bot_settings, count_is, picture, settled
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -112,11 +111,7 @@ async def test_unfurled_link_is_indexed_from_the_update(world):
     )
     await fd.post_message(general, dave, url, embeds=[fd.image_embed(url)], delayed_embeds=True)
     await settled(bot, fd)
-    await eventually(lambda: _count_is(bot, guild.id, 1))
-
-
-async def _count_is(bot, guild_id: int, n: int) -> bool:
-    return await bot.store.count(guild_id=guild_id) == n
+    await count_is(bot, guild.id, 1)
 
 
 async def test_empty_guild_and_no_visible_match_get_friendly_answers(world):

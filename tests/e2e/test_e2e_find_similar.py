@@ -10,8 +10,7 @@ from PIL import Image
 
 from bot.cogs.search import NO_IMAGE, SIMILAR
 from tests.fakediscord import Attachment
-from tests.helpers import bot_world, settled
-from tests.search_helpers import picture, result_ids
+from tests.helpers import bot_world, picture, result_ids, settled
 from tests.tinyclip.shapes import draw, jpeg_bytes, png_bytes
 
 pytestmark = [

@@ -14,9 +14,8 @@ from retrieval.indexing.cursors import BackfillCursors
 from tests.db.test_pipeline_refusals import flat_png, nan_for_flat
 from tests.e2e.test_e2e_backfill import history_reads
 from tests.fakediscord import Attachment, FakeDiscord
-from tests.helpers import backfilled, bot_settings, running_bot, settled
+from tests.helpers import backfilled, bot_settings, find, picture, result_ids, running_bot, settled
 from tests.refusing import refuse_rows
-from tests.search_helpers import find, picture, result_ids
 from tests.tinyclip.shapes import draw, png_bytes
 
 LONG_AGO = datetime.now(UTC) - timedelta(days=40)

@@ -13,10 +13,18 @@ from sqlalchemy import update
 from retrieval.database.clock import database_now
 from retrieval.database.engine import create_engine
 from retrieval.database.tables import GuildDeparture
-from tests import search_helpers
 from tests.fakediscord import FakeDiscord
-from tests.helpers import bot_settings, eventually, running_bot, settled
-from tests.search_helpers import picture
+from tests.helpers import (
+    bot_settings,
+    count_is,
+    eventually,
+    find,
+    message_fetches,
+    picture,
+    result_ids,
+    running_bot,
+    settled,
+)
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -25,19 +33,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 def linked(fd: FakeDiscord, colour: str, shape: str, seed: int) -> str:
     data = png_bytes(draw(colour, shape, size=160, rng=seed))
     return fd.host_external_image(f"{colour}-{shape}.png", data, "image/png")
-
-
-async def find(fd, guild, channel, member, query: str) -> str:
-    """What the member sees for `/find`, as text to look for message ids in."""
-    interaction = await fd.invoke_slash(guild, channel, member, "find", {"query": query})
-    return json.dumps(await interaction.wait_reply(timeout=30))
-
-
-async def count_is(bot, guild_id: int, n: int) -> None:
-    async def check() -> bool:
-        return await bot.store.count(guild_id=guild_id) == n
-
-    await eventually(check)
 
 
 async def server(fd, name: str):
@@ -59,7 +54,7 @@ async def test_deleted_message_leaves_the_index(world):
     await fd.delete_message(gone)
     await count_is(bot, guild.id, 1)
     assert await bot.store.known_keys(gone.id) == set()
-    seen = await find(fd, guild, general, alice, "a red circle")
+    seen = json.dumps(await find(fd, guild, general, alice, "a red circle"))
     assert str(gone.id) not in seen and str(kept.id) in seen
 
 
@@ -90,7 +85,7 @@ async def test_edit_removing_one_of_two_attachments_removes_only_that_image(worl
         return await bot.store.known_keys(message.id) == {kept.id}
 
     await eventually(only_kept)
-    seen = await find(fd, guild, general, alice, "a red square")
+    seen = json.dumps(await find(fd, guild, general, alice, "a red square"))
     assert removed.url.split("?")[0] not in seen
 
 
@@ -126,8 +121,8 @@ async def test_deleted_channel_takes_its_threads_with_it(world):
     await count_is(bot, guild.id, 1)
     assert await bot.store.channel_ids(guild_id=guild.id) == {general.id}
     # Everything left is shown: #general's star, however poorly it matches.
-    seen = await search_helpers.find(fd, guild, general, alice, "a green square", count=4)
-    assert search_helpers.result_ids(seen) == [star.id]
+    seen = await find(fd, guild, general, alice, "a green square", count=4)
+    assert result_ids(seen) == [star.id]
 
 
 async def test_deleted_thread_leaves_the_index(world):
@@ -195,7 +190,7 @@ async def test_readding_the_bot_in_time_cancels_the_purge(world, grace_hour):
     assert guild.id not in await grace_hour.departures.pending()
     assert await grace_hour.purge_due(now=datetime.now(UTC) + timedelta(hours=2)) == []
     assert await bot.store.count(guild_id=guild.id) == 1
-    assert str(message.id) in await find(fd, guild, general, alice, "a yellow circle")
+    assert str(message.id) in json.dumps(await find(fd, guild, general, alice, "a yellow circle"))
 
 
 async def test_purges_due_while_the_bot_was_down_happen_at_the_next_start(tmp_path):
@@ -258,16 +253,16 @@ async def test_message_deleted_while_offline_is_dropped_from_find_and_the_index(
         async with running_bot(settings, fd) as bot:
             # No event ever came, so the index still has it...
             assert await bot.store.known_keys(gone.id) == {gone.attachments[0].id}
-            seen = await search_helpers.find(fd, guild, general, alice, "a green star", count=4)
+            seen = await find(fd, guild, general, alice, "a green star", count=4)
             # ...until /find asks Discord about it: the best match is gone, so it is not shown,
             # the picture still there is, and the gone one leaves the index as it answers.
-            assert search_helpers.result_ids(seen) == [kept.id]
+            assert result_ids(seen) == [kept.id]
             assert await bot.store.known_keys(gone.id) == set()
             assert await bot.store.known_keys(kept.id) == {kept.attachments[0].id}
-            fetches = search_helpers.message_fetches(fd)
-            again = await search_helpers.find(fd, guild, general, alice, "a green star", count=4)
-            assert search_helpers.result_ids(again) == [kept.id]
-            assert search_helpers.message_fetches(fd) == fetches  # not asked about twice
+            fetches = message_fetches(fd)
+            again = await find(fd, guild, general, alice, "a green star", count=4)
+            assert result_ids(again) == [kept.id]
+            assert message_fetches(fd) == fetches  # not asked about twice
 
 
 async def test_a_bot_stopped_right_after_ready_leaves_no_startup_work_running(tmp_path):

@@ -12,8 +12,7 @@ from aiohttp import web
 
 from bot.cogs.search import NO_IMAGE, SIMILAR
 from bot.render import NOT_ON_DISCORD
-from tests.helpers import settled
-from tests.search_helpers import find, result_ids
+from tests.helpers import find, loopback_server, result_ids, settled
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -35,15 +34,9 @@ class PosterHost:
 @pytest_asyncio.fixture(loop_scope="module")
 async def poster_host() -> AsyncIterator[PosterHost]:
     host = PosterHost()
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", host.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host.origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield host
-    await runner.cleanup()
+    async with loopback_server(host.handle) as port:
+        host.origin = f"http://127.0.0.1:{port}"
+        yield host
 
 
 async def test_link_previews_never_reach_the_posters_host(world, poster_host, caplog):

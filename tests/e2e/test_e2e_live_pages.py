@@ -17,8 +17,16 @@ import re
 
 from tests.e2e.test_e2e_privacy_commands import opt_out
 from tests.fakediscord import FakeDiscord, Overwrite, P
-from tests.helpers import bot_settings, eventually, running_bot, settled
-from tests.search_helpers import buttons, find, picture, result_ids
+from tests.helpers import (
+    bot_settings,
+    buttons,
+    eventually,
+    find,
+    picture,
+    result_ids,
+    running_bot,
+    settled,
+)
 
 # Scores of these pictures for "a red circle" with the tiny model (tests/tinyclip): the red
 # circles 0.955 > 0.936 > 0.909, the orange circles 0.712 and 0.705. A date sort keeps what

@@ -13,10 +13,9 @@ from sqlalchemy import select
 
 from retrieval.database.engine import create_engine
 from retrieval.database.tables import IndexConsumer
-from tests.db.test_operating import free_port, scrape
+from tests.db.test_operating import scrape
 from tests.fakediscord import Attachment, FakeDiscord
-from tests.helpers import bot_settings, running_bot, settled
-from tests.search_helpers import picture
+from tests.helpers import bot_settings, free_port, picture, running_bot, settled
 
 
 def value(text: str, sample: str) -> float:

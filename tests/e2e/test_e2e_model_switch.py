@@ -13,8 +13,15 @@ from retrieval.database.tables import IndexJob
 from retrieval.runtime.services import open_services
 from tests.e2e.test_e2e_search_models import same_weights_other_file
 from tests.fakediscord import FakeDiscord
-from tests.helpers import backfilled, bot_settings, eventually, running_bot
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import (
+    backfilled,
+    bot_settings,
+    eventually,
+    find,
+    picture,
+    result_ids,
+    running_bot,
+)
 
 PICTURES = [
     ("red", "circle"),

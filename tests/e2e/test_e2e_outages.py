@@ -19,12 +19,10 @@ from sqlalchemy import make_url
 
 from retrieval.database.engine import create_engine, ensure_schema
 from tests.conftest import embedded_server, postgres_url
-from tests.db.test_operating import free_port
 from tests.fakediscord import FakeDiscord
-from tests.helpers import bot_settings, eventually, running_bot, settled
+from tests.helpers import bot_settings, eventually, free_port, picture, running_bot, settled
 from tests.pgserver import Restartable
 from tests.processes import Process, clipfind_env
-from tests.search_helpers import picture
 
 EARLY = LATE = 4  # images posted before the lock, and while it is held
 # How long PostgreSQL stays down (at least: until both processes noticed, too); five times the

@@ -20,8 +20,7 @@ from retrieval.database.engine import create_engine
 from retrieval.policy.index_policy import IndexPolicy
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.models import Guild, Member, User
-from tests.helpers import backfilled, bot_settings, eventually, running_bot
-from tests.search_helpers import picture
+from tests.helpers import backfilled, bot_settings, count_is, eventually, picture, running_bot
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -154,16 +153,12 @@ async def test_each_process_sweeps_what_the_policy_forbids_in_the_servers_of_its
 
         await show_only(fd, shard=0, guilds=[ours, theirs])
         async with running_shard(settings, fd, shard=0) as bot:
-            await eventually(lambda: _count_is(bot, ours, 0))
+            await count_is(bot, ours.id, 0)
             await judged(bot)
             assert await counts(bot, theirs) == [1]  # shard 1's process sweeps it
         await show_only(fd, shard=1, guilds=[ours, theirs])
         async with running_shard(settings, fd, shard=1) as bot:
-            await eventually(lambda: _count_is(bot, theirs, 0))
-
-
-async def _count_is(bot: ClipfindBot, guild: Guild, n: int) -> bool:
-    return await bot.store.count(guild_id=guild.id) == n
+            await count_is(bot, theirs.id, 0)
 
 
 async def _empty(departures) -> bool:

@@ -11,8 +11,7 @@ import pytest
 from bot.cogs.admin import NOT_YOURS
 from tests.e2e.test_e2e_public_answers import mod_only, moderated
 from tests.fakediscord import Attachment, Overwrite, P
-from tests.helpers import settled
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import find, picture, result_ids, settled
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -10,8 +10,7 @@ from retrieval.database.tables import IndexedImage
 from retrieval.policy.index_policy import IndexPolicy
 from tests.e2e.test_e2e_privacy_commands import opt_out
 from tests.fakediscord import FakeDiscord
-from tests.helpers import bot_settings, eventually, running_bot, settled
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import bot_settings, eventually, find, picture, result_ids, running_bot, settled
 
 
 async def authors_stored(bot) -> list[int]:

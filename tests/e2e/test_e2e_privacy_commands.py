@@ -7,8 +7,7 @@ import pytest
 
 from bot.cogs import admin, privacy
 from tests.fakediscord import P
-from tests.helpers import eventually, settled
-from tests.search_helpers import picture
+from tests.helpers import eventually, picture, settled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -15,8 +15,7 @@ from sqlalchemy import func, select
 from retrieval.database.engine import create_engine
 from retrieval.database.tables import IndexJob
 from tests.fakediscord import FakeDiscord
-from tests.helpers import bot_settings, eventually, running_bot
-from tests.search_helpers import picture
+from tests.helpers import bot_settings, eventually, picture, running_bot
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 40

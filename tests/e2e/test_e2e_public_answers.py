@@ -13,8 +13,7 @@ from bot.cogs.search import NO_MATCH_PUBLIC
 from bot.views import NOTHING_LEFT
 from retrieval.store import SearchScope
 from tests.fakediscord import Overwrite, P
-from tests.helpers import eventually, settled
-from tests.search_helpers import buttons, find, picture, result_ids
+from tests.helpers import buttons, eventually, find, picture, result_ids, settled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

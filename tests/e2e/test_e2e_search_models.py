@@ -18,8 +18,7 @@ from retrieval.encoding.clip import Encoder
 from retrieval.errors import ModelUnavailable
 from retrieval.store import ImageRecord, open_store
 from tests.fakediscord import FakeDiscord
-from tests.helpers import backfilled, bot_settings, running_bot, settled
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import backfilled, bot_settings, find, picture, result_ids, running_bot, settled
 from tests.tinyclip import CHECKPOINT_PATH
 
 MULTILINGUAL = ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")

@@ -12,8 +12,17 @@ import pytest_asyncio
 from bot.cogs.search import EMPTY_QUERY, NO_MATCH_FILTERED
 from bot.views import NOT_YOURS, ResultsView
 from tests.fakediscord import Attachment, FakeDiscord
-from tests.helpers import bot_settings, bot_world, running_bot, settled
-from tests.search_helpers import JUMP, buttons, find, picture, result_ids
+from tests.helpers import (
+    JUMP,
+    bot_settings,
+    bot_world,
+    buttons,
+    find,
+    picture,
+    result_ids,
+    running_bot,
+    settled,
+)
 from tests.tinyclip.shapes import COLOURS, SHAPES, draw, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -11,8 +11,16 @@ import pytest
 from bot.cogs.search import NOTHING_INDEXED
 from retrieval.store import SearchScope
 from tests.fakediscord import FakeDiscord, Overwrite, P
-from tests.helpers import bot_settings, eventually, running_bot, settled
-from tests.search_helpers import find, message_fetches, picture, result_ids
+from tests.helpers import (
+    bot_settings,
+    eventually,
+    find,
+    message_fetches,
+    picture,
+    result_ids,
+    running_bot,
+    settled,
+)
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -11,8 +11,16 @@ from collections import Counter
 from bot.app import run
 from bot.startup import SHARD_REFUSED
 from tests.fakediscord import FakeDiscord
-from tests.helpers import backfilled, bot_settings, eventually, running_bot, running_bots
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import (
+    backfilled,
+    bot_settings,
+    eventually,
+    find,
+    picture,
+    result_ids,
+    running_bot,
+    running_bots,
+)
 
 CONNECTED = re.compile(r"connected as .*; shards ([\d, ]+) of (\d+); (\d+) guilds")
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange")

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.cdn import LINK_TTL
-from tests.helpers import bot_settings, eventually, running_bot
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import bot_settings, eventually, find, picture, result_ids, running_bot
 
 REFRESH = "/attachments/refresh-urls"
 

@@ -12,8 +12,7 @@ import socket
 import pytest
 
 from tests.fakediscord import Attachment, FakeDiscord, Overwrite, P
-from tests.helpers import backfilled, bot_settings, eventually, running_bot, settled
-from tests.search_helpers import picture
+from tests.helpers import backfilled, bot_settings, eventually, picture, running_bot, settled
 from tests.tinyclip.shapes import draw, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

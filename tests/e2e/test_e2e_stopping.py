@@ -15,9 +15,8 @@ import pytest
 from retrieval.database.engine import check_schema, create_engine
 from tests.conftest import postgres_url
 from tests.fakediscord import FakeDiscord
-from tests.helpers import eventually
+from tests.helpers import eventually, picture
 from tests.processes import Process, clipfind_env
-from tests.search_helpers import picture
 
 DEADLINE_S = 4.0
 # What the test's own measuring adds (signal delivery, reaping the process) on a busy machine.

@@ -12,8 +12,16 @@ from retrieval.database.engine import create_engine, downgrade, upgrade
 from retrieval.database.tables import IndexedImage
 from retrieval.policy.index_policy import IndexPolicy
 from tests.fakediscord import FakeDiscord, P
-from tests.helpers import backfilled, bot_settings, eventually, running_bot, settled
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import (
+    backfilled,
+    bot_settings,
+    eventually,
+    find,
+    picture,
+    result_ids,
+    running_bot,
+    settled,
+)
 
 EXCLUDE = ("clipfind", "channels", "exclude")
 

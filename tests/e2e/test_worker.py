@@ -30,8 +30,7 @@ from tests.conftest import postgres_url
 from tests.e2e.test_e2e_status import line, status
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.cdn import LINK_TTL
-from tests.helpers import bot_settings, eventually, running_bot, settled
-from tests.search_helpers import find, picture, result_ids
+from tests.helpers import bot_settings, eventually, find, picture, result_ids, running_bot, settled
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from retrieval.errors import FetchError
 from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.origins import MediaOrigins
+from tests.helpers import loopback_server
 
 BODY = b"picture bytes"
 
@@ -58,25 +60,14 @@ class Loopback(AbstractResolver):
         pass
 
 
-async def _serve(host: Host) -> web.AppRunner:
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", host.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host.port = runner.addresses[0][1]
-    return runner
-
-
 @pytest.fixture
 async def hosts() -> AsyncIterator[tuple[Host, Host]]:
     """Two servers on 127.0.0.1, different ports: one allowed, one that must never be asked."""
     pair = (Host(), Host())
-    runners = [await _serve(h) for h in pair]
-    yield pair
-    for runner in runners:
-        await runner.cleanup()
+    async with contextlib.AsyncExitStack() as stack:
+        for host in pair:
+            host.port = await stack.enter_async_context(loopback_server(host.handle))
+        yield pair
 
 
 @pytest.fixture
