@@ -11,4 +11,7 @@ fi
 ./scripts/setup.sh test  # a no-op in seconds when nothing changed
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest "$@"
+# Two workers (CI's machines have two cores), each given whole files (--dist loadfile), so a
+# module's running bot (`world`, `world_on`) starts once; each worker has its own embedded
+# PostgreSQL. TEST_WORKERS=0 runs every test in this one process.
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
