@@ -146,7 +146,7 @@ async def discord_flood(count: int, heartbeat_ms: int) -> dict:
     from types import SimpleNamespace
 
     from bot.app import open_bot
-    from tests.e2e import bot_settings
+    from tests.helpers import bot_settings
 
     context = multiprocessing.get_context("spawn")
     conn, child_end = context.Pipe()

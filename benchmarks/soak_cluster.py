@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 
 from tests.fakediscord import FakeDiscord
+from tests.helpers import free_port
 from tests.pgserver import Restartable
 from tests.processes import Process, clipfind_env
-from tests.test_operating import free_port
 
 READY = {"gateway": "connected as ", "worker": "encoder worker started"}
 # discord.py's line for an event handler that raised; asyncio's for a task nobody awaited.

@@ -27,7 +27,7 @@ from benchmarks.soak_world import (
 )
 from bot.cogs import privacy
 from tests.fakediscord import Attachment
-from tests.search_helpers import picture, result_ids
+from tests.helpers import picture, result_ids
 from tests.tinyclip.shapes import caption, draw, pairs, png_bytes
 
 # What a member does, by weight (hostile inputs replace a share of the posts: ``hostile``).

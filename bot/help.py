@@ -2,9 +2,9 @@
 
 `/clipfind help` and the README's command section are both rendered from these entries, so
 they cannot tell members different things. ``python -m bot.help`` writes the README's section
-again after an entry changed; `tests/test_help.py` fails while the README's section differs, while
-a command the bot registers has no entry here (or an entry names no command), and while
-`/find`'s options here are not the command's.
+again after an entry changed; `tests/unit/test_help.py` fails while the README's section
+differs, while a command the bot registers has no entry here (or an entry names no command), and
+while `/find`'s options here are not the command's.
 """
 
 from __future__ import annotations

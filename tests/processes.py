@@ -11,8 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.e2e import eventually
 from tests.fakediscord import FakeDiscord
+from tests.helpers import eventually
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parent.parent

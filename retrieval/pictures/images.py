@@ -44,7 +44,7 @@ _RESIZE_MODES = ("shortest", "longest", "squash")
 _MAX_FULL_RESIZE_RATIO = 64
 # Pillow's two-step resize (an integer box reduction, then the filter over at least this many
 # times the target) is what JPEG's DCT draft does for PNG and WebP: a big screenshot resizes
-# 2x faster, embeddings within cosine 0.99 of open_clip's (tests/test_images.py). Sources under
+# 2x faster, embeddings within cosine 0.99 of open_clip's (tests/unit/test_images.py). Sources under
 # twice this gap times the target (896 px for 224) are resized exactly as open_clip does.
 _REDUCING_GAP = 2.0
 _EXIF_ORIENTATION = 0x0112

@@ -13,7 +13,7 @@ import numpy as np
 from retrieval.store.base import SearchHit, VectorStore
 
 # Cosine similarity above which two pictures count as one reposted picture. Measured with the
-# tiny test model (tests/test_search_quality.py): re-encodes and resizes of one picture score
+# tiny test model (tests/unit/test_search_quality.py): re-encodes and resizes of one picture score
 # 0.985-1.0 (97.5% above 0.995); different drawings of one caption reach 0.9956 (1 in 720 pairs
 # above 0.995). Real CLIP models spread distinct pictures much further apart, so this is
 # conservative there; identical bytes are always caught by their content hash.

@@ -72,7 +72,7 @@ from retrieval.supervisor import Supervisor
 _IDS = ARRAY(BigInteger)
 
 # 100k x 512 clustered in one graph: recall@10 0.968 at ef_search 40 and 0.989 at 100, both
-# ~2 ms. Per-guild graphs of well separated topics (tests/test_store_tenants.py: 4,000 rows in
+# ~2 ms. Per-guild graphs of well separated topics (tests/db/test_store_tenants.py: 4,000 rows in
 # 40 clusters) lost every true neighbour for 4 queries in 200 at 100, none at 150, 200 or 300.
 EF_SEARCH = 200
 # How far an iterative scan may walk at least; a filtered search raises it to what its filter's
