@@ -43,8 +43,10 @@ async def parents(engine, table) -> dict[int, set[int | None]]:
 
 
 async def legacy_index(store, engine) -> None:
-    """Rows as they were before revision 0012: parents only where the cache knew the thread."""
-    await downgrade(engine, "0011")
+    """Rows as they were before revision 0012: parents only where the cache knew the thread.
+
+    Written by today's code, then taken down to 0011: the code writes columns later revisions
+    added, and the downgrade keeps every row while it drops them."""
     await store.upsert(
         [
             record(0, vector(0), channel_id=CHANNEL),
@@ -57,6 +59,7 @@ async def legacy_index(store, engine) -> None:
     await JobQueue(engine, model_id=MODEL).enqueue(
         [job(5, THREAD), job(6, QUEUED_THREAD), job(7, CHANNEL)]
     )
+    await downgrade(engine, "0011")
 
 
 async def test_the_upgrade_fills_known_parents_and_marks_the_rest_unknown(store, store_engine):
