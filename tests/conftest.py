@@ -146,13 +146,13 @@ def postgres_url(server, database: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server, *, citus: bool, workers=()):
-    """A new database (CREATE DATABASE takes ~60 ms) migrated by Alembic, dropped after; on
-    Citus, this server is its coordinator, and its only node unless given worker servers (the
-    same database is then made on each, dropped after too)."""
+async def fresh_database(server, *, citus: bool, workers=(), revision: str = "head"):
+    """A new database (CREATE DATABASE takes ~60 ms) migrated by Alembic to ``revision``,
+    dropped after; on Citus, this server is its coordinator, and its only node unless given
+    worker servers (the same database is then made on each, dropped after too)."""
     import asyncpg
 
-    from retrieval.database.engine import create_engine, ensure_schema
+    from retrieval.database.engine import create_engine, upgrade
 
     name = f"test_{uuid.uuid4().hex}"
     info = server.get_postmaster_info()
@@ -168,7 +168,7 @@ async def fresh_database(server, *, citus: bool, workers=()):
                     for worker_host, _ in nodes:
                         await prepare_worker(host=worker_host, database=name)
                     await make_coordinator(host=host, port=info.port, database=name, workers=nodes)
-                await ensure_schema(engine)
+                await upgrade(engine, revision)
                 yield engine
             finally:
                 await engine.dispose()

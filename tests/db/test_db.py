@@ -103,23 +103,15 @@ async def test_a_schema_another_process_is_migrating_is_waited_for_not_refused(
     the revisions in between (Alembic commits one at a time): it waits for the run to end
     instead of stopping with 'run db upgrade'."""
     import asyncio
-    import uuid
 
-    import asyncpg
     from alembic import command
 
     import retrieval.database.engine
-    from retrieval.database.engine import check_schema, upgrade
+    from retrieval.database.engine import check_schema
     from retrieval.database.locks import AdvisoryLock, Purpose
-    from tests.conftest import postgres_url
+    from tests.conftest import fresh_database
 
-    name = f"test_{uuid.uuid4().hex}"
-    host = str(postgres_server.get_postmaster_info().socket_dir)
-    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    engine = create_engine(postgres_url(postgres_server, name))
-    try:
-        await upgrade(engine, "0003")
+    async with fresh_database(postgres_server, citus=False, revision="0003") as engine:
         migrating = AdvisoryLock(engine, purpose=Purpose.SCHEMA)  # the other process's run
         await migrating.acquire()
         tried = asyncio.Event()
@@ -141,7 +133,3 @@ async def test_a_schema_another_process_is_migrating_is_waited_for_not_refused(
             assert await checking == await current_revision(engine)
         finally:
             await migrating.release()
-    finally:
-        await engine.dispose()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()

@@ -313,21 +313,11 @@ async def test_unreachable_server_is_store_unavailable(tmp_path):
 async def test_upgrade_drops_the_old_index_per_model(postgres_server):
     """Revision 0006 removes the per-model index the old store built at its first search;
     downgrading removes the per-guild ones (the old store builds its own again)."""
-    import uuid
+    from retrieval.database.engine import downgrade, upgrade
+    from tests.conftest import fresh_database
 
-    import asyncpg
-
-    from retrieval.database.engine import upgrade
-    from tests.conftest import postgres_url
-
-    name = f"test_{uuid.uuid4().hex}"
-    host = str(postgres_server.get_postmaster_info().socket_dir)
-    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    engine = create_engine(postgres_url(postgres_server, name))
     old = "ix_images_hnsw_" + "0123456789ab"
-    try:
-        await upgrade(engine, "0005")
+    async with fresh_database(postgres_server, citus=False, revision="0005") as engine:
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -343,15 +333,9 @@ async def test_upgrade_drops_the_old_index_per_model(postgres_server):
         await store.close()
         async with engine.connect() as conn:
             assert (await index_state(conn, LARGE, MODEL)).valid
-        from retrieval.database.engine import downgrade
-
         await downgrade(engine, "0005")
         async with engine.connect() as conn:
             assert await index_state(conn, LARGE, MODEL) is None
-    finally:
-        await engine.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_closing_the_store_during_a_build_stops_it_promptly(postgres_engine):
