@@ -233,9 +233,12 @@ class ReadingLane:
 
     async def join(self) -> None:
         """Wait until no reading is due or held (tests; a stop)."""
+        window = self._window
         while True:
-            if not self._window.held and not self._window.claiming:
-                if not await self._outcomes.with_store(self.jobs.due, 1):
+            if not window.held and not window.claiming:
+                due = await self._outcomes.with_store(self.jobs.due, 1)
+                # Asked after the table: rows claimed while it answered are in hand by now.
+                if not due and not window.held and not window.claiming:
                     return
-                self._window.rows_written()
+                window.rows_written()
             await asyncio.sleep(0.05)
