@@ -11,7 +11,11 @@ fi
 ./scripts/setup.sh test  # a no-op in seconds when nothing changed
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Two workers (CI's machines have two cores), each given whole files (--dist loadfile), so a
-# module's running bot (`world`, `world_on`) starts once; each worker has its own embedded
-# PostgreSQL. TEST_WORKERS=0 runs every test in this one process.
-.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+# Two workers per core (at most 8), each given whole files (--dist loadfile), so a module's
+# running bot (`world`, `world_on`) starts once; each worker has its own embedded PostgreSQL.
+# Two per core because the tests wait (for processes to start, for the stand-in, for PostgreSQL)
+# more than they compute: on 2 cores, 4 workers ran the suite in 0.71 of the time 2 took
+# (benchmarks/RESULTS.md, "The test suite in folders"). TEST_WORKERS=0 runs every test in this
+# one process.
+workers=$(( $(nproc) * 2 ))
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-$(( workers < 8 ? workers : 8 ))}" --dist loadfile "$@"
