@@ -44,11 +44,11 @@ class Eraser:
         on_their_way = self._arrivals.open()
         removed = await delete()
         if on_their_way:
-            sweep = asyncio.create_task(
-                self._again(delete, what, still, after=on_their_way), name=f"sweep {what}"
+            self._track(
+                asyncio.create_task(
+                    self._again(delete, what, still, after=on_their_way), name=f"sweep {what}"
+                )
             )
-            self._sweeps.add(sweep)
-            sweep.add_done_callback(self._sweeps.discard)
         return removed
 
     async def erase_patiently(
@@ -62,6 +62,27 @@ class Eraser:
         return await patiently(
             functools.partial(self.erase, delete, what=what, still=still), waiting=waiting
         )
+
+    def erase_when_back(
+        self, delete: Delete, *, what: str, still: Callable[[], bool] | None = None
+    ) -> None:
+        """A deletion a command could not make because the database is away: made here as soon
+        as it is back, without waiting for anyone to ask again. Should this process stop first,
+        the policy sweep at the next start deletes what the recorded wish forbids."""
+        retry = functools.partial(self.erase_patiently, delete, what=what, still=still)
+        self._track(asyncio.create_task(self._when_back(retry, what), name=f"erase {what}"))
+
+    async def _when_back(self, retry: Callable[[], Awaitable[int]], what: str) -> None:
+        try:
+            removed = await retry()
+        except StoreUnavailable as exc:  # a refusal: waiting will not cure it
+            log.error("could not delete %s: %s", what, exc)
+            return
+        log.info("deleted %d images of %s once the database was back", removed, what)
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
 
     async def _again(
         self,

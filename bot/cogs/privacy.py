@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.error_replies import on_view_error
+from retrieval.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
@@ -29,6 +30,11 @@ ASK = (
 OPTED_OUT = (
     "Done: you're opted out in every server, and I deleted {images} of yours from the index. "
     "`/privacy opt-in` undoes the opt-out for images you post from then on."
+)
+OPTED_OUT_DELETING = (
+    "Done: you're opted out in every server, so I won't index or show your images. My database "
+    "is unavailable right now, so deleting what I've indexed of yours waits for it: it happens "
+    "as soon as it is back, you needn't ask again."
 )
 ALREADY_OUT = (
     "You're already opted out: I don't index your images in any server, and none are stored. "
@@ -68,9 +74,8 @@ class ConfirmOptOut(discord.ui.View):
         await interaction.response.defer()  # deleting many images can outlast Discord's 3 s
         removed = await self.cog.opt_out(self.member_id)
         self.stop()  # only now: after a failure, pressing again retries
-        await interaction.edit_original_response(
-            content=OPTED_OUT.format(images=images(removed)), view=None
-        )
+        said = OPTED_OUT_DELETING if removed is None else OPTED_OUT.format(images=images(removed))
+        await interaction.edit_original_response(content=said, view=None)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
@@ -100,14 +105,24 @@ class Privacy(commands.Cog):
         self.bot = bot
         self.confirm_timeout_s = CONFIRM_TIMEOUT_S
 
-    async def opt_out(self, user_id: int) -> int:
-        """Stop indexing the member first, so nothing new slips in, then erase everywhere."""
+    async def opt_out(self, user_id: int) -> int | None:
+        """Stop indexing the member first, so nothing new slips in, then erase everywhere.
+        None: opted out, but the database went away before the deletion, which is made as soon
+        as it is back (a member asking again would only find the opt-out recorded)."""
         await self.bot.policy.opt_out(user_id)
-        removed = await self.bot.eraser.erase(
-            lambda: self.bot.store.delete_author(guild_id=None, author_id=user_id),
-            what=f"member {user_id}'s images",
-            still=lambda: self.bot.policy.is_opted_out(user_id),
-        )
+        erase = {
+            "delete": lambda: self.bot.store.delete_author(guild_id=None, author_id=user_id),
+            "what": f"member {user_id}'s images",
+            "still": lambda: self.bot.policy.is_opted_out(user_id),
+        }
+        try:
+            removed = await self.bot.eraser.erase(**erase)
+        except StoreUnavailable as exc:
+            if exc.refused:
+                raise
+            log.warning("user %s opted out; deleting their images waits for the database", user_id)
+            self.bot.eraser.erase_when_back(**erase)
+            return None
         await self.bot.confirm_saved()
         log.info("user %s opted out; %d images deleted", user_id, removed)
         return removed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.cogs import admin, privacy
+from retrieval.errors import StoreUnavailable
 from tests.fakediscord import P
 from tests.helpers import eventually, picture, settled
 
@@ -98,6 +99,39 @@ async def test_opt_out_asks_first_then_deletes_everywhere_and_stops_indexing(wor
     assert await bot.store.count_author(author_id=bob.id) == 0
     again = await run(fd, guild, general, bob, "privacy opt-out")
     assert again["content"] == privacy.ALREADY_OUT and not buttons(again)
+
+
+async def test_an_opt_out_whose_deletion_meets_an_outage_deletes_once_the_database_is_back(
+    world, monkeypatch
+):
+    """The opt-out is recorded, then the database goes away before the images are deleted: the
+    member is told so, and the deletion does not wait for them to ask again (a retry would only
+    find them opted out already)."""
+    fd, bot = world
+    guild, general, _, bob = await server(fd, "Outage between")
+    await fd.post_message(general, bob, "", attachments=[picture("purple", "circle", 6)])
+    await settled(bot, fd)
+    store = bot.store
+    delete_author, failures = store.delete_author, []
+
+    async def away_at_first(**kwargs):
+        if len(failures) < 2:
+            failures.append(kwargs)
+            raise StoreUnavailable("connection refused")
+        return await delete_author(**kwargs)
+
+    monkeypatch.setattr(store, "delete_author", away_at_first)
+    answer = await opt_out(fd, guild, general, bob)
+    assert answer["content"] == privacy.OPTED_OUT_DELETING
+    assert bot.policy.is_opted_out(bob.id)
+
+    async def deleted() -> bool:
+        return await store.count_author(author_id=bob.id) == 0
+
+    await eventually(deleted, within=30)
+    assert len(failures) == 2  # retried after each failure, by the bot alone
+    again = await run(fd, guild, general, bob, "privacy opt-out")
+    assert again["content"] == privacy.ALREADY_OUT
 
 
 async def test_opt_out_can_be_cancelled_and_the_question_expires(world, monkeypatch):
