@@ -222,10 +222,13 @@ class ClipfindBot(commands.AutoShardedBot):
             await super().before_identify_hook(shard_id, initial=initial)
 
     async def close(self) -> None:
+        log.debug("closing: backfill")
         await self.backfill.stop()
+        log.debug("closing: Discord")
         await super().close()
         self.eraser.close()
         await self.identify_gate.close()
+        log.debug("closed")
 
     def _shard_text(self) -> str:
         if len(self.shards) > 16:

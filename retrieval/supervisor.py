@@ -20,11 +20,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 # How long a stop waits for a cancelled task to end by default.
 SETTLE_S = 0.5
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +158,29 @@ async def settle(tasks: Collection[asyncio.Task], *, within_s: float = SETTLE_S)
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=within_s)
+
+
+async def within(call: Awaitable[T], *, seconds: float) -> T:
+    """``call``'s result, or TimeoutError after ``seconds`` without waiting for it to end.
+
+    For a stop's last words to the database: `asyncio.timeout` waits for the cancelled call to
+    end, and a call to a database gone silent can take a connect timeout to end (asyncpg ends a
+    cancelled statement by opening a connection to ask the server to cancel it), so a stop's
+    step bounded that way still outlasted its deadline. The call is cancelled and left behind."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_observed)
+    try:
+        done, _ = await asyncio.wait([task], timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise TimeoutError
+    return task.result()
+
+
+def _observed(task: asyncio.Future) -> None:
+    """A call left behind ends with an error nobody awaits: asyncio must not log it as lost."""
+    if not task.cancelled():
+        task.exception()

@@ -168,13 +168,17 @@ class IndexingPipeline:
         def left() -> float:  # what is left after it is for handing the rest back
             return max(deadline - time.monotonic() - GIVE_BACK_S, _SETTLE_S)
 
+        log.debug("stopping the pipeline: %.1fs left", deadline - time.monotonic())
         await settle(self._tasks, within_s=left())
         self._tasks.clear()
+        log.debug("stopping the pipeline: tasks settled, %.1fs left", deadline - time.monotonic())
         await self._batching.settle(left)
+        log.debug("stopping the pipeline: batches settled, %.1fs left", deadline - time.monotonic())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(left()):
                 await self._submissions.close()
         await self.signed_urls.close()
+        log.debug("stopping the pipeline: handing back, %.1fs left", deadline - time.monotonic())
         await self._window.give_back_all(deadline=deadline)
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -15,7 +15,7 @@ from retrieval.errors import ModelSwitched, StoreUnavailable
 from retrieval.indexing.jobs import Job, JobQueue
 from retrieval.indexing.signed_urls import SignedUrls
 from retrieval.indexing.waves import RetryWaves
-from retrieval.supervisor import Supervisor
+from retrieval.supervisor import Supervisor, within
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ class Window:
         """Hand claimed jobs back to the table for the next consumer, waiting at most
         ``within_s``; with the database away, their leases run out instead."""
         try:
-            async with asyncio.timeout(within_s):
-                return await self.jobs.release(job_ids)
+            return await within(self.jobs.release(job_ids), seconds=within_s)
         except (StoreUnavailable, TimeoutError) as exc:
             why = exc if isinstance(exc, StoreUnavailable) else f"no answer in {within_s:g}s"
             log.warning("could not hand back %d jobs (their lease runs out): %s", len(job_ids), why)

@@ -20,7 +20,7 @@ from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.runtime.cluster import COUNT_CAP, ClusterFigures, ConsumerReport, read_figures
 from retrieval.runtime.health import serve, stop_serving, with_health
 from retrieval.runtime.metrics import Metrics
-from retrieval.supervisor import Supervisor, settle
+from retrieval.supervisor import Supervisor, settle, within
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -207,6 +207,7 @@ async def operator_view(
     try:
         yield view
     finally:
+        log.debug("stopping the operator view")
         await settle([task])
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
@@ -214,5 +215,4 @@ async def operator_view(
             await asyncio.to_thread(stop_serving, health)
         if report is not None:
             with contextlib.suppress(StoreUnavailable, TimeoutError):
-                async with asyncio.timeout(_LEAVE_S):
-                    await report.leave()
+                await within(report.leave(), seconds=_LEAVE_S)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from retrieval.supervisor import Backoff, Supervisor, settle
+import pytest
+
+from retrieval.supervisor import Backoff, Supervisor, settle, within
 
 
 class Clock:
@@ -141,3 +143,25 @@ async def test_settling_waits_for_cancelled_tasks_only_so_long():
     assert tasks[1].cancelled()
     tasks[0].cancel()  # the test's own clean-up: cancelled again, it ends
     await asyncio.gather(tasks[0], return_exceptions=True)
+
+
+async def test_within_gives_up_on_a_call_without_waiting_for_it_to_end():
+    """A stop's last words to a database gone silent: asyncpg ends a cancelled statement by
+    connecting to ask the server to cancel it, which can take a connect timeout."""
+    gate, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_cancel() -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            await gate.wait()
+            raise
+        return 1
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(within(slow_to_cancel(), seconds=0.01), timeout=30)
+    await cancelled.wait()
+    assert not gate.is_set()  # it was cancelled and left behind, not waited for
+    gate.set()
+    assert await within(asyncio.sleep(0, result=7), seconds=30) == 7
