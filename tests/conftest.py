@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -50,6 +51,29 @@ def pytest_collection_modifyitems(config, items):
                 "(a bot against the stand-in, or real processes)"
             )
         item.add_marker(FOLDER_MARKERS[folder])
+    # The longest files first: pytest-xdist hands whole files to whichever worker is free, in
+    # this order, so the short files of the database and unit tests fill in at the end instead
+    # of one worker starting a minute of real processes as the others run out of work.
+    items.sort(key=_duration_rank)
+
+
+def _duration_rank(item) -> int:
+    if item.get_closest_marker("soak"):  # the longest of all
+        return -1
+    folder = item.path.resolve().relative_to(TESTS).parts[0]
+    if folder != "e2e":
+        return 2 if folder == "db" else 3
+    return 0 if _starts_processes(item.path) else 1
+
+
+# What a test module that runs `python -m bot`, a worker, pip or a soak as processes says.
+_PROCESS_WORDS = ("create_subprocess_exec", "Process.start", "Worker.start", "subprocess.", "soak(")
+
+
+@functools.cache
+def _starts_processes(path: Path) -> bool:
+    source = path.read_text()
+    return any(word in source for word in _PROCESS_WORDS)
 
 
 @pytest.fixture(scope="session")

@@ -105,8 +105,28 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0)
 async def settled(bot: ClipfindBot, fd: FakeDiscord) -> None:
     """Every event sent so far reached the bot and every image it queued is indexed."""
     await fd.flush()
-    await asyncio.sleep(0.1)  # let the gateway reader dispatch what arrived
+    await dispatched(bot, fd)
     await bot.pipeline.join()
+
+
+async def dispatched(bot: ClipfindBot, fd: FakeDiscord, within: float = 30.0) -> None:
+    """The bot parsed every event the stand-in has written to it, and its listeners returned.
+
+    discord.py sets a shard's websocket `sequence` as it reads an event and parses it before
+    reading on; each listener then runs in a task named ``discord.py: <event>``."""
+    sent = fd.sent_sequences()
+
+    async def caught_up() -> bool:
+        # The bot is an AutoShardedBot: its shards' websockets are kept in a private dict.
+        sockets = [shard.ws for shard in bot._AutoShardedClient__shards.values()]
+        if any(ws.sequence is None or ws.sequence < sent.get(ws.session_id, 0) for ws in sockets):
+            return False
+        return not any(
+            task.get_name().startswith("discord.py: ") and not task.done()
+            for task in asyncio.all_tasks()
+        )
+
+    await eventually(caught_up, within)
 
 
 async def backfilled(bot: ClipfindBot, within: float = 30.0) -> None:

@@ -276,6 +276,11 @@ class FakeDiscord(Lifecycle, MemberActions):
         """Wait until every event produced so far was written to every client."""
         await self.gateway.flush()
 
+    def sent_sequences(self) -> dict[str, int]:
+        """The sequence number of the last event written to each open gateway session, by its
+        session id: a client whose websocket's `sequence` has reached it has parsed them all."""
+        return {s.session_id: s.seq for s in self.gateway.sessions if not s.ws.closed}
+
     async def reconnect_clients(self) -> None:
         """Send op 7 RECONNECT; clients come back through RESUME -> INVALID_SESSION -> IDENTIFY."""
         for session in self.gateway.connected():
