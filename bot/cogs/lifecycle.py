@@ -204,7 +204,9 @@ class Lifecycle(commands.Cog):
             log.exception("could not look up the channels of threads stored without one")
         await self.bot.backfill.wait_idle()
         exists = self.bot.backfill.seen_channels
-        for guild in list(self.bot.guilds):  # the servers of this process's shards
+        guilds = list(self.bot.guilds)  # the servers of this process's shards
+        checked = len(guilds)
+        for guild in guilds:
             try:
                 async with self._surveys.setdefault(guild.id, asyncio.Lock()):
                     found = await survey(self.bot, guild, exists=exists)
@@ -216,6 +218,7 @@ class Lifecycle(commands.Cog):
                 log.exception(
                     "could not check guild %s for channels deleted while offline", guild.id
                 )
+        log.info("checked %d servers for channels and threads deleted while offline", checked)
 
     async def _learn_parents(self) -> None:
         """Record the parent of each thread stored without one (this process's servers), then
