@@ -27,6 +27,7 @@ from retrieval.runtime.metrics import Metrics
 from retrieval.store import SearchScope, open_store
 from tests.db.test_operating import scrape
 from tests.db.test_pipeline import ImageHost, job_queue, ref, running_pipeline
+from tests.e2e.test_e2e_status import line, status
 from tests.e2e.test_worker import Worker, image_ref, jobs, url_of, worker_env
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.helpers import (
@@ -323,6 +324,13 @@ async def test_an_ocr_only_worker_reads_beside_a_bot_that_encodes_and_loads_no_c
                 figures = await scrape(port)
                 assert "clipfind_pictures_read_total 1.0" in figures
                 assert "clipfind_images_stored" not in figures, "no CLIP lane in this worker"
+                # Its heartbeat makes it the cluster's one reader, the bot its one encoder.
+                assert 'clipfind_cluster_readers{role="worker"} 1.0' in figures
+                owner = guild.add_existing_user(fd.owner_user)
+                said = await status(fd, guild, general, owner)
+                assert "from 1 process (bot on " in line(said, "Encoding, whole cluster")
+                assert "from 1 process (worker on " in line(said, "Reading, whole cluster")
+                assert "Words read by this process" not in said
             # What the worker's process has mapped: the OCR runtime, and no torch.
             maps = Path(f"/proc/{worker.process.pid}/maps")
             libraries = await asyncio.to_thread(maps.read_text)
