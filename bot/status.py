@@ -15,7 +15,7 @@ from retrieval.runtime import age, counted, read_figures
 if TYPE_CHECKING:
     from bot.client import ClipfindBot
     from retrieval.indexing import Backlog
-    from retrieval.runtime import ClusterFigures
+    from retrieval.runtime import ClusterFigures, Consumer
 
 UNREADABLE_SHOWN = 25  # mentions with a reason are ~45 characters; a message holds 2,000
 CONSUMERS_SHOWN = 8  # one is ~90 characters
@@ -97,6 +97,13 @@ async def _process_lines(bot: ClipfindBot) -> list[str]:
             f"{encoder.image_batches} image batches encoded"
         ),
     ]
+    if (reading := bot.services.reading) is not None:
+        words = reading.counters
+        lines.append(
+            f"**Words read by this process since start:** {words.indexed} pictures read, "
+            f"{words.reused} copied from the same picture, {sum(words.failed.values())} "
+            f"unreadable, {words.retried} retries; {reading.held} in hand"
+        )
     if backlog.failed:
         lines.append(f"**Could not be indexed, all servers:** {_reasons(backlog.failed)}")
     if bot.backfill_progress is not None:
@@ -114,30 +121,40 @@ def _servers(bot: ClipfindBot) -> str:
 
 
 def _cluster_lines(figures: ClusterFigures) -> list[str]:
-    """Every process on this database: the queue, and who encodes how fast."""
+    """Every process on this database: each lane's queue, and who takes it how fast."""
     queue = (
         f"**Queue, whole cluster:** {counted(figures.waiting)} waiting (oldest "
         f"{age(figures.oldest_waiting_s)}), {counted(figures.retrying)} waiting for a retry, "
         f"{figures.claimed:,} being worked on"
     )
-    consumers = [
-        f"{c.role} on {c.host}{f' (shards {c.shards})' if c.shards else ''}: {c.rate:.1f}/s, "
-        f"{c.images_stored:,} stored, {c.in_hand} in hand"
-        f"{f', UNHEALTHY: {cut(c.problem, 120)}' if c.problem else ''}"
-        for c in figures.consumers[:CONSUMERS_SHOWN]
-    ]
-    if (more := len(figures.consumers) - CONSUMERS_SHOWN) > 0:
-        consumers.append(f"and {more} more")
     encoders = (
         f"**Encoding, whole cluster:** {figures.rate:.1f} images/s from "
-        f"{len(figures.consumers)} process{'' if len(figures.consumers) == 1 else 'es'}"
+        f"{_processes(figures.consumers, done='stored')}"
     )
     reading = (
         f"**Words to read, whole cluster:** {counted(figures.reading_waiting)} pictures waiting, "
-        f"{counted(figures.reading_retrying)} waiting for a retry (read once no image waits "
-        "for its vector)"
+        f"{counted(figures.reading_retrying)} waiting for a retry, {figures.reading_claimed:,} "
+        "being read (read once no image waits for its vector)"
     )
-    return [queue, encoders + (f" ({'; '.join(consumers)})" if consumers else ""), reading]
+    readers = (
+        f"**Reading, whole cluster:** {figures.reading_rate:.1f} pictures/s from "
+        f"{_processes(figures.readers, done='read')}"
+    )
+    return [queue, encoders, reading, readers]
+
+
+def _processes(rows: list[Consumer], *, done: str) -> str:
+    """How many processes take a lane, and each one's figures in it."""
+    each = [
+        f"{c.role} on {c.host}{f' (shards {c.shards})' if c.shards else ''}: {c.rate:.1f}/s, "
+        f"{c.images_stored:,} {done}, {c.in_hand} in hand"
+        f"{f', UNHEALTHY: {cut(c.problem, 120)}' if c.problem else ''}"
+        for c in rows[:CONSUMERS_SHOWN]
+    ]
+    if (more := len(rows) - CONSUMERS_SHOWN) > 0:
+        each.append(f"and {more} more")
+    said = f"{len(rows)} process{'' if len(rows) == 1 else 'es'}"
+    return said + (f" ({'; '.join(each)})" if each else "")
 
 
 def cut(text: str, at_most: int) -> str:

@@ -14,6 +14,8 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,10 +29,18 @@ from retrieval.database import (
     database_errors,
     get_state,
 )
-from retrieval.encoding import Encoder
 from retrieval.errors import ConfigError, StoreUnavailable
-from retrieval.indexing import INDEX_MODEL_KEY, JOBS_CHANNEL, IndexingPipeline, RefreshUrls
+from retrieval.indexing import (
+    INDEX_MODEL_KEY,
+    JOBS_CHANNEL,
+    IndexingPipeline,
+    PipelineCounters,
+    RefreshUrls,
+)
 from retrieval.runtime import Services, Stop, freeze_heap, open_services, operator_view
+
+if TYPE_CHECKING:
+    from retrieval.encoding import Encoder  # torch: a worker that only reads never imports it
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,7 @@ async def run_worker(
             open_services(
                 settings,
                 engine=engine,
+                queries=False,
                 loaded=loaded,
                 refresh=refresh,
                 stop_left=stop.left if stop is not None else None,
@@ -81,28 +92,27 @@ async def run_worker(
         ):
             freeze_heap()
             log.info(
-                "encoder worker started: model %s, on %s in %s, batches of %d, database %s, "
-                "lanes %s; taking queued images until stopped",
-                services.model.model_id,
-                services.model.device,
-                services.model.precision,
-                services.pipeline.batch_size,
+                "encoder worker started, lanes %s: %s; database %s; taking queued jobs until "
+                "stopped",
+                ",".join(sorted(settings.lanes())),
+                _what_runs(services),
                 database_name(engine),
-                ",".join(sorted(settings.lanes())) or "none",
             )
             if stop is not None:
                 stop.started(stopping.set)
             start = services.supervisor.start
-            switched = start(
-                "worker-model",
-                functools.partial(_model_switched, engine, services.model.model_id),
-            )
             tasks = [
                 start("worker-report", functools.partial(_report, services)),
                 start("worker-listen", functools.partial(_woken, engine, _Lanes(services))),
-                switched,
                 asyncio.create_task(stopping.wait(), name="worker-stop"),
             ]
+            switched = None
+            if services.model is not None:  # what it encodes must be the index's model
+                switched = start(
+                    "worker-model",
+                    functools.partial(_model_switched, engine, services.model.model_id),
+                )
+                tasks.append(switched)
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -121,6 +131,21 @@ async def run_worker(
         await close_engine(engine)
     log.info("encoder worker stopped")
     return status
+
+
+def _what_runs(services: Services) -> str:
+    """The models this worker runs, where, for its first log line."""
+    parts = []
+    if (model := services.model) is not None and services.pipeline is not None:
+        parts.append(
+            f"model {model.model_id}, on {model.device} in {model.precision}, batches of "
+            f"{services.pipeline.batch_size}"
+        )
+    if (reading := services.reading) is not None:
+        parts.append(f"reading with {reading.engine.model_id} on {reading.engine.device}")
+    if services.model is None:
+        parts.append("no CLIP model loaded")
+    return "; ".join(parts)
 
 
 def check_worker_settings(settings: Settings) -> None:
@@ -188,7 +213,8 @@ class _Lanes:
         self._services = services
 
     def wake(self) -> None:
-        self._services.pipeline.wake()
+        if self._services.pipeline is not None:
+            self._services.pipeline.wake()
         if self._services.reading is not None:
             self._services.reading.wake()
 
@@ -237,31 +263,45 @@ async def _model_switched(engine: AsyncEngine, model_id: str) -> str:
 
 
 async def _report(services: Services) -> None:
-    """Every minute that saw work: this worker's own throughput (the operator view logs the
-    cluster's backlog)."""
-    pipeline = services.pipeline
-    before, since = _done(pipeline), time.monotonic()
+    """Every minute that saw work: this worker's own throughput, lane by lane (the operator view
+    logs the cluster's backlog)."""
+    lanes = _worked_lanes(services)
+    before, since = [_done(c) for _, c, _ in lanes], time.monotonic()
     while True:
         await asyncio.sleep(REPORT_EVERY_S)
-        done, now = _done(pipeline), time.monotonic()
+        done, now = [_done(c) for _, c, _ in lanes], time.monotonic()
         if done == before:
             since = now
             continue
-        counters = pipeline.counters
-        log.info(
-            "encoder worker: %d images in the last %.0fs (%.1f/s); since start %d encoded, %d "
-            "reposts reused, %d skipped; %d in hand",
-            done - before,
-            now - since,
-            (done - before) / (now - since),
-            counters.indexed,
-            counters.reused,
-            sum(counters.failed.values()),
-            pipeline.queued,
-        )
+        seconds = now - since
+        said = [
+            _lane_report(name, counters, held(), n=now_done - then, seconds=seconds)
+            for (name, counters, held), now_done, then in zip(lanes, done, before, strict=True)
+        ]
+        log.info("encoder worker, the last %.0fs: %s", seconds, "; ".join(said))
         before, since = done, now
 
 
-def _done(pipeline: IndexingPipeline) -> int:
-    counters = pipeline.counters
+def _worked_lanes(services: Services) -> list[tuple[str, PipelineCounters, Callable[[], int]]]:
+    """(lane, its counters, the jobs it holds) for each lane this worker takes."""
+    lanes = []
+    if (pipeline := services.pipeline) is not None and pipeline.consumes:
+        lanes.append(("vectors", pipeline.counters, lambda: pipeline.queued))
+    if (reading := services.reading) is not None:
+        lanes.append(("words", reading.counters, lambda: reading.held))
+    return lanes
+
+
+def _lane_report(
+    lane: str, counters: PipelineCounters, held: int, *, n: int, seconds: float
+) -> str:
+    failed = sum(counters.failed.values())
+    if lane == "vectors":
+        done = f"{counters.indexed} encoded, {counters.reused} reposts reused, {failed} skipped"
+    else:
+        done = f"{counters.indexed} read, {counters.reused} copied, {failed} unreadable"
+    return f"{lane}: {n} ({n / seconds:.1f}/s), since start {done}, {held} in hand"
+
+
+def _done(counters: PipelineCounters) -> int:
     return counters.indexed + counters.reused + sum(counters.failed.values())

@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from retrieval.database.tables import LANES, OCR_LANE
+from retrieval.database.tables import CLIP_LANE, LANES, OCR_LANE
 from retrieval.encoding.precision import CACHE_FILE as PRECISION_CACHE_FILE
 from retrieval.errors import ConfigError
 from retrieval.indexing.jobs import RetryPolicy
@@ -204,6 +204,17 @@ class Settings(BaseSettings):
             )
         return ",".join(dict.fromkeys(lanes))
 
+    @model_validator(mode="after")
+    def _some_lane(self) -> Settings:
+        # Reading off takes the OCR lane away: a process told to take nothing else would idle.
+        if not self.lanes():
+            raise ValueError(
+                "WORKER_LANES=ocr takes only the OCR lane, and OCR=off turns reading off: this "
+                "process would take no job. Set OCR=on to read the words in pictures, or "
+                "WORKER_LANES=clip to encode images"
+            )
+        return self
+
     def lanes(self) -> frozenset[str]:
         """The lanes of the queue this process takes: reading only while OCR is on."""
         taken = frozenset(self.worker_lanes.split(","))
@@ -270,11 +281,19 @@ class Settings(BaseSettings):
 
     def encoding_problem(self) -> str | None:
         """Why this process could not work as configured with several processes, or None."""
-        if not self.encode_images and self.database_url.startswith("sqlite"):
+        if not self.database_url.startswith("sqlite"):
+            return None
+        if not self.encode_images:
             return (
                 "ENCODE_IMAGES=false leaves encoding to `python -m bot worker` processes, and "
                 "SQLite serves one process only, so nothing would ever encode the images: set "
                 "ENCODE_IMAGES=true, or use PostgreSQL (DATABASE_URL=postgresql+asyncpg://...)"
+            )
+        if CLIP_LANE not in self.lanes():
+            return (
+                f"WORKER_LANES={self.worker_lanes} leaves encoding to other processes, and SQLite "
+                "serves one process only, so nothing would ever encode the images: add clip to "
+                "WORKER_LANES, or use PostgreSQL (DATABASE_URL=postgresql+asyncpg://...)"
             )
         return None
 

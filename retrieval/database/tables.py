@@ -346,9 +346,10 @@ class GuildDeparture(Base):
 
 
 class IndexConsumer(Base):
-    """A process that encodes images, as it last reported itself (every ~15 s).
+    """A process that takes a lane of the queue (encodes images, or reads their words), as it
+    last reported itself (every ~15 s).
 
-    Throughput across the cluster is the sum of the rates of the rows seen lately; a row not
+    Throughput across the cluster is the sum of the rates of one lane's rows seen lately; a row not
     seen for a few minutes is a process that died, ignored and deleted by the next writer. Not
     guild-scoped: a small reference table.
     """
@@ -372,3 +373,6 @@ class IndexConsumer(Base):
     in_hand: Mapped[int] = mapped_column(Integer, default=0)
     # Why the process is unhealthy (a task of it keeps failing); None while it is healthy.
     problem: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # The lane whose figures the row holds: CLIP_LANE (images stored, by ``model_id``) or
+    # OCR_LANE (pictures read, by the OCR model); a process taking both writes a row for each.
+    lane: Mapped[str] = mapped_column(String(8), default=CLIP_LANE, server_default=CLIP_LANE)

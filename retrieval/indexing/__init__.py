@@ -25,7 +25,7 @@ from retrieval.indexing.pipeline import IndexingPipeline
 from retrieval.indexing.reading import ReadingLane
 from retrieval.indexing.reading_switch import apply_reading
 from retrieval.indexing.signed_urls import WAIT_S as REFRESH_WAIT_S
-from retrieval.indexing.signed_urls import RefreshUrls
+from retrieval.indexing.signed_urls import RefreshUrls, SignedUrls
 
 __all__ = [
     "CLIP_LANE",
@@ -48,6 +48,7 @@ __all__ = [
     "ReadingLane",
     "RefreshUrls",
     "RetryPolicy",
+    "SignedUrls",
     "adopt_model",
     "apply_reading",
     "clean_ref",

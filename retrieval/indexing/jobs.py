@@ -127,13 +127,15 @@ class Backlog:
 class JobQueue:
     """One lane of the queue (``lane``): what it claims, counts and fails. The CLIP lane's
     `enqueue` also queues each image's reading (the OCR lane) when ``read_words``; `for_lane`
-    gives the other lane's view of the same table."""
+    gives the other lane's view of the same table. ``model_id`` is the CLIP model the queued
+    images are encoded with; None in a process without one (a worker that only reads), which
+    takes jobs and queues none."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         *,
-        model_id: str,
+        model_id: str | None,
         lease_s: float = 300.0,
         retry: RetryPolicy | None = None,
         lane: str = CLIP_LANE,
@@ -186,6 +188,8 @@ class JobQueue:
         queued."""
         if not refs:
             return
+        if self.model_id is None:
+            raise RuntimeError("a queue without a CLIP model takes jobs and queues none")
         priorities = [priority] * len(refs) if isinstance(priority, int) else list(priority)
         rows: list[tuple[ImageRef, dict]] = []
         failed: list[tuple[ImageRef, str, str]] = []  # the image, the reason, what went wrong

@@ -4,7 +4,7 @@ of the whole cluster (`cluster`)."""
 
 from __future__ import annotations
 
-from retrieval.runtime.cluster import ClusterFigures, read_figures
+from retrieval.runtime.cluster import ClusterFigures, Consumer, read_figures
 from retrieval.runtime.heap import freeze_heap
 from retrieval.runtime.operating import age, counted, operator_view
 from retrieval.runtime.services import Services, open_services
@@ -12,6 +12,7 @@ from retrieval.runtime.signals import Stop, die_on_signals, exit_now, exit_on_si
 
 __all__ = [
     "ClusterFigures",
+    "Consumer",
     "Services",
     "Stop",
     "age",

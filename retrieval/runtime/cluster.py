@@ -1,9 +1,10 @@
 """The cluster as an operator sees it: the queue's depth and oldest job, and every process that
-encodes images, with its throughput.
+encodes images or reads their words, with its throughput.
 
 Each consumer (a bot process that encodes, an encoder worker) reports itself every ~15 s in
-``index_consumers`` (`ConsumerReport`); a row not seen for ``STALE_S`` is a process that died: it
-is left out of the figures and deleted by the next report. "Seen" and "waiting since" are the
+``index_consumers`` (`ConsumerReport`), a row for each lane of the queue it takes; a row not
+seen for ``STALE_S`` is a process that died: it is left out of the figures and deleted by the
+next report. "Seen" and "waiting since" are the
 database's clock (`retrieval/database/clock.py`): a process whose own clock is ahead must not take
 the others for dead. `read_figures` reads everything in one transaction, from the jobs table's
 ``ix_index_jobs_age`` index and two small tables, so it stays cheap however large the backlog.
@@ -37,7 +38,8 @@ COUNT_CAP = 100_000
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
-    """One live process that encodes images, as it last reported."""
+    """One live process's work in one lane, as it last reported: images encoded (the CLIP
+    lane) or pictures read (the OCR lane, ``model_id`` the OCR model)."""
 
     key: str
     role: str
@@ -51,6 +53,7 @@ class Consumer:
     rate: float  # images stored per second, lately
     in_hand: int
     problem: str | None = None  # why it is unhealthy; None while it is healthy
+    lane: str = CLIP_LANE
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class ClusterFigures:
 
     ``waiting`` are jobs never tried yet, ``retrying`` jobs that failed before and wait for
     another try (the two make the queue's depth; each is exact up to ``COUNT_CAP``), ``claimed``
-    the jobs live consumers hold now (part of the other two).
+    the jobs live consumers hold now (part of the other two); ``consumers`` the processes that
+    encode. The ``reading_`` figures and ``readers`` are the same for the OCR lane.
     """
 
     waiting: int = 0
@@ -71,11 +75,18 @@ class ClusterFigures:
     # The OCR lane's jobs (the figures above are the CLIP lane's), each exact up to COUNT_CAP.
     reading_waiting: int = 0
     reading_retrying: int = 0
+    reading_claimed: int = 0
+    readers: list[Consumer] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         """Images stored per second by all live consumers together."""
         return sum(consumer.rate for consumer in self.consumers)
+
+    @property
+    def reading_rate(self) -> float:
+        """Pictures whose words were stored per second, by all live readers together."""
+        return sum(reader.rate for reader in self.readers)
 
     @property
     def depth(self) -> int:
@@ -112,9 +123,11 @@ async def read_figures(
     with database_errors():
         async with engine.connect() as conn:
             waiting, retrying, oldest, now, reading, rereading = (await conn.execute(queue)).one()
-            consumers = [record(Consumer, row) for row in await conn.execute(alive)]
+            rows = [record(Consumer, row) for row in await conn.execute(alive)]
             failed = {reason: int(n) for reason, n in await conn.execute(failures)}
-    consumers.sort(key=lambda consumer: (consumer.role, consumer.host, consumer.started_at))
+    rows.sort(key=lambda consumer: (consumer.role, consumer.host, consumer.started_at))
+    consumers = [row for row in rows if row.lane == CLIP_LANE]
+    readers = [row for row in rows if row.lane == OCR_LANE]
     return ClusterFigures(
         waiting=int(waiting),
         retrying=int(retrying),
@@ -124,20 +137,23 @@ async def read_figures(
         failed=failed,
         reading_waiting=int(reading),
         reading_retrying=int(rereading),
+        reading_claimed=sum(reader.in_hand for reader in readers),
+        readers=readers,
     )
 
 
 class ConsumerReport:
-    """This process's row in ``index_consumers``: call `report()` every ~15 s, `leave()` at a
-    clean stop. ``stored`` and ``in_hand`` read the pipeline's counters; ``shards`` says which
-    gateway shards the process runs (None for a worker or an unsharded bot); ``problem`` why the
-    process is unhealthy (None while it is healthy)."""
+    """This process's row in ``index_consumers`` for one ``lane``: call `report()` every ~15 s,
+    `leave()` at a clean stop. ``stored`` and ``in_hand`` read the lane's counters; ``shards``
+    says which gateway shards the process runs (None for a worker or an unsharded bot);
+    ``problem`` why the process is unhealthy (None while it is healthy)."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         *,
         role: str,
+        lane: str = CLIP_LANE,
         model_id: str,
         device: str,
         stored: Callable[[], int],
@@ -151,6 +167,7 @@ class ConsumerReport:
         # The random part: a restarted container often gets the same host name and pid.
         self.key = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"[:200]
         self.role = role
+        self.lane = lane
         self.model_id = model_id
         self.device = device
         self.stale_s = stale_s
@@ -186,6 +203,7 @@ class ConsumerReport:
             "rate": self._rate(stored, time.monotonic() if now is None else now.timestamp()),
             "in_hand": self._in_hand(),
             "problem": (self._problem() or "")[:500] or None,
+            "lane": self.lane,
         }
         stale = moment(now, after_s=-self.stale_s)
         with database_errors():

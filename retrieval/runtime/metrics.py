@@ -218,6 +218,23 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.readers = Gauge(
+            "clipfind_cluster_readers",
+            "Processes that read the words in pictures (the queue's OCR lane) and reported in "
+            "the last few minutes, by role.",
+            ["role"],
+            registry=self.registry,
+        )
+        self.reading_rate = Gauge(
+            "clipfind_cluster_pictures_read_per_second",
+            "Pictures whose words all live readers together stored per second.",
+            registry=self.registry,
+        )
+        self.reading_claimed = Gauge(
+            "clipfind_reading_claimed_jobs",
+            "Readings live readers hold now (part of clipfind_reading_jobs).",
+            registry=self.registry,
+        )
         self.refreshed = Gauge(
             "clipfind_cluster_figures_timestamp_seconds",
             "When the cluster figures were last read from the database.",
@@ -231,12 +248,15 @@ class Metrics:
         self.reading.labels("retrying").set(figures.reading_retrying)
         self.claimed.set(figures.claimed)
         self.oldest.set(figures.oldest_waiting_s or 0.0)
-        roles = {"bot": 0, "worker": 0}
-        for consumer in figures.consumers:
-            roles[consumer.role] = roles.get(consumer.role, 0) + 1
-        for role, n in roles.items():
-            self.consumers.labels(role).set(n)
+        for gauge, rows in ((self.consumers, figures.consumers), (self.readers, figures.readers)):
+            roles = {"bot": 0, "worker": 0}
+            for row in rows:
+                roles[row.role] = roles.get(row.role, 0) + 1
+            for role, n in roles.items():
+                gauge.labels(role).set(n)
         self.rate.set(figures.rate)
+        self.reading_rate.set(figures.reading_rate)
+        self.reading_claimed.set(figures.reading_claimed)
         self.failed.clear()  # a reason whose servers were all purged disappears
         for reason, n in figures.failed.items():
             self.failed.labels(reason).set(n)

@@ -1,7 +1,7 @@
 """What an operator watches, run alongside any process (a bot, an encoder worker): its heartbeat
-in ``index_consumers`` (with its health), a log line every minute while the queue has a backlog
-(and one when it drains), with ``METRICS_PORT`` set Prometheus figures on ``/metrics``, and
-``/healthz`` there or on ``HEALTH_PORT``.
+in ``index_consumers`` (with its health; a row for each lane of the queue it takes), a log line
+every minute while the queue has a backlog (and one when it drains), with ``METRICS_PORT`` set
+Prometheus figures on ``/metrics``, and ``/healthz`` there or on ``HEALTH_PORT``.
 
 Everything runs in one supervised background task; the database is read every ~15 s there,
 never on a scrape, a probe or a command. A database outage costs a warning, never the process.
@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
+from retrieval.database.tables import OCR_LANE
 from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.runtime.cluster import COUNT_CAP, ClusterFigures, ConsumerReport, read_figures
 from retrieval.runtime.health import serve, stop_serving, with_health
@@ -44,13 +45,13 @@ class OperatorView:
         self,
         *,
         engine: AsyncEngine,
-        report: ConsumerReport | None,
+        reports: list[ConsumerReport],
         metrics: Metrics | None,
         report_every_s: float,
         log_every_s: float,
     ) -> None:
         self.engine = engine
-        self.report = report
+        self.reports = reports  # one per lane the process takes
         self.metrics = metrics
         self.figures: ClusterFigures | None = None
         self._report_every_s = report_every_s
@@ -69,8 +70,8 @@ class OperatorView:
         them."""
         log_due = self._logged_at is None or time.monotonic() - self._logged_at >= self._log_every_s
         try:
-            if self.report is not None:
-                await self.report.report()
+            for report in self.reports:
+                await report.report()
             if self.metrics is not None or log_due:
                 self.figures = await read_figures(self.engine)
         except StoreUnavailable as exc:
@@ -89,7 +90,7 @@ class OperatorView:
 
     def _log_backlog(self, figures: ClusterFigures) -> None:
         # Jobs waiting for a later retry are no backlog: nothing could take them now.
-        if figures.waiting:
+        if figures.waiting or figures.reading_waiting:
             self._backlog = True
             log.info("indexing backlog: %s", backlog_summary(figures))
         elif self._backlog:
@@ -125,7 +126,10 @@ def backlog_summary(figures: ClusterFigures) -> str:
     return (
         f"{counted(figures.waiting)} waiting, {counted(figures.retrying)} waiting for a retry, "
         f"{figures.claimed:,} being worked on; oldest waiting {age(figures.oldest_waiting_s)}; "
-        f"{figures.rate:.1f} images/s across {len(figures.consumers)} consumers"
+        f"{figures.rate:.1f} images/s across {len(figures.consumers)} consumers; words to "
+        f"read: {counted(figures.reading_waiting)} waiting, {counted(figures.reading_retrying)} "
+        f"waiting for a retry, {figures.reading_claimed:,} being read; "
+        f"{figures.reading_rate:.1f} pictures/s across {len(figures.readers)} readers"
     )
 
 
@@ -151,24 +155,42 @@ async def operator_view(
     """Heartbeat, backlog log line, metrics and health servers for one process, stopped on exit.
 
     ``role`` is "bot" or "worker"; ``pipeline`` is the process's indexing pipeline, or None for
-    one that encodes no images (it then writes no heartbeat, but still logs and serves the
-    cluster's figures); ``supervisor`` runs the process's tasks, and its health is the
-    process's; ``shards`` names the gateway shards the process runs, when it has any;
-    ``reading`` is the process's OCR lane, when it reads the words in pictures.
+    one that encodes no images; ``reading`` is the process's OCR lane, when it reads the words
+    in pictures. The process writes a heartbeat for each of the two it has (with neither, it
+    still logs and serves the cluster's figures). ``supervisor`` runs the process's tasks, and
+    its health is the process's; ``shards`` names the gateway shards the process runs, when it
+    has any.
     """
     supervisor = supervisor or Supervisor()
-    report = None
+    reports = []
     if pipeline is not None:
         counters = pipeline.counters
-        report = ConsumerReport(
-            engine,
-            role=role,
-            model_id=pipeline.model_id,
-            device=_device(pipeline),
-            stored=lambda: counters.indexed + counters.reused,
-            in_hand=lambda: pipeline.queued,
-            shards=shards,
-            problem=supervisor.problem,
+        reports.append(
+            ConsumerReport(
+                engine,
+                role=role,
+                model_id=pipeline.model_id,
+                device=_device(pipeline),
+                stored=lambda: counters.indexed + counters.reused,
+                in_hand=lambda: pipeline.queued,
+                shards=shards,
+                problem=supervisor.problem,
+            )
+        )
+    if reading is not None:
+        words = reading.counters
+        reports.append(
+            ConsumerReport(
+                engine,
+                role=role,
+                lane=OCR_LANE,
+                model_id=reading.engine.model_id,
+                device=reading.engine.device,
+                stored=lambda: words.indexed + words.reused,
+                in_hand=lambda: reading.held,
+                shards=shards,
+                problem=supervisor.problem,
+            )
         )
     metrics = None
     if settings.metrics_port is not None:
@@ -198,7 +220,7 @@ async def operator_view(
         log.info("health on http://%s:%d/healthz", settings.metrics_addr, health.server_port)
     view = OperatorView(
         engine=engine,
-        report=report,
+        reports=reports,
         metrics=metrics,
         report_every_s=report_every_s,
         log_every_s=log_every_s,
@@ -213,6 +235,10 @@ async def operator_view(
             await asyncio.to_thread(metrics.close)
         if health is not None:
             await asyncio.to_thread(stop_serving, health)
-        if report is not None:
-            with contextlib.suppress(StoreUnavailable, TimeoutError):
-                await within(report.leave(), seconds=_LEAVE_S)
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            await within(_leave_all(reports), seconds=_LEAVE_S)
+
+
+async def _leave_all(reports: list[ConsumerReport]) -> None:
+    for report in reports:
+        await report.leave()

@@ -23,6 +23,7 @@ from retrieval.indexing import (
     JobQueue,
     ReadingLane,
     RefreshUrls,
+    SignedUrls,
     apply_reading,
 )
 from retrieval.pictures.fetch import Fetcher
@@ -52,12 +53,14 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     supervisor: Supervisor  # runs every long-lived task of the process, restarting a failed one
-    model: Encoder  # the loaded CLIP model
-    encoder: EncoderService  # the one thread that runs it, queries first
+    # The CLIP model, the one thread that runs it (queries first) and the pipeline of the CLIP
+    # lane: None only in a worker that takes the OCR lane alone, which loads no CLIP model.
+    model: Encoder | None
+    encoder: EncoderService | None
     store: VectorStore
     fetcher: Fetcher
     jobs: JobQueue
-    pipeline: IndexingPipeline
+    pipeline: IndexingPipeline | None
     policy: IndexPolicy  # loaded; a process that writes policy keeps it current (`watch`)
     cursors: BackfillCursors
     # The OCR lane, where this process reads the words in pictures (OCR on, "ocr" among
@@ -69,9 +72,11 @@ def _reading_lane(
     settings: Settings,
     *,
     jobs: JobQueue,
-    pipeline: IndexingPipeline,
+    pipeline: IndexingPipeline | None,
+    signed_urls: SignedUrls,
     fetcher: Fetcher,
     store: VectorStore,
+    supervisor: Supervisor,
 ) -> ReadingLane:
     from retrieval.encoding.ocr import OcrEngine
 
@@ -79,43 +84,22 @@ def _reading_lane(
         jobs=jobs.for_lane(OCR_LANE),
         clip_jobs=jobs,
         # The vectors this process holds come first too.
-        clip_held=lambda: pipeline.queued,
+        clip_held=(lambda: pipeline.queued) if pipeline is not None else (lambda: 0),
         engine=OcrEngine(threads=settings.ocr_threads, device=settings.ocr_device),
         fetcher=fetcher,
         store=store,
-        signed_urls=pipeline.signed_urls,  # one refresher of Discord's links for both lanes
+        signed_urls=signed_urls,
         max_pixels=settings.max_image_pixels,
         max_bytes=settings.max_image_bytes,
-        supervisor=pipeline.supervisor,
+        supervisor=supervisor,
     )
 
 
-@contextlib.asynccontextmanager
-async def open_services(
-    settings: Settings,
-    *,
-    engine: AsyncEngine,
-    consume: bool = True,
-    loaded: Callable[[Encoder], Awaitable[None]] | None = None,
-    refresh: RefreshUrls | None = None,
-    supervisor: Supervisor | None = None,
-    stop_left: Callable[[], float] | None = None,
-) -> AsyncIterator[Services]:
-    """Everything started; on the way out, batches being encoded finish and the rest of the
-    claimed jobs go back to the table within what ``stop_left()`` says is left of the stop's
-    deadline (SHUTDOWN_DEADLINE_S when not given).
-
-    The policy is read first: a database that refuses is told before the model is loaded.
-    ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
-    model is still loaded, for search queries, but no job is taken from the table. ``loaded``
-    is awaited with the model before any job is: it may refuse it by raising. ``refresh``
-    exchanges expired attachment links (Discord's, passed in by the caller). The pipeline's
-    and the store's tasks run under ``supervisor`` (the process's).
-    """
+async def _load_clip(
+    settings: Settings, loaded: Callable[[Encoder], Awaitable[None]] | None
+) -> tuple[Encoder, EncoderService]:
     from retrieval.encoding.clip import Encoder  # torch: only where a model is opened
 
-    policy = IndexPolicy(engine)
-    await policy.load()
     load = functools.partial(
         Encoder.load,
         model=settings.clip_model,
@@ -129,7 +113,42 @@ async def open_services(
     model = await abandonable(load, name="clip-model-load")
     if loaded is not None:
         await loaded(model)
-    encoder = EncoderService(model)
+    return model, EncoderService(model)
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    engine: AsyncEngine,
+    consume: bool = True,
+    queries: bool = True,
+    loaded: Callable[[Encoder], Awaitable[None]] | None = None,
+    refresh: RefreshUrls | None = None,
+    supervisor: Supervisor | None = None,
+    stop_left: Callable[[], float] | None = None,
+) -> AsyncIterator[Services]:
+    """Everything started; on the way out, batches being encoded finish and the rest of the
+    claimed jobs go back to the table within what ``stop_left()`` says is left of the stop's
+    deadline (SHUTDOWN_DEADLINE_S when not given).
+
+    The policy is read first: a database that refuses is told before the model is loaded.
+    ``consume=False`` only queues images (a gateway process with ENCODE_IMAGES=false): the
+    model is still loaded, for search queries, but no job is taken from the table.
+    ``queries=False`` (a worker) encodes no search: the CLIP model is loaded only when the
+    process takes the CLIP lane, and a worker that only reads (WORKER_LANES=ocr) never imports
+    torch. Nothing it does depends on the CLIP model: a reading is keyed by its image, which has
+    one row whatever model encoded it, so a model switch leaves it be. ``loaded`` is awaited
+    with the model before any job is: it may refuse it by raising. ``refresh``
+    exchanges expired attachment links (Discord's, passed in by the caller). The pipeline's
+    and the store's tasks run under ``supervisor`` (the process's).
+    """
+    policy = IndexPolicy(engine)
+    await policy.load()
+    lanes = settings.lanes() if consume else frozenset()
+    model = encoder = None
+    if queries or CLIP_LANE in lanes:
+        model, encoder = await _load_clip(settings, loaded)
     supervisor = supervisor or Supervisor()
     store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor)
     connector = aiohttp.TCPConnector(
@@ -147,43 +166,56 @@ async def open_services(
             )
             jobs = JobQueue(
                 engine,
-                model_id=model.model_id,
+                # Without a model this process queues nothing: only the CLIP lane's enqueue
+                # names the model.
+                model_id=model.model_id if model is not None else None,
                 lease_s=settings.job_lease_s,
                 retry=settings.retry_policy(),
                 read_words=settings.ocr,
             )
-            lanes = settings.lanes() if consume else frozenset()
             if consume and engine.dialect.name == "sqlite":
                 # One process per SQLite file (a lock next to it says so): any claim left is a
                 # dead process's.
                 await jobs.release()
-            pipeline = IndexingPipeline(
-                fetcher=fetcher,
-                encoder=encoder,
-                store=store,
-                jobs=jobs,
-                spec=model.spec,
-                max_pixels=settings.max_image_pixels,
-                batch_size=settings.batch_size or model.default_batch_size,
-                batch_deadline_s=settings.batch_deadline_ms / 1000,
-                queue_size=settings.queue_size,
-                fetch_workers=settings.fetch_concurrency,
-                decode_threads=settings.decode_threads,
-                consume=CLIP_LANE in lanes,
-                refresh=refresh,
-                supervisor=supervisor,
-                fetch_resized=settings.fetch_resized,
-            )
-            await pipeline.start()
+            pipeline = None
+            if model is not None and encoder is not None:
+                pipeline = IndexingPipeline(
+                    fetcher=fetcher,
+                    encoder=encoder,
+                    store=store,
+                    jobs=jobs,
+                    spec=model.spec,
+                    max_pixels=settings.max_image_pixels,
+                    batch_size=settings.batch_size or model.default_batch_size,
+                    batch_deadline_s=settings.batch_deadline_ms / 1000,
+                    queue_size=settings.queue_size,
+                    fetch_workers=settings.fetch_concurrency,
+                    decode_threads=settings.decode_threads,
+                    consume=CLIP_LANE in lanes,
+                    refresh=refresh,
+                    supervisor=supervisor,
+                    fetch_resized=settings.fetch_resized,
+                )
+                await pipeline.start()
+            # One refresher of Discord's links for both lanes.
+            signed_urls = pipeline.signed_urls if pipeline is not None else SignedUrls(refresh)
             reading = None
             if OCR_LANE in lanes:
                 reading = _reading_lane(
-                    settings, jobs=jobs, pipeline=pipeline, fetcher=fetcher, store=store
+                    settings,
+                    jobs=jobs,
+                    pipeline=pipeline,
+                    signed_urls=signed_urls,
+                    fetcher=fetcher,
+                    store=store,
+                    supervisor=supervisor,
                 )
                 try:
                     await reading.start()  # the OCR models load: ModelUnavailable says why not
                 except BaseException:
-                    await pipeline.close(deadline_s=settings.shutdown_deadline_s)
+                    await _close_clip_lane(
+                        pipeline, signed_urls, deadline_s=settings.shutdown_deadline_s
+                    )
                     raise
             # Every process: the stored words follow the setting (the images stored before
             # queued for reading, or every word deleted; once), in the background: on a large
@@ -213,7 +245,21 @@ async def open_services(
                 if reading is not None:  # a reading in hand is abandoned, and handed back
                     await reading.close(deadline_s=min(max(left - _AFTER_PIPELINE_S, 0.0), 2.0))
                     left = stop_left() if stop_left else left
-                await pipeline.close(deadline_s=max(left - _AFTER_PIPELINE_S, 0.0))
+                await _close_clip_lane(
+                    pipeline, signed_urls, deadline_s=max(left - _AFTER_PIPELINE_S, 0.0)
+                )
     finally:
-        await encoder.close()
+        if encoder is not None:
+            await encoder.close()
         await store.close()
+
+
+async def _close_clip_lane(
+    pipeline: IndexingPipeline | None, signed_urls: SignedUrls, *, deadline_s: float
+) -> None:
+    """The pipeline closes the links' refresher it shares with the reading lane; without a
+    pipeline, the refresher is closed alone."""
+    if pipeline is not None:
+        await pipeline.close(deadline_s=deadline_s)
+    else:
+        await signed_urls.close()

@@ -86,6 +86,60 @@ async def test_each_process_reports_and_a_silent_one_is_ignored_then_deleted(
     assert await rows(worker_engine) == 0
 
 
+async def test_the_reading_lane_reports_beside_the_vectors_and_is_counted_apart(
+    store_engine, other_engine
+):
+    """A bot taking both lanes and a worker taking only the OCR lane: each lane's throughput and
+    jobs in hand are its own, and the worker that only reads is one of the readers."""
+    read = {"bot": 4, "worker": 0}
+    bot = ConsumerReport(
+        store_engine,
+        role="bot",
+        model_id="tiny",
+        device="cpu fp32",
+        stored=lambda: 50,
+        in_hand=lambda: 3,
+    )
+    bot_reading = ConsumerReport(
+        store_engine,
+        role="bot",
+        lane="ocr",
+        model_id="rapidocr/PP-OCRv6-small",
+        device="cpu",
+        stored=lambda: read["bot"],
+        in_hand=lambda: 1,
+    )
+    worker = ConsumerReport(
+        other_engine,
+        role="worker",
+        lane="ocr",
+        model_id="rapidocr/PP-OCRv6-small",
+        device="cpu",
+        stored=lambda: read["worker"],
+        in_hand=lambda: 2,
+        problem=lambda: "task 'ocr-read' failed 5 times",
+    )
+    for report in (bot, bot_reading, worker):
+        await report.report(now=T0)
+    read["bot"] += 15
+    read["worker"] += 45
+    for report in (bot, bot_reading, worker):
+        await report.report(now=T0 + timedelta(seconds=15))
+    figures = await read_figures(store_engine, now=T0 + timedelta(seconds=16))
+    assert [(c.role, c.lane, c.images_stored) for c in figures.consumers] == [("bot", "clip", 50)]
+    assert [(c.role, c.lane, c.images_stored, c.rate) for c in figures.readers] == [
+        ("bot", "ocr", 19, 1.0),
+        ("worker", "ocr", 45, 3.0),
+    ]
+    assert figures.readers[1].problem == "task 'ocr-read' failed 5 times"
+    assert (figures.rate, figures.reading_rate) == (0.0, 4.0)
+    assert (figures.claimed, figures.reading_claimed) == (3, 3)
+
+    await worker.leave()
+    figures = await read_figures(store_engine, now=T0 + timedelta(seconds=16))
+    assert [c.role for c in figures.readers] == ["bot"]
+
+
 def job(n: int, *, created: datetime, attempts: int = 0, claimed: bool = False) -> dict:
     return dict(
         guild_id=1,

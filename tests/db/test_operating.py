@@ -45,7 +45,7 @@ def backlog_lines(caplog) -> list[str]:
 async def test_the_backlog_is_logged_each_interval_and_once_when_it_drains(sqlite_engine, caplog):
     caplog.set_level(logging.INFO, logger="retrieval.runtime.operating")
     view = OperatorView(
-        engine=sqlite_engine, report=None, metrics=None, report_every_s=15, log_every_s=0
+        engine=sqlite_engine, reports=[], metrics=None, report_every_s=15, log_every_s=0
     )
     await view.tick()
     assert backlog_lines(caplog) == []  # nothing queued, nothing to say
@@ -67,11 +67,30 @@ async def test_the_backlog_is_logged_each_interval_and_once_when_it_drains(sqlit
     assert backlog_lines(caplog)[-1].startswith("indexing backlog drained")
 
 
+async def test_pictures_waiting_to_be_read_are_a_backlog_too(sqlite_engine, caplog):
+    caplog.set_level(logging.INFO, logger="retrieval.runtime.operating")
+    view = OperatorView(
+        engine=sqlite_engine, reports=[], metrics=None, report_every_s=15, log_every_s=0
+    )
+    created = datetime.now(UTC) - timedelta(seconds=60)
+    async with sqlite_engine.begin() as conn:
+        await conn.execute(
+            insert(IndexJob), [job(n, created=created) | {"lane": "ocr"} for n in (1, 2)]
+        )
+    await view.tick()
+    (line,) = backlog_lines(caplog)
+    assert line.startswith("indexing backlog: 0 waiting, 0 waiting for a retry")
+    assert line.endswith(
+        "; words to read: 2 waiting, 0 waiting for a retry, 0 being read; 0.0 pictures/s "
+        "across 0 readers"
+    )
+
+
 async def test_the_backlog_line_waits_for_its_interval(sqlite_engine, caplog):
     caplog.set_level(logging.INFO, logger="retrieval.runtime.operating")
     await add_jobs(sqlite_engine, 1)
     view = OperatorView(
-        engine=sqlite_engine, report=None, metrics=None, report_every_s=15, log_every_s=60
+        engine=sqlite_engine, reports=[], metrics=None, report_every_s=15, log_every_s=60
     )
     await view.tick()
     await view.tick()  # 15 s later in real life: the minute is not over

@@ -62,6 +62,28 @@ def test_invalid_settings_fail_in_one_line(tmp_path, monkeypatch, capsys):
     assert line.startswith("FAIL  settings  invalid settings:") and "CLIP_DEVICE" in line
 
 
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (
+            {"OCR": "off", "WORKER_LANES": "ocr"},
+            "WORKER_LANES=ocr takes only the OCR lane, and OCR",
+        ),
+        ({"WORKER_LANES": "ocr"}, "WORKER_LANES=ocr leaves encoding to other processes"),
+    ],
+)
+def test_lanes_that_leave_nothing_to_do_fail(tmp_path, monkeypatch, capsys, settings, said):
+    """A process told to take no job, or a lone SQLite bot that leaves the vectors to no one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clipfind.db")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check"]) == 1
+    got = verdicts(capsys.readouterr().out.splitlines())
+    failed = [detail for verdict, detail in got.values() if verdict == "FAIL"]
+    assert [detail for detail in failed if said in detail], got
+
+
 async def test_a_working_configuration_passes_every_check(tmp_path):
     """The real command in its own process, against the stand-in, as an operator runs it."""
     async with FakeDiscord() as fd:

@@ -9,6 +9,7 @@ import pytest_asyncio
 
 from tests.e2e.conftest import bot_on
 from tests.e2e.test_e2e_privacy_commands import opt_out, run
+from tests.e2e.test_e2e_status import line
 from tests.fakediscord import Attachment, FakeDiscord
 from tests.helpers import bot_settings, eventually, find, picture, result_ids, running_bot, settled
 from tests.textimages import caption_sample, missing_fonts, terminal_sample
@@ -124,6 +125,22 @@ async def test_an_opt_out_deletes_the_words_read_from_the_members_pictures(poste
     assert await bot.store.count_words(author_id=alice.id) == 0
     reply = await find(fd, guild, general, alice, '"failed on friday"')
     assert not reply.get("embeds")
+
+
+async def test_the_owner_sees_what_the_reading_lane_did(posted):
+    fd, bot, guild, general, alice, ids = posted
+    owner = guild.add_existing_user(fd.owner_user)
+    said = (await run(fd, guild, general, owner, "clipfind status"))["content"]
+    counters = bot.services.reading.counters
+    assert counters.indexed >= len(ids) - counters.reused
+    assert line(said, "Words read by this process since start").endswith(
+        f":** {counters.indexed} pictures read, {counters.reused} copied from the same picture, "
+        f"0 unreadable, 0 retries; 0 in hand"
+    )
+    assert "from 1 process (bot on " in line(said, "Reading, whole cluster")
+    assert "0 pictures waiting, 0 waiting for a retry, 0 being read" in line(
+        said, "Words to read, whole cluster"
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module", params=["sqlite", "postgres"])

@@ -4,9 +4,11 @@ CDN failure, deleted with their image, never queued with reading off."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -23,10 +25,20 @@ from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.origins import MediaOrigins
 from retrieval.runtime.metrics import Metrics
 from retrieval.store import SearchScope, open_store
+from tests.db.test_operating import scrape
 from tests.db.test_pipeline import ImageHost, job_queue, ref, running_pipeline
+from tests.e2e.test_e2e_status import line, status
 from tests.e2e.test_worker import Worker, image_ref, jobs, url_of, worker_env
-from tests.fakediscord import FakeDiscord
-from tests.helpers import eventually
+from tests.fakediscord import Attachment, FakeDiscord
+from tests.helpers import (
+    bot_settings,
+    eventually,
+    find,
+    free_port,
+    result_ids,
+    running_bot,
+    settled,
+)
 from tests.records import image_record
 from tests.textimages import caption_sample, missing_fonts
 
@@ -264,6 +276,95 @@ async def test_a_reading_held_by_a_killed_worker_is_done_by_the_next(
         await store.close()
 
 
+async def test_an_ocr_only_worker_reads_beside_a_bot_that_encodes_and_loads_no_clip_model(
+    postgres_engine, tmp_path
+):
+    """A CPU box for the words beside a box for the vectors: the bot takes only the CLIP lane,
+    the worker only the OCR lane, without torch or the CLIP model's weights."""
+    url = url_of(postgres_engine)
+    said = caption_sample([SAYS["deploy.png"]], size=24, seed=1)
+    port = free_port()
+    async with FakeDiscord() as fd:
+        settings = bot_settings(fd, tmp_path, database_url=url, ocr=True, worker_lanes="clip")
+        guild = fd.add_guild("Readers")
+        general = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        ocr_only = {
+            "OCR": "on",
+            "WORKER_LANES": "ocr",
+            "METRICS_PORT": str(port),
+            "METRICS_ADDR": "127.0.0.1",
+            # Nothing to load: a worker that does not encode never opens the model's files.
+            "CLIP_MODEL": "no-such-model",
+            "CLIP_PRETRAINED": str(tmp_path / "absent.pt"),
+        }
+        worker = await Worker.start(tmp_path, worker_env(url, fd.cdn_origin, **ocr_only))
+        try:
+            async with running_bot(settings, fd) as bot:
+                await fd.wait_ready()
+                posted = await fd.post_message(
+                    general,
+                    alice,
+                    "",
+                    attachments=[Attachment("deploy.png", said.data, "image/png")],
+                )
+                await settled(bot, fd)
+                assert bot.services.reading is None, "the bot leaves the words to the worker"
+                scope = SearchScope(guild_id=guild.id, model_id=bot.encoder.model_id)
+
+                async def read() -> bool:
+                    if worker.process.returncode is not None:
+                        raise AssertionError(f"the worker exited:\n{worker.log()}")
+                    hits = await bot.store.words_matching(scope=scope, all_of=["friday"], k=5)
+                    return [h.message_id for h in hits] == [posted.id]
+
+                await eventually(read, within=120)
+                reply = await find(fd, guild, general, alice, '"failed on friday"')
+                assert result_ids(reply) == [posted.id]
+                figures = await scrape(port)
+                assert "clipfind_pictures_read_total 1.0" in figures
+                assert "clipfind_images_stored" not in figures, "no CLIP lane in this worker"
+                # Its heartbeat makes it the cluster's one reader, the bot its one encoder.
+                assert 'clipfind_cluster_readers{role="worker"} 1.0' in figures
+                owner = guild.add_existing_user(fd.owner_user)
+                said = await status(fd, guild, general, owner)
+                assert "from 1 process (bot on " in line(said, "Encoding, whole cluster")
+                assert "from 1 process (worker on " in line(said, "Reading, whole cluster")
+                assert "Words read by this process" not in said
+            # What the worker's process has mapped: the OCR runtime, and no torch.
+            maps = Path(f"/proc/{worker.process.pid}/maps")
+            libraries = await asyncio.to_thread(maps.read_text)
+            assert "onnxruntime" in libraries
+            assert "libtorch" not in libraries
+            assert await worker.stop() == 0
+        finally:
+            await worker.ensure_gone()
+    log = worker.log()
+    assert "loading the CLIP model" not in log and "Traceback" not in log
+    assert "encoder worker started, lanes ocr: reading with rapidocr" in log, log
+    assert "; no CLIP model loaded; database " in log
+
+
+def test_a_worker_that_would_take_no_lane_is_refused(tmp_path):
+    """WORKER_LANES=ocr with OCR=off leaves the worker nothing to do: it says so and stops."""
+    import subprocess
+    import sys
+
+    env = worker_env("postgresql+asyncpg://postgres@/none?host=/nowhere", "http://x")
+    env |= {"OCR": "off", "WORKER_LANES": "ocr"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "WORKER_LANES=ocr takes only the OCR lane, and OCR=off" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 async def _leased(engine) -> bool:
     return await jobs(engine, leased=True) == 1
 
@@ -278,8 +379,19 @@ def test_the_lanes_a_process_takes_are_set_and_checked():
 
     assert load_settings(_env_file=None).lanes() == {"clip", "ocr"}
     assert load_settings(_env_file=None, worker_lanes=" OCR ").lanes() == {"ocr"}
-    # Reading off: no process takes the OCR lane, whatever it was told.
-    assert load_settings(_env_file=None, ocr="off", worker_lanes="ocr").lanes() == set()
+    # Reading off: no process takes the OCR lane, whatever it was told; one told to take only
+    # that lane would idle, and is refused.
+    assert load_settings(_env_file=None, ocr="off").lanes() == {"clip"}
+    with pytest.raises(ConfigError, match="WORKER_LANES=ocr takes only the OCR lane, and OCR="):
+        load_settings(_env_file=None, ocr="off", worker_lanes="ocr")
+    # One process on SQLite takes the vectors itself: nothing else could.
+    alone = load_settings(_env_file=None, worker_lanes="ocr")
+    assert "WORKER_LANES=ocr leaves encoding to other processes" in alone.encoding_problem()
+    postgres = "postgresql+asyncpg://postgres@/db?host=/run"
+    assert (
+        load_settings(_env_file=None, worker_lanes="ocr", database_url=postgres).encoding_problem()
+        is None
+    )
     with pytest.raises(ConfigError, match="WORKER_LANES: .*gpu; the lanes are clip, ocr"):
         load_settings(_env_file=None, worker_lanes="clip,gpu")
 

@@ -186,7 +186,7 @@ async def test_a_worker_waits_for_its_database_then_stores_each_queued_image_onc
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
     log = worker.log()
-    assert "encoder worker started: model " in log and "batches of" in log
+    assert "encoder worker started, lanes clip: model " in log and "batches of" in log
     # Started without DISCORD_TOKEN: it says once what it cannot do, and what to set.
     assert log.count(NO_TOKEN_FOR_WORKER) == 1
     assert "WARNING" in next(line for line in log.splitlines() if NO_TOKEN_FOR_WORKER in line)
@@ -404,31 +404,49 @@ async def _logged(worker: Worker, text: str, *, times: int = 1) -> bool:
     return worker.log().count(text) >= times
 
 
-async def test_a_busy_worker_logs_its_throughput_and_an_idle_one_keeps_quiet(
-    postgres_engine, tiny_encoder, monkeypatch, caplog
-):
+async def test_a_busy_worker_logs_its_throughput_and_an_idle_one_keeps_quiet(monkeypatch, caplog):
     from types import SimpleNamespace
 
     from bot import worker
     from retrieval.indexing import PipelineCounters
 
     monkeypatch.setattr(worker, "REPORT_EVERY_S", 0.2)
-    queue = JobQueue(postgres_engine, model_id=tiny_encoder.model_id)
-    await queue.enqueue([image_ref(i, f"http://x/p{i}.png") for i in range(3)])
-    pipeline = SimpleNamespace(counters=PipelineCounters(), jobs=queue, queued=2)
+    pipeline = SimpleNamespace(counters=PipelineCounters(), consumes=True, queued=2)
+    reading = SimpleNamespace(counters=PipelineCounters(), held=1)
     caplog.set_level(logging.INFO, logger="bot.worker")
-    reporter = asyncio.create_task(worker._report(SimpleNamespace(pipeline=pipeline)))
+    both = SimpleNamespace(pipeline=pipeline, reading=reading)
+    reporter = asyncio.create_task(worker._report(both))
     try:
         await asyncio.sleep(0.5)  # idle: nothing to say
         assert not caplog.records
         pipeline.counters.indexed += 7
         pipeline.counters.failed["http_404"] += 1
+        reading.counters.indexed += 2
+        reading.counters.reused += 1
+        reading.counters.failed["ocr_not_an_image"] += 1
         await eventually(lambda: _any(caplog.records), within=5)
     finally:
         reporter.cancel()
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith("encoder worker: 8 images in the last ")
-    assert line.endswith("since start 7 encoded, 0 reposts reused, 1 skipped; 2 in hand")
+    assert line.startswith("encoder worker, the last ")
+    # Each lane's figures: the vectors' and the words'.
+    vectors, words = line.split(": ", 1)[1].split("; ")
+    assert vectors.startswith("vectors: 8 (")
+    assert vectors.endswith("since start 7 encoded, 0 reposts reused, 1 skipped, 2 in hand")
+    assert words.startswith("words: 4 (")
+    assert words.endswith("since start 2 read, 1 copied, 1 unreadable, 1 in hand")
+
+    # A worker that only reads names only its words.
+    caplog.clear()
+    reporter = asyncio.create_task(worker._report(SimpleNamespace(pipeline=None, reading=reading)))
+    try:
+        await asyncio.sleep(0)  # the reporter takes its first figures
+        reading.counters.indexed += 1
+        await eventually(lambda: _any(caplog.records), within=5)
+    finally:
+        reporter.cancel()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.split(": ", 1)[1].startswith("words: 1 (") and "vectors" not in line
 
 
 async def _any(records) -> bool:
