@@ -17,6 +17,7 @@ from tests.helpers import (
     bot_settings,
     bot_world,
     buttons,
+    eventually,
     find,
     picture,
     result_ids,
@@ -225,7 +226,8 @@ async def test_query_text_is_checked_cut_to_the_model_and_cached(world):
     assert counters.text_queries == queries + 2 and counters.text_cache_hits == hits + 1
 
 
-async def test_buttons_are_disabled_when_they_expire(tmp_path, caplog):
+async def test_buttons_are_disabled_when_they_expire(tmp_path, caplog, monkeypatch):
+    views = recorded_views(monkeypatch)
     async with FakeDiscord() as fd:
         settings = bot_settings(fd, tmp_path, find_page_timeout_s=1.0)
         guild = fd.add_guild("Expiry")
@@ -248,14 +250,20 @@ async def test_buttons_are_disabled_when_they_expire(tmp_path, caplog):
             await asked.wait_reply()
             asked.expire_token()
             caplog.clear()
-            await asyncio.sleep(1.5)
+            await eventually(lambda: _expired(views[-1]), within=30)
             assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
-async def test_buttons_expiring_as_the_bot_stops_raise_nothing(tmp_path, monkeypatch):
-    """Buttons that expire in the moments after a stop began, when discord.py has closed its HTTP
-    session: disabling them is given up quietly. It raised out of the timeout's task (asyncio
-    logs that with a traceback: 'Task exception was never retrieved'), as the soak saw."""
+async def _expired(view: ResultsView) -> bool:
+    """The view timed out and its `on_timeout` (a task discord.py starts) has returned."""
+    timeout = f"discord-ui-view-timeout-{view.id}"
+    return view.is_finished() and not any(
+        task.get_name() == timeout and not task.done() for task in asyncio.all_tasks()
+    )
+
+
+def recorded_views(monkeypatch) -> list[ResultsView]:
+    """Every `ResultsView` the bot makes from now on, in order."""
     views: list[ResultsView] = []
     made = ResultsView.__init__
 
@@ -264,6 +272,14 @@ async def test_buttons_expiring_as_the_bot_stops_raise_nothing(tmp_path, monkeyp
         views.append(self)
 
     monkeypatch.setattr(ResultsView, "__init__", recorded)
+    return views
+
+
+async def test_buttons_expiring_as_the_bot_stops_raise_nothing(tmp_path, monkeypatch):
+    """Buttons that expire in the moments after a stop began, when discord.py has closed its HTTP
+    session: disabling them is given up quietly. It raised out of the timeout's task (asyncio
+    logs that with a traceback: 'Task exception was never retrieved'), as the soak saw."""
+    views = recorded_views(monkeypatch)
     async with FakeDiscord() as fd:
         guild = fd.add_guild("Stopping")
         general = guild.add_text_channel("general")
