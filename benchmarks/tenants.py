@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -31,10 +32,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from sqlalchemy import text
 
+from benchmarks.words_search import caption, cases, pairs
 from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.store import ImageRecord, SearchScope
 from retrieval.store.allowed import RECORD_COLUMNS
-from retrieval.store.pgcopy import copy_payload
 from retrieval.store.pgindex import Layout, index_name, sql_literal
 from retrieval.store.postgres import (
     EF_SEARCH,
@@ -93,38 +94,47 @@ def records(guild_id: int, x: np.ndarray, first: int = 0) -> list[ImageRecord]:
     ]
 
 
-async def load(engine, sizes: np.ndarray, keep: set[int]) -> tuple[float, dict[int, np.ndarray]]:
-    """COPY every guild's rows straight into images; the vectors of ``keep`` guilds back."""
+async def load(
+    engine, sizes: np.ndarray, keep: set[int], worded: float = 0.0
+) -> tuple[float, dict[int, np.ndarray], dict[int, list[str]]]:
+    """COPY every guild's rows straight into images, words (as the OCR lane stores them) for a
+    share ``worded`` of them; the vectors and the first captions of ``keep`` guilds back."""
+    from pgvector.asyncpg import register_vector
+
     kept: dict[int, np.ndarray] = {}
+    said: dict[int, list[str]] = {}
     started = time.perf_counter()
-    pending: list[ImageRecord] = []
+    pending: list[tuple] = []
+    columns = [*RECORD_COLUMNS, "words"]
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
+        await register_vector(raw)
 
         async def flush() -> None:
-            payload = await asyncio.to_thread(copy_payload, pending)
-
-            async def source():
-                yield payload
-
-            await raw.copy_to_table(
-                "images", source=source(), columns=list(RECORD_COLUMNS), format="binary"
-            )
+            await raw.copy_records_to_table("images", records=pending, columns=columns)
             pending.clear()
 
         for rank, size in enumerate(sizes, start=1):
             x = guild_vectors(rank, int(size))
             if rank in keep:
                 kept[rank] = x
-            pending.extend(records(rank, x))
+            rng = random.Random(rank)
+            for record in records(rank, x):
+                words = caption(rng) if rng.random() < worded else None
+                if words and rank in keep and len(said.setdefault(rank, [])) < 1_000:
+                    said[rank].append(words)
+                values = [getattr(record, name) for name in RECORD_COLUMNS]
+                pending.append((*values, words))
             if len(pending) >= CHUNK:
                 await flush()
         if pending:
             await flush()
         await conn.commit()
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(text("VACUUM ANALYZE images"))
-    return time.perf_counter() - started, kept
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("VACUUM ANALYZE images"))
+        # Its vector codec would clash with SQLAlchemy's (text): not back into the pool.
+        await conn.invalidate()
+    return time.perf_counter() - started, kept, said
 
 
 @dataclass
@@ -197,6 +207,29 @@ async def search_figures(store, guild_id: int, x: np.ndarray, count: int) -> dic
                 truth = truth[: min(k, int(len(x) if keep is None else keep.sum()))]
                 recalls.append(recall(hits, truth) if truth else 1.0)
             out[(name, k)] = (np.percentile(latencies, 95), float(np.mean(recalls)))
+    return out
+
+
+async def words_figures(store, guild_id: int, x: np.ndarray, said: list[str], count: int) -> dict:
+    """p95 of each kind of `/find` query (benchmarks/words_search.py), as `/find` asks the store
+    for its first page in every channel of the guild: CLIP alone, and with the words."""
+    rng = np.random.default_rng(guild_id + 2)
+    probes = near(x, rng, count + 3)
+    typed = pairs(said, count + 3, seed=guild_id) if said else []
+    channels = [guild_id * 1000 + c for c in range(CHANNELS)]
+    out = {}
+    kinds = cases(store, guild_id=guild_id, probes=probes, typed=typed, channels=channels)
+    for name, call in kinds.items():
+        if name != "clip" and not said:
+            continue
+        for i in range(3):  # warm
+            await call(count + i)
+        latencies = []
+        for i in range(count):
+            started = time.perf_counter()
+            await call(i)
+            latencies.append((time.perf_counter() - started) * 1000)
+        out[name] = float(np.percentile(latencies, 95))
     return out
 
 
@@ -373,8 +406,12 @@ async def run(args) -> None:
                 await conn.execute(
                     text(f"ALTER TABLE images ALTER COLUMN embedding SET STORAGE {args.storage}")
                 )
-        load_s, kept = await load(engine, sizes, set(chosen.values()))
-        print(f"loaded by COPY in {load_s:.0f} s ({args.n / load_s:,.0f} rows/s)", flush=True)
+        load_s, kept, said = await load(engine, sizes, set(chosen.values()), args.worded)
+        print(
+            f"loaded by COPY in {load_s:.0f} s ({args.n / load_s:,.0f} rows/s),"
+            f" words for {args.worded:.0%} of the images",
+            flush=True,
+        )
 
         if args.compare_layouts:
             a = await partitioned(engine, sizes, kept, chosen, args.queries)
@@ -410,10 +447,16 @@ async def run(args) -> None:
             await conn.execute(text("CHECKPOINT"))
         print(f"vacuum and checkpoint: {time.perf_counter() - started:.0f} s", flush=True)
 
-        figures = {}
+        figures, worded = {}, {}
         searches_from = os.getloadavg()[0]  # other work on the machine moves p95 the most
         for cls, guild_id in chosen.items():
-            figures[cls] = await search_figures(store, guild_id, kept[guild_id], args.queries)
+            if not args.words_only:
+                figures[cls] = await search_figures(store, guild_id, kept[guild_id], args.queries)
+            if args.worded:
+                worded[cls] = await words_figures(
+                    store, guild_id, kept[guild_id], said.get(guild_id, []), args.queries
+                )
+                print(f"{cls}: {worded[cls]} (load {os.getloadavg()[0]:.2f})", flush=True)
         print(
             f"load average (1 min) as the searches began and ended:"
             f" {searches_from:.2f}, {os.getloadavg()[0]:.2f}"
@@ -439,6 +482,20 @@ async def run(args) -> None:
         await engine.dispose()
 
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    if worded:
+        print(
+            f"\n/find's first page (200 candidates, every channel of the guild), p95 ms,"
+            f" {args.queries} queries each; words for {args.worded:.0%} of the images"
+        )
+        names = next(iter(worded.values()))
+        print(f"{'class (rows)':28}" + "".join(f"{name:>10}" for name in names))
+        for cls, guild_id in chosen.items():
+            print(
+                f"{cls + f' ({sizes[guild_id - 1]:,})':28}"
+                + "".join(f"{p:>10.1f}" for p in worded[cls].values())
+            )
+    if args.words_only:
+        return
     print(f"\nper-guild layout, through the store (p95 ms / recall@k), {args.queries} queries each")
     print(
         f"{'class (rows)':28}{'unfiltered k=10':>18}{'k=100':>16}{'2% chan k=10':>16}{'k=100':>16}"
@@ -516,6 +573,12 @@ def main(argv: list[str]) -> None:
         "--explain", action="store_true", help="the plan of the largest guild's channel search"
     )
     parser.add_argument("--storage", choices=["main", "plain", "external"], help="embedding's")
+    parser.add_argument(
+        "--worded", type=float, default=0.0, help="share of images with words (e.g. 0.3)"
+    )
+    parser.add_argument(
+        "--words-only", action="store_true", help="with --worded: only /find's figures"
+    )
     parser.add_argument(
         "--min-rows", type=int, default=Layout().min_rows, help="a guild's own index from here"
     )

@@ -22,6 +22,7 @@ import random
 import sqlite3
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,29 +115,39 @@ async def timed(call, queries: int) -> tuple[float, float, int]:
     return percentile(seconds, 0.5) * 1000, percentile(seconds, 0.95) * 1000, found // queries
 
 
+def pairs(said: Sequence[str], count: int, seed: int = 3) -> list[str]:
+    """Two words one picture says, side by side (as a member remembers them), ``count`` times."""
+    pick = random.Random(seed)
+    lines = [pick.choice(pick.choice(said).splitlines()).split() for _ in range(count)]
+    return [" ".join(line[(at := pick.randrange(len(line) - 1)) : at + 2]) for line in lines]
+
+
+def cases(store, *, guild_id: int, probes, typed: Sequence[str], channels) -> dict:
+    """Each kind of query as `/find` asks the store for its first page, by query number."""
+    scope = SearchScope(guild_id, MODEL, channel_ids=frozenset(channels))
+
+    def asked(i: int, query: str):
+        words = parse_words(query)
+        filtered = SearchScope(guild_id, MODEL, words_all=words.phrases, words_none=words.excluded)
+        return Question(store, probes[i], filtered, words=words).search(channels, CANDIDATES)
+
+    return {
+        "clip": lambda i: store.search(probes[i], scope=scope, k=CANDIDATES),
+        "hybrid": lambda i: asked(i, typed[i]),
+        "quoted": lambda i: asked(i, f'"{typed[i]}"'),
+        "excluded": lambda i: asked(i, f"picture -{typed[i].split()[0]}"),
+    }
+
+
 async def measure(store, queries: int) -> None:
     rng = np.random.default_rng(9)
     probes = near(clustered(2_000, DIM, rng), rng, queries + 1)
-    pick = random.Random(3)
-    lines = [pick.choice(pick.choice(SAID).splitlines()).split() for _ in range(queries + 1)]
-    # Two words one picture says, side by side: as a member remembers them.
-    pairs = [" ".join(line[(at := pick.randrange(len(line) - 1)) : at + 2]) for line in lines]
-    scope = SearchScope(GUILD, MODEL)
+    typed = pairs(SAID, queries + 1)
     channels = range(100, 150)
-
-    def asked(i: int, typed: str):
-        words = parse_words(typed)
-        filtered = SearchScope(GUILD, MODEL, words_all=words.phrases, words_none=words.excluded)
-        return Question(store, probes[i], filtered, words=words).search(channels, CANDIDATES)
-
-    cases = {
-        "clip": lambda i: store.search(probes[i], scope=scope, k=CANDIDATES),
-        "hybrid": lambda i: asked(i, pairs[i]),
-        "quoted": lambda i: asked(i, f'"{pairs[i]}"'),
-        "excluded": lambda i: asked(i, f"picture -{pairs[i].split()[0]}"),
-    }
     print(f"{'query':10} {'p50 ms':>8} {'p95 ms':>8} {'results':>8}")
-    for name, call in cases.items():
+    for name, call in cases(
+        store, guild_id=GUILD, probes=probes, typed=typed, channels=channels
+    ).items():
         p50, p95, found = await timed(call, queries)
         print(f"{name:10} {p50:8.1f} {p95:8.1f} {found:8d}")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -185,8 +186,9 @@ def _statement(shape: _Shape):
 
 
 def _filtered(scope: SearchScope) -> bool:
-    """Whether the scope narrows the guild enough to matter (one excluded message does not)."""
-    return bool(scope.words_all or scope.words_none) or any(
+    """Whether the scope narrows the guild enough to matter (one excluded message does not,
+    nor an excluded word: it leaves out some rows, tested as the scan meets them)."""
+    return bool(scope.words_all) or any(
         value is not None
         for value in (scope.channel_ids, scope.author_id, scope.after, scope.before)
     )
@@ -249,16 +251,19 @@ def _matching(scope: SearchScope, cap: int):
         before=scope.before is not None,
         exclude=False,
         guild_id=None,
-        **_words_shape(scope),
+        # Excluded words are left out of the count: they keep most rows, and testing each
+        # row's words would cost more than the count saves.
+        **_words_shape(dataclasses.replace(scope, words_none=())),
     )
     conditions = _filters(shape, policy=False)
     inner = select(literal_column("1")).select_from(IndexedImage).where(*conditions).limit(cap)
-    params = {"guild_id": scope.guild_id, **_filter_params(scope)}
+    params = {"guild_id": scope.guild_id, **_filter_params(scope, words_none=False)}
     return select(func.count()).select_from(inner.subquery()).params(**params)
 
 
-def _filter_params(scope: SearchScope) -> dict:
-    """The values of the scope's optional filters, by the names the statements bind."""
+def _filter_params(scope: SearchScope, *, words_none: bool = True) -> dict:
+    """The values of the scope's optional filters, by the names the statements bind (the
+    excluded words' only with ``words_none``)."""
     params: dict = {}
     if scope.channel_ids is not None:
         params["channel_ids"] = sorted(scope.channel_ids)
@@ -270,7 +275,7 @@ def _filter_params(scope: SearchScope) -> dict:
         params["before"] = scope.before
     for i, phrase in enumerate(scope.words_all):
         params[f"words_all_{i}"] = phrase if len(phrase) < TRIGRAM else like_pattern(phrase)
-    for i, phrase in enumerate(scope.words_none):
+    for i, phrase in enumerate(scope.words_none if words_none else ()):
         params[f"words_none_{i}"] = phrase
     return params
 
