@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from benchmarks.words_search import caption, cases, pairs
 from retrieval.database.engine import create_engine, ensure_schema
@@ -45,6 +45,7 @@ from retrieval.store.postgres import (
     search_statement,
 )
 from tests.records import clustered, exact_top, near
+from tests.textimages import WORDS
 
 MODEL = "bench-model"
 DIM = 512
@@ -231,6 +232,28 @@ async def words_figures(store, guild_id: int, x: np.ndarray, said: list[str], co
             latencies.append((time.perf_counter() - started) * 1000)
         out[name] = float(np.percentile(latencies, 95))
     return out
+
+
+async def explained_words(store: PgVectorStore, guild_id: int, phrases: list[str]) -> list[str]:
+    """EXPLAIN ANALYZE of the text side's statement for ``phrases`` in every channel of the
+    guild, as the store sends it (captured, then explained with its parameters)."""
+    sent: list = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    channels = frozenset(guild_id * 1000 + c for c in range(CHANNELS))
+    scope = SearchScope(guild_id, MODEL, channel_ids=channels)
+    event.listen(store.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        await store.words_matching(scope=scope, all_of=phrases, k=200)
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", note)
+    statement, parameters = next((st, p) for st, p in sent if "words" in st)
+    async with store.engine.connect() as conn:
+        explain = f"EXPLAIN (ANALYZE, BUFFERS) {statement}"
+        lines = (await conn.exec_driver_sql(explain, parameters)).scalars()
+        return [re.sub(r"'\{[0-9,]{60,}\}'", "'{…}'", line) for line in lines]
 
 
 async def explained(store: PgVectorStore, guild_id: int, x: np.ndarray) -> list[str]:
@@ -462,6 +485,11 @@ async def run(args) -> None:
             f" {searches_from:.2f}, {os.getloadavg()[0]:.2f}"
         )
         plan = await explained(store, 1, kept[1]) if args.explain else []
+        if args.explain and said.get(1):
+            common = max(WORDS, key=lambda w: sum(w in c.split() for c in said[1]))
+            for phrases in ([common], pairs(said[1], 1)[0].split()):
+                plan += [f"\nthe largest guild's text side for {phrases}:"]
+                plan += await explained_words(store, 1, phrases)
         async with engine.connect() as conn:
             table = int(await conn.scalar(text("SELECT pg_table_size('images')")))
             names = (
@@ -495,6 +523,7 @@ async def run(args) -> None:
                 + "".join(f"{p:>10.1f}" for p in worded[cls].values())
             )
     if args.words_only:
+        print("\n".join(plan))
         return
     print(f"\nper-guild layout, through the store (p95 ms / recall@k), {args.queries} queries each")
     print(
