@@ -230,7 +230,7 @@ async def words_figures(store, guild_id: int, x: np.ndarray, said: list[str], co
             started = time.perf_counter()
             await call(i)
             latencies.append((time.perf_counter() - started) * 1000)
-        out[name] = float(np.percentile(latencies, 95))
+        out[name] = (float(np.percentile(latencies, 50)), float(np.percentile(latencies, 95)))
     return out
 
 
@@ -479,7 +479,7 @@ async def run(args) -> None:
                 worded[cls] = await words_figures(
                     store, guild_id, kept[guild_id], said.get(guild_id, []), args.queries
                 )
-                print(f"{cls}: {worded[cls]} (load {os.getloadavg()[0]:.2f})", flush=True)
+                print(f"{cls}: (p50, p95) {worded[cls]}, load {os.getloadavg()[0]:.2f}", flush=True)
         print(
             f"load average (1 min) as the searches began and ended:"
             f" {searches_from:.2f}, {os.getloadavg()[0]:.2f}"
@@ -512,15 +512,15 @@ async def run(args) -> None:
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     if worded:
         print(
-            f"\n/find's first page (200 candidates, every channel of the guild), p95 ms,"
+            f"\n/find's first page (200 candidates, every channel of the guild), p50 / p95 ms,"
             f" {args.queries} queries each; words for {args.worded:.0%} of the images"
         )
         names = next(iter(worded.values()))
-        print(f"{'class (rows)':28}" + "".join(f"{name:>10}" for name in names))
+        print(f"{'class (rows)':28}" + "".join(f"{name:>16}" for name in names))
         for cls, guild_id in chosen.items():
             print(
                 f"{cls + f' ({sizes[guild_id - 1]:,})':28}"
-                + "".join(f"{p:>10.1f}" for p in worded[cls].values())
+                + "".join(f"{p50:>8.1f} /{p95:>6.1f}" for p50, p95 in worded[cls].values())
             )
     if args.words_only:
         print("\n".join(plan))

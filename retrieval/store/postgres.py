@@ -136,8 +136,10 @@ class _Shape:
     words_none: int = 0
 
 
-def _filters(shape: _Shape, *, policy: bool = True) -> list:
-    conditions = [IndexedImage.model_id == literal_column(sql_literal(shape.model_id))]
+def _filters(shape: _Shape, *, policy: bool = True, model: bool = True) -> list:
+    conditions = []
+    if model:
+        conditions.append(IndexedImage.model_id == literal_column(sql_literal(shape.model_id)))
     if policy:
         # Rows the policy refuses never show, even one that slipped in before its sweep.
         conditions.append(stored_permitted(per_row=True))
@@ -255,7 +257,12 @@ def _matching(scope: SearchScope, cap: int):
         # row's words would cost more than the count saves.
         **_words_shape(dataclasses.replace(scope, words_none=())),
     )
-    conditions = _filters(shape, policy=False)
+    # The model only where the dates' B-tree holds it: the channel and author B-trees do not,
+    # and asking it there reads a heap row per row counted (a channel filter covering a large
+    # guild: 5,000 rows, 9 ms, instead of an index-only count under 1 ms). Rows of another
+    # model are there only during a model switch: counted too, they can only send the search
+    # to the index, whose short walks the exact scan completes.
+    conditions = _filters(shape, policy=False, model=shape.after or shape.before)
     inner = select(literal_column("1")).select_from(IndexedImage).where(*conditions).limit(cap)
     params = {"guild_id": scope.guild_id, **_filter_params(scope, words_none=False)}
     return select(func.count()).select_from(inner.subquery()).params(**params)

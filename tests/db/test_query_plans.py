@@ -447,3 +447,26 @@ async def test_an_excluded_word_is_tested_on_the_rows_the_search_meets(big, stor
             plan = await plan_of(conn, statement, parameters)
         used = {n.get("Index Name") for n in plan_nodes(plan)}
         assert [name for name in used if name and name.startswith("ix_images_ann_")], used
+
+
+async def test_a_channel_filter_is_counted_from_the_channel_index_alone(big, store_engine):
+    """PostgreSQL counts how many rows a channel filter keeps (capped) before it picks the exact
+    scan or the server's HNSW index: from the (guild, channel) B-tree alone, never the table's
+    rows, even when the filter keeps the whole server (every channel a member reads)."""
+    if store_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite ranks its matrix: nothing to count")
+    await _fill_large(store_engine)
+    async with store_engine.connect() as conn:  # as autovacuum keeps it: pages all visible
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("VACUUM ANALYZE images"))
+    assert await big.indexes.check(LARGE, MODEL) == "built"
+    scope = SearchScope(LARGE, MODEL, channel_ids=frozenset(range(900000, 900040)))
+    with _captured(store_engine) as sent:
+        hits = await big.search(np.array([1, 0, 0, 0], dtype=np.float32), scope=scope, k=10)
+    assert len(hits) == 10
+    ((statement, parameters),) = [(st, p) for st, p in sent if "count(" in st]
+    async with store_engine.connect() as conn:
+        plan = await plan_of(conn, statement, parameters)
+    scans = {n["Node Type"] for n in plan_nodes(plan) if n.get("Relation Name") == "images"}
+    used = {n.get("Index Name") for n in plan_nodes(plan)} - {None}
+    assert scans == {"Index Only Scan"} and used == {"ix_images_guild_channel"}, (scans, used)
