@@ -350,17 +350,22 @@ async def test_a_date_only_search_of_a_large_server_reads_its_dates(big, store_e
         assert read <= 2 * matching, f"{read} rows read: {statement[:300]}"
 
 
-async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
-    """The text side of /find on a large server reads the trigram index (PostgreSQL's GIN over
-    guild and words, SQLite's FTS5 table), not the server's rows one by one."""
-    await _fill_large(store_engine)
-    async with store_engine.begin() as conn:
+async def _said_by_a_third(engine) -> None:
+    """The large server, a third of its pictures saying "slide <id>": a common word."""
+    await _fill_large(engine)
+    async with engine.begin() as conn:
         await conn.execute(
             text(
                 f"UPDATE images SET words = 'slide ' || id WHERE guild_id = {LARGE} AND id % 3 = 0"
             )
         )
         await conn.execute(text("ANALYZE images"))
+
+
+async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
+    """The text side of /find on a large server reads the trigram index (PostgreSQL's GIN over
+    guild and words, SQLite's FTS5 table), not the server's rows one by one."""
+    await _said_by_a_third(store_engine)
     async with store_engine.connect() as conn:
         wanted = await conn.scalar(
             text(f"SELECT max(id) FROM images WHERE guild_id = {LARGE} AND words <> ''")
@@ -379,18 +384,6 @@ async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
             explained = "EXPLAIN QUERY PLAN " + statement
             details = [row[-1] for row in await conn.exec_driver_sql(explained, parameters)]
             assert any(d.startswith("SCAN images_words VIRTUAL TABLE") for d in details), details
-
-
-async def _said_by_a_third(engine) -> None:
-    """The large server, a third of its pictures saying "slide <id>": a common word."""
-    await _fill_large(engine)
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                f"UPDATE images SET words = 'slide ' || id WHERE guild_id = {LARGE} AND id % 3 = 0"
-            )
-        )
-        await conn.execute(text("ANALYZE images"))
 
 
 async def test_a_common_word_costs_the_rows_asked_not_every_picture_saying_it(big, store_engine):
