@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import re
@@ -234,26 +235,28 @@ async def words_figures(store, guild_id: int, x: np.ndarray, said: list[str], co
     return out
 
 
-async def explained_words(store: PgVectorStore, guild_id: int, phrases: list[str]) -> list[str]:
-    """EXPLAIN ANALYZE of the text side's statement for ``phrases`` in every channel of the
-    guild, as the store sends it (captured, then explained with its parameters)."""
+async def explained_calls(store: PgVectorStore, call) -> list[str]:
+    """EXPLAIN ANALYZE of each statement ``call()`` sends to the images table, as the store sent
+    it (captured, then explained with its parameters, its settings applied first)."""
     sent: list = []
 
     def note(conn, cursor, statement, parameters, context, executemany):
         sent.append((statement, parameters))
 
-    channels = frozenset(guild_id * 1000 + c for c in range(CHANNELS))
-    scope = SearchScope(guild_id, MODEL, channel_ids=channels)
     event.listen(store.engine.sync_engine, "before_cursor_execute", note)
     try:
-        await store.words_matching(scope=scope, all_of=phrases, k=200)
+        await call()
     finally:
         event.remove(store.engine.sync_engine, "before_cursor_execute", note)
-    statement, parameters = next((st, p) for st, p in sent if "words" in st)
-    async with store.engine.connect() as conn:
-        explain = f"EXPLAIN (ANALYZE, BUFFERS) {statement}"
-        lines = (await conn.exec_driver_sql(explain, parameters)).scalars()
-        return [re.sub(r"'\{[0-9,]{60,}\}'", "'{…}'", line) for line in lines]
+    lines: list[str] = []
+    async with store.engine.begin() as conn:
+        for statement, parameters in sent:
+            if "set_config(" in statement:
+                await conn.exec_driver_sql(statement, parameters)
+            elif re.search(r"\bimages\b", statement) and "vector_dims" not in statement:
+                explain = f"EXPLAIN (ANALYZE, BUFFERS) {statement}"
+                lines += (await conn.exec_driver_sql(explain, parameters)).scalars()
+    return [re.sub(r"'(\{[0-9,]{60,}\}|\[[^\]]{60,}\])'", "'…'", line) for line in lines]
 
 
 async def explained(store: PgVectorStore, guild_id: int, x: np.ndarray) -> list[str]:
@@ -487,9 +490,18 @@ async def run(args) -> None:
         plan = await explained(store, 1, kept[1]) if args.explain else []
         if args.explain and said.get(1):
             common = max(WORDS, key=lambda w: sum(w in c.split() for c in said[1]))
-            for phrases in ([common], pairs(said[1], 1)[0].split()):
+            pair = pairs(said[1], 1)[0]
+            everywhere = frozenset(1000 + c for c in range(CHANNELS))
+            scope = SearchScope(1, MODEL, channel_ids=everywhere)
+            query = near(kept[1], np.random.default_rng(3), 1)[0]
+            for phrases in ([common], pair.split()):
                 plan += [f"\nthe largest guild's text side for {phrases}:"]
-                plan += await explained_words(store, 1, phrases)
+                plan += await explained_calls(
+                    store, lambda p=phrases: store.words_matching(scope=scope, all_of=p, k=200)
+                )
+            quoted = dataclasses.replace(scope, words_all=(pair,))
+            plan += [f"\nthe largest guild's CLIP side for '\"{pair}\"':"]
+            plan += await explained_calls(store, lambda: store.search(query, scope=quoted, k=200))
         async with engine.connect() as conn:
             table = int(await conn.scalar(text("SELECT pg_table_size('images')")))
             names = (

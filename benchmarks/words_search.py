@@ -19,7 +19,9 @@ Every search is in every channel of the server, as for a member who reads them a
 Each version runs in its own process on the same database: this checkout's, and with
 ``--baseline REV`` that git revision's product code too (exported with ``git archive``), every
 query asked of both in turn, the one going first alternating, so that the machine's load falls
-on both alike. "same top 10": queries whose first ten rows were the same in every version.
+on both alike. Wall time, and the CPU time of the version's process (all its threads: the
+client's share, which the machine's load does not inflate; PostgreSQL's own is not in it).
+"same top 10": queries whose first ten rows were the same in every version.
 """
 
 from __future__ import annotations
@@ -155,10 +157,12 @@ async def serve(url: str, plan: Path) -> None:
     kinds = cases(store, guild_id=GUILD, probes=probes, typed=typed, channels=CHANNELS)
     while line := await asyncio.to_thread(sys.stdin.readline):
         name, i = line.split()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         hits = await kinds[name](int(i))
         took = (time.perf_counter() - started) * 1000
-        print(json.dumps({"ms": took, "n": len(hits), "top": [h.row_id for h in hits[:10]]}))
+        cpu = (time.process_time() - cpu) * 1000
+        top = [h.row_id for h in hits[:10]]
+        print(json.dumps({"ms": took, "cpu": cpu, "n": len(hits), "top": top}))
         sys.stdout.flush()
     await store.close()
     await engine.dispose()
@@ -187,11 +191,14 @@ async def side_by_side(url: str, versions: dict[str, Path], queries: int, tmp: P
 
     names = list(versions)
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    print(f"{'query':10}" + "".join(f"{n[:22]:>24}" for n in names) + "   results  same top 10")
+    heading = "".join(f"{n[:30]:>32}" for n in names)
+    print(f"{'query':10}{heading}   results  same top 10")
+    print(f"{'':10}" + f"{'wall p50 / p95, CPU p50 ms':>32}" * len(names))
     for case in ("clip", "hybrid", "quoted", "excluded"):
         for name in names:
             await ask(name, case, queries)  # warm-up: the matrix or the index read in
         times: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         found: dict[str, int] = dict.fromkeys(names, 0)
         same = 0
         for i in range(queries):
@@ -199,12 +206,14 @@ async def side_by_side(url: str, versions: dict[str, Path], queries: int, tmp: P
             for name in names if i % 2 == 0 else reversed(names):
                 answers[name] = await ask(name, case, i)
                 times[name].append(answers[name]["ms"])
+                cpu[name].append(answers[name]["cpu"])
                 found[name] += answers[name]["n"]
             same += len({tuple(a["top"]) for a in answers.values()}) == 1
         cells = []
         for name in names:
-            ms = sorted(times[name])
-            cells.append(f"{percentile(ms, 0.5):8.1f} / {percentile(ms, 0.95):6.1f} ms p50/95")
+            ms, used = sorted(times[name]), sorted(cpu[name])
+            p50, p95, p50_cpu = percentile(ms, 0.5), percentile(ms, 0.95), percentile(used, 0.5)
+            cells.append(f"{p50:8.1f} / {p95:6.1f}, {p50_cpu:5.1f}")
         counts = "/".join(str(found[name] // queries) for name in names)
         print(
             f"{case:10}" + "".join(f"{c:>24}" for c in cells) + f"{counts:>10}{same:>6}/{queries}"
