@@ -67,7 +67,14 @@ from retrieval.store.deletes import SharedDeletes, Where, routed
 from retrieval.store.pgcopy import CREATE_STAGED, STAGED, copy_payload
 from retrieval.store.pgindex import IndexKeeper, Layout, index_state, sql_literal
 from retrieval.store.reads import HIT_COLUMNS, SharedReads, hit, in_guild
-from retrieval.store.words import TRIGRAM, SharedWords, lacks, like_pattern, text_match
+from retrieval.store.words import (
+    CUSTOM_PLANS,
+    TRIGRAM,
+    SharedWords,
+    lacks,
+    like_pattern,
+    text_match,
+)
 from retrieval.supervisor import Supervisor
 
 _IDS = ARRAY(BigInteger)
@@ -465,6 +472,7 @@ class PgVectorStore(SharedReads, SharedDeletes, SharedWords):
         if not _filtered(scope):
             return MAX_SCAN_TUPLES
         cap = self.layout.exact_max_rows
+        await conn.execute(CUSTOM_PLANS)
         matching = int(await conn.scalar(_matching(scope, cap)))
         if matching < cap:
             return None  # few rows pass: reading them is cheaper than a walk that skips the rest
