@@ -114,9 +114,8 @@ class WordsSource:
 
 # For the rest of the transaction, PostgreSQL plans a statement for its values each time. A
 # prepared statement is otherwise planned for any values from its sixth run on, and that generic
-# plan guesses at a server's size and at what a LIKE pattern matches: it read a 200,000-image
-# server's rows through its channels' B-tree for one quoted phrase the text index finds in a
-# few rows (420 ms instead of a few).
+# plan can only guess at a server's size and at what a LIKE pattern matches: on the benchmark's
+# 1,000 servers a quoted phrase in the 200,000-image one took 420 ms at p50 (benchmarks/RESULTS.md).
 CUSTOM_PLANS = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
 
 
