@@ -12,6 +12,12 @@ ways, with recall and latency for each).
 
     python -m benchmarks.store --tenants [--n 1000000] [--guilds 1000] [--queries 50]
     python -m benchmarks.store --tenants --compare-layouts [--n 200000] [--guilds 200]
+    python -m benchmarks.store --tenants --worded 0.3 --words-only --no-precision [--explain]
+
+``--worded`` gives that share of every guild's images words, as the OCR lane stores them
+(benchmarks/words_search.py's captions), and times `/find`'s first page per size class: 200
+candidates in every channel of the guild, CLIP alone and with words (words_search.py's four kinds
+of query, their words from the guild's own captions); ``--words-only`` skips the other figures.
 
 ``--compare-layouts`` measures the alternative first: the same rows in a table hash-partitioned
 by guild_id with an HNSW index per partition, each guild searched with an iterative scan of its
