@@ -12,6 +12,12 @@ ways, with recall and latency for each).
 
     python -m benchmarks.store --tenants [--n 1000000] [--guilds 1000] [--queries 50]
     python -m benchmarks.store --tenants --compare-layouts [--n 200000] [--guilds 200]
+    python -m benchmarks.store --tenants --worded 0.3 --words-only --no-precision [--explain]
+
+``--worded`` gives that share of every guild's images words, as the OCR lane stores them
+(benchmarks/words_search.py's captions), and times `/find`'s first page per size class: 200
+candidates in every channel of the guild, CLIP alone and with words (words_search.py's four kinds
+of query, their words from the guild's own captions); ``--words-only`` skips the other figures.
 
 ``--compare-layouts`` measures the alternative first: the same rows in a table hash-partitioned
 by guild_id with an HNSW index per partition, each guild searched with an iterative scan of its
@@ -22,19 +28,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+from benchmarks.words_search import caption, cases, pairs
 from retrieval.database.engine import create_engine, ensure_schema
 from retrieval.store import ImageRecord, SearchScope
 from retrieval.store.allowed import RECORD_COLUMNS
-from retrieval.store.pgcopy import copy_payload
 from retrieval.store.pgindex import Layout, index_name, sql_literal
 from retrieval.store.postgres import (
     EF_SEARCH,
@@ -44,6 +52,7 @@ from retrieval.store.postgres import (
     search_statement,
 )
 from tests.records import clustered, exact_top, near
+from tests.textimages import WORDS
 
 MODEL = "bench-model"
 DIM = 512
@@ -93,38 +102,47 @@ def records(guild_id: int, x: np.ndarray, first: int = 0) -> list[ImageRecord]:
     ]
 
 
-async def load(engine, sizes: np.ndarray, keep: set[int]) -> tuple[float, dict[int, np.ndarray]]:
-    """COPY every guild's rows straight into images; the vectors of ``keep`` guilds back."""
+async def load(
+    engine, sizes: np.ndarray, keep: set[int], worded: float = 0.0
+) -> tuple[float, dict[int, np.ndarray], dict[int, list[str]]]:
+    """COPY every guild's rows straight into images, words (as the OCR lane stores them) for a
+    share ``worded`` of them; the vectors and the first captions of ``keep`` guilds back."""
+    from pgvector.asyncpg import register_vector
+
     kept: dict[int, np.ndarray] = {}
+    said: dict[int, list[str]] = {}
     started = time.perf_counter()
-    pending: list[ImageRecord] = []
+    pending: list[tuple] = []
+    columns = [*RECORD_COLUMNS, "words"]
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
+        await register_vector(raw)
 
         async def flush() -> None:
-            payload = await asyncio.to_thread(copy_payload, pending)
-
-            async def source():
-                yield payload
-
-            await raw.copy_to_table(
-                "images", source=source(), columns=list(RECORD_COLUMNS), format="binary"
-            )
+            await raw.copy_records_to_table("images", records=pending, columns=columns)
             pending.clear()
 
         for rank, size in enumerate(sizes, start=1):
             x = guild_vectors(rank, int(size))
             if rank in keep:
                 kept[rank] = x
-            pending.extend(records(rank, x))
+            rng = random.Random(rank)
+            for record in records(rank, x):
+                words = caption(rng) if rng.random() < worded else None
+                if words and rank in keep and len(said.setdefault(rank, [])) < 1_000:
+                    said[rank].append(words)
+                values = [getattr(record, name) for name in RECORD_COLUMNS]
+                pending.append((*values, words))
             if len(pending) >= CHUNK:
                 await flush()
         if pending:
             await flush()
         await conn.commit()
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(text("VACUUM ANALYZE images"))
-    return time.perf_counter() - started, kept
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("VACUUM ANALYZE images"))
+        # Its vector codec would clash with SQLAlchemy's (text): not back into the pool.
+        await conn.invalidate()
+    return time.perf_counter() - started, kept, said
 
 
 @dataclass
@@ -198,6 +216,53 @@ async def search_figures(store, guild_id: int, x: np.ndarray, count: int) -> dic
                 recalls.append(recall(hits, truth) if truth else 1.0)
             out[(name, k)] = (np.percentile(latencies, 95), float(np.mean(recalls)))
     return out
+
+
+async def words_figures(store, guild_id: int, x: np.ndarray, said: list[str], count: int) -> dict:
+    """p95 of each kind of `/find` query (benchmarks/words_search.py), as `/find` asks the store
+    for its first page in every channel of the guild: CLIP alone, and with the words."""
+    rng = np.random.default_rng(guild_id + 2)
+    probes = near(x, rng, count + 3)
+    typed = pairs(said, count + 3, seed=guild_id) if said else []
+    channels = [guild_id * 1000 + c for c in range(CHANNELS)]
+    out = {}
+    kinds = cases(store, guild_id=guild_id, probes=probes, typed=typed, channels=channels)
+    for name, call in kinds.items():
+        if name != "clip" and not said:
+            continue
+        for i in range(3):  # warm
+            await call(count + i)
+        latencies = []
+        for i in range(count):
+            started = time.perf_counter()
+            await call(i)
+            latencies.append((time.perf_counter() - started) * 1000)
+        out[name] = (float(np.percentile(latencies, 50)), float(np.percentile(latencies, 95)))
+    return out
+
+
+async def explained_calls(store: PgVectorStore, call) -> list[str]:
+    """EXPLAIN ANALYZE of each statement ``call()`` sends to the images table, as the store sent
+    it (captured, then explained with its parameters, its settings applied first)."""
+    sent: list = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        await call()
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", note)
+    lines: list[str] = []
+    async with store.engine.begin() as conn:
+        for statement, parameters in sent:
+            if "set_config(" in statement:
+                await conn.exec_driver_sql(statement, parameters)
+            elif re.search(r"\bimages\b", statement) and "vector_dims" not in statement:
+                explain = f"EXPLAIN (ANALYZE, BUFFERS) {statement}"
+                lines += (await conn.exec_driver_sql(explain, parameters)).scalars()
+    return [re.sub(r"'(\{[0-9,]{60,}\}|\[[^\]]{60,}\])'", "'…'", line) for line in lines]
 
 
 async def explained(store: PgVectorStore, guild_id: int, x: np.ndarray) -> list[str]:
@@ -373,8 +438,12 @@ async def run(args) -> None:
                 await conn.execute(
                     text(f"ALTER TABLE images ALTER COLUMN embedding SET STORAGE {args.storage}")
                 )
-        load_s, kept = await load(engine, sizes, set(chosen.values()))
-        print(f"loaded by COPY in {load_s:.0f} s ({args.n / load_s:,.0f} rows/s)", flush=True)
+        load_s, kept, said = await load(engine, sizes, set(chosen.values()), args.worded)
+        print(
+            f"loaded by COPY in {load_s:.0f} s ({args.n / load_s:,.0f} rows/s),"
+            f" words for {args.worded:.0%} of the images",
+            flush=True,
+        )
 
         if args.compare_layouts:
             a = await partitioned(engine, sizes, kept, chosen, args.queries)
@@ -410,15 +479,35 @@ async def run(args) -> None:
             await conn.execute(text("CHECKPOINT"))
         print(f"vacuum and checkpoint: {time.perf_counter() - started:.0f} s", flush=True)
 
-        figures = {}
+        figures, worded = {}, {}
         searches_from = os.getloadavg()[0]  # other work on the machine moves p95 the most
         for cls, guild_id in chosen.items():
-            figures[cls] = await search_figures(store, guild_id, kept[guild_id], args.queries)
+            if not args.words_only:
+                figures[cls] = await search_figures(store, guild_id, kept[guild_id], args.queries)
+            if args.worded:
+                worded[cls] = await words_figures(
+                    store, guild_id, kept[guild_id], said.get(guild_id, []), args.queries
+                )
+                print(f"{cls}: (p50, p95) {worded[cls]}, load {os.getloadavg()[0]:.2f}", flush=True)
         print(
             f"load average (1 min) as the searches began and ended:"
             f" {searches_from:.2f}, {os.getloadavg()[0]:.2f}"
         )
         plan = await explained(store, 1, kept[1]) if args.explain else []
+        if args.explain and said.get(1):
+            common = max(WORDS, key=lambda w: sum(w in c.split() for c in said[1]))
+            pair = pairs(said[1], 1)[0]
+            everywhere = frozenset(1000 + c for c in range(CHANNELS))
+            scope = SearchScope(1, MODEL, channel_ids=everywhere)
+            query = near(kept[1], np.random.default_rng(3), 1)[0]
+            for phrases in ([common], pair.split()):
+                plan += [f"\nthe largest guild's text side for {phrases}:"]
+                plan += await explained_calls(
+                    store, lambda p=phrases: store.words_matching(scope=scope, all_of=p, k=200)
+                )
+            quoted = dataclasses.replace(scope, words_all=(pair,))
+            plan += [f"\nthe largest guild's CLIP side for '\"{pair}\"':"]
+            plan += await explained_calls(store, lambda: store.search(query, scope=quoted, k=200))
         async with engine.connect() as conn:
             table = int(await conn.scalar(text("SELECT pg_table_size('images')")))
             names = (
@@ -439,6 +528,21 @@ async def run(args) -> None:
         await engine.dispose()
 
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    if worded:
+        print(
+            f"\n/find's first page (200 candidates, every channel of the guild), p50 / p95 ms,"
+            f" {args.queries} queries each; words for {args.worded:.0%} of the images"
+        )
+        names = next(iter(worded.values()))
+        print(f"{'class (rows)':28}" + "".join(f"{name:>16}" for name in names))
+        for cls, guild_id in chosen.items():
+            print(
+                f"{cls + f' ({sizes[guild_id - 1]:,})':28}"
+                + "".join(f"{p50:>8.1f} /{p95:>6.1f}" for p50, p95 in worded[cls].values())
+            )
+    if args.words_only:
+        print("\n".join(plan))
+        return
     print(f"\nper-guild layout, through the store (p95 ms / recall@k), {args.queries} queries each")
     print(
         f"{'class (rows)':28}{'unfiltered k=10':>18}{'k=100':>16}{'2% chan k=10':>16}{'k=100':>16}"
@@ -516,6 +620,12 @@ def main(argv: list[str]) -> None:
         "--explain", action="store_true", help="the plan of the largest guild's channel search"
     )
     parser.add_argument("--storage", choices=["main", "plain", "external"], help="embedding's")
+    parser.add_argument(
+        "--worded", type=float, default=0.0, help="share of images with words (e.g. 0.3)"
+    )
+    parser.add_argument(
+        "--words-only", action="store_true", help="with --worded: only /find's figures"
+    )
     parser.add_argument(
         "--min-rows", type=int, default=Layout().min_rows, help="a guild's own index from here"
     )

@@ -57,11 +57,17 @@ class Question:
 
     async def search(self, channel_ids: Collection[int], k: int) -> list[SearchHit]:
         scope = replace(self.scope, channel_ids=frozenset(channel_ids))
-        found = await self.store.search(self.query, scope=scope, k=k)
         if self.words is None or not self.words.looked_for:
-            return found
-        said = await self.store.words_matching(scope=scope, all_of=self.words.looked_for, k=k)
-        return fuse(found, text_ranking(said, self.words))
+            return await self.store.search(self.query, scope=scope, k=k)
+        # Both sides at once: each is its own statement, on its own connection.
+        async with asyncio.TaskGroup() as sides:
+            clip = sides.create_task(self.store.search(self.query, scope=scope, k=k))
+            text = sides.create_task(
+                self.store.words_matching(scope=scope, all_of=self.words.looked_for, k=k)
+            )
+        # The first k of the fused ranking are all there is to use: a text hit ranked past k
+        # scores less than each of CLIP's first k, so the text side asks k rows, no more.
+        return fuse(clip.result(), text_ranking(text.result(), self.words))[:k]
 
     async def channels_holding(
         self, channel_ids: Collection[int], k: int = CANDIDATES

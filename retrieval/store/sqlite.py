@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime, timedelta
@@ -48,7 +47,7 @@ from retrieval.store.sqlite_rows import (
     record_values,
     stored_row,
 )
-from retrieval.store.words import SharedWords
+from retrieval.store.words import SharedWords, lacks
 
 # Raw column values (no per-row type conversion on the event loop): the stored UTC time as
 # text, the vector as float32 bytes; `_append_rows` converts whole chunks at once.
@@ -286,16 +285,12 @@ class SqliteVectorStore(SharedReads, SharedDeletes, SharedWords):
         key = (scope.guild_id, scope.model_id)
         excluded = await self._row_ids(scope.exclude_message_id)
         only = None
-        if scope.words_all or scope.words_none:  # through the text index, before the ranking
-            rows = functools.partial(
-                self.rows_saying, guild_id=scope.guild_id, model_id=scope.model_id
+        if scope.words_all:  # a quoted phrase: through the text index, before the ranking
+            only = await self.rows_saying(
+                guild_id=scope.guild_id, model_id=scope.model_id, all_of=scope.words_all
             )
-            if scope.words_all:
-                only = await rows(all_of=scope.words_all)
-                if not only:
-                    return []
-            if scope.words_none:
-                excluded |= await rows(any_of=scope.words_none)
+            if not only:
+                return []
         where = MatrixFilter(
             channel_ids=scope.channel_ids,
             author_id=scope.author_id,
@@ -304,27 +299,34 @@ class SqliteVectorStore(SharedReads, SharedDeletes, SharedWords):
             exclude_row_ids=excluded,
             only_row_ids=only,
         )
-        want = k
+        # An excluded word is tested on the ranked rows with the policy, not looked up first: a
+        # common word would otherwise cost every row id that says it. Those rows leave gaps, so
+        # more are ranked than asked (half again: one round for a word in a third of them).
+        want = k + k // 2 if scope.words_none else k
         while True:
             ranked = await self._ranked(key, query, want, where)
-            hits = await self._permitted_hits(ranked, query)
-            # Rows the policy hides are rare (a race, a crash before their sweep): ask for more
-            # only when some were hidden and the matrix had more to give.
+            hits = await self._permitted_hits(ranked, query, lacking=scope.words_none)
+            # Rows the policy hides are rare (a race, a crash before their sweep), and the
+            # margin covers most excluded words: ask for more only when too many were left out
+            # and the matrix had more to give.
             if len(hits) >= k or len(ranked) < want:
                 return hits[:k]
             want *= 2
 
     async def _permitted_hits(
-        self, ranked: list[tuple[int, float]], query: np.ndarray
+        self, ranked: list[tuple[int, float]], query: np.ndarray, *, lacking: Sequence[str] = ()
     ) -> list[SearchHit]:
-        """The ranked rows the policy still allows, scored again from their stored float32
-        vectors: a 16-bit matrix ranks, the scores shown and compared stay exact."""
+        """The ranked rows the policy still allows, and whose words hold none of ``lacking``,
+        scored again from their stored float32 vectors: a 16-bit matrix ranks, the scores
+        shown and compared stay exact."""
         if not ranked:
             return []
         async with self._session() as session:
             result = await session.execute(
                 select(*HIT_COLUMNS, IndexedImage.embedding).where(
-                    IndexedImage.id.in_([row_id for row_id, _ in ranked]), stored_permitted()
+                    IndexedImage.id.in_([row_id for row_id, _ in ranked]),
+                    *(lacks(phrase, dialect="sqlite") for phrase in lacking),
+                    stored_permitted(),
                 )
             )
             by_id = {row.id: row for row in result}

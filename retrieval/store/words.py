@@ -12,6 +12,7 @@ The text is never logged: it is what people posted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
+    column,
     func,
     literal_column,
     or_,
     select,
+    table,
     text,
     update,
 )
@@ -72,14 +75,31 @@ def text_match(value, *, short: bool, dialect: str) -> ColumnElement[bool]:
     if dialect == "postgresql":
         # The index's predicate, stated so the planner takes the partial index.
         return and_(_NOT_EMPTY, IndexedImage.words.like(value, escape="\\"))
-    # An FTS5 string: the phrase's trigrams, in order (a substring), quotes doubled.
-    fts = literal_column(WORDS_FTS)
-    matching = (
-        select(literal_column("rowid"))
-        .select_from(text(WORDS_FTS))
-        .where(fts.op("MATCH")('"' + value.replace('"', '""') + '"'))
-    )
-    return IndexedImage.id.in_(matching)
+    return IndexedImage.id.in_(select(_FTS.c.rowid).where(_fts_match([value])))
+
+
+# SQLite's FTS5 table (no model describes it): its rowid is the image's id, and the column named
+# as the table is the one MATCH takes.
+_FTS = table(WORDS_FTS, column("rowid"), column(WORDS_FTS))
+
+
+def _fts_match(phrases: Sequence[str]) -> ColumnElement[bool]:
+    """One FTS5 query for pictures holding every phrase: each phrase's trigrams in order (a
+    substring), quotes doubled; the index intersects the phrases itself."""
+    query = " AND ".join('"' + phrase.replace('"', '""') + '"' for phrase in phrases)
+    return _FTS.c[WORDS_FTS].op("MATCH")(query)
+
+
+def contains_all(phrases: Sequence[str], *, dialect: str) -> list[ColumnElement[bool]]:
+    """`contains` for each phrase; on SQLite those long enough for trigrams as one FTS5
+    query (one look-up, not one list of row ids per phrase)."""
+    if dialect == "postgresql":
+        return [contains(phrase, dialect=dialect) for phrase in phrases]
+    indexed = [phrase for phrase in phrases if len(phrase) >= TRIGRAM]
+    conditions = [contains(phrase, dialect=dialect) for phrase in phrases if len(phrase) < TRIGRAM]
+    if indexed:
+        conditions.append(IndexedImage.id.in_(select(_FTS.c.rowid).where(_fts_match(indexed))))
+    return conditions
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +110,13 @@ class WordsSource:
 
     stored: bool
     known: PictureWords | None = None
+
+
+# For the rest of the transaction, PostgreSQL plans a statement for its values each time. A
+# prepared statement is otherwise planned for any values from its sixth run on, and that generic
+# plan can only guess at a server's size and at what a LIKE pattern matches: on the benchmark's
+# 1,000 servers a quoted phrase in the 200,000-image one took 420 ms at p50 (benchmarks/RESULTS.md).
+CUSTOM_PLANS = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
 
 
 def like_pattern(phrase: str) -> str:
@@ -118,7 +145,7 @@ def in_scope(scope: SearchScope, *, dialect: str) -> list[ColumnElement[bool]]:
         conditions.append(IndexedImage.posted_at < scope.before)
     if scope.exclude_message_id is not None:
         conditions.append(IndexedImage.message_id != scope.exclude_message_id)
-    conditions += [contains(phrase, dialect=dialect) for phrase in scope.words_all]
+    conditions += contains_all(scope.words_all, dialect=dialect)
     conditions += [lacks(phrase, dialect=dialect) for phrase in scope.words_none]
     return conditions
 
@@ -231,39 +258,55 @@ class SharedWords(VectorStore):
         k: int,
     ) -> list[SearchHit]:
         """Up to ``k`` images in ``scope`` whose words hold every phrase of ``all_of`` and none of
-        ``none_of`` (normalised phrases), newest first, under the policy; score 1.0 each, and
-        ``says`` their whole text (the search cuts it to what matched)."""
+        ``none_of`` (normalised phrases), under the policy, newest first; score 1.0 each, and
+        ``says`` their whole text (the search cuts it to what matched).
+
+        Where more than ``k`` match (a common word), which ``k`` is the text index's cheapest
+        choice, so that a word thousands of pictures say costs ``k`` rows, not thousands: SQLite
+        walks the FTS5 matches from the latest stored and stops at ``k``; PostgreSQL reads the
+        trigram index's matches in the table's order and stops at ``k``. Fusion can use no more
+        (retrieval/search/words.py, `fuse`)."""
         if k <= 0 or not all_of:
             return []
         dialect = self.engine.dialect.name
-        stmt = (
-            select(*HIT_COLUMNS, IndexedImage.words)
-            .where(
-                *in_scope(scope, dialect=dialect),
-                *(contains(phrase, dialect=dialect) for phrase in all_of),
-                *(lacks(phrase, dialect=dialect) for phrase in none_of),
-                stored_permitted(),
-            )
-            .order_by(IndexedImage.posted_at.desc(), IndexedImage.id.desc())
-            .limit(k)
+        # The scope's own phrases are among those looked for: each asked once.
+        phrases = list(dict.fromkeys((*scope.words_all, *all_of)))
+        excluded = dict.fromkeys((*scope.words_none, *none_of))
+        bare = dataclasses.replace(scope, words_all=(), words_none=())
+        stmt = select(*HIT_COLUMNS, IndexedImage.words).where(
+            *in_scope(bare, dialect=dialect),
+            *(lacks(phrase, dialect=dialect) for phrase in excluded),
+            stored_permitted(),
         )
+        indexed = [phrase for phrase in phrases if len(phrase) >= TRIGRAM]
+        if dialect == "sqlite" and indexed:
+            # The FTS5 matches drive the join, latest first, and the LIMIT ends the walk.
+            stmt = (
+                stmt.select_from(_FTS.join(IndexedImage, IndexedImage.id == _FTS.c.rowid))
+                .where(_fts_match(indexed))
+                .where(*(contains(p, dialect=dialect) for p in phrases if len(p) < TRIGRAM))
+                .order_by(_FTS.c.rowid.desc())
+            )
+        else:
+            stmt = stmt.where(*contains_all(phrases, dialect=dialect))
         async with self._words_transaction() as conn:
-            return [hit(row, 1.0, says=row.words) for row in await conn.execute(stmt)]
+            if dialect == "postgresql":
+                await conn.execute(CUSTOM_PLANS)
+            rows = (await conn.execute(stmt.limit(k))).all()
+        rows.sort(key=lambda row: (row.posted_at, row.id), reverse=True)
+        return [hit(row, 1.0, says=row.words) for row in rows]
 
     async def rows_saying(
-        self, *, guild_id: int, model_id: str, all_of: Sequence[str] = (), any_of=()
+        self, *, guild_id: int, model_id: str, all_of: Sequence[str]
     ) -> frozenset[int]:
-        """Row ids of a server's images of a model whose words hold every phrase of ``all_of``
-        (when given) and any of ``any_of`` (when given), through the text index: how a search
-        that ranks in memory (SQLite's matrices) applies the words filters."""
-        dialect = self.engine.dialect.name
+        """Row ids of a server's images of a model whose words hold every phrase of ``all_of``,
+        through the text index: how a search that ranks in memory (SQLite's matrices) keeps
+        to the pictures saying a quoted phrase."""
         stmt = select(IndexedImage.id).where(
             IndexedImage.guild_id == guild_id,
             IndexedImage.model_id == model_id,
-            *(contains(phrase, dialect=dialect) for phrase in all_of),
+            *contains_all(all_of, dialect=self.engine.dialect.name),
         )
-        if any_of:
-            stmt = stmt.where(or_(*(contains(phrase, dialect=dialect) for phrase in any_of)))
         async with self._words_transaction() as conn:
             return frozenset((await conn.execute(stmt)).scalars())
 

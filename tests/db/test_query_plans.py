@@ -23,6 +23,7 @@ from retrieval.indexing.jobs import ImageRef, JobQueue
 from retrieval.indexing.reading_switch import queue_unread
 from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import PictureWords, SearchScope, open_store
+from retrieval.store.postgres import MAX_SCAN_TUPLES, search_settings
 from tests.plans import nodes as plan_nodes
 from tests.plans import plan_of
 from tests.records import MODEL
@@ -349,17 +350,22 @@ async def test_a_date_only_search_of_a_large_server_reads_its_dates(big, store_e
         assert read <= 2 * matching, f"{read} rows read: {statement[:300]}"
 
 
-async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
-    """The text side of /find on a large server reads the trigram index (PostgreSQL's GIN over
-    guild and words, SQLite's FTS5 table), not the server's rows one by one."""
-    await _fill_large(store_engine)
-    async with store_engine.begin() as conn:
+async def _said_by_a_third(engine) -> None:
+    """The large server, a third of its pictures saying "slide <id>": a common word."""
+    await _fill_large(engine)
+    async with engine.begin() as conn:
         await conn.execute(
             text(
                 f"UPDATE images SET words = 'slide ' || id WHERE guild_id = {LARGE} AND id % 3 = 0"
             )
         )
         await conn.execute(text("ANALYZE images"))
+
+
+async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
+    """The text side of /find on a large server reads the trigram index (PostgreSQL's GIN over
+    guild and words, SQLite's FTS5 table), not the server's rows one by one."""
+    await _said_by_a_third(store_engine)
     async with store_engine.connect() as conn:
         wanted = await conn.scalar(
             text(f"SELECT max(id) FROM images WHERE guild_id = {LARGE} AND words <> ''")
@@ -378,3 +384,82 @@ async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
             explained = "EXPLAIN QUERY PLAN " + statement
             details = [row[-1] for row in await conn.exec_driver_sql(explained, parameters)]
             assert any(d.startswith("SCAN images_words VIRTUAL TABLE") for d in details), details
+
+
+async def test_a_common_word_costs_the_rows_asked_not_every_picture_saying_it(big, store_engine):
+    """The text side of /find for a word 6,667 pictures of the server say reads the k rows it
+    returns: PostgreSQL stops reading the trigram index's matches at k, SQLite walks the FTS5
+    matches into the images table and stops at k (no list of every match, no sort of them)."""
+    await _said_by_a_third(store_engine)
+    scope = SearchScope(LARGE, MODEL, channel_ids=frozenset(range(900000, 900040)))
+    with _captured(store_engine) as sent:
+        hits = await big.words_matching(scope=scope, all_of=["slide", "lid"], k=50)
+    assert len(hits) == 50 and all("slide" in h.says for h in hits)
+    assert hits == sorted(hits, key=lambda h: (h.posted_at, h.row_id), reverse=True)
+    ((statement, parameters),) = sent
+    assert await _plan_problems(store_engine, statement, parameters, routed=True) == []
+    if store_engine.dialect.name == "postgresql":
+        assert await _rows_read(store_engine, statement, parameters) <= 2 * 50
+        return
+    async with store_engine.connect() as conn:
+        explained = "EXPLAIN QUERY PLAN " + statement
+        details = [row[-1] for row in await conn.exec_driver_sql(explained, parameters)]
+    assert details[0].startswith("SCAN images_words VIRTUAL TABLE"), details
+    assert details[1].startswith("SEARCH images USING INTEGER PRIMARY KEY"), details
+    assert not [d for d in details if "TEMP B-TREE" in d or "LIST SUBQUERY" in d], details
+
+
+async def test_an_excluded_word_is_tested_on_the_rows_the_search_meets(big, store_engine):
+    """/find's `-word` on a large server: no statement lists the pictures saying it (SQLite
+    tests the ranked rows' words, PostgreSQL each row its scan meets), and on PostgreSQL it
+    does not count the server's rows first as a filter that narrows would."""
+    await _said_by_a_third(store_engine)
+    postgres = store_engine.dialect.name == "postgresql"
+    if postgres:
+        assert await big.indexes.check(LARGE, MODEL) == "built"
+    scope = SearchScope(LARGE, MODEL, words_none=("slide",))
+    query = np.array([1, 0, 0, 0], dtype=np.float32)
+    with _captured(store_engine) as sent:
+        hits = await big.search(query, scope=scope, k=50)
+    assert len(hits) == 50
+    said = await big.words_of([h.row_id for h in hits], guild_id=LARGE)
+    assert not [row_id for row_id, words in said.items() if "slide" in words]
+    statements = [statement for statement, _ in sent]
+    assert not [s for s in statements if "MATCH" in s], statements
+    if postgres:  # the filter's capped count (SQLite's count sizes the server's matrix)
+        assert not [s for s in statements if "count(" in s], statements
+    tested = [(st, params) for st, params in sent if "instr(" in st or "strpos(" in st]
+    assert len(tested) == 1, statements
+    ((statement, parameters),) = tested
+    # On PostgreSQL the server's own HNSW index (partial on its guild_id) names the server.
+    routed = not postgres
+    assert await _plan_problems(store_engine, statement, parameters, routed=routed) == []
+    if postgres:
+        async with store_engine.begin() as conn:
+            await conn.execute(search_settings(MAX_SCAN_TUPLES))
+            plan = await plan_of(conn, statement, parameters)
+        used = {n.get("Index Name") for n in plan_nodes(plan)}
+        assert [name for name in used if name and name.startswith("ix_images_ann_")], used
+
+
+async def test_a_channel_filter_is_counted_from_the_channel_index_alone(big, store_engine):
+    """PostgreSQL counts how many rows a channel filter keeps (capped) before it picks the exact
+    scan or the server's HNSW index: from the (guild, channel) B-tree alone, never the table's
+    rows, even when the filter keeps the whole server (every channel a member reads)."""
+    if store_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite ranks its matrix: nothing to count")
+    await _fill_large(store_engine)
+    async with store_engine.connect() as conn:  # as autovacuum keeps it: pages all visible
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("VACUUM ANALYZE images"))
+    assert await big.indexes.check(LARGE, MODEL) == "built"
+    scope = SearchScope(LARGE, MODEL, channel_ids=frozenset(range(900000, 900040)))
+    with _captured(store_engine) as sent:
+        hits = await big.search(np.array([1, 0, 0, 0], dtype=np.float32), scope=scope, k=10)
+    assert len(hits) == 10
+    ((statement, parameters),) = [(st, p) for st, p in sent if "count(" in st]
+    async with store_engine.connect() as conn:
+        plan = await plan_of(conn, statement, parameters)
+    scans = {n["Node Type"] for n in plan_nodes(plan) if n.get("Relation Name") == "images"}
+    used = {n.get("Index Name") for n in plan_nodes(plan)} - {None}
+    assert scans == {"Index Only Scan"} and used == {"ix_images_guild_channel"}, (scans, used)

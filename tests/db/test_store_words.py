@@ -194,3 +194,15 @@ async def test_words_filters_apply_inside_the_vector_search(read):
     assert len(kept) == 3 and not {0, 1, 5} & set(kept)
     assert unfiltered[0] == 0 and kept != unfiltered
     assert await searched(words_all=("deploy",), words_none=("fail",)) == [5]
+
+
+async def test_an_excluded_word_most_pictures_say_still_fills_k(read):
+    """The -word is tested on the ranked rows: where most of the best say it, the search ranks
+    further until k rows that do not say it are found."""
+    common = [said(i, words=f"common {i}") for i in range(7)]
+    assert await read.store_words(common) == 7
+    query = vectors(10)[0]
+    scope = SearchScope(guild_id=1, model_id=MODEL, words_none=("common",))
+    hits = await read.search(query, scope=scope, k=3)
+    assert sorted(h.image_key for h in hits) == [7, 8, 9]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
