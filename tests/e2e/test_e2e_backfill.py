@@ -222,10 +222,12 @@ async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog)
         guild = fd.add_guild("Shifting")
         doomed, closing = guild.add_text_channel("doomed"), guild.add_text_channel("closing")
         alice = guild.add_member("alice")
+        holds = []
         for channel in (doomed, closing):
-            # More than one turn, read slowly enough to change the channels after the first.
+            # More than one turn; the second waits until the channels have changed.
             history(fd, channel, alice, PAGE * PAGES_PER_TURN + 10, every=PAGE)
-            fd.slow_down("GET", rf"/channels/{channel.id}/messages", 0.2)
+            path = rf"/channels/{channel.id}/messages"
+            holds.append(fd.hold("GET", path, after=PAGES_PER_TURN))
         settings = bot_settings(fd, tmp_path)
 
         async with running_bot(settings, fd) as bot:
@@ -236,6 +238,8 @@ async def test_channels_deleted_or_hidden_mid_walk_end_cleanly(tmp_path, caplog)
             await fd.update_channel_overwrites(
                 closing, [Overwrite(guild.bot_role, deny=P.VIEW_CHANNEL)], dispatch=False
             )
+            for hold in holds:
+                hold.release()
             await backfilled(bot)
             assert bot.backfill_progress.channels_done == 2
             cursors = bot.backfill.cursors

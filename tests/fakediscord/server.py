@@ -90,6 +90,27 @@ class RateLimit:
         return response
 
 
+@dataclass
+class Hold:
+    """REST calls matching a route answered as usual for the first ``after``, then held until
+    `release()`: a client caught at a known point, whatever the machine's speed."""
+
+    method: str
+    path: re.Pattern[str]
+    after: int
+    passed: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def wait(self) -> None:
+        if self.passed < self.after:
+            self.passed += 1
+        else:
+            await self.released.wait()
+
+
 class FakeDiscord(Lifecycle, MemberActions):
     def __init__(
         self,
@@ -132,6 +153,7 @@ class FakeDiscord(Lifecycle, MemberActions):
         self.interactions_by_token: dict[str, FakeInteraction] = {}
         self.requests: list[RecordedRequest] = []
         self._slow: list[tuple[str, re.Pattern[str], float]] = []
+        self._holds: list[Hold] = []
         self.rate_limits: list[RateLimit] = []
         self.unknown_routes: list[str] = []
         self.cdn = Cdn(self.clock, self.ids)
@@ -195,6 +217,9 @@ class FakeDiscord(Lifecycle, MemberActions):
             for method, path, seconds in self._slow:
                 if method == request.method and path.fullmatch(record.path):
                     await asyncio.sleep(seconds)
+            for hold in self._holds:
+                if hold.method == request.method and hold.path.fullmatch(record.path):
+                    await hold.wait()
             for limit in self.rate_limits:
                 if limit.method == request.method and limit.path.fullmatch(record.path):
                     return limit.response()
@@ -322,6 +347,13 @@ class FakeDiscord(Lifecycle, MemberActions):
     def slow_down(self, method: str, path: str, seconds: float) -> None:
         """REST calls matching `method` and the regex `path` (after /api/v10) answer late."""
         self._slow.append((method, re.compile(path), seconds))
+
+    def hold(self, method: str, path: str, *, after: int = 0) -> Hold:
+        """REST calls matching `method` and the regex `path` (after /api/v10) are answered for
+        the first `after`, then held until the returned `Hold` is released."""
+        hold = Hold(method, re.compile(path), after)
+        self._holds.append(hold)
+        return hold
 
     def rate_limit(self, method: str, path: str, *, retry_after: float) -> RateLimit:
         """REST calls matching `method` and the regex `path` (after /api/v10) answer 429 with
