@@ -88,7 +88,9 @@ Lifecycle (all async, all take `dispatch=False` for offline changes)
 content_type=, declared_length=, stall=, redirect_to=)`, `fd.cdn.go_down(status=503,
 retry_after=None)` (every CDN request fails until `fd.cdn.recover()`),
 `fd.rate_limit(method, path_regex, retry_after=)` (matching REST calls answer 429, as Discord
-does, until `fd.lift_rate_limits()`),
+does, until `fd.lift_rate_limits()`), `fd.hold(method, path_regex, after=)` (matching REST
+calls answered for the first `after`, then held until the returned hold's `release()`),
+`fd.sent_sequences()` (the last event's sequence number written to each gateway session),
 `await fd.wait_ready(timeout=)`,
 `await fd.flush()`, `await fd.reconnect_clients()` (op 7; the RESUME that follows is refused,
 so the client IDENTIFYs again and discord.py builds new guild objects: a new session).
