@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from retrieval.backoff import patiently
 from retrieval.config import Settings
 from retrieval.database import (
     UPGRADE_HINT,
@@ -195,9 +196,24 @@ async def _schema_ready(engine: AsyncEngine, *, stop: asyncio.Event) -> bool:
 
 
 async def _refuse_another_model(engine: AsyncEngine, encoder: Encoder) -> None:
-    """The index is searched with the bot's model: vectors of another are never found."""
-    with database_errors():
-        recorded = await get_state(engine, INDEX_MODEL_KEY)
+    """The index is searched with the bot's model: vectors of another are never found.
+
+    Asked right after the model loaded (seconds after the schema was checked): a database that
+    went away meanwhile is waited for, as at the schema check, not taken for a reason to stop."""
+
+    async def recorded_model() -> str | None:
+        with database_errors():
+            return await get_state(engine, INDEX_MODEL_KEY)
+
+    def waiting(exc: StoreUnavailable, delay: float) -> None:
+        log.error(
+            "cannot reach the database %s to check the index's model, trying again in %.0fs: %s",
+            database_name(engine),
+            delay,
+            exc,
+        )
+
+    recorded = await patiently(recorded_model, waiting=waiting, max_s=_WAIT_MAX_S)
     if recorded is not None and recorded != encoder.model_id:
         raise ConfigError(
             f"the index is built with the model {recorded}, and this worker loaded "

@@ -453,6 +453,36 @@ async def _any(records) -> bool:
     return bool(records)
 
 
+async def test_a_database_away_as_the_model_loads_is_waited_for(
+    postgres_engine, monkeypatch, caplog
+):
+    """The model is checked against the index right after it loaded, seconds after the schema
+    was: a PostgreSQL restarting then (as the soak met it) is waited out, not a reason to stop."""
+    from bot import worker
+    from retrieval.errors import StoreUnavailable
+
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
+    await set_state(postgres_engine, INDEX_MODEL_KEY, "tiny")
+    asked = []
+
+    async def restarting(engine, key):
+        asked.append(key)
+        if len(asked) < 3:
+            raise StoreUnavailable("[Errno 2] No such file or directory")
+        return "tiny"
+
+    monkeypatch.setattr(worker, "get_state", restarting)
+    caplog.set_level(logging.ERROR, logger="bot.worker")
+    await asyncio.wait_for(
+        worker._refuse_another_model(
+            postgres_engine, dataclasses.make_dataclass("E", ["model_id"])("tiny")
+        ),
+        30,
+    )
+    assert len(asked) == 3
+    assert sum("to check the index's model" in r.getMessage() for r in caplog.records) == 2
+
+
 async def test_a_running_worker_notices_that_the_bot_switched_models(postgres_engine, monkeypatch):
     from bot import worker
 
