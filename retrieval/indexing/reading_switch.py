@@ -9,16 +9,19 @@ at the first start with it off every word stored is deleted, with the readings s
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from sqlalchemy import delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from retrieval.backoff import patiently
 from retrieval.database.clock import db_now
 from retrieval.database.errors import database_errors
 from retrieval.database.state import get_state, set_state
 from retrieval.database.tables import OCR_LANE, IndexedImage, IndexJob
+from retrieval.errors import StoreUnavailable
 from retrieval.indexing.jobs import OLDEST
 from retrieval.store.allowed import stored_permitted
 from retrieval.store.base import VectorStore
@@ -46,7 +49,19 @@ _FROM_IMAGE = {
 
 
 async def apply_reading(*, on: bool, engine: AsyncEngine, store: VectorStore) -> None:
-    """Make the database agree with the setting (see the module's notes)."""
+    """Make the database agree with the setting (see the module's notes), waiting out a
+    database that is away: an outage is not the task's failure (a worker restarted while
+    PostgreSQL restarted was reported unhealthy for it)."""
+
+    def waiting(exc: StoreUnavailable, delay: float) -> None:
+        log.warning("cannot apply OCR=%s yet, trying again in %.1fs: %s", on, delay, exc)
+
+    await patiently(
+        functools.partial(_apply_reading, on=on, engine=engine, store=store), waiting=waiting
+    )
+
+
+async def _apply_reading(*, on: bool, engine: AsyncEngine, store: VectorStore) -> None:
     with database_errors():
         state = await get_state(engine, READING_KEY)
     wanted = "on" if on else "off"

@@ -407,3 +407,25 @@ def test_the_driver_never_logs_the_words_it_writes(tmp_path, monkeypatch, isolat
     assert main(["db", "upgrade"]) == 0
     assert logging.getLogger("clipfind").getEffectiveLevel() == logging.DEBUG
     assert logging.getLogger("aiosqlite").getEffectiveLevel() == logging.INFO
+
+
+async def test_applying_the_reading_setting_waits_out_an_outage(store, store_engine, monkeypatch):
+    """A worker restarted while PostgreSQL restarted: its start-up task waits the outage out
+    instead of failing (three failures made the process report itself unhealthy)."""
+    from retrieval.errors import StoreUnavailable
+    from retrieval.indexing import reading_switch
+
+    monkeypatch.setattr("retrieval.backoff.FIRST_S", 0.01)
+    real, failures = reading_switch.get_state, []
+
+    async def away_at_first(engine, key):
+        if len(failures) < 2:
+            failures.append(key)
+            raise StoreUnavailable("database error: [Errno 2] No such file or directory")
+        return await real(engine, key)
+
+    monkeypatch.setattr(reading_switch, "get_state", away_at_first)
+    switch = reading_switch.apply_reading(on=False, engine=store_engine, store=store)
+    await asyncio.wait_for(switch, 30)
+    assert len(failures) == 2
+    assert await real(store_engine, reading_switch.READING_KEY) == "off"
