@@ -34,7 +34,6 @@ from retrieval.errors import ConfigError, StoreUnavailable
 from retrieval.indexing import (
     INDEX_MODEL_KEY,
     JOBS_CHANNEL,
-    IndexingPipeline,
     PipelineCounters,
     RefreshUrls,
 )
@@ -235,7 +234,7 @@ class _Lanes:
             self._services.reading.wake()
 
 
-async def _woken(engine: AsyncEngine, lanes: IndexingPipeline | _Lanes) -> None:
+async def _woken(engine: AsyncEngine, lanes: _Lanes) -> None:
     """Wake the lanes whenever a process queues jobs (PostgreSQL NOTIFY), so an image posted
     is taken at once rather than at the lanes' next look at the table (once a second)."""
     import asyncpg

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -168,17 +169,20 @@ class IndexingPipeline:
         def left() -> float:  # what is left after it is for handing the rest back
             return max(deadline - time.monotonic() - GIVE_BACK_S, _SETTLE_S)
 
-        log.debug("stopping the pipeline: %.1fs left", deadline - time.monotonic())
+        def step(what: str) -> None:
+            log.debug("stopping the pipeline: %s, %.1fs left", what, deadline - time.monotonic())
+
+        step("started")
         await settle(self._tasks, within_s=left())
         self._tasks.clear()
-        log.debug("stopping the pipeline: tasks settled, %.1fs left", deadline - time.monotonic())
+        step("tasks settled")
         await self._batching.settle(left)
-        log.debug("stopping the pipeline: batches settled, %.1fs left", deadline - time.monotonic())
+        step("batches settled")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(left()):
                 await self._submissions.close()
         await self.signed_urls.close()
-        log.debug("stopping the pipeline: handing back, %.1fs left", deadline - time.monotonic())
+        step("handing back")
         await self._window.give_back_all(deadline=deadline)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -205,11 +209,6 @@ class IndexingPipeline:
             if not self.consumes:
                 if not await with_store(self.jobs.unfinished, 1):
                     return
-            elif not window.held:
-                due = await with_store(self.jobs.due, 1)
-                # Asked after the table: rows claimed while it answered are in hand by now, or
-                # still being claimed.
-                if not due and not window.held and not window.claiming:
-                    return
-                window.rows_written()  # e.g. retries come due: take them now, not at the poll
+            elif await window.drained(functools.partial(with_store, self.jobs.due, 1)):
+                return
             await asyncio.sleep(0.05)

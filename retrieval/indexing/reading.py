@@ -233,12 +233,8 @@ class ReadingLane:
 
     async def join(self) -> None:
         """Wait until no reading is due or held (tests; a stop)."""
-        window = self._window
+        due = functools.partial(self._outcomes.with_store, self.jobs.due, 1)
         while True:
-            if not window.held and not window.claiming:
-                due = await self._outcomes.with_store(self.jobs.due, 1)
-                # Asked after the table: rows claimed while it answered are in hand by now.
-                if not due and not window.held and not window.claiming:
-                    return
-                window.rows_written()
+            if await self._window.drained(due):
+                return
             await asyncio.sleep(0.05)

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 from retrieval.errors import ModelSwitched, StoreUnavailable
@@ -80,6 +80,18 @@ class Window:
         """Look at the table now: rows were written (here or by another process)."""
         self._more = True
         self._wake.set()
+
+    async def drained(self, due: Callable[[], Awaitable[bool]]) -> bool:
+        """Whether no job is in hand here and ``due()`` says none is due in the table (a
+        `join`'s test). The window is asked again after the table answers: rows claimed while
+        it answered are in hand by then, or still being claimed. With jobs due, the feeder is
+        told to look now (retries come due) rather than at its next poll."""
+        if self.held or self.claiming:
+            return False
+        if not await due() and not self.held and not self.claiming:
+            return True
+        self.rows_written()
+        return False
 
     async def feed_loop(self) -> None:
         looked = float("-inf")  # the table may hold rows already (a previous run's)
