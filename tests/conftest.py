@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -170,10 +171,13 @@ def postgres_url(server, database: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server, *, citus: bool, workers=(), revision: str = "head"):
-    """A new database (CREATE DATABASE takes ~60 ms) migrated by Alembic to ``revision``,
-    dropped after; on Citus, this server is its coordinator, and its only node unless given
-    worker servers (the same database is then made on each, dropped after too)."""
+async def fresh_database(
+    server, *, citus: bool, workers=(), revision: str = "head", template: str | None = None
+):
+    """A new database migrated to ``revision`` (at head, a copy of the server's database at head,
+    see `_head`; or a copy of ``template``), dropped after; on Citus, migrated by Alembic, this
+    server is its coordinator, and its only node unless given worker servers (the same database
+    is then made on each, dropped after too)."""
     import asyncpg
 
     from retrieval.database.engine import create_engine, upgrade
@@ -182,9 +186,14 @@ async def fresh_database(server, *, citus: bool, workers=(), revision: str = "he
     info = server.get_postmaster_info()
     host = str(info.socket_dir)
     nodes = [(str(i.socket_dir), i.port) for i in (w.get_postmaster_info() for w in workers)]
+    copied = not citus and revision == "head"
     admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        if copied:
+            source = template or await _head(server, admin)
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}" {_COPY}')
+        else:
+            await admin.execute(f'CREATE DATABASE "{name}"')
         try:
             engine = create_engine(postgres_url(server, name))
             try:
@@ -192,7 +201,8 @@ async def fresh_database(server, *, citus: bool, workers=(), revision: str = "he
                     for worker_host, _ in nodes:
                         await prepare_worker(host=worker_host, database=name)
                     await make_coordinator(host=host, port=info.port, database=name, workers=nodes)
-                await upgrade(engine, revision)
+                if not copied:
+                    await upgrade(engine, revision)
                 yield engine
             finally:
                 await engine.dispose()
@@ -209,6 +219,98 @@ async def fresh_database(server, *, citus: bool, workers=(), revision: str = "he
                     await worker_admin.close()
     finally:
         await admin.close()
+
+
+# Each server's database migrated to head once, copied for every test that wants a fresh one:
+# a copy costs what an empty CREATE DATABASE does, a fraction of Alembic's run through every
+# revision (benchmarks/RESULTS.md, "The test suite in folders"). Tests of the migrations
+# themselves still run them.
+_HEAD_TEMPLATES: dict[str, str] = {}
+# The template's files copied whole: about half the server's CPU of copying them block by block
+# through the WAL (the default), with fsync off.
+_COPY = "STRATEGY FILE_COPY"
+
+
+async def _head(server, admin) -> str:
+    from retrieval.database.engine import create_engine, upgrade
+
+    name = _HEAD_TEMPLATES.get(server.pgdata)
+    if name is None:
+        name = f"head_{uuid.uuid4().hex}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        engine = create_engine(postgres_url(server, name))
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()  # a template is copied only while nobody is connected to it
+        _HEAD_TEMPLATES[server.pgdata] = name
+    return name
+
+
+async def _seeded_template(server, seed) -> str:
+    import asyncpg
+
+    from retrieval.database.engine import create_engine
+
+    name = f"seeded_{uuid.uuid4().hex}"
+    host = str(server.get_postmaster_info().socket_dir)
+    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+    try:
+        head = await _head(server, admin)
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{head}" {_COPY}')
+    finally:
+        await admin.close()
+    engine = create_engine(postgres_url(server, name))
+    try:
+        await seed(engine)
+    finally:
+        await engine.dispose()
+    return name
+
+
+# What a module's `seed` wrote, once per database kind and process: (kind, seed) -> the
+# PostgreSQL database or SQLite file each test gets a copy of.
+_SEEDED: dict[tuple[str, object], object] = {}
+
+
+@contextlib.asynccontextmanager
+async def seeded_database(request, kind: str, seed):
+    """A fresh database at head holding what ``seed(engine)`` wrote: seeded once per kind
+    ("sqlite" or "postgres") and test process, then copied for each test, so a module whose
+    tests share seconds of set-up pays it once and its tests still cannot see each other's
+    writes. Under CLIPFIND_TEST_CITUS every test seeds its own (a distributed database is not
+    copied by CREATE DATABASE)."""
+    from retrieval.database.engine import create_engine
+
+    if kind == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        workers = request.getfixturevalue("citus_workers")
+        if citus_wanted():
+            async with migrated_database(server, workers) as engine:
+                await seed(engine)
+                yield engine
+            return
+        if (kind, seed) not in _SEEDED:
+            _SEEDED[kind, seed] = await _seeded_template(server, seed)
+        async with fresh_database(server, citus=False, template=_SEEDED[kind, seed]) as engine:
+            yield engine
+        return
+    path = request.getfixturevalue("tmp_path") / "clipfind.db"
+    if (kind, seed) not in _SEEDED:
+        template = request.getfixturevalue("tmp_path_factory").mktemp("seeded") / "clipfind.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_head"), template)
+        engine = create_engine(f"sqlite+aiosqlite:///{template}")
+        try:
+            await seed(engine)
+        finally:
+            await engine.dispose()
+        _SEEDED[kind, seed] = template
+    shutil.copyfile(_SEEDED[kind, seed], path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 async def drop_database(admin, name: str, *, missing_ok: bool = False) -> None:
@@ -268,12 +370,32 @@ async def citus_engine(citus_database):
     return citus_database
 
 
-@pytest.fixture
-async def sqlite_engine(tmp_path):
+@pytest.fixture(scope="session")
+def sqlite_head(tmp_path_factory) -> Path:
+    """A SQLite file migrated to head once, copied by `sqlite_engine` (see `_head`)."""
     from retrieval.database.engine import create_engine, ensure_schema
 
+    path = tmp_path_factory.mktemp("sqlite-head") / "clipfind.db"
+
+    async def make() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await ensure_schema(engine)
+        finally:
+            await engine.dispose()  # the last connection's close folds the WAL into the file
+
+    # In a thread of its own: the fixture may be asked for from inside a running loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, make()).result()
+    return path
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path, sqlite_head):
+    from retrieval.database.engine import create_engine
+
+    shutil.copyfile(sqlite_head, tmp_path / "clipfind.db")
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/clipfind.db")
-    await ensure_schema(engine)
     yield engine
     await engine.dispose()
 

@@ -24,6 +24,7 @@ from retrieval.indexing.reading_switch import queue_unread
 from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import PictureWords, SearchScope, open_store
 from retrieval.store.postgres import MAX_SCAN_TUPLES, search_settings
+from tests.conftest import seeded_database
 from tests.plans import nodes as plan_nodes
 from tests.plans import plan_of
 from tests.records import MODEL
@@ -145,9 +146,15 @@ async def _plan_problems(engine, statement: str, parameters, *, routed: bool) ->
         return problems
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_engine(request):
+    """Both databases, filled once per test process and copied for each test."""
+    async with seeded_database(request, request.param, _fill) as engine:
+        yield engine
+
+
 @pytest.fixture
 async def big(store_engine):
-    await _fill(store_engine)
     store = open_store(store_engine)
     yield store
     await store.close()
