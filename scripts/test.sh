@@ -17,9 +17,9 @@ fi
 # more than they compute: on 2 cores, 4 workers ran the suite in 0.71 of the time 2 took
 # (benchmarks/RESULTS.md, "The test suite in folders"). TEST_WORKERS=0 runs every test in this
 # one process.
+workers=$(( $(nproc) * 2 ))  # before OMP_NUM_THREADS is set below: nproc reads it
 # One thread for each worker's torch (and for the bots the tests start): the workers already keep
 # every core busy, and torch's idle threads spin for the cores the others need (the quick set in
 # 0.85 of the time, benchmarks/RESULTS.md).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-workers=$(( $(nproc) * 2 ))
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-$(( workers < 8 ? workers : 8 ))}" --dist loadfile "$@"
