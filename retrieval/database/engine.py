@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from retrieval.database.locks import Purpose, held, is_shared
 from retrieval.errors import SchemaError, StoreUnavailable
+from retrieval.supervisor import within
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,12 @@ def create_engine(url: str, *, pool_max: int = 15, pool_timeout_s: float = 30.0)
 
 async def close_engine(engine: AsyncEngine, *, within_s: float = CLOSE_S) -> None:
     """Close the engine's connections, waiting at most ``within_s``: with the database away
-    (a host that does not answer), closing alone could wait for a connect timeout; the
-    process's end closes the sockets anyway."""
+    (a host that does not answer), closing alone could wait for a connect timeout, and so could
+    a cancelled close (see `within`); the process's end closes the sockets anyway."""
     try:
-        async with asyncio.timeout(within_s):
-            await engine.dispose()
+        await within(engine.dispose(), seconds=within_s)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        log.warning("could not close the database connections cleanly: %s", exc or "no answer")
+        log.warning("could not close the database connections cleanly: %s", str(exc) or "no answer")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

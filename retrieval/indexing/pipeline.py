@@ -36,7 +36,7 @@ from retrieval.indexing.window import BATCH, FETCH, GIVE_BACK_S, Window
 from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.images import PreprocessSpec
 from retrieval.store.base import VectorStore
-from retrieval.supervisor import Supervisor, settle
+from retrieval.supervisor import Supervisor, settle, within
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ class IndexingPipeline:
         await self._batching.settle(left)
         step("batches settled")
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(left()):
-                await self._submissions.close()
+            await within(self._submissions.close(), seconds=left())
         await self.signed_urls.close()
         step("handing back")
         await self._window.give_back_all(deadline=deadline)

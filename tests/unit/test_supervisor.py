@@ -165,3 +165,26 @@ async def test_within_gives_up_on_a_call_without_waiting_for_it_to_end():
     assert not gate.is_set()  # it was cancelled and left behind, not waited for
     gate.set()
     assert await within(asyncio.sleep(0, result=7), seconds=30) == 7
+
+
+async def test_closing_an_engine_whose_database_went_silent_ends_on_time(caplog):
+    """The last step of a stop: an engine whose connections hang, and hang again when their
+    close is cancelled, is left behind with a warning instead of holding the stop."""
+    from retrieval.database import close_engine
+
+    gate, cancelled = asyncio.Event(), asyncio.Event()
+
+    class Silent:
+        async def dispose(self) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                await gate.wait()
+                raise
+
+    await asyncio.wait_for(close_engine(Silent(), within_s=0.01), timeout=30)
+    await cancelled.wait()
+    assert not gate.is_set()
+    assert "could not close the database connections cleanly: no answer" in caplog.text
+    gate.set()
