@@ -26,7 +26,13 @@ from retrieval.encoding.textnorm import normalise
 from retrieval.store.base import SearchHit
 
 # Reciprocal rank fusion's constant (Cormack et al. 2009): a hit ranked r adds 1 / (RRF_K + r).
+# From 30 to 200 it ranked the same (benchmarks/RESULTS.md, "Fusion").
 RRF_K = 60
+# The text side's weight, CLIP's being 1. Equal weights interleave the two lists; a heavier text
+# side finds a caption's words first but puts pictures that merely say a description's words
+# before the pictures that look like it (the same section): kept equal until real CLIP weights
+# can be measured.
+TEXT_WEIGHT = 1.0
 # How far the CLIP query moves away from an excluded word's vector (rclip subtracts it whole; a
 # half keeps the rest of the query in charge when several words are excluded).
 PUSH_AWAY = 0.5
@@ -145,17 +151,23 @@ def text_ranking(hits: Sequence[SearchHit], words: WordsQuery) -> list[SearchHit
     return [hit for _, _, hit in ranked]
 
 
-def fuse(clip: Sequence[SearchHit], text: Sequence[SearchHit], k: int = RRF_K) -> list[SearchHit]:
+def fuse(
+    clip: Sequence[SearchHit],
+    text: Sequence[SearchHit],
+    k: int = RRF_K,
+    text_weight: float = TEXT_WEIGHT,
+) -> list[SearchHit]:
     """One ranking from CLIP's and the text's, by reciprocal rank: a hit's score becomes the sum
-    of 1 / (k + rank) over the rankings it is in. Hits of the text ranking keep what it says
-    (``says``). Without text hits, CLIP's ranking and scores are returned as they are."""
+    of weight / (k + rank) over the rankings it is in (CLIP's weight 1). Hits of the text ranking
+    keep what it says (``says``). Without text hits, CLIP's ranking and scores are returned as
+    they are."""
     if not text:
         return list(clip)
     fused: dict[int, float] = {}
     found: dict[int, SearchHit] = {}
-    for ranking in (clip, text):
+    for weight, ranking in ((1.0, clip), (text_weight, text)):
         for rank, hit in enumerate(ranking, 1):
-            fused[hit.row_id] = fused.get(hit.row_id, 0.0) + 1.0 / (k + rank)
+            fused[hit.row_id] = fused.get(hit.row_id, 0.0) + weight / (k + rank)
             if hit.row_id not in found or hit.says:
                 found[hit.row_id] = hit
     cosine = {hit.row_id: hit.score for hit in clip}
@@ -166,6 +178,7 @@ def fuse(clip: Sequence[SearchHit], text: Sequence[SearchHit], k: int = RRF_K) -
 __all__ = [
     "PUSH_AWAY",
     "RRF_K",
+    "TEXT_WEIGHT",
     "WordsQuery",
     "fuse",
     "parse_words",

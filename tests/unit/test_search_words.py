@@ -109,6 +109,16 @@ def test_fusion_ranks_by_reciprocal_rank_and_keeps_what_the_text_says():
     assert fused[3].similarity is None and fused[3].says  # found by its words alone
 
 
+def test_a_heavier_text_side_puts_what_the_text_found_before_clips_guesses():
+    """Equal weights interleave a picture found by its words alone with CLIP's best (each first
+    of its list); the text side's weight (benchmarks/fusion.py measures it) decides which leads."""
+    clip = [hit(1, 0.9), hit(2, 0.8)]
+    text = [hit(4, 1.0, says="deploy failed")]
+    assert [h.row_id for h in fuse(clip, text)] == [1, 4, 2]
+    assert [h.row_id for h in fuse(clip, text, text_weight=2.0)] == [4, 1, 2]
+    assert [h.row_id for h in fuse(clip, text, text_weight=0.5)] == [1, 2, 4]
+
+
 def test_pictures_that_look_alike_but_say_different_things_are_not_reposts():
     vector = np.ones(4, dtype=np.float32) / 2
     hits = [hit(1), hit(2), hit(3), hit(4)]
