@@ -229,9 +229,9 @@ async def fresh_database(
 
 
 # Each server's database migrated to head once, copied for every test that wants a fresh one:
-# a copy costs what an empty CREATE DATABASE does, a fraction of Alembic's run through every
-# revision (benchmarks/RESULTS.md, "The test suite in folders"). Tests of the migrations
-# themselves still run them.
+# the copy spares each test Alembic's run through every revision, CPU in the test process
+# (benchmarks/RESULTS.md, "The test suite in folders"). Tests of the migrations themselves still
+# run them.
 _HEAD_TEMPLATES: dict[str, str] = {}
 # The template's files copied whole: about half the server's CPU of copying them block by block
 # through the WAL (the default), with fsync off.
