@@ -145,25 +145,32 @@ async def test_settling_waits_for_cancelled_tasks_only_so_long():
     await asyncio.gather(tasks[0], return_exceptions=True)
 
 
-async def test_within_gives_up_on_a_call_without_waiting_for_it_to_end():
-    """A stop's last words to a database gone silent: asyncpg ends a cancelled statement by
-    connecting to ask the server to cancel it, which can take a connect timeout."""
-    gate, cancelled = asyncio.Event(), asyncio.Event()
+class SlowToCancel:
+    """A call to a database gone silent: it hangs, and hangs again once cancelled, until the
+    test opens ``gate``; ``cancelled`` says it was cancelled."""
 
-    async def slow_to_cancel() -> int:
+    def __init__(self) -> None:
+        self.gate, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self) -> int:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            cancelled.set()
-            await gate.wait()
+            self.cancelled.set()
+            await self.gate.wait()
             raise
         return 1
 
+
+async def test_within_gives_up_on_a_call_without_waiting_for_it_to_end():
+    """A stop's last words to a database gone silent: asyncpg ends a cancelled statement by
+    connecting to ask the server to cancel it, which can take a connect timeout."""
+    call = SlowToCancel()
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(within(slow_to_cancel(), seconds=0.01), timeout=30)
-    await cancelled.wait()
-    assert not gate.is_set()  # it was cancelled and left behind, not waited for
-    gate.set()
+        await asyncio.wait_for(within(call(), seconds=0.01), timeout=30)
+    await call.cancelled.wait()
+    assert not call.gate.is_set()  # it was cancelled and left behind, not waited for
+    call.gate.set()
     assert await within(asyncio.sleep(0, result=7), seconds=30) == 7
 
 
@@ -172,19 +179,11 @@ async def test_closing_an_engine_whose_database_went_silent_ends_on_time(caplog)
     close is cancelled, is left behind with a warning instead of holding the stop."""
     from retrieval.database import close_engine
 
-    gate, cancelled = asyncio.Event(), asyncio.Event()
-
     class Silent:
-        async def dispose(self) -> None:
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                cancelled.set()
-                await gate.wait()
-                raise
+        dispose = SlowToCancel()
 
     await asyncio.wait_for(close_engine(Silent(), within_s=0.01), timeout=30)
-    await cancelled.wait()
-    assert not gate.is_set()
+    await Silent.dispose.cancelled.wait()
+    assert not Silent.dispose.gate.is_set()
     assert "could not close the database connections cleanly: no answer" in caplog.text
-    gate.set()
+    Silent.dispose.gate.set()
