@@ -58,13 +58,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_duration_rank)
 
 
-def _duration_rank(item) -> int:
+def _duration_rank(item) -> tuple[int, int]:
+    """Longest first: the soak, files that start processes, other end-to-end files, then the
+    database and unit files together; within each, the larger file first (a rough guess of its
+    length that needs no record of earlier runs)."""
     if item.get_closest_marker("soak"):  # the longest of all
-        return -1
+        return -1, 0
     folder = item.path.resolve().relative_to(TESTS).parts[0]
     if folder != "e2e":
-        return 2 if folder == "db" else 3
-    return 0 if _starts_processes(item.path) else 1
+        return 2, -_size(item.path)
+    return (0 if _starts_processes(item.path) else 1), -_size(item.path)
+
+
+@functools.cache
+def _size(path: Path) -> int:
+    return path.stat().st_size
 
 
 # What a test module that runs `python -m bot`, a worker, pip or a soak as processes says.
