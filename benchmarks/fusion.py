@@ -146,23 +146,28 @@ def fusing(constant: int, text_weight: float) -> Fusion:
     return lambda clip, text: fuse(clip, text, k=constant, text_weight=text_weight)
 
 
-def rank(
-    query: str,
-    encoder: Encoder,
-    images: np.ndarray,
-    read: Sequence[str],
-    fusion: Fusion | None,
-) -> list[int]:
+@dataclasses.dataclass(frozen=True)
+class Sides:
+    """What the two sides of one query found, before any fusion."""
+
+    clip: list[SearchHit]
+    text: list[SearchHit]  # ordered by `text_ranking`; empty for a query with no words to read
+
+    def ranked(self, fusion: Fusion | None) -> list[int]:
+        if fusion is None:
+            return [h.row_id for h in self.clip]
+        return [h.row_id for h in fusion(self.clip, self.text)]
+
+
+def sides(query: str, encoder: Encoder, images: np.ndarray, read: Sequence[str]) -> Sides:
     words = parse_words(query)
-    vector = encoder.encode_texts([words.clip_text or query])[0]
-    cosine = images @ vector
-    order = np.argsort(-cosine)[:CANDIDATES]
-    clip = [hit(int(i), float(cosine[i])) for i in order]
-    if fusion is None or not words.looked_for:
-        return [h.row_id for h in clip]
+    cosine = images @ encoder.encode_texts([words.clip_text or query])[0]
+    clip = [hit(int(i), float(cosine[i])) for i in np.argsort(-cosine)[:CANDIDATES]]
+    if not words.looked_for:
+        return Sides(clip, [])
     holding = [i for i, text in enumerate(read) if all(word in text for word in words.looked_for)]
     text_side = [hit(i, 0.0, read[i]) for i in sorted(holding, reverse=True)[:CANDIDATES]]
-    return [h.row_id for h in fusion(clip, text_ranking(text_side, words))]
+    return Sides(clip, text_ranking(text_side, words))
 
 
 def scores(ranked: list[int], relevant: set[int]) -> tuple[float, float, float]:
@@ -204,7 +209,10 @@ def main() -> None:
             for batch in (pictures[i : i + 64] for i in range(0, len(pictures), 64))
         ]
     )
-    asked = queries(pictures, args.seed)
+    asked = [
+        (kind, sides(query, encoder, images, read), relevant)
+        for kind, query, relevant in queries(pictures, args.seed)
+    ]
     kinds = ("look", "words", "both")
     print(f"queries: {', '.join(f'{sum(k == a[0] for a in asked)} {k}' for k in kinds)}")
     variants: list[tuple[str, Fusion | None]] = [("clip alone", None)]
@@ -215,11 +223,7 @@ def main() -> None:
     for name, fusion in variants:
         row = f"{name:22}"
         for kind in kinds:
-            got = [
-                scores(rank(q, encoder, images, read, fusion), relevant)
-                for k, q, relevant in asked
-                if k == kind
-            ]
+            got = [scores(s.ranked(fusion), relevant) for k, s, relevant in asked if k == kind]
             row += "".join(f"{np.mean([g[m] for g in got]):7.3f}" for m in range(3)) + " "
         print(row)
 
