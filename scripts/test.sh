@@ -20,6 +20,6 @@ fi
 workers=$(( $(nproc) * 2 ))  # before OMP_NUM_THREADS is set below: nproc reads it
 # One thread for each worker's torch (and for the bots the tests start): the workers already keep
 # every core busy, and torch's idle threads spin for the cores the others need (the quick set in
-# 0.85 of the time, benchmarks/RESULTS.md).
+# 0.83 of the time, benchmarks/RESULTS.md).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-$(( workers < 8 ? workers : 8 ))}" --dist loadfile "$@"

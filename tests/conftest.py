@@ -241,50 +241,37 @@ async def fresh_database(
 # (benchmarks/RESULTS.md, "The test suite in folders"). Tests of the migrations themselves still
 # run them.
 _HEAD_TEMPLATES: dict[str, str] = {}
-# The template's files copied whole: about half the server's CPU of copying them block by block
-# through the WAL (the default), with fsync off.
+# The template's files copied whole: about two thirds of the server's CPU of copying them block
+# by block through the WAL (the default), with fsync off.
 _COPY = "STRATEGY FILE_COPY"
 
 
 async def _head(server, admin) -> str:
-    from retrieval.database.engine import create_engine, upgrade
-
     name = _HEAD_TEMPLATES.get(server.pgdata)
     if name is None:
-        name = f"head_{uuid.uuid4().hex}"
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        engine = create_engine(postgres_url(server, name))
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()  # a template is copied only while nobody is connected to it
-        _HEAD_TEMPLATES[server.pgdata] = name
+        from retrieval.database.engine import upgrade
+
+        name = _HEAD_TEMPLATES[server.pgdata] = await _template(server, admin, upgrade)
     return name
 
 
-async def _seeded_template(server, seed) -> str:
-    import asyncpg
-
+async def _template(server, admin, fill, *, copying: str | None = None) -> str:
+    """A database to copy: empty, or a copy of ``copying``, then ``fill(engine)`` written."""
     from retrieval.database.engine import create_engine
 
-    name = f"seeded_{uuid.uuid4().hex}"
-    host = str(server.get_postmaster_info().socket_dir)
-    admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
-    try:
-        head = await _head(server, admin)
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{head}" {_COPY}')
-    finally:
-        await admin.close()
+    name = f"template_{uuid.uuid4().hex}"
+    copy = f'TEMPLATE "{copying}" {_COPY}' if copying else ""
+    await admin.execute(f'CREATE DATABASE "{name}" {copy}')
     engine = create_engine(postgres_url(server, name))
     try:
-        await seed(engine)
+        await fill(engine)
     finally:
-        await engine.dispose()
+        await engine.dispose()  # a template is copied only while nobody is connected to it
     return name
 
 
-# What a module's `seed` wrote, once per database kind and process: (kind, seed) -> the
-# PostgreSQL database or SQLite file each test gets a copy of.
+# What a module's `seed` wrote, once per server (or SQLite) and process: (the server's data
+# directory or "sqlite", seed) -> the PostgreSQL database or SQLite file each test copies.
 _SEEDED: dict[tuple[str, object], object] = {}
 
 
@@ -295,8 +282,6 @@ async def seeded_database(request, kind: str, seed):
     tests share seconds of set-up pays it once and its tests still cannot see each other's
     writes. Under CLIPFIND_TEST_CITUS every test seeds its own (a distributed database is not
     copied by CREATE DATABASE)."""
-    from retrieval.database.engine import create_engine
-
     if kind == "postgres":
         server = request.getfixturevalue("postgres_server")
         workers = request.getfixturevalue("citus_workers")
@@ -305,27 +290,42 @@ async def seeded_database(request, kind: str, seed):
                 await seed(engine)
                 yield engine
             return
-        if (kind, seed) not in _SEEDED:
-            _SEEDED[kind, seed] = await _seeded_template(server, seed)
-        async with fresh_database(server, citus=False, template=_SEEDED[kind, seed]) as engine:
+        key = (server.pgdata, seed)
+        if key not in _SEEDED:
+            import asyncpg
+
+            host = str(server.get_postmaster_info().socket_dir)
+            admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+            try:
+                head = await _head(server, admin)
+                _SEEDED[key] = await _template(server, admin, seed, copying=head)
+            finally:
+                await admin.close()
+        async with fresh_database(server, citus=False, template=_SEEDED[key]) as engine:
             yield engine
         return
-    path = request.getfixturevalue("tmp_path") / "clipfind.db"
-    if (kind, seed) not in _SEEDED:
+    key = ("sqlite", seed)
+    if key not in _SEEDED:
         template = request.getfixturevalue("tmp_path_factory").mktemp("seeded") / "clipfind.db"
-        shutil.copyfile(request.getfixturevalue("sqlite_head"), template)
-        engine = create_engine(f"sqlite+aiosqlite:///{template}")
-        try:
+        async with _sqlite_copy(request.getfixturevalue("sqlite_head"), template) as engine:
             await seed(engine)
-        finally:
-            await engine.dispose()
-        _SEEDED[kind, seed] = template
-    shutil.copyfile(_SEEDED[kind, seed], path)
+        _SEEDED[key] = template
+    path = request.getfixturevalue("tmp_path") / "clipfind.db"
+    async with _sqlite_copy(_SEEDED[key], path) as engine:
+        yield engine
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_copy(source: Path, path: Path):
+    """An engine on a copy of the SQLite file ``source`` at ``path``."""
+    from retrieval.database.engine import create_engine
+
+    shutil.copyfile(source, path)
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     try:
         yield engine
     finally:
-        await engine.dispose()
+        await engine.dispose()  # the last connection's close folds the WAL into the file
 
 
 async def drop_database(admin, name: str, *, missing_ok: bool = False) -> None:
@@ -407,12 +407,8 @@ def sqlite_head(tmp_path_factory) -> Path:
 
 @pytest.fixture
 async def sqlite_engine(tmp_path, sqlite_head):
-    from retrieval.database.engine import create_engine
-
-    shutil.copyfile(sqlite_head, tmp_path / "clipfind.db")
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/clipfind.db")
-    yield engine
-    await engine.dispose()
+    async with _sqlite_copy(sqlite_head, tmp_path / "clipfind.db") as engine:
+        yield engine
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
