@@ -294,7 +294,11 @@ _FILL_LARGE = (
 _SQLITE_POSTED = "strftime('%Y-%m-%d %H:%M:%f000', '2025-01-01', '+' || (i * {step}) || ' seconds')"
 
 
-async def _fill_large(engine) -> None:
+async def _with_large(engine) -> None:
+    """The 500 small servers, and the large one: a third of its pictures saying "slide <id>" (a
+    common word), its HNSW index built on PostgreSQL, and its pages all visible as autovacuum
+    keeps them. Seeded once per test process (seconds of inserts, ANALYZE and the index build)."""
+    await _fill(engine)
     postgres = engine.dialect.name == "postgresql"
     step = DAYS * 86_400 // LARGE_ROWS  # seconds between two images
     fill = _FILL_LARGE.format(
@@ -314,7 +318,36 @@ async def _fill_large(engine) -> None:
     fill = _counted(fill, postgres=postgres)
     async with engine.begin() as conn:
         await conn.execute(text(fill), {"n": LARGE_ROWS})
-        await conn.execute(text("ANALYZE"))
+        await conn.execute(
+            text(
+                f"UPDATE images SET words = 'slide ' || id WHERE guild_id = {LARGE} AND id % 3 = 0"
+            )
+        )
+    async with engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))
+    if postgres:
+        store = open_store(engine)
+        try:
+            assert await store.indexes.check(LARGE, MODEL) == "built"
+        finally:
+            await store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def large_engine(request):
+    """Both databases with the large server beside the small ones, copied for each test."""
+    async with seeded_database(request, request.param, _with_large) as engine:
+        yield engine
+
+
+@pytest.fixture
+async def large(large_engine):
+    store = open_store(large_engine)
+    if large_engine.dialect.name == "postgresql":  # the seed's index, still valid in the copy
+        assert await store.indexes.check(LARGE, MODEL) == "kept"
+    yield store
+    await store.close()
 
 
 async def _rows_read(engine, statement: str, parameters) -> int:
@@ -329,19 +362,16 @@ async def _rows_read(engine, statement: str, parameters) -> int:
     )
 
 
-async def test_a_date_only_search_of_a_large_server_reads_its_dates(big, store_engine):
+async def test_a_date_only_search_of_a_large_server_reads_its_dates(large, large_engine):
     """/find with after:/before: alone on a large server: PostgreSQL counts the matching rows
     (few: answered exactly) and ranks them, each through the server's dates in a B-tree, never
     reading the rest of the server's rows to test their dates. SQLite ranks its matrix."""
-    await _fill_large(store_engine)
-    postgres = store_engine.dialect.name == "postgresql"
-    if postgres:
-        assert await big.indexes.check(LARGE, MODEL) == "built"
+    postgres = large_engine.dialect.name == "postgresql"
     after = FIRST_DAY + timedelta(days=100)
     scope = SearchScope(LARGE, MODEL, after=after, before=after + timedelta(days=2))
     query = np.array([1, 0, 0, 0], dtype=np.float32)
-    with _captured(store_engine) as sent:
-        hits = await big.search(query, scope=scope, k=10)
+    with _captured(large_engine) as sent:
+        hits = await large.search(query, scope=scope, k=10)
     assert len(hits) == 10
     assert all(scope.after <= h.posted_at < scope.before for h in hits)
     # The statements that filter by date: on PostgreSQL the capped count, then the search.
@@ -349,41 +379,28 @@ async def test_a_date_only_search_of_a_large_server_reads_its_dates(big, store_e
     assert len(dated) == (2 if postgres else 0), [st[:200] for st, _ in sent]
     matching = LARGE_ROWS * 2 // DAYS
     for statement, parameters in sent:
-        problems = await _plan_problems(store_engine, statement, parameters, routed=True)
+        problems = await _plan_problems(large_engine, statement, parameters, routed=True)
         if (statement, parameters) in dated or not postgres:
             assert problems == [], statement
     for statement, parameters in dated:
-        read = await _rows_read(store_engine, statement, parameters)
+        read = await _rows_read(large_engine, statement, parameters)
         assert read <= 2 * matching, f"{read} rows read: {statement[:300]}"
 
 
-async def _said_by_a_third(engine) -> None:
-    """The large server, a third of its pictures saying "slide <id>": a common word."""
-    await _fill_large(engine)
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                f"UPDATE images SET words = 'slide ' || id WHERE guild_id = {LARGE} AND id % 3 = 0"
-            )
-        )
-        await conn.execute(text("ANALYZE images"))
-
-
-async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
+async def test_a_search_of_words_goes_through_the_text_index(large, large_engine):
     """The text side of /find on a large server reads the trigram index (PostgreSQL's GIN over
     guild and words, SQLite's FTS5 table), not the server's rows one by one."""
-    await _said_by_a_third(store_engine)
-    async with store_engine.connect() as conn:
+    async with large_engine.connect() as conn:
         wanted = await conn.scalar(
             text(f"SELECT max(id) FROM images WHERE guild_id = {LARGE} AND words <> ''")
         )
     scope = SearchScope(LARGE, MODEL)
-    with _captured(store_engine) as sent:
-        hits = await big.words_matching(scope=scope, all_of=[f"slide {wanted}"], k=50)
+    with _captured(large_engine) as sent:
+        hits = await large.words_matching(scope=scope, all_of=[f"slide {wanted}"], k=50)
     assert [h.row_id for h in hits] == [wanted]
     ((statement, parameters),) = sent
-    async with store_engine.connect() as conn:
-        if store_engine.dialect.name == "postgresql":
+    async with large_engine.connect() as conn:
+        if large_engine.dialect.name == "postgresql":
             plan = await plan_of(conn, statement, parameters)
             used = {n.get("Index Name") for n in plan_nodes(plan)}
             assert "ix_images_words" in used, used
@@ -393,22 +410,21 @@ async def test_a_search_of_words_goes_through_the_text_index(big, store_engine):
             assert any(d.startswith("SCAN images_words VIRTUAL TABLE") for d in details), details
 
 
-async def test_a_common_word_costs_the_rows_asked_not_every_picture_saying_it(big, store_engine):
+async def test_a_common_word_costs_the_rows_asked_not_every_picture_saying_it(large, large_engine):
     """The text side of /find for a word 6,667 pictures of the server say reads the k rows it
     returns: PostgreSQL stops reading the trigram index's matches at k, SQLite walks the FTS5
     matches into the images table and stops at k (no list of every match, no sort of them)."""
-    await _said_by_a_third(store_engine)
     scope = SearchScope(LARGE, MODEL, channel_ids=frozenset(range(900000, 900040)))
-    with _captured(store_engine) as sent:
-        hits = await big.words_matching(scope=scope, all_of=["slide", "lid"], k=50)
+    with _captured(large_engine) as sent:
+        hits = await large.words_matching(scope=scope, all_of=["slide", "lid"], k=50)
     assert len(hits) == 50 and all("slide" in h.says for h in hits)
     assert hits == sorted(hits, key=lambda h: (h.posted_at, h.row_id), reverse=True)
     ((statement, parameters),) = sent
-    assert await _plan_problems(store_engine, statement, parameters, routed=True) == []
-    if store_engine.dialect.name == "postgresql":
-        assert await _rows_read(store_engine, statement, parameters) <= 2 * 50
+    assert await _plan_problems(large_engine, statement, parameters, routed=True) == []
+    if large_engine.dialect.name == "postgresql":
+        assert await _rows_read(large_engine, statement, parameters) <= 2 * 50
         return
-    async with store_engine.connect() as conn:
+    async with large_engine.connect() as conn:
         explained = "EXPLAIN QUERY PLAN " + statement
         details = [row[-1] for row in await conn.exec_driver_sql(explained, parameters)]
     assert details[0].startswith("SCAN images_words VIRTUAL TABLE"), details
@@ -416,20 +432,17 @@ async def test_a_common_word_costs_the_rows_asked_not_every_picture_saying_it(bi
     assert not [d for d in details if "TEMP B-TREE" in d or "LIST SUBQUERY" in d], details
 
 
-async def test_an_excluded_word_is_tested_on_the_rows_the_search_meets(big, store_engine):
+async def test_an_excluded_word_is_tested_on_the_rows_the_search_meets(large, large_engine):
     """/find's `-word` on a large server: no statement lists the pictures saying it (SQLite
     tests the ranked rows' words, PostgreSQL each row its scan meets), and on PostgreSQL it
     does not count the server's rows first as a filter that narrows would."""
-    await _said_by_a_third(store_engine)
-    postgres = store_engine.dialect.name == "postgresql"
-    if postgres:
-        assert await big.indexes.check(LARGE, MODEL) == "built"
+    postgres = large_engine.dialect.name == "postgresql"
     scope = SearchScope(LARGE, MODEL, words_none=("slide",))
     query = np.array([1, 0, 0, 0], dtype=np.float32)
-    with _captured(store_engine) as sent:
-        hits = await big.search(query, scope=scope, k=50)
+    with _captured(large_engine) as sent:
+        hits = await large.search(query, scope=scope, k=50)
     assert len(hits) == 50
-    said = await big.words_of([h.row_id for h in hits], guild_id=LARGE)
+    said = await large.words_of([h.row_id for h in hits], guild_id=LARGE)
     assert not [row_id for row_id, words in said.items() if "slide" in words]
     statements = [statement for statement, _ in sent]
     assert not [s for s in statements if "MATCH" in s], statements
@@ -440,32 +453,27 @@ async def test_an_excluded_word_is_tested_on_the_rows_the_search_meets(big, stor
     ((statement, parameters),) = tested
     # On PostgreSQL the server's own HNSW index (partial on its guild_id) names the server.
     routed = not postgres
-    assert await _plan_problems(store_engine, statement, parameters, routed=routed) == []
+    assert await _plan_problems(large_engine, statement, parameters, routed=routed) == []
     if postgres:
-        async with store_engine.begin() as conn:
+        async with large_engine.begin() as conn:
             await conn.execute(search_settings(MAX_SCAN_TUPLES))
             plan = await plan_of(conn, statement, parameters)
         used = {n.get("Index Name") for n in plan_nodes(plan)}
         assert [name for name in used if name and name.startswith("ix_images_ann_")], used
 
 
-async def test_a_channel_filter_is_counted_from_the_channel_index_alone(big, store_engine):
+# SQLite ranks its matrix: nothing to count.
+@pytest.mark.parametrize("large_engine", ["postgres"], indirect=True)
+async def test_a_channel_filter_is_counted_from_the_channel_index_alone(large, large_engine):
     """PostgreSQL counts how many rows a channel filter keeps (capped) before it picks the exact
     scan or the server's HNSW index: from the (guild, channel) B-tree alone, never the table's
     rows, even when the filter keeps the whole server (every channel a member reads)."""
-    if store_engine.dialect.name != "postgresql":
-        pytest.skip("SQLite ranks its matrix: nothing to count")
-    await _fill_large(store_engine)
-    async with store_engine.connect() as conn:  # as autovacuum keeps it: pages all visible
-        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await auto.execute(text("VACUUM ANALYZE images"))
-    assert await big.indexes.check(LARGE, MODEL) == "built"
     scope = SearchScope(LARGE, MODEL, channel_ids=frozenset(range(900000, 900040)))
-    with _captured(store_engine) as sent:
-        hits = await big.search(np.array([1, 0, 0, 0], dtype=np.float32), scope=scope, k=10)
+    with _captured(large_engine) as sent:
+        hits = await large.search(np.array([1, 0, 0, 0], dtype=np.float32), scope=scope, k=10)
     assert len(hits) == 10
     ((statement, parameters),) = [(st, p) for st, p in sent if "count(" in st]
-    async with store_engine.connect() as conn:
+    async with large_engine.connect() as conn:
         plan = await plan_of(conn, statement, parameters)
     scans = {n["Node Type"] for n in plan_nodes(plan) if n.get("Relation Name") == "images"}
     used = {n.get("Index Name") for n in plan_nodes(plan)} - {None}
