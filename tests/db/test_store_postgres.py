@@ -29,6 +29,7 @@ from retrieval.store.pgindex import (
     index_state,
 )
 from retrieval.store.postgres import PgVectorStore, search_settings, search_statement
+from tests.conftest import seeded_database
 from tests.plans import plan_of, scans_of_images
 from tests.records import clustered, exact_top, image_record, near
 
@@ -84,31 +85,49 @@ async def explain_search(store, query, scope, k=10) -> list[dict]:
         return scans_of_images(await statement_plan(conn, stmt))
 
 
-@pytest.fixture
-def vectors() -> dict[int, np.ndarray]:
+def _vectors() -> dict[int, np.ndarray]:
     rng = np.random.default_rng(11)
     return {guild: clustered(n, DIM, rng) for guild, n in SIZES.items()}
 
 
 @pytest.fixture
-async def pg_store(postgres_engine, vectors):
-    store = PgVectorStore(postgres_engine, layout=LAYOUT, sweep=False)
-    for guild, x in vectors.items():
+def vectors() -> dict[int, np.ndarray]:
+    return _vectors()
+
+
+async def _filled(engine) -> PgVectorStore:
+    """A store holding both guilds, once its keeper has built what their sizes ask."""
+    store = PgVectorStore(engine, layout=LAYOUT, sweep=False)
+    for guild, x in _vectors().items():
         await store.upsert([record(i, v, guild_id=guild) for i, v in enumerate(x)])
     await store.indexes.settle()
-    async with postgres_engine.begin() as conn:
+    async with engine.begin() as conn:
         await conn.execute(text("ANALYZE images"))
         if await store.on_citus(conn):
             shard = text(
                 "SELECT get_shard_id_for_distribution_column('images', CAST(:g AS bigint))"
             )
             assert await conn.scalar(shard, {"g": LARGE}) == await conn.scalar(shard, {"g": SMALL})
-    yield store
+    return store
+
+
+async def _two_guilds(engine) -> None:
+    await (await _filled(engine)).close()
+
+
+@pytest.fixture
+async def pg_store(request):
+    """A store on a copy of the database `_two_guilds` filled once per test process."""
+    async with seeded_database(request, "postgres", _two_guilds) as engine:
+        store = PgVectorStore(engine, layout=LAYOUT, sweep=False)
+        yield store
+        await store.close()
+
+
+async def test_only_the_large_guild_gets_an_index_built_concurrently(postgres_engine):
+    store = await _filled(postgres_engine)
     await store.close()
-
-
-async def test_only_the_large_guild_gets_an_index_built_concurrently(pg_store):
-    async with pg_store.engine.connect() as conn:
+    async with postgres_engine.connect() as conn:
         large = await index_state(conn, LARGE, MODEL)
         small = await index_state(conn, SMALL, MODEL)
         definition = await conn.scalar(
@@ -116,7 +135,7 @@ async def test_only_the_large_guild_gets_an_index_built_concurrently(pg_store):
             {"n": index_name(LARGE, MODEL)},
         )
     assert large is not None and large.valid and small is None
-    assert pg_store.indexes.builds == 1
+    assert store.indexes.builds == 1
     assert "USING hnsw" in definition and "halfvec_cosine_ops" in definition
     assert f"::halfvec({DIM})" in definition
     assert f"guild_id = {LARGE}" in definition and f"'{MODEL}'" in definition
@@ -375,6 +394,8 @@ async def test_closing_the_store_during_a_build_stops_it_promptly(postgres_engin
         for conn in held:
             await conn.close()
     again = PgVectorStore(postgres_engine, layout=layout, sweep=False)
+    # Still large enough for an index, and built in a fraction of the time 12,000 rows take.
+    await again.delete_messages([LARGE * 1_000_000 + i for i in range(600, len(x))])
     assert await again.indexes.check(LARGE, MODEL) == "built"
     async with postgres_engine.connect() as conn:
         assert (await index_state(conn, LARGE, MODEL)).valid
