@@ -7,6 +7,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import os
 import shutil
 import tempfile
@@ -56,6 +57,13 @@ def pytest_collection_modifyitems(config, items):
     # this order, so the short files of the database and unit tests fill in at the end instead
     # of one worker starting a minute of real processes as the others run out of work.
     items.sort(key=_duration_rank)
+
+
+def pytest_unconfigure(config):
+    # A process that imported torch and open_clip spends about 2 s of CPU on exit walking its
+    # heap with the collector, and every worker exits at once at the end of a run: frozen, the
+    # objects are skipped (about 0.3 s; benchmarks/RESULTS.md, "Where the quick set's time went").
+    gc.freeze()
 
 
 def _duration_rank(item) -> tuple[int, int]:
