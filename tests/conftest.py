@@ -59,6 +59,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_duration_rank)
 
 
+def pytest_collection(session):
+    # Collecting imports torch, open_clip, discord.py and the rest: some 450,000 objects that
+    # live as long as the worker. The collector would walk them again and again while they are
+    # imported, and at every full collection of the run after: out of its sight until the
+    # files are collected, then frozen, as the bot does once it has started.
+    gc.disable()
+
+
+def pytest_collection_finish(session):
+    gc.freeze()
+    gc.enable()
+
+
 def pytest_unconfigure(config):
     # A process that imported torch and open_clip spends about 2 s of CPU on exit walking its
     # heap with the collector, and every worker exits at once at the end of a run: frozen, the
