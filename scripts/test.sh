@@ -25,4 +25,8 @@ workers=$(( $(nproc) * 2 ))  # before OMP_NUM_THREADS is set below: nproc reads 
 # every core busy, and torch's idle threads spin for the cores the others need (the quick set in
 # 0.83 of the time, benchmarks/RESULTS.md).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# Bytecode cached: every worker and every bot a test starts would otherwise compile the project
+# (and pytest rewrite every test file) from source again, where the environment says not to write
+# it (about 1 s of CPU per worker's collection, benchmarks/RESULTS.md).
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-$(( workers < 8 ? workers : 8 ))}" --dist loadfile --no-loadscope-reorder "$@"
