@@ -60,10 +60,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection(session):
-    # Collecting imports torch, open_clip, discord.py and the rest: some 450,000 objects that
-    # live as long as the worker. The collector would walk them again and again while they are
-    # imported, and at every full collection of the run after: out of its sight until the
-    # files are collected, then frozen, as the bot does once it has started.
+    # Collecting imports torch, open_clip, discord.py and the rest: objects that live as long
+    # as the worker. The collector would walk them again and again while they are imported,
+    # and at every full collection of the run after: out of its sight until the files are
+    # collected, then frozen, as the bot does once it has started (benchmarks/RESULTS.md,
+    # "`--quick` under a minute").
     gc.disable()
 
 
@@ -75,7 +76,7 @@ def pytest_collection_finish(session):
 def pytest_unconfigure(config):
     # A process that imported torch and open_clip spends about 2 s of CPU on exit walking its
     # heap with the collector, and every worker exits at once at the end of a run: frozen, the
-    # objects are skipped (about 0.3 s; benchmarks/RESULTS.md, "Where the quick set's time went").
+    # objects are skipped (about 0.3 s; benchmarks/RESULTS.md, "`--quick` under a minute").
     gc.freeze()
 
 
