@@ -66,11 +66,28 @@ RECORD = web.RequestKey("record", RecordedRequest)
 
 
 @dataclass
-class RateLimit:
-    """REST calls matching a route answered 429 with ``retry_after`` (seconds) until lifted."""
+class Route:
+    """REST calls by ``method`` to the paths (after /api/v10) the regex ``path`` matches whole:
+    what a rule that slows, holds or rate-limits calls applies to."""
 
     method: str
     path: re.Pattern[str]
+
+    def matches(self, record: RecordedRequest) -> bool:
+        return record.method == self.method and self.path.fullmatch(record.path) is not None
+
+
+@dataclass
+class Slow(Route):
+    """REST calls matching a route answered ``seconds`` late."""
+
+    seconds: float
+
+
+@dataclass
+class RateLimit(Route):
+    """REST calls matching a route answered 429 with ``retry_after`` (seconds) until lifted."""
+
     retry_after: float
     answered: int = 0  # 429s sent so far
 
@@ -91,12 +108,10 @@ class RateLimit:
 
 
 @dataclass
-class Hold:
+class Hold(Route):
     """REST calls matching a route answered as usual for the first ``after``, then held until
     `release()`: a client caught at a known point, whatever the machine's speed."""
 
-    method: str
-    path: re.Pattern[str]
     after: int
     passed: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -152,7 +167,7 @@ class FakeDiscord(Lifecycle, MemberActions):
         self.interactions: dict[int, FakeInteraction] = {}
         self.interactions_by_token: dict[str, FakeInteraction] = {}
         self.requests: list[RecordedRequest] = []
-        self._slow: list[tuple[str, re.Pattern[str], float]] = []
+        self._slow: list[Slow] = []
         self._holds: list[Hold] = []
         self.rate_limits: list[RateLimit] = []
         self.unknown_routes: list[str] = []
@@ -214,14 +229,14 @@ class FakeDiscord(Lifecycle, MemberActions):
             record = RecordedRequest(request.method, request.path[len(API) :], dict(request.query))
             self.requests.append(record)
             request[RECORD] = record
-            for method, path, seconds in self._slow:
-                if method == request.method and path.fullmatch(record.path):
-                    await asyncio.sleep(seconds)
+            for slow in self._slow:
+                if slow.matches(record):
+                    await asyncio.sleep(slow.seconds)
             for hold in self._holds:
-                if hold.method == request.method and hold.path.fullmatch(record.path):
+                if hold.matches(record):
                     await hold.wait()
             for limit in self.rate_limits:
-                if limit.method == request.method and limit.path.fullmatch(record.path):
+                if limit.matches(record):
                     return limit.response()
             auth = request.headers.get("Authorization")
             if not _WEBHOOK_PATH.match(request.path) and auth != f"Bot {self.token}":
@@ -346,7 +361,7 @@ class FakeDiscord(Lifecycle, MemberActions):
 
     def slow_down(self, method: str, path: str, seconds: float) -> None:
         """REST calls matching `method` and the regex `path` (after /api/v10) answer late."""
-        self._slow.append((method, re.compile(path), seconds))
+        self._slow.append(Slow(method, re.compile(path), seconds))
 
     def hold(self, method: str, path: str, *, after: int = 0) -> Hold:
         """REST calls matching `method` and the regex `path` (after /api/v10) are answered for
