@@ -293,48 +293,69 @@ async def _template(server, admin, fill, *, copying: str | None = None) -> str:
 
 
 # What a module's `seed` wrote, once per server (or SQLite) and process: (the server's data
-# directory or "sqlite", seed) -> the PostgreSQL database or SQLite file each test copies.
-_SEEDED: dict[tuple[str, object], object] = {}
+# directory or "sqlite", the seed it starts from or None, seed) -> the PostgreSQL database or
+# SQLite file each test copies.
+_SEEDED: dict[tuple[str, object, object], object] = {}
 
 
 @contextlib.asynccontextmanager
-async def seeded_database(request, kind: str, seed):
-    """A fresh database at head holding what ``seed(engine)`` wrote: seeded once per kind
-    ("sqlite" or "postgres") and test process, then copied for each test, so a module whose
-    tests share seconds of set-up pays it once and its tests still cannot see each other's
-    writes. Under CLIPFIND_TEST_CITUS every test seeds its own (a distributed database is not
-    copied by CREATE DATABASE)."""
+async def seeded_database(request, kind: str, seed, *, on=None):
+    """A fresh database at head holding what ``seed(engine)`` wrote (over what the seed ``on``
+    wrote, when given): seeded once per kind ("sqlite" or "postgres") and test process, then
+    copied for each test, so a module whose tests share seconds of set-up pays it once and its
+    tests still cannot see each other's writes; a seed ``on`` another starts from a copy of that
+    one's database. Under CLIPFIND_TEST_CITUS every test seeds its own (a distributed database
+    is not copied by CREATE DATABASE)."""
     if kind == "postgres":
         server = request.getfixturevalue("postgres_server")
         workers = request.getfixturevalue("citus_workers")
         if citus_wanted():
             async with migrated_database(server, workers) as engine:
-                await seed(engine)
+                for fill in (on, seed):
+                    if fill is not None:
+                        await fill(engine)
                 yield engine
             return
-        key = (server.pgdata, seed)
-        if key not in _SEEDED:
-            import asyncpg
-
-            host = str(server.get_postmaster_info().socket_dir)
-            admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
-            try:
-                head = await _head(server, admin)
-                _SEEDED[key] = await _template(server, admin, seed, copying=head)
-            finally:
-                await admin.close()
-        async with fresh_database(server, citus=False, template=_SEEDED[key]) as engine:
+        template = await _postgres_seeded(server, seed, on)
+        async with fresh_database(server, citus=False, template=template) as engine:
             yield engine
         return
-    key = ("sqlite", seed)
+    path = request.getfixturevalue("tmp_path") / "clipfind.db"
+    async with _sqlite_copy(await _sqlite_seeded(request, seed, on), path) as engine:
+        yield engine
+
+
+async def _postgres_seeded(server, seed, on) -> str:
+    """The template database ``seed`` wrote on this server, over ``on``'s (or head)."""
+    key = (server.pgdata, on, seed)
     if key not in _SEEDED:
+        import asyncpg
+
+        base = await _postgres_seeded(server, on, None) if on is not None else None
+        host = str(server.get_postmaster_info().socket_dir)
+        admin = await asyncpg.connect(user="postgres", database="postgres", host=host)
+        try:
+            if base is None:
+                base = await _head(server, admin)
+            _SEEDED[key] = await _template(server, admin, seed, copying=base)
+        finally:
+            await admin.close()
+    return _SEEDED[key]
+
+
+async def _sqlite_seeded(request, seed, on) -> Path:
+    """The SQLite file ``seed`` wrote, over ``on``'s (or head)."""
+    key = ("sqlite", on, seed)
+    if key not in _SEEDED:
+        if on is not None:
+            base = await _sqlite_seeded(request, on, None)
+        else:
+            base = request.getfixturevalue("sqlite_head")
         template = request.getfixturevalue("tmp_path_factory").mktemp("seeded") / "clipfind.db"
-        async with _sqlite_copy(request.getfixturevalue("sqlite_head"), template) as engine:
+        async with _sqlite_copy(base, template) as engine:
             await seed(engine)
         _SEEDED[key] = template
-    path = request.getfixturevalue("tmp_path") / "clipfind.db"
-    async with _sqlite_copy(_SEEDED[key], path) as engine:
-        yield engine
+    return _SEEDED[key]
 
 
 @contextlib.asynccontextmanager

@@ -295,10 +295,10 @@ _SQLITE_POSTED = "strftime('%Y-%m-%d %H:%M:%f000', '2025-01-01', '+' || (i * {st
 
 
 async def _with_large(engine) -> None:
-    """The 500 small servers, and the large one: a third of its pictures saying "slide <id>" (a
-    common word), its HNSW index built on PostgreSQL, and its pages all visible as autovacuum
-    keeps them. Seeded once per test process (seconds of inserts, ANALYZE and the index build)."""
-    await _fill(engine)
+    """Over the 500 small servers (`_fill`), the large one: a third of its pictures saying
+    "slide <id>" (a common word), its HNSW index built on PostgreSQL, and its pages all visible
+    as autovacuum keeps them. Seeded once per test process (seconds of inserts, ANALYZE and the
+    index build)."""
     postgres = engine.dialect.name == "postgresql"
     step = DAYS * 86_400 // LARGE_ROWS  # seconds between two images
     fill = _FILL_LARGE.format(
@@ -337,7 +337,7 @@ async def _with_large(engine) -> None:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def large_engine(request):
     """Both databases with the large server beside the small ones, copied for each test."""
-    async with seeded_database(request, request.param, _with_large) as engine:
+    async with seeded_database(request, request.param, _with_large, on=_fill) as engine:
         yield engine
 
 
