@@ -46,6 +46,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -151,12 +152,20 @@ def proxy_urls(encoder: Encoder, base: str, images) -> list[str]:
     return urls
 
 
+class Pass(NamedTuple):
+    """One pass of the pipeline over the images."""
+
+    rate: float  # images/s
+    lags: list[float]  # the event loop's, ms, sorted
+    cpu_ms: dict[str, float]  # CPU ms per image, by role
+    served: float  # bytes downloaded per image
+    steady: float  # images/s after the first batch was stored
+
+
 async def pipeline_way(
     encoder: Encoder, images, batch_size: int, *, fetch_resized: bool | None = None, profile=None
-):
-    """(images/s, sorted loop lags in ms, CPU ms per image by role, bytes served per image,
-    images/s after the first batch was stored).
-    ``fetch_resized``: FETCH_RESIZED on or off (None: the code's default); ``profile``: a
+) -> Pass:
+    """``fetch_resized``: FETCH_RESIZED on or off (None: the code's default); ``profile``: a
     cProfile.Profile enabled on the event loop's thread for the measured part."""
     async with (
         image_server(images) as server,
@@ -202,7 +211,7 @@ async def pipeline_way(
     cpu_ms["event loop"] = loop_s * 1000 / len(images)
     ((at, stored),) = first
     steady = (len(images) - stored) / (ended - at) if stored < len(images) else math.nan
-    return len(images) / elapsed, lags, cpu_ms, served, steady
+    return Pass(len(images) / elapsed, lags, cpu_ms, served, steady)
 
 
 def report_cpu(cpu_ms: dict[str, float], ceiling_rate: float) -> None:
@@ -230,25 +239,28 @@ def fetch_side_by_side(encoder: Encoder, images, best_batch: int) -> None:
     moves with the load, so each pass is read against the ceiling measured beside it."""
     batch = encoder.default_batch_size
     count = max(len(images), 64)
-    runs: dict[str, list] = {name: [] for name in FETCHES}
+    # Each pass with the ceiling measured beside it.
+    runs: dict[str, list[tuple[Pass, float]]] = {name: [] for name in FETCHES}
     for name in [*FETCHES, *reversed(FETCHES)]:
         beside = ceiling(encoder, count, sizes=(best_batch,))[best_batch]
         result = asyncio.run(pipeline_way(encoder, images, batch, fetch_resized=FETCHES[name]))
-        runs[name].append((*result, beside))
+        runs[name].append((result, beside))
     summary = {}
     for name, results in runs.items():
-        rate = statistics.median(r[0] for r in results)
-        ratio = statistics.median(r[0] / r[5] for r in results)
-        steady = statistics.median(r[4] / r[5] for r in results)
-        lags = sorted(lag for r in results for lag in r[1])
-        roles = {role for r in results for role in r[2]}
-        cpu_ms = {role: statistics.median(r[2].get(role, 0.0) for r in results) for role in roles}
-        served = statistics.median(r[3] for r in results)
-        top = statistics.median(r[5] for r in results)
+        rate = statistics.median(p.rate for p, _ in results)
+        ratio = statistics.median(p.rate / beside for p, beside in results)
+        steady = statistics.median(p.steady / beside for p, beside in results)
+        lags = sorted(lag for p, _ in results for lag in p.lags)
+        roles = {role for p, _ in results for role in p.cpu_ms}
+        cpu_ms = {
+            role: statistics.median(p.cpu_ms.get(role, 0.0) for p, _ in results) for role in roles
+        }
+        served = statistics.median(p.served for p, _ in results)
+        top = statistics.median(beside for _, beside in results)
         summary[name] = (rate, cpu_ms, served)
         print(
             f"3. pipeline end to end, {name}: {rate:6.2f} img/s (batch {batch}) = {ratio:.2f}x "
-            f"the ceiling measured beside each pass ({', '.join(f'{r[5]:.1f}' for r in results)})"
+            f"the ceiling measured beside each pass ({', '.join(f'{b:.1f}' for _, b in results)})"
         )
         print(f"   after the first batch was stored: {steady:.2f}x the ceiling")
         print(
@@ -280,18 +292,16 @@ def measure_version(args: argparse.Namespace) -> dict:
     fetch = {"default": None, "originals": False, "resized": True}[args.fetch]
     warm = images[: batch * 2]  # every batch shape once
     asyncio.run(pipeline_way(encoder, warm, batch, fetch_resized=fetch))
-    rate, lags, cpu_ms, served, _ = asyncio.run(
-        pipeline_way(encoder, images, batch, fetch_resized=fetch)
-    )
+    measured = asyncio.run(pipeline_way(encoder, images, batch, fetch_resized=fetch))
     return {
-        "bytes": served,
+        "bytes": measured.served,
         "code": str(Path(retrieval.__file__).parent.parent),
         "precision": encoder.precision,
         "batch": batch,
-        "rate": rate,
-        "cpu_ms": cpu_ms,
-        "lag_p99": percentile(lags, 0.99),
-        "lag_max": lags[-1],
+        "rate": measured.rate,
+        "cpu_ms": measured.cpu_ms,
+        "lag_p99": percentile(measured.lags, 0.99),
+        "lag_max": measured.lags[-1],
     }
 
 
