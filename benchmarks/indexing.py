@@ -18,6 +18,12 @@ retrieval/encoding/precision.py; whether it picks right is measured side by side
 `python -m benchmarks.precision`). On a GPU (`--device cuda`) the seed way runs there too, and
 "all" compares fp32 with fp16.
 
+    python -m benchmarks.indexing --batches 16,32 [--rounds 3] [--precision all|fp32|bf16]
+
+measures only (3) on the copies, at each batch size in turn (A B, B A, ...), each pass beside a
+measure of (2): the batch size the whole pipeline runs fastest at, where decoding and the event
+loop share the cores with the model ("all": fp32, then bf16).
+
     python -m benchmarks.indexing --baseline REV [--baseline REV2] [--rounds 3] [--precision auto]
 
 measures only (3), the pipeline (`--fetch originals|resized` for all; by default each code's own
@@ -277,6 +283,38 @@ def fetch_side_by_side(encoder: Encoder, images, best_batch: int) -> None:
     )
 
 
+def batches_side_by_side(encoder: Encoder, images, best_batch: int, sizes, rounds: int) -> None:
+    """(3) on the copies at each batch size in ``sizes``, taking turns (A B, B A, ...) over
+    ``rounds``, each pass right after a measure of (2) at its best batch: which batch size the
+    whole pipeline runs fastest at, where decoding and the loop share the cores with the model
+    (the encoder alone can prefer another)."""
+    count = max(len(images), 64)
+    runs: dict[int, list[tuple[Pass, float]]] = {size: [] for size in sizes}
+    for round_ in range(rounds):
+        for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+            beside = ceiling(encoder, count, sizes=(best_batch,))[best_batch]
+            result = asyncio.run(pipeline_way(encoder, images, size, fetch_resized=True))
+            runs[size].append((result, beside))
+            print(
+                f"   round {round_ + 1}, batch {size:3}: {result.rate:6.2f} img/s = "
+                f"{result.rate / beside:.2f}x the ceiling beside it ({beside:.1f}); after the "
+                f"first batch {result.steady / beside:.2f}x; CPU ms per image "
+                + ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(result.cpu_ms.items())),
+                flush=True,
+            )
+    first = sizes[0]
+    for size, results in runs.items():
+        ratio = statistics.median(p.rate / beside for p, beside in results)
+        steady = statistics.median(p.steady / beside for p, beside in results)
+        against = statistics.median(
+            p.rate / q.rate for (p, _), (q, _) in zip(results, runs[first], strict=True)
+        )
+        print(
+            f"3. resized copies, batch {size:3}: {ratio:.2f}x the ceiling (median of "
+            f"{rounds}), {steady:.2f}x after the first batch; img/s {against:.3f}x batch {first}'s"
+        )
+
+
 # -- this checkout against a baseline revision ---------------------------------------------------
 
 
@@ -417,13 +455,17 @@ def main() -> None:
         action="append",
         help="a git revision: measure only the pipeline, side by side with it (repeatable)",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="with --baseline")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline or --batches")
     parser.add_argument(
         "--fetch",
         choices=("default", "originals", "resized"),
         default="default",
         help="with --baseline: FETCH_RESIZED off or on for every revision (default: each code's "
         "own default; an older revision knows only originals)",
+    )
+    parser.add_argument(
+        "--batches",
+        help="only (3) on the copies, at each of these batch sizes side by side: e.g. 16,32",
     )
     parser.add_argument(
         "--profile", action="store_true", help="also profile the event loop over one pass"
@@ -445,6 +487,9 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}")
     print(f"{args.model} (random init), {len(images)} images, {megapixels:.1f} MP average")
+    if args.batches:
+        by_batch(args, images)
+        return
     import open_clip
 
     # The seed's own model: open_clip's defaults (fp32), whatever clipfind's encoder uses.
@@ -477,6 +522,23 @@ def main() -> None:
         fetch_side_by_side(encoder, images, best_batch)
         if args.profile:
             profile_loop(encoder, images)
+        del encoder
+
+
+def by_batch(args: argparse.Namespace, images) -> None:
+    sizes = [int(size) for size in args.batches.split(",")]
+    precisions = ["fp32", "bf16"] if args.precision == "all" else [args.precision]
+    for precision in precisions:
+        encoder = Encoder.load(
+            model=args.model, pretrained=None, device=args.device, precision=precision
+        )
+        rates = ceiling(encoder, max(len(images), 64), sizes=tuple(sorted(set(sizes))))
+        best_batch = max(rates, key=rates.get)
+        print(f"clipfind encoder in {encoder.precision} on {encoder.device}:")
+        by_size = ", ".join(f"{b}: {r:.1f}" for b, r in rates.items())
+        print(f"2. encoder ceiling by batch size: {by_size}")
+        asyncio.run(pipeline_way(encoder, images[: max(sizes) * 2], sizes[0], fetch_resized=True))
+        batches_side_by_side(encoder, images, best_batch, sizes, args.rounds)
         del encoder
 
 
