@@ -379,9 +379,16 @@ def compare(args: argparse.Namespace) -> None:
 
 def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     first = next(iter(runs.values()))[0]
+    # Each version runs at its own code's default batch, which can differ between them.
+    batches = {name: results[0]["batch"] for name, results in runs.items()}
+    batch = (
+        f"batch {first['batch']}"
+        if len(set(batches.values())) == 1
+        else "batches " + ", ".join(f"{b} ({name})" for name, b in batches.items())
+    )
     print(
         f"\n{args.model} (random init), {args.images} images ({args.mix}), {first['precision']}, "
-        f"batch {first['batch']}, {args.rounds} rounds; medians (min–max); ratio: this checkout "
+        f"{batch}, {args.rounds} rounds; medians (min–max); ratio: this checkout "
         f"/ {args.baseline[0]}, the median of each round's ratio (the two ran back to back)"
     )
     roles = sorted({role for results in runs.values() for r in results for role in r["cpu_ms"]})
