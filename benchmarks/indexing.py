@@ -22,7 +22,7 @@ retrieval/encoding/precision.py; whether it picks right is measured side by side
 
 measures only (3) on the copies, at each batch size in turn (A B, B A, ...), each pass beside a
 measure of (2): the batch size the whole pipeline runs fastest at, where decoding and the event
-loop share the cores with the model ("all": fp32, then bf16).
+loop share the cores with the model ("all": fp32, then bf16, or fp16 on a GPU).
 
     python -m benchmarks.indexing --baseline REV [--baseline REV2] [--rounds 3] [--precision auto]
 
@@ -239,18 +239,23 @@ def report_cpu(cpu_ms: dict[str, float], ceiling_rate: float) -> None:
 FETCHES = {"originals": False, "resized copies": True}
 
 
+def pass_beside_ceiling(
+    encoder: Encoder, images, best_batch: int, batch: int, fetch_resized: bool
+) -> tuple[Pass, float]:
+    """A measure of (2) at its best batch, then a pass of (3) right after it: on a shared machine
+    the ceiling moves with the load, so a pass is read against the one measured beside it."""
+    beside = ceiling(encoder, max(len(images), 64), sizes=(best_batch,))[best_batch]
+    result = asyncio.run(pipeline_way(encoder, images, batch, fetch_resized=fetch_resized))
+    return result, beside
+
+
 def fetch_side_by_side(encoder: Encoder, images, best_batch: int) -> None:
     """(3) with FETCH_RESIZED off and on, alternating (A B B A) so load weighs on both alike,
-    each pass right after a measure of (2) at its best batch: on a shared machine the ceiling
-    moves with the load, so each pass is read against the ceiling measured beside it."""
+    each pass beside a measure of (2)."""
     batch = encoder.default_batch_size
-    count = max(len(images), 64)
-    # Each pass with the ceiling measured beside it.
     runs: dict[str, list[tuple[Pass, float]]] = {name: [] for name in FETCHES}
     for name in [*FETCHES, *reversed(FETCHES)]:
-        beside = ceiling(encoder, count, sizes=(best_batch,))[best_batch]
-        result = asyncio.run(pipeline_way(encoder, images, batch, fetch_resized=FETCHES[name]))
-        runs[name].append((result, beside))
+        runs[name].append(pass_beside_ceiling(encoder, images, best_batch, batch, FETCHES[name]))
     summary = {}
     everyone = [beside for results in runs.values() for _, beside in results]
     for name, results in runs.items():
@@ -290,12 +295,10 @@ def batches_side_by_side(encoder: Encoder, images, best_batch: int, sizes, round
     ``rounds``, each pass right after a measure of (2) at its best batch: which batch size the
     whole pipeline runs fastest at, where decoding and the loop share the cores with the model
     (the encoder alone can prefer another)."""
-    count = max(len(images), 64)
     runs: dict[int, list[tuple[Pass, float]]] = {size: [] for size in sizes}
     for round_ in range(rounds):
         for size in sizes if round_ % 2 == 0 else sizes[::-1]:
-            beside = ceiling(encoder, count, sizes=(best_batch,))[best_batch]
-            result = asyncio.run(pipeline_way(encoder, images, size, fetch_resized=True))
+            result, beside = pass_beside_ceiling(encoder, images, best_batch, size, True)
             runs[size].append((result, beside))
             print(
                 f"   round {round_ + 1}, batch {size:3}: {result.rate:6.2f} img/s = "
@@ -523,11 +526,8 @@ def main() -> None:
     seed = seed_way(seed_model, preprocess, images, args.device)
     del seed_model
     print(f"1. seed way (fp32, one by one, full decode): {seed:6.2f} img/s")
-    cuda = args.device.startswith("cuda")
     # On a CPU "all" adds "auto": which of the two it picks, and what that is worth.
-    all_of = ["fp32", "fp16"] if cuda else ["fp32", "bf16", "auto"]
-    precisions = all_of if args.precision == "all" else [args.precision]
-    for precision in precisions:
+    for precision in precisions_of(args, with_auto=True):
         started = time.perf_counter()
         encoder = Encoder.load(
             model=args.model, pretrained=None, device=args.device, precision=precision
@@ -549,10 +549,19 @@ def main() -> None:
         del encoder
 
 
+def precisions_of(args: argparse.Namespace, *, with_auto: bool) -> list[str]:
+    """The precisions ``--precision`` names: "all" is fp32 and the device's half precision
+    (fp16 on a GPU, bf16 on a CPU, there with "auto" too when ``with_auto``)."""
+    if args.precision != "all":
+        return [args.precision]
+    if args.device.startswith("cuda"):
+        return ["fp32", "fp16"]
+    return ["fp32", "bf16", "auto"] if with_auto else ["fp32", "bf16"]
+
+
 def by_batch(args: argparse.Namespace, images) -> None:
     sizes = [int(size) for size in args.batches.split(",")]
-    precisions = ["fp32", "bf16"] if args.precision == "all" else [args.precision]
-    for precision in precisions:
+    for precision in precisions_of(args, with_auto=False):
         encoder = Encoder.load(
             model=args.model, pretrained=None, device=args.device, precision=precision
         )
