@@ -1,13 +1,14 @@
-"""Image bytes → the float32 array the CLIP model takes, with numpy and Pillow only.
+"""Image bytes → the float32 array the CLIP model takes.
 
 `to_model_input` reproduces open_clip's *val* transform (torchvision `Resize` / `CenterCrop` /
 open_clip's `ResizeKeepRatio` + `CenterCropOrPad`, `ToTensor`, `Normalize`) on the same PIL image,
 so embeddings match open_clip's own preprocessing. `decode_image` is where the speed and the
 defence live: the pixel cap is checked from the file header before Pillow allocates anything, and
 JPEGs are decoded at a reduced DCT scale (`Image.draft`), which is most of the cost of a big photo.
+The resize after it runs in torch's 8-bit kernel for Pillow's own filters (`_resized`).
 
-Everything here is pure and works on per-call objects, so it is safe in a thread pool; Pillow
-releases the GIL while decoding and resizing.
+Everything here is pure and works on per-call objects, so it is safe in a thread pool; Pillow and
+torch release the GIL while decoding and resizing.
 """
 
 from __future__ import annotations
@@ -290,6 +291,37 @@ def _resample(spec: PreprocessSpec) -> Image.Resampling:
     return Image.Resampling.BICUBIC
 
 
+# Pillow's filters as torch's 8-bit kernels compute them: the same separable weights (bicubic with
+# a = -0.5, support widened by the scale), in fixed point with other rounding, so a few values in
+# a thousand land one level off Pillow's. A fifth of Pillow's CPU for the resize that was half of
+# preparing a proxy copy (benchmarks/RESULTS.md).
+_TORCH_MODES = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}
+
+
+def _resized(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """``image`` (RGB) resized to ``size`` (w, h), height x width x 3 uint8."""
+    w, h = image.size
+    if (w, h) == size:
+        return np.asarray(image)
+    # Where Pillow would first shrink by whole boxes (`_REDUCING_GAP`), it stays Pillow's: torch has
+    # no such step, and filtering a big source in full would cost more than it saves.
+    reduces = int(w / size[0] / _REDUCING_GAP) > 1 or int(h / size[1] / _REDUCING_GAP) > 1
+    if reduces or image.mode != "RGB" or resample not in _TORCH_MODES:
+        return np.asarray(image.resize(size, resample, reducing_gap=_REDUCING_GAP))
+    # Imported here, not above: a process that only decodes (the text reader) never loads torch.
+    import torch
+    from torch.nn.functional import interpolate
+
+    mode, (new_w, new_h) = _TORCH_MODES[resample], size
+    # Each pass rounds to 8 bits, so the order shows: Pillow (13) runs the vertical pass first when
+    # the height shrinks by more than twice what the width does, torch always the horizontal one.
+    chw = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
+    if h - new_h > 0 and h - new_h > 2 * (w - new_w):
+        chw = interpolate(chw, size=(new_h, w), mode=mode, antialias=True)
+    out = interpolate(chw, size=(new_h, new_w), mode=mode, antialias=True)
+    return out[0].permute(1, 2, 0).numpy()
+
+
 def _crop_or_pad(arr: np.ndarray, size: int, fill: int) -> np.ndarray:
     """torchvision's CenterCrop / open_clip's center_crop_or_pad, with their rounding."""
     h, w = arr.shape[:2]
@@ -311,9 +343,7 @@ def _shortest(image: Image.Image, size: int, resample: Image.Resampling) -> np.n
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if new_long <= _MAX_FULL_RESIZE_RATIO * size:
-        if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), resample, reducing_gap=_REDUCING_GAP)
-        return _crop_or_pad(np.asarray(image), size, 0)
+        return _crop_or_pad(_resized(image, (new_w, new_h), resample), size, 0)
     # Resize only the window the crop keeps: `box` places the filter in source coordinates, so this
     # matches open_clip up to a level of rounding (Pillow may run its two passes in another order).
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
@@ -330,17 +360,13 @@ def to_model_input(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if spec.resize_mode == "shortest":
         arr = _shortest(image, size, resample)
     elif spec.resize_mode == "squash":
-        if image.size != (size, size):
-            image = image.resize((size, size), resample, reducing_gap=_REDUCING_GAP)
-        arr = np.asarray(image)
+        arr = _resized(image, (size, size), resample)
     else:  # 'longest': open_clip's ResizeKeepRatio(longest=1) then CenterCropOrPad(fill_color)
         w, h = image.size
         ratio = max(h / size, w / size)
         # Kept at >= 1 px: a hairline image would otherwise ask Pillow for a zero-sized image.
         new_h, new_w = max(1, round(h * 1.0 / ratio)), max(1, round(w * 1.0 / ratio))
-        if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), resample, reducing_gap=_REDUCING_GAP)
-        arr = _crop_or_pad(np.asarray(image), size, spec.fill_color)
+        arr = _crop_or_pad(_resized(image, (new_w, new_h), resample), size, spec.fill_color)
     table = _normalise_table(spec.mean, spec.std)
     out = np.empty((3, size, size), dtype=np.float32)
     for c in range(3):
