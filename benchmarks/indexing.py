@@ -50,6 +50,7 @@ import platform
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -123,17 +124,32 @@ def seed_way(model: torch.nn.Module, preprocess, images, device: str = "cpu") ->
 
 
 def ceiling(encoder: Encoder, count: int, sizes: tuple[int, ...] = ()) -> dict[int, float]:
-    """Images/s of the encoder alone on pre-decoded pixels, per batch size."""
+    """Images/s of the encoder alone on pre-decoded pixels, per batch size, run as the pipeline
+    runs it: a batch in each of its streams at once (retrieval/encoding/service.py)."""
     rng = np.random.default_rng(0)
     pixels = rng.normal(size=(count, 3, encoder.spec.size, encoder.spec.size)).astype(np.float32)
+    streams = getattr(encoder, "streams", 1)
     rates = {}
     sizes = sizes or (1, 4, 8, 16, 32) + ((64, 128, 256) if encoder.device.type == "cuda" else ())
     for batch in sizes:
-        encoder.encode_images(pixels[:batch])  # warm-up at this shape
+        rounds = max(1, count // (batch * streams))
+        ready = threading.Barrier(streams + 1)
+
+        def stream(batch: int = batch, rounds: int = rounds, ready=ready) -> None:
+            getattr(encoder, "enter_stream", lambda: None)()
+            encoder.encode_images(pixels[:batch])  # warm-up at this shape
+            ready.wait()
+            for _ in range(rounds):
+                encoder.encode_images(pixels[:batch])
+
+        threads = [threading.Thread(target=stream) for _ in range(streams)]
+        for thread in threads:
+            thread.start()
+        ready.wait()
         started = time.perf_counter()
-        for at in range(0, count - batch + 1, batch):
-            encoder.encode_images(pixels[at : at + batch])
-        rates[batch] = (count // batch * batch) / (time.perf_counter() - started)
+        for thread in threads:
+            thread.join()
+        rates[batch] = rounds * batch * streams / (time.perf_counter() - started)
     return rates
 
 
@@ -540,13 +556,20 @@ def main() -> None:
         rates = ceiling(encoder, max(len(images), 512 if encoder.device.type == "cuda" else 64))
         best_batch = max(rates, key=rates.get)
         top = rates[best_batch]
-        print(f"clipfind encoder in {encoder.precision} on {encoder.device}:")
+        print(f"clipfind encoder in {encoder.precision} on {encoder.device}{in_streams(encoder)}:")
         print(f"2. encoder ceiling (batch {best_batch}):        {top:6.2f} img/s")
         print("   by batch size: " + ", ".join(f"{b}: {r:.1f}" for b, r in rates.items()))
         fetch_side_by_side(encoder, images, best_batch)
         if args.profile:
             profile_loop(encoder, images)
         del encoder
+
+
+def in_streams(encoder: Encoder) -> str:
+    streams = getattr(encoder, "streams", 1)
+    if streams == 1:
+        return ""
+    return f", {streams} streams of {encoder.threads_per_stream} thread(s), batches per stream"
 
 
 def precisions_of(args: argparse.Namespace, *, with_auto: bool) -> list[str]:
@@ -567,7 +590,7 @@ def by_batch(args: argparse.Namespace, images) -> None:
         )
         rates = ceiling(encoder, max(len(images), 64), sizes=tuple(sorted(set(sizes))))
         best_batch = max(rates, key=rates.get)
-        print(f"clipfind encoder in {encoder.precision} on {encoder.device}:")
+        print(f"clipfind encoder in {encoder.precision} on {encoder.device}{in_streams(encoder)}:")
         by_size = ", ".join(f"{b}: {r:.1f}" for b, r in rates.items())
         print(f"2. encoder ceiling by batch size: {by_size}")
         asyncio.run(pipeline_way(encoder, images[: max(sizes) * 2], sizes[0], fetch_resized=True))

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # auto: fp16 on CUDA; on CPUs with native bf16 instructions the faster of bf16 and fp32,
     # measured at the first start and remembered in CACHE_DIR; fp32 otherwise.
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Batches the model encodes at once on a CPU, each on its share of the cores. None: two
+    # wherever there are two cores (see retrieval/encoding/clip.py). A GPU takes one.
+    clip_streams: int | None = Field(default=None, ge=1, le=64)
     # What clipfind measured about this machine (the precision "auto" chose). None:
     # $XDG_CACHE_HOME/clipfind, or ~/.cache/clipfind.
     cache_dir: Path | None = None

@@ -7,12 +7,13 @@ tagged with ``model_id`` so vectors of different models never mix in the store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,8 +37,12 @@ log = logging.getLogger(__name__)
 
 _HUB_HOST = ("huggingface.co", 443)
 # On a 2-core CPU batches of 16 encoded fastest end to end (benchmarks/RESULTS.md), and a query
-# waits behind at most one (under a second); a GPU wants far more.
+# waits behind at most one (under a second); a GPU wants far more. With several streams on a CPU
+# each takes its share, so a batch in a stream takes as long as the whole one did.
 _BATCH_SIZE = {"cpu": 16, "cuda": 64}
+# torch's threads as the process starts (OMP_NUM_THREADS, or the cores). Read once here: a stream
+# sets its own thread's count, which torch also takes as the default for threads started later.
+_TORCH_THREADS = torch.get_num_threads()
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # CPU flags of native bf16 matrix instructions (x86 AVX-512 BF16 / AMX, Arm BF16). Without them
@@ -255,6 +260,17 @@ def _unit(features: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
 
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """torch's threads on this thread for a while: a calibration times one stream's share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _calibrated(
     build: Callable[[str], Encoder], *, model_id: str, batch_size: int, cache: CalibrationCache
 ) -> Encoder:
@@ -292,9 +308,20 @@ def _calibrated(
     return encoder
 
 
+def cpu_streams(threads: int = _TORCH_THREADS) -> int:
+    """Streams for a CPU with ``threads`` of torch's: two wherever there are two cores to split.
+
+    torch's threads for one batch meet after every operation, so whatever else takes a core for a
+    moment (decoding, the event loop) holds up both; two batches each on its own share of the
+    cores go on past it. On 2 cores, two streams of one thread encode as fast alone as one of two
+    threads, and lose half as much to other work beside them (benchmarks/RESULTS.md).
+    """
+    return 2 if threads >= 2 else 1
+
+
 class Encoder:
-    """A loaded CLIP model. Not thread-safe: one thread owns it (see
-    retrieval/encoding/service.py)."""
+    """A loaded CLIP model. ``streams`` threads may run it at once (see
+    retrieval/encoding/service.py), each after `enter_stream`."""
 
     def __init__(
         self,
@@ -304,6 +331,7 @@ class Encoder:
         device: torch.device,
         model_id: str,
         precision: str = "fp32",
+        streams: int = 1,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -313,8 +341,20 @@ class Encoder:
         self.dtype = _DTYPES[precision]
         self.spec = PreprocessSpec.from_open_clip(open_clip.get_model_preprocess_cfg(model))
         self.dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
-        self.default_batch_size = _BATCH_SIZE["cuda" if device.type == "cuda" else "cpu"]
+        # A GPU runs one batch at a time whatever the threads feeding it: one stream there.
+        self.streams = streams if device.type == "cpu" else 1
+        self.threads_per_stream = max(1, _TORCH_THREADS // self.streams)
+        if device.type == "cuda":
+            self.default_batch_size = _BATCH_SIZE["cuda"]
+        else:
+            self.default_batch_size = max(1, _BATCH_SIZE["cpu"] // self.streams)
         self.calibration: Calibration | None = None  # how "auto" chose the precision, if it did
+
+    def enter_stream(self) -> None:
+        """Called on each thread that runs the model, before its first batch: its share of the
+        cores. torch keeps the count per thread."""
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads_per_stream)
 
     @classmethod
     def load(
@@ -326,13 +366,17 @@ class Encoder:
         precision: str = "auto",
         batch_size: int | None = None,
         calibration_cache: Path | None = None,
+        streams: int | None = None,
     ) -> Encoder:
         """``precision="auto"`` on a CPU with native bf16 times fp32 against bf16 at
-        ``batch_size`` (the device's default when None) and keeps the faster; the result is
-        remembered in ``calibration_cache`` (a JSON file; None: measured at every load)."""
+        ``batch_size`` (the device's default when None) on one stream's share of the cores, and
+        keeps the faster; the result is remembered in ``calibration_cache`` (a JSON file; None:
+        measured at every load). ``streams``: batches encoded at once on a CPU (None:
+        `cpu_streams`)."""
         weights = locate_weights(model=model, pretrained=pretrained)
         name = weights.name
         dev = resolve_device(device)
+        streams = (streams or cpu_streams()) if dev.type == "cpu" else 1
         measure = precision == "auto" and dev.type == "cpu" and _cpu_has_native_bf16()
         precision = resolve_precision(precision, dev)
         if weights.source == "hub":
@@ -348,24 +392,32 @@ class Encoder:
 
         def build(precision: str) -> Encoder:
             return cls._build(
-                name=name, pretrained=pretrained, device=dev, model_id=model_id, precision=precision
+                name=name,
+                pretrained=pretrained,
+                device=dev,
+                model_id=model_id,
+                precision=precision,
+                streams=streams,
             )
 
         if measure:
-            encoder = _calibrated(
-                build,
-                model_id=model_id,
-                batch_size=batch_size or _BATCH_SIZE["cpu"],
-                cache=CalibrationCache(calibration_cache),
-            )
+            with _threads(max(1, _TORCH_THREADS // streams)):
+                encoder = _calibrated(
+                    build,
+                    model_id=model_id,
+                    batch_size=batch_size or max(1, _BATCH_SIZE["cpu"] // streams),
+                    cache=CalibrationCache(calibration_cache),
+                )
         else:
             encoder = build(precision)
         log.info(
-            "loaded CLIP model %s on %s (%s, dim %d)",
+            "loaded CLIP model %s on %s (%s, dim %d, %d stream(s) of %d thread(s))",
             encoder.model_id,
             dev,
             encoder.precision,
             encoder.dim,
+            encoder.streams,
+            encoder.threads_per_stream,
         )
         return encoder
 
@@ -378,6 +430,7 @@ class Encoder:
         device: torch.device,
         model_id: str,
         precision: str,
+        streams: int,
     ) -> Encoder:
         if not pretrained:
             torch.manual_seed(0)  # random init stays the same across restarts, so its id holds
@@ -399,6 +452,7 @@ class Encoder:
             device=device,
             model_id=model_id,
             precision=precision,
+            streams=streams,
         )
         if not encoder.dim:
             encoder.dim = int(encoder.encode_texts(["probe"]).shape[1])

@@ -1,8 +1,9 @@
-"""Runs the encoder on one thread that owns the model, with text queries ahead of image batches.
+"""Runs the encoder on threads of its own, one per stream, with text queries ahead of image
+batches.
 
-A plain single-thread executor is first-in first-out: a `/find` would wait behind every queued
-image batch of a big backfill. Here the thread takes the most urgent job first, so a query
-waits for at most the batch already running.
+A plain executor is first-in first-out: a `/find` would wait behind every queued image batch of a
+big backfill. Here each thread takes the most urgent job first, so a query waits for at most the
+batches already running, and takes the first stream that finishes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ _T = TypeVar("_T")
 
 
 class ImageTextEncoder(Protocol):
+    """``streams`` threads may run it at once, each after ``enter_stream()`` (an encoder without
+    them runs on one thread)."""
+
     model_id: str
     dim: int
     default_batch_size: int
@@ -43,7 +47,7 @@ class EncoderCounters:
 
 
 class EncoderService:
-    """Async facade over an encoder; call `close()` to stop its thread."""
+    """Async facade over an encoder; call `close()` to stop its threads."""
 
     def __init__(self, encoder: ImageTextEncoder, *, text_cache_size: int = 512) -> None:
         self.encoder = encoder
@@ -53,14 +57,22 @@ class EncoderService:
         self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._text_cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=text_cache_size)
-        self._thread = threading.Thread(target=self._work, name="clip-encoder", daemon=True)
-        self._thread.start()
+        self.streams = max(1, int(getattr(encoder, "streams", 1)))
+        self._threads = [
+            threading.Thread(target=self._work, name="clip-encoder", daemon=True)
+            for _ in range(self.streams)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def model_id(self) -> str:
         return self.encoder.model_id
 
     def _work(self) -> None:
+        enter = getattr(self.encoder, "enter_stream", None)
+        if enter is not None:
+            enter()
         while True:
             _, _, job = self._jobs.get()
             if job is _STOP:
@@ -122,11 +134,13 @@ class EncoderService:
         return vectors
 
     async def close(self) -> None:
-        """Stop the model's thread once the work queued before is done (batches whose callers
+        """Stop the model's threads once the work queued before is done (batches whose callers
         were cancelled are skipped). A batch in the model is waited for: torch aborts the
         process when it exits under a running one."""
-        self._jobs.put((_BATCH + 1, next(self._order), _STOP))
-        await asyncio.to_thread(self._thread.join)
+        for _ in self._threads:
+            self._jobs.put((_BATCH + 1, next(self._order), _STOP))
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -1,7 +1,7 @@
 """Prepared pictures into batches for the encoder: a full batch, or a partial one after the
-deadline, but only for an idle encoder. While one batch encodes the next is formed and waits at
-the encoder, and the first one's write overlaps the next encode: the model does not idle on the
-store (benchmarks/RESULTS.md)."""
+deadline, but only for an idle stream of the encoder. While a batch encodes in each stream the
+next is formed and waits at the encoder, and a batch's write overlaps the next encode: the model
+does not idle on the store (benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from retrieval.indexing.window import Window
 from retrieval.supervisor import settle
 
 log = logging.getLogger(__name__)
-
-_BATCHES_IN_FLIGHT = 2
 
 
 class Batching:
@@ -46,7 +44,9 @@ class Batching:
         self._batch_size = batch_size
         self._deadline_s = deadline_s
         self._batches: set[asyncio.Task] = set()  # being encoded or written
-        self._slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+        # One batch in each stream of the encoder, and one waiting for the first to be free.
+        self._streams = encoder.streams
+        self._slots = asyncio.Semaphore(self._streams + 1)
         self._encoding = 0
         self._encoder_idle = asyncio.Event()
         self._encoder_idle.set()
@@ -77,9 +77,9 @@ class Batching:
 
     async def _collect(self, batch: list[Prepared]) -> list[Prepared]:
         """Up to a full batch, collected into ``batch``; a partial one after the deadline, but
-        only for an idle encoder.
+        only for an idle stream of the encoder.
 
-        A partial batch sent while the encoder is busy would only wait there, and small batches
+        A partial batch sent while every stream is busy would only wait there, and small batches
         cost far more per image (4x at batch 4 than at 16 on CPU, benchmarks/RESULTS.md).
         """
         batch.append(await self._prepared.get())
@@ -94,13 +94,22 @@ class Batching:
         return batch
 
     async def _next_prepared(self, wait_s: float | None) -> Prepared | None:
-        """The next prepared image, or None at the timeout or when the encoder falls idle."""
+        """The next prepared image; None after ``wait_s``, or, past the deadline (None), when a
+        stream falls idle. Before the deadline an idle stream is no reason to wake: woken at
+        once, the batcher spun on the event loop until the deadline."""
+        if not self._prepared.empty():
+            return self._prepared.get_nowait()
         getter = asyncio.ensure_future(self._prepared.get())
-        idle = asyncio.ensure_future(self._encoder_idle.wait())
+        idle = asyncio.ensure_future(self._encoder_idle.wait()) if wait_s is None else None
         try:
-            await asyncio.wait((getter, idle), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (getter,) if idle is None else (getter, idle),
+                timeout=wait_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
-            idle.cancel()
+            if idle is not None:
+                idle.cancel()
             # A cancelled Queue.get leaves its item in the queue; a finished one has it for us.
             getter.cancel()
         return getter.result() if getter.done() and not getter.cancelled() else None
@@ -127,12 +136,13 @@ class Batching:
     async def _encode_and_write(self, batch: list[Prepared]) -> None:
         started = time.monotonic()
         self._encoding += 1
-        self._encoder_idle.clear()
+        if self._encoding >= self._streams:
+            self._encoder_idle.clear()
         try:
             vectors = await self._encoder.encode_images(np.stack([item.pixels for item in batch]))
         finally:
             self._encoding -= 1
-            if not self._encoding:
+            if self._encoding < self._streams:
                 self._encoder_idle.set()
         model_id = self._encoder.model_id
         records = [

@@ -108,6 +108,7 @@ async def _load_clip(
         precision=settings.clip_precision,
         batch_size=settings.batch_size,
         calibration_cache=settings.precision_cache(),
+        streams=settings.clip_streams,
     )
     log.info("loading the CLIP model %s (%s)", settings.clip_model, settings.clip_pretrained)
     model = await abandonable(load, name="clip-model-load")

@@ -491,6 +491,32 @@ async def test_batches_fill_up_while_the_encoder_is_busy(host, store, tiny_encod
         assert pipe.counters.indexed == 5 and await store.count(guild_id=1) == 5
 
 
+async def test_a_free_stream_takes_a_partial_batch_while_another_is_busy(host, store, tiny_encoder):
+    """With two streams a batch held in the model leaves the other stream free: images arriving
+    meanwhile go to it after the deadline, not behind the held batch."""
+    from tests.unit.test_encoder import _Gated
+
+    gated = _Gated(tiny_encoder, streams=2)
+    for i in range(3):
+        host.files[f"s{i}.png"] = (png_bytes(draw("blue", "circle", rng=900 + i)), "image/png")
+
+    async def stored(count: int) -> bool:
+        return await store.count(guild_id=1) == count
+
+    async def holding() -> bool:
+        return gated.holding()
+
+    async with running_pipeline(gated, store, origins=host.origin, window=8) as pipe:
+        await pipe.submit([ref(host, "s0.png", 900)])
+        await eventually(holding, within=10)
+        await pipe.submit([ref(host, f"s{i}.png", 900 + i) for i in (1, 2)])
+        await eventually(lambda: stored(2), within=10)  # s0 still held in the other stream
+        assert gated.sizes == [2]
+        gated.gate.set()
+        await pipe.join()
+        assert await stored(3) and gated.sizes == [2, 1]
+
+
 class Refresher:
     """Discord's refresh-urls as the pipeline sees it: every URL re-signed as ``renamed``'s
     target, or echoed unchanged (gone) when it has none."""

@@ -86,18 +86,25 @@ def test_bad_model_settings_say_what_to_fix(model, pretrained, device, expected)
 
 
 class _Gated:
-    """The real encoder, with the first image batch held until released, recording call order."""
+    """The real encoder, with the first image batch held until released, recording call order;
+    run as ``streams`` streams."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, *, streams: int = 1) -> None:
         self.inner = encoder
         self.model_id, self.dim, self.spec = encoder.model_id, encoder.dim, encoder.spec
         self.default_batch_size = encoder.default_batch_size
+        self.streams = streams
         self.gate = threading.Event()
         self.calls: list[str] = []
         self.sizes: list[int] = []
+        self._entered = threading.Lock()  # taken by the first batch in
+
+    def holding(self) -> bool:
+        """Whether the first batch is in, held at the gate."""
+        return self._entered.locked() and not self.gate.is_set()
 
     def encode_images(self, batch):
-        if not self.calls:
+        if self._entered.acquire(blocking=False):
             self.gate.wait(10)
         self.calls.append("images")
         self.sizes.append(len(batch))
@@ -123,6 +130,86 @@ async def test_queries_jump_the_image_backlog(random_tiny):
         assert gated.calls == ["images", "text", "images", "images"]
     finally:
         await service.close()
+
+
+class _Together:
+    """The real encoder as ``streams`` streams, each batch held in the model until a batch is in
+    every stream: only that many threads at once get past the barrier."""
+
+    def __init__(self, encoder: Encoder, streams: int) -> None:
+        self.inner, self.streams = encoder, streams
+        self.model_id, self.dim, self.spec = encoder.model_id, encoder.dim, encoder.spec
+        self.default_batch_size = encoder.default_batch_size
+        self.entered: set[int] = set()
+        self.together = threading.Barrier(streams, timeout=10)
+
+    def enter_stream(self) -> None:
+        self.entered.add(threading.get_ident())
+
+    def encode_images(self, batch):
+        self.together.wait()
+        return self.inner.encode_images(batch)
+
+    def encode_texts(self, texts):
+        return self.inner.encode_texts(texts)
+
+
+async def test_streams_encode_batches_at_once(random_tiny):
+    together = _Together(random_tiny, streams=2)
+    service = EncoderService(together)
+    try:
+        assert service.streams == 2
+        batches = [pixels(random_tiny, 2, seed) for seed in range(2)]
+        got = await asyncio.gather(*(service.encode_images(batch) for batch in batches))
+        for batch, vectors in zip(batches, got, strict=True):
+            np.testing.assert_allclose(vectors, random_tiny.encode_images(batch), atol=1e-6)
+        assert len(together.entered) == 2  # each stream's thread was set up for the model
+    finally:
+        await service.close()
+
+
+async def test_a_query_takes_the_stream_that_is_free(random_tiny):
+    gated = _Gated(random_tiny, streams=2)
+    service = EncoderService(gated)
+    try:
+        held = asyncio.create_task(service.encode_images(pixels(random_tiny, 2)))
+        # One stream holds the batch; the query is answered by the other meanwhile.
+        vector = await asyncio.wait_for(service.encode_text("a red circle"), timeout=5)
+        assert vector.shape == (random_tiny.dim,) and not held.done()
+        gated.gate.set()
+        assert (await held).shape == (2, random_tiny.dim)
+    finally:
+        await service.close()
+
+
+def test_the_model_runs_in_two_streams_at_once_as_in_one():
+    import torch
+
+    encoder = Encoder.load(
+        model=str(CONFIG_PATH), pretrained=None, device="cpu", precision="fp32", streams=2
+    )
+    assert encoder.streams == 2 and encoder.default_batch_size == 8
+    batches = [pixels(encoder, 4, seed) for seed in range(2)]
+    alone = [encoder.encode_images(batch) for batch in batches]
+    threads: dict[int, int] = {}
+    got: dict[int, list[np.ndarray]] = {}
+    start = threading.Barrier(2, timeout=10)
+
+    def stream(i: int) -> None:
+        encoder.enter_stream()
+        threads[i] = torch.get_num_threads()
+        start.wait()
+        got[i] = [encoder.encode_images(batches[i]) for _ in range(5)]
+
+    workers = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert threads == {0: encoder.threads_per_stream, 1: encoder.threads_per_stream}
+    for i in range(2):
+        for vectors in got[i]:
+            np.testing.assert_allclose(vectors, alone[i], atol=1e-5)
 
 
 async def test_batches_whose_callers_were_cancelled_are_not_encoded(random_tiny):
