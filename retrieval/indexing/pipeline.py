@@ -6,7 +6,7 @@ transaction, `submit.py`). A feeder claims due rows into a small in-memory windo
 (`window.py`), so memory stays bounded however large the backlog. Fetch workers download and
 decode (`fetching.py`), the batcher encodes (`batching.py`), and each job ends stored, retried
 later or failed for good (`outcomes.py`). CPU work never runs on the event loop: hashing and
-decoding go to a thread pool, the model to the encoder's own thread.
+decoding go to a thread pool, the model to the encoder's threads (one per stream).
 """
 
 from __future__ import annotations
