@@ -308,6 +308,11 @@ def _calibrated(
     return encoder
 
 
+def _share(total: int, streams: int) -> int:
+    """One stream's share of ``total`` (torch's threads, a batch's images), at least one."""
+    return max(1, total // streams)
+
+
 def cpu_streams(threads: int = _TORCH_THREADS) -> int:
     """Streams for a CPU with ``threads`` of torch's: two wherever there are two cores to split.
 
@@ -343,11 +348,9 @@ class Encoder:
         self.dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
         # A GPU runs one batch at a time whatever the threads feeding it: one stream there.
         self.streams = streams if device.type == "cpu" else 1
-        self.threads_per_stream = max(1, _TORCH_THREADS // self.streams)
-        if device.type == "cuda":
-            self.default_batch_size = _BATCH_SIZE["cuda"]
-        else:
-            self.default_batch_size = max(1, _BATCH_SIZE["cpu"] // self.streams)
+        self.threads_per_stream = _share(_TORCH_THREADS, self.streams)
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        self.default_batch_size = _share(_BATCH_SIZE[kind], self.streams)
         self.calibration: Calibration | None = None  # how "auto" chose the precision, if it did
 
     def enter_stream(self) -> None:
@@ -376,7 +379,7 @@ class Encoder:
         weights = locate_weights(model=model, pretrained=pretrained)
         name = weights.name
         dev = resolve_device(device)
-        streams = (streams or cpu_streams()) if dev.type == "cpu" else 1
+        streams = streams or cpu_streams()  # the encoder keeps one on a GPU
         measure = precision == "auto" and dev.type == "cpu" and _cpu_has_native_bf16()
         precision = resolve_precision(precision, dev)
         if weights.source == "hub":
@@ -401,11 +404,11 @@ class Encoder:
             )
 
         if measure:
-            with _threads(max(1, _TORCH_THREADS // streams)):
+            with _threads(_share(_TORCH_THREADS, streams)):
                 encoder = _calibrated(
                     build,
                     model_id=model_id,
-                    batch_size=batch_size or max(1, _BATCH_SIZE["cpu"] // streams),
+                    batch_size=batch_size or _share(_BATCH_SIZE["cpu"], streams),
                     cache=CalibrationCache(calibration_cache),
                 )
         else:
