@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.harness import encode_in_streams  # noqa: E402
 from retrieval.encoding.clip import Encoder  # noqa: E402
 from retrieval.pictures.images import prepare  # noqa: E402
 
@@ -37,28 +38,10 @@ def encode_for(encoder: Encoder, streams: int, seconds: float) -> float:
     """Images/s with ``streams`` threads each encoding batches of 16 / streams."""
     batch = max(1, 16 // streams)
     pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-    done = [0] * streams
-    ready = threading.Barrier(streams + 1)
-    stop = threading.Event()
-
-    def stream(i: int) -> None:
-        torch.set_num_threads(max(1, THREADS // streams))
-        encoder.encode_images(pixels)  # warm-up on this thread
-        ready.wait()
-        while not stop.is_set():
-            encoder.encode_images(pixels)
-            done[i] += batch
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    return sum(done) / (time.perf_counter() - started)
+    threads = max(1, THREADS // streams)
+    return encode_in_streams(
+        encoder, pixels, streams, enter=lambda: torch.set_num_threads(threads), seconds=seconds
+    )
 
 
 def side_work(kind: str, spec, stop: threading.Event) -> None:
@@ -124,7 +107,7 @@ def main() -> None:
         for streams in (1, 2):
             rate = statistics.median(rates[(streams, beside)])
             alone = statistics.median(rates[(streams, "alone")])
-            lost = f" (-{(1 - rate / alone) * 100:.0f}%)" if beside != "alone" else ""
+            lost = f" ({(rate / alone - 1) * 100:+.0f}%)" if beside != "alone" else ""
             cells.append(f"{streams} stream(s): {rate:5.1f} img/s{lost}")
         took = (
             f"; the work beside took {statistics.median(shares[beside]) * 100:.1f}% of the machine"

@@ -234,6 +234,48 @@ def _payload_sizes(image: tuple[bytes, str], url: str) -> dict[str, Any]:
     return dict(proxy_url=url, width=width, height=height, content_type=image[1])
 
 
+def encode_in_streams(
+    encoder: Any,
+    pixels: Any,
+    streams: int,
+    *,
+    enter: Callable[[], object],
+    batches: int | None = None,
+    seconds: float | None = None,
+) -> float:
+    """Images/s of ``streams`` threads, each encoding the batch ``pixels`` over and over:
+    ``batches`` times, or for ``seconds``. Each thread calls ``enter()`` (its share of torch's
+    threads) and encodes one batch to warm up; the clock starts once all of them have."""
+    done = [0] * streams
+    clock: dict[str, float] = {}
+
+    def start() -> None:  # the barrier's action: runs once, before any thread is let go
+        clock["started"] = time.perf_counter()
+        clock["until"] = clock["started"] + (seconds or 0.0)
+
+    ready = threading.Barrier(streams, action=start)
+
+    def more(i: int) -> bool:
+        if batches is not None:
+            return done[i] < batches
+        return time.perf_counter() < clock["until"]
+
+    def stream(i: int) -> None:
+        enter()
+        encoder.encode_images(pixels)  # warm-up on this thread, at this shape
+        ready.wait()
+        while more(i):
+            encoder.encode_images(pixels)
+            done[i] += 1
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) * len(pixels) / (time.perf_counter() - clock["started"])
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 

@@ -50,7 +50,6 @@ import platform
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -63,6 +62,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.harness import (  # noqa: E402
     ROOT,
+    encode_in_streams,
     export,
     image_server,
     loop_lag,
@@ -131,25 +131,12 @@ def ceiling(encoder: Encoder, count: int, sizes: tuple[int, ...] = ()) -> dict[i
     streams = getattr(encoder, "streams", 1)
     rates = {}
     sizes = sizes or (1, 4, 8, 16, 32) + ((64, 128, 256) if encoder.device.type == "cuda" else ())
+    enter = getattr(encoder, "enter_stream", lambda: None)
     for batch in sizes:
         rounds = max(1, count // (batch * streams))
-        ready = threading.Barrier(streams + 1)
-
-        def stream(batch: int = batch, rounds: int = rounds, ready=ready) -> None:
-            getattr(encoder, "enter_stream", lambda: None)()
-            encoder.encode_images(pixels[:batch])  # warm-up at this shape
-            ready.wait()
-            for _ in range(rounds):
-                encoder.encode_images(pixels[:batch])
-
-        threads = [threading.Thread(target=stream) for _ in range(streams)]
-        for thread in threads:
-            thread.start()
-        ready.wait()
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        rates[batch] = rounds * batch * streams / (time.perf_counter() - started)
+        rates[batch] = encode_in_streams(
+            encoder, pixels[:batch], streams, enter=enter, batches=rounds
+        )
     return rates
 
 
