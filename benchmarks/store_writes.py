@@ -1,15 +1,16 @@
 """Bulk writes and deletes through the store, the way the indexing pipeline calls it.
 
-For each database and batch size, on a fresh database: N images are queued as jobs (not timed),
-then stored with ``store.upsert(records, job_ids=...)`` one batch at a time (each write also
-takes its jobs, as the pipeline's does), then single live writes (one image and its job per
-call, on the now full table), then every row deleted with ``store.delete_messages`` one batch at
-a time. On SQLite the guild's matrix is loaded first, as in a server people search, so writes
-and deletes keep it up to date. PostgreSQL is measured without its HNSW index (a first
-backfill, before anyone searched); ``--hnsw`` builds it first. ``--writers 1,2`` stores with
-that many batches in flight at once (the pipeline's encode slots overlap their writes, and
-several workers write at once): HNSW insertion is CPU work in the server, so it scales with the
-server's cores and the writers that keep them busy.
+For each database and batch size, on a fresh database: N images are queued as jobs (5,000 a
+call), then stored with ``store.upsert(records, job_ids=...)`` one batch at a time (each write
+also takes its jobs, as the pipeline's does), then single live writes (one image and its job per
+call, on the now full table), then those deleted one message per call (as a member's deletion
+is), then every other row deleted with ``store.delete_messages`` one batch at a time. On SQLite
+the guild's matrix is loaded first, as in a server people search, so writes and deletes keep it
+up to date. PostgreSQL is measured without its HNSW index (a first backfill, before anyone
+searched); ``--hnsw`` builds it first. ``--writers 1,2`` stores with that many batches in
+flight at once (the pipeline's encode slots overlap their writes, and several workers write at
+once): HNSW insertion is CPU work in the server, so it scales with the server's cores and the
+writers that keep them busy.
 
     python -m benchmarks.store --bulk [--n 100000] [--batches 500,2000] [--baseline main]
     python -m benchmarks.store --bulk --databases postgres --hnsw --writers 1,2
@@ -98,7 +99,9 @@ async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool, writers: i
         else:
             await store.search(x[0], scope=scope, k=10)  # SQLite: the guild's matrix is live
         records, refs = records_and_refs(0, x[:n])
+        started = time.perf_counter()
         job_ids = await queued(engine, jobs, refs)
+        out["enqueue_rows_s"] = n / (time.perf_counter() - started)
         started = time.perf_counter()
         slots = asyncio.Semaphore(writers)
 
@@ -122,7 +125,14 @@ async def measure(url: str, n: int, dim: int, batch: int, hnsw: bool, writers: i
         hits = await store.search(x[1], scope=scope, k=10)
         assert hits and hits[0].image_key == 1, "the store must find what it wrote"
 
-        messages = [r.message_id for r in records + live]
+        started = time.perf_counter()
+        deleted = 0
+        for one in live:
+            deleted += await store.delete_messages([one.message_id], guild_id=GUILD)
+        out["delete_one_ms"] = (time.perf_counter() - started) / LIVE_WRITES * 1000
+        assert deleted == LIVE_WRITES, deleted
+
+        messages = [r.message_id for r in records]
         started = time.perf_counter()
         deleted = 0
         for start in range(0, len(messages), batch):
@@ -204,20 +214,23 @@ def report(args: argparse.Namespace, results: dict[str, dict], load: str) -> Non
     ratio = len(names) == 2
     print(f"{'':46}" + "".join(f"{name:>12}" for name in names) + ("       ratio" if ratio else ""))
     labels = {
+        "enqueue_rows_s": "{db} enqueue, 5,000 a call",
         "insert_rows_s": "{db} insert, batches of {batch}{by}",
         "delete_rows_s": "{db} delete, batches of {batch}",
         "live_ms": "{db} one live write, ms",
+        "delete_one_ms": "{db} one message deleted, ms",
     }
     for case in next(iter(results.values())):
         db, batch, writers = case.split("/")
         by = f", {writers} writers" if writers != "1" else ""
         for metric, label in labels.items():
             values = [results[name][case][metric] for name in names]
-            fmt = "{:>12,.2f}" if metric == "live_ms" else "{:>12,.0f}"
+            in_ms = metric.endswith("_ms")
+            fmt = "{:>12,.2f}" if in_ms else "{:>12,.0f}"
             line = f"{label.format(db=db, batch=batch, by=by):46}"
             line += "".join(fmt.format(v) for v in values)
             if ratio:  # how many times better the second is than the first
-                better = values[0] / values[1] if metric == "live_ms" else values[1] / values[0]
+                better = values[0] / values[1] if in_ms else values[1] / values[0]
                 line += f"{better:>11.1f}x"
             print(line)
 

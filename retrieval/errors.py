@@ -58,7 +58,9 @@ class ModelSwitched(ClipfindError):
 
 
 class FetchError(ClipfindError):
-    """Downloading an image failed; ``reason`` says how (``http_404``, ``timeout`` …)."""
+    """Downloading an image failed; ``reason`` says how (``http_404``, ``timeout`` …).
+    ``lasting`` (by default, what is not ``retryable``): the link would fail the same way
+    however often it was asked, not only in this process or this moment."""
 
     def __init__(
         self,
@@ -67,10 +69,12 @@ class FetchError(ClipfindError):
         reason: str,
         retryable: bool = False,
         retry_after: float | None = None,
+        lasting: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retryable = retryable
+        self.lasting = not retryable if lasting is None else lasting
         # Seconds the server asked us to wait (HTTP 429/503 Retry-After), when it said.
         self.retry_after = retry_after
 

@@ -30,7 +30,7 @@ CITUS_VERSION = text("SELECT extversion FROM pg_extension WHERE extname = 'citus
 # compares these with the models).
 DISTRIBUTED = ("images",)
 REFERENCE = ("opt_outs", "excluded_channels", "author_guilds")
-COORDINATOR = ("index_jobs", "index_failures")
+COORDINATOR = ("index_jobs", "index_failures", "failed_images")
 PLAIN = ("backfill_cursors", "bot_state", "guild_departures", "index_consumers")
 
 _CALLS = {

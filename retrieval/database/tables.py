@@ -279,6 +279,43 @@ class IndexJob(Base):
     )
 
 
+class FailedImage(Base):
+    """An image whose work failed for good in a way that would fail the same again: bytes that
+    are no picture, or too large, or a link Discord refused (revision 0016). Queueing it again
+    (an edit of its message, which Discord also sends when a link unfurls; history read again
+    after a restart) is refused by the enqueue's statement, so it is neither downloaded nor
+    counted twice. Ids only, deleted with its message like a job."""
+
+    __tablename__ = "failed_images"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    image_key: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    lane: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # What deletions and the policy's sweep find it by, as they find a job.
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    parent_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    author_id: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(40))
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_failed_images_channel", "channel_id"),
+        Index(
+            "ix_failed_images_parent",
+            "parent_id",
+            sqlite_where=text("parent_id IS NOT NULL"),
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
+        Index("ix_failed_images_author", "author_id"),
+        Index("ix_failed_images_message", "message_id"),
+    )
+
+
+# Rows keyed by an image that are not its vector: every deletion of images takes them too.
+QUEUE_TABLES = (IndexJob, FailedImage)
+
+
 class IndexFailure(Base):
     """Images that failed for good, counted per server and reason (not kept one by one)."""
 

@@ -3,10 +3,12 @@
 A row is written before anything depends on it (a backfill cursor moves past a message only once
 its images are rows), claimed for a lease by a consumer, and deleted in the same transaction that
 stores its vector (see the stores' ``upsert(..., job_ids=...)``), or when it fails for good, which
-only leaves a count per server and reason behind. Transient failures move ``retry_at`` into the
-future with exponential backoff and jitter, honouring Retry-After, for as long as
-``RetryPolicy.give_up_after_s``. Deleting a message, channel, server or member's images deletes
-their rows in the same transaction as their vectors (the stores do both).
+leaves a count per server and reason behind, and where it would fail the same again (no picture,
+too large, refused by Discord) the image's ids in `failed_images`, so that it is not queued
+again. Transient failures move ``retry_at`` into the future with exponential backoff and jitter,
+honouring Retry-After, for as long as ``RetryPolicy.give_up_after_s``. Deleting a message,
+channel, server or member's images deletes their rows in the same transaction as their vectors
+(the stores do both).
 
 Claims are leases: a consumer that dies just lets them run out, and on PostgreSQL several
 consumers claim side by side with ``FOR UPDATE SKIP LOCKED``. Leases, retry times and queue ages
@@ -34,7 +36,14 @@ from retrieval.database.clock import db_now
 from retrieval.database.errors import database_errors
 from retrieval.database.refusals import isolating, refusal_reason
 from retrieval.database.rows import record
-from retrieval.database.tables import CLIP_LANE, OCR_LANE, IndexedImage, IndexFailure, IndexJob
+from retrieval.database.tables import (
+    CLIP_LANE,
+    OCR_LANE,
+    FailedImage,
+    IndexedImage,
+    IndexFailure,
+    IndexJob,
+)
 from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem, valid_id
 from retrieval.store.allowed import known_parent, permitted
 
@@ -339,23 +348,31 @@ class JobQueue:
             )
         return delay
 
-    async def fail(self, jobs: Sequence[Job], reason: str) -> None:
+    async def fail(self, jobs: Sequence[Job], reason: str, *, lasting: bool = False) -> None:
         """A permanent failure (not an image, too large, gone from Discord): the rows go, a
-        count per server and reason stays."""
+        count per server and reason stays. ``lasting``: the image would fail the same way
+        however often it was tried, and queueing it again is refused from now on."""
         if jobs:
             async with self._transaction() as conn:
-                await self._fail(conn, jobs, reason)
+                await self._fail(conn, jobs, reason, lasting=lasting)
 
-    async def _fail(self, conn: AsyncConnection, jobs: Sequence[Job], reason: str) -> None:
+    async def _fail(
+        self, conn: AsyncConnection, jobs: Sequence[Job], reason: str, *, lasting: bool = False
+    ) -> None:
         reason = self._reason(reason)[:40]
-        gone = await conn.execute(
-            delete(IndexJob)
-            .where(IndexJob.id.in_([job.id for job in jobs]))
-            .returning(IndexJob.guild_id)
-        )
+        gone = (
+            await conn.execute(
+                delete(IndexJob)
+                .where(IndexJob.id.in_([job.id for job in jobs]))
+                .returning(*(getattr(IndexJob, name) for name in _FAILED_COLUMNS))
+            )
+        ).all()
+        if lasting and gone:
+            marks = [dict(row._mapping, lane=self.lane, reason=reason) for row in gone]
+            await conn.execute(_remember_failed(conn), marks)
         per_guild: dict[int, int] = {}
-        for (guild_id,) in gone:
-            per_guild[guild_id] = per_guild.get(guild_id, 0) + 1
+        for row in gone:
+            per_guild[row.guild_id] = per_guild.get(row.guild_id, 0) + 1
         for guild_id, n in per_guild.items():
             await conn.execute(
                 _count_failures(conn), {"guild_id": guild_id, "reason": reason, "n": n}
@@ -435,9 +452,11 @@ def _claimable() -> list:
 
 
 def _guarded_enqueue(insert, *, lane: str):
-    """INSERT ... SELECT one row per image for ``lane``, unless the policy refuses it or the
-    work is done already (the current model has its vector; its words were read); an image
-    already queued in the lane keeps its row."""
+    """INSERT ... SELECT one row per image for ``lane``, unless the policy refuses it, the
+    work is done already (the current model has its vector; its words were read) or failed for
+    good where it would fail again (`FailedImage`); an image already queued in the lane keeps
+    its row. On PostgreSQL an enqueue whose snapshot predates a failure's commit may queue that
+    image once more: one more try, which ends the same way."""
     job = IndexJob.__table__
     values = {name: bindparam(name, type_=job.c[name].type) for name in _REF_COLUMNS}
     stored = [
@@ -452,6 +471,13 @@ def _guarded_enqueue(insert, *, lane: str):
     else:
         stored.append(IndexedImage.words.is_not(None))
     done = exists().where(and_(*stored))
+    failed = [
+        FailedImage.guild_id == values["guild_id"],
+        FailedImage.message_id == values["message_id"],
+        FailedImage.image_key == values["image_key"],
+    ]
+    if lane == CLIP_LANE:  # a reading of a picture whose vector failed for good would fail too
+        failed.append(FailedImage.lane == CLIP_LANE)
     columns = [*_REF_COLUMNS, "priority", "attempts", "retry_at", "created_at", "lane"]
     chosen = select(
         *values.values(),
@@ -463,9 +489,23 @@ def _guarded_enqueue(insert, *, lane: str):
     ).where(
         permitted(values["author_id"], values["channel_id"], values["parent_id"]),
         ~done,
+        ~exists().where(*failed),
     )
     stmt = insert(IndexJob).from_select(columns, chosen)
     return stmt.on_conflict_do_nothing(index_elements=["message_id", "image_key", "lane"])
+
+
+# What an image failed for good is found by: its key, and what deletions look for.
+_FAILED_COLUMNS = ("guild_id", "message_id", "image_key", "channel_id", "parent_id", "author_id")
+
+
+def _remember_failed(conn: AsyncConnection):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    values = {name: bindparam(name) for name in (*_FAILED_COLUMNS, "lane", "reason")}
+    stmt = dialect.insert(FailedImage).values(**values, failed_at=db_now())
+    return stmt.on_conflict_do_nothing(
+        index_elements=["guild_id", "message_id", "image_key", "lane"]
+    )
 
 
 def _count_failures(conn: AsyncConnection):

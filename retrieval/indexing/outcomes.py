@@ -95,8 +95,16 @@ class Outcomes:
         self._closing = closing
 
     async def failed(
-        self, job: Job, error: Exception, *, transient: bool, reason: str | None = None
+        self,
+        job: Job,
+        error: Exception,
+        *,
+        transient: bool,
+        reason: str | None = None,
+        lasting: bool = False,
     ) -> None:
+        """``lasting``: a failure for good that would come again however often the image was
+        tried; queueing it again is refused (`JobQueue.fail`)."""
         reason = reason or getattr(error, "reason", "internal")
         ref = job.ref
         where = f"{ref.filename} of message {ref.message_id} (guild {ref.guild_id})"
@@ -114,7 +122,9 @@ class Outcomes:
                 return
             reason = f"gave_up_{reason}"
         else:
-            await self.with_store(self._jobs.fail, [job], reason)
+            await self.with_store(
+                functools.partial(self._jobs.fail, lasting=lasting), [job], reason
+            )
         self._counters.failed[reason] += 1
         log.warning("skipped image %s: %s: %s", where, reason, error)
 
@@ -125,8 +135,10 @@ class Outcomes:
         failed for good, and anything else is a bug, logged with its traceback and retried."""
         ref = job.ref
         if isinstance(error, FetchError):
-            await self.failed(job, error, transient=error.retryable)
-        elif isinstance(error, ClipfindError | ImageError):
+            await self.failed(job, error, transient=error.retryable, lasting=error.lasting)
+        elif isinstance(error, ImageError):  # the bytes: they stay what they are
+            await self.failed(job, error, transient=False, lasting=True)
+        elif isinstance(error, ClipfindError):
             await self.failed(job, error, transient=False)
         elif isinstance(error, StoreUnavailable):
             if error.refused:  # would be refused again each time its lease brought it back

@@ -151,7 +151,10 @@ class SignedUrls:
         link issued no later is taken for dead too. Raises a retryable FetchError when the
         refresh failed, is paused by a rate limit, or took longer than ``wait_s``."""
         if self.refresh is None:
-            raise FetchError("no way to refresh signed URLs", reason="refresh_unavailable")
+            # This process's lack, not the link's: another process may refresh it.
+            raise FetchError(
+                "no way to refresh signed URLs", reason="refresh_unavailable", lasting=False
+            )
         if (pause := self._paused()) is not None:
             raise pause
         future = self._ask(url)

@@ -272,9 +272,9 @@ class VectorStore(ABC):
         images: bool = True,
         also: Sequence[Executable] = (),
     ) -> int:
-        """Run ``where(table)`` (conditions on the images table, or on the jobs table, which has
-        the same id columns) as deletions, then the statements ``also``, in one transaction;
-        returns the images deleted."""
+        """Run ``where(table)`` (conditions on the images table, or on the jobs table and the
+        images failed for good, which have the same id columns: ``jobs``) as deletions, then the
+        statements ``also``, in one transaction; returns the images deleted."""
 
     @abstractmethod
     async def _delete_in(

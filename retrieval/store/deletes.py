@@ -1,5 +1,6 @@
 """Deletions both stores share. Each one also deletes the queued jobs it covers, in the same
-transaction as the vectors, so nothing deleted is indexed afterwards.
+transaction as the vectors, so nothing deleted is indexed afterwards, and the images it covers
+that failed for good (`FailedImage`: ids only, but nothing of a deleted message stays).
 
 Jobs go first: a consumer storing a vector deletes its job row first in its own transaction
 (see the stores' ``upsert``), so on PostgreSQL whichever transaction reaches the job row second

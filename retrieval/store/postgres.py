@@ -50,7 +50,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from retrieval.database.citus import CITUS_VERSION
 from retrieval.database.errors import database_errors
-from retrieval.database.tables import IndexedImage, IndexJob
+from retrieval.database.tables import QUEUE_TABLES, IndexedImage
 from retrieval.errors import StoreUnavailable
 from retrieval.store import authors
 from retrieval.store.allowed import (
@@ -521,7 +521,8 @@ class PgVectorStore(SharedReads, SharedDeletes, SharedWords):
         removed = 0
         async with self._transaction() as conn:
             if jobs:
-                await conn.execute(delete(IndexJob).where(*where(IndexJob)))
+                for table in QUEUE_TABLES:
+                    await conn.execute(delete(table).where(*where(table)))
             if images:
                 result = await conn.execute(delete(IndexedImage).where(*where(IndexedImage)))
                 removed = result.rowcount

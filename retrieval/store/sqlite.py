@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.types import NullType
 
 from retrieval.database.errors import database_errors
-from retrieval.database.tables import IndexedImage, IndexJob, sqlite_text
+from retrieval.database.tables import QUEUE_TABLES, IndexedImage, sqlite_text
 from retrieval.store import authors
 from retrieval.store.allowed import (
     check_model,
@@ -388,7 +388,8 @@ class SqliteVectorStore(SharedReads, SharedDeletes, SharedWords):
         async with self._transaction() as conn:
             for where in wheres:
                 if jobs:
-                    await conn.execute(delete(IndexJob).where(*where(IndexJob)))
+                    for table in QUEUE_TABLES:
+                        await conn.execute(delete(table).where(*where(table)))
                 if not images:
                     continue
                 stmt = (

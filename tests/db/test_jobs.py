@@ -1,5 +1,6 @@
 """The durable indexing queue on both databases: guarded, idempotent enqueueing; leases; retries
-with backoff; permanent failures kept as counts."""
+with backoff; permanent failures kept as counts, and those that would fail again not queued
+again."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from retrieval.database.tables import OCR_LANE
 from retrieval.indexing.jobs import HISTORY, LIVE, ImageRef, JobQueue, RetryPolicy
 from retrieval.indexing.submit import Submissions
 from retrieval.policy.index_policy import IndexPolicy
@@ -211,20 +213,77 @@ async def test_a_vector_is_stored_with_its_job_deleted_unless_the_job_was_delete
     assert await store.known_keys(jobs[0].ref.message_id) == {jobs[0].ref.image_key}
 
 
-@pytest.mark.parametrize(
-    "deletion",
-    [
-        lambda store: store.delete_messages([1001]),
-        lambda store: store.delete_channels([10]),
-        lambda store: store.delete_guild(2),
-        lambda store: store.delete_author(guild_id=None, author_id=70),
-        lambda store: store.delete_images(1001, keep_keys=[]),
-    ],
-)
+# Each deletion covers ref(1) (message 1001, channel 10, guild 2, author 70) and not ref(2).
+DELETIONS = [
+    lambda store: store.delete_messages([1001]),
+    lambda store: store.delete_channels([10]),
+    lambda store: store.delete_guild(2),
+    lambda store: store.delete_author(guild_id=None, author_id=70),
+    lambda store: store.delete_author(guild_id=2, author_id=70),
+    lambda store: store.delete_images(1001, keep_keys=[]),
+]
+
+
+@pytest.mark.parametrize("deletion", DELETIONS)
 async def test_every_deletion_takes_the_queued_jobs_it_covers(queue, store, deletion):
     await queue.enqueue([ref(1), ref(2, channel_id=11, author_id=71)])
     await deletion(store)
     assert [job.ref.image_key for job in await queue.claim(10)] == [2]
+
+
+async def failed_images(engine) -> list[tuple[int, str, str]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT message_id, lane, reason FROM failed_images ORDER BY message_id, lane")
+        )
+        return [tuple(row) for row in rows]
+
+
+async def test_an_image_that_would_fail_again_is_not_queued_again(queue, store_engine):
+    await queue.enqueue([ref(i) for i in range(3)])
+    jobs = {job.ref.image_key: job for job in await queue.claim(10)}
+    await queue.fail([jobs[0]], "not_an_image", lasting=True)
+    await queue.fail([jobs[1]], "refresh_unavailable")  # this process's lack: not the image's
+    assert await queue.retry(jobs[2], reason="timeout", error="", retry_after=10.0) is None
+
+    assert await failed_images(store_engine) == [(1000, "clip", "not_an_image")]
+    # Its message edited, history read again, even another model: the one that would fail the
+    # same is not queued, neither its vector nor its reading; the others are given a new try.
+    reading = JobQueue(store_engine, model_id=MODEL, read_words=True)
+    await reading.enqueue([ref(i) for i in range(3)])
+    await JobQueue(store_engine, model_id="another-model").enqueue([ref(0)])
+    async with store_engine.connect() as conn:
+        queued = await conn.execute(text("SELECT image_key, lane FROM index_jobs"))
+        assert sorted(tuple(row) for row in queued) == [
+            (1, "clip"),
+            (1, "ocr"),
+            (2, "clip"),
+            (2, "ocr"),
+        ]
+    failed = (await queue.backlog()).failed
+    assert failed == {"not_an_image": 1, "refresh_unavailable": 1, "gave_up_timeout": 1}
+
+
+async def test_a_reading_that_would_fail_again_leaves_the_vector_be(queue, store_engine):
+    reading = queue.for_lane(OCR_LANE)
+    await JobQueue(store_engine, model_id=MODEL, read_words=True).enqueue([ref(0)])
+    await queue.fail(await queue.claim(1), "timeout")  # its vector's job, out of the way
+    (job,) = await reading.claim(1)
+    await reading.fail([job], "too_large", lasting=True)
+    assert await failed_images(store_engine) == [(1000, "ocr", "ocr_too_large")]
+    # Another model encodes it again (the reading's limits are its own); it is not read again.
+    await JobQueue(store_engine, model_id="another-model", read_words=True).enqueue([ref(0)])
+    async with store_engine.connect() as conn:
+        queued = await conn.execute(text("SELECT image_key, lane FROM index_jobs"))
+        assert [tuple(row) for row in queued] == [(0, "clip")]
+
+
+@pytest.mark.parametrize("deletion", DELETIONS)
+async def test_every_deletion_takes_the_failed_images_it_covers(queue, store, deletion):
+    await queue.enqueue([ref(1), ref(2, channel_id=11, author_id=71)])
+    await queue.fail(await queue.claim(10), "http_404", lasting=True)
+    await deletion(store)
+    assert [message for message, *_ in await failed_images(store.engine)] == [1002]
 
 
 async def test_the_sweep_takes_jobs_that_got_in_before_the_policy(queue, store, store_engine):
@@ -235,3 +294,14 @@ async def test_the_sweep_takes_jobs_that_got_in_before_the_policy(queue, store, 
     await policy.exclude_channel(guild_id=1, channel_id=11, by=1)
     await store.delete_forbidden()
     assert [job.ref.image_key for job in await queue.claim(10)] == [2]
+
+
+async def test_the_sweep_takes_failed_images_that_got_in_before_the_policy(queue, store):
+    in_thread = ref(3, channel_id=500, parent_id=11, author_id=72)
+    await queue.enqueue([ref(1), ref(2, author_id=71), in_thread])
+    await queue.fail(await queue.claim(10), "not_an_image", lasting=True)
+    policy = IndexPolicy(store.engine)
+    await policy.opt_out(70)
+    await policy.exclude_channel(guild_id=1, channel_id=11, by=1)
+    await store.delete_forbidden()
+    assert [message for message, *_ in await failed_images(store.engine)] == [1002]

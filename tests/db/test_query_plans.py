@@ -2,10 +2,11 @@
 table big enough that the planner would not scan it by choice (50,000 rows over 500 servers,
 analyzed): the statements the store really sends are captured and EXPLAINed.
 
-PostgreSQL: no Seq Scan of `images`, `author_guilds` or `index_jobs` in `EXPLAIN (FORMAT JSON)`,
-and an index in every plan. SQLite: no full `SCAN` of them in `EXPLAIN QUERY PLAN`. And what a
-member causes names its server, as a database distributed by server needs (see docs/scaling.md,
-"Running on Citus"). A large server's date-filtered search reads only the rows of its dates.
+PostgreSQL: no Seq Scan of `images`, `author_guilds`, `index_jobs` or `failed_images` in `EXPLAIN
+(FORMAT JSON)`, and an index in every plan. SQLite: no full `SCAN` of them in `EXPLAIN QUERY
+PLAN`. And what a member causes names its server, as a database distributed by server needs (see
+docs/scaling.md, "Running on Citus"). A large server's date-filtered search reads only the rows
+of its dates.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tests.records import MODEL
 ROWS, GUILDS, CHANNELS, AUTHORS = 50_000, 500, 5_000, 3_001
 GUILD = 1000 + 7  # a server of the made-up instance
 AUTHOR = 70000 + 7  # a member with images in a handful of servers
-TABLES = ("images", "author_guilds", "index_jobs")
+TABLES = ("images", "author_guilds", "index_jobs", "failed_images")
 _FILL = (
     "INSERT INTO images (guild_id, channel_id, message_id, image_key, kind, author_id, "
     "posted_at, filename, source_url, content_type, content_hash, model_id, embedding) "
@@ -78,6 +79,15 @@ async def _fill(engine) -> None:
                 "attempts, retry_at, created_at) SELECT guild_id, channel_id, "
                 "message_id + :n, image_key, kind, author_id, posted_at, source_url, "
                 "source_url, filename, content_type, 1, 0, posted_at, posted_at FROM images"
+            ),
+            {"n": ROWS},
+        )
+        # As many images failed for good, of other messages again: each enqueue asks them.
+        await conn.execute(
+            text(
+                "INSERT INTO failed_images (guild_id, message_id, image_key, lane, channel_id, "
+                "author_id, reason, failed_at) SELECT guild_id, message_id + 2 * :n, "
+                "image_key, 'clip', channel_id, author_id, 'not_an_image', posted_at FROM images"
             ),
             {"n": ROWS},
         )

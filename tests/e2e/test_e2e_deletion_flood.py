@@ -16,9 +16,10 @@ from tests.fakediscord import FakeDiscord
 from tests.helpers import bot_settings, eventually, picture, running_bot
 
 DELETIONS = 1_000
-# What one message deletion costs: its jobs and its images, in one transaction; and the same
-# again only when images were on their way as it started (a backfill reading the channel, say).
-STATEMENTS_PER_DELETION = 2 * 2
+# What one message deletion costs: its jobs, its images failed for good and its images, in one
+# transaction; and the same again only when images were on their way as it started (a backfill
+# reading the channel, say).
+STATEMENTS_PER_DELETION = 2 * 3
 HANDLER = "discord.py: on_raw_message_delete"  # discord.py's task for each event
 
 

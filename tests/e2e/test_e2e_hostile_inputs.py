@@ -199,3 +199,34 @@ async def test_a_message_the_walk_cannot_handle_is_skipped_counted_and_passed(
     (line,) = [r.getMessage() for r in caplog.records if str(odd) in r.getMessage()]
     assert "skipped message" in line and "a message this code cannot read" in line
     assert "Traceback" not in caplog.text
+
+
+async def test_a_picture_that_failed_for_good_is_not_fetched_again_when_its_message_is_edited(
+    tmp_path, database_url
+):
+    """Discord sends an edited message whole, and the bot queues its pictures again (one may
+    have been added): a file that is no picture was downloaded, and counted, once per edit."""
+    async with FakeDiscord() as fd:
+        guild = fd.add_guild("Edits")
+        general = guild.add_text_channel("general")
+        mallory = guild.add_member("mallory")
+        broken = Attachment("broken.png", b"no picture here", "image/png")
+        async with running_bot(bot_settings(fd, tmp_path, database_url=database_url), fd) as bot:
+            await fd.wait_ready()
+            post = await fd.post_message(
+                general, mallory, "", attachments=[broken, picture("red", "circle", 1)]
+            )
+            await settled(bot, fd)
+            broken_url = post.attachments[0].url
+            assert len(fd.cdn.requests_for(broken_url)) == 1
+            for n in range(3):
+                await fd.edit_message(post, content=f"edit {n}")
+                await settled(bot, fd)
+            added = await fd.edit_message(
+                post, attachments=[*post.attachments, picture("blue", "square", 2)]
+            )
+            await settled(bot, fd)
+
+            assert len(fd.cdn.requests_for(broken_url)) == 1
+            assert (await bot.pipeline.jobs.backlog(guild.id)).failed == {"not_an_image": 1}
+            assert len(await bot.store.known_keys(added.id, guild_id=guild.id)) == 2
