@@ -143,124 +143,135 @@ async def open_services(
     with the model before any job is: it may refuse it by raising. ``refresh``
     exchanges expired attachment links (Discord's, passed in by the caller). The pipeline's
     and the store's tasks run under ``supervisor`` (the process's).
+
+    What is opened is closed in the reverse order, whatever fails on the way: the OCR lane (a
+    reading in hand abandoned and handed back), the CLIP lane, the HTTP session, the store,
+    the model's threads.
     """
     policy = IndexPolicy(engine)
     await policy.load()
     lanes = settings.lanes() if consume else frozenset()
-    model = encoder = None
-    if queries or CLIP_LANE in lanes:
-        model, encoder = await _load_clip(settings, loaded)
+    left = stop_left or (lambda: settings.shutdown_deadline_s)
     supervisor = supervisor or Supervisor()
-    store = open_store(engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor)
+    async with contextlib.AsyncExitStack() as stack:
+        model = encoder = None
+        if queries or CLIP_LANE in lanes:
+            model, encoder = await _load_clip(settings, loaded)
+            stack.push_async_callback(encoder.close)
+        store = open_store(
+            engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor
+        )
+        stack.push_async_callback(store.close)
+        fetcher = await stack.enter_async_context(_fetcher(settings))
+        jobs = JobQueue(
+            engine,
+            # Without a model this process queues nothing: only the CLIP lane's enqueue names
+            # the model.
+            model_id=model.model_id if model is not None else None,
+            lease_s=settings.job_lease_s,
+            retry=settings.retry_policy(),
+            read_words=settings.ocr,
+        )
+        if consume and engine.dialect.name == "sqlite":
+            # One process per SQLite file (a lock next to it says so): any claim left is a dead
+            # process's.
+            await jobs.release()
+        pipeline = None
+        if model is not None and encoder is not None:
+            pipeline = IndexingPipeline(
+                **_pipeline_settings(settings, model),
+                encoder=encoder,
+                fetcher=fetcher,
+                store=store,
+                jobs=jobs,
+                supervisor=supervisor,
+                consume=CLIP_LANE in lanes,
+                refresh=refresh,
+            )
+            await pipeline.start()
+        # One refresher of Discord's links for both lanes.
+        signed_urls = pipeline.signed_urls if pipeline is not None else SignedUrls(refresh)
+        stack.push_async_callback(_close_clip_lane, pipeline, signed_urls, left)
+        reading = None
+        if OCR_LANE in lanes:
+            reading = _reading_lane(
+                settings,
+                jobs=jobs,
+                pipeline=pipeline,
+                signed_urls=signed_urls,
+                fetcher=fetcher,
+                store=store,
+                supervisor=supervisor,
+            )
+            await reading.start()  # the OCR models load: ModelUnavailable says why not
+            stack.push_async_callback(_close_reading, reading, left)
+        # Every process: the stored words follow the setting (the images stored before queued
+        # for reading, or every word deleted; once), in the background: on a large index it
+        # walks every row.
+        switch = supervisor.start(
+            "ocr-switch",
+            functools.partial(apply_reading, on=settings.ocr, engine=engine, store=store),
+        )
+        stack.callback(switch.cancel)  # idempotent: the next start does what is left
+        yield Services(
+            settings=settings,
+            engine=engine,
+            supervisor=supervisor,
+            model=model,
+            encoder=encoder,
+            store=store,
+            fetcher=fetcher,
+            jobs=jobs,
+            pipeline=pipeline,
+            policy=policy,
+            cursors=BackfillCursors(engine),
+            reading=reading,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _fetcher(settings: Settings) -> AsyncIterator[Fetcher]:
+    """The downloader of pictures, over one HTTP session of its own."""
     connector = aiohttp.TCPConnector(
         limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
     )
-    try:
-        async with aiohttp.ClientSession(connector=connector) as http:
-            fetcher = Fetcher(
-                http,
-                allowed=settings.media_origins(),
-                max_bytes=settings.max_image_bytes,
-                timeout_s=settings.fetch_timeout_s,
-                per_host=settings.fetch_per_host,
-                retries=settings.fetch_retries,
-            )
-            jobs = JobQueue(
-                engine,
-                # Without a model this process queues nothing: only the CLIP lane's enqueue
-                # names the model.
-                model_id=model.model_id if model is not None else None,
-                lease_s=settings.job_lease_s,
-                retry=settings.retry_policy(),
-                read_words=settings.ocr,
-            )
-            if consume and engine.dialect.name == "sqlite":
-                # One process per SQLite file (a lock next to it says so): any claim left is a
-                # dead process's.
-                await jobs.release()
-            pipeline = None
-            if model is not None and encoder is not None:
-                pipeline = IndexingPipeline(
-                    fetcher=fetcher,
-                    encoder=encoder,
-                    store=store,
-                    jobs=jobs,
-                    spec=model.spec,
-                    max_pixels=settings.max_image_pixels,
-                    batch_size=settings.batch_size or model.default_batch_size,
-                    batch_deadline_s=settings.batch_deadline_ms / 1000,
-                    queue_size=settings.queue_size,
-                    fetch_workers=settings.fetch_concurrency,
-                    decode_threads=settings.decode_threads,
-                    consume=CLIP_LANE in lanes,
-                    refresh=refresh,
-                    supervisor=supervisor,
-                    fetch_resized=settings.fetch_resized,
-                )
-                await pipeline.start()
-            # One refresher of Discord's links for both lanes.
-            signed_urls = pipeline.signed_urls if pipeline is not None else SignedUrls(refresh)
-            reading = None
-            if OCR_LANE in lanes:
-                reading = _reading_lane(
-                    settings,
-                    jobs=jobs,
-                    pipeline=pipeline,
-                    signed_urls=signed_urls,
-                    fetcher=fetcher,
-                    store=store,
-                    supervisor=supervisor,
-                )
-                try:
-                    await reading.start()  # the OCR models load: ModelUnavailable says why not
-                except BaseException:
-                    await _close_clip_lane(
-                        pipeline, signed_urls, deadline_s=settings.shutdown_deadline_s
-                    )
-                    raise
-            # Every process: the stored words follow the setting (the images stored before
-            # queued for reading, or every word deleted; once), in the background: on a large
-            # index it walks every row.
-            switch = supervisor.start(
-                "ocr-switch",
-                functools.partial(apply_reading, on=settings.ocr, engine=engine, store=store),
-            )
-            try:
-                yield Services(
-                    settings=settings,
-                    engine=engine,
-                    supervisor=supervisor,
-                    model=model,
-                    encoder=encoder,
-                    store=store,
-                    fetcher=fetcher,
-                    jobs=jobs,
-                    pipeline=pipeline,
-                    policy=policy,
-                    cursors=BackfillCursors(engine),
-                    reading=reading,
-                )
-            finally:
-                switch.cancel()  # idempotent: the next start does what is left
-                left = stop_left() if stop_left else settings.shutdown_deadline_s
-                if reading is not None:  # a reading in hand is abandoned, and handed back
-                    await reading.close(deadline_s=min(max(left - _AFTER_PIPELINE_S, 0.0), 2.0))
-                    left = stop_left() if stop_left else left
-                await _close_clip_lane(
-                    pipeline, signed_urls, deadline_s=max(left - _AFTER_PIPELINE_S, 0.0)
-                )
-    finally:
-        if encoder is not None:
-            await encoder.close()
-        await store.close()
+    async with aiohttp.ClientSession(connector=connector) as http:
+        yield Fetcher(
+            http,
+            allowed=settings.media_origins(),
+            max_bytes=settings.max_image_bytes,
+            timeout_s=settings.fetch_timeout_s,
+            per_host=settings.fetch_per_host,
+            retries=settings.fetch_retries,
+        )
+
+
+def _pipeline_settings(settings: Settings, model: Encoder) -> dict:
+    """What the CLIP lane's pipeline takes from the settings and the model."""
+    return dict(
+        spec=model.spec,
+        max_pixels=settings.max_image_pixels,
+        batch_size=settings.batch_size or model.default_batch_size,
+        batch_deadline_s=settings.batch_deadline_ms / 1000,
+        queue_size=settings.queue_size,
+        fetch_workers=settings.fetch_concurrency,
+        decode_threads=settings.decode_threads,
+        fetch_resized=settings.fetch_resized,
+    )
+
+
+async def _close_reading(reading: ReadingLane, left: Callable[[], float]) -> None:
+    """A reading in hand is abandoned, and handed back: the CLIP lane's close keeps the rest
+    of the deadline."""
+    await reading.close(deadline_s=min(max(left() - _AFTER_PIPELINE_S, 0.0), 2.0))
 
 
 async def _close_clip_lane(
-    pipeline: IndexingPipeline | None, signed_urls: SignedUrls, *, deadline_s: float
+    pipeline: IndexingPipeline | None, signed_urls: SignedUrls, left: Callable[[], float]
 ) -> None:
     """The pipeline closes the links' refresher it shares with the reading lane; without a
     pipeline, the refresher is closed alone."""
     if pipeline is not None:
-        await pipeline.close(deadline_s=deadline_s)
+        await pipeline.close(deadline_s=max(left() - _AFTER_PIPELINE_S, 0.0))
     else:
         await signed_urls.close()
