@@ -44,7 +44,14 @@ from retrieval.database.tables import (
     IndexFailure,
     IndexJob,
 )
-from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem, valid_id
+from retrieval.indexing.inputs import (
+    INVALID_TIME,
+    INVALID_URL,
+    clean_ref,
+    clean_text,
+    ref_problem,
+    valid_id,
+)
 from retrieval.store.allowed import known_parent, permitted
 
 log = logging.getLogger(__name__)
@@ -226,17 +233,24 @@ class JobQueue:
                 await conn.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
 
     async def _count_not_queued(self, failed: Sequence[tuple[ImageRef, str, str]]) -> None:
+        """Count and log each image not queued. One that cannot be stored as it is, whose ids
+        are valid (a link that does not parse, a date out of range), is kept in
+        `failed_images` and counted the first time only: its message comes again with every
+        edit."""
         counts: Counter[tuple[int, str]] = Counter()
-        for ref, reason, why in failed:
-            where = f"{ref.filename!r} of message {ref.message_id} (guild {ref.guild_id})"
-            log.warning("not queued: image %s: %s: %s", where, reason, why)
-            if valid_id(ref.guild_id):  # else no server to count it for: only the log says it
-                counts[ref.guild_id, reason] += 1
-        if counts:
-            async with self._transaction() as conn:
-                for (guild_id, reason), n in counts.items():
-                    values = {"guild_id": guild_id, "reason": reason, "n": n}
-                    await conn.execute(_count_failures(conn), values)
+        async with self._transaction() as conn:
+            for ref, reason, why in failed:
+                if reason in (INVALID_TIME, INVALID_URL) and not await _first_failure(
+                    conn, ref, reason
+                ):
+                    continue
+                where = f"{ref.filename!r} of message {ref.message_id} (guild {ref.guild_id})"
+                log.warning("not queued: image %s: %s: %s", where, reason, why)
+                if valid_id(ref.guild_id):  # else no server to count it for: only the log says
+                    counts[ref.guild_id, reason] += 1
+            for (guild_id, reason), n in counts.items():
+                values = {"guild_id": guild_id, "reason": reason, "n": n}
+                await conn.execute(_count_failures(conn), values)
 
     async def claim(self, limit: int) -> list[Job]:
         """Up to ``limit`` due rows, oldest first within a priority, leased to this consumer."""
@@ -506,6 +520,14 @@ def _remember_failed(conn: AsyncConnection):
     return stmt.on_conflict_do_nothing(
         index_elements=["guild_id", "message_id", "image_key", "lane"]
     )
+
+
+async def _first_failure(conn: AsyncConnection, ref: ImageRef, reason: str) -> bool:
+    """Keep that the image failed for good; False when it was kept before."""
+    values = {name: getattr(ref, name) for name in _FAILED_COLUMNS}
+    stmt = _remember_failed(conn).returning(FailedImage.message_id)
+    kept = await conn.execute(stmt, values | {"lane": CLIP_LANE, "reason": reason})
+    return kept.first() is not None
 
 
 def _count_failures(conn: AsyncConnection):

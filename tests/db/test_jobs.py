@@ -105,6 +105,21 @@ async def test_text_is_cleaned_and_what_cannot_be_stored_is_counted(queue):
     assert (await queue.backlog(guild_id=2)).failed == {"invalid_url": 1}
 
 
+async def test_an_image_that_cannot_be_stored_is_counted_once_however_often_it_comes(queue):
+    """A message comes again with each edit: the link that does not parse is not counted (or
+    logged) again; one whose ids are not valid cannot be kept, and is."""
+    unusable = [
+        ref(3, source_url="https://poster.example:99999/a.png"),
+        ref(4, posted_at=datetime(1, 1, 1, tzinfo=UTC)),
+        ref(2, message_id=2**64),
+    ]
+    for _ in range(3):
+        await queue.enqueue(unusable)
+    assert (await queue.backlog(guild_id=1)).failed == {"invalid_id": 3, "invalid_time": 1}
+    assert (await queue.backlog(guild_id=2)).failed == {"invalid_url": 1}
+    assert [message for message, *_ in await failed_images(queue.engine)] == [1003, 1004]
+
+
 async def test_a_row_the_database_refuses_is_counted_and_the_rest_are_queued(queue, store_engine):
     code = await refuse_rows(store_engine, "index_jobs", filename="poison.png")
     await queue.enqueue([ref(i) for i in range(6)] + [ref(7, filename="poison.png")])
