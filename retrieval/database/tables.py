@@ -120,6 +120,14 @@ class Embedding(TypeDecorator):
         return np.asarray(value, dtype=np.float32)
 
 
+def threads_only(name: str) -> Index:
+    """An index of ``parent_id`` over the rows in threads only: most rows have no parent, and an
+    index whose entries are mostly NULL looks useless to SQLite's planner, which then swept
+    excluded channels' threads by reading the whole table."""
+    where = text("parent_id IS NOT NULL")
+    return Index(name, "parent_id", sqlite_where=where, postgresql_where=where)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -173,15 +181,7 @@ class IndexedImage(Base):
         Index("ix_images_guild_channel", "guild_id", "channel_id"),
         Index("ix_images_author", "guild_id", "author_id"),
         Index("ix_images_content", "content_hash", "model_id"),
-        # Only rows in threads: most rows have no parent, and an index whose entries are mostly
-        # NULL looks useless to SQLite's planner, which then swept excluded channels' threads
-        # by reading the whole table.
-        Index(
-            "ix_images_parent",
-            "parent_id",
-            sqlite_where=text("parent_id IS NOT NULL"),
-            postgresql_where=text("parent_id IS NOT NULL"),
-        ),
+        threads_only("ix_images_parent"),
         # The periodic sweep of opted-out members' rows (retrieval/store/allowed.py).
         Index("ix_images_author_id", "author_id"),
         # Which models the index holds, and how many rows each (a start-up after a model
@@ -266,12 +266,7 @@ class IndexJob(Base):
         Index("ix_index_jobs_due", "lane", "priority", "retry_at"),
         Index("ix_index_jobs_guild", "guild_id"),
         Index("ix_index_jobs_channel", "channel_id"),
-        Index(  # threads only, as ix_images_parent
-            "ix_index_jobs_parent",
-            "parent_id",
-            sqlite_where=text("parent_id IS NOT NULL"),
-            postgresql_where=text("parent_id IS NOT NULL"),
-        ),
+        threads_only("ix_index_jobs_parent"),
         Index("ix_index_jobs_author", "author_id"),
         # The operator's figures: jobs per state and the oldest first try, without a full scan.
         # Not on claimed_until, which every claim and lease renewal rewrites.
@@ -301,12 +296,7 @@ class FailedImage(Base):
 
     __table_args__ = (
         Index("ix_failed_images_channel", "channel_id"),
-        Index(
-            "ix_failed_images_parent",
-            "parent_id",
-            sqlite_where=text("parent_id IS NOT NULL"),
-            postgresql_where=text("parent_id IS NOT NULL"),
-        ),
+        threads_only("ix_failed_images_parent"),
         Index("ix_failed_images_author", "author_id"),
         Index("ix_failed_images_message", "message_id"),
     )
