@@ -345,8 +345,10 @@ def measure_version(args: argparse.Namespace) -> dict:
     """One process's measurement of (3): a warm-up pass, then the measured one."""
     import retrieval
 
+    # Only when asked: a revision before CLIP_STREAMS takes no ``streams``.
+    streams = {"streams": args.streams} if args.streams else {}
     encoder = Encoder.load(
-        model=args.model, pretrained=None, device=args.device, precision=args.precision
+        model=args.model, pretrained=None, device=args.device, precision=args.precision, **streams
     )
     images = make_images(args.images, args.mix)
     batch = encoder.default_batch_size
@@ -375,6 +377,7 @@ def compare(args: argparse.Namespace) -> None:
         f"--device={args.device}",
         f"--precision={'auto' if args.precision == 'all' else args.precision}",
         f"--fetch={args.fetch}",
+        *([f"--streams={args.streams}"] if args.streams else []),
     ]
     tmp = Path(tempfile.mkdtemp(prefix="clipfind-indexing-", dir="/tmp"))
     try:
@@ -411,7 +414,8 @@ def report_comparison(args: argparse.Namespace, runs: dict[str, list[dict]]) -> 
     )
     print(
         f"\n{args.model} (random init), {args.images} images ({args.mix}), {first['precision']}, "
-        f"{batch}, {args.rounds} rounds; medians (min–max); ratio: this checkout "
+        f"{batch}{f', CLIP_STREAMS={args.streams}' if args.streams else ''}, {args.rounds} "
+        "rounds; medians (min–max); ratio: this checkout "
         f"/ {args.baseline[0]}, the median of each round's ratio (the two ran back to back)"
     )
     roles = sorted({role for results in runs.values() for r in results for role in r["cpu_ms"]})
@@ -492,6 +496,11 @@ def main() -> None:
         default="default",
         help="with --baseline: FETCH_RESIZED off or on for every revision (default: each code's "
         "own default; an older revision knows only originals)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        help="with --baseline: the encoder's CLIP_STREAMS for every revision (default: its own)",
     )
     parser.add_argument(
         "--batches",

@@ -32,6 +32,7 @@ from retrieval.encoding.precision import (
 )
 from retrieval.errors import ModelUnavailable
 from retrieval.pictures.images import PreprocessSpec
+from retrieval.torch_threads import use_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +356,9 @@ class Encoder:
 
     def enter_stream(self) -> None:
         """Called on each thread that runs the model, before its first batch: its share of the
-        cores. torch keeps the count per thread."""
-        if self.device.type == "cpu":
-            torch.set_num_threads(self.threads_per_stream)
+        cores (on a GPU, every core for what runs on the CPU), whatever count the decoding
+        threads set for theirs (retrieval/torch_threads.py)."""
+        use_torch_threads(self.threads_per_stream)
 
     @classmethod
     def load(

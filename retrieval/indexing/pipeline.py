@@ -37,6 +37,7 @@ from retrieval.pictures.fetch import Fetcher
 from retrieval.pictures.images import PreprocessSpec
 from retrieval.store.base import VectorStore
 from retrieval.supervisor import Supervisor, settle, within
+from retrieval.torch_threads import use_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,14 @@ class IndexingPipeline:
         self._fetch_workers = fetch_workers
         # By default one core is left to the model: on 2 cores, decoding on both slowed encoding.
         threads = decode_threads or max(1, (os.cpu_count() or 2) - 1)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
+        # One torch thread each for the resize, as PyTorch's DataLoader sets for its workers:
+        # they are one per core already. With torch's default (every core, where no stream set
+        # another) the 15 of a 16-core GPU machine would run up to 240 against its 16 cores.
+        self._pool = ThreadPoolExecutor(
+            threads,
+            thread_name_prefix="clip-decode",
+            initializer=functools.partial(use_torch_threads, 1),
+        )
         waves = RetryWaves(jobs)
         self._window = Window(
             jobs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -515,6 +516,45 @@ async def test_a_free_stream_takes_a_partial_batch_while_another_is_busy(host, s
         gated.gate.set()
         await pipe.join()
         assert await stored(3) and gated.sizes == [2, 1]
+
+
+async def test_decoding_threads_resize_on_one_torch_thread_and_streams_keep_their_share(
+    host, store, tiny_encoder, monkeypatch
+):
+    """torch hands a new thread the count whichever thread set one last: a decoding thread
+    sets its own one thread, and a stream's share holds whatever the decoding threads set."""
+    import torch
+
+    from retrieval.indexing import fetching
+
+    counts: dict[str, set[int]] = {"decode": set(), "encode": set()}
+
+    def counted(where, work):
+        def run(*args, **kwargs):
+            counts[where].add(torch.get_num_threads())
+            return work(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(fetching, "prepare", counted("decode", fetching.prepare))
+    encode = counted("encode", tiny_encoder.encode_images)
+    monkeypatch.setattr(tiny_encoder, "encode_images", encode)
+    monkeypatch.setattr(tiny_encoder, "threads_per_stream", 2)
+    before = torch.get_num_threads()
+    # torch's default on a machine of three cores, as the threads started now would take it.
+    setting = threading.Thread(target=lambda: (torch.get_num_threads(), torch.set_num_threads(3)))
+    setting.start()
+    setting.join()
+    try:
+        for i in range(3):
+            host.files[f"t{i}.png"] = (png_bytes(draw("red", "cross", rng=950 + i)), "image/png")
+        async with running_pipeline(tiny_encoder, store, origins=host.origin) as pipe:
+            await pipe.submit([ref(host, f"t{i}.png", 950 + i) for i in range(3)])
+            await pipe.join()
+            assert pipe.counters.indexed == 3
+    finally:
+        torch.set_num_threads(before)
+    assert counts == {"decode": {1}, "encode": {2}}
 
 
 class Refresher:
