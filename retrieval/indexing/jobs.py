@@ -20,9 +20,7 @@ current model has already encoded.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
-from collections import Counter
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,17 +42,9 @@ from retrieval.database.tables import (
     IndexFailure,
     IndexJob,
 )
-from retrieval.indexing.inputs import (
-    INVALID_TIME,
-    INVALID_URL,
-    clean_ref,
-    clean_text,
-    ref_problem,
-    valid_id,
-)
+from retrieval.indexing.failures import fail_jobs, not_queued
+from retrieval.indexing.inputs import clean_ref, clean_text, ref_problem
 from retrieval.store.allowed import known_parent, permitted
-
-log = logging.getLogger(__name__)
 
 # PostgreSQL's notification channel for "jobs were queued".
 JOBS_CHANNEL = "clipfind_jobs"
@@ -233,24 +223,8 @@ class JobQueue:
                 await conn.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
 
     async def _count_not_queued(self, failed: Sequence[tuple[ImageRef, str, str]]) -> None:
-        """Count and log each image not queued. One that cannot be stored as it is, whose ids
-        are valid (a link that does not parse, a date out of range), is kept in
-        `failed_images` and counted the first time only: its message comes again with every
-        edit."""
-        counts: Counter[tuple[int, str]] = Counter()
         async with self._transaction() as conn:
-            for ref, reason, why in failed:
-                if reason in (INVALID_TIME, INVALID_URL) and not await _first_failure(
-                    conn, ref, reason
-                ):
-                    continue
-                where = f"{ref.filename!r} of message {ref.message_id} (guild {ref.guild_id})"
-                log.warning("not queued: image %s: %s: %s", where, reason, why)
-                if valid_id(ref.guild_id):  # else no server to count it for: only the log says
-                    counts[ref.guild_id, reason] += 1
-            for (guild_id, reason), n in counts.items():
-                values = {"guild_id": guild_id, "reason": reason, "n": n}
-                await conn.execute(_count_failures(conn), values)
+            await not_queued(conn, failed)
 
     async def claim(self, limit: int) -> list[Job]:
         """Up to ``limit`` due rows, oldest first within a priority, leased to this consumer."""
@@ -374,23 +348,8 @@ class JobQueue:
         self, conn: AsyncConnection, jobs: Sequence[Job], reason: str, *, lasting: bool = False
     ) -> None:
         reason = self._reason(reason)[:40]
-        gone = (
-            await conn.execute(
-                delete(IndexJob)
-                .where(IndexJob.id.in_([job.id for job in jobs]))
-                .returning(*(getattr(IndexJob, name) for name in _FAILED_COLUMNS))
-            )
-        ).all()
-        if lasting and gone:
-            marks = [dict(row._mapping, lane=self.lane, reason=reason) for row in gone]
-            await conn.execute(_remember_failed(conn), marks)
-        per_guild: dict[int, int] = {}
-        for row in gone:
-            per_guild[row.guild_id] = per_guild.get(row.guild_id, 0) + 1
-        for guild_id, n in per_guild.items():
-            await conn.execute(
-                _count_failures(conn), {"guild_id": guild_id, "reason": reason, "n": n}
-            )
+        ids = [job.id for job in jobs]
+        await fail_jobs(conn, ids, reason=reason, lane=self.lane, lasting=lasting)
 
     async def backlog(self, guild_id: int | None = None) -> Backlog:
         where = self._in_lane() + ([] if guild_id is None else [IndexJob.guild_id == guild_id])
@@ -507,44 +466,6 @@ def _guarded_enqueue(insert, *, lane: str):
     )
     stmt = insert(IndexJob).from_select(columns, chosen)
     return stmt.on_conflict_do_nothing(index_elements=["message_id", "image_key", "lane"])
-
-
-# What an image failed for good is found by: its key, and what deletions look for.
-_FAILED_COLUMNS = ("guild_id", "message_id", "image_key", "channel_id", "parent_id", "author_id")
-
-
-def _remember_failed(conn: AsyncConnection):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    values = {name: bindparam(name) for name in (*_FAILED_COLUMNS, "lane", "reason")}
-    stmt = dialect.insert(FailedImage).values(**values, failed_at=db_now())
-    return stmt.on_conflict_do_nothing(
-        index_elements=["guild_id", "message_id", "image_key", "lane"]
-    )
-
-
-async def _first_failure(conn: AsyncConnection, ref: ImageRef, reason: str) -> bool:
-    """Keep that the image failed for good; False when it was kept before."""
-    values = {name: getattr(ref, name) for name in _FAILED_COLUMNS}
-    stmt = _remember_failed(conn).returning(FailedImage.message_id)
-    kept = await conn.execute(stmt, values | {"lane": CLIP_LANE, "reason": reason})
-    return kept.first() is not None
-
-
-def _count_failures(conn: AsyncConnection):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(IndexFailure).values(
-        guild_id=bindparam("guild_id"),
-        reason=bindparam("reason"),
-        count=bindparam("n"),
-        last_at=db_now(),
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=["guild_id", "reason"],
-        set_={
-            "count": IndexFailure.count + stmt.excluded["count"],
-            "last_at": stmt.excluded["last_at"],
-        },
-    )
 
 
 def _ref(row) -> ImageRef:
