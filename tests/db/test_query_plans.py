@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import event, text
 
 from retrieval.database.tables import OCR_LANE
-from retrieval.indexing.jobs import ImageRef, JobQueue
+from retrieval.indexing.jobs import ImageRef, Job, JobQueue
 from retrieval.indexing.reading_switch import queue_unread
 from retrieval.policy.thread_parents import ThreadParents
 from retrieval.store import PictureWords, SearchScope, open_store
@@ -101,13 +101,24 @@ async def _fill(engine) -> None:
         await conn.execute(text("ANALYZE"))
 
 
+def reads(statement: str) -> bool:
+    """Whether the statement reads a table: an INSERT of VALUES (its conflict checked on the
+    primary key) has no plan to look at."""
+    words = statement.upper()
+    return not (words.lstrip().startswith("INSERT") and "SELECT" not in words)
+
+
 @contextlib.contextmanager
 def _captured(engine):
     """The statements sent to the database (and their parameters) while the block runs."""
     sent: list[tuple[str, object]] = []
 
     def note(conn, cursor, statement, parameters, context, executemany):
-        if not executemany and any(re.search(rf"\b{t}\b", statement) for t in TABLES):
+        if (
+            not executemany
+            and reads(statement)
+            and any(re.search(rf"\b{t}\b", statement) for t in TABLES)
+        ):
             sent.append((statement, parameters))
 
     event.listen(engine.sync_engine, "before_cursor_execute", note)
@@ -199,6 +210,10 @@ QUERIES = {
     "a server's backlog": lambda s: JobQueue(s.engine, model_id=MODEL).backlog(GUILD),
     # an image posted: queued unless its server holds it for the model already
     "queue an image": lambda s: JobQueue(s.engine, model_id=MODEL).enqueue([_posted()]),
+    # an image that fails for good and would again: its job goes, its ids are kept
+    "an image failed for good": lambda s: JobQueue(s.engine, model_id=MODEL).fail(
+        [Job(7, _posted(), 0)], "not_an_image", lasting=True
+    ),
     # a search: the channels with images (threads the cache lacks), a known picture's vector
     "a server's channels": lambda s: s.channel_ids(guild_id=GUILD),
     "a query picture encoded before": lambda s: s.embedding_for("h7", MODEL, guild_id=GUILD),
