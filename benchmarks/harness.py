@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -28,88 +29,78 @@ from typing import Any
 
 import aiohttp
 import yarl
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class ImageServer:
-    """Serves images[i] at <base>/i, and answers the media proxy's resize parameters there as
-    the Discord stand-in does (tests/fakediscord/media.py: Pillow, each copy made once and
-    cached); `prepare` makes the copies before a measurement, so their making is not timed.
-    Counts the bytes of the bodies it sends."""
+    """The benchmark's CDN and media proxy (benchmarks/image_server.py), running in a process of
+    its own: ``base`` is where images[i] is served (<base>/i)."""
 
-    def __init__(self, images: Sequence[tuple[bytes, str]]) -> None:
-        from tests.fakediscord.media import Variants
-
-        self.images = images
-        self.base = ""
-        self.served = 0
-        self._variants = Variants()
-        self.on_its_loop: Callable[[Any], Any] = lambda coro: coro  # set by `image_server`
-
-    async def _body(self, i: int, query: Any) -> tuple[bytes, str]:
-        from tests.fakediscord.media import Resize
-
-        data, content_type = self.images[i]
-        resize = Resize.from_query(query)
-        if resize is None:
-            return data, content_type
-        copy, copy_type, _ = await self._variants.get(str(i), data, resize)
-        return copy, copy_type
-
-    async def serve(self, request: web.Request) -> web.Response:
-        body, content_type = await self._body(int(request.match_info["i"]), request.query)
-        self.served += len(body)
-        return web.Response(body=body, content_type=content_type)
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.origin = f"http://127.0.0.1:{port}"
+        self.base = f"{self.origin}/img"
 
     async def prepare(self, urls: Sequence[str]) -> None:
         """Make the copies these URLs ask for (those with resize parameters)."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.origin}/prepare", json=list(urls)) as answer,
+        ):
+            answer.raise_for_status()
 
-        async def make() -> None:
-            for url in urls:
-                parsed = yarl.URL(url)
-                await self._body(int(parsed.name), parsed.query)
+    async def served(self) -> int:
+        """Bytes of bodies sent so far."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.origin}/served") as answer,
+        ):
+            return (await answer.json())["served"]
 
-        await self.on_its_loop(make())
-
-
-# The image server's thread: its CPU is the CDN's work, not the bot's (see `thread_cpu_s`).
-SERVER_THREAD = "image-server"
+    def cpu_s(self) -> float:
+        """The server's CPU seconds so far (Linux: /proc; 0 elsewhere)."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.asynccontextmanager
-async def image_server(images: Sequence[tuple[bytes, str]]) -> AsyncIterator[ImageServer]:
-    """An `ImageServer` on loopback, its base URL set, run by an event loop of its own in a
-    thread of its own: on the measured loop, serving the bytes was charged to the pipeline (on
-    Discord, a CDN far away serves them)."""
-    server = ImageServer(images)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name=SERVER_THREAD, daemon=True)
-    thread.start()
-
-    async def start() -> web.AppRunner:
-        app = web.Application()
-        app.router.add_get("/img/{i}", server.serve)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server.base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/img"
-        return runner
-
-    def on_server_loop(coro):
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-    runner = await on_server_loop(start())
-    server.on_its_loop = on_server_loop
-    try:
-        yield server
-    finally:
-        await on_server_loop(runner.cleanup())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
+async def image_server(
+    images: Sequence[tuple[bytes, str]], *, latency_ms: float = 0.0
+) -> AsyncIterator[ImageServer]:
+    """An `ImageServer` on loopback, in a process of its own (a CDN far away serves the bytes,
+    not the bot's process), answering after ``latency_ms``."""
+    with tempfile.NamedTemporaryFile(suffix=".pickle") as file:
+        file.write(pickle.dumps([(bytes(data), kind) for data, kind in images]))
+        file.flush()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.image_server",
+            file.name,
+            f"--latency-ms={latency_ms}",
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None and process.stdin is not None
+            port = int((await process.stdout.readline()).decode() or 0)
+            if not port:
+                raise RuntimeError("the image server did not start (see its error above)")
+            yield ImageServer(process, port)
+        finally:
+            if process.stdin is not None:
+                process.stdin.close()  # it stops when its stdin ends
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 def has_jobs_table() -> bool:
@@ -129,9 +120,11 @@ async def sqlite_pipeline(
     batch_size: int,
     decode_threads: int | None = None,
     fetch_resized: bool | None = None,
+    fetch_concurrency: int | None = None,
 ) -> AsyncIterator[Any]:
     """A pipeline that may download from ``source``'s origin (the image server's base URL).
-    ``fetch_resized``: FETCH_RESIZED on or off (None: the code's default, for older code)."""
+    ``fetch_resized``: FETCH_RESIZED on or off (None: the code's default, for older code);
+    ``fetch_concurrency``: FETCH_CONCURRENCY and FETCH_PER_HOST both (None: the defaults)."""
     from retrieval.database.engine import create_engine, ensure_schema
     from retrieval.encoding.service import EncoderService
     from retrieval.pictures.fetch import Fetcher
@@ -141,9 +134,12 @@ async def sqlite_pipeline(
         engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")
         await ensure_schema(engine)
         service = EncoderService(encoder)
-        async with aiohttp.ClientSession() as http:
+        connector = aiohttp.TCPConnector(limit=fetch_concurrency or 100)
+        async with aiohttp.ClientSession(connector=connector) as http:
             fetch_options: dict[str, Any] = dict(max_bytes=50_000_000, timeout_s=60)
             options: dict[str, Any] = {}
+            if fetch_concurrency:
+                fetch_options["per_host"] = options["fetch_workers"] = fetch_concurrency
             if has_jobs_table():
                 from retrieval.indexing import IndexingPipeline, JobQueue
                 from retrieval.pictures.origins import MediaOrigins
@@ -305,8 +301,6 @@ def thread_cpu_s() -> dict[str, float]:
             role = "decode"
         elif name == "MainThread":
             role = "event loop"
-        elif name == SERVER_THREAD:
-            role = "image server"
         else:
             role = "other"
         out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick

@@ -184,7 +184,7 @@ async def pipeline_way(
     ):
         if fetch_resized is not False:  # the stand-in's resizing is Discord's work, not ours
             await server.prepare(proxy_urls(encoder, server.base, images))
-        served_before = server.served
+        served_before = await server.served()
         first: list[tuple[float, int]] = []
 
         async def first_batch() -> None:
@@ -195,7 +195,7 @@ async def pipeline_way(
             first.append((time.perf_counter(), pipe.counters.indexed))
 
         async with loop_lag() as lags:
-            cpu_before = thread_cpu_s()
+            cpu_before = thread_cpu_s() | {"image server": server.cpu_s()}
             loop_before = time.thread_time()  # this thread runs the event loop
             started = time.perf_counter()
             if profile is not None:
@@ -209,9 +209,9 @@ async def pipeline_way(
             elapsed = ended - started
             watcher.cancel()  # done by now, unless nothing was stored (the assert below says so)
             loop_s = time.thread_time() - loop_before
-            cpu_after = thread_cpu_s()
+            cpu_after = thread_cpu_s() | {"image server": server.cpu_s()}
         assert pipe.counters.indexed == len(images), pipe.counters
-        served = (server.served - served_before) / len(images)
+        served = (await server.served() - served_before) / len(images)
     cpu_ms = {
         role: (spent - cpu_before.get(role, 0.0)) * 1000 / len(images)
         for role, spent in cpu_after.items()

@@ -124,7 +124,8 @@ async def main() -> None:
     ocr = OcrEngine(threads=1)
     ocr.load()
     results: dict[str, list[dict]] = {"off": [], "on": []}
-    async with image_server(served) as base:
+    async with image_server(served) as server:
+        base = server.base
         await run(encoder, None, base, waves=1, wave=args.wave, every=0)  # warm-up
         for _ in range(args.rounds):
             for mode in ("off", "on"):
