@@ -22,6 +22,8 @@ from retrieval.store.matrix_budget import DEFAULT_MATRIX_MEMORY_MB
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 _SHARD_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+# Downloads at once (in all, and from one host) for an encoder on a GPU, unless set.
+GPU_DOWNLOADS = 64
 
 
 class Settings(BaseSettings):
@@ -67,8 +69,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
     fetch_timeout_s: float = Field(default=20.0, gt=0)
-    fetch_concurrency: int = Field(default=8, ge=1, le=64)
-    fetch_per_host: int = Field(default=4, ge=1, le=64)
+    # None: what the encoder's device needs (see `downloads`).
+    fetch_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    fetch_per_host: int | None = Field(default=None, ge=1, le=1024)
     fetch_retries: int = Field(default=3, ge=0, le=10)
     # Ask Discord's media proxy for a copy the size the model needs (off: the original always).
     fetch_resized: bool = True
@@ -154,12 +157,15 @@ class Settings(BaseSettings):
         "health_port",
         "cache_dir",
         "shard_count",
+        "fetch_concurrency",
+        "fetch_per_host",
         mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `METRICS_PORT=` in .env (as `.env.example` ships them) means not set, like an absent
-        # one: no token to try, the default folder, Discord's shard count, no metrics server.
+        # one: no token to try, the default folder, Discord's shard count, no metrics server,
+        # the downloads the device needs.
         # (Not pydantic-settings' env_ignore_empty: an empty CLIP_PRETRAINED means random init.)
         if isinstance(value, str) and not value.strip():
             return None
@@ -260,6 +266,15 @@ class Settings(BaseSettings):
         xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
         base = Path(xdg) if xdg else Path.home() / ".cache"
         return base / "clipfind" / PRECISION_CACHE_FILE
+
+    def downloads(self, *, gpu: bool) -> tuple[int, int]:
+        """FETCH_CONCURRENCY and FETCH_PER_HOST, or where unset what the encoder's rate needs.
+        Downloads in flight cap a process at that many per round trip to the CDN, and Discord's
+        pictures come from one or two hosts: 4 at once at 50 ms is 80 images/s, room to spare
+        for a CPU's tens; a GPU's hundreds to thousands need 64 (benchmarks/RESULTS.md,
+        "Downloads in flight")."""
+        total = self.fetch_concurrency or (GPU_DOWNLOADS if gpu else 8)
+        return total, self.fetch_per_host or (GPU_DOWNLOADS if gpu else 4)
 
     def media_origins(self) -> MediaOrigins:
         return MediaOrigins.parse(self.discord_media_origins)

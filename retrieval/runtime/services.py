@@ -162,7 +162,8 @@ async def open_services(
             engine, matrix_memory_mb=settings.matrix_memory_mb, supervisor=supervisor
         )
         stack.push_async_callback(store.close)
-        fetcher = await stack.enter_async_context(_fetcher(settings))
+        downloads = settings.downloads(gpu=model is not None and model.device.type == "cuda")
+        fetcher = await stack.enter_async_context(_fetcher(settings, downloads))
         jobs = JobQueue(
             engine,
             # Without a model this process queues nothing: only the CLIP lane's enqueue names
@@ -180,6 +181,7 @@ async def open_services(
         if model is not None and encoder is not None:
             pipeline = IndexingPipeline(
                 **_pipeline_settings(settings, model),
+                fetch_workers=downloads[0],
                 encoder=encoder,
                 fetcher=fetcher,
                 store=store,
@@ -230,18 +232,18 @@ async def open_services(
 
 
 @contextlib.asynccontextmanager
-async def _fetcher(settings: Settings) -> AsyncIterator[Fetcher]:
-    """The downloader of pictures, over one HTTP session of its own."""
-    connector = aiohttp.TCPConnector(
-        limit=settings.fetch_concurrency, limit_per_host=settings.fetch_per_host
-    )
+async def _fetcher(settings: Settings, downloads: tuple[int, int]) -> AsyncIterator[Fetcher]:
+    """The downloader of pictures, over one HTTP session of its own; ``downloads``: at once in
+    all, and from one host."""
+    total, per_host = downloads
+    connector = aiohttp.TCPConnector(limit=total, limit_per_host=per_host)
     async with aiohttp.ClientSession(connector=connector) as http:
         yield Fetcher(
             http,
             allowed=settings.media_origins(),
             max_bytes=settings.max_image_bytes,
             timeout_s=settings.fetch_timeout_s,
-            per_host=settings.fetch_per_host,
+            per_host=per_host,
             retries=settings.fetch_retries,
         )
 
@@ -254,7 +256,6 @@ def _pipeline_settings(settings: Settings, model: Encoder) -> dict:
         batch_size=settings.batch_size or model.default_batch_size,
         batch_deadline_s=settings.batch_deadline_ms / 1000,
         queue_size=settings.queue_size,
-        fetch_workers=settings.fetch_concurrency,
         decode_threads=settings.decode_threads,
         fetch_resized=settings.fetch_resized,
     )
