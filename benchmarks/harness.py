@@ -103,6 +103,30 @@ async def image_server(
                 await process.wait()
 
 
+class RoleCpu:
+    """CPU ms per image by role over a stretch of the pipeline's work, from now: this process's
+    threads (`thread_cpu_s`), the image server's process, and the event loop's own clock (/proc
+    counts in 10 ms ticks; the loop's clock is exact). Made on the event loop's thread."""
+
+    def __init__(self, server: ImageServer) -> None:
+        self._server = server
+        self._before = self._spent()
+        self._loop_before = time.thread_time()
+
+    def _spent(self) -> dict[str, float]:
+        return thread_cpu_s() | {"image server": self._server.cpu_s()}
+
+    def per_image(self, count: int) -> dict[str, float]:
+        """What each role spent since, per image of ``count``."""
+        loop_s = time.thread_time() - self._loop_before
+        cpu_ms = {
+            role: (spent - self._before.get(role, 0.0)) * 1000 / count
+            for role, spent in self._spent().items()
+        }
+        cpu_ms["event loop"] = loop_s * 1000 / count
+        return cpu_ms
+
+
 def has_jobs_table() -> bool:
     """Whether this process's ``retrieval`` has the durable jobs table (0a235e8 and after)."""
     import retrieval

@@ -62,6 +62,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.harness import (  # noqa: E402
     ROOT,
+    RoleCpu,
     encode_in_streams,
     export,
     image_server,
@@ -70,7 +71,6 @@ from benchmarks.harness import (  # noqa: E402
     refs,
     run_version,
     sqlite_pipeline,
-    thread_cpu_s,
 )
 from retrieval.encoding.clip import Encoder  # noqa: E402
 
@@ -195,8 +195,7 @@ async def pipeline_way(
             first.append((time.perf_counter(), pipe.counters.indexed))
 
         async with loop_lag() as lags:
-            cpu_before = thread_cpu_s() | {"image server": server.cpu_s()}
-            loop_before = time.thread_time()  # this thread runs the event loop
+            cpu = RoleCpu(server)
             started = time.perf_counter()
             if profile is not None:
                 profile.enable()
@@ -208,16 +207,9 @@ async def pipeline_way(
             ended = time.perf_counter()
             elapsed = ended - started
             watcher.cancel()  # done by now, unless nothing was stored (the assert below says so)
-            loop_s = time.thread_time() - loop_before
-            cpu_after = thread_cpu_s() | {"image server": server.cpu_s()}
+            cpu_ms = cpu.per_image(len(images))
         assert pipe.counters.indexed == len(images), pipe.counters
         served = (await server.served() - served_before) / len(images)
-    cpu_ms = {
-        role: (spent - cpu_before.get(role, 0.0)) * 1000 / len(images)
-        for role, spent in cpu_after.items()
-    }
-    # /proc counts in clock ticks (10 ms); the loop's own clock is exact.
-    cpu_ms["event loop"] = loop_s * 1000 / len(images)
     ((at, stored),) = first
     steady = (len(images) - stored) / (ended - at) if stored < len(images) else math.nan
     return Pass(len(images) / elapsed, lags, cpu_ms, served, steady)

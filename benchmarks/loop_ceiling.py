@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import image_server, refs, sqlite_pipeline, thread_cpu_s  # noqa: E402
+from benchmarks.harness import RoleCpu, image_server, refs, sqlite_pipeline  # noqa: E402
 from benchmarks.indexing import make_images, proxy_urls  # noqa: E402
 from retrieval.encoding.clip import Encoder  # noqa: E402
 from tests.tinyclip import CHECKPOINT_PATH, CONFIG_PATH  # noqa: E402
@@ -44,20 +44,13 @@ async def one_pass(encoder: Encoder, images, *, latency_ms: float, concurrency: 
         ) as pipe,
     ):
         await server.prepare(proxy_urls(encoder, server.base, images))
-        cpu_before = thread_cpu_s() | {"image server": server.cpu_s()}
-        loop_before = time.thread_time()
+        cpu = RoleCpu(server)
         started = time.perf_counter()
         await pipe.submit(refs(server.base, len(images), images))
         await pipe.join()
         elapsed = time.perf_counter() - started
-        loop_s = time.thread_time() - loop_before
-        cpu_after = thread_cpu_s() | {"image server": server.cpu_s()}
+        cpu_ms = cpu.per_image(len(images))
         assert pipe.counters.indexed + pipe.counters.reused == len(images), pipe.counters
-    cpu_ms = {
-        role: (spent - cpu_before.get(role, 0.0)) * 1000 / len(images)
-        for role, spent in cpu_after.items()
-    }
-    cpu_ms["event loop"] = loop_s * 1000 / len(images)
     return {"rate": len(images) / elapsed, "cpu_ms": cpu_ms}
 
 
